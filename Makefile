@@ -1,0 +1,33 @@
+# Two entry points, both self-contained on a machine with only python3 and make:
+#   make demo   runs lrlab's main job
+#   make test   runs the whole test suite (lint + pytest)
+# Each creates the virtual environment .venv on first use and installs what it needs.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch is pinned to the CPU wheel: an unpinned torch can pull several GB of CUDA packages.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: demo test lint venv
+
+$(VENV)/.installed-dev: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	# the constraint keeps the oracle packages from replacing the pinned torch
+	echo "$(TORCH_PIN)" > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed-dev
+
+demo: venv
+	$(VENV)/bin/lrlab demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(VENV)/bin/python -m pytest -q

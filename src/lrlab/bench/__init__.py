@@ -1,0 +1,1 @@
+"""lrlab.bench: the benchmark lab (problems, runner, store, sweeps, reports, CLI)."""

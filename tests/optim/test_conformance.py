@@ -1,0 +1,332 @@
+"""The conformance suite: every registered method, driven only by its declared capabilities.
+
+Plan (after torch's TestOptimRenewed): the for-loop path is the ground truth and the multi-tensor
+path must match it in float64; checkpoints resume bit for bit; the non-finite policy leaves all
+state untouched; parameters without or with zero gradients are handled; dtypes, param groups,
+copying, pickling and determinism. No test here may branch on a method's name: a new method gets
+all of this by being registered.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import pickle
+
+import pytest
+import torch
+
+import lrlab.optim as lo
+from tests.optim._problems import (
+    assert_nested_equal,
+    closure_for,
+    loss_at,
+    make_params,
+    plain_closure_for,
+    run,
+    snapshot,
+    step_kwargs,
+)
+
+NAMES = lo.names()
+VOLATILE_GROUP_KEYS = frozenset({"effective_lr", "nonfinite_steps"})
+
+
+def _samples(spec: lo.MethodSpec) -> list[dict]:
+    return [dict(kwargs) for kwargs in spec.sample_kwargs]
+
+
+@pytest.fixture(params=NAMES)
+def spec(request: pytest.FixtureRequest) -> lo.MethodSpec:
+    return lo.spec(request.param)
+
+
+def _build(spec: lo.MethodSpec, params, **overrides) -> torch.optim.Optimizer:
+    kwargs = {**dict(spec.sample_kwargs[0]), **overrides}
+    return lo.create(spec.name, params, **kwargs)
+
+
+# -- construction ---------------------------------------------------------------------------
+
+
+def test_invalid_kwargs_raise_declared_error(spec: lo.MethodSpec) -> None:
+    assert spec.invalid_kwargs, f"{spec.name} declares no invalid kwargs"
+    for invalid in spec.invalid_kwargs:
+        kwargs = {**dict(spec.sample_kwargs[0]), **dict(invalid.kwargs)}
+        with pytest.raises(invalid.error, match=invalid.match):
+            lo.create(spec.name, make_params(), **kwargs)
+
+
+def test_unknown_kwarg_is_rejected(spec: lo.MethodSpec) -> None:
+    with pytest.raises(TypeError):
+        lo.create(spec.name, make_params(), not_an_argument=1, **dict(spec.sample_kwargs[0]))
+
+
+def test_every_sample_kwargs_constructs_and_steps(spec: lo.MethodSpec) -> None:
+    for kwargs in _samples(spec):
+        params = make_params()
+        optimizer = lo.create(spec.name, params, **kwargs)
+        run(optimizer, params, spec, range(3))
+        assert all(torch.isfinite(p).all() for p in params), kwargs
+
+
+# -- the step -------------------------------------------------------------------------------
+
+
+def test_reduces_a_convex_quadratic(spec: lo.MethodSpec) -> None:
+    params = make_params()
+    optimizer = _build(spec, params)
+    before = float(loss_at(params, 0, noise=0.0).detach())
+    run(optimizer, params, spec, range(20), noise=0.0)
+    after = float(loss_at(params, 0, noise=0.0).detach())
+    assert after < before, f"{spec.name}: loss {before} -> {after}"
+
+
+def test_effective_lr_and_statistics_after_every_step(spec: lo.MethodSpec) -> None:
+    params = make_params()
+    optimizer = _build(spec, params)
+    for step in range(3):
+        optimizer.step(closure_for(optimizer, params, step), **step_kwargs(spec, step))
+        for group in optimizer.param_groups:
+            assert isinstance(group["effective_lr"], float)
+            assert math.isfinite(group["effective_lr"]) and group["effective_lr"] >= 0.0
+        stats = optimizer.statistics()
+        assert isinstance(stats, dict) and stats
+        assert stats["effective_lr"] == optimizer.param_groups[0]["effective_lr"]
+        assert stats["nonfinite_steps"] == 0.0
+        for key, value in stats.items():
+            assert isinstance(key, str) and isinstance(value, float), (key, value)
+
+
+def test_step_returns_the_closure_loss_and_plain_closures_work(spec: lo.MethodSpec) -> None:
+    params_a, params_b = make_params(), make_params()
+    opt_a, opt_b = _build(spec, params_a), _build(spec, params_b)
+    for step in range(4):
+        loss_a = opt_a.step(closure_for(opt_a, params_a, step), **step_kwargs(spec, step))
+        loss_b = opt_b.step(plain_closure_for(opt_b, params_b, step), **step_kwargs(spec, step))
+        assert torch.equal(loss_a.detach(), loss_b.detach())
+    for a, b in zip(params_a, params_b, strict=True):
+        assert torch.equal(a, b), "a plain torch closure must give the same trajectory"
+
+
+def test_step_without_closure(spec: lo.MethodSpec) -> None:
+    """Scripts that call backward() themselves: step(), or step(loss=...) for loss-based methods."""
+    params_a, params_b = make_params(), make_params()
+    opt_a, opt_b = _build(spec, params_a), _build(spec, params_b)
+    for step in range(4):
+        opt_a.step(closure_for(opt_a, params_a, step), **step_kwargs(spec, step))
+        opt_b.zero_grad()
+        loss = loss_at(params_b, step)
+        loss.backward()
+        if spec.needs_closure:
+            with pytest.raises(ValueError, match="needs a closure"):
+                opt_b.step(**step_kwargs(spec, step))
+            return
+        if spec.needs_loss:
+            with pytest.raises(ValueError, match="needs the loss"):
+                opt_b.step(**step_kwargs(spec, step))
+            opt_b.step(loss=loss.detach(), **step_kwargs(spec, step))
+        else:
+            opt_b.step(**step_kwargs(spec, step))
+    for a, b in zip(params_a, params_b, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_closure_and_loss_together_is_an_error(spec: lo.MethodSpec) -> None:
+    params = make_params()
+    optimizer = _build(spec, params)
+    with pytest.raises(ValueError, match="either closure or loss"):
+        optimizer.step(
+            closure_for(optimizer, params, 0), loss=torch.tensor(1.0), **step_kwargs(spec, 0)
+        )
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if lo.spec(n).supports_foreach])
+def test_foreach_matches_forloop_in_float64(name: str) -> None:
+    spec = lo.spec(name)
+    for kwargs in _samples(spec):
+        params_loop, params_multi = make_params(), make_params()
+        opt_loop = lo.create(spec.name, params_loop, **{**kwargs, "foreach": False})
+        opt_multi = lo.create(spec.name, params_multi, **{**kwargs, "foreach": True})
+        run(opt_loop, params_loop, spec, range(12))
+        run(opt_multi, params_multi, spec, range(12))
+        for a, b in zip(params_loop, params_multi, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=str(kwargs))
+        stats_loop, stats_multi = opt_loop.statistics(), opt_multi.statistics()
+        for key, value in stats_loop.items():
+            assert stats_multi[key] == pytest.approx(value, rel=1e-10, abs=1e-14), (key, kwargs)
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+
+def test_state_dict_resume_mid_run_is_bit_identical(spec: lo.MethodSpec) -> None:
+    for kwargs in _samples(spec):
+        params_full = make_params()
+        optimizer_full = lo.create(spec.name, params_full, **kwargs)
+        run(optimizer_full, params_full, spec, range(10))
+
+        params_first = make_params()
+        optimizer_first = lo.create(spec.name, params_first, **kwargs)
+        run(optimizer_first, params_first, spec, range(5))
+        buffer = io.BytesIO()
+        torch.save(
+            {"params": snapshot(params_first), "optimizer": optimizer_first.state_dict()}, buffer
+        )
+        buffer.seek(0)
+        # weights_only=True is torch's default: a checkpoint must load without unpickling code
+        checkpoint = torch.load(buffer, weights_only=True)
+
+        params_resumed = [p.clone().requires_grad_() for p in checkpoint["params"]]
+        optimizer_resumed = lo.create(spec.name, params_resumed, **kwargs)
+        optimizer_resumed.load_state_dict(checkpoint["optimizer"])
+        run(optimizer_resumed, params_resumed, spec, range(5, 10))
+
+        for a, b in zip(params_full, params_resumed, strict=True):
+            assert torch.equal(a, b), f"{spec.name} {kwargs}: resumed run differs"
+        assert optimizer_full.statistics() == optimizer_resumed.statistics()
+
+
+def test_deepcopy_and_pickle_continue_identically(spec: lo.MethodSpec) -> None:
+    params = make_params()
+    optimizer = _build(spec, params)
+    run(optimizer, params, spec, range(3))
+    for clone in (copy.deepcopy(optimizer), pickle.loads(pickle.dumps(optimizer))):
+        clone_params = [p for group in clone.param_groups for p in group["params"]]
+        assert all(c is not p for c, p in zip(clone_params, params, strict=True))
+        reference = copy.deepcopy(optimizer)
+        reference_params = [p for group in reference.param_groups for p in group["params"]]
+        run(reference, reference_params, spec, range(3, 6))
+        run(clone, clone_params, spec, range(3, 6))
+        for a, b in zip(reference_params, clone_params, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_determinism(spec: lo.MethodSpec) -> None:
+    results = []
+    for _ in range(2):
+        params = make_params()
+        optimizer = _build(spec, params)
+        run(optimizer, params, spec, range(8))
+        results.append((snapshot(params), optimizer.statistics()))
+    for a, b in zip(results[0][0], results[1][0], strict=True):
+        assert torch.equal(a, b)
+    assert results[0][1] == results[1][1]
+
+
+# -- the non-finite policy ------------------------------------------------------------------
+
+
+def _poisoned_closure(optimizer, params, step, value: float, where: str):
+    def closure(*, backward: bool = True):
+        loss = closure_for(optimizer, params, step)(backward=backward)
+        if where == "grad" and backward:
+            params[1].grad.view(-1)[2] = value
+        if where == "loss":
+            loss = loss * value
+        return loss
+
+    return closure
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [(math.nan, "grad"), (math.inf, "grad"), (-math.inf, "grad"), (math.nan, "loss")],
+)
+def test_nonfinite_step_is_skipped_and_leaves_state_unchanged(
+    spec: lo.MethodSpec, value: float, where: str
+) -> None:
+    params_clean = make_params()
+    optimizer_clean = _build(spec, params_clean)
+    run(optimizer_clean, params_clean, spec, range(6))
+
+    params = make_params()
+    optimizer = _build(spec, params)
+    run(optimizer, params, spec, range(3))
+    before_params = snapshot(params)
+    before_state = copy.deepcopy(optimizer.state_dict())
+    optimizer.step(_poisoned_closure(optimizer, params, 99, value, where), **step_kwargs(spec, 99))
+    for a, b in zip(before_params, params, strict=True):
+        assert torch.equal(a, b), "a non-finite step moved the parameters"
+    assert_nested_equal(before_state, optimizer.state_dict(), ignore=VOLATILE_GROUP_KEYS)
+    assert optimizer.statistics()["nonfinite_steps"] == 1.0
+    assert all(group["effective_lr"] == 0.0 for group in optimizer.param_groups)
+
+    run(optimizer, params, spec, range(3, 6))
+    for a, b in zip(params_clean, params, strict=True):
+        assert torch.equal(a, b), "the run must continue as if the bad batch was never drawn"
+
+
+# -- parameters and groups ------------------------------------------------------------------
+
+
+def test_parameters_with_none_or_zero_gradients(spec: lo.MethodSpec) -> None:
+    params = make_params()
+    optimizer = _build(spec, params)
+    untouched = params[2].detach().clone()
+    for step in range(6):
+        closure = closure_for(optimizer, params, step, unused=(2,), zero_grad_for=(1,))
+        optimizer.step(closure, **step_kwargs(spec, step))
+        assert params[2].grad is None
+    assert torch.equal(params[2], untouched), "a parameter without gradient moved"
+    for p in params:
+        assert torch.isfinite(p).all()
+    for state in optimizer.state.values():
+        for value in state.values() if isinstance(state, dict) else ():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                assert torch.isfinite(value).all()
+    assert math.isfinite(optimizer.param_groups[0]["effective_lr"])
+    optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+
+
+def test_two_param_groups_with_different_settings(spec: lo.MethodSpec) -> None:
+    def build(group_kwargs):
+        params = make_params()
+        groups = [{"params": params[:2]}, {"params": params[2:], **group_kwargs}]
+        return params, _build(spec, groups)
+
+    params, optimizer = build(dict(spec.group_kwargs))
+    run(optimizer, params, spec, range(6))
+    assert len(optimizer.param_groups) == 2
+    for group in optimizer.param_groups:
+        assert isinstance(group["effective_lr"], float)
+        for key, value in dict(spec.group_kwargs).items():
+            if group is optimizer.param_groups[1]:
+                assert group[key] == value
+    global_keys = getattr(optimizer, "_all_global_defaults", dict)()
+    for key in global_keys:
+        first, second = (group[key] for group in optimizer.param_groups)
+        assert first == second or (first != first and second != second), key
+    assert all(torch.isfinite(p).all() for p in params)
+    if spec.group_kwargs:
+        same_params, same_optimizer = build({})
+        run(same_optimizer, same_params, spec, range(6))
+        assert not torch.equal(params[2], same_params[2]), "the group setting had no effect"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_parameter_dtypes(spec: lo.MethodSpec, dtype: torch.dtype) -> None:
+    params = make_params(dtype=dtype)
+    optimizer = _build(spec, params)
+    before = snapshot(params)
+    run(optimizer, params, spec, range(5))
+    for p in params:
+        assert p.dtype == dtype
+        assert torch.isfinite(p).all()
+    assert any(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    for stat in optimizer.statistics().values():
+        assert math.isfinite(stat)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if lo.spec(n).has_eval_mode])
+def test_eval_mode_blocks_steps(name: str) -> None:
+    spec = lo.spec(name)
+    params = make_params()
+    optimizer = _build(spec, params)
+    run(optimizer, params, spec, range(2))
+    optimizer.eval()
+    with pytest.raises((RuntimeError, ValueError), match="train"):
+        run(optimizer, params, spec, range(2, 3))
+    optimizer.train()
+    run(optimizer, params, spec, range(2, 4))
