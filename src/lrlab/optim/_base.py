@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from lrlab.optim._distributed import all_reduce_scalars, params_are_sharded
 from lrlab.optim._foreach import group_by_device_and_dtype
 
 __all__ = [
@@ -164,6 +165,9 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     has_eval_mode: ClassVar[bool] = False
     #: the method wraps a base optimizer (Mechanic)
     wraps_base: ClassVar[bool] = False
+    #: the method keeps global statistics (sums over all parameters); such a method takes the
+    #: constructor argument ``sharded`` and reduces them with :meth:`_reduce_global`
+    has_global_statistics: ClassVar[bool] = False
     #: method-global scalars and their initial values
     #: (see NOTE [global scalars live in param_groups])
     global_defaults: ClassVar[Mapping[str, float | int | bool]] = {}
@@ -207,8 +211,31 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     def _params(self) -> tuple[Tensor, ...]:
         return tuple(p for group in self.param_groups for p in group["params"])
 
+    def _statistics_are_partial(self) -> bool:
+        """Whether this rank sees only part of the parameters (see NOTE in ``_distributed.py``).
+
+        True when the optimizer was built with ``sharded=True`` (each rank owns a disjoint part
+        of the model) or when a parameter is a sharded DTensor. Replicated (DDP) training is not
+        partial: every rank already holds the global gradient.
+        """
+        return bool(self.param_groups[0].get("sharded", False)) or params_are_sharded(
+            self._params()
+        )
+
+    def _reduce_global(self, values: list[Tensor]) -> list[Tensor]:
+        """Sum this step's partial scalar increments over ranks, one collective, if partial.
+
+        Every rank must call this every step (no early return before it), even with no
+        gradients: pass zeros.
+        """
+        return all_reduce_scalars(values, partial=self._statistics_are_partial())
+
     def _has_nonfinite(self, loss: Tensor | None) -> bool:
-        """One pass over the gradients and one host synchronisation per step."""
+        """One pass over the gradients and one host synchronisation per step.
+
+        With sharded parameters the flag is reduced over ranks, so that every rank skips the
+        same steps and no rank leaves the others waiting in a collective.
+        """
         flags: list[Tensor] = []
         if loss is not None:
             flags.append(torch.isfinite(loss.detach()).all())
@@ -217,10 +244,15 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             dense = [g.coalesce().values() if g.is_sparse else g for g in bucket]
             # the max-abs norm is NaN or inf exactly when some entry is, and cannot overflow
             flags.append(torch.isfinite(torch.stack(torch._foreach_norm(dense, math.inf))).all())
-        if not flags:
-            return False
-        device = flags[0].device
-        return not bool(torch.stack([f.to(device) for f in flags]).all())
+        device = flags[0].device if flags else None
+        bad = (
+            (~torch.stack([f.to(device) for f in flags]).all()).to(torch.float32)
+            if flags
+            else torch.zeros((), dtype=torch.float32)
+        )
+        if self.has_global_statistics and self._statistics_are_partial():
+            (bad,) = self._reduce_global([bad])
+        return bool(bad > 0)
 
     def step(  # type: ignore[override]
         self,

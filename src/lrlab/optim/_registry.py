@@ -63,6 +63,8 @@ class MethodSpec:
     needs_example_index: bool
     wraps_base: bool
     has_eval_mode: bool
+    has_global_statistics: bool
+    """Keeps sums over all parameters; takes ``sharded=`` and reduces them across ranks."""
     supports_foreach: bool
     """The constructor takes ``foreach`` and both paths compute the same numbers."""
     confidence: Confidence = "high"
@@ -122,6 +124,7 @@ def register(
             needs_example_index=bool(getattr(cls, "needs_example_index", False)),
             wraps_base=bool(getattr(cls, "wraps_base", False)),
             has_eval_mode=bool(getattr(cls, "has_eval_mode", False)),
+            has_global_statistics=bool(getattr(cls, "has_global_statistics", False)),
             supports_foreach=supports_foreach,
             confidence=confidence,
             oracle=oracle,

@@ -21,7 +21,6 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._distributed import all_reduce_scalars, params_are_sharded
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -97,6 +96,7 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
     """
 
     global_defaults: ClassVar[dict[str, float]] = {"lr_factor": 1.0, "path_ratio": 0.0}
+    has_global_statistics: ClassVar[bool] = True
 
     def _directions(
         self,
@@ -146,16 +146,21 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
             path_sq_parts.append(_foreach.sum_of_squares(paths, foreach=foreach))
             updated.extend((group, p.numel(), step) for p, step in zip(params, steps, strict=True))
 
-        if not updated:
-            return
-        reference = self._reference_sum(updated)
-        path_sq = torch.stack([part.to(path_sq_parts[0].dtype) for part in path_sq_parts]).sum()
-        partial = params_are_sharded(context.params)
-        path_sq, reference_t = all_reduce_scalars(
-            [path_sq, torch.tensor(reference, dtype=path_sq.dtype, device=path_sq.device)],
-            partial=partial,
+        # every rank reaches the reduction, even one without gradients this step
+        device = context.params[0].device
+        dtype = path_sq_parts[0].dtype if path_sq_parts else torch.float64
+        path_sq = (
+            torch.stack([part.to(dtype) for part in path_sq_parts]).sum()
+            if path_sq_parts
+            else torch.zeros((), dtype=dtype, device=device)
         )
-        ratio = float(path_sq) / float(reference_t)  # the one host synchronisation of the step
+        reference = torch.tensor(
+            self._reference_sum(updated) if updated else 0.0, dtype=dtype, device=path_sq.device
+        )
+        path_sq, reference = self._reduce_global([path_sq, reference])
+        if float(reference) == 0.0:  # no tensor had a gradient on any rank
+            return
+        ratio = float(path_sq) / float(reference)  # the one host synchronisation of the step
         self._set_global("path_ratio", ratio)
         self._set_global("lr_factor", factor * math.exp(damping * (ratio - 1.0)))
 
@@ -282,6 +287,9 @@ class ClaraSGD(_CumulativePathAdaptation):
             ``t`` steps from a zero path (the 2017 scheme's correction), instead of :math:`\mu`.
         weight_decay: coupled L2 coefficient added to the gradient (not in place), in [0, inf).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        sharded: each rank owns a disjoint part of the parameters, so the path norm and the
+            reference are partial sums to be reduced over ranks (not needed for DDP or
+            DTensor, which is detected).
 
     .. note::
         Deviations from the official code (``optimizers/sgd_clara.py``), all following spec 1.7:
@@ -314,8 +322,10 @@ class ClaraSGD(_CumulativePathAdaptation):
         transient_correction: bool = False,
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        sharded: bool = False,
     ) -> None:
         _check_common(lr, c, d, mu, reference_sum, unit_step, transient_correction, weight_decay)
+        check_bool("sharded", sharded)
         defaults = {
             "lr": lr,
             "c": c,
@@ -326,6 +336,7 @@ class ClaraSGD(_CumulativePathAdaptation):
             "transient_correction": transient_correction,
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "sharded": sharded,
         }
         super().__init__(params, defaults)
 
@@ -405,6 +416,7 @@ class ClaraAdam(_CumulativePathAdaptation):
             ``"total"``: :math:`M = K \mu_A(\sum_i D_i)`, the official code's lookup by total size.
         weight_decay: coupled L2 coefficient, added to the gradient (not in place).
         foreach: multi-tensor path.
+        sharded: as :class:`ClaraSGD`.
 
     .. note::
         Deviations from the official code (``optimizers/adam_clara.py``), following spec 1.4/1.7:
@@ -430,8 +442,10 @@ class ClaraAdam(_CumulativePathAdaptation):
         transient_correction: bool = False,
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        sharded: bool = False,
     ) -> None:
         _check_common(lr, c, d, mu, reference_sum, unit_step, transient_correction, weight_decay)
+        check_bool("sharded", sharded)
         check_betas("betas", betas)
         check_positive("eps", eps)
         defaults = {
@@ -446,6 +460,7 @@ class ClaraAdam(_CumulativePathAdaptation):
             "transient_correction": transient_correction,
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "sharded": sharded,
         }
         super().__init__(params, defaults)
 
