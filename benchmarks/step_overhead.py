@@ -1,0 +1,306 @@
+"""Optimizer step overhead: every lrlab method against torch and the official packages.
+
+Measures the median ``step()`` time (forward/backward excluded: gradients are preset) on
+
+* (a) one 10M-element float32 tensor, and
+* (b) 200 float32 tensors of mixed sizes (~5M elements in all),
+
+with 2 threads and interleaved repetitions (every optimizer is timed once per round, rounds
+repeated, so slow drifts of the machine hit all of them alike). Times are reported as ratios to
+``torch.optim.Adam(fused=True)`` measured in the same run. Also: persistent state bytes per
+parameter element, the transient allocation peak of one step (from the torch profiler's CPU
+memory events), and the bytes-moved lower bound of each method at the machine's measured copy
+bandwidth (read parameter + gradient, write parameter, read and write every per-element state
+array).
+
+Run:  ``.venv/bin/python benchmarks/step_overhead.py [--rounds 7] [--out docs/performance.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# the profiler (used for the transient peak) is chatty on stderr without this
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+
+import torch
+
+import lrlab
+import lrlab.optim as lo
+
+Factory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+
+@dataclass
+class Candidate:
+    label: str
+    factory: Factory
+    kind: str  # "lrlab", "torch", "official"
+    step_kwargs: Callable[[], dict]
+
+
+def _workload(name: str, generator: torch.Generator) -> list[torch.Tensor]:
+    if name == "one-10M":
+        sizes = [10_000_000]
+    else:  # 200 tensors, mixed sizes, ~5M elements
+        sizes = []
+        for index in range(200):
+            # a mix like a small network: a few large matrices, many small vectors
+            sizes.append(120_000 if index % 5 == 0 else 1_000 + 37 * index)
+        scale = 5_000_000 / sum(sizes)
+        sizes = [max(1, int(s * scale)) for s in sizes]
+    params = []
+    for size in sizes:
+        p = torch.randn(size, generator=generator).requires_grad_()
+        p.grad = torch.randn(size, generator=generator) * 1e-3
+        params.append(p)
+    return params
+
+
+def _lrlab_candidates() -> list[Candidate]:
+    candidates = []
+    loss = torch.tensor(1.0)
+    for name in lo.names():
+        spec = lo.spec(name)
+        kwargs = dict(spec.sample_kwargs[0])
+        if spec.needs_example_index:
+            continue  # per-example methods need a dataset index; measured in the lab instead
+
+        def step_kwargs(spec=spec) -> dict:
+            if spec.needs_closure:
+                return {"closure": lambda backward=True: loss}
+            if spec.needs_loss:
+                return {"loss": loss}
+            return {}
+
+        candidates.append(
+            Candidate(
+                label=name,
+                factory=lambda params, spec=spec, kwargs=kwargs: lo.create(
+                    spec.name, params, **kwargs
+                ),
+                kind="lrlab",
+                step_kwargs=step_kwargs,
+            )
+        )
+    return candidates
+
+
+def _official_candidates() -> list[Candidate]:
+    """The official package of every registered method that declares an oracle."""
+    candidates = []
+    loss = torch.tensor(1.0)
+    for name in lo.names():
+        spec = lo.spec(name)
+        if not spec.oracle:
+            continue
+        module_name, _, class_name = spec.oracle.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as error:
+            print(f"skipping oracle {spec.oracle}: {error}", file=sys.stderr)
+            continue
+        if spec.wraps_base:
+            # Mechanic's package wraps a base optimizer instance
+            def factory(params, cls=cls):
+                return cls(torch.optim.SGD(params, lr=1e-3))
+        else:
+
+            def factory(params, cls=cls):
+                return cls(params)
+
+        def step_kwargs(spec=spec) -> dict:
+            return {"closure": lambda: loss} if (spec.needs_loss or spec.needs_closure) else {}
+
+        candidates.append(Candidate(f"{spec.oracle} (official)", factory, "official", step_kwargs))
+    return candidates
+
+
+def _torch_candidates() -> list[Candidate]:
+    def none() -> dict:
+        return {}
+
+    return [
+        Candidate(
+            "torch Adam(fused)", lambda p: torch.optim.Adam(p, lr=1e-3, fused=True), "torch", none
+        ),
+        Candidate(
+            "torch Adam(foreach)",
+            lambda p: torch.optim.Adam(p, lr=1e-3, foreach=True),
+            "torch",
+            none,
+        ),
+        Candidate(
+            "torch SGD(foreach)", lambda p: torch.optim.SGD(p, lr=1e-3, foreach=True), "torch", none
+        ),
+        Candidate(
+            "torch SGD(momentum, foreach)",
+            lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, foreach=True),
+            "torch",
+            none,
+        ),
+    ]
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    """(total bytes of per-parameter state tensors, elements of full-size state arrays)."""
+    total = 0
+    arrays = 0
+    for p, state in optimizer.state.items():
+        if not isinstance(state, dict):
+            continue
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * value.element_size()
+                if isinstance(p, torch.Tensor) and value.numel() == p.numel() and p.numel() > 1:
+                    arrays += value.numel()
+    return total, arrays
+
+
+def _transient_peak(optimizer: torch.optim.Optimizer, step_kwargs: dict) -> int:
+    """Peak of the running sum of CPU allocations during one step (torch profiler events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        optimizer.step(**step_kwargs)
+    # an allocation counts from its op's start; a free (negative self usage, often booked on
+    # the parent op) from that op's end
+    points = sorted(
+        (
+            e.time_range.start if e.self_cpu_memory_usage > 0 else e.time_range.end,
+            e.self_cpu_memory_usage,
+        )
+        for e in prof.events()
+        if e.self_cpu_memory_usage
+    )
+    running = peak = 0
+    for _, usage in points:
+        running += usage
+        peak = max(peak, running)
+    return peak
+
+
+def _copy_bandwidth() -> float:
+    src = torch.randn(25_000_000)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(7):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() * src.element_size() / statistics.median(times)
+
+
+def measure(workload: str, candidates: list[Candidate], rounds: int, warmup: int) -> list[dict]:
+    rows = []
+    built = []
+    for candidate in candidates:
+        params = _workload(workload, torch.Generator().manual_seed(0))
+        try:
+            optimizer = candidate.factory(params)
+            for _ in range(warmup):
+                optimizer.step(**candidate.step_kwargs())
+        except Exception as error:  # a benchmark reports a broken candidate, it does not stop
+            print(f"{candidate.label}: {type(error).__name__}: {error}", file=sys.stderr)
+            continue
+        built.append((candidate, params, optimizer, []))
+    for _ in range(rounds):
+        for candidate, _params, optimizer, times in built:
+            kwargs = candidate.step_kwargs()
+            start = time.perf_counter()
+            optimizer.step(**kwargs)
+            times.append(time.perf_counter() - start)
+    elements = sum(p.numel() for p in _workload(workload, torch.Generator().manual_seed(0)))
+    for candidate, _params, optimizer, times in built:
+        state_bytes, arrays = _state_bytes(optimizer)
+        rows.append(
+            {
+                "label": candidate.label,
+                "kind": candidate.kind,
+                "median_s": statistics.median(times),
+                "state_bytes_per_element": state_bytes / elements,
+                "state_arrays": round(arrays / elements),
+                "transient_peak_bytes": _transient_peak(optimizer, candidate.step_kwargs()),
+                "elements": elements,
+            }
+        )
+    return rows
+
+
+def _format(rows: list[dict], bandwidth: float, workload: str) -> str:
+    reference = next((r for r in rows if r["label"] == "torch Adam(fused)"), None)
+    base = reference["median_s"] if reference else math.nan
+    lines = [
+        f"### Workload: {workload}",
+        "",
+        "| optimizer | kind | median step (ms) | ratio to Adam(fused) | bytes-moved bound (ms) "
+        "| state bytes / element | transient peak (MB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in sorted(rows, key=lambda r: r["median_s"]):
+        bound = 4 * row["elements"] * (3 + 2 * row["state_arrays"]) / bandwidth
+        lines.append(
+            f"| {row['label']} | {row['kind']} | {1e3 * row['median_s']:.2f} "
+            f"| {row['median_s'] / base:.2f} | {1e3 * bound:.2f} "
+            f"| {row['state_bytes_per_element']:.1f} | {row['transient_peak_bytes'] / 1e6:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("docs/performance.md"))
+    parser.add_argument("--only", nargs="*", help="restrict to these labels (substring match)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    candidates = _torch_candidates() + _lrlab_candidates() + _official_candidates()
+    if args.only:
+        candidates = [
+            c
+            for c in candidates
+            if c.label == "torch Adam(fused)" or any(o in c.label for o in args.only)
+        ]
+    bandwidth = _copy_bandwidth()
+    started = time.perf_counter()
+    sections = []
+    for workload in ("one-10M", "200-mixed"):
+        rows = measure(workload, candidates, args.rounds, args.warmup)
+        sections.append(_format(rows, bandwidth, workload))
+        print(sections[-1], flush=True)
+    header = [
+        "# Optimizer step overhead",
+        "",
+        "Written by `benchmarks/step_overhead.py` (do not edit by hand). Median `step()` time "
+        "with preset gradients (no forward/backward), float32, "
+        f"{args.threads} threads, {args.rounds} interleaved rounds after {args.warmup} warm-up "
+        "steps. Ratios are to `torch.optim.Adam(fused=True)` measured in the same run. The "
+        "bytes-moved bound is `4 B x elements x (3 + 2 x full-size state arrays)` at the measured "
+        f"copy bandwidth ({bandwidth / 1e9:.1f} GB/s).",
+        "",
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; "
+        f"torch {torch.__version__}, "
+        f"lrlab {lrlab.__version__}, Python {platform.python_version()}. "
+        f"Benchmark wall time: {time.perf_counter() - started:.0f} s.",
+        "",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(header + sections) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
