@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # torch is pinned to the CPU wheel: an unpinned torch can pull several GB of CUDA packages.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint venv
+.PHONY: demo test lint venv browser
 
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,5 +29,11 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+# the report tests open the HTML report in a real headless Chromium (Debian's package)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "Chromium is needed for the report tests: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+test: lint browser
 	$(VENV)/bin/python -m pytest -q
