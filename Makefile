@@ -22,8 +22,12 @@ $(VENV)/.installed-dev: pyproject.toml
 
 venv: $(VENV)/.installed-dev
 
+# the main job: the `smoke` study (one synthetic, one logistic and one vision problem; SGD and Adam
+# with and without CLARA over an initial-LR grid) into a resumable store under results/, then its
+# report; both commands print where their results are. `lrlab demo` is the older one-screen demo.
 demo: venv
-	$(VENV)/bin/lrlab demo
+	$(VENV)/bin/lrlab sweep --preset smoke --store results/smoke.sqlite
+	$(VENV)/bin/lrlab report --store results/smoke.sqlite --out results/smoke-report
 
 lint: venv
 	$(VENV)/bin/ruff check .

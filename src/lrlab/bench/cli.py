@@ -1,24 +1,150 @@
-"""The ``lrlab`` command line: list, demo (and, as the lab grows, run, sweep, report).
+"""The ``lrlab`` command line: list, run, sweep, report, export, demo.
 
 Every subcommand is a function ``_cmd_<name>(args) -> int`` registered in :func:`build_parser`.
+Bad input exits with code 2 and a message naming the argument and the allowed values; a sweep
+whose runs diverge or fail still exits 0 (those are results), one whose worker died exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
+DEFAULT_LRS = "1e-6:1:7"
 
-def _cmd_list(args: argparse.Namespace) -> int:
+
+class _UsageError(Exception):
+    """Bad command-line input: reported as ``lrlab <command>: error: ...``, exit code 2."""
+
+
+# -- argument types -----------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _lr(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number or 'none' (the method's default), got {text!r}"
+        )
+    return value
+
+
+def _lr_grid(text: str) -> tuple[float, ...]:
+    from lrlab.bench.sweep import StudyError, parse_lrs
+
+    try:
+        return parse_lrs(text)
+    except StudyError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    from lrlab.bench.sweep import StudyError, parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except StudyError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _kwarg(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` with VALUE read as TOML (``0.1``, ``true``, ``[0.9, 0.99]``) or a string."""
+    from lrlab.bench.sweep import tomllib
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return name.strip(), parsed
+
+
+def _import_plugins(modules: Sequence[str]) -> None:
+    """Import the ``--import`` modules (they register extra problems or methods)."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as error:
+            raise _UsageError(f"argument --import: cannot import {module!r}: {error}") from None
+
+
+# -- name checks --------------------------------------------------------------------------------
+
+
+def _check_problems(names: Sequence[str], option: str) -> None:
+    from lrlab.bench.problems import get_problem
+
+    for name in names:
+        try:
+            get_problem(name)
+        except KeyError as error:
+            raise _UsageError(f"argument {option}: {error}") from None
+
+
+def _check_methods(names: Sequence[str], option: str) -> None:
     import lrlab.optim as lo
 
-    if args.what != "methods":
-        print(f"lrlab list: '{args.what}' is not available yet", file=sys.stderr)
-        return 2
+    for name in names:
+        try:
+            lo.spec(name)
+        except KeyError as error:
+            raise _UsageError(f"argument {option}: {error}") from None
+
+
+def _open_store(path: str) -> Any:
+    """The store at ``path``, read-only."""
+    from lrlab.bench.store import Store, StoreError
+
+    if not Path(path).is_file():
+        raise _UsageError(f"argument --store: no store at {path!r} (run `lrlab sweep` first)")
+    try:
+        return Store(path, readonly=True)
+    except StoreError as error:
+        raise _UsageError(f"argument --store: {error}") from None
+
+
+# -- list ---------------------------------------------------------------------------------------
+
+
+def _list_methods() -> list[dict[str, Any]]:
+    import lrlab.optim as lo
+
     rows = []
     for name in lo.names():
         spec = lo.spec(name)
@@ -36,14 +162,335 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 "summary": spec.summary,
             }
         )
+    return rows
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        rows = _list_methods()
+        lines = [
+            f"{r['family']:<16} {r['summary']}"
+            + (f" [{', '.join(r['needs'])}]" if r["needs"] else "")
+            for r in rows
+        ]
+    elif args.what == "problems":
+        from lrlab.bench.problems import get_problem, problem_names
+
+        rows = []
+        for name in problem_names():
+            info = get_problem(name).info
+            rows.append(
+                {
+                    "name": name,
+                    "kind": info.kind,
+                    "metric": info.metric,
+                    "goal": info.goal.value,
+                    "default_steps": info.default_steps,
+                    "default_batch_size": info.default_batch_size,
+                    "summary": info.summary,
+                }
+            )
+        lines = [f"{r['kind']:<10} {r['metric']:<20} {r['summary']}" for r in rows]
+    else:
+        from lrlab.bench.presets import load_preset, preset_names
+
+        rows = []
+        for name in preset_names():
+            study = load_preset(name)
+            rows.append({"name": name, "description": study.description})
+        lines = [r["description"] for r in rows]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        extra = f" [{', '.join(r['needs'])}]" if r["needs"] else ""
-        print(f"{r['name']:<{width}}  {r['family']:<16} {r['summary']}{extra}")
+    width = max((len(r["name"]) for r in rows), default=0)
+    for row, line in zip(rows, lines, strict=True):
+        print(f"{row['name']:<{width}}  {line}")
     return 0
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+def _summary(record: Any) -> str:
+    config = record.config
+    lines = [
+        f"{config.problem} / {config.method} / lr={config.lr} / seed={config.seed}: "
+        f"{record.status.value} after {len(record.steps)} of {config.steps} steps "
+        f"({record.wall_time_s:.2f} s)",
+        f"run_id {record.run_id}",
+    ]
+    if record.diverged_at_step is not None:
+        lines.append(f"diverged at step {record.diverged_at_step}")
+    if record.error:
+        lines.append(f"error: {record.error.splitlines()[0]}")
+    if record.steps:
+        first, last = record.steps[0], record.steps[-1]
+        lines.append(
+            f"loss {first['loss']:.6g} -> {last['loss']:.6g}; "
+            f"effective_lr {first['effective_lr']:.4g} -> {last['effective_lr']:.4g}"
+        )
+    for key, value in record.final.items():
+        lines.append(f"  {key:<24} {value:.6g}")
+    return "\n".join(lines)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lrlab.bench.runner import run
+    from lrlab.bench.store import Store, record_to_dict
+    from lrlab.bench.sweep import make_config
+
+    _import_plugins(args.imports)
+    _check_problems([args.problem], "--problem")
+    _check_methods([args.method], "--method")
+    if args.schedule is not None:
+        from lrlab.bench.runner import schedule_names
+
+        allowed = schedule_names()
+        if args.schedule not in allowed:
+            raise _UsageError(
+                f"argument --schedule: unknown schedule {args.schedule!r}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+    torch.set_num_threads(args.threads)
+    config = make_config(
+        problem=args.problem,
+        method=args.method,
+        lr=args.lr,
+        seed=args.seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        problem_kwargs=dict(args.problem_kwargs),
+        method_kwargs=dict(args.method_kwargs),
+        schedule=args.schedule,
+        schedule_kwargs=dict(args.schedule_kwargs),
+        eval_every=args.eval_every,
+        divergence_threshold=args.divergence_threshold,
+    )
+    record = run(config)
+    if args.store:
+        with Store(args.store) as store:
+            store.write(record)
+    if args.json:
+        print(json.dumps(record_to_dict(record), indent=1))
+    else:
+        print(_summary(record))
+        if args.store:
+            print(f"stored in {args.store}")
+    return 1 if record.error else 0
+
+
+# -- sweep --------------------------------------------------------------------------------------
+
+
+def _study_from_args(args: argparse.Namespace) -> Any:
+    import dataclasses
+
+    from lrlab.bench.sweep import MethodEntry, ProblemEntry, Study, StudyError, load_study
+
+    if args.preset is not None:
+        from lrlab.bench.presets import load_preset
+
+        try:
+            study = load_preset(args.preset)
+        except StudyError as error:
+            raise _UsageError(f"argument --preset: {error}") from None
+    elif args.study is not None:
+        try:
+            study = load_study(args.study)
+        except StudyError as error:
+            raise _UsageError(f"argument --study: {error}") from None
+    else:
+        missing = [
+            option
+            for option, value in (("--problems", args.problems), ("--methods", args.methods))
+            if not value
+        ]
+        if missing:
+            raise _UsageError(
+                f"the following arguments are required without --preset or --study: "
+                f"{', '.join(missing)}"
+            )
+        study = Study(
+            name=args.name or "sweep",
+            problems=(),
+            methods=(),
+            lrs=args.lrs or _lr_grid(DEFAULT_LRS),
+            seeds=args.seeds or (0,),
+        )
+    changes: dict[str, Any] = {}
+    if args.problems:
+        _check_problems(args.problems, "--problems")
+        changes["problems"] = tuple(ProblemEntry(name=n) for n in args.problems)
+    if args.methods:
+        _check_methods(args.methods, "--methods")
+        changes["methods"] = tuple(MethodEntry(name=n) for n in args.methods)
+    if args.lrs:
+        changes["lrs"] = args.lrs
+    if args.seeds:
+        changes["seeds"] = args.seeds
+    if args.steps:
+        changes["steps"] = args.steps
+        changes["problems"] = tuple(
+            dataclasses.replace(p, steps=None) for p in changes.get("problems", study.problems)
+        )
+    if args.name:
+        changes["name"] = args.name
+    return dataclasses.replace(study, **changes)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from lrlab.bench.executors import ExecutorError, check_backend
+    from lrlab.bench.store import Store, StoreError
+    from lrlab.bench.sweep import StudyError, run_sweep
+
+    if args.ray_address is not None and args.backend != "ray":
+        raise _UsageError("argument --ray-address: only allowed with --backend ray")
+    _import_plugins(args.imports)
+    study = _study_from_args(args)
+    try:
+        configs = study.configs()
+    except StudyError as error:
+        raise _UsageError(str(error)) from None
+    store_path = Path(args.store or f"results/{study.name}.sqlite")
+    if args.dry_run:
+        print(f"{study.name}: {len(configs)} runs -> {store_path}")
+        return 0
+    try:
+        check_backend(args.backend, args.ray_address)
+    except ExecutorError as error:
+        option = "--ray-address" if args.ray_address is not None else "--backend"
+        raise _UsageError(f"argument {option}: {error}") from None
+    try:
+        store = Store(store_path)
+    except StoreError as error:
+        raise _UsageError(f"argument --store: {error}") from None
+    with store:
+        try:
+            summary = run_sweep(
+                configs,
+                store,
+                backend=args.backend,
+                workers=args.workers,
+                address=args.ray_address,
+                retry_failed=args.retry_failed,
+                show_progress=not args.quiet,
+                imports=args.imports,
+            )
+        except ExecutorError as error:
+            option = "--ray-address" if args.ray_address is not None else "--backend"
+            raise _UsageError(f"argument {option}: {error}") from None
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted: {store.count()} runs are stored in {store_path}; "
+                "run the same command again to resume",
+                file=sys.stderr,
+            )
+            return 130
+        totals = store.status_counts()
+    counts = ", ".join(f"{n} {status}" for status, n in summary.counts.items())
+    print(
+        f"{study.name}: {summary.total} runs, {summary.skipped} already stored; ran "
+        f"{sum(summary.counts.values())} ({counts}) in {summary.wall_time_s:.1f} s"
+    )
+    for line in summary.errors[:5]:
+        print(f"  failed: {line}")
+    if len(summary.errors) > 5:
+        print(f"  ... and {len(summary.errors) - 5} more failed runs")
+    stored = ", ".join(f"{n} {status}" for status, n in totals.items())
+    print(f"Results: {store_path} ({stored})")
+    print(f"  table:  lrlab report --store {store_path}")
+    print(f"  pandas: lrlab.bench.store.Store({str(store_path)!r}).dataframe('runs')")
+    if summary.lost:
+        print(
+            f"{len(summary.lost)} runs were lost because a worker process died; run the same "
+            "command again to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+# -- report and export --------------------------------------------------------------------------
+
+
+def _headline(problem: str, records: Sequence[Any]) -> tuple[str, str]:
+    from lrlab.bench.report import default_metric_choice
+
+    choice = default_metric_choice(problem, records)
+    return choice.metric, choice.goal.value
+
+
+def _format_cell(point: Any) -> str:
+    if point.seeds == point.diverged:
+        return "diverged"
+    text = f"{point.mean:.3g}"
+    return f"{text} ({point.diverged}x)" if point.diverged else text
+
+
+def report_table(records: Sequence[Any], metric: str | None = None) -> str:
+    """A text table per problem: mean final metric over seeds per method (rows) x LR (columns);
+    ``(kx)``: k seeds diverged or failed."""
+    from collections import defaultdict
+
+    from lrlab.bench.metrics import sensitivity
+
+    by_problem: dict[str, list[Any]] = defaultdict(list)
+    for record in records:
+        by_problem[record.config.problem].append(record)
+    blocks = []
+    for problem, rows in sorted(by_problem.items()):
+        name, goal = (metric, "") if metric else _headline(problem, rows)
+        points = sensitivity(rows, name)
+        lrs = sorted({p.lr for p in points}, key=lambda v: (v is None, v or 0.0))
+        methods = list(dict.fromkeys(p.method for p in points))
+        cells = {(p.method, p.lr): _format_cell(p) for p in points}
+        width = max(len(m) for m in (*methods, "method"))
+        header = [f"{'lr=' + format(lr, 'g') if lr is not None else 'default':>14}" for lr in lrs]
+        seeds = max(p.seeds for p in points)
+        lines = [
+            f"{problem}: final {name}{f' ({goal})' if goal else ''}, mean over {seeds} "
+            "seed(s); (kx) = k seeds diverged or failed",
+            f"{'method':<{width}} " + " ".join(header),
+        ]
+        for method in methods:
+            row = [f"{cells.get((method, lr), '-'):>14}" for lr in lrs]
+            lines.append(f"{method:<{width}} " + " ".join(row))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    filters = {}
+    if args.problems:
+        filters["problem"] = args.problems
+    with _open_store(args.store) as store:
+        records = store.load_records(**filters)
+    if not records:
+        raise _UsageError(f"argument --store: no runs in {args.store!r} match")
+    print(report_table(records, args.metric))
+    if args.out:
+        from lrlab.bench.report import build_report
+
+        files = build_report(records, args.out)
+        print(f"\nReport: {files.html} and {files.markdown}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from lrlab.bench.store import StoreError
+
+    with _open_store(args.store) as store:
+        try:
+            out = store.export(args.out, table=args.table)
+        except StoreError as error:
+            raise _UsageError(f"argument --out: {error}") from None
+    print(f"wrote {out}")
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------------------------
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -58,14 +505,125 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- parser -------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrlab", description=__doc__.splitlines()[0])
+    from lrlab.bench.executors import BACKENDS
+
+    parser = argparse.ArgumentParser(
+        prog="lrlab",
+        description="lrlab: online learning-rate adaptation for PyTorch, and a lab to compare "
+        "the methods (list, run, sweep, report, export, demo).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    listing = commands.add_parser("list", help="list registered methods")
-    listing.add_argument("what", nargs="?", default="methods", choices=["methods"])
+    listing = commands.add_parser("list", help="list registered methods, problems or presets")
+    listing.add_argument(
+        "what", nargs="?", default="methods", choices=["methods", "problems", "presets"]
+    )
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_cmd_list)
+
+    one = commands.add_parser("run", help="one training run; prints a summary (or --json)")
+    one.add_argument("--problem", required=True, help="problem name (lrlab list problems)")
+    one.add_argument("--method", required=True, help="method name (lrlab list methods)")
+    one.add_argument("--lr", type=_lr, default=None, help="initial LR (default: the method's own)")
+    one.add_argument("--seed", type=_nonnegative_int, default=0)
+    one.add_argument("--steps", type=_positive_int, help="default: the problem's")
+    one.add_argument("--batch-size", type=_positive_int, help="default: the problem's")
+    one.add_argument("--eval-every", type=_nonnegative_int, default=0)
+    one.add_argument("--divergence-threshold", type=float, default=1e6)
+    for kind in ("problem", "method", "schedule"):
+        one.add_argument(
+            f"--{kind}-kwargs",
+            type=_kwarg,
+            nargs="+",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"{kind} arguments (values read as TOML: 0.1, true, [0.9, 0.99], text)",
+        )
+    one.add_argument("--schedule", help="an LR schedule from lrlab.schedules")
+    one.add_argument("--threads", type=_positive_int, default=1, help="torch threads")
+    one.add_argument("--store", help="also write the record into this store")
+    one.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    one.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module that registers extra problems or methods (repeatable)",
+    )
+    one.set_defaults(handler=_cmd_run)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="problems x methods x LRs x seeds, resumable",
+        description="Run a sweep into a SQLite store; runs already stored are skipped, so "
+        "running the same command again resumes a killed sweep. --problems/--methods/--lrs/"
+        "--seeds/--steps override the preset's or study's values.",
+    )
+    source = sweep.add_mutually_exclusive_group()
+    source.add_argument("--preset", help="a shipped study (lrlab list presets)")
+    source.add_argument("--study", help="a study file (TOML)")
+    sweep.add_argument(
+        "--problems", nargs="+", metavar="PROBLEM", help="problem names (lrlab list problems)"
+    )
+    sweep.add_argument(
+        "--methods", nargs="+", metavar="METHOD", help="method names (lrlab list methods)"
+    )
+    sweep.add_argument(
+        "--lrs",
+        type=_lr_grid,
+        metavar="GRID",
+        help=f"LOW:HIGH:COUNT log-spaced or a comma list (default {DEFAULT_LRS})",
+    )
+    sweep.add_argument("--seeds", type=_seeds, help="a count N (seeds 0..N-1) or a list (0,3)")
+    sweep.add_argument("--steps", type=_positive_int, help="steps of every run")
+    sweep.add_argument("--name", help="study name (default store results/NAME.sqlite)")
+    sweep.add_argument("--store", help="SQLite file (default results/<study name>.sqlite)")
+    sweep.add_argument(
+        "--workers", type=_positive_int, help="worker processes (default: the CPU count)"
+    )
+    sweep.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="local",
+        help="local processes (default) or Ray (pip install 'lrlab[ray]')",
+    )
+    sweep.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="a running Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: start a "
+        "local instance with --workers CPUs)",
+    )
+    sweep.add_argument("--retry-failed", action="store_true", help="run stored failed runs again")
+    sweep.add_argument("--dry-run", action="store_true", help="count the runs and stop")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module that registers extra problems or methods, imported by the driver and "
+        "by every worker (repeatable)",
+    )
+    sweep.set_defaults(handler=_cmd_sweep)
+
+    report = commands.add_parser("report", help="final metric per method x LR from a store")
+    report.add_argument("--store", required=True)
+    report.add_argument("--problems", nargs="+", metavar="PROBLEM", help="only these")
+    report.add_argument("--metric", help="default: each problem's headline metric")
+    report.add_argument("--out", help="also write the HTML/Markdown report into this directory")
+    report.set_defaults(handler=_cmd_report)
+
+    export = commands.add_parser("export", help="a store's table as CSV or Parquet")
+    export.add_argument("--store", required=True)
+    export.add_argument("--table", choices=["runs", "steps", "evals"], default="runs")
+    export.add_argument("--out", required=True, help="file.csv or file.parquet")
+    export.set_defaults(handler=_cmd_export)
 
     demo = commands.add_parser("demo", help="adaptive vs fixed LR from a bad initial LR")
     demo.add_argument("--lr", type=float, default=1e-4, help="initial learning rate")
@@ -76,5 +634,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2)
+        return int(exit_.code or 0)
+    try:
+        return int(args.handler(args))
+    except _UsageError as error:
+        print(f"lrlab {args.command}: error: {error}", file=sys.stderr)
+        return 2

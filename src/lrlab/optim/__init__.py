@@ -29,24 +29,66 @@ from lrlab.optim._registry import (
 )
 
 # method modules (each registers its classes on import)
+from lrlab.optim.alera import AgAdam, ALeRA, SALeRA, SPALeRA, layer_param_groups
 from lrlab.optim.baselines import SGD, Adam, AdamW
 from lrlab.optim.clara import ClaraAdam, ClaraSGD
+from lrlab.optim.dadaptation import DAdaptAdaGrad, DAdaptAdam, DAdaptSGD
+from lrlab.optim.dog import DoG, DoWG, LDoG
+from lrlab.optim.gradagrad import GradaGrad
+from lrlab.optim.l4 import L4Adam, L4Mom
+from lrlab.optim.lossgrad import Lossgrad, make_consistent_closure
+from lrlab.optim.mda import MDA
+from lrlab.optim.mechanic import Mechanic
+from lrlab.optim.momo import Momo, MomoAdam
+from lrlab.optim.polyak import MOTAPS, SPS, TAPS
+from lrlab.optim.prodigy import Prodigy
+from lrlab.optim.schedule_free import AdamWScheduleFree, SGDScheduleFree, recalibrate_batchnorm
+from lrlab.optim.wngrad import WNAdam, WNGrad
 
 __all__ = [
+    "MDA",
+    "MOTAPS",
     "SGD",
+    "SPS",
+    "TAPS",
+    "ALeRA",
     "Adam",
     "AdamW",
+    "AdamWScheduleFree",
     "AdaptiveOptimizer",
+    "AgAdam",
     "ClaraAdam",
     "ClaraSGD",
+    "DAdaptAdaGrad",
+    "DAdaptAdam",
+    "DAdaptSGD",
+    "DoG",
+    "DoWG",
+    "GradaGrad",
     "InvalidKwargs",
+    "L4Adam",
+    "L4Mom",
+    "LDoG",
+    "Lossgrad",
+    "Mechanic",
     "MethodSpec",
+    "Momo",
+    "MomoAdam",
+    "Prodigy",
+    "SALeRA",
+    "SGDScheduleFree",
+    "SPALeRA",
     "StepContext",
     "UnknownNameError",
+    "WNAdam",
+    "WNGrad",
     "create",
     "evaluate_without_backward",
+    "layer_param_groups",
     "make_closure",
+    "make_consistent_closure",
     "names",
+    "recalibrate_batchnorm",
     "register",
     "spec",
 ]

@@ -1,0 +1,449 @@
+"""The results store: one SQLite file (stdlib ``sqlite3``, WAL journal), written by one process.
+
+Tables::
+
+    runs   run_id PRIMARY KEY (= RunConfig.run_id, the SHA-256 of the canonical config),
+           problem, method, label, lr, seed, steps, status, diverged_at_step, error,
+           wall_time_s, stored_at, config (JSON), final (JSON), versions (JSON)
+    steps  (run_id, idx) -> step, metrics (JSON object: one RunRecord.steps row)
+    evals  (run_id, idx) -> step, metrics (JSON object: one RunRecord.evals row)
+    meta   key -> value (schema_version)
+
+Each record is written in ONE transaction (its runs row and all its step and eval rows), so a
+process killed at any point, SIGKILL included, leaves either the whole run or nothing of it; a
+resumed sweep skips the ``run_id``\\ s present and loses or duplicates none. Only the sweep's
+driver writes; any number of readers (reports) may read at the same time (WAL).
+
+Metric rows are JSON objects; non-finite floats are written as the strings ``"nan"``, ``"inf"``
+and ``"-inf"`` (valid JSON, readable with SQLite's ``json_extract``) and read back as floats, so
+a record read back equals the record written, float for float. Config kwargs come back as lists
+where they were tuples (same ``run_id``).
+
+Example:
+    >>> with Store("results/smoke.sqlite") as store:
+    ...     records = store.load_records(problem="synthetic_sphere", status="finished")
+    ...     frame = store.dataframe("steps")  # pandas
+    ...     store.export("steps.parquet", table="steps")
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from lrlab.bench.spec import RunConfig, RunRecord, RunStatus
+
+__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "load_records", "record_to_dict"]
+
+SCHEMA_VERSION = "1"
+TABLES = ("runs", "steps", "evals")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    problem TEXT NOT NULL,
+    method TEXT NOT NULL,
+    label TEXT NOT NULL,
+    lr REAL,
+    seed INTEGER NOT NULL,
+    steps INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    diverged_at_step INTEGER,
+    error TEXT,
+    wall_time_s REAL NOT NULL,
+    stored_at TEXT NOT NULL,
+    config TEXT NOT NULL,
+    final TEXT NOT NULL,
+    versions TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_problem ON runs (problem, method, lr, seed);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (run_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS evals (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (run_id, idx)
+) WITHOUT ROWID;
+"""
+
+# columns of `runs` that `query` / `load_records` filter on directly
+_FILTER_COLUMNS = ("run_id", "problem", "method", "label", "lr", "seed", "steps", "status")
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used (other schema version, bad filter, missing optional package)."""
+
+
+def _encode_metrics(row: Mapping[str, Any]) -> str:
+    return json.dumps(_finite_json(row), separators=(",", ":"))
+
+
+def _decode_metrics(text: str) -> dict[str, Any]:
+    return {
+        k: _NONFINITE[v] if isinstance(v, str) and v in _NONFINITE else v
+        for k, v in json.loads(text).items()
+    }
+
+
+def _finite_json(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Mapping):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def record_to_dict(record: RunRecord) -> dict[str, Any]:
+    """A record as strict-JSON-ready data (non-finite metric values as ``"nan"``/``"inf"``)."""
+    return {
+        "run_id": record.run_id,
+        "config": record.config.to_dict(),
+        "status": record.status.value,
+        "diverged_at_step": record.diverged_at_step,
+        "error": record.error,
+        "wall_time_s": record.wall_time_s,
+        "versions": dict(record.versions),
+        "final": _finite_json(record.final),
+        "steps": _finite_json(record.steps),
+        "evals": _finite_json(record.evals),
+    }
+
+
+def _label(config: RunConfig) -> str:
+    label = config.tags.get("label") if config.tags else None
+    return str(label) if label else config.method
+
+
+class Store:
+    """A SQLite results store at ``path`` (created with its parent directories if missing).
+
+    Args:
+        path: the database file (``.sqlite``).
+        readonly: open without creating or writing (a report).
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise StoreError(f"store {str(self.path)!r} does not exist")
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        try:
+            found = self._open(readonly)
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise StoreError(f"{str(self.path)!r} is not an lrlab store ({error})") from error
+        if found != SCHEMA_VERSION:
+            self._db.close()
+            raise StoreError(
+                f"store {str(self.path)!r} has schema version {found!r}; this lrlab reads "
+                f"version {SCHEMA_VERSION!r}"
+            )
+
+    def _open(self, readonly: bool) -> str | None:
+        """Set the pragmas, create the tables if writable; returns the schema version found."""
+        if not readonly:
+            # WAL: readers never block the writer; synchronous=NORMAL keeps every committed
+            # transaction across a killed process (a power cut may lose the last few).
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        if not readonly:
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (SCHEMA_VERSION,),
+            )
+        found = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return found[0] if found else None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, record: RunRecord) -> None:
+        """Store one finished run (replacing a stored run with the same id), in one transaction."""
+        config = record.config
+        row = (
+            record.run_id,
+            config.problem,
+            config.method,
+            _label(config),
+            config.lr,
+            config.seed,
+            config.steps,
+            record.status.value,
+            record.diverged_at_step,
+            record.error,
+            record.wall_time_s,
+            datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            json.dumps(config.to_dict(), separators=(",", ":")),
+            _encode_metrics(record.final),
+            json.dumps(record.versions, separators=(",", ":")),
+        )
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # the cascade removes an older version's step and eval rows
+            db.execute("DELETE FROM runs WHERE run_id = ?", (record.run_id,))
+            db.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(row))})", row)
+            for table, rows in (("steps", record.steps), ("evals", record.evals)):
+                db.executemany(
+                    f"INSERT INTO {table} (run_id, idx, step, metrics) VALUES (?, ?, ?, ?)",
+                    (
+                        (record.run_id, i, int(r.get("step", i)), _encode_metrics(r))
+                        for i, r in enumerate(rows)
+                    ),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def delete(self, run_ids: Iterable[str]) -> int:
+        """Remove runs (with their step and eval rows); returns how many were removed."""
+        ids = list(run_ids)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            removed = self._db.executemany("DELETE FROM runs WHERE run_id = ?", ((i,) for i in ids))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return removed.rowcount
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _where(self, filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """SQL for ``column = value`` (or ``IN`` for a list) and ``tags.NAME = value`` filters."""
+        clauses: list[str] = []
+        values: list[Any] = []
+        for key, value in filters.items():
+            if key.startswith("tags."):
+                column = "json_extract(config, ?)"
+                prefix = [f"$.tags.{key[len('tags.') :]}"]
+            elif key in _FILTER_COLUMNS:
+                column, prefix = key, []
+            else:
+                allowed = ", ".join((*_FILTER_COLUMNS, "tags.<name>"))
+                raise StoreError(f"cannot filter runs on {key!r}; allowed: {allowed}")
+            options = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+            options = [v.value if isinstance(v, RunStatus) else v for v in options]
+            parts = []
+            non_null = [v for v in options if v is not None]
+            if non_null:
+                parts.append(f"{column} IN ({', '.join('?' * len(non_null))})")
+                values += [*prefix, *non_null]
+            if len(non_null) < len(options):
+                parts.append(f"{column} IS NULL")
+                values += prefix
+            clauses.append("(" + " OR ".join(parts) + ")" if parts else "0")
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), values
+
+    def run_ids(self, **filters: Any) -> set[str]:
+        """The ids of the stored runs that match ``filters`` (see :meth:`query`)."""
+        where, values = self._where(filters)
+        return {r[0] for r in self._db.execute(f"SELECT run_id FROM runs{where}", values)}
+
+    def count(self, **filters: Any) -> int:
+        where, values = self._where(filters)
+        return int(self._db.execute(f"SELECT count(*) FROM runs{where}", values).fetchone()[0])
+
+    def status_counts(self, **filters: Any) -> dict[str, int]:
+        """``{status: number of runs}`` over the runs matching ``filters``."""
+        where, values = self._where(filters)
+        sql = f"SELECT status, count(*) FROM runs{where} GROUP BY status ORDER BY status"
+        return dict(self._db.execute(sql, values))
+
+    def query(self, **filters: Any) -> list[dict[str, Any]]:
+        """Summary rows of the runs matching ``filters``, ordered by problem, method, lr, seed.
+
+        Filters: ``problem``, ``method``, ``label``, ``lr``, ``seed``, ``steps``, ``status``,
+        ``run_id`` (a value, or a list of accepted values) and ``tags.<name>``. Each row holds
+        the ``runs`` columns with ``config``, ``final`` and ``versions`` decoded.
+        """
+        where, values = self._where(filters)
+        cursor = self._db.execute(
+            f"SELECT * FROM runs{where} ORDER BY problem, method, label, lr, seed, run_id", values
+        )
+        names = [d[0] for d in cursor.description]
+        rows = []
+        for raw in cursor:
+            row = dict(zip(names, raw, strict=True))
+            row["config"] = json.loads(row["config"])
+            row["final"] = _decode_metrics(row["final"])
+            row["versions"] = json.loads(row["versions"])
+            rows.append(row)
+        return rows
+
+    def _rows(self, table: str, run_id: str) -> list[dict[str, Any]]:
+        cursor = self._db.execute(
+            f"SELECT metrics FROM {table} WHERE run_id = ? ORDER BY idx", (run_id,)
+        )
+        return [_decode_metrics(text) for (text,) in cursor]
+
+    def load_records(self, **filters: Any) -> list[RunRecord]:
+        """The full :class:`RunRecord` of every run matching ``filters`` (see :meth:`query`)."""
+        records = []
+        for row in self.query(**filters):
+            records.append(
+                RunRecord(
+                    run_id=row["run_id"],
+                    config=RunConfig.from_dict(row["config"]),
+                    status=RunStatus(row["status"]),
+                    steps=self._rows("steps", row["run_id"]),
+                    evals=self._rows("evals", row["run_id"]),
+                    final=row["final"],
+                    diverged_at_step=row["diverged_at_step"],
+                    error=row["error"],
+                    wall_time_s=row["wall_time_s"],
+                    versions=row["versions"],
+                )
+            )
+        return records
+
+    # -- tables for analysis ----------------------------------------------------------------
+
+    def table(self, name: str, **filters: Any) -> list[dict[str, Any]]:
+        """One flat row per run (``runs``), per step (``steps``) or per evaluation (``evals``).
+
+        ``runs`` rows: the config's fields, ``tags.*``, kwargs as JSON text, status, timing,
+        ``final.*`` and ``versions.*``. ``steps`` / ``evals`` rows: ``run_id``, ``problem``,
+        ``method``, ``label``, ``lr``, ``seed`` and the row's metrics. Every row has every column
+        of the table (None where a run has no value).
+        """
+        if name not in TABLES:
+            raise StoreError(f"unknown table {name!r}; allowed: {', '.join(TABLES)}")
+        runs = self.query(**filters)
+        rows: list[dict[str, Any]] = []
+        if name == "runs":
+            for run in runs:
+                config = run["config"]
+                row: dict[str, Any] = {
+                    "run_id": run["run_id"],
+                    "problem": run["problem"],
+                    "method": run["method"],
+                    "label": run["label"],
+                    "lr": run["lr"],
+                    "seed": run["seed"],
+                    "steps": run["steps"],
+                    "batch_size": config.get("batch_size"),
+                    "schedule": config.get("schedule"),
+                    "eval_every": config.get("eval_every"),
+                    "divergence_threshold": config.get("divergence_threshold"),
+                    "problem_kwargs": json.dumps(config.get("problem_kwargs", {}), sort_keys=True),
+                    "method_kwargs": json.dumps(config.get("method_kwargs", {}), sort_keys=True),
+                    "schedule_kwargs": json.dumps(
+                        config.get("schedule_kwargs", {}), sort_keys=True
+                    ),
+                    "status": run["status"],
+                    "diverged_at_step": run["diverged_at_step"],
+                    "error": (run["error"] or "").split("\n", 1)[0] or None,
+                    "wall_time_s": run["wall_time_s"],
+                    "stored_at": run["stored_at"],
+                }
+                row.update({f"tags.{k}": v for k, v in config.get("tags", {}).items()})
+                row.update({f"final.{k}": v for k, v in run["final"].items()})
+                row.update({f"versions.{k}": v for k, v in run["versions"].items()})
+                rows.append(row)
+        else:
+            for run in runs:
+                head = {k: run[k] for k in ("run_id", "problem", "method", "label", "lr", "seed")}
+                rows.extend({**head, **metrics} for metrics in self._rows(name, run["run_id"]))
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        return [{column: row.get(column) for column in columns} for row in rows]
+
+    def dataframe(self, name: str = "runs", **filters: Any) -> Any:
+        """:meth:`table` as a ``pandas.DataFrame`` (needs pandas: ``pip install lrlab[bench]``)."""
+        try:
+            import pandas as pd
+        except ImportError as error:
+            raise StoreError(
+                "loading into pandas needs pandas: pip install 'lrlab[bench]'"
+            ) from error
+        return pd.DataFrame.from_records(self.table(name, **filters))
+
+    def export(
+        self,
+        path: str | Path,
+        *,
+        table: str = "runs",
+        file_format: str | None = None,
+        **filters: Any,
+    ) -> Path:
+        """Write :meth:`table` to ``path`` as CSV or Parquet (``file_format`` or the suffix).
+
+        Parquet needs pyarrow (``pip install pyarrow``).
+        """
+        path = Path(path)
+        fmt = (file_format or path.suffix.lstrip(".")).lower()
+        if fmt not in ("csv", "parquet"):
+            raise StoreError(f"unknown export format {fmt!r}; allowed: csv, parquet")
+        rows = self.table(table, **filters)
+        if fmt == "parquet":
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError as error:
+                raise StoreError(
+                    "Parquet export needs pyarrow: pip install pyarrow (or export to .csv)"
+                ) from error
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows), path)
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            columns = list(rows[0]) if rows else []
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        return path
+
+    def __iter__(self) -> Iterator[RunRecord]:
+        return iter(self.load_records())
+
+    def __len__(self) -> int:
+        return self.count()
+
+
+def load_records(path: str | Path, **filters: Any) -> list[RunRecord]:
+    """The records stored at ``path`` that match ``filters`` (see :meth:`Store.query`)."""
+    with Store(path, readonly=True) as store:
+        return store.load_records(**filters)

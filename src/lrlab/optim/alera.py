@@ -1,0 +1,1063 @@
+r"""ALeRA, SALeRA, SPALeRA and Ag-Adam: the 2017 cumulative path-length learning rates.
+
+Paper: A. Schoenauer-Sebag, M. Schoenauer, M. Sebag, "Stochastic Gradient Descent: Going As Fast
+As Possible But Not Faster", arXiv:1709.01427 (2017). Official code: the Lua/Torch7 repository
+``aschoenauer-sebag/salera``. Spec: ``shared/specs/path_and_loss_methods.md`` section 2.
+
+Every layer keeps an exponentially discounted sum ("path") of its *normalised raw gradients* and
+compares the squared path length with its expectation when the unit directions are independent
+(a random walk). Longer than expected (gradients agree): grow the layer's learning rate; shorter
+(they cancel): shrink it. Unlike CLARA (:mod:`lrlab.optim.clara`), which revisits this scheme,
+the learning rate is updated *before* the step and used for it, the reference carries the exact
+transient correction, and the deviation is scaled by the reference's spread
+:math:`\alpha / \sqrt{D_l}`.
+
+NOTE [what a layer is]
+The paper's "layer" is one module with weights: its weight and bias form one block. torch gives
+an optimizer tensors, not modules, so every ALeRA-family class takes ``block``:
+
+* ``"tensor"`` (default): every parameter tensor is its own block. Needs nothing from the user,
+  but a layer's weight and bias get separate learning rates.
+* ``"group"``: every param group is one block. :func:`layer_param_groups` builds one group per
+  module that owns parameters (with ``block="group"``), which reproduces the paper's blocks:
+  ``ALeRA(layer_param_groups(model), lr=...)``.
+
+``block`` is a group setting, so the two can be mixed.
+
+NOTE [the 2017 scheme across ranks]
+A tensor block is always on one rank. A group block can span ranks when each rank owns a disjoint
+part of the model (``sharded=True``): then its four partial sums (path norm, path-gradient inner
+product, gradient norm, size) are reduced in the one collective of the step, and the new path
+norm is obtained from them by expanding :math:`\lVert(1-\alpha)p + \alpha u\rVert^2`, so the step
+needs no second collective. Every rank must then build the same group-mode groups in the same
+order. SALeRA's and SPALeRA's Page-Hinkley test runs on the mini-batch loss: with sharded
+parameters the loss is averaged over ranks in the same collective, so all ranks agree on alarms;
+in replicated (DDP) training pass the same loss on every rank (e.g. the all-reduced mean).
+Tested with disjoint ownership (``sharded=True``, threads standing in for ranks); DTensor
+parameters are untested.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim.optimizer import ParamsT
+
+from lrlab.optim import _foreach
+from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._distributed import is_distributed
+from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._validation import (
+    check_betas,
+    check_bool,
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_range,
+)
+from lrlab.optim.clara import sgd_noise_reference
+
+__all__ = [
+    "ALeRA",
+    "AgAdam",
+    "PageHinkley",
+    "SALeRA",
+    "SPALeRA",
+    "layer_param_groups",
+    "page_hinkley_step",
+]
+
+Block = Literal["tensor", "group"]
+_BLOCKS = ("tensor", "group")
+
+#: a block whose gradient norm is at most this adds nothing to its path (the Lua code's
+#: ``epsilon`` in ``main.lua``; ensmallen's ``epsilon``)
+GRADIENT_FLOOR = 1e-6
+#: the official code stops training once a learning rate falls to this (see SALeRA's notes)
+LR_STOP = 1e-15
+# math.exp overflows above ~709.78; a larger exponent would give an infinite rate anyway
+_MAX_EXPONENT = 700.0
+
+
+def layer_param_groups(model: nn.Module, **options: Any) -> list[dict[str, Any]]:
+    """One param group per module that owns parameters: the paper's per-layer blocks.
+
+    A module's weight and bias (every parameter it registers itself, not its children's) form one
+    group with ``block="group"``. Frozen parameters (``requires_grad=False``) are left out; a
+    parameter shared by several modules (tied weights) belongs to the first module that owns it.
+
+    Args:
+        model: the model.
+        **options: settings copied into every group (``lr=...``, ``alpha=...``).
+
+    Example:
+        >>> optimizer = ALeRA(layer_param_groups(model), lr=1e-2, alpha=1e-3)
+    """
+    groups: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        params = [
+            p for p in module.parameters(recurse=False) if p.requires_grad and id(p) not in seen
+        ]
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "block": "group", **options})
+    return groups
+
+
+# -- the Page-Hinkley test ------------------------------------------------------------------------
+
+
+class PageHinkley(NamedTuple):
+    """Page-Hinkley statistics of SALeRA's catastrophe test (all 0 after a reset)."""
+
+    n: int = 0
+    """calls since the last reset"""
+    relaxed_loss: float = 0.0
+    r"""the relaxed (smoothed) mini-batch loss :math:`\bar\ell`"""
+    mu0: float = 0.0
+    r"""the running mean of the relaxed loss :math:`\mu_0`"""
+    U: float = 0.0
+    r"""the cumulative deviation :math:`U = \sum (\bar\ell - \mu_0)`"""
+    m: float = 0.0
+    r"""the running minimum of :math:`U`"""
+
+
+def page_hinkley_step(ph: PageHinkley, loss: float, mbratio: float) -> PageHinkley:
+    r"""One Page-Hinkley update with the mini-batch loss (spec 2.2, steps 1-2).
+
+    .. math::
+        \bar\ell \leftarrow \begin{cases} (1 - r)\,\bar\ell + r\,L & n > 1/r\\
+                                          (n\,\bar\ell + L)/(n + 1) & \text{otherwise}\end{cases},
+        \quad \mu_0 \leftarrow \frac{n \mu_0 + \bar\ell}{n + 1},\quad
+        U \leftarrow U + \bar\ell - \mu_0,\quad m \leftarrow \min(m, U),\quad n \leftarrow n + 1
+
+    The caller raises an alarm when :math:`U - m > \lambda` and then resets to ``PageHinkley()``.
+    """
+    n = ph.n
+    if n > 1.0 / mbratio:
+        relaxed = (1.0 - mbratio) * ph.relaxed_loss + mbratio * loss
+    else:
+        relaxed = (n * ph.relaxed_loss + loss) / (n + 1)
+    mu0 = (n * ph.mu0 + relaxed) / (n + 1)
+    cumulative = ph.U + relaxed - mu0
+    return PageHinkley(n + 1, relaxed, mu0, cumulative, min(ph.m, cumulative))
+
+
+_PH_KEYS = tuple(f"ph_{field}" for field in PageHinkley._fields)
+
+_CATASTROPHE_GLOBALS: dict[str, Any] = {
+    **dict(zip(_PH_KEYS, PageHinkley(), strict=True)),
+    "ph_gap": 0.0,  # U - m at the last call (the test statistic)
+    "ph_threshold": None,  # lambda, fixed at the first call from the first loss
+    "rate_scale": 1.0,  # halved at every alarm; multiplies every learning rate
+    "alarms": 0,
+}
+
+
+# -- the shared machinery -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _GroupWork:
+    """The tensors of one param group that take part in this step."""
+
+    group: dict[str, Any]
+    params: list[Tensor]
+    grads: list[Tensor]
+    foreach: bool
+
+
+class _PathLearningRates(AdaptiveOptimizer):
+    """Paths of normalised raw gradients, per-block rates, and the optional catastrophe test.
+
+    One step: (1) partial statistics of every block before anything moves; (2) one reduction
+    (only for statistics that are partial across ranks) and one host synchronisation; (3) with
+    the loss (SALeRA, SPALeRA), the Page-Hinkley test: an alarm restores the previous parameters,
+    halves every rate and ends the step; (4) the rate update and the step.
+    """
+
+    has_global_statistics: ClassVar[bool] = True
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        state["path"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if self.needs_loss:
+            # the value to restore on an alarm; a tensor that first gets a gradient on an alarm
+            # step has not moved yet, so restoring it to itself is right
+            state["prev"] = p.detach().clone(memory_format=torch.preserve_format)
+
+    def _block_statistics(self, work: list[_GroupWork]) -> tuple[list[Tensor], list[Tensor]]:
+        raise NotImplementedError
+
+    def _adapt_and_move(
+        self, work: list[_GroupWork], shared: Iterator[float], local: Iterator[float]
+    ) -> None:
+        raise NotImplementedError
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def _update(self, context: StepContext) -> None:
+        work = self._gather()
+        device = context.params[0].device
+        shared, local = self._block_statistics(work)
+        if self.needs_loss:
+            assert context.loss is not None  # the base class enforces needs_loss
+            shared = [context.loss.detach().reshape(()), *shared]
+        # one collective per step, reached by every rank (it is a no-op unless partial)
+        shared = self._reduce_global([v.to(device=device, dtype=torch.float64) for v in shared])
+        parts = [torch.stack(shared)] if shared else []
+        parts.extend(v.to(device=device, dtype=torch.float64) for v in local)
+        values = torch.cat(parts).tolist() if parts else []  # the one host synchronisation
+        shared_values = iter(values[: len(shared)])
+        local_values = iter(values[len(shared) :])
+        if self.needs_loss:
+            loss = next(shared_values) / self._loss_ranks()
+            if self._catastrophe(loss):
+                self._restore_previous()
+                for group in self.param_groups:
+                    group["effective_lr"] = 0.0
+                return
+            self._remember_previous()
+        self._adapt_and_move(work, shared_values, local_values)
+
+    def _gather(self) -> list[_GroupWork]:
+        work = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [p.grad for p in params]
+            for p in params:
+                state = self.state[p]
+                if len(state) == 0:
+                    self._init_state(group, p, state)
+            foreach = _foreach.resolve_foreach(group["foreach"], params)
+            weight_decay = group["weight_decay"]
+            if weight_decay != 0 and params:
+                # coupled L2, added once (the Lua alera.lua adds it twice) and never in place
+                if foreach:
+                    grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
+                else:
+                    grads = [
+                        g.add(p, alpha=weight_decay) for g, p in zip(grads, params, strict=True)
+                    ]
+            work.append(_GroupWork(group, params, grads, foreach))
+        return work
+
+    def _rate_scale(self) -> float:
+        return float(self.param_groups[0].get("rate_scale", 1.0))
+
+    # -- the catastrophe test (SALeRA, SPALeRA) -------------------------------------------------
+
+    def _loss_ranks(self) -> int:
+        """The losses were summed over ranks when the statistics are partial: divide by this."""
+        if self._statistics_are_partial() and is_distributed():
+            return dist.get_world_size()
+        return 1
+
+    def _catastrophe(self, loss: float) -> bool:
+        first = self.param_groups[0]
+        threshold = self._get_global("ph_threshold")
+        if threshold is None:
+            # lambda is fixed once, from the first loss (as the Lua code does); abs() keeps a
+            # negative first loss from giving a negative threshold, which would alarm at once
+            absolute = first["ph_lambda"]
+            threshold = absolute if absolute is not None else first["ph_lambda_rel"] * abs(loss)
+            self._set_global("ph_threshold", float(threshold))
+        ph = PageHinkley(*(self._get_global(key) for key in _PH_KEYS))
+        ph = page_hinkley_step(ph, loss, first["mbratio"])
+        gap = ph.U - ph.m
+        self._set_global("ph_gap", gap)
+        alarm = gap > threshold
+        if alarm:
+            self._set_global("alarms", self._get_global("alarms") + 1)
+            self._set_global("rate_scale", self._rate_scale() * 0.5)
+            ph = PageHinkley()  # reset the test; paths and step counters are kept
+        for key, value in zip(_PH_KEYS, ph, strict=True):
+            self._set_global(key, value)
+        return alarm
+
+    def _previous_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
+        params, previous = [], []
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "prev" in state:
+                    params.append(p)
+                    previous.append(state["prev"])
+        return params, previous
+
+    def _restore_previous(self) -> None:
+        params, previous = self._previous_pairs()
+        for p, prev in zip(params, previous, strict=True):
+            p.copy_(prev)
+
+    def _remember_previous(self) -> None:
+        params, previous = self._previous_pairs()
+        for prev, p in zip(previous, params, strict=True):
+            prev.copy_(p)
+
+    def _catastrophe_statistics(self) -> dict[str, float]:
+        if not self.needs_loss:
+            return {}
+        return {
+            "alarms": float(self._get_global("alarms")),
+            "rate_scale": self._rate_scale(),
+            "ph_gap": float(self._get_global("ph_gap")),
+        }
+
+
+def _to_float64(values: list[Tensor], device: torch.device) -> Tensor:
+    return torch.stack([v.to(device=device, dtype=torch.float64) for v in values])
+
+
+def _tensor_statistics(
+    paths: list[Tensor], grads: list[Tensor], foreach: bool, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per tensor, before the update: ``||p||^2``, ``<p, g>``, ``||g||^2`` (float64 vectors)."""
+    path_norms = _to_float64(_foreach.norms(paths, foreach=foreach), device)
+    grad_norms = _to_float64(_foreach.norms(grads, foreach=foreach), device)
+    dots = []
+    for path, g in zip(paths, grads, strict=True):
+        acc = _foreach.accumulation_dtype(path.dtype)
+        dots.append(torch.dot(path.reshape(-1).to(acc), g.reshape(-1).to(acc)))
+    return path_norms.square(), _to_float64(dots, device), grad_norms.square()
+
+
+class _LayerPathLearningRates(_PathLearningRates):
+    """ALeRA's per-block rates (blocks: tensors or param groups); subclasses choose the move."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        check_choice("block", group["block"], _BLOCKS)
+        # a group block keeps its rate factor, step count and last path ratio in the group
+        group.setdefault("lr_factor", 1.0)
+        group.setdefault("block_step", 0)
+        group.setdefault("path_ratio", 0.0)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("lr_factor", 1.0)
+            group.setdefault("block_step", 0)
+            group.setdefault("path_ratio", 0.0)
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        super()._init_state(group, p, state)
+        if group["block"] == "tensor":
+            state["lr_factor"] = 1.0
+            state["block_step"] = 0
+            state["path_ratio"] = 0.0
+
+    def _block_statistics(self, work: list[_GroupWork]) -> tuple[list[Tensor], list[Tensor]]:
+        shared: list[Tensor] = []
+        local: list[Tensor] = []
+        device = self._params()[0].device
+        for w in work:
+            paths = [self.state[p]["path"] for p in w.params]
+            if w.params:
+                path_sq, dots, grad_sq = _tensor_statistics(paths, w.grads, w.foreach, device)
+            if w.group["block"] == "group":
+                # always four entries, even without local gradients: every rank packs the same
+                # layout (NOTE [the 2017 scheme across ranks])
+                if w.params:
+                    size = torch.tensor(
+                        float(sum(p.numel() for p in w.params)), dtype=torch.float64, device=device
+                    )
+                    shared.extend([path_sq.sum(), dots.sum(), grad_sq.sum(), size])
+                else:
+                    shared.extend([torch.zeros((), dtype=torch.float64, device=device)] * 4)
+            elif w.params:
+                local.append(torch.stack([path_sq, dots, grad_sq], dim=1).reshape(-1))
+        return shared, local
+
+    def _adapt_block(
+        self,
+        group: dict[str, Any],
+        holder: dict[str, Any],
+        path_sq: float,
+        dot: float,
+        grad_sq: float,
+        size: int,
+    ) -> tuple[float, float]:
+        """Update one block's rate from its statistics; return (its eta, 1/||g_l|| or 0)."""
+        alpha = group["alpha"]
+        grad_norm = math.sqrt(grad_sq)
+        inverse_norm = 1.0 / grad_norm if grad_norm > GRADIENT_FLOOR else 0.0
+        # ||(1 - alpha) p + alpha g/||g|| ||^2, from sums that may have been reduced over ranks
+        new_path_sq = max(
+            0.0,
+            (1.0 - alpha) ** 2 * path_sq
+            + 2.0 * alpha * (1.0 - alpha) * inverse_norm * dot
+            + (alpha * inverse_norm) ** 2 * grad_sq,
+        )
+        t = int(holder["block_step"]) + 1
+        mu_t = sgd_noise_reference(alpha) * (1.0 - (1.0 - alpha) ** (2 * t))
+        spread = alpha / math.sqrt(size)
+        exponent = group["adapt_constant"] * (new_path_sq - mu_t) / spread
+        holder["lr_factor"] = holder["lr_factor"] * math.exp(min(exponent, _MAX_EXPONENT))
+        holder["block_step"] = t
+        holder["path_ratio"] = new_path_sq / mu_t
+        return float(group["lr"]) * self._rate_scale() * holder["lr_factor"], inverse_norm
+
+    def _adapt_and_move(
+        self, work: list[_GroupWork], shared: Iterator[float], local: Iterator[float]
+    ) -> None:
+        for w in work:
+            group = w.group
+            etas: list[float] = []
+            inverse_norms: list[float] = []
+            if group["block"] == "group":
+                path_sq, dot, grad_sq, size = (next(shared) for _ in range(4))
+                if size == 0:  # no tensor of this block has a gradient on any rank
+                    group["effective_lr"] = 0.0
+                    continue
+                eta, inverse_norm = self._adapt_block(
+                    group, group, path_sq, dot, grad_sq, round(size)
+                )
+                etas = [eta] * len(w.params)
+                inverse_norms = [inverse_norm] * len(w.params)
+                group["effective_lr"] = eta
+            else:
+                for p in w.params:
+                    path_sq, dot, grad_sq = next(local), next(local), next(local)
+                    eta, inverse_norm = self._adapt_block(
+                        group, self.state[p], path_sq, dot, grad_sq, p.numel()
+                    )
+                    etas.append(eta)
+                    inverse_norms.append(inverse_norm)
+                # the mean of the tensors' rates: one number for a group of per-tensor rates
+                group["effective_lr"] = sum(etas) / len(etas) if etas else 0.0
+            if not w.params:
+                continue
+            paths = [self.state[p]["path"] for p in w.params]
+            alpha = group["alpha"]
+            if w.foreach:
+                units = torch._foreach_mul(w.grads, inverse_norms)
+                torch._foreach_lerp_(paths, units, alpha)
+            else:
+                for path, g, inverse_norm in zip(paths, w.grads, inverse_norms, strict=True):
+                    path.lerp_(g * inverse_norm, alpha)
+            self._move(w, etas)
+
+    def _move(self, w: _GroupWork, etas: list[float]) -> None:
+        raise NotImplementedError
+
+    def _block_rates(self) -> tuple[list[float], list[float]]:
+        """(eta, last path ratio) of every block that exists."""
+        rate = self._rate_scale()
+        etas: list[float] = []
+        ratios: list[float] = []
+        for group in self.param_groups:
+            if group["block"] == "group":
+                etas.append(float(group["lr"]) * rate * group["lr_factor"])
+                if group["block_step"] > 0:
+                    ratios.append(group["path_ratio"])
+                continue
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "lr_factor" in state:
+                    etas.append(float(group["lr"]) * rate * state["lr_factor"])
+                    ratios.append(state["path_ratio"])
+        if not etas:
+            etas = [float(group["lr"]) * rate for group in self.param_groups]
+        return etas, ratios
+
+    def _statistics(self) -> dict[str, float]:
+        etas, ratios = self._block_rates()
+        return {
+            "eta_min": min(etas),
+            "eta_mean": sum(etas) / len(etas),
+            "eta_max": max(etas),
+            "path_ratio": sum(ratios) / len(ratios) if ratios else 0.0,
+            **self._catastrophe_statistics(),
+        }
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+
+def _check_path(
+    lr: float, alpha: float, adapt_constant: float, weight_decay: float, sharded: bool
+) -> None:
+    check_positive("lr", lr)
+    check_range("alpha", alpha, 0.0, 1.0, "(]")
+    check_nonnegative("adapt_constant", adapt_constant)
+    check_nonnegative("weight_decay", weight_decay)
+    check_bool("sharded", sharded)
+
+
+def _check_catastrophe(mbratio: float, ph_lambda_rel: float, ph_lambda: float | None) -> None:
+    check_range("mbratio", mbratio, 0.0, 1.0, "(]")
+    check_nonnegative("ph_lambda_rel", ph_lambda_rel)
+    if ph_lambda is not None:
+        check_nonnegative("ph_lambda", ph_lambda)
+
+
+_PATH_INVALID = (
+    InvalidKwargs({"lr": 0.0}, r"lr must be in \(0, inf\), got 0\.0"),
+    InvalidKwargs({"alpha": 0.0}, r"alpha must be in \(0, 1\], got 0\.0"),
+    InvalidKwargs({"alpha": 1.5}, r"alpha must be in \(0, 1\], got 1\.5"),
+    InvalidKwargs({"adapt_constant": -1e-3}, r"adapt_constant must be in \[0, inf\), got -0\.001"),
+    InvalidKwargs({"weight_decay": -1.0}, r"weight_decay must be in \[0, inf\), got -1\.0"),
+    InvalidKwargs({"sharded": 1}, r"sharded must be True or False, got 1"),
+)
+_BLOCK_INVALID = (
+    InvalidKwargs({"block": "layer"}, r"block must be one of 'tensor', 'group', got 'layer'"),
+)
+_CATASTROPHE_INVALID = (
+    InvalidKwargs({"mbratio": 0.0}, r"mbratio must be in \(0, 1\], got 0\.0"),
+    InvalidKwargs({"ph_lambda_rel": -0.1}, r"ph_lambda_rel must be in \[0, inf\), got -0\.1"),
+    InvalidKwargs({"ph_lambda": -1.0}, r"ph_lambda must be in \[0, inf\), got -1\.0"),
+)
+
+_PAPER = (
+    "Schoenauer-Sebag, Schoenauer & Sebag, Stochastic Gradient Descent: Going As Fast As "
+    "Possible But Not Faster, arXiv:1709.01427 (2017)"
+)
+
+
+# -- ALeRA ----------------------------------------------------------------------------------------
+
+
+@register(
+    "alera",
+    family="cumulative-path",
+    paper=_PAPER,
+    summary="SGD with per-layer LRs from the path length of normalised gradients (2017)",
+    supports_foreach=True,
+    sample_kwargs=(
+        {"lr": 0.05},
+        {"lr": 0.05, "alpha": 0.1, "adapt_constant": 0.01, "block": "group"},
+        {"lr": 0.05, "alpha": 0.05, "adapt_constant": 1e-3, "weight_decay": 0.01},
+    ),
+    invalid_kwargs=(*_PATH_INVALID, *_BLOCK_INVALID),
+    group_kwargs={"lr": 0.01},
+)
+class ALeRA(_LayerPathLearningRates):
+    r"""ALeRA: SGD with per-layer learning rates set by cumulative path length (2017).
+
+    .. math::
+        \begin{aligned}
+        &\textbf{for } t = 1, 2, \dots \textbf{ and every block (layer) } l
+            \text{ with gradient } g_l \text{ (plus } \lambda x_l\text{):}\\
+        &\quad p_l \leftarrow (1 - \alpha)\, p_l + \alpha\, g_l / \lVert g_l \rVert
+            \quad(\text{only } (1 - \alpha)\, p_l \text{ if } \lVert g_l \rVert \le 10^{-6})\\
+        &\quad \mu_t = \frac{\alpha}{2 - \alpha}\big(1 - (1 - \alpha)^{2t}\big), \qquad
+              s_l = \alpha / \sqrt{D_l}\\
+        &\quad \eta_l \leftarrow \eta_l \exp\!\big(C\, (\lVert p_l \rVert^2 - \mu_t) / s_l\big)\\
+        &\quad x_l \leftarrow x_l - \eta_l\, g_l
+        \end{aligned}
+
+    The rate is updated *before* the step and used for it (the 2017 order; CLARA updates after).
+    :math:`\mu_t` is the exact expectation of :math:`\lVert p_l\rVert^2` after :math:`t` random
+    unit steps from :math:`p_l = 0`, so the first step never changes a rate
+    (:math:`\lVert p_1 \rVert^2 = \alpha^2 = \mu_1`). The step uses the raw gradient.
+
+    Symbols: :math:`\alpha` ``alpha``, :math:`C` ``adapt_constant``, :math:`\eta_l`
+    ``lr * lr_factor`` (``lr_factor`` in ``state[p]`` for tensor blocks, in the group for group
+    blocks), :math:`p_l` ``state["path"]``, :math:`t` ``block_step``, :math:`D_l` the block's
+    number of elements, :math:`\lVert p_l\rVert^2/\mu_t` ``path_ratio``.
+
+    Args:
+        params: parameters or param groups (see :func:`layer_param_groups`).
+        lr: initial learning rate :math:`\eta_0` of every block, in (0, inf). Default 1e-3 (the
+            Lua code's).
+        alpha: path memory :math:`\alpha`, in (0, 1]. Default 1e-3 (the Lua code's).
+        adapt_constant: adaptation constant :math:`C`, in [0, inf); 0 freezes the rates.
+            Default 1e-6 (ours: the Lua code has no default).
+        block: ``"tensor"`` or ``"group"``: what one layer is (NOTE [what a layer is] in the
+            module docstring). A group setting.
+        weight_decay: coupled L2 coefficient added to the gradient (once, not in place), in
+            [0, inf).
+        foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        sharded: each rank owns a disjoint part of the model; group blocks are then reduced over
+            ranks (NOTE [the 2017 scheme across ranks]).
+
+    ``effective_lr`` is the group's :math:`\eta_l` for a group block, and the mean of its
+    tensors' :math:`\eta_l` for tensor blocks. ``statistics()`` adds ``eta_min``, ``eta_mean``,
+    ``eta_max`` over all blocks and the mean ``path_ratio``.
+
+    .. note::
+        Deviations from the official code (``luasrc/alera.lua``): weight decay is added once (the
+        Lua code adds it twice); the step counter :math:`t` of the reference is counted per block
+        (the number of updates the block's path has had) instead of per call, which is the same
+        when every block has a gradient at every step and keeps a block that starts late (frozen,
+        then unfrozen) from being compared with a longer path's expectation; a block's tensors
+        without a gradient in a step are not part of the block in that step.
+
+    .. note::
+        Confidence: high for the update (official code). The paper's recommended
+        :math:`\alpha` and :math:`C` could not be checked; the defaults above are not the paper's.
+
+    Example:
+        >>> optimizer = ALeRA(layer_param_groups(model), lr=1e-2, alpha=1e-3, adapt_constant=1e-6)
+        >>> loss_fn(model(x), y).backward()
+        >>> optimizer.step()
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        *,
+        alpha: float = 1e-3,
+        adapt_constant: float = 1e-6,
+        block: Block = "tensor",
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+        sharded: bool = False,
+    ) -> None:
+        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
+        check_choice("block", block, _BLOCKS)
+        defaults = {
+            "lr": lr,
+            "alpha": alpha,
+            "adapt_constant": adapt_constant,
+            "block": block,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "sharded": sharded,
+        }
+        super().__init__(params, defaults)
+
+    def _move(self, w: _GroupWork, etas: list[float]) -> None:
+        if w.foreach:
+            torch._foreach_add_(w.params, torch._foreach_mul(w.grads, [-eta for eta in etas]))
+        else:
+            for p, g, eta in zip(w.params, w.grads, etas, strict=True):
+                p.add_(g, alpha=-eta)
+
+
+# -- SALeRA ---------------------------------------------------------------------------------------
+
+
+@register(
+    "salera",
+    family="cumulative-path",
+    paper=_PAPER,
+    summary="ALeRA plus a Page-Hinkley test on the loss that undoes a step and halves the LRs",
+    supports_foreach=True,
+    sample_kwargs=(
+        {"lr": 0.05},
+        {"lr": 0.05, "alpha": 0.1, "adapt_constant": 0.01, "block": "group", "mbratio": 0.25},
+        {"lr": 0.05, "alpha": 0.05, "adapt_constant": 1e-3, "ph_lambda": 0.01},
+    ),
+    invalid_kwargs=(*_PATH_INVALID, *_BLOCK_INVALID, *_CATASTROPHE_INVALID),
+    group_kwargs={"lr": 0.01},
+)
+class SALeRA(ALeRA):
+    r"""SALeRA: ALeRA plus a Page-Hinkley catastrophe test on the mini-batch loss (2017).
+
+    Before the ALeRA update (see :class:`ALeRA`), with the loss :math:`L` of this call:
+
+    .. math::
+        \begin{aligned}
+        &\bar\ell \leftarrow \begin{cases} (1 - r)\,\bar\ell + r\,L & n > 1/r\\
+              (n\,\bar\ell + L)/(n + 1) & \text{otherwise}\end{cases},\qquad
+         \mu_0 \leftarrow \frac{n \mu_0 + \bar\ell}{n + 1}\\
+        &U \leftarrow U + \bar\ell - \mu_0,\qquad m \leftarrow \min(m, U)\\
+        &\textbf{if } U - m > \lambda:\ x \leftarrow x_{\text{prev}},\
+              \eta_l \leftarrow \eta_l / 2 \ \forall l,\ (n, \bar\ell, \mu_0, U, m) \leftarrow 0,
+              \ \text{no step}\\
+        &\textbf{else}:\ x_{\text{prev}} \leftarrow x,\ \text{ALeRA step},\ n \leftarrow n + 1
+        \end{aligned}
+
+    with :math:`\lambda = \lambda_{\text{rel}} \lvert L_1 \rvert` fixed at the first call (or the
+    absolute ``ph_lambda``). An alarm means the mean loss went up since the last step: that step
+    is undone and every rate halved. The test cannot fire on the first call after a reset
+    (:math:`U - m = 0`).
+
+    Symbols: :math:`r` ``mbratio``, :math:`\lambda` ``ph_threshold``, :math:`n, \bar\ell, \mu_0,
+    U, m` ``ph_n``, ``ph_relaxed_loss``, ``ph_mu0``, ``ph_U``, ``ph_m`` (global scalars in the
+    param groups, see :class:`PageHinkley`), :math:`x_{\text{prev}}` ``state["prev"]``; the
+    halvings are kept as one global factor ``rate_scale`` that multiplies every rate.
+
+    Args:
+        params, lr, alpha, adapt_constant, block, weight_decay, foreach, sharded: as
+            :class:`ALeRA`.
+        mbratio: :math:`r`, mini-batch size over training-set size, in (0, 1]. Default 0.01 (the
+            Lua runs').
+        ph_lambda_rel: :math:`\lambda_{\text{rel}}`, in [0, inf). Default 0.1 (the Lua code's).
+        ph_lambda: an absolute threshold :math:`\lambda` instead, in [0, inf) (ensmallen uses
+            0.01). Default None.
+
+    The catastrophe test is global: ``mbratio`` and the thresholds of the first param group are
+    the ones used.
+
+    ``statistics()`` adds ``alarms`` (count), ``rate_scale`` (:math:`2^{-\text{alarms}}`) and
+    ``ph_gap`` (:math:`U - m` at the last call). ``effective_lr`` is 0.0 on an alarm call.
+    Needs the loss: ``step(closure)`` or ``step(loss=loss)``. One extra copy of the parameters.
+
+    .. note::
+        What an alarm keeps: the ALeRA paths and the per-block step counters (as the Lua code
+        does; ensmallen resets its counters), and :math:`\lambda`. Only the Page-Hinkley
+        statistics are reset. The rates of tensors that get their first gradient after an alarm
+        start halved too (the halving is one global factor).
+
+    .. note::
+        Deviations from the official code (``luasrc/salera.lua``): the Lua function rebinds a
+        local ``x`` to the previous parameters, which its caller never sees, so its backtracking
+        is a no-op; we restore the parameters, as the paper and ensmallen do. The Lua code stops
+        training when a rate falls to 1e-15 or below; an lrlab optimizer never stops a run, so
+        the caller can stop on ``statistics()["eta_min"] <= LR_STOP`` (1e-15; steps that small
+        do nothing anyway). :math:`\lambda` uses :math:`\lvert L_1\rvert` (see above). With sharded
+        parameters the loss is averaged over ranks (NOTE [the 2017 scheme across ranks]).
+
+    Example:
+        >>> optimizer = SALeRA(layer_param_groups(model), lr=1e-2, mbratio=batch / len(data))
+        >>> loss = optimizer.step(closure)
+    """
+
+    needs_loss: ClassVar[bool] = True
+    global_defaults: ClassVar[dict[str, Any]] = _CATASTROPHE_GLOBALS
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        *,
+        alpha: float = 1e-3,
+        adapt_constant: float = 1e-6,
+        block: Block = "tensor",
+        mbratio: float = 0.01,
+        ph_lambda_rel: float = 0.1,
+        ph_lambda: float | None = None,
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+        sharded: bool = False,
+    ) -> None:
+        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
+        check_choice("block", block, _BLOCKS)
+        _check_catastrophe(mbratio, ph_lambda_rel, ph_lambda)
+        defaults = {
+            "lr": lr,
+            "alpha": alpha,
+            "adapt_constant": adapt_constant,
+            "block": block,
+            "mbratio": mbratio,
+            "ph_lambda_rel": ph_lambda_rel,
+            "ph_lambda": ph_lambda,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "sharded": sharded,
+        }
+        # skip ALeRA.__init__ (its signature has no catastrophe-test arguments)
+        _LayerPathLearningRates.__init__(self, params, defaults)
+
+
+# -- Ag-Adam --------------------------------------------------------------------------------------
+
+
+@register(
+    "agadam",
+    family="cumulative-path",
+    paper=_PAPER,
+    summary="Adam with per-layer ALeRA LRs from raw-gradient paths (the 2017 Ag-Adam)",
+    supports_foreach=True,
+    sample_kwargs=(
+        {"lr": 0.05},
+        {"lr": 0.05, "alpha": 0.1, "adapt_constant": 0.01, "block": "group"},
+        {"lr": 0.05, "alpha": 0.05, "adapt_constant": 1e-3, "weight_decay": 0.01},
+    ),
+    invalid_kwargs=(
+        *_PATH_INVALID,
+        *_BLOCK_INVALID,
+        InvalidKwargs({"betas": (0.9, 1.0)}, r"betas\[1\] must be in \[0, 1\), got 1\.0"),
+        InvalidKwargs({"eps": 0.0}, r"eps must be in \(0, inf\), got 0\.0"),
+    ),
+    group_kwargs={"lr": 0.01},
+)
+class AgAdam(_LayerPathLearningRates):
+    r"""Ag-Adam: Adam whose per-layer learning rates ALeRA sets from raw-gradient paths (2017).
+
+    Every block's rate :math:`\eta_l` is updated exactly as in :class:`ALeRA` (path of
+    :math:`g_l / \lVert g_l \rVert`, before the step); then
+
+    .. math::
+        \begin{aligned}
+        &m \leftarrow \beta_1 m + (1 - \beta_1) g,\qquad
+              v \leftarrow \beta_2 v + (1 - \beta_2) g^2\\
+        &x_l \leftarrow x_l - \eta_l \frac{\sqrt{1 - \beta_2^{t}}}{1 - \beta_1^{t}}\,
+              \frac{m_l}{\sqrt{v_l} + \epsilon}
+        \end{aligned}
+
+    This is the variant the CLARA paper calls conceptually inconsistent: the path is built from
+    normalised *raw gradients* and compared with the random-walk reference, while the step
+    actually taken is Adam's preconditioned, momentum-smoothed one, whose consecutive directions
+    are correlated even under pure noise. :class:`~lrlab.optim.ClaraAdam` builds the path from the
+    Adam steps and uses their noise reference instead.
+
+    Symbols: as :class:`ALeRA`, plus :math:`m, v` ``state["exp_avg"]``, ``state["exp_avg_sq"]``,
+    :math:`t` ``state["step"]``, :math:`\beta_1, \beta_2` ``betas``, :math:`\epsilon` ``eps``.
+
+    Args:
+        params, lr, alpha, adapt_constant, block, weight_decay, foreach, sharded: as
+            :class:`ALeRA` (``lr`` default 1e-3, the Lua code's).
+        betas: :math:`(\beta_1, \beta_2)`, each in [0, 1). Default (0.9, 0.999).
+        eps: :math:`\epsilon`, in (0, inf). Default 1e-8.
+
+    ``effective_lr`` reports :math:`\eta_l` as ALeRA does (Adam's normalisation and bias
+    correction are not folded in, as for lrlab's ``adam``).
+
+    .. note::
+        The bias correction is folded into the step size and :math:`\epsilon` is added to
+        :math:`\sqrt{v}` (Kingma & Ba's efficient form, as the Lua code and Torch7's
+        ``optim.adam`` do), not to :math:`\sqrt{v / (1 - \beta_2^t)}` as in ``torch.optim.Adam``:
+        the two agree when torch's ``eps`` is :math:`\epsilon / \sqrt{1 - \beta_2^t}`. Weight
+        decay is coupled and enters both the path and the moments, as in the Lua code.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        *,
+        alpha: float = 1e-3,
+        adapt_constant: float = 1e-6,
+        block: Block = "tensor",
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+        sharded: bool = False,
+    ) -> None:
+        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
+        check_choice("block", block, _BLOCKS)
+        check_betas("betas", betas)
+        check_positive("eps", eps)
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "alpha": alpha,
+            "adapt_constant": adapt_constant,
+            "block": block,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "sharded": sharded,
+        }
+        super().__init__(params, defaults)
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        super()._init_state(group, p, state)
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _move(self, w: _GroupWork, etas: list[float]) -> None:
+        beta1, beta2 = w.group["betas"]
+        eps = w.group["eps"]
+        states = [self.state[p] for p in w.params]
+        for state in states:
+            state["step"] += 1
+        sizes = [
+            eta * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
+            for eta, state in zip(etas, states, strict=True)
+        ]
+        exp_avgs = [state["exp_avg"] for state in states]
+        exp_avg_sqs = [state["exp_avg_sq"] for state in states]
+        if w.foreach:
+            torch._foreach_lerp_(exp_avgs, w.grads, 1.0 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, w.grads, w.grads, value=1.0 - beta2)
+            denominators = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(denominators, eps)
+            torch._foreach_addcdiv_(w.params, exp_avgs, denominators, [-s for s in sizes])
+            return
+        for p, g, m, v, size in zip(w.params, w.grads, exp_avgs, exp_avg_sqs, sizes, strict=True):
+            m.lerp_(g, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            p.addcdiv_(m, v.sqrt().add_(eps), value=-size)
+
+
+# -- SPALeRA --------------------------------------------------------------------------------------
+
+
+@register(
+    "spalera",
+    family="cumulative-path",
+    paper=_PAPER,
+    summary="SALeRA with one path entry and one LR multiplier per scalar parameter",
+    supports_foreach=True,
+    sample_kwargs=(
+        {"lr": 0.05},
+        {"lr": 0.05, "alpha": 0.1, "adapt_constant": 1e-3, "mbratio": 0.25},
+        {
+            "lr": 0.05,
+            "alpha": 0.05,
+            "adapt_constant": 1e-4,
+            "ph_lambda": 0.01,
+            "weight_decay": 0.01,
+        },
+    ),
+    invalid_kwargs=(*_PATH_INVALID, *_CATASTROPHE_INVALID),
+    group_kwargs={"lr": 0.01},
+)
+class SPALeRA(_PathLearningRates):
+    r"""SPALeRA: per-parameter SALeRA (2017).
+
+    First the Page-Hinkley test of :class:`SALeRA` (an alarm restores the previous parameters,
+    halves every rate and takes no step); otherwise
+
+    .. math::
+        \begin{aligned}
+        &p \leftarrow (1 - \alpha)\, p + \alpha\, g / \lVert g \rVert
+              \qquad(\lVert g \rVert \text{ over all parameters; only } (1 - \alpha) p
+              \text{ if } \lVert g \rVert \le 10^{-6})\\
+        &a_i \leftarrow a_i \exp\!\Big(C\, \frac{p_i^2 - \mu_t / D}{\alpha / D}\Big)
+              \qquad \text{for every scalar parameter } i,\ a_i^{(0)} = 1\\
+        &x_i \leftarrow x_i - \eta\, a_i\, g_i
+        \end{aligned}
+
+    with :math:`\mu_t` the reference of :class:`ALeRA` and :math:`D` the number of scalar
+    parameters that have a gradient. The per-coordinate reference :math:`\mu_t / D` and spread
+    :math:`\alpha / D` are the layer ones split evenly over the coordinates; the exponents of one
+    step sum to :math:`C D (\lVert p\rVert^2 - \mu_t)/\alpha`, so on the first step the
+    multipliers' geometric mean is unchanged.
+
+    Symbols: :math:`a_i` ``state["lr_multiplier"]``, :math:`\eta` ``lr * rate_scale``,
+    :math:`p` ``state["path"]``, :math:`t` the global ``block_step``; the catastrophe test as in
+    :class:`SALeRA`.
+
+    Args:
+        params: parameters or param groups.
+        lr: base learning rate :math:`\eta`, in (0, inf). Default 1e-3 (the Lua code's).
+        alpha: path memory, in (0, 1]. Default 1e-3 (the Lua code's and ensmallen's).
+        adapt_constant: :math:`C`, in [0, inf). Default 3.1e-8 (ensmallen's ``adaptRate``).
+        mbratio, ph_lambda_rel, ph_lambda: the catastrophe test, as :class:`SALeRA`.
+        weight_decay: coupled L2 coefficient, in [0, inf).
+        foreach: multi-tensor path.
+        sharded: each rank owns a disjoint part of the model: the gradient norm, :math:`D` and
+            the loss are reduced over ranks.
+
+    ``effective_lr`` is :math:`\eta` (``lr * rate_scale``): the multipliers, which start at 1, are
+    not folded in; ``statistics()`` reports ``multiplier_min``, ``multiplier_mean``,
+    ``multiplier_max`` (one host synchronisation) and the catastrophe-test statistics.
+
+    .. note::
+        Alpha, C and the catastrophe-test settings are read per param group; the normalisation
+        and :math:`D` are global, as in the official code. With ``bfloat16`` parameters the
+        multipliers are stored in ``bfloat16`` (torch casts optimizer state to the parameter
+        dtype when loading a checkpoint), so per-step changes below about 0.4 % are lost: keep
+        float32 master weights. As for SALeRA, the backtracking is done (the Lua code's is a
+        no-op) and the run is never stopped.
+    """
+
+    needs_loss: ClassVar[bool] = True
+    global_defaults: ClassVar[dict[str, Any]] = {**_CATASTROPHE_GLOBALS, "block_step": 0}
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        *,
+        alpha: float = 1e-3,
+        adapt_constant: float = 3.1e-8,
+        mbratio: float = 0.01,
+        ph_lambda_rel: float = 0.1,
+        ph_lambda: float | None = None,
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+        sharded: bool = False,
+    ) -> None:
+        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
+        _check_catastrophe(mbratio, ph_lambda_rel, ph_lambda)
+        defaults = {
+            "lr": lr,
+            "alpha": alpha,
+            "adapt_constant": adapt_constant,
+            "mbratio": mbratio,
+            "ph_lambda_rel": ph_lambda_rel,
+            "ph_lambda": ph_lambda,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "sharded": sharded,
+        }
+        super().__init__(params, defaults)
+
+    def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
+        super()._init_state(group, p, state)
+        state["lr_multiplier"] = torch.ones_like(p, memory_format=torch.preserve_format)
+
+    def _block_statistics(self, work: list[_GroupWork]) -> tuple[list[Tensor], list[Tensor]]:
+        device = self._params()[0].device
+        grads = [g for w in work for g in w.grads]
+        foreach = all(w.foreach for w in work)
+        grad_sq = (
+            _foreach.sum_of_squares(grads, foreach=foreach).to(device, torch.float64)
+            if grads
+            else torch.zeros((), dtype=torch.float64, device=device)
+        )
+        size = torch.tensor(
+            float(sum(g.numel() for g in grads)), dtype=torch.float64, device=device
+        )
+        return [grad_sq, size], []
+
+    def _adapt_and_move(
+        self, work: list[_GroupWork], shared: Iterator[float], local: Iterator[float]
+    ) -> None:
+        grad_sq, size = next(shared), next(shared)
+        if size == 0:  # no gradient on any rank
+            for group in self.param_groups:
+                group["effective_lr"] = 0.0
+            return
+        grad_norm = math.sqrt(grad_sq)
+        inverse_norm = 1.0 / grad_norm if grad_norm > GRADIENT_FLOOR else 0.0
+        t = int(self._get_global("block_step")) + 1
+        self._set_global("block_step", t)
+        rate = self._rate_scale()
+        for w in work:
+            group = w.group
+            eta = float(group["lr"]) * rate
+            group["effective_lr"] = eta
+            if not w.params:
+                continue
+            alpha, constant = group["alpha"], group["adapt_constant"]
+            mu_t = sgd_noise_reference(alpha) * (1.0 - (1.0 - alpha) ** (2 * t))
+            # exp(C (p_i^2 - mu_t/D) / (alpha/D)) = exp(C D/alpha p_i^2 - C mu_t/alpha)
+            gain = constant * size / alpha
+            offset = -constant * mu_t / alpha
+            states = [self.state[p] for p in w.params]
+            paths = [state["path"] for state in states]
+            multipliers = [state["lr_multiplier"] for state in states]
+            if w.foreach:
+                torch._foreach_lerp_(paths, torch._foreach_mul(w.grads, inverse_norm), alpha)
+                exponents = torch._foreach_mul(paths, paths)
+                torch._foreach_mul_(exponents, gain)
+                torch._foreach_add_(exponents, offset)
+                torch._foreach_exp_(exponents)
+                torch._foreach_mul_(multipliers, exponents)
+                torch._foreach_add_(w.params, torch._foreach_mul(multipliers, w.grads), alpha=-eta)
+                continue
+            for p, g, path, multiplier in zip(w.params, w.grads, paths, multipliers, strict=True):
+                path.lerp_(g * inverse_norm, alpha)
+                multiplier.mul_((path * path).mul_(gain).add_(offset).exp_())
+                p.add_(multiplier * g, alpha=-eta)
+
+    def _statistics(self) -> dict[str, float]:
+        rows: list[Tensor] = []
+        count = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "lr_multiplier" in state:
+                    multiplier = state["lr_multiplier"].detach().reshape(-1).to(torch.float64)
+                    rows.append(torch.stack([multiplier.min(), multiplier.sum(), multiplier.max()]))
+                    count += multiplier.numel()
+        stats = {"multiplier_min": 1.0, "multiplier_mean": 1.0, "multiplier_max": 1.0}
+        if rows:
+            values = torch.stack([row.cpu() for row in rows]).tolist()  # one synchronisation
+            stats = {
+                "multiplier_min": min(row[0] for row in values),
+                "multiplier_mean": sum(row[1] for row in values) / count,
+                "multiplier_max": max(row[2] for row in values),
+            }
+        return {**stats, **self._catastrophe_statistics()}

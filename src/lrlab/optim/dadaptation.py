@@ -1,0 +1,834 @@
+r"""D-Adaptation: learning-rate-free SGD, Adam and AdaGrad.
+
+Paper: Defazio & Mishchenko, "Learning-Rate-Free Learning by D-Adaptation", ICML 2023,
+arXiv:2301.07733. Spec: ``shared/specs/defazio_family.md`` sections 1.0-1.3 and 1.7. The released
+package ``dadaptation==3.2`` is the numerical oracle; the constructors take its arguments, in its
+order, with its defaults, so that ``lrlab.optim.DAdaptAdam`` is a drop-in replacement.
+
+Every variant keeps a scalar :math:`d`, a running *lower bound* on the distance
+:math:`D = \lVert x_0 - x_* \rVert` that starts at ``d0`` and never decreases. The estimate comes
+from a weighted dual sum :math:`s` of past gradients: in the convex case
+:math:`\sum_k \lambda_k \langle g_k, s_k \rangle / \lVert s_{k+1} \rVert \le D`. The step size is
+``d * lr`` times the variant's normalisation, so ``lr`` is a *multiplier* (leave it at 1.0).
+
+NOTE [D-Adaptation global scalars]
+``d``, the step counter ``k`` and the running sums are method-global: they live as plain Python
+numbers in every param group (see NOTE [global scalars live in param_groups] in ``_base.py``), so
+``state_dict()`` resumes bit for bit. Settings that shape the global estimate (``growth_rate``,
+``d_coef``, ``d0``, the betas, ...) are read from the first group, as in the package; unlike the
+package, a param group that gives a *different* value for one of them is rejected with a
+``ValueError`` instead of being silently ignored. Per-group settings: ``lr`` (the largest or 0),
+``weight_decay``, ``eps`` and, for Adam, ``layer_scale``.
+
+NOTE [D-Adaptation learning rates across groups]
+The step uses ``lr = max(group lr)``; every group's ``lr`` must equal that value or be 0 (else a
+``ValueError``; the package raises ``RuntimeError``). Groups with ``lr == 0`` take no part in the
+statistics. Use ``layer_scale`` (Adam) or ``d_coef`` to scale a part of a model.
+
+NOTE [D-Adaptation across ranks]
+The per-step increments of the sums (never the running values: spec 1.7 "HEAD pattern") are
+reduced with one packed ``_reduce_global`` call, entered by every rank every step, only when the
+statistics are partial (``sharded=True``, ``fsdp_in_use=True``, sharded DTensors, or FSDP-1 flat
+parameters, which the package detects by their ``_fsdp_flattened`` attribute). Under DDP nothing
+is reduced: the package's ``fsdp_in_use=True`` under DDP inflates DAdaptSGD's ``d_hat`` by
+``sqrt(world size)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from lrlab.optim import _foreach
+from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._validation import (
+    check_betas,
+    check_bool,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    check_range,
+)
+
+__all__ = ["DAdaptAdaGrad", "DAdaptAdam", "DAdaptSGD"]
+
+_PAPER = (
+    "Defazio & Mishchenko, Learning-Rate-Free Learning by D-Adaptation, ICML 2023, arXiv:2301.07733"
+)
+
+#: DAdaptAdaGrad's initial accumulator of squared gradients (hard-coded in the package)
+ADAGRAD_ALPHA_INIT = 1e-6
+
+
+# -- machinery shared by D-Adaptation and Prodigy --------------------------------------------
+
+
+def _as_setting(value: Any) -> Any:
+    # betas given as a list in one group and a tuple in another are the same setting
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _grow(d: float, d_hat: float, growth_rate: float) -> float:
+    """``max(d, min(d_hat, growth_rate * d))``: ``d`` never decreases, nor grows faster."""
+    return max(d, min(d_hat, d * growth_rate))
+
+
+def check_growth_rate(growth_rate: float) -> float:
+    """``growth_rate`` in [1, inf] (inf: no limit); below 1 it would freeze ``d`` for good."""
+    return check_range("growth_rate", growth_rate, 1.0, math.inf, "[]")
+
+
+class _DistanceEstimator(AdaptiveOptimizer):
+    """Shared machinery of D-Adaptation and Prodigy (a private base; not registered).
+
+    Group validation and the global settings check (NOTE [D-Adaptation global scalars]), the
+    learning-rate rule across groups, the detection of partial statistics, and the one reduction
+    plus one host synchronisation per step.
+    """
+
+    has_global_statistics: ClassVar[bool] = True
+    #: settings read from the first group only; every group must carry the same value
+    global_settings: ClassVar[tuple[str, ...]] = ("growth_rate", "d_coef", "d0", "sharded")
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        self._set_global("d", float(defaults["d0"]))
+
+    # -- param groups -------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group after checking its settings (per-group ranges, shared global settings)."""
+        merged = {**self.defaults, **param_group}
+        self._check_group(merged)
+        if self.param_groups:
+            first = self.param_groups[0]
+            for key in self.global_settings:
+                if _as_setting(merged[key]) != _as_setting(first[key]):
+                    raise ValueError(
+                        f"{key} is shared by all param groups (it shapes the global estimate "
+                        f"of d); got {merged[key]!r} in a new group, but {first[key]!r} in the "
+                        "first group"
+                    )
+        super().add_param_group(param_group)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Range checks of the per-group settings (a group may set lr = 0 to opt out)."""
+        check_nonnegative("lr", group["lr"])
+        check_nonnegative("weight_decay", group["weight_decay"])
+        if "eps" in group:
+            check_positive("eps", group["eps"])
+
+    # -- the step helpers ---------------------------------------------------------------------
+
+    def _common_lr(self) -> float:
+        """``max(group lr)``; every group's lr must be that value or 0."""
+        lr = max(float(group["lr"]) for group in self.param_groups)
+        for index, group in enumerate(self.param_groups):
+            if group["lr"] not in (lr, 0.0):
+                raise ValueError(
+                    f"lr of param group {index} must equal the largest group lr ({lr}) or be 0, "
+                    f"got {group['lr']!r}: D-Adaptation estimates one d for all groups; scale "
+                    "a group with layer_scale (DAdaptAdam) or the whole estimate with d_coef"
+                )
+        return lr
+
+    def _statistics_are_partial(self) -> bool:
+        # the package's own detection of FSDP-1 flat parameters, in addition to ours
+        return super()._statistics_are_partial() or any(
+            getattr(p, "_fsdp_flattened", False) for p in self._params()
+        )
+
+    def _with_grads(self, group: dict[str, Any]) -> Iterator[tuple[Tensor, Tensor]]:
+        for p in group["params"]:
+            if p.grad is not None:
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                yield p, p.grad
+
+    def _statistic_dtype_and_device(self) -> tuple[torch.dtype, torch.device]:
+        # from ALL parameters, not only those with a gradient now: every rank must pack the
+        # same dtype into the collective
+        params = self._params()
+        dtype = _foreach.accumulation_dtype(params[0].dtype)
+        for p in params[1:]:
+            dtype = torch.promote_types(dtype, _foreach.accumulation_dtype(p.dtype))
+        return dtype, params[0].device
+
+    def _total(self, parts: Sequence[Tensor]) -> Tensor:
+        """Sum of 0-d tensors, in the statistics dtype, on the first parameter's device.
+
+        Added one by one, in parameter order, as the packages add their Python floats: in
+        float64 the sums then agree bit for bit, and the oracle trajectories with them (on a
+        small MLP, a different summation order alone moves DAdaptAdam's iterates by ~1e-10).
+        """
+        dtype, device = self._statistic_dtype_and_device()
+        total = torch.zeros((), dtype=dtype, device=device)
+        for part in parts:
+            total = total + part.to(device=device, dtype=dtype)
+        return total
+
+    def _global_floats(self, partials: list[Tensor]) -> list[float]:
+        """Reduce this step's partial increments (one collective, every rank) and bring them
+        to the host (the one synchronisation of the step)."""
+        dtype, _ = self._statistic_dtype_and_device()
+        reduced = self._reduce_global(partials)
+        return [float(v) for v in torch.stack([v.to(dtype) for v in reduced]).tolist()]
+
+    def _skip_step(self) -> None:
+        for group in self.param_groups:
+            group["effective_lr"] = 0.0
+
+
+def _weight_decayed(grad: Tensor, p: Tensor, weight_decay: float) -> Tensor:
+    """``g + wd * p`` as a new tensor: ``p.grad`` is never modified (the package adds in place)."""
+    return grad.add(p, alpha=weight_decay) if weight_decay != 0 else grad
+
+
+def _check_common(
+    lr: float, weight_decay: float, log_every: int, d0: float, growth_rate: float, d_coef: float
+) -> None:
+    check_positive("lr", lr)
+    check_nonnegative("weight_decay", weight_decay)
+    check_int("log_every", log_every, 0)
+    check_positive("d0", d0)
+    check_growth_rate(growth_rate)
+    check_positive("d_coef", d_coef)
+
+
+def _check_sharding(fsdp_in_use: bool, sharded: bool) -> bool:
+    check_bool("fsdp_in_use", fsdp_in_use)
+    check_bool("sharded", sharded)
+    return fsdp_in_use or sharded
+
+
+_COMMON_INVALID = (
+    InvalidKwargs({"lr": 0.0}, r"lr must be in \(0, inf\), got 0\.0"),
+    InvalidKwargs({"d0": 0.0}, r"d0 must be in \(0, inf\), got 0\.0"),
+    InvalidKwargs({"growth_rate": 0.5}, r"growth_rate must be in \[1, inf\), got 0\.5"),
+    InvalidKwargs({"d_coef": -1.0}, r"d_coef must be in \(0, inf\), got -1\.0"),
+    InvalidKwargs({"weight_decay": -0.1}, r"weight_decay must be in \[0, inf\), got -0\.1"),
+    InvalidKwargs({"log_every": -1}, r"log_every must be in \[0, inf\], got -1"),
+    InvalidKwargs({"sharded": 1}, r"sharded must be True or False, got 1"),
+)
+
+
+# -- DAdaptSGD --------------------------------------------------------------------------------
+
+
+@register(
+    "dadapt-sgd",
+    family="d-adaptation",
+    paper=_PAPER,
+    summary="dual-averaging SGD whose step d*lr/||g0|| adapts d, a lower bound on ||x0 - x*||",
+    oracle="dadaptation.DAdaptSGD",
+    sample_kwargs=(
+        {"d0": 0.01},
+        {"d0": 0.01, "momentum": 0.9, "weight_decay": 1e-3, "growth_rate": 1.05},
+        {"d0": 1e-3, "lr": 0.5, "d_coef": 2.0},
+    ),
+    invalid_kwargs=(
+        *_COMMON_INVALID,
+        InvalidKwargs({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1\.0"),
+    ),
+    group_kwargs={"weight_decay": 0.5},
+)
+class DAdaptSGD(_DistanceEstimator):
+    r"""SGD with D-Adaptation (dual averaging, the released ``DAdaptSGD``).
+
+    .. math::
+        \begin{aligned}
+        &\lambda_k = d_k\,\gamma / \lVert g_0 \rVert, \qquad
+            g_k = \nabla f(x_k) + \omega\, x_k\\
+        &N_{k+1} = N_k + \lambda_k \langle g_k, s_k \rangle, \qquad
+            s_{k+1} = s_k + \lambda_k g_k\\
+        &\hat d_{k+1} = c_d\, \frac{2 N_{k+1}}{\lVert s_{k+1} \rVert_2}, \qquad
+            d_{k+1} = \max\!\big(d_k, \min(\hat d_{k+1}, \rho\, d_k)\big)\\
+        &z_{k+1} = x_0 - s_{k+1}, \qquad x_{k+1} = \mu\, x_k + (1 - \mu)\, z_{k+1}
+        \end{aligned}
+
+    Sums and norms run over every parameter with a gradient in groups with ``lr > 0``.
+    :math:`\lVert g_0 \rVert` is the norm of the first step's gradient *without* weight decay (as
+    in the package). With :math:`\mu = 0` the iterate is the dual-averaging point
+    :math:`x_0 - s_{k+1}`; :math:`\mu > 0` is primal averaging, not heavy-ball momentum. The
+    estimate is twice the paper's Algorithm 1 bound, as in the code since v1 (spec 1.0).
+
+    Symbols: :math:`\gamma` ``lr`` (the largest group lr), :math:`d_k` ``d``, :math:`\hat d`
+    ``d_hat``, :math:`N` ``numerator_weighted``, :math:`\lVert g_0 \rVert` ``g0_norm``,
+    :math:`\lVert s \rVert_2` ``s_norm`` (all global, in every group and in ``statistics()``),
+    :math:`s_k, x_0` ``state["s"]``, ``state["x0"]``, :math:`\omega` ``weight_decay``,
+    :math:`\mu` ``momentum``, :math:`\rho` ``growth_rate``, :math:`c_d` ``d_coef``.
+    ``effective_lr`` is :math:`\lambda_k` (the weight of this step's gradient, the package's
+    ``dlr``) in groups with ``lr > 0``, else 0.
+
+    Args:
+        params: parameters or param groups.
+        lr: multiplier of the adapted step, in (0, inf); leave at 1.0. A group may set 0.
+        momentum: primal-averaging coefficient :math:`\mu`, in [0, 1). Global.
+        weight_decay: coupled L2 coefficient :math:`\omega`, in [0, inf); per group (see notes).
+        log_every: accepted for compatibility and ignored: lrlab never logs; read
+            ``statistics()`` (``d``, ``d_hat``, ``effective_lr``, the sums) instead.
+        d0: initial lower bound :math:`d_0`, in (0, inf). Raise it (1e-5 .. 1e-3) if ``d``
+            stays tiny.
+        growth_rate: largest factor :math:`\rho` by which ``d`` may grow per step, in [1, inf];
+            e.g. 1.02 acts as a warmup.
+        fsdp_in_use: the package's flag for sharded parameters; the same as ``sharded=True``.
+        d_coef: lrlab extension (the package has no such argument): multiplies the estimate
+            :math:`\hat d`, in (0, inf), like Prodigy's ``d_coef``. 1.0 is the package.
+        sharded: each rank owns a disjoint part of the parameters, so the sums are partial and
+            reduced over ranks (not needed under DDP; DTensors and FSDP-1 are detected).
+
+    .. note::
+        Deviations from ``dadaptation==3.2`` (spec 1.1, 1.7), identical numbers otherwise:
+        ``weight_decay`` is per group (the package applies the first group's to all groups);
+        ``p.grad`` is never modified (the package adds the decay in place); a step whose
+        gradients are all zero, or whose ``lr`` is 0 everywhere, is a no-op (the package raises
+        ``ZeroDivisionError`` or ``UnboundLocalError``); the numerator is stored as a global
+        value and only its per-step increment is reduced, on the parameters' device, by every
+        rank (the package reduces the running local value on ``.cuda()``); ``z`` is not stored
+        (it is recomputed from ``x0 - s``). Settings the package reads from the first group only
+        (``momentum``, ``growth_rate``, ``d0``, ``d_coef``) must be equal in every group.
+
+    Example:
+        >>> optimizer = DAdaptSGD(model.parameters(), lr=1.0, momentum=0.9)
+        >>> loss_fn(model(x), y).backward()
+        >>> optimizer.step()
+        >>> optimizer.statistics()["d"]
+    """
+
+    global_defaults: ClassVar[dict[str, float | int]] = {
+        "k": 0,
+        "d": 1e-6,
+        "d_hat": 0.0,
+        "numerator_weighted": 0.0,
+        "g0_norm": 0.0,
+        "s_norm": 0.0,
+    }
+    global_settings: ClassVar[tuple[str, ...]] = (
+        *_DistanceEstimator.global_settings,
+        "momentum",
+    )
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1.0,
+        momentum: float = 0.0,
+        weight_decay: float = 0,
+        log_every: int = 0,
+        d0: float = 1e-6,
+        growth_rate: float = float("inf"),
+        fsdp_in_use: bool = False,
+        *,
+        d_coef: float = 1.0,
+        sharded: bool = False,
+    ) -> None:
+        _check_common(lr, weight_decay, log_every, d0, growth_rate, d_coef)
+        check_range("momentum", momentum, 0.0, 1.0, "[)")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "d0": d0,
+            "growth_rate": growth_rate,
+            "d_coef": d_coef,
+            "sharded": _check_sharding(fsdp_in_use, sharded),
+        }
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        check_range("momentum", group["momentum"], 0.0, 1.0, "[)")
+
+    def _update(self, context: StepContext) -> None:
+        lr = self._common_lr()
+        first = self.param_groups[0]
+        k, d = int(first["k"]), float(first["d"])
+        numerator = float(first["numerator_weighted"])
+        live = [
+            (group, list(self._with_grads(group))) for group in self.param_groups if group["lr"] > 0
+        ]
+        for group in self.param_groups:
+            for p, _ in self._with_grads(group):
+                state = self.state[p]
+                if len(state) == 0:
+                    state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
+
+        if k == 0:
+            # ||g0|| is needed before the first gradient enters s: reduce it with the squared
+            # norm of the (decayed) gradient, from which ||s_1||^2 = lambda_0^2 ||g'_0||^2
+            raw = [grad for _, pairs in live for _, grad in pairs]
+            decayed = [
+                _weight_decayed(grad, p, group["weight_decay"])
+                for group, pairs in live
+                for p, grad in pairs
+            ]
+            g0_sq, decayed_sq = self._global_floats(
+                [
+                    self._total([(g * g).sum() for g in raw]),
+                    self._total([(g * g).sum() for g in decayed]),
+                ]
+            )
+            g0_norm = math.sqrt(g0_sq)
+            if g0_norm == 0.0:  # the package divides by it (ZeroDivisionError)
+                self._skip_step()
+                return
+            lam = d * lr / g0_norm
+            s_sq = lam * lam * decayed_sq
+            if s_sq == 0.0:
+                self._skip_step()
+                return
+            sums = [self.state[p]["s"] for _, pairs in live for p, _ in pairs]
+            for s, g in zip(sums, decayed, strict=True):
+                s.add_(g, alpha=lam)
+            # s_0 = 0, so the numerator gets no increment and d_hat = 0 at the first step
+            self._set_global("g0_norm", g0_norm)
+        else:
+            g0_norm = float(first["g0_norm"])
+            lam = d * lr / g0_norm
+            dots, squares = [], []
+            for group, pairs in live:
+                for p, grad in pairs:
+                    g = _weight_decayed(grad, p, group["weight_decay"])
+                    s = self.state[p]["s"]
+                    dots.append(_foreach.total_dot([g], [s]) * lam)
+                    s.add_(g, alpha=lam)
+                    squares.append((s * s).sum())
+            increment, s_sq = self._global_floats([self._total(dots), self._total(squares)])
+            if s_sq == 0.0:  # nothing took part (lr 0 everywhere, or zero gradients)
+                self._skip_step()
+                return
+            numerator += increment
+
+        d_hat = float(first["d_hat"])
+        if lr > 0:
+            d_hat = float(first["d_coef"]) * 2.0 * numerator / math.sqrt(s_sq)
+            d = _grow(d, d_hat, float(first["growth_rate"]))
+
+        c = 1.0 - float(first["momentum"])
+        for group in self.param_groups:
+            for p, _ in self._with_grads(group):
+                state = self.state[p]
+                z = state["x0"] - state["s"]
+                p.mul_(1.0 - c).add_(z, alpha=c)
+            group["effective_lr"] = lam if group["lr"] > 0 else 0.0
+        self._set_global("numerator_weighted", numerator)
+        self._set_global("s_norm", math.sqrt(s_sq))
+        self._set_global("d_hat", d_hat)
+        self._set_global("d", d)
+        self._set_global("k", k + 1)
+
+    def _statistics(self) -> dict[str, float]:
+        first = self.param_groups[0]
+        return {
+            key: float(first[key])
+            for key in ("d", "d_hat", "numerator_weighted", "s_norm", "g0_norm", "k")
+        }
+
+
+# -- DAdaptAdam -------------------------------------------------------------------------------
+
+
+@register(
+    "dadapt-adam",
+    family="d-adaptation",
+    paper=_PAPER,
+    summary="Adam whose step d*lr adapts d from an EMA of weighted gradient inner products",
+    oracle="dadaptation.DAdaptAdam",
+    sample_kwargs=(
+        {"d0": 1e-2, "growth_rate": 1.02},
+        {"d0": 1e-3, "decouple": True, "weight_decay": 0.01, "use_bias_correction": True},
+        {"d0": 1e-3, "weight_decay": 0.01, "d_coef": 0.5},
+    ),
+    invalid_kwargs=(
+        *_COMMON_INVALID,
+        InvalidKwargs({"betas": (0.9, 1.0)}, r"betas\[1\] must be in \[0, 1\), got 1\.0"),
+        InvalidKwargs({"eps": 0.0}, r"eps must be in \(0, inf\), got 0\.0"),
+        InvalidKwargs({"decouple": "yes"}, r"decouple must be True or False, got 'yes'"),
+        InvalidKwargs(
+            {"use_bias_correction": 0}, r"use_bias_correction must be True or False, got 0"
+        ),
+    ),
+    group_kwargs={"layer_scale": 0.5},
+)
+class DAdaptAdam(_DistanceEstimator):
+    r"""Adam with D-Adaptation (the released v3 ``DAdaptAdam``, inner-product estimate).
+
+    .. math::
+        \begin{aligned}
+        &\lambda_k = d_k\, \gamma\, b_k, \qquad
+            b_k = \frac{\sqrt{1 - \beta_2^{k+1}}}{1 - \beta_1^{k+1}}
+            \text{ (or 1 without bias correction)}, \qquad \hat\beta = \sqrt{\beta_2}\\
+        &A_k = \textstyle\sum_i r_i\, \lambda_k \big\langle g_{k,i},\,
+            s_{k,i} / (\sqrt{v_{k,i}} + \epsilon_i) \big\rangle
+            \quad\text{(old } s, v\text{)}\\
+        &m_{k+1} = \beta_1 m_k + (1 - \beta_1)\, r\, \lambda_k g_k, \qquad
+            v_{k+1} = \beta_2 v_k + (1 - \beta_2)\, g_k^2\\
+        &s_{k+1} = \hat\beta s_k + (1 - \hat\beta)\, \lambda_k g_k, \qquad
+            N_{k+1} = \hat\beta N_k + (1 - \hat\beta) A_k\\
+        &\hat d_{k+1} = c_d\, \frac{N_{k+1}}{(1 - \hat\beta)\sum_i r_i \lVert s_{k+1,i}
+            \rVert_1}, \qquad d_{k+1} = \max\!\big(d_k, \min(\hat d_{k+1}, \rho\, d_k)\big)\\
+        &x_{k+1} = x_k - \omega\, \lambda_k x_k\,[\text{decouple}]
+            - m_{k+1} / (\sqrt{v_{k+1}} + \epsilon)
+        \end{aligned}
+
+    The step size lives inside :math:`m`: a gradient is weighted by the :math:`\lambda` of the
+    step that saw it, so a growth of :math:`d` reaches the update gradually. With coupled decay
+    :math:`g_k = \nabla f(x_k) + \omega x_k`. Sums run over parameters in groups with
+    ``lr > 0``; :math:`r_i` is the group's ``layer_scale``.
+
+    Symbols: :math:`\gamma` ``lr``, :math:`d_k` ``d``, :math:`\hat d` ``d_hat``, :math:`N`
+    ``numerator_weighted``, :math:`\sum r \lVert s \rVert_1` ``s_l1`` (global, in every group),
+    :math:`s, m, v` ``state["s"]``, ``state["exp_avg"]``, ``state["exp_avg_sq"]``, :math:`r`
+    ``layer_scale``, :math:`\omega` ``weight_decay``, :math:`\rho` ``growth_rate``, :math:`c_d`
+    ``d_coef``. ``effective_lr`` is :math:`r \lambda_k` (``d * lr`` with the bias correction,
+    times the group's ``layer_scale``) in groups with ``lr > 0``, else 0.
+
+    Args:
+        params: parameters or param groups. A group may set ``layer_scale`` (default 1.0, in
+            [0, inf)) to scale its step (the package's per-layer alternative to group lrs).
+        lr: multiplier of the adapted step, in (0, inf); leave at 1.0.
+        betas: :math:`(\beta_1, \beta_2)`, each in [0, 1). Global.
+        eps: :math:`\epsilon`, in (0, inf); per group.
+        weight_decay: :math:`\omega`, in [0, inf); per group.
+        log_every: accepted for compatibility and ignored (lrlab never logs).
+        decouple: AdamW-style decoupled decay (default False, as in the package: set True to
+            replace AdamW). Global.
+        use_bias_correction: multiply the step by :math:`b_k`. Global.
+        d0: initial lower bound, in (0, inf).
+        growth_rate: largest growth factor of ``d`` per step, in [1, inf].
+        fsdp_in_use: the same as ``sharded=True``.
+        d_coef: lrlab extension, multiplies :math:`\hat d`, in (0, inf); 1.0 is the package.
+        sharded: the parameters are split over ranks (see :class:`DAdaptSGD`).
+
+    .. note::
+        Deviations from ``dadaptation==3.2`` (spec 1.2, 1.7): ``p.grad`` is never modified (the
+        package adds coupled decay in place); when no statistic moved (all-zero gradients, or
+        ``lr`` 0 everywhere) the step is a no-op *after* the reduction, so a rank without
+        gradients cannot leave the others waiting (the package returns before its collective);
+        the numerator is stored as a global value and only this step's increment is reduced, on
+        the parameters' device (the package reduces the running local EMA on ``.cuda()``, which
+        is wrong when a checkpoint of rank 0 is loaded on every rank). As in the package, groups
+        with ``lr = 0`` still receive the decoupled weight decay with :math:`\lambda_k`.
+
+    Example:
+        >>> optimizer = DAdaptAdam(model.parameters(), lr=1.0, decouple=True, weight_decay=0.05)
+        >>> loss_fn(model(x), y).backward()
+        >>> optimizer.step()
+    """
+
+    global_defaults: ClassVar[dict[str, float | int]] = {
+        "k": 0,
+        "d": 1e-6,
+        "d_hat": 0.0,
+        "numerator_weighted": 0.0,
+        "s_l1": 0.0,
+    }
+    global_settings: ClassVar[tuple[str, ...]] = (
+        *_DistanceEstimator.global_settings,
+        "betas",
+        "decouple",
+        "use_bias_correction",
+    )
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        log_every: int = 0,
+        decouple: bool = False,
+        use_bias_correction: bool = False,
+        d0: float = 1e-6,
+        growth_rate: float = float("inf"),
+        fsdp_in_use: bool = False,
+        *,
+        d_coef: float = 1.0,
+        sharded: bool = False,
+    ) -> None:
+        _check_common(lr, weight_decay, log_every, d0, growth_rate, d_coef)
+        check_betas("betas", betas)
+        check_positive("eps", eps)
+        check_bool("decouple", decouple)
+        check_bool("use_bias_correction", use_bias_correction)
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "layer_scale": 1.0,
+            "decouple": decouple,
+            "use_bias_correction": use_bias_correction,
+            "d0": d0,
+            "growth_rate": growth_rate,
+            "d_coef": d_coef,
+            "sharded": _check_sharding(fsdp_in_use, sharded),
+        }
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        check_nonnegative("layer_scale", group["layer_scale"])
+
+    def _update(self, context: StepContext) -> None:
+        lr = self._common_lr()
+        first = self.param_groups[0]
+        k, d = int(first["k"]), float(first["d"])
+        beta1, beta2 = first["betas"]
+        decouple = bool(first["decouple"])
+        correction = (
+            math.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1))
+            if first["use_bias_correction"]
+            else 1.0
+        )
+        lam = d * lr * correction
+        root_beta2 = math.sqrt(beta2)
+
+        inner, l1 = [], []
+        for group in self.param_groups:
+            r, eps, weight_decay = group["layer_scale"], group["eps"], group["weight_decay"]
+            for p, grad in self._with_grads(group):
+                state = self.state[p]
+                if len(state) == 0:
+                    for key in ("s", "exp_avg", "exp_avg_sq"):
+                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if group["lr"] == 0:
+                    continue
+                g = grad if decouple else _weight_decayed(grad, p, weight_decay)
+                s, m, v = state["s"], state["exp_avg"], state["exp_avg_sq"]
+                inner.append(_foreach.total_dot([g], [s.div(v.sqrt().add_(eps))]) * (r * lam))
+                m.mul_(beta1).add_(g, alpha=r * lam * (1 - beta1))
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                s.mul_(root_beta2).add_(g, alpha=lam * (1 - root_beta2))
+                l1.append(s.abs().sum() * r)
+
+        increment, s_l1 = self._global_floats([self._total(inner), self._total(l1)])
+        if s_l1 == 0.0:  # no progress: the package returns here, before its collective
+            self._skip_step()
+            return
+        numerator = root_beta2 * float(first["numerator_weighted"]) + (1 - root_beta2) * increment
+        d_hat = float(first["d_hat"])
+        if lr > 0:
+            d_hat = float(first["d_coef"]) * numerator / ((1 - root_beta2) * s_l1)
+            d = _grow(d, d_hat, float(first["growth_rate"]))
+
+        for group in self.param_groups:
+            eps, weight_decay = group["eps"], group["weight_decay"]
+            for p, _ in self._with_grads(group):
+                state = self.state[p]
+                denominator = state["exp_avg_sq"].sqrt().add_(eps)
+                if weight_decay != 0 and decouple:
+                    p.add_(p, alpha=-weight_decay * lam)
+                p.addcdiv_(state["exp_avg"], denominator, value=-1)
+            group["effective_lr"] = float(group["layer_scale"]) * lam if group["lr"] > 0 else 0.0
+        self._set_global("numerator_weighted", numerator)
+        self._set_global("s_l1", s_l1)
+        self._set_global("d_hat", d_hat)
+        self._set_global("d", d)
+        self._set_global("k", k + 1)
+
+    def _statistics(self) -> dict[str, float]:
+        first = self.param_groups[0]
+        return {key: float(first[key]) for key in ("d", "d_hat", "numerator_weighted", "s_l1", "k")}
+
+
+# -- DAdaptAdaGrad ----------------------------------------------------------------------------
+
+
+@register(
+    "dadapt-adagrad",
+    family="d-adaptation",
+    paper=_PAPER,
+    summary="dual-averaging AdaGrad whose step d*lr adapts d from weighted dual-sum norms",
+    oracle="dadaptation.DAdaptAdaGrad",
+    sample_kwargs=(
+        {"d0": 0.01},
+        {"d0": 0.01, "momentum": 0.9, "weight_decay": 1e-3},
+        {"d0": 1e-3, "eps": 1e-4, "growth_rate": 1.1, "d_coef": 2.0},
+    ),
+    invalid_kwargs=(
+        *_COMMON_INVALID,
+        InvalidKwargs({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1\.0"),
+        InvalidKwargs({"eps": 0.0}, r"eps must be in \(0, inf\), got 0\.0"),
+    ),
+    group_kwargs={"weight_decay": 0.5},
+)
+class DAdaptAdaGrad(_DistanceEstimator):
+    r"""AdaGrad with D-Adaptation (dual averaging with a diagonal AdaGrad metric).
+
+    .. math::
+        \begin{aligned}
+        &\lambda_k = d_k \gamma, \qquad g_k = \nabla f(x_k) + \omega\, x_k, \qquad
+            \alpha_{k+1} = \alpha_k + g_k^2, \qquad a_{k+1} = \sqrt{\alpha_{k+1}} + \epsilon\\
+        &s_{k+1} = s_k + \lambda_k g_k, \qquad
+            G_{k+1} = G_k + \lambda_k^2 \textstyle\sum g_k^2 / a_{k+1}\\
+        &S_{k+1} = \textstyle\sum s_{k+1}^2 / a_{k+1}, \qquad
+            L_{k+1} = \lVert s_{k+1} \rVert_1\\
+        &\hat d_{k+1} = c_d\, \frac{S_{k+1} - G_{k+1}}{L_{k+1}}, \qquad
+            d_{k+1} = \max\!\big(d_k, \min(\hat d_{k+1}, \rho\, d_k)\big)\\
+        &z_{k+1} = x_0 - s_{k+1} / a_{k+1}, \qquad x_{k+1} = \mu\, x_k + (1 - \mu)\, z_{k+1}
+        \end{aligned}
+
+    with :math:`\alpha_0 = 10^{-6}` elementwise (not 0, as in the package). :math:`S` and
+    :math:`L` are kept as running sums of their per-step changes, as in the package.
+
+    Symbols: :math:`\gamma` ``lr``, :math:`d_k` ``d``, :math:`\hat d` ``d_hat``, :math:`G`
+    ``gsq_weighted``, :math:`S` ``sksq_weighted``, :math:`L` ``skl1`` (global, in every group),
+    :math:`\alpha, s, x_0` ``state["alphak"]``, ``state["sk"]``, ``state["x0"]``, :math:`\mu`
+    ``momentum``, :math:`\omega` ``weight_decay``, :math:`\rho` ``growth_rate``, :math:`c_d`
+    ``d_coef``. ``effective_lr`` is :math:`\lambda_k` in the groups that take part, else 0.
+
+    Args:
+        params: parameters or param groups.
+        lr: multiplier of the adapted step, in (0, inf); leave at 1.0.
+        momentum: primal-averaging coefficient :math:`\mu`, in [0, 1). Global.
+        log_every: accepted for compatibility and ignored (lrlab never logs).
+        weight_decay: coupled L2 coefficient, in [0, inf); per group.
+        eps: :math:`\epsilon`, in (0, inf); per group. Default 1e-6 (the package's).
+        d0: initial lower bound, in (0, inf).
+        growth_rate: largest growth factor of ``d`` per step, in [1, inf].
+        d_coef: lrlab extension, multiplies :math:`\hat d`, in (0, inf); 1.0 is the package.
+        sharded: the parameters are split over ranks (the package has no distributed support
+            for this variant; the increments of :math:`S, L, G` are reduced).
+
+    .. note::
+        Deviations from ``dadaptation==3.2`` (spec 1.3): the package reads ``lr`` from the first
+        group only and applies it to every group; here the rule of the other variants holds
+        (the largest group lr; groups with ``lr = 0`` take no part: no accumulation, no new
+        gradient), identical to the package when every group has the same lr. ``p.grad`` is
+        never modified. Sparse gradients raise ``RuntimeError`` (the package's sparse path,
+        with ``eps`` inside the root and no weight decay, is not implemented). The maintainers
+        advise DAdaptAdam or DAdaptSGD over this variant, which adapts slowly (issue #29).
+
+    Example:
+        >>> optimizer = DAdaptAdaGrad(model.parameters(), lr=1.0)
+        >>> loss_fn(model(x), y).backward()
+        >>> optimizer.step()
+    """
+
+    global_defaults: ClassVar[dict[str, float | int]] = {
+        "k": 0,
+        "d": 1e-6,
+        "d_hat": 0.0,
+        "gsq_weighted": 0.0,
+        "sksq_weighted": 0.0,
+        "skl1": 0.0,
+    }
+    global_settings: ClassVar[tuple[str, ...]] = (
+        *_DistanceEstimator.global_settings,
+        "momentum",
+    )
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1.0,
+        momentum: float = 0,
+        log_every: int = 0,
+        weight_decay: float = 0.0,
+        eps: float = 1e-6,
+        d0: float = 1e-6,
+        growth_rate: float = float("inf"),
+        *,
+        d_coef: float = 1.0,
+        sharded: bool = False,
+    ) -> None:
+        _check_common(lr, weight_decay, log_every, d0, growth_rate, d_coef)
+        check_range("momentum", momentum, 0.0, 1.0, "[)")
+        check_positive("eps", eps)
+        check_bool("sharded", sharded)
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "eps": eps,
+            "d0": d0,
+            "growth_rate": growth_rate,
+            "d_coef": d_coef,
+            "sharded": sharded,
+        }
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        check_range("momentum", group["momentum"], 0.0, 1.0, "[)")
+
+    def _update(self, context: StepContext) -> None:
+        lr = self._common_lr()
+        first = self.param_groups[0]
+        k, d = int(first["k"]), float(first["d"])
+        lam = d * lr
+
+        changes_s, changes_l1, weighted_g = [], [], []
+        for group in self.param_groups:
+            eps, weight_decay = group["eps"], group["weight_decay"]
+            for p, grad in self._with_grads(group):
+                state = self.state[p]
+                if len(state) == 0:
+                    state["alphak"] = torch.full_like(
+                        p, ADAGRAD_ALPHA_INIT, memory_format=torch.preserve_format
+                    )
+                    state["sk"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
+                # the package lets every group take part (with the first group's lr); a group
+                # with lr 0 below the largest lr opts out (NOTE [... learning rates across groups])
+                if group["lr"] != lr:
+                    continue
+                g = _weight_decayed(grad, p, weight_decay)
+                alpha, s = state["alphak"], state["sk"]
+                old_s_sq = (s * s).div_(alpha.sqrt().add_(eps)).sum()
+                old_l1 = s.abs().sum()
+                alpha.add_(g * g)
+                metric = alpha.sqrt().add_(eps)
+                weighted_g.append((g * g).div_(metric).sum())
+                s.add_(g, alpha=lam)
+                changes_s.append((s * s).div_(metric).sum() - old_s_sq)
+                changes_l1.append(s.abs().sum() - old_l1)
+
+        change_s, change_l1, g_sq = self._global_floats(
+            [self._total(changes_s), self._total(changes_l1), self._total(weighted_g)]
+        )
+        s_sq = float(first["sksq_weighted"]) + change_s
+        l1 = float(first["skl1"]) + change_l1
+        if l1 == 0.0:  # no progress (the package returns here too)
+            self._skip_step()
+            return
+        g_weighted = float(first["gsq_weighted"]) + lam * lam * g_sq
+        d_hat = float(first["d_hat"])
+        if lr > 0:
+            d_hat = float(first["d_coef"]) * (s_sq - g_weighted) / l1
+            d = _grow(d, d_hat, float(first["growth_rate"]))
+
+        momentum = float(first["momentum"])
+        c = 1.0 - momentum
+        for group in self.param_groups:
+            eps = group["eps"]
+            for p, _ in self._with_grads(group):
+                state = self.state[p]
+                z = state["x0"] - state["sk"].div(state["alphak"].sqrt().add_(eps))
+                if momentum != 0:
+                    p.mul_(1.0 - c).add_(z, alpha=c)
+                else:
+                    p.copy_(z)
+            group["effective_lr"] = lam if group["lr"] == lr and lr > 0 else 0.0
+        self._set_global("gsq_weighted", g_weighted)
+        self._set_global("sksq_weighted", s_sq)
+        self._set_global("skl1", l1)
+        self._set_global("d_hat", d_hat)
+        self._set_global("d", d)
+        self._set_global("k", k + 1)
+
+    def _statistics(self) -> dict[str, float]:
+        first = self.param_groups[0]
+        return {
+            key: float(first[key])
+            for key in ("d", "d_hat", "gsq_weighted", "sksq_weighted", "skl1", "k")
+        }

@@ -1,0 +1,614 @@
+"""MoMo and MoMo-Adam: Polyak-type step sizes from a momentum model of the loss.
+
+Paper: F. Schaipp, R. Ohana, M. Eickenberg, A. Defazio, R. M. Gower, "MoMo: Momentum Models for
+Adaptive Learning Rates", ICML 2024, arXiv:2305.07583. Official code: ``fabian-sp/MoMo``, PyPI
+``momo-opt`` 0.1.0 (our numerical oracle). Spec: ``shared/specs/defazio_family.md`` section 4.
+
+Averages of past losses :math:`\\bar f`, gradients :math:`d` and inner products
+:math:`\\gamma = \\mathrm{avg}\\,\\langle g_j, x_j\\rangle` give a model of the loss,
+:math:`\\bar f + \\langle d, x\\rangle - \\gamma`, truncated below by a known lower bound
+:math:`f^*` (``lb``, 0 for most losses). The step is the proximal step on the truncated model: a
+Polyak step along the momentum direction, capped by ``lr``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from lrlab.optim import _foreach
+from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._validation import (
+    check_betas,
+    check_bool,
+    check_nonnegative,
+    check_positive,
+    check_range,
+)
+
+__all__ = ["Momo", "MomoAdam"]
+
+_PAPER = (
+    "Schaipp, Ohana, Eickenberg, Defazio, Gower, MoMo: Momentum Models for Adaptive Learning "
+    "Rates, ICML 2024; arXiv:2305.07583"
+)
+
+
+def scalar_loss(loss: Tensor, name: str) -> Tensor:
+    """The mini-batch loss as a 0-d float64 tensor; a loss with several elements is an error."""
+    if loss.numel() != 1:
+        raise ValueError(
+            f"{name}.step needs the scalar mini-batch loss, got a tensor of shape "
+            f"{tuple(loss.shape)} (reduce it, e.g. with .mean())"
+        )
+    return loss.detach().reshape(()).to(torch.float64)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """``<a, b>`` as a 0-d tensor in the accumulation dtype of ``a``."""
+    acc = _foreach.accumulation_dtype(a.dtype)
+    return torch.dot(a.reshape(-1).to(acc), b.reshape(-1).to(acc))
+
+
+def _stack64(values: list[Tensor], device: torch.device) -> Tensor:
+    """The sum of 0-d tensors in float64 (zero for an empty list)."""
+    if not values:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack([v.to(device=device, dtype=torch.float64) for v in values]).sum()
+
+
+def _check_no_sparse(grads: list[Tensor], name: str) -> None:
+    if any(g.is_sparse for g in grads):
+        raise RuntimeError(f"{name} does not support sparse gradients")
+
+
+class _MomentumModel(AdaptiveOptimizer):
+    """Shared machinery of MoMo: the model's global scalars, the step size and the lower bound.
+
+    Subclasses update their averages (returning the partial sums :math:`\\langle d, x\\rangle`,
+    :math:`\\sum \\gamma_i`, :math:`\\lVert d\\rVert^2_{D^{-1}}`), define the bias correction
+    :math:`\\rho` and move the parameters.
+    """
+
+    needs_loss: ClassVar[bool] = True
+    has_global_statistics: ClassVar[bool] = True
+    global_defaults: ClassVar[dict[str, float | int]] = {
+        "step": 0,
+        "loss_avg": 0.0,
+        "lower_bound": 0.0,
+        "d_norm_sq": 0.0,
+    }
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        # the running lower bound starts at the user's lb (it only moves with use_fstar)
+        self._set_global("lower_bound", float(self.param_groups[0]["lb"]))
+
+    # -- the method-specific parts ----------------------------------------------------------
+
+    def _accumulate(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Update the averages of one group; return its partial dot, gamma and norm sums."""
+        raise NotImplementedError
+
+    def _loss_average(self, loss: float, k: int) -> float:
+        raise NotImplementedError
+
+    def _rho(self, group: dict[str, Any], k: int) -> float:
+        raise NotImplementedError
+
+    def _move(self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool) -> None:
+        raise NotImplementedError
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def _update(self, context: StepContext) -> None:
+        name = type(self).__name__
+        first = self.param_groups[0]
+        k = int(self._get_global("step")) + 1
+        # (group index, params with gradients, foreach) of every group that moves
+        pending: list[tuple[int, list[Tensor], bool]] = []
+        dot_parts: list[Tensor] = []
+        gamma_parts: list[Tensor] = []
+        norm_parts: list[Tensor] = []
+        for index, group in enumerate(self.param_groups):
+            group["effective_lr"] = 0.0
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            _check_no_sparse(grads, name)
+            foreach = _foreach.resolve_foreach(group["foreach"], params)
+            dot, gamma, norm = self._accumulate(group, params, grads, foreach)
+            dot_parts.append(dot)
+            gamma_parts.append(gamma)
+            norm_parts.append(norm)
+            pending.append((index, params, foreach))
+
+        # every rank reaches the reduction, even one without gradients this step
+        device = context.params[0].device
+        sums = self._reduce_global(
+            [_stack64(parts, device) for parts in (dot_parts, gamma_parts, norm_parts)]
+        )
+        assert context.loss is not None  # needs_loss: the base class guarantees it
+        loss_t = scalar_loss(context.loss, name).to(device)
+        # the one host synchronisation of the step
+        loss, dot, gamma, norm = torch.stack([loss_t, *sums]).tolist()
+
+        f_bar = self._loss_average(loss, k)
+        lb = float(self._get_global("lower_bound"))
+        initial_lb = float(first["lb"])
+        use_fstar = bool(first["use_fstar"])
+        taus: list[float] = []
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            rho = self._rho(group, k)
+            c = 1 + lr * wd
+            if use_fstar:
+                cap = c * f_bar + dot - c * gamma
+                if cap < c * rho * lb:  # the model is below the bound: reset the estimate
+                    lb = max(cap / (2 * c * rho), initial_lb)
+            numerator = c * (f_bar - rho * lb) + dot - c * gamma
+            # norm == 0 only when every d is zero: the direction is zero, take the cap
+            t1 = max(numerator, 0.0) / norm if norm > 0 else math.inf
+            tau = min(lr / rho, t1)
+            if use_fstar:
+                h = f_bar + dot - gamma
+                lb = max((h - 0.5 * tau * norm) / rho, initial_lb)
+            taus.append(tau)
+        for index, params, foreach in pending:
+            group = self.param_groups[index]
+            group["effective_lr"] = taus[index]
+            self._move(group, params, taus[index], foreach)
+        self._set_global("step", k)
+        self._set_global("loss_avg", f_bar)
+        self._set_global("lower_bound", lb)
+        self._set_global("d_norm_sq", norm)
+
+    def _statistics(self) -> dict[str, float]:
+        return {
+            "loss_avg": float(self._get_global("loss_avg")),
+            "lower_bound": float(self._get_global("lower_bound")),
+            "d_norm_sq": float(self._get_global("d_norm_sq")),
+        }
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a checkpoint; ``grad_dot_w`` of low-precision parameters stays in float32.
+
+        torch casts floating per-parameter state to the parameter's dtype on load; the scalar
+        average :math:`\\gamma_i` is kept in the accumulation dtype on purpose (it enters a
+        difference of large, similar numbers), so it is taken again from the checkpoint, uncast.
+        """
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, saved in state_dict["state"].items():
+            if not (isinstance(index, int) and isinstance(saved, Mapping)):
+                continue
+            value = saved.get("grad_dot_w")
+            p = params[index]
+            if isinstance(value, Tensor) and value.dtype != p.dtype:
+                self.state[p]["grad_dot_w"] = value.to(p.device, copy=True)
+
+
+_COMMON_INVALID = (
+    InvalidKwargs({"lr": 0.0}, r"lr must be in \(0, inf\), got 0\.0"),
+    InvalidKwargs({"weight_decay": -0.1}, r"weight_decay must be in \[0, inf\), got -0\.1"),
+    InvalidKwargs({"lb": math.inf}, r"lb must be in \(-inf, inf\), got inf"),
+    InvalidKwargs({"use_fstar": 1}, r"use_fstar must be True or False, got 1"),
+    InvalidKwargs({"sharded": "no"}, r"sharded must be True or False, got 'no'"),
+)
+
+_MOMO_STEP = r"""
+        &\quad c = 1 + \eta\lambda \quad (\eta = \texttt{lr},\ \lambda = \texttt{weight\_decay}
+              \text{ of the group})\\
+        &\quad \text{[use\_fstar] if } c \bar f_k + \langle d_k, x_k\rangle - c\Gamma_k
+              < c \rho_k f^*: \quad f^* \leftarrow \max\Big(\frac{c \bar f_k + \langle d_k,
+              x_k\rangle - c \Gamma_k}{2 c \rho_k}, f^*_0\Big)\\
+        &\quad \tau_k = \min\Big(\frac{\eta}{\rho_k}, \frac{\big(c (\bar f_k - \rho_k f^*) +
+              \langle d_k, x_k\rangle - c\,\Gamma_k\big)_+}{\lVert d_k\rVert^2_{D_k^{-1}}}\Big)\\
+        &\quad \text{[use\_fstar]}\quad f^* \leftarrow \max\Big(\frac{\bar f_k + \langle d_k,
+              x_k\rangle - \Gamma_k - \tau_k \lVert d_k\rVert^2_{D_k^{-1}} / 2}{\rho_k},
+              f^*_0\Big)
+"""
+
+_MOMO_NOTES = r"""
+    All sums (:math:`\langle d, x\rangle`, :math:`\Gamma = \sum_i \gamma_i`,
+    :math:`\lVert d\rVert^2`) run over every parameter with a gradient, across groups; each group
+    then takes its own :math:`\tau` from its ``lr`` and ``weight_decay``. With ``use_fstar`` the
+    lower-bound estimate is shared and updated group after group, in order, as in the package.
+
+    The loss must be the scalar mini-batch loss whose gradient is used: ``step(closure)`` or
+    ``loss.backward(); step(loss=loss)``. In data-parallel training pass the loss averaged over
+    ranks (as the gradients are).
+
+    .. note::
+        Deviations from ``momo-opt`` 0.1.0 (spec 4.4): the step counter, :math:`\bar f` and the
+        current lower bound live in the param groups (``step``, ``loss_avg``, ``lower_bound``),
+        so ``state_dict()`` / ``load_state_dict()`` resume a run exactly; the package keeps them in
+        instance attributes and, after a reload, re-initialises its averages as on step 1.
+        Parameters without a gradient are skipped (``Momo`` of the package crashes on them) and
+        their averages are initialised at their first gradient. When every :math:`d` is zero
+        (:math:`\lVert d\rVert^2 = 0`) the package divides by zero; here :math:`\tau = \eta/\rho`
+        (the direction is zero, so only weight decay acts). Sparse gradients are rejected.
+"""
+
+
+@register(
+    "momo",
+    family="loss-based",
+    paper=_PAPER,
+    summary="SGD with momentum whose step is a Polyak step on a momentum model of the loss",
+    supports_foreach=True,
+    oracle="momo.Momo",
+    sample_kwargs=(
+        {"lr": 1.0},
+        {"lr": 1.0, "weight_decay": 0.01, "bias_correction": True},
+        {"lr": 0.5, "beta": 0.5, "use_fstar": True},
+    ),
+    invalid_kwargs=(
+        *_COMMON_INVALID,
+        InvalidKwargs({"beta": 1.0}, r"beta must be in \[0, 1\), got 1\.0"),
+        InvalidKwargs({"bias_correction": "yes"}, r"bias_correction must be True or False"),
+    ),
+    group_kwargs={"lr": 0.05},
+)
+class Momo(_MomentumModel):
+    __doc__ = (
+        r"""MoMo: SGD with momentum and a Polyak-type adaptive step size (Momo).
+
+    .. math::
+        \begin{aligned}
+        &\textbf{for } k = 1, 2, \dots \text{ (mini-batch loss } L_k \text{, gradients } g_{i,k}
+            \text{ of the tensors } x_i\text{):}\\
+        &\quad \text{if } k = 1:\ \bar f, d_i, \gamma_i \leftarrow 0 \text{ (bias\_correction) or }
+              L_1, g_{i,1}, \langle g_{i,1}, x_{i,1}\rangle\\
+        &\quad \bar f_k = \beta \bar f_{k-1} + (1-\beta) L_k, \quad
+              \rho_k = 1 - \beta^k \text{ (bias\_correction) else } 1\\
+        &\quad d_{i,k} = \beta d_{i,k-1} + (1-\beta) g_{i,k}, \quad
+              \gamma_{i,k} = \beta \gamma_{i,k-1} + (1-\beta) \langle g_{i,k}, x_{i,k}\rangle\\
+        &\quad \Gamma_k = \textstyle\sum_i \gamma_{i,k}, \quad
+              \langle d_k, x_k\rangle = \sum_i \langle d_{i,k}, x_{i,k}\rangle, \quad
+              \lVert d_k\rVert^2_{D_k^{-1}} = \sum_i \lVert d_{i,k}\rVert^2 \ (D_k = I)\\
+        &\textbf{for every group:}\\"""
+        + _MOMO_STEP
+        + r"""        &\quad x_{i,k+1} = (x_{i,k} - \tau_k d_{i,k}) / c
+        \end{aligned}
+
+    :math:`\tau_k` is the proximal step on the model :math:`\max(\bar f_k + \langle d_k,
+    x - x_k\rangle, \rho_k f^*)` (written with :math:`\Gamma_k`), plus the proximal operator of
+    :math:`\frac{\lambda}{2}\lVert x\rVert^2`. The first step without bias correction is SPS_max
+    with :math:`c = 1`: :math:`\tau_1 = \min(\eta, (L_1 - f^*)_+ / \lVert g_1\rVert^2)`.
+
+    Symbols: :math:`\eta` ``lr``, :math:`\beta` ``beta``, :math:`\lambda` ``weight_decay``,
+    :math:`f^*_0` ``lb``, :math:`f^*` ``statistics()["lower_bound"]``, :math:`\bar f`
+    ``statistics()["loss_avg"]``, :math:`d_i` ``state["grad_avg"]``, :math:`\gamma_i`
+    ``state["grad_dot_w"]``, :math:`\lVert d\rVert^2` ``statistics()["d_norm_sq"]``,
+    :math:`\tau_k` ``effective_lr``.
+
+    Args:
+        params: parameters or param groups.
+        lr: the largest step :math:`\eta`, in (0, inf). Default 1.0 (the package's; README:
+            lr = 1 works broadly).
+        weight_decay: :math:`\lambda`, proximal L2 (divides by :math:`1 + \eta\lambda`), in
+            [0, inf). Default 0.
+        beta: momentum of all averages, in [0, 1). Default 0.9. Global (the first group's).
+        lb: known lower bound :math:`f^*` of the loss (0 for non-negative losses), finite.
+            Default 0. With ``use_fstar`` it is the initial estimate and a floor. Global.
+        bias_correction: start the averages at 0 and divide by :math:`\rho_k = 1 - \beta^k`.
+            Default False. Global.
+        use_fstar: estimate the lower bound online (MoMo*; for losses whose minimum is not
+            known). Default False. Global.
+        foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        sharded: each rank owns a disjoint part of the parameters, so the sums are partial and
+            reduced over ranks (not needed for DDP or DTensor, which is detected).
+"""
+        + _MOMO_NOTES
+        + r"""
+    Example:
+        >>> optimizer = Momo(model.parameters(), lr=1.0)
+        >>> loss = loss_fn(model(inputs), targets)
+        >>> loss.backward()
+        >>> optimizer.step(loss=loss)
+    """
+    )
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1.0,
+        weight_decay: float = 0.0,
+        beta: float = 0.9,
+        lb: float = 0.0,
+        bias_correction: bool = False,
+        use_fstar: bool = False,
+        *,
+        foreach: bool | None = None,
+        sharded: bool = False,
+    ) -> None:
+        check_positive("lr", lr)
+        check_nonnegative("weight_decay", weight_decay)
+        check_range("beta", beta, 0.0, 1.0, "[)")
+        check_range("lb", lb, -math.inf, math.inf, "()")
+        check_bool("bias_correction", bias_correction)
+        check_bool("use_fstar", use_fstar)
+        check_bool("sharded", sharded)
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "beta": beta,
+            "lb": float(lb),
+            "bias_correction": bias_correction,
+            "use_fstar": use_fstar,
+            "foreach": foreach,
+            "sharded": sharded,
+        }
+        super().__init__(params, defaults)
+
+    def _accumulate(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        first = self.param_groups[0]
+        beta, bias_correction = first["beta"], first["bias_correction"]
+        # <g_i, x_i> at the current point, before the move
+        grad_dots = [_dot(p, g) for p, g in zip(params, grads, strict=True)]
+        for p, g, grad_dot in zip(params, grads, grad_dots, strict=True):
+            state = self.state[p]
+            if len(state) == 0:
+                if bias_correction:
+                    state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["grad_dot_w"] = torch.zeros_like(grad_dot)
+                else:
+                    state["grad_avg"] = g.clone(memory_format=torch.preserve_format)
+                    state["grad_dot_w"] = grad_dot.clone()
+        averages = [self.state[p]["grad_avg"] for p in params]
+        gammas = [self.state[p]["grad_dot_w"] for p in params]
+        if foreach:
+            torch._foreach_mul_(averages, beta)
+            torch._foreach_add_(averages, grads, alpha=1 - beta)
+            torch._foreach_mul_(gammas, beta)
+            torch._foreach_add_(gammas, grad_dots, alpha=1 - beta)
+        else:
+            for d, g, gamma, grad_dot in zip(averages, grads, gammas, grad_dots, strict=True):
+                d.mul_(beta).add_(g, alpha=1 - beta)
+                gamma.mul_(beta).add_(grad_dot, alpha=1 - beta)
+        device = params[0].device
+        return (
+            _foreach.total_dot(params, averages).to(torch.float64),
+            _stack64(gammas, device),
+            _foreach.sum_of_squares(averages, foreach=foreach).to(torch.float64),
+        )
+
+    def _loss_average(self, loss: float, k: int) -> float:
+        first = self.param_groups[0]
+        beta = first["beta"]
+        f_bar = float(self._get_global("loss_avg"))
+        if k == 1:
+            f_bar = 0.0 if first["bias_correction"] else loss
+        return beta * f_bar + (1 - beta) * loss
+
+    def _rho(self, group: dict[str, Any], k: int) -> float:
+        first = self.param_groups[0]
+        return 1 - first["beta"] ** k if first["bias_correction"] else 1.0
+
+    def _move(self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        averages = [self.state[p]["grad_avg"] for p in params]
+        if foreach:
+            torch._foreach_add_(params, averages, alpha=-tau)
+            if wd > 0:
+                torch._foreach_div_(params, 1 + lr * wd)
+        else:
+            for p, d in zip(params, averages, strict=True):
+                p.add_(d, alpha=-tau)
+                if wd > 0:
+                    p.div_(1 + lr * wd)
+
+
+@register(
+    "momo-adam",
+    family="loss-based",
+    paper=_PAPER,
+    summary="Adam whose step is a Polyak step on a momentum model of the loss (MoMo-Adam)",
+    supports_foreach=True,
+    oracle="momo.MomoAdam",
+    sample_kwargs=(
+        {"lr": 0.1},
+        {"lr": 0.1, "weight_decay": 0.01, "divide": False},
+        {"lr": 0.05, "betas": (0.8, 0.99), "use_fstar": True, "weight_decay": 0.01},
+    ),
+    invalid_kwargs=(
+        *_COMMON_INVALID,
+        InvalidKwargs({"betas": (0.9, 1.0)}, r"betas\[1\] must be in \[0, 1\), got 1\.0"),
+        InvalidKwargs({"eps": 0.0}, r"eps must be in \(0, inf\), got 0\.0"),
+        InvalidKwargs({"divide": None}, r"divide must be True or False, got None"),
+    ),
+    group_kwargs={"lr": 0.01},
+)
+class MomoAdam(_MomentumModel):
+    __doc__ = (
+        r"""MoMo-Adam: Adam directions with a Polyak-type adaptive step size (MomoAdam).
+
+    .. math::
+        \begin{aligned}
+        &\textbf{for } k = 1, 2, \dots \text{ and every tensor } x_i \text{ with a gradient }
+            g_i \text{ (its own step count } t_i\text{):}\\
+        &\quad m_i \leftarrow \beta_1 m_i + (1-\beta_1) g_i, \quad
+              v_i \leftarrow \beta_2 v_i + (1-\beta_2) g_i^2, \quad
+              \gamma_i \leftarrow \beta_1 \gamma_i + (1-\beta_1) \langle g_i, x_i\rangle\\
+        &\quad D_i = \sqrt{v_i / (1 - \beta_2^{t_i})} + \epsilon, \quad
+              \bar f_k = (1-\beta_1) L_k + \beta_1 \bar f_{k-1} \ (\bar f_0 = 0)\\
+        &\quad \Gamma_k = \textstyle\sum_i \gamma_i, \quad \langle d_k, x_k\rangle =
+              \sum_i \langle m_i, x_i\rangle, \quad \lVert d_k\rVert^2_{D_k^{-1}} =
+              \sum_i \langle m_i, m_i / D_i\rangle, \quad \rho_k = 1 - \beta_1^k\\
+        &\textbf{for every group:}\\"""
+        + _MOMO_STEP
+        + r"""        &\quad x_i \leftarrow \begin{cases}
+              (x_i - \tau_k\, m_i / D_i) / c & \text{divide}\\
+              (1 - \eta\lambda)\, x_i - \tau_k\, m_i / D_i & \text{otherwise (AdamW-style)}
+              \end{cases}
+        \end{aligned}
+
+    Symbols: :math:`\eta` ``lr``, :math:`\beta_1, \beta_2` ``betas``, :math:`\epsilon` ``eps``,
+    :math:`\lambda` ``weight_decay``, :math:`f^*_0` ``lb``, :math:`m_i, v_i, \gamma_i, t_i`
+    ``state["grad_avg"]``, ``state["grad_avg_sq"]``, ``state["grad_dot_w"]``,
+    ``state["step"]``, :math:`\bar f` ``statistics()["loss_avg"]``, :math:`f^*`
+    ``statistics()["lower_bound"]``, :math:`\tau_k` ``effective_lr``.
+
+    Args:
+        params: parameters or param groups.
+        lr: the largest step :math:`\eta` (divided by :math:`\rho_k`), in (0, inf). Default 1e-2
+            (the package's; README: 1e-2 or slightly smaller).
+        betas: :math:`(\beta_1, \beta_2)`, each in [0, 1). Default (0.9, 0.999). The loss
+            average and :math:`\gamma` use :math:`\beta_1`.
+        eps: :math:`\epsilon`, in (0, inf). Default 1e-8.
+        weight_decay: :math:`\lambda`, in [0, inf). Default 0.
+        lb: known lower bound :math:`f^*` of the loss, finite. Default 0. Global.
+        divide: proximal weight decay (divide by :math:`1 + \eta\lambda`, default True) or the
+            AdamW form (multiply by :math:`1 - \eta\lambda` before the step).
+        use_fstar: estimate the lower bound online. Default False. Global.
+        foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        sharded: as :class:`Momo`.
+"""
+        + _MOMO_NOTES
+        + r"""
+    .. note::
+        Also different from the package, only visible with param groups that differ in
+        ``betas`` or with tensors whose first gradient comes after step 1: the loss average uses
+        :math:`\beta_1` of the first group (the package: of the last group), and the update
+        divides by the same :math:`D_i` (per-tensor step count) that entered
+        :math:`\lVert d\rVert^2_{D^{-1}}` (the package recomputes :math:`D_i` for the update with
+        the global step count). ``step()`` returns the loss (the package's returns None).
+
+    Example:
+        >>> optimizer = MomoAdam(model.parameters(), lr=1e-2)
+        >>> loss = loss_fn(model(inputs), targets)
+        >>> loss.backward()
+        >>> optimizer.step(loss=loss)
+    """
+    )
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        lb: float = 0.0,
+        divide: bool = True,
+        use_fstar: bool = False,
+        *,
+        foreach: bool | None = None,
+        sharded: bool = False,
+    ) -> None:
+        check_positive("lr", lr)
+        check_betas("betas", betas)
+        check_positive("eps", eps)
+        check_nonnegative("weight_decay", weight_decay)
+        check_range("lb", lb, -math.inf, math.inf, "()")
+        check_bool("divide", divide)
+        check_bool("use_fstar", use_fstar)
+        check_bool("sharded", sharded)
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "lb": float(lb),
+            "divide": divide,
+            "use_fstar": use_fstar,
+            "foreach": foreach,
+            "sharded": sharded,
+        }
+        super().__init__(params, defaults)
+
+    def _denominators(
+        self, group: dict[str, Any], params: list[Tensor], foreach: bool
+    ) -> list[Tensor]:
+        """:math:`D_i = \\sqrt{v_i / (1 - \\beta_2^{t_i})} + \\epsilon` (fresh tensors)."""
+        beta2, eps = group["betas"][1], group["eps"]
+        squares = [self.state[p]["grad_avg_sq"] for p in params]
+        bias2 = [1 - beta2 ** int(self.state[p]["step"]) for p in params]
+        if foreach:
+            denominators = list(torch._foreach_div(squares, bias2))
+            torch._foreach_sqrt_(denominators)
+            torch._foreach_add_(denominators, eps)
+            return denominators
+        return [v.div(b).sqrt_().add_(eps) for v, b in zip(squares, bias2, strict=True)]
+
+    def _accumulate(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        beta1, beta2 = group["betas"]
+        grad_dots = [_dot(p, g) for p, g in zip(params, grads, strict=True)]
+        for p, grad_dot in zip(params, grad_dots, strict=True):
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = 0
+                state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["grad_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["grad_dot_w"] = torch.zeros_like(grad_dot)
+            state["step"] += 1
+        averages = [self.state[p]["grad_avg"] for p in params]
+        squares = [self.state[p]["grad_avg_sq"] for p in params]
+        gammas = [self.state[p]["grad_dot_w"] for p in params]
+        if foreach:
+            torch._foreach_mul_(averages, beta1)
+            torch._foreach_add_(averages, grads, alpha=1 - beta1)
+            torch._foreach_mul_(squares, beta2)
+            torch._foreach_addcmul_(squares, grads, grads, value=1 - beta2)
+            torch._foreach_mul_(gammas, beta1)
+            torch._foreach_add_(gammas, grad_dots, alpha=1 - beta1)
+        else:
+            for m, v, g, gamma, grad_dot in zip(
+                averages, squares, grads, gammas, grad_dots, strict=True
+            ):
+                m.mul_(beta1).add_(g, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                gamma.mul_(beta1).add_(grad_dot, alpha=1 - beta1)
+        denominators = self._denominators(group, params, foreach)
+        if foreach:
+            scaled = list(torch._foreach_div(averages, denominators))
+        else:
+            scaled = [m / d for m, d in zip(averages, denominators, strict=True)]
+        device = params[0].device
+        return (
+            _foreach.total_dot(params, averages).to(torch.float64),
+            _stack64(gammas, device),
+            _foreach.total_dot(averages, scaled).to(torch.float64),
+        )
+
+    def _loss_average(self, loss: float, k: int) -> float:
+        beta1 = self.param_groups[0]["betas"][0]
+        return (1 - beta1) * loss + beta1 * float(self._get_global("loss_avg"))
+
+    def _rho(self, group: dict[str, Any], k: int) -> float:
+        return 1 - group["betas"][0] ** k
+
+    def _move(self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool) -> None:
+        lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
+        averages = [self.state[p]["grad_avg"] for p in params]
+        # recomputed rather than kept from _accumulate: no second copy of v alive across groups
+        denominators = self._denominators(group, params, foreach)
+        if foreach:
+            if wd > 0 and not divide:
+                torch._foreach_mul_(params, 1 - wd * lr)
+            torch._foreach_addcdiv_(params, averages, denominators, value=-tau)
+            if wd > 0 and divide:
+                torch._foreach_div_(params, 1 + lr * wd)
+        else:
+            for p, m, d in zip(params, averages, denominators, strict=True):
+                if wd > 0 and not divide:
+                    p.mul_(1 - wd * lr)
+                p.addcdiv_(m, d, value=-tau)
+                if wd > 0 and divide:
+                    p.div_(1 + lr * wd)

@@ -1,0 +1,442 @@
+"""WNGrad and WN-Adam: a step size 1/b with b accumulating squared gradient norms divided by b.
+
+Paper: X. Wu, R. Ward, L. Bottou, "WNGrad: Learn the Learning Rate in Gradient Descent",
+arXiv:1803.02865 (2018). Code: the first author's PyTorch fork ``xwuShirley/pytorch``
+(``torch/optim/wngrad.py``, ``wnadam.py``) and ``mlpack/ensmallen`` (WNGrad).
+Spec: ``shared/specs/path_and_loss_methods.md`` section 4.
+
+``b`` only grows, so the step size only shrinks; a too-small ``b0`` (too-large learning rate)
+makes the first increment of ``b`` large, which corrects the step size after one step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from lrlab.optim import _foreach
+from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._validation import (
+    check_bool,
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_range,
+)
+
+__all__ = ["WNAdam", "WNGrad"]
+
+Granularity = Literal["global", "tensor", "row"]
+GRANULARITIES: tuple[str, ...] = ("global", "tensor", "row")
+
+_PAPER = (
+    "Wu, Ward & Bottou, WNGrad: Learn the Learning Rate in Gradient Descent, arXiv:1803.02865 "
+    "(2018)"
+)
+
+
+def _row_dims(p: Tensor) -> tuple[int, ...] | None:
+    """Dimensions summed in one block of ``granularity="row"``; None: the tensor is not adapted.
+
+    2-D weights: one block per output row (the fan-in); weights with more dimensions (conv
+    kernels): one block per (out, in) slice. 0-d and 1-d tensors (biases, norm layers) keep
+    ``b = b0``, as in the authors' code.
+    """
+    if p.dim() <= 1:
+        return None
+    if p.dim() == 2:
+        return (1,)
+    return tuple(range(2, p.dim()))
+
+
+class _WeightNormAccumulator(AdaptiveOptimizer):
+    """Shared machinery of WNGrad and WN-Adam: the ``b`` accumulators at every granularity.
+
+    Subclasses give the direction :math:`d` of every tensor and its step factor; the move is
+    :math:`x \\leftarrow x - \\text{factor}\\cdot\\eta\\, d / b`.
+    """
+
+    has_global_statistics: ClassVar[bool] = True
+    global_defaults: ClassVar[dict[str, float]] = {"b": 1.0}
+
+    def _common_defaults(
+        self, lr: float, b0: float, granularity: str, weight_decay: float, sharded: bool
+    ) -> dict[str, Any]:
+        check_positive("lr", lr)
+        check_positive("b0", b0)
+        check_choice("granularity", granularity, GRANULARITIES)
+        check_nonnegative("weight_decay", weight_decay)
+        check_bool("sharded", sharded)
+        return {
+            "lr": lr,
+            "b0": b0,
+            "granularity": granularity,
+            "weight_decay": weight_decay,
+            "sharded": sharded,
+        }
+
+    def _finish_init(self, b0: float) -> None:
+        # the global accumulator starts at the constructor's b0 (a global scalar, NOTE [global
+        # scalars live in param_groups]); per-tensor and per-row ones start at their group's b0
+        self._set_global("b", float(b0))
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; ``granularity`` is a global setting and must match the first group's."""
+        super().add_param_group(param_group)
+        first, added = self.param_groups[0], self.param_groups[-1]
+        if added["granularity"] != first["granularity"]:
+            self.param_groups.pop()
+            raise ValueError(
+                f"granularity must be the same in every param group, got {added['granularity']!r}"
+                f" and {first['granularity']!r}"
+            )
+
+    def _directions(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        steps: list[int],
+        foreach: bool,
+    ) -> tuple[list[Tensor], list[float]]:
+        """Update the method's moments; return the directions and each tensor's step factor."""
+        raise NotImplementedError
+
+    def _update(self, context: StepContext) -> None:
+        granularity = self.param_groups[0]["granularity"]
+        # (group, params, grads with weight decay, foreach) of every group with gradients
+        pending: list[tuple[dict[str, Any], list[Tensor], list[Tensor], bool]] = []
+        increments: list[Tensor] = []  # eta^2 ||g||^2 of every group (global granularity)
+        for group in self.param_groups:
+            group["effective_lr"] = 0.0
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                state = self.state[p]
+                if len(state) == 0:
+                    self._init_state(p, state, group)
+                state["step"] += 1
+            foreach = _foreach.resolve_foreach(group["foreach"], params)
+            grads = [p.grad for p in params]
+            weight_decay = group["weight_decay"]
+            if weight_decay != 0:  # coupled: the decayed gradient feeds b and the step
+                if foreach:
+                    grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
+                else:
+                    grads = [
+                        g.add(p, alpha=weight_decay) for g, p in zip(grads, params, strict=True)
+                    ]
+            if granularity == "global":
+                increments.append(
+                    _foreach.sum_of_squares(grads, foreach=foreach) * group["lr"] ** 2
+                )
+            pending.append((group, params, grads, foreach))
+
+        # every rank reaches the reduction (with nothing to reduce unless the granularity is
+        # global: per-tensor and per-row blocks live on one rank when each rank owns its tensors)
+        if granularity == "global":
+            device = context.params[0].device
+            total = (
+                torch.stack([part.to(torch.float64) for part in increments]).sum()
+                if increments
+                else torch.zeros((), dtype=torch.float64, device=device)
+            )
+            (total,) = self._reduce_global([total])
+            b = float(self._get_global("b"))
+            b = b + float(total) / b  # the one host synchronisation of the step
+            self._set_global("b", b)
+            for group, params, grads, foreach in pending:
+                steps = [int(self.state[p]["step"]) for p in params]
+                directions, factors = self._directions(group, params, grads, steps, foreach)
+                eta = group["lr"] / b
+                group["effective_lr"] = eta
+                scales = [-eta * factor for factor in factors]
+                if foreach:
+                    torch._foreach_add_(params, torch._foreach_mul(directions, scales))
+                else:
+                    for p, direction, scale in zip(params, directions, scales, strict=True):
+                        p.add_(direction, alpha=scale)
+            return
+
+        mean_step_parts: list[Tensor] = []  # per group: element-weighted mean of eta / b
+        for group, params, grads, foreach in pending:
+            steps = [int(self.state[p]["step"]) for p in params]
+            accumulators = self._update_blocks(group, params, grads, granularity, foreach)
+            directions, factors = self._directions(group, params, grads, steps, foreach)
+            lr = group["lr"]
+            for p, direction, b, factor in zip(
+                params, directions, accumulators, factors, strict=True
+            ):
+                # b broadcasts over its block (a 0-d tensor, or a keepdim row shape)
+                p.addcdiv_(direction, b.to(p.dtype), value=-lr * factor)
+            numels = [p.numel() for p in params]
+            means = torch.stack([(lr / b.to(torch.float64)).mean() for b in accumulators])
+            weights = torch.tensor(numels, dtype=torch.float64, device=means.device)
+            mean_step_parts.append((means * weights).sum() / sum(numels))
+        if mean_step_parts:
+            values = torch.stack([part.to(mean_step_parts[0].device) for part in mean_step_parts])
+            for (group, _, _, _), value in zip(pending, values.tolist(), strict=True):
+                group["effective_lr"] = float(value)  # the one host synchronisation of the step
+
+    def _update_blocks(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        granularity: str,
+        foreach: bool,
+    ) -> list[Tensor]:
+        """``b <- b + eta^2 ||g_blk||^2 / b`` for every block; return each tensor's ``b``."""
+        lr_sq = group["lr"] ** 2
+        accumulators = [self.state[p]["b"] for p in params]
+        if granularity == "tensor":
+            norms = _foreach.norms(grads, foreach=foreach)
+            squares = [n * n for n in norms]
+        else:
+            squares = []
+            for g, b in zip(grads, accumulators, strict=True):
+                dims = _row_dims(g)
+                if dims is None:  # not adapted: b stays b0
+                    squares.append(torch.zeros_like(b, dtype=_foreach.accumulation_dtype(g.dtype)))
+                else:
+                    acc = _foreach.accumulation_dtype(g.dtype)
+                    squares.append(g.to(acc).square().sum(dim=dims, keepdim=True))
+        for b, square in zip(accumulators, squares, strict=True):
+            old = b.to(square.dtype)
+            b.copy_(old + lr_sq * square / old)
+        return accumulators
+
+    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        state["step"] = 0
+        granularity = group["granularity"]
+        if granularity == "tensor":
+            state["b"] = torch.full((), float(group["b0"]), dtype=p.dtype, device=p.device)
+        elif granularity == "row":
+            dims = _row_dims(p)
+            shape = (
+                ()
+                if dims is None
+                else tuple(1 if d in dims else size for d, size in enumerate(p.shape))
+            )
+            state["b"] = torch.full(shape, float(group["b0"]), dtype=p.dtype, device=p.device)
+
+    def _statistics(self) -> dict[str, float]:
+        if self.param_groups[0]["granularity"] == "global":
+            return {"b": float(self._get_global("b"))}
+        return {}
+
+
+_COMMON_INVALID = (
+    InvalidKwargs({"lr": 0.0}, r"lr must be in \(0, inf\), got 0\.0"),
+    InvalidKwargs({"b0": -1.0}, r"b0 must be in \(0, inf\), got -1\.0"),
+    InvalidKwargs({"granularity": "layer"}, r"granularity must be one of .*got 'layer'"),
+    InvalidKwargs({"weight_decay": -0.1}, r"weight_decay must be in \[0, inf\), got -0\.1"),
+    InvalidKwargs({"sharded": 0}, r"sharded must be True or False, got 0"),
+)
+
+_GRANULARITY_DOC = r"""
+    ``granularity`` (spec 4.2): ``"global"`` (default, the paper's theory) keeps one scalar
+    :math:`b` for all parameters, with :math:`\lVert g\rVert` over all of them; ``"tensor"`` one
+    :math:`b` per tensor; ``"row"`` the authors' deep-learning setting, in the spirit of weight
+    normalisation: one :math:`b` per output row of a 2-D weight (norm over the fan-in), one per
+    (out, in) slice of a conv kernel (norm over the spatial dimensions), while 0-d and 1-d tensors
+    (biases, norm layers) keep :math:`b = b_0` for ever (not adapted). The granularity is a
+    global setting (the same in every param group). For ``"tensor"`` and ``"row"``
+    ``effective_lr`` is the element-weighted mean of :math:`\eta / b` over the group's tensors
+    with a gradient; for ``"global"`` it is :math:`\eta / b` exactly.
+
+    With several param groups (global granularity) every group :math:`k` contributes
+    :math:`\eta_k^2 \lVert g_k\rVert^2` to the increment of the shared :math:`b`, and moves with
+    :math:`\eta_k / b`: the paper's rule applied to the variables rescaled by
+    :math:`\eta_k`, and exactly the paper's rule with one group.
+"""
+
+
+@register(
+    "wngrad",
+    family="accumulator",
+    paper=_PAPER,
+    summary="gradient descent with step lr/b, b += lr^2 ||g||^2 / b (global, per tensor or row)",
+    supports_foreach=True,
+    sample_kwargs=(
+        {"lr": 1.0},
+        {"lr": 1.0, "granularity": "tensor"},
+        {"lr": 0.5, "granularity": "row", "b0": 0.5, "weight_decay": 0.01},
+    ),
+    invalid_kwargs=_COMMON_INVALID,
+    group_kwargs={"lr": 0.1},
+)
+class WNGrad(_WeightNormAccumulator):
+    __doc__ = (
+        r"""WNGrad: gradient descent whose step size :math:`\eta / b` learns :math:`b` online.
+
+    .. math::
+        \begin{aligned}
+        &b_0 > 0; \quad \textbf{for } j = 0, 1, \dots:\\
+        &\quad b_{j+1} = b_j + \frac{\eta^2 \lVert g_j \rVert^2}{b_j}\\
+        &\quad x_{j+1} = x_j - \frac{\eta}{b_{j+1}}\, g_j
+        \end{aligned}
+
+    (the updated :math:`b` is used for the step, as in the authors' code and ensmallen).
+    :math:`\eta` is redundant in theory (:math:`b' = b / \eta` gives the paper's form with
+    :math:`b'_0 = b_0 / \eta`) and kept as the user-facing knob. :math:`b` never decreases and
+    :math:`b_{j+1}^2 \ge b_j^2 + 2 \eta^2 \lVert g_j \rVert^2`, so the step size decays at least as
+    fast as AdaGrad-Norm's.
+"""
+        + _GRANULARITY_DOC
+        + r"""
+    Symbols: :math:`\eta` ``lr``, :math:`b_0` ``b0``, :math:`b` ``statistics()["b"]`` (global) or
+    ``state["b"]`` (per tensor / per row), :math:`\eta / b` ``effective_lr``.
+
+    Args:
+        params: parameters or param groups.
+        lr: :math:`\eta`, in (0, inf). Default 1e-2 (the authors' class; ensmallen uses 0.562).
+            Sweep it (or ``b0``) over decades: flatness of the final loss is the selling point.
+        b0: initial :math:`b`, in (0, inf). Default 1.
+        granularity: ``"global"``, ``"tensor"`` or ``"row"`` (see above).
+        weight_decay: coupled L2 coefficient added to the gradient before the accumulation (not
+            in place), in [0, inf).
+        foreach: multi-tensor path (None: when all tensors are on CPU/CUDA); with ``"row"`` the
+            row norms are computed tensor by tensor on both paths.
+        sharded: each rank owns a disjoint part of the parameters, so the global
+            :math:`\lVert g\rVert^2` is a partial sum to be reduced over ranks (DTensor is
+            detected; per-tensor and per-row blocks need no reduction).
+
+    .. note::
+        The authors' code adds its ``eps`` *into the accumulator, in place, every step* in the
+        no-momentum path, so :math:`b` drifts up by ``eps`` per step; we do not copy that bug
+        (spec 4.5): :math:`b \ge b_0 > 0` needs no epsilon. The authors' momentum variant of
+        WNGrad is not implemented. ``.grad`` is never modified.
+
+    Example:
+        >>> optimizer = WNGrad(model.parameters(), lr=0.1)
+        >>> loss_fn(model(inputs), targets).backward()
+        >>> optimizer.step()
+    """
+    )
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-2,
+        *,
+        b0: float = 1.0,
+        granularity: Granularity = "global",
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+        sharded: bool = False,
+    ) -> None:
+        defaults = self._common_defaults(lr, b0, granularity, weight_decay, sharded)
+        defaults["foreach"] = foreach
+        super().__init__(params, defaults)
+        self._finish_init(b0)
+
+    def _directions(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        steps: list[int],
+        foreach: bool,
+    ) -> tuple[list[Tensor], list[float]]:
+        return grads, [1.0] * len(grads)
+
+
+@register(
+    "wn-adam",
+    family="accumulator",
+    paper=_PAPER,
+    summary="WNGrad's b accumulator with a bias-corrected momentum direction (WN-Adam)",
+    supports_foreach=True,
+    confidence="medium",
+    sample_kwargs=(
+        {"lr": 1.0},
+        {"lr": 1.0, "granularity": "tensor", "beta": 0.5},
+        {"lr": 0.5, "granularity": "row", "b0": 2.0, "weight_decay": 0.01},
+    ),
+    invalid_kwargs=(
+        *_COMMON_INVALID,
+        InvalidKwargs({"beta": 1.0}, r"beta must be in \[0, 1\), got 1\.0"),
+    ),
+    group_kwargs={"lr": 0.1},
+)
+class WNAdam(_WeightNormAccumulator):
+    __doc__ = (
+        r"""WN-Adam: WNGrad's accumulator with a bias-corrected first-moment direction.
+
+    .. math::
+        \begin{aligned}
+        &m_t = \beta m_{t-1} + (1 - \beta) g_t\\
+        &b_t = b_{t-1} + \frac{\eta^2 \lVert g_t \rVert^2}{b_{t-1}}\\
+        &x_t = x_{t-1} - \frac{\eta}{1 - \beta^t}\, \frac{m_t}{b_t}
+        \end{aligned}
+
+    No second-moment EMA and no epsilon (authors' ``wnadam.py``). :math:`t` is counted per
+    tensor.
+"""
+        + _GRANULARITY_DOC
+        + r"""
+    Symbols: as :class:`WNGrad`; :math:`\beta` ``beta``, :math:`m` ``state["exp_avg"]``.
+    ``effective_lr`` is :math:`\eta / b` (the bias correction is not included).
+
+    Args:
+        params: parameters or param groups.
+        lr: :math:`\eta`, in (0, inf). Default 1.0 (the authors' WN-Adam class).
+        beta: momentum :math:`\beta`, in [0, 1). Default 0.9.
+        b0, granularity, weight_decay, foreach, sharded: as :class:`WNGrad`.
+
+    .. note::
+        Confidence **medium** (spec 0): the update is the authors' code; which granularity their
+        deep-learning runs used (we believe ``"row"``) is not verified against the paper. The
+        default here is ``"global"``, the paper's theory.
+
+    Example:
+        >>> optimizer = WNAdam(model.parameters(), lr=1.0, granularity="row")
+        >>> loss_fn(model(inputs), targets).backward()
+        >>> optimizer.step()
+    """
+    )
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1.0,
+        *,
+        beta: float = 0.9,
+        b0: float = 1.0,
+        granularity: Granularity = "global",
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+        sharded: bool = False,
+    ) -> None:
+        defaults = self._common_defaults(lr, b0, granularity, weight_decay, sharded)
+        check_range("beta", beta, 0.0, 1.0, "[)")
+        defaults.update({"beta": beta, "foreach": foreach})
+        super().__init__(params, defaults)
+        self._finish_init(b0)
+
+    def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        super()._init_state(p, state, group)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _directions(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        steps: list[int],
+        foreach: bool,
+    ) -> tuple[list[Tensor], list[float]]:
+        beta = group["beta"]
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        if foreach:
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta)
+        else:
+            for m, g in zip(exp_avgs, grads, strict=True):
+                m.lerp_(g, 1 - beta)
+        return exp_avgs, [1.0 / (1.0 - beta**t) for t in steps]
