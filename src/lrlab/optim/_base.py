@@ -66,7 +66,8 @@ def _as_loss(value: Tensor | float | None) -> Tensor | None:
         return None
     if isinstance(value, Tensor):
         return value
-    return torch.as_tensor(float(value))
+    # a Python float is a double: keep all its digits (float64 methods compare losses exactly)
+    return torch.as_tensor(float(value), dtype=torch.float64)
 
 
 def _accepts_backward_flag(closure: Callable[..., Any]) -> bool:
