@@ -168,8 +168,9 @@ def _list_methods() -> list[dict[str, Any]]:
 def _cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
         rows = _list_methods()
+        family_width = max(len(r["family"]) for r in rows)
         lines = [
-            f"{r['family']:<16} {r['summary']}"
+            f"{r['family']:<{family_width}} {r['summary']}"
             + (f" [{', '.join(r['needs'])}]" if r["needs"] else "")
             for r in rows
         ]
