@@ -124,7 +124,11 @@ def test_list_methods_problems_presets(capsys):
     assert [r["name"] for r in rows] == problem_names()
     assert {r["kind"] for r in rows} == {"synthetic", "logistic", "vision"}
     code, out, _ = _run_cli(capsys, "list", "presets")
-    assert code == 0 and out.startswith("smoke ")
+    from lrlab.bench.presets import preset_names
+
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == preset_names()
+    assert "smoke" in preset_names()
 
 
 # -- one run ------------------------------------------------------------------------------------

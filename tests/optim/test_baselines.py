@@ -30,6 +30,29 @@ def test_baseline_equals_torch_bit_for_bit(name, torch_cls, kwargs, foreach) -> 
     assert ours.param_groups[0]["effective_lr"] == kwargs["lr"]
 
 
+@pytest.mark.parametrize(
+    ("name", "torch_cls", "kwargs", "fast_key"),
+    [
+        ("sgd", torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}, "foreach"),
+        ("adam", torch.optim.Adam, {"lr": 0.05, "weight_decay": 0.1}, "fused"),
+        ("adamw", torch.optim.AdamW, {"lr": 0.05, "amsgrad": True}, "fused"),
+    ],
+)
+def test_default_fast_kernel_equals_torch_forloop(name, torch_cls, kwargs, fast_key) -> None:
+    # with foreach and fused unset, the baselines take torch's foreach (SGD) or fused (Adam,
+    # AdamW) kernel; it must reproduce torch's for-loop default bit for bit in float64
+    ours_params, torch_params = make_params(), make_params()
+    ours = lo.create(name, ours_params, **kwargs)
+    assert all(group[fast_key] is True for group in ours.param_groups)
+    reference = torch_cls(torch_params, foreach=False, **kwargs)
+    for step in range(10):
+        ours.step(plain_closure_for(ours, ours_params, step))
+        reference.step(plain_closure_for(reference, torch_params, step))
+    for a, b in zip(ours_params, torch_params, strict=True):
+        assert a.dtype == torch.float64
+        assert torch.equal(a, b)
+
+
 def test_step_hooks_run_once_per_step() -> None:
     params = make_params()
     optimizer = lo.create("adam", params)

@@ -1,4 +1,4 @@
-"""The ``lrlab`` command line: list, run, sweep, report, export, demo.
+"""The ``lrlab`` command line: list, run, sweep, report, export, refine, study, demo.
 
 Every subcommand is a function ``_cmd_<name>(args) -> int`` registered in :func:`build_parser`.
 Bad input exits with code 2 and a message naming the argument and the allowed values; a sweep
@@ -338,6 +338,10 @@ def _study_from_args(args: argparse.Namespace) -> Any:
         )
     if args.name:
         changes["name"] = args.name
+    if study.parts:  # a study of parts: the overrides apply to every part
+        part_changes = {k: v for k, v in changes.items() if k != "name"}
+        changes = {k: v for k, v in changes.items() if k == "name"}
+        changes["parts"] = tuple(dataclasses.replace(p, **part_changes) for p in study.parts)
     return dataclasses.replace(study, **changes)
 
 
@@ -356,7 +360,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise _UsageError(str(error)) from None
     store_path = Path(args.store or f"results/{study.name}.sqlite")
     if args.dry_run:
-        print(f"{study.name}: {len(configs)} runs -> {store_path}")
+        from lrlab.bench.refinement import is_pass_one
+
+        firsts = sum(map(is_pass_one, configs))
+        extra = f" (then up to {firsts} pass-2 runs of two-pass methods)" if firsts else ""
+        print(f"{study.name}: {len(configs)} runs -> {store_path}{extra}")
         return 0
     try:
         check_backend(args.backend, args.ray_address)
@@ -491,6 +499,72 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_refine(args: argparse.Namespace) -> int:
+    from lrlab.bench.refinement import refine_stored_run
+
+    with _open_store(args.store) as store:
+        try:
+            text = refine_stored_run(
+                store,
+                args.run_id,
+                kind=args.kind,
+                length=args.length,
+                smoothing=args.smoothing,
+                out=args.out,
+            )
+        except ValueError as error:
+            raise _UsageError(str(error)) from None
+    print(text)
+    return 0
+
+
+# -- study --------------------------------------------------------------------------------------
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from lrlab.bench.store import StoreError
+    from lrlab.bench.study import run_study
+    from lrlab.bench.sweep import StudyError
+
+    command = f"lrlab study {args.name}"
+    for option, value in (
+        ("--store", args.store),
+        ("--docs", args.docs if args.docs != "docs/studies" else None),
+        ("--report-dir", args.report_dir),
+        ("--workers", args.workers),
+    ):
+        if value is not None:
+            command += f" {option} {value}"
+    try:
+        outcome = run_study(
+            args.name,
+            store=args.store,
+            docs=args.docs,
+            report_dir=args.report_dir,
+            workers=args.workers,
+            run=not args.no_run,
+            show_progress=not args.quiet,
+            command=command,
+        )
+    except (StudyError, StoreError) as error:
+        raise _UsageError(str(error)) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    print(
+        f"{args.name}: {outcome.runs} runs stored ({outcome.ran} run now"
+        + (f", {outcome.missing} missing" if outcome.missing else "")
+        + f"); sweep wall time {outcome.sweep_wall_time_s:.1f} s, report "
+        f"{outcome.report_wall_time_s:.1f} s"
+    )
+    for line in outcome.errors[:5]:
+        print(f"  failed: {line}")
+    print(f"Docs: {outcome.doc} ({len(outcome.figures)} figures in {outcome.doc.with_suffix('')})")
+    for directory in outcome.report_dirs:
+        print(f"Report: {directory / 'report.html'}")
+    return 1 if outcome.lost else 0
+
+
 # -- demo ---------------------------------------------------------------------------------------
 
 
@@ -515,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lrlab",
         description="lrlab: online learning-rate adaptation for PyTorch, and a lab to compare "
-        "the methods (list, run, sweep, report, export, demo).",
+        "the methods (list, run, sweep, report, export, refine, study, demo).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -625,6 +699,43 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--table", choices=["runs", "steps", "evals"], default="runs")
     export.add_argument("--out", required=True, help="file.csv or file.parquet")
     export.set_defaults(handler=_cmd_export)
+
+    refine = commands.add_parser(
+        "refine",
+        help="the schedule refined from a stored run's gradient norms",
+        description="Print (and with --out save) the schedule of 'When, Why and How Much?' "
+        "refined from the per-step gradient norms a stored run logged: L2 norms for SGD "
+        "(--kind sgd), L1 norms for the Adam family (--kind adam).",
+    )
+    refine.add_argument("--store", required=True)
+    refine.add_argument("--run-id", required=True, help="a run id or a unique prefix of it")
+    refine.add_argument(
+        "--kind",
+        choices=["sgd", "adam"],
+        help="default: the run's two-pass method's, else adam for a method named *adam*, else sgd",
+    )
+    refine.add_argument("--length", type=_positive_int, help="steps (default: the run's)")
+    refine.add_argument("--smoothing", type=float, default=0.1, help="median filter, in [0, 1)")
+    refine.add_argument("--out", help="also write the schedule to a .json or .csv file")
+    refine.set_defaults(handler=_cmd_refine)
+
+    study = commands.add_parser(
+        "study",
+        help="run a study (preset) and write its report and docs page",
+        description="Run a study's sweep into a store (resumable), build its HTML report and "
+        "write DOCS/NAME.md: the preset's commentary with the tables and figures generated "
+        "from the store, the command, the measured wall time, the machine and the versions.",
+    )
+    study.add_argument("name", help="a preset (lrlab list presets) or a study file FILE.toml")
+    study.add_argument("--store", help="SQLite file (default results/<name>.sqlite)")
+    study.add_argument("--docs", default="docs/studies", help="docs directory (docs/studies)")
+    study.add_argument("--report-dir", help="full reports (default results/<name>-report)")
+    study.add_argument(
+        "--workers", type=_positive_int, help="worker processes (default: the CPU count)"
+    )
+    study.add_argument("--no-run", action="store_true", help="only rebuild report and docs")
+    study.add_argument("--quiet", action="store_true", help="no progress bar")
+    study.set_defaults(handler=_cmd_study)
 
     demo = commands.add_parser("demo", help="adaptive vs fixed LR from a bad initial LR")
     demo.add_argument("--lr", type=float, default=1e-4, help="initial learning rate")

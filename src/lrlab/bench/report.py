@@ -13,6 +13,8 @@ each figure with a caption saying what it shows. The content, per problem:
 2. learning-rate trajectories: ``effective_lr`` over steps for several initial LRs (seed of
    lowest number), one panel per method: does the method forget its initial LR?
 3. loss and distance-to-optimum curves over steps at each method's best initial LR;
+   where the records hold two-pass refined runs (:mod:`lrlab.bench.refinement`), pass 1's
+   gradient norms above the schedule pass 2 derived from them;
 
 and across problems:
 
@@ -254,6 +256,89 @@ def _curves_figure(
     )
 
 
+def _refinement_figure(
+    problem: str, records: Sequence[RunRecord], choice: MetricChoice
+) -> _Figure | None:
+    """Two-pass methods (:mod:`lrlab.bench.refinement`): pass 1's gradient norms above the
+    schedule pass 2 derived from them, one column per two-pass method, at its best initial LR."""
+    from lrlab.bench import refinement
+
+    by_id = {r.run_id: r for r in records}
+    pairs: dict[str, list[tuple[RunRecord, RunRecord]]] = defaultdict(list)
+    for record in records:
+        tags = record.config.tags or {}
+        first = by_id.get(str(tags.get("refined_from", "")))
+        multipliers = record.config.schedule_kwargs.get("multipliers")
+        if tags.get("pass") == 2 and first is not None and first.steps and multipliers:
+            pairs[_label(record)].append((first, record))
+    if not pairs:
+        return None
+    best = metrics.best_tuned(records, choice.metric, choice.goal)
+    chosen: dict[str, tuple[RunRecord, RunRecord]] = {}
+    for label, candidates in sorted(pairs.items()):
+        best_lr = best.get((problem, label), (None, math.nan))[0]
+        at_best = [c for c in candidates if c[1].config.lr == best_lr] or candidates
+        chosen[label] = min(at_best, key=lambda c: (c[1].config.seed, c[1].config.lr or 0.0))
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        2, len(chosen), figsize=(5.2 * len(chosen), 5.8), squeeze=False, sharex="col"
+    )
+    for column, (label, (first, second)) in enumerate(chosen.items()):
+        method = refinement.TWO_PASS_METHODS.get(str(second.config.tags.get("two_pass")))
+        norm = refinement.NORM_OF_KIND[method.kind if method is not None else "sgd"]
+        rows = [row for row in first.steps if math.isfinite(row.get(norm, math.nan))]
+        steps = [row["step"] for row in rows]
+        norms = [row[norm] for row in rows]
+        top = axes[0][column]
+        top.plot(steps, norms, color="0.65", lw=0.7, label=f"pass 1 {norm}")
+        if len(norms) >= 2:
+            top.plot(steps, refinement.smoothed_norms(norms), color="C0", lw=1.6, label="smoothed")
+        if _log_friendly(norms):
+            top.set_yscale("log")
+        top.set_title(
+            f"{label}: lr {_fmt(second.config.lr, 3)}, seed {second.config.seed}", fontsize=9
+        )
+        top.set_ylabel("gradient norm")
+        top.grid(alpha=0.3)
+        top.legend(fontsize=7)
+        bottom = axes[1][column]
+        multipliers = list(second.config.schedule_kwargs["multipliers"])  # type: ignore[arg-type]
+        total = first.config.steps
+        one = metrics.final_value(first, choice.metric)
+        two = metrics.final_value(second, choice.metric)
+        bottom.plot(
+            range(1, len(multipliers) + 1),
+            multipliers,
+            color="C3",
+            label=f"pass 2, refined (final {_fmt(two)})",
+        )
+        bottom.plot(
+            range(1, total + 1),
+            [1 - t / total for t in range(total)],
+            "--",
+            color="0.35",
+            label=f"pass 1, linear decay (final {_fmt(one)})",
+        )
+        bottom.set_xlabel("step")
+        bottom.set_ylabel("multiplier of the peak LR")
+        bottom.set_ylim(-0.03, 1.05)
+        bottom.grid(alpha=0.3)
+        bottom.legend(fontsize=7)
+    return _Figure(
+        f"{problem}-refinement",
+        f"{problem}: schedules refined from a previous run (two-pass methods). Top: the gradient "
+        "norms pass 1 logged under linear decay (grey: per step; blue: median-smoothed, "
+        f"tau = {refinement.DEFAULT_SMOOTHING:g}, what the refinement weighs): L2 norms for "
+        "refined-sgd (weights 1/||g||^2), L1 norms for refined-adam (weights 1/||g||_1). "
+        "Bottom: the schedule pass 2 ran, as a multiplier of the same peak LR, against pass 1's "
+        "linear decay: large norms give small rates, so large early norms make a warm-up emerge. "
+        "Each method at its best initial LR (best mean final "
+        f"{choice.metric} over seeds), lowest-numbered seed; the legend gives both passes' final "
+        f"{choice.metric}.",
+        _png(figure),
+    )
+
+
 def _profile_figure(profile: Mapping[str, list[float]], taus: Sequence[float]) -> _Figure:
     plt = _pyplot()
 
@@ -396,6 +481,7 @@ def build_report(
         emit(_sensitivity_figure(problem, problem_records, choice))
         emit(_trajectory_figure(problem, problem_records))
         emit(_curves_figure(problem, problem_records, choice))
+        emit(_refinement_figure(problem, problem_records, choice))
 
     # robustness and best-tuned results
     rows = []

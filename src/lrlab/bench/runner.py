@@ -27,7 +27,7 @@ a closure from ``lrlab.optim.make_closure`` (so loss-based and closure-needing m
 ``needs_example_index`` adds ``example_indices=batch.indices`` to ``step`` and, when the
 constructor takes ``num_examples``, sets it to the problem's training-set size;
 ``has_eval_mode`` puts the optimizer in ``eval()`` around every evaluation. ``config.lr`` goes to
-the constructor argument ``spec.lr_argument``.
+the constructor argument ``spec.lr_argument`` (or ``config.lr_argument`` where set).
 
 Evaluation rows: at step 0 (the start point), every ``eval_every`` steps and after the last step.
 
@@ -168,13 +168,12 @@ def _create_optimizer(
     spec = lo.spec(config.method)
     kwargs = dict(config.method_kwargs)
     if config.lr is not None:
-        if spec.lr_argument is None:
+        lr_argument = config.lr_argument or spec.lr_argument
+        if lr_argument is None:
             raise ValueError(f"method {config.method!r} has no learning-rate argument; use lr=None")
-        if spec.lr_argument in kwargs:
-            raise ValueError(
-                f"method_kwargs sets {spec.lr_argument!r}, which the run's lr sets already"
-            )
-        kwargs[spec.lr_argument] = config.lr
+        if lr_argument in kwargs:
+            raise ValueError(f"method_kwargs sets {lr_argument!r}, which the run's lr sets already")
+        kwargs[lr_argument] = config.lr
     # a method with per-example state sizes its table from the training set
     if (
         spec.needs_example_index

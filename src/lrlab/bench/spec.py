@@ -190,8 +190,16 @@ class RunConfig:
     """Stop as diverged when the loss exceeds ``threshold * max(1, |initial loss|)``."""
     tags: Mapping[str, JSONScalar] = field(default_factory=dict)
     """Free labels (study name, pass number); part of the identity."""
+    lr_argument: str | None = None
+    """The constructor argument that receives ``lr`` in place of the method's
+    ``spec.lr_argument`` (``"d0"`` for D-Adaptation's initial estimate, its ``lr`` left at its
+    default). None: the method's own. Part of the identity only when set, so configs without it
+    keep their ids."""
 
     def to_dict(self) -> dict[str, object]:
+        extra: dict[str, object] = (
+            {} if self.lr_argument is None else {"lr_argument": self.lr_argument}
+        )
         return {
             "problem": self.problem,
             "method": self.method,
@@ -206,6 +214,7 @@ class RunConfig:
             "eval_every": self.eval_every,
             "divergence_threshold": self.divergence_threshold,
             "tags": dict(self.tags),
+            **extra,
         }
 
     @classmethod

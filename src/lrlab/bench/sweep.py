@@ -29,8 +29,44 @@ A study file (TOML; presets in ``lrlab/bench/presets/`` use the same format)::
     ]
 
 A method entry with ``kwargs`` or ``grid`` gets the tag ``label`` (``clara-sgd(d=0.02)``, or the
-entry's own ``label``) so reports tell its variants apart. A method without an LR argument
-(``spec.lr_argument`` is None) runs once per seed with ``lr = None``.
+entry's own ``label``) so reports tell its variants apart. A method entry may set its own
+``schedule`` (and ``schedule_kwargs``) in place of the study's: ``{ name = "sgd", schedule =
+"cosine-decay" }``, labelled ``sgd+cosine-decay``. The two-pass methods ``refined-sgd`` and
+``refined-adam`` (:mod:`lrlab.bench.refinement`) expand to their pass 1 here (the base optimizer
+under linear decay, labelled ``sgd+linear-decay``); :func:`run_sweep` adds pass 2. A method
+without an LR argument (``spec.lr_argument`` is None) runs once per seed with ``lr = None``.
+
+A method entry may also set ``lr_argument = "d0"`` (the swept LR goes to that constructor
+argument instead of the method's own: D-Adaptation Adam with ``d0`` = the initial LR and its
+``lr`` left at 1.0; labelled ``dadapt-adam[d0=lr]``) and ``lrs`` (its own LR grid, or ``"none"``:
+once per seed with the method's default LR, e.g. learning-rate-free methods at defaults).
+
+**Parts** (sub-studies with different grids in one study). With ``[[parts]]`` tables, the study
+runs exactly its parts; every top-level key other than ``name``, ``title`` and ``description`` is
+a default of every part, a part sets ``name`` (a token: letters, digits, ``_ . -``; it becomes
+the tag ``part``), optional ``title``/``description``, and overrides any key (its ``report``
+table is merged key by key)::
+
+    name = "clara"
+    seeds = 5
+    [[parts]]
+    name = "a"
+    lrs = [100.0]
+    seeds = 1
+    problems = [{ name = "synthetic_sphere", kwargs = { clamp = true }, steps = 20 }]
+    methods = ["adam"]
+    [parts.report]
+    metric = "distance_to_optimum"
+    [[parts]]
+    name = "b"
+    lrs = "1e-6:1:7"
+    problems = ["iris_logreg"]
+    methods = ["sgd", { name = "dadapt-adam", lr_argument = "d0" }]
+
+**Report options** (``[report]`` at the top or per part; read by :mod:`lrlab.bench.study`):
+``metric`` (a name, or a table problem -> name), ``tolerance`` (relative, of the robustness
+width and default targets), ``targets`` (problem -> training-loss target of time to target),
+``figures`` (a subset of :data:`FIGURE_KINDS` to show in the study's docs page).
 """
 
 from __future__ import annotations
@@ -38,6 +74,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import math
+import re
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +83,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from lrlab.bench.executors import execute, make_executor
+from lrlab.bench.refinement import PASS_ONE_SCHEDULE, second_pass_configs, two_pass_method
 from lrlab.bench.spec import KwargValue, ProblemInfo, RunConfig, RunRecord, RunStatus
 from lrlab.bench.store import Store
 
@@ -70,6 +108,9 @@ __all__ = [
     "parse_seeds",
     "run_sweep",
 ]
+
+REPORT_KEYS = ("metric", "tolerance", "targets", "figures")
+"""Keys of a study's ``report`` table, read by :mod:`lrlab.bench.study`."""
 
 
 class StudyError(ValueError):
@@ -178,18 +219,29 @@ def make_config(
     divergence_threshold: float = 1e6,
     tags: Mapping[str, Any] | None = None,
     label: str | None = None,
+    lr_argument: str | None = None,
 ) -> RunConfig:
     """A :class:`RunConfig` with the defaults made explicit (so they are part of the id).
 
     Resolves ``steps`` and ``batch_size`` to the problem's defaults, canonical names for the
     problem and the method, ``lr`` to None for a method without an LR argument, and the tag
-    ``label`` for a method with kwargs (see :func:`variant_label`).
+    ``label`` for a method with kwargs (see :func:`variant_label`). ``lr_argument`` sends ``lr``
+    to that constructor argument instead of the method's own.
 
     Raises:
-        StudyError: unknown problem or method, or a non-positive ``steps``.
+        StudyError: unknown problem or method, a non-positive ``steps``, or an ``lr_argument``
+            the method's constructor does not take.
     """
     info = _problem_info(problem)
     method_spec = _method_spec(method)
+    if lr_argument is not None:
+        import inspect
+
+        if lr_argument not in inspect.signature(method_spec.cls).parameters:
+            raise StudyError(
+                f"lr_argument {lr_argument!r}: method {method_spec.name!r} has no such "
+                "constructor argument"
+            )
     steps = info.default_steps if steps is None else steps
     if steps < 1:
         raise StudyError(f"steps must be at least 1, got {steps}")
@@ -200,7 +252,7 @@ def make_config(
     return RunConfig(
         problem=info.name,
         method=method_spec.name,
-        lr=None if method_spec.lr_argument is None else lr,
+        lr=None if method_spec.lr_argument is None and lr_argument is None else lr,
         seed=seed,
         steps=steps,
         batch_size=info.default_batch_size if batch_size is None else batch_size,
@@ -211,6 +263,7 @@ def make_config(
         eval_every=eval_every,
         divergence_threshold=divergence_threshold,
         tags=tags,
+        lr_argument=lr_argument,
     )
 
 
@@ -233,6 +286,14 @@ class MethodEntry:
     kwargs: Mapping[str, KwargValue] = field(default_factory=dict)
     grid: Mapping[str, Sequence[KwargValue]] = field(default_factory=dict)
     label: str | None = None
+    schedule: str | None = None
+    """This method's LR schedule, in place of the study's (its label gets ``+<schedule>``)."""
+    schedule_kwargs: Mapping[str, KwargValue] = field(default_factory=dict)
+    lr_argument: str | None = None
+    """The constructor argument that receives the swept LR in place of the method's own (its
+    label gets ``[<lr_argument>=lr]``)."""
+    lrs: tuple[float | None, ...] | None = None
+    """This method's own LR grid (None: the study's; ``(None,)``: once with the default LR)."""
 
     def variants(self) -> list[dict[str, KwargValue]]:
         keys = sorted(self.grid)
@@ -258,35 +319,64 @@ class Study:
     schedule: str | None = None
     schedule_kwargs: Mapping[str, KwargValue] = field(default_factory=dict)
     tags: Mapping[str, Any] = field(default_factory=dict)
+    title: str = ""
+    report: Mapping[str, Any] = field(default_factory=dict)
+    """Options of the study report (``metric``, ``tolerance``, ``targets``, ``figures``)."""
+    parts: tuple[Study, ...] = ()
+    """Sub-studies with their own grids (a study with parts runs exactly its parts)."""
 
     def configs(self) -> list[RunConfig]:
         """Every run of the study, in problem, method, variant, LR, seed order, without
-        duplicates."""
+        duplicates (a study with parts: its parts' runs, part by part)."""
         configs: dict[str, RunConfig] = {}
+        for part in self.parts:
+            for config in part.configs():
+                configs.setdefault(config.run_id, config)
         for problem in self.problems:
             for method in self.methods:
-                has_lr = _method_spec(method.name).lr_argument is not None
+                # a two-pass method (refined-sgd) expands to its pass 1; run_sweep adds pass 2
+                two_pass = two_pass_method(method.name)
+                base = two_pass.base if two_pass is not None else method.name
+                has_lr = _method_spec(base).lr_argument is not None or bool(method.lr_argument)
+                schedule, schedule_kwargs = self.schedule, self.schedule_kwargs
+                if method.schedule is not None or two_pass is not None:
+                    schedule = method.schedule or PASS_ONE_SCHEDULE
+                    schedule_kwargs = method.schedule_kwargs
+                    if two_pass is not None and (schedule != PASS_ONE_SCHEDULE or schedule_kwargs):
+                        raise StudyError(
+                            f"method {method.name!r} runs pass 1 under {PASS_ONE_SCHEDULE!r} and "
+                            "pass 2 under the refined schedule; remove its schedule settings"
+                        )
                 for kwargs in method.variants():
                     label = method.label
                     if label is not None and len(method.variants()) > 1:
                         label = f"{label}{variant_label('', kwargs)}"
-                    for lr in self.lrs if has_lr else (None,):
+                    tags = self.tags
+                    if two_pass is not None:
+                        label, tags = two_pass.pass_one(kwargs, label, tags)
+                    elif method.schedule is not None and label is None:
+                        label = f"{variant_label(base, kwargs)}+{method.schedule}"
+                    if method.lr_argument is not None and label is None:
+                        label = f"{variant_label(base, kwargs)}[{method.lr_argument}=lr]"
+                    lrs = self.lrs if method.lrs is None else method.lrs
+                    for lr in lrs if has_lr else (None,):
                         for seed in self.seeds:
                             config = make_config(
                                 problem=problem.name,
-                                method=method.name,
+                                method=base,
                                 lr=lr,
                                 seed=seed,
                                 steps=problem.steps if problem.steps is not None else self.steps,
                                 batch_size=problem.batch_size,
                                 problem_kwargs=problem.kwargs,
                                 method_kwargs=kwargs,
-                                schedule=self.schedule,
-                                schedule_kwargs=self.schedule_kwargs,
+                                schedule=schedule,
+                                schedule_kwargs=schedule_kwargs,
                                 eval_every=self.eval_every,
                                 divergence_threshold=self.divergence_threshold,
-                                tags=self.tags,
+                                tags=tags,
                                 label=label,
+                                lr_argument=method.lr_argument,
                             )
                             configs.setdefault(config.run_id, config)
         return list(configs.values())
@@ -294,8 +384,12 @@ class Study:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "study") -> Study:
         """Validate a parsed TOML study; errors name the key, the value and what is allowed."""
+        if "parts" in data:
+            return cls._from_parts(data, source)
         allowed = {
             "name",
+            "title",
+            "report",
             "description",
             "lrs",
             "seeds",
@@ -312,13 +406,7 @@ class Study:
         for key in ("name", "problems", "methods", "lrs", "seeds"):
             if key not in data:
                 raise StudyError(f"{source}: missing key {key!r}")
-        lrs = data["lrs"]
-        if isinstance(lrs, str):
-            lr_values = parse_lrs(lrs)
-        elif isinstance(lrs, list) and lrs:
-            lr_values = parse_lrs(",".join(repr(float(v)) for v in _numbers(lrs, "lrs", source)))
-        else:
-            raise StudyError(f"{source}: 'lrs' must be a grid string or a non-empty list")
+        lr_values = _lr_values(data["lrs"], source)
         seeds = data["seeds"]
         if isinstance(seeds, int) and not isinstance(seeds, bool):
             seed_values = parse_seeds(str(seeds))
@@ -341,7 +429,90 @@ class Study:
             schedule=_typed(data, "schedule", str, source, None),
             schedule_kwargs=_typed(data, "schedule_kwargs", dict, source, {}),
             tags=_typed(data, "tags", dict, source, {}),
+            title=_typed(data, "title", str, source, ""),
+            report=_report_options(data, source),
         )
+
+    @classmethod
+    def _from_parts(cls, data: Mapping[str, Any], source: str) -> Study:
+        """A study made of parts: top-level keys are defaults of every part."""
+        parts_data = data["parts"]
+        if (
+            not isinstance(parts_data, list)
+            or not parts_data
+            or not all(isinstance(p, dict) for p in parts_data)
+        ):
+            raise StudyError(f"{source}: 'parts' must be a non-empty array of tables ([[parts]])")
+        name = _typed(data, "name", str, source)
+        shared = {
+            k: v for k, v in data.items() if k not in ("name", "title", "description", "parts")
+        }
+        report = _report_options(data, source)
+        tags = _typed(data, "tags", dict, source, {})
+        parts: list[Study] = []
+        for index, part in enumerate(parts_data):
+            here = f"{source}: part {part.get('name', index)!r}"
+            part_name = _typed(part, "name", str, here)
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", part_name):
+                raise StudyError(f"{here}: a part name is letters, digits, '_', '.' or '-'")
+            if part_name in {p.name for p in parts}:
+                raise StudyError(f"{here}: two parts are named {part_name!r}")
+            if "parts" in part:
+                raise StudyError(f"{here}: parts cannot have parts")
+            merged = {**shared, **part}
+            merged["report"] = {**report, **_report_options(part, here)}
+            merged["tags"] = {**tags, **_typed(part, "tags", dict, here, {}), "part": part_name}
+            parts.append(cls.from_mapping(merged, source=here))
+        return cls(
+            name=name,
+            title=_typed(data, "title", str, source, ""),
+            description=_typed(data, "description", str, source, ""),
+            problems=(),
+            methods=(),
+            lrs=(),
+            seeds=(),
+            tags=tags,
+            report=report,
+            parts=tuple(parts),
+        )
+
+
+def _lr_values(lrs: Any, where: str, key: str = "lrs") -> tuple[float, ...]:
+    if isinstance(lrs, str):
+        return parse_lrs(lrs)
+    if isinstance(lrs, list) and lrs:
+        return parse_lrs(",".join(repr(float(v)) for v in _numbers(lrs, key, where)))
+    raise StudyError(f"{where}: {key!r} must be a grid string or a non-empty list")
+
+
+FIGURE_KINDS = ("sensitivity", "lr-trajectories", "curves", "refinement", "performance-profile")
+"""The figure kinds of :func:`lrlab.bench.report.build_report` (``report.figures`` names them)."""
+
+
+def _report_options(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The validated ``report`` table of a study or part (empty when absent)."""
+    options = _typed(data, "report", dict, where, {})
+    here = f"{where}: report"
+    _check_keys(options, set(REPORT_KEYS), here)
+    metric = options.get("metric")
+    if metric is not None and not (
+        isinstance(metric, str)
+        or (isinstance(metric, dict) and all(isinstance(v, str) for v in metric.values()))
+    ):
+        raise StudyError(f"{here}: 'metric' must be a name or a table problem -> name")
+    if "tolerance" in options:
+        tolerance = _typed(options, "tolerance", (int, float), here)
+        if not 0 <= tolerance < math.inf:
+            raise StudyError(f"{here}: 'tolerance' must be >= 0, got {tolerance!r}")
+    targets = _typed(options, "targets", dict, here, {})
+    _numbers(list(targets.values()), "targets", here)
+    figures = _typed(options, "figures", list, here, list(FIGURE_KINDS))
+    unknown = [f for f in figures if f not in FIGURE_KINDS]
+    if unknown:
+        raise StudyError(
+            f"{here}: unknown figure {unknown[0]!r}; allowed: {', '.join(FIGURE_KINDS)}"
+        )
+    return dict(options)
 
 
 def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -398,8 +569,19 @@ def _method_entry(entry: Any, where: str) -> MethodEntry:
     if not isinstance(entry, dict):
         raise StudyError(f"{where}: a method is a name or a table, got {entry!r}")
     here = f"{where}: method {entry.get('name', '?')!r}"
-    _check_keys(entry, {"name", "kwargs", "grid", "label"}, here)
+    _check_keys(
+        entry,
+        {"name", "kwargs", "grid", "label", "schedule", "schedule_kwargs", "lr_argument", "lrs"},
+        here,
+    )
+    lrs = entry.get("lrs")
+    if isinstance(lrs, str) and lrs.strip().lower() == "none":
+        method_lrs: tuple[float | None, ...] | None = (None,)
+    else:
+        method_lrs = None if lrs is None else _lr_values(lrs, here)
     grid = _typed(entry, "grid", dict, here, {})
+    schedule = _typed(entry, "schedule", str, here, None)
+    schedule_kwargs = _typed(entry, "schedule_kwargs", dict, here, {})
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise StudyError(f"{here}: grid {key!r} must be a non-empty list, got {values!r}")
@@ -408,6 +590,10 @@ def _method_entry(entry: Any, where: str) -> MethodEntry:
         kwargs=_typed(entry, "kwargs", dict, here, {}),
         grid=grid,
         label=_typed(entry, "label", str, here, None),
+        schedule=schedule,
+        schedule_kwargs=schedule_kwargs,
+        lr_argument=_typed(entry, "lr_argument", str, here, None),
+        lrs=method_lrs,
     )
 
 
@@ -517,6 +703,8 @@ class SweepSummary:
     errors: list[str]
     """First line of each failed run's error."""
     wall_time_s: float
+    not_refined: list[str] = field(default_factory=list)
+    """Pass-1 runs of two-pass methods that got no pass 2 (they diverged or failed)."""
 
 
 def run_sweep(
@@ -550,6 +738,11 @@ def run_sweep(
     so that the runs queued behind the culprit get their turn first, as long as a round stores
     at least one run; what is left is reported as ``lost`` (not stored, so a new sweep retries
     it). The runner itself never raises: an exception inside a run is a ``failed`` record.
+
+    Two-pass methods: after the given runs, the pass-2 configs of every pass-1 run among them
+    are built from the *stored* pass-1 records (:func:`lrlab.bench.refinement
+    .second_pass_configs`) and run the same way, so a sweep killed after pass 1 resumes with
+    pass 2 only; the summary counts both passes.
     """
     start = time.perf_counter()
     unique = list({c.run_id: c for c in configs}.values())
@@ -602,7 +795,7 @@ def run_sweep(
         for _ in pending:
             bar.update(None)
         bar.close()
-    return SweepSummary(
+    summary = SweepSummary(
         total=len(unique),
         skipped=len(unique) - len(todo),
         counts=counts,
@@ -610,3 +803,27 @@ def run_sweep(
         errors=errors,
         wall_time_s=time.perf_counter() - start,
     )
+    # two-pass methods (lrlab.bench.refinement): pass 2 is built from the stored pass-1 records
+    second = second_pass_configs(unique, store)
+    summary.not_refined = second.not_built
+    if second.configs:
+        if show_progress:
+            stream.write(f"pass 2 of the two-pass methods ({len(second.configs)} runs):\n")
+        more = run_sweep(
+            second.configs,
+            store,
+            backend=backend,
+            workers=workers,
+            address=address,
+            retry_failed=retry_failed,
+            progress=progress,
+            show_progress=show_progress,
+            imports=imports,
+        )
+        summary.total += more.total
+        summary.skipped += more.skipped
+        summary.counts = {k: n + more.counts.get(k, 0) for k, n in summary.counts.items()}
+        summary.lost += more.lost
+        summary.errors += more.errors
+        summary.wall_time_s = time.perf_counter() - start
+    return summary

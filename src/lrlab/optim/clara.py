@@ -133,13 +133,12 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
             paths = [state["path"] for state in states]
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             directions = self._directions(group, params, grads, steps, foreach)
-            units = _normalise(directions, foreach=foreach)
-            moves = units if group["unit_step"] else directions
             c = group["c"]
             if foreach:
-                torch._foreach_add_(params, moves, alpha=-eta)
-                torch._foreach_lerp_(paths, units, c)
+                _move_and_extend_path(params, paths, directions, eta, c, group["unit_step"])
             else:
+                units = _normalise(directions, foreach=False)
+                moves = units if group["unit_step"] else directions
                 for p, move, path, unit in zip(params, moves, paths, units, strict=True):
                     p.add_(move, alpha=-eta)
                     path.lerp_(unit, c)
@@ -194,6 +193,34 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
             "lr_factor": factor,
             "eta": float(self.param_groups[0]["lr"]) * factor,
         }
+
+
+def _move_and_extend_path(
+    params: list[Tensor],
+    paths: list[Tensor],
+    directions: list[Tensor],
+    eta: float,
+    c: float,
+    unit_step: bool,
+) -> None:
+    """The multi-tensor form of ``x -= eta (u or s)``, ``p = lerp(p, u, c)``, ``u = s/||s||``.
+
+    The unit direction ``u`` is never materialised: ``1/||s||`` is a 0-d tensor per tensor that
+    ``addcmul`` broadcasts, so the step reads ``s`` twice and allocates nothing full-size (the
+    for-loop path allocates ``u``; a full-size temporary costs more than a pass over memory on
+    CPU, where every large allocation page-faults). ``(1-c) p + c (s/||s||)`` differs from
+    ``lerp`` only by float rounding.
+    """
+    inverse_norms = _foreach.norms(directions, foreach=True)
+    torch._foreach_clamp_min_(inverse_norms, _NORM_FLOOR)
+    torch._foreach_reciprocal_(inverse_norms)
+    inverse_norms = [n.to(d.dtype) for n, d in zip(inverse_norms, directions, strict=True)]
+    if unit_step:
+        torch._foreach_addcmul_(params, directions, inverse_norms, value=-eta)
+    else:
+        torch._foreach_add_(params, directions, alpha=-eta)
+    torch._foreach_mul_(paths, 1.0 - c)
+    torch._foreach_addcmul_(paths, directions, inverse_norms, value=c)
 
 
 def _normalise(directions: list[Tensor], *, foreach: bool) -> list[Tensor]:
@@ -489,12 +516,15 @@ class ClaraAdam(_CumulativePathAdaptation):
             torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
             torch._foreach_mul_(exp_avg_sqs, beta2)
             torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-            denominators = torch._foreach_div(exp_avg_sqs, bias2)
-            torch._foreach_sqrt_(denominators)
-            torch._foreach_add_(denominators, eps)
-            directions = torch._foreach_div(exp_avgs, bias1)
-            torch._foreach_div_(directions, denominators)
-            return list(directions)
+            # one full-size temporary per tensor, reused in place: sqrt(v)/sqrt(b2) + eps,
+            # then m / that, then / b1 (the same value as the for-loop up to float rounding)
+            directions = list(torch._foreach_sqrt(exp_avg_sqs))
+            torch._foreach_mul_(directions, [1.0 / math.sqrt(b) for b in bias2])
+            torch._foreach_add_(directions, eps)
+            for m, direction in zip(exp_avgs, directions, strict=True):
+                torch.div(m, direction, out=direction)
+            torch._foreach_mul_(directions, [1.0 / b for b in bias1])
+            return directions
         directions = []
         for p, g, m, v, b1, b2 in zip(
             params, grads, exp_avgs, exp_avg_sqs, bias1, bias2, strict=True

@@ -32,6 +32,17 @@ statistics are partial (``sharded=True``, ``fsdp_in_use=True``, sharded DTensors
 parameters, which the package detects by their ``_fsdp_flattened`` attribute). Under DDP nothing
 is reduced: the package's ``fsdp_in_use=True`` under DDP inflates DAdaptSGD's ``d_hat`` by
 ``sqrt(world size)``.
+
+NOTE [D-Adaptation fast path]
+DAdaptSGD, DAdaptAdam and Prodigy take ``foreach`` (None: the fast path for dense CPU/CUDA
+tensors; False: the reference path). The reference path performs the package's operations in the
+package's order, so its float64 trajectories equal the package's bit for bit (the oracle tests
+run it). The fast path computes the same formulas with fewer full-size temporaries, which on CPU
+cost more than a pass over memory (every large allocation page-faults): ``||s||_1`` and
+``||s||^2`` with norm / dot kernels instead of ``abs().sum()`` / ``(s * s).sum()``, quotients
+written into the temporary that ``sqrt`` allocated, and DAdaptSGD's ``x = x0 - s`` written in
+place. Its results differ from the reference path by float rounding only (the conformance suite
+checks both paths against each other in float64 to rtol 1e-12).
 """
 
 from __future__ import annotations
@@ -201,6 +212,22 @@ def _check_common(
     check_positive("d_coef", d_coef)
 
 
+def _check_foreach(foreach: bool | None) -> bool | None:
+    if foreach is not None:
+        check_bool("foreach", foreach)
+    return foreach
+
+
+def _fast(group: dict[str, Any]) -> bool:
+    """Whether this group takes the fast path (see NOTE [D-Adaptation fast path])."""
+    return _foreach.resolve_foreach(group.get("foreach", False), group["params"])
+
+
+def _l1(tensor: Tensor, fast: bool) -> Tensor:
+    """``||t||_1``: the package's ``abs().sum()`` (a full-size temporary) or a norm kernel."""
+    return torch.linalg.vector_norm(tensor, 1) if fast else tensor.abs().sum()
+
+
 def _check_sharding(fsdp_in_use: bool, sharded: bool) -> bool:
     check_bool("fsdp_in_use", fsdp_in_use)
     check_bool("sharded", sharded)
@@ -227,6 +254,7 @@ _COMMON_INVALID = (
     paper=_PAPER,
     summary="dual-averaging SGD whose step d*lr/||g0|| adapts d, a lower bound on ||x0 - x*||",
     oracle="dadaptation.DAdaptSGD",
+    supports_foreach=True,
     sample_kwargs=(
         {"d0": 0.01},
         {"d0": 0.01, "momentum": 0.9, "weight_decay": 1e-3, "growth_rate": 1.05},
@@ -282,6 +310,8 @@ class DAdaptSGD(_DistanceEstimator):
             :math:`\hat d`, in (0, inf), like Prodigy's ``d_coef``. 1.0 is the package.
         sharded: each rank owns a disjoint part of the parameters, so the sums are partial and
             reduced over ranks (not needed under DDP; DTensors and FSDP-1 are detected).
+        foreach: None (default) takes the fast path for dense CPU/CUDA tensors, False the
+            package's operations (see NOTE [D-Adaptation fast path]).
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.1, 1.7), identical numbers otherwise:
@@ -327,6 +357,7 @@ class DAdaptSGD(_DistanceEstimator):
         *,
         d_coef: float = 1.0,
         sharded: bool = False,
+        foreach: bool | None = None,
     ) -> None:
         _check_common(lr, weight_decay, log_every, d0, growth_rate, d_coef)
         check_range("momentum", momentum, 0.0, 1.0, "[)")
@@ -338,6 +369,7 @@ class DAdaptSGD(_DistanceEstimator):
             "growth_rate": growth_rate,
             "d_coef": d_coef,
             "sharded": _check_sharding(fsdp_in_use, sharded),
+            "foreach": _check_foreach(foreach),
         }
         super().__init__(params, defaults)
 
@@ -394,12 +426,14 @@ class DAdaptSGD(_DistanceEstimator):
             lam = d * lr / g0_norm
             dots, squares = [], []
             for group, pairs in live:
+                fast = _fast(group)
                 for p, grad in pairs:
                     g = _weight_decayed(grad, p, group["weight_decay"])
                     s = self.state[p]["s"]
                     dots.append(_foreach.total_dot([g], [s]) * lam)
                     s.add_(g, alpha=lam)
-                    squares.append((s * s).sum())
+                    flat = s.reshape(-1)
+                    squares.append(torch.dot(flat, flat) if fast else (s * s).sum())
             increment, s_sq = self._global_floats([self._total(dots), self._total(squares)])
             if s_sq == 0.0:  # nothing took part (lr 0 everywhere, or zero gradients)
                 self._skip_step()
@@ -413,10 +447,17 @@ class DAdaptSGD(_DistanceEstimator):
 
         c = 1.0 - float(first["momentum"])
         for group in self.param_groups:
+            fast = _fast(group)
             for p, _ in self._with_grads(group):
                 state = self.state[p]
-                z = state["x0"] - state["s"]
-                p.mul_(1.0 - c).add_(z, alpha=c)
+                if fast and c == 1.0:
+                    # x = z = x0 - s written in place: no temporary, no pass over the old x
+                    torch.sub(state["x0"], state["s"], out=p)
+                elif fast:
+                    p.mul_(1.0 - c).add_(state["x0"], alpha=c).sub_(state["s"], alpha=c)
+                else:
+                    z = state["x0"] - state["s"]
+                    p.mul_(1.0 - c).add_(z, alpha=c)
             group["effective_lr"] = lam if group["lr"] > 0 else 0.0
         self._set_global("numerator_weighted", numerator)
         self._set_global("s_norm", math.sqrt(s_sq))
@@ -441,6 +482,7 @@ class DAdaptSGD(_DistanceEstimator):
     paper=_PAPER,
     summary="Adam whose step d*lr adapts d from an EMA of weighted gradient inner products",
     oracle="dadaptation.DAdaptAdam",
+    supports_foreach=True,
     sample_kwargs=(
         {"d0": 1e-2, "growth_rate": 1.02},
         {"d0": 1e-3, "decouple": True, "weight_decay": 0.01, "use_bias_correction": True},
@@ -506,6 +548,7 @@ class DAdaptAdam(_DistanceEstimator):
         fsdp_in_use: the same as ``sharded=True``.
         d_coef: lrlab extension, multiplies :math:`\hat d`, in (0, inf); 1.0 is the package.
         sharded: the parameters are split over ranks (see :class:`DAdaptSGD`).
+        foreach: fast path or the package's operations (see :class:`DAdaptSGD`).
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.2, 1.7): ``p.grad`` is never modified (the
@@ -553,6 +596,7 @@ class DAdaptAdam(_DistanceEstimator):
         *,
         d_coef: float = 1.0,
         sharded: bool = False,
+        foreach: bool | None = None,
     ) -> None:
         _check_common(lr, weight_decay, log_every, d0, growth_rate, d_coef)
         check_betas("betas", betas)
@@ -571,6 +615,7 @@ class DAdaptAdam(_DistanceEstimator):
             "growth_rate": growth_rate,
             "d_coef": d_coef,
             "sharded": _check_sharding(fsdp_in_use, sharded),
+            "foreach": _check_foreach(foreach),
         }
         super().__init__(params, defaults)
 
@@ -595,6 +640,7 @@ class DAdaptAdam(_DistanceEstimator):
         inner, l1 = [], []
         for group in self.param_groups:
             r, eps, weight_decay = group["layer_scale"], group["eps"], group["weight_decay"]
+            fast = _fast(group)
             for p, grad in self._with_grads(group):
                 state = self.state[p]
                 if len(state) == 0:
@@ -604,11 +650,16 @@ class DAdaptAdam(_DistanceEstimator):
                     continue
                 g = grad if decouple else _weight_decayed(grad, p, weight_decay)
                 s, m, v = state["s"], state["exp_avg"], state["exp_avg_sq"]
-                inner.append(_foreach.total_dot([g], [s.div(v.sqrt().add_(eps))]) * (r * lam))
+                # s / (sqrt(v) + eps): the same operations in both paths; the fast path writes
+                # the quotient into the temporary that sqrt allocated (one temporary, not two)
+                scaled = v.sqrt().add_(eps)
+                scaled = torch.div(s, scaled, out=scaled) if fast else s.div(scaled)
+                inner.append(_foreach.total_dot([g], [scaled]) * (r * lam))
+                del scaled
                 m.mul_(beta1).add_(g, alpha=r * lam * (1 - beta1))
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 s.mul_(root_beta2).add_(g, alpha=lam * (1 - root_beta2))
-                l1.append(s.abs().sum() * r)
+                l1.append(_l1(s, fast) * r)
 
         increment, s_l1 = self._global_floats([self._total(inner), self._total(l1)])
         if s_l1 == 0.0:  # no progress: the package returns here, before its collective

@@ -412,7 +412,12 @@ class L4Adam(_L4):
             denominators = torch._foreach_div(exp_avg_sqs, bias2)
             torch._foreach_sqrt_(denominators)
             torch._foreach_add_(denominators, adam_eps)
-            return estimates, list(torch._foreach_div(estimates, denominators))
+            # the quotient written into the denominators' fresh tensors: the same numbers,
+            # one full-size temporary fewer
+            directions = list(denominators)
+            for estimate, direction in zip(estimates, directions, strict=True):
+                torch.div(estimate, direction, out=direction)
+            return estimates, directions
         estimates, directions = [], []
         for g, m, s, b1, b2 in zip(grads, exp_avgs, exp_avg_sqs, bias1, bias2, strict=True):
             m.lerp_(g, 1 - beta1)

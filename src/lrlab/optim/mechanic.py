@@ -486,7 +486,10 @@ class Mechanic(AdaptiveOptimizer):
             prev = p.detach().to(dtype, copy=True)
             refs.append(state["ref"])
             # Delta: the sum of the base updates so far (recomputed from x unless stored)
-            deltas.append(state["delta"] if "delta" in state else (prev - state["ref"]) / (S + eps))
+            # (the division in place: the same numbers with one full-size temporary, not two)
+            deltas.append(
+                state["delta"] if "delta" in state else torch.sub(prev, state["ref"]).div_(S + eps)
+            )
             previous.append(prev)
         # the gradients as given to the base (it may change p.grad in place)
         delta_dot_grad = _foreach.total_dot(deltas, grads)

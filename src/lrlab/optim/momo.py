@@ -577,7 +577,10 @@ class MomoAdam(_MomentumModel):
                 gamma.mul_(beta1).add_(grad_dot, alpha=1 - beta1)
         denominators = self._denominators(group, params, foreach)
         if foreach:
-            scaled = list(torch._foreach_div(averages, denominators))
+            # m / D written into D's fresh tensors: the same numbers, half the temporaries
+            scaled = denominators
+            for m, d in zip(averages, scaled, strict=True):
+                torch.div(m, d, out=d)
         else:
             scaled = [m / d for m, d in zip(averages, denominators, strict=True)]
         device = params[0].device

@@ -40,7 +40,14 @@ from lrlab.optim._validation import (
     check_positive,
     check_range,
 )
-from lrlab.optim.dadaptation import _DistanceEstimator, _weight_decayed, check_growth_rate
+from lrlab.optim.dadaptation import (
+    _check_foreach,
+    _DistanceEstimator,
+    _fast,
+    _l1,
+    _weight_decayed,
+    check_growth_rate,
+)
 
 __all__ = ["Prodigy"]
 
@@ -53,6 +60,7 @@ __all__ = ["Prodigy"]
         "ICML 2024, arXiv:2306.06101"
     ),
     summary="Adam whose step d*lr grows d from the distance travelled (d^2-weighted sums)",
+    supports_foreach=True,
     oracle="prodigyopt.Prodigy",
     sample_kwargs=(
         {"d0": 1e-2, "growth_rate": 1.02},
@@ -139,6 +147,9 @@ class Prodigy(_DistanceEstimator):
             in [1, inf); per group.
         sharded: each rank owns a disjoint part of the parameters, so the sums are partial and
             reduced over ranks (not needed under DDP; DTensors and FSDP-1 are detected).
+        foreach: None (default) takes the fast path for dense CPU/CUDA tensors (``||s||_1`` by
+            a norm kernel, no ``abs()`` temporary), False the package's operations, bit for bit
+            (see NOTE [D-Adaptation fast path] in :mod:`lrlab.optim.dadaptation`).
 
     .. note::
         Deviations from ``prodigyopt==1.1.2`` (spec 2.2), identical numbers otherwise:
@@ -200,6 +211,7 @@ class Prodigy(_DistanceEstimator):
         slice_p: int = 1,
         *,
         sharded: bool = False,
+        foreach: bool | None = None,
     ) -> None:
         check_positive("lr", lr)
         check_betas("betas", betas)
@@ -230,6 +242,7 @@ class Prodigy(_DistanceEstimator):
             "growth_rate": growth_rate,
             "slice_p": slice_p,
             "sharded": fsdp_in_use or sharded,
+            "foreach": _check_foreach(foreach),
         }
         super().__init__(params, defaults)
         self._set_global("d_max", float(d0))
@@ -286,6 +299,7 @@ class Prodigy(_DistanceEstimator):
         distances, l1 = [], []
         for group in self.param_groups:
             weight_decay, slice_p = group["weight_decay"], group["slice_p"]
+            fast = _fast(group)
             for p, grad in self._with_grads(group):
                 g = grad if decouple else _weight_decayed(grad, p, weight_decay)
                 entries.append((group, p, g))
@@ -300,7 +314,7 @@ class Prodigy(_DistanceEstimator):
                 state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=d * d * (1 - beta2))
                 weight = d if group["safeguard_warmup"] else lam
                 state["s"].mul_(beta3).add_(g_hat, alpha=(d / d0) * weight)
-                l1.append(state["s"].abs().sum())
+                l1.append(_l1(state["s"], fast))
 
         increment, denominator = self._global_floats([self._total(distances), self._total(l1)])
         if denominator == 0.0:  # no progress: skip on every rank, after the collective

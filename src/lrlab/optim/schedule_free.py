@@ -483,7 +483,10 @@ class AdamWScheduleFree(_ScheduleFree):
                 denominators = torch._foreach_div(vs, bias_correction2)
                 torch._foreach_sqrt_(denominators)
                 torch._foreach_add_(denominators, eps)
-                directions.extend(torch._foreach_div(gs, denominators))
+                # g / D written into D's fresh tensors: the same numbers, one temporary fewer
+                for g, denominator in zip(gs, denominators, strict=True):
+                    torch.div(g, denominator, out=denominator)
+                directions.extend(denominators)
             return _foreach._reorder(grads, directions)
         out = []
         for g, v in zip(grads, exp_avg_sqs, strict=True):

@@ -1,0 +1,850 @@
+"""Studies: a preset (TOML data) + a hand-written commentary + results generated from a store.
+
+One command runs a study end to end::
+
+    lrlab study NAME [--store FILE] [--docs DIR] [--report-dir DIR] [--workers N] [--no-run]
+
+1. runs the preset's sweep into the store (default ``results/NAME.sqlite``; resumable: runs
+   already stored are skipped, so the same command finishes a killed study);
+2. builds the full report per part with :func:`lrlab.bench.report.build_report` (HTML,
+   Markdown and figures, default ``results/NAME-report/<part>/``);
+3. writes ``DIR/NAME.md`` (default ``docs/studies/NAME.md``): the commentary with its
+   placeholders filled from the store, then per part the generated tables and the chosen
+   figures (copied to ``DIR/NAME/``), then how it was produced (the exact command, the measured
+   wall time, the machine, the library versions). No number in it is typed by hand.
+
+**Files of a study** (``NAME`` may also be a path ``FILE.toml``; its commentary is then
+``FILE.md`` beside it):
+
+* ``src/lrlab/bench/presets/NAME.toml``: the study, in the format of :mod:`lrlab.bench.sweep`
+  (problems, methods, grids; ``[[parts]]`` for sub-studies with their own grids; per-method
+  ``lr_argument``, ``lrs``, ``schedule``; per-problem ``steps``/``kwargs``) plus optional
+  ``title`` and ``[report]`` options: ``metric`` (a name, or a table problem -> name; default:
+  each problem's headline metric), ``tolerance`` (relative, default 0.1: robustness width and
+  default targets), ``targets`` (problem -> training-loss target for time to target),
+  ``figures`` (subset of ``["sensitivity", "lr-trajectories", "curves", "refinement",
+  "performance-profile"]`` to show in the docs page; the HTML report always has all).
+* ``src/lrlab/bench/presets/NAME.md``: the commentary, Markdown written by hand: what the study
+  asks, the paper's claims, and the honest comparison. Numbers come in through placeholders
+  ``{{KIND key=value ...}}`` (values with spaces in quotes), filled from the store:
+
+  ``{{value part=b problem=iris_logreg method=adam lr=0.001}}``
+      the mean over seeds of the final metric of that (problem, method label, initial LR);
+      ``stat=`` mean (default), std, min, max, seeds, diverged (seeds that diverged or failed);
+      ``metric=`` another final metric; ``lr=`` may be left out when the selection has one LR
+      (or none: methods run with ``lr = None``); ``fmt=`` a format spec (default ``.3g``).
+  ``{{best ...}}``, ``{{best_lr ...}}``
+      the best mean final metric over initial LRs (no diverged seed) and the LR giving it.
+  ``{{width ...}}``
+      the robustness width in decades (see :mod:`lrlab.bench.metrics`) at the part's tolerance.
+  ``{{results}}``, ``{{provenance}}``
+      where the generated results and the "how it was produced" sections go (default: after the
+      commentary, in that order).
+
+  ``part=`` may be left out when the study has one part (or none). ``method=`` is the run's
+  label as the tables show it (``clara-adam(d=0.5106,unit_step=True)``, a preset ``label``, or
+  the method name). A placeholder that matches no run, or is ambiguous, is an error, so a doc
+  cannot quote a number that is not in the store.
+
+Timing: every sweep invocation that ran something appends its wall time to
+``STORE.timing.json``; the doc reports their sum (and says when the study was run in several
+invocations), so the time is the one measured, not an estimate.
+
+The placeholders are checked against the study's configs before anything runs
+(:func:`check_commentary`: unknown parts, problems or labels fail at once).
+
+Python API: :func:`run_study` (what the command does), :func:`load_study_source`,
+:func:`check_commentary`, :func:`render_doc` and :func:`fill_placeholders` for tests and custom
+pipelines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any, TextIO
+
+from lrlab.bench import metrics
+from lrlab.bench.spec import Goal, RunRecord
+from lrlab.bench.sweep import Study, StudyError, load_study
+
+__all__ = [
+    "StudyOutcome",
+    "StudySource",
+    "check_commentary",
+    "fill_placeholders",
+    "load_study_source",
+    "render_doc",
+    "run_study",
+]
+
+DEFAULT_TOLERANCE = 0.1
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudySource:
+    """A study and its hand-written commentary."""
+
+    study: Study
+    commentary: str
+    toml_path: str
+    """Where the study came from (``src/lrlab/bench/presets/NAME.toml`` or the given file)."""
+    commentary_path: str | None
+
+
+def load_study_source(name: str) -> StudySource:
+    """A shipped preset by name, or a study file ``FILE.toml`` (commentary ``FILE.md``)."""
+    if name.endswith(".toml") or os.sep in name or "/" in name:
+        path = Path(name)
+        study = load_study(path)
+        commentary_path = path.with_suffix(".md")
+        commentary = commentary_path.read_text() if commentary_path.is_file() else ""
+        return StudySource(
+            study, commentary, str(path), str(commentary_path) if commentary else None
+        )
+    from lrlab.bench.presets import load_preset
+
+    study = load_preset(name)
+    directory = resources.files("lrlab.bench") / "presets"
+    entry = directory / f"{name}.md"
+    commentary = entry.read_text() if entry.is_file() else ""
+    return StudySource(
+        study,
+        commentary,
+        f"src/lrlab/bench/presets/{name}.toml",
+        f"src/lrlab/bench/presets/{name}.md" if commentary else None,
+    )
+
+
+def _parts(study: Study) -> list[Study]:
+    """The parts of a study; a study without parts is its own single part."""
+    return list(study.parts) if study.parts else [study]
+
+
+# -- metric choice ------------------------------------------------------------------------------
+
+
+def _goal_of(problem: str, metric: str) -> Goal:
+    try:
+        from lrlab.bench.problems import get_problem
+
+        info = get_problem(problem).info
+        if info.metric == metric:
+            return Goal(info.goal)
+    except KeyError:
+        pass
+    return Goal.MAXIMIZE if "accuracy" in metric else Goal.MINIMIZE
+
+
+def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:
+    """The ``metric_choice`` for :func:`build_report` from the part's ``report.metric``."""
+    from lrlab.bench.report import MetricChoice, default_metric_choice
+
+    option = part.report.get("metric")
+
+    def choose(problem: str, records: Sequence[RunRecord]) -> MetricChoice:
+        metric = option.get(problem) if isinstance(option, Mapping) else option
+        if metric is None:
+            return default_metric_choice(problem, records)
+        return MetricChoice(metric, _goal_of(problem, metric))
+
+    return choose
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+def _part_records(part: Study, store: Any) -> tuple[list[RunRecord], int]:
+    """The stored records of a part's runs (two-pass methods: both passes), and how many runs
+    the part expects that are not stored."""
+    configs = part.configs()
+    ids = list(dict.fromkeys(c.run_id for c in configs))
+    try:
+        from lrlab.bench.refinement import second_pass_configs
+    except ImportError:  # pragma: no cover - refinement is part of lrlab
+        second = []
+    else:
+        second = second_pass_configs(configs, store).configs
+    ids += [c.run_id for c in second if c.run_id not in set(ids)]
+    records: list[RunRecord] = []
+    for start in range(0, len(ids), 500):
+        records += store.load_records(run_id=ids[start : start + 500])
+    return records, len(ids) - len(records)
+
+
+def _label(record: RunRecord) -> str:
+    label = record.config.tags.get("label") if record.config.tags else None
+    return str(label) if label else record.config.method
+
+
+# -- placeholders -------------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.S)
+_KINDS = ("value", "best", "best_lr", "width")
+_KEYS = {"part", "problem", "method", "lr", "metric", "stat", "fmt"}
+_STATS = ("mean", "std", "min", "max", "seeds", "diverged")
+
+
+def _same_lr(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=1e-9)
+
+
+def _format(value: float | None, spec: str) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return format(value, spec)
+
+
+def _evaluate_placeholder(
+    text: str,
+    parts: Mapping[str, Study],
+    records: Mapping[str, Sequence[RunRecord]],
+) -> str:
+    tokens = shlex.split(text)
+    if not tokens or tokens[0] not in _KINDS:
+        raise StudyError(
+            f"placeholder {{{{{text}}}}}: the first word must be one of {', '.join(_KINDS)}, "
+            "or results / provenance"
+        )
+    kind, options = tokens[0], {}
+    for token in tokens[1:]:
+        key, sep, value = token.partition("=")
+        if not sep or key not in _KEYS:
+            raise StudyError(
+                f"placeholder {{{{{text}}}}}: bad option {token!r}; options are "
+                f"{', '.join(sorted(_KEYS))} as key=value"
+            )
+        options[key] = value
+    where = f"placeholder {{{{{text}}}}}"
+    for key in ("problem", "method"):
+        if key not in options:
+            raise StudyError(f"{where}: needs {key}=")
+    if "part" in options:
+        if options["part"] not in parts:
+            raise StudyError(f"{where}: no part {options['part']!r}; parts: {', '.join(parts)}")
+        names = [options["part"]]
+    else:
+        names = [
+            name
+            for name in parts
+            if any(
+                r.config.problem == options["problem"] and _label(r) == options["method"]
+                for r in records[name]
+            )
+        ]
+        if len(names) > 1:
+            raise StudyError(f"{where}: runs in several parts ({', '.join(names)}); add part=")
+        if not names:
+            raise StudyError(f"{where}: no stored run of that problem and method")
+    part = parts[names[0]]
+    problem_records = [r for r in records[names[0]] if r.config.problem == options["problem"]]
+    selected = [r for r in problem_records if _label(r) == options["method"]]
+    if not selected:
+        labels = sorted({_label(r) for r in problem_records})
+        raise StudyError(
+            f"{where}: no stored run of that problem and method; methods there: "
+            f"{', '.join(labels) or 'none'}"
+        )
+    choice = _metric_choice(part)(options["problem"], problem_records)
+    metric = options.get("metric", choice.metric)
+    goal = _goal_of(options["problem"], metric) if "metric" in options else choice.goal
+    spec = options.get("fmt", ".3g")
+    if kind == "value":
+        lrs = sorted({r.config.lr for r in selected}, key=lambda v: (v is not None, v or 0.0))
+        if "lr" in options:
+            wanted = None if options["lr"].lower() == "none" else float(options["lr"])
+            selected = [r for r in selected if _same_lr(r.config.lr, wanted)]
+            if not selected:
+                raise StudyError(f"{where}: no run at that lr; lrs there: {lrs}")
+        elif len(lrs) > 1:
+            raise StudyError(f"{where}: several initial LRs {lrs}; add lr=")
+        (point,) = metrics.sensitivity(selected, metric)
+        stat = options.get("stat", "mean")
+        if stat not in _STATS:
+            raise StudyError(f"{where}: stat must be one of {', '.join(_STATS)}")
+        if stat in ("seeds", "diverged"):
+            return str(getattr(point, stat))
+        value = {"mean": point.mean, "std": point.std, "min": point.minimum, "max": point.maximum}
+        return _format(value[stat], spec)
+    if kind in ("best", "best_lr"):
+        best = metrics.best_tuned(selected, metric, goal)
+        key = (options["problem"], options["method"])
+        if key not in best:
+            return "none (every LR diverged)"
+        lr, value = best[key]
+        return _format(value, spec) if kind == "best" else _format(lr, "g")
+    tolerance = float(part.report.get("tolerance", DEFAULT_TOLERANCE))
+    widths = metrics.robustness_width(problem_records, metric, goal, tolerance=tolerance)
+    return _format(widths[(options["problem"], options["method"])], "g")
+
+
+def check_commentary(source: StudySource) -> list[str]:
+    """Problems with the commentary's placeholders found without running anything: unknown
+    kinds or options, parts, problems or method labels the study does not have. Empty: fine."""
+    parts = {part.name: part for part in _parts(source.study)}
+    expected: dict[str, set[tuple[str, str]]] = {
+        name: {
+            (c.problem, str(label))
+            for c in part.configs()
+            # a two-pass method's pass 1 names the label its pass 2 will have
+            for label in (c.tags.get("label") or c.method, c.tags.get("refined_label"))
+            if label
+        }
+        for name, part in parts.items()
+    }
+    problems: list[str] = []
+    for match in _PLACEHOLDER.finditer(source.commentary):
+        inner = match.group(1).strip()
+        if inner in ("results", "provenance"):
+            continue
+        where = f"{{{{{inner}}}}}"
+        try:
+            tokens = shlex.split(inner)
+        except ValueError as error:
+            problems.append(f"{where}: {error}")
+            continue
+        if not tokens or tokens[0] not in _KINDS:
+            problems.append(f"{where}: unknown kind; use {', '.join(_KINDS)}, results, provenance")
+            continue
+        options = dict(t.partition("=")[::2] for t in tokens[1:])
+        bad = [t for t in tokens[1:] if "=" not in t or t.partition("=")[0] not in _KEYS]
+        if bad:
+            problems.append(f"{where}: bad option {bad[0]!r}")
+            continue
+        if options.get("stat", "mean") not in _STATS:
+            problems.append(f"{where}: stat must be one of {', '.join(_STATS)}")
+        if "part" in options and options["part"] not in parts:
+            problems.append(f"{where}: no part {options['part']!r}")
+            continue
+        candidates = [options["part"]] if "part" in options else list(parts)
+        key = (options.get("problem", ""), options.get("method", ""))
+        found = [name for name in candidates if key in expected[name]]
+        if not found:
+            problems.append(f"{where}: no run of problem {key[0]!r} with method label {key[1]!r}")
+        elif len(found) > 1:
+            problems.append(f"{where}: runs in several parts ({', '.join(found)}); add part=")
+    return problems
+
+
+def fill_placeholders(
+    text: str,
+    parts: Mapping[str, Study],
+    records: Mapping[str, Sequence[RunRecord]],
+    sections: Mapping[str, str] | None = None,
+) -> str:
+    """Replace every ``{{...}}`` of the commentary (see the module docstring).
+
+    Args:
+        text: the commentary.
+        parts: the study's parts by name (a study without parts: itself under its name).
+        records: each part's stored records.
+        sections: text of ``{{results}}`` and ``{{provenance}}``; a section the text does not
+            place is appended at the end.
+
+    Raises:
+        StudyError: a placeholder that is malformed, matches no run, or is ambiguous.
+    """
+    sections = dict(sections or {})
+    used: set[str] = set()
+
+    def substitute(match: re.Match[str]) -> str:
+        inner = match.group(1).strip()
+        if inner in sections:
+            used.add(inner)
+            return sections[inner]
+        return _evaluate_placeholder(inner, parts, records)
+
+    filled = _PLACEHOLDER.sub(substitute, text)
+    rest = [sections[name] for name in sections if name not in used]
+    return "\n\n".join([filled.rstrip(), *rest]).strip() + "\n"
+
+
+# -- generated tables ---------------------------------------------------------------------------
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(point: metrics.SensitivityPoint) -> str:
+    """``mean ± std`` over the seeds that finished, ``(k/n div)`` when k of n seeds diverged."""
+    if point.seeds == point.diverged:
+        return f"diverged ({point.seeds}/{point.seeds})"
+    text = _format(point.mean, ".3g")
+    if point.seeds - point.diverged > 1:
+        text += f" ± {_format(point.std, '.2g')}"
+    if point.diverged:
+        text += f" ({point.diverged}/{point.seeds} div)"
+    return text
+
+
+def _lr_text(lr: float | None) -> str:
+    return "default" if lr is None else format(lr, "g")
+
+
+def part_tables(part: Study, records: Sequence[RunRecord]) -> str:
+    """The generated Markdown tables of one part.
+
+    A part with one initial LR per method gets one table (problems x methods, final metric).
+    A part with an LR grid gets, across problems, the best-tuned result (best initial LR) and
+    the robustness width per method, then per problem the full method x LR table.
+    """
+    by_problem: dict[str, list[RunRecord]] = defaultdict(list)
+    for record in records:
+        by_problem[record.config.problem].append(record)
+    choose = _metric_choice(part)
+    choices = {p: choose(p, rs) for p, rs in by_problem.items()}
+    problems = [e.name for e in part.problems if e.name in by_problem] + sorted(
+        set(by_problem) - {e.name for e in part.problems}
+    )
+    labels = [
+        label
+        for label in dict.fromkeys(
+            [str(c.tags.get("label") or c.method) for c in part.configs()]
+            + [_label(r) for r in records]
+        )
+        if any(_label(r) == label for r in records)
+    ]
+    points = {
+        (p.problem, p.method, p.lr): p
+        for problem in problems
+        for p in metrics.sensitivity(by_problem[problem], choices[problem].metric)
+    }
+    lrs_of = defaultdict(set)
+    for _problem, label, lr in points:
+        lrs_of[label].add(lr)
+    seeds = max((p.seeds for p in points.values()), default=0)
+    blocks: list[str] = []
+    note = (
+        f"Cells: mean ± standard deviation over {seeds} seed(s) of the final metric "
+        "(seeds that finished); `(k/n div)`: k of n seeds diverged."
+        if seeds > 1
+        else "Cells: the final metric of the single run; `diverged`: the run diverged."
+    )
+    if all(len(v) == 1 for v in lrs_of.values()):
+        header = [
+            "problem",
+            "metric",
+            *[f"{m} (lr {_lr_text(min(lrs_of[m], key=_key))})" for m in labels],
+        ]
+        rows = []
+        for problem in problems:
+            choice = choices[problem]
+            row = [problem, f"{choice.metric} ({choice.goal.value})"]
+            for label in labels:
+                found = [p for (pr, m, _), p in points.items() if pr == problem and m == label]
+                row.append(_cell(found[0]) if found else "-")
+            rows.append(row)
+        blocks += [note, "", _md_table(header, rows)]
+        return "\n".join(blocks)
+
+    tolerance = float(part.report.get("tolerance", DEFAULT_TOLERANCE))
+    best_rows, width_rows = [], []
+    for label in labels:
+        best_row, width_row = [label], [label]
+        for problem in problems:
+            choice = choices[problem]
+            best = metrics.best_tuned(by_problem[problem], choice.metric, choice.goal)
+            widths = metrics.robustness_width(
+                by_problem[problem], choice.metric, choice.goal, tolerance=tolerance
+            )
+            if (problem, label) in best:
+                lr, value = best[(problem, label)]
+                best_row.append(f"{_format(value, '.3g')} (lr {_lr_text(lr)})")
+            else:
+                best_row.append("-" if (problem, label) not in widths else "all diverged")
+            width_row.append(
+                _format(widths[(problem, label)], "g") if (problem, label) in widths else "-"
+            )
+        best_rows.append(best_row)
+        width_rows.append(width_row)
+    metric_names = sorted({f"{c.metric} ({c.goal.value})" for c in choices.values()})
+    blocks += [
+        f"**Best-tuned result** per method and problem: the best mean final metric over the "
+        f"initial LRs at which no seed diverged, and that LR. Metric: {', '.join(metric_names)}.",
+        "",
+        _md_table(["method", *problems], best_rows),
+        "",
+        f"**Robustness width** (decades of initial LR whose mean final metric is within "
+        f"{tolerance:.0%} of the best run of any method on the problem, no seed diverged).",
+        "",
+        _md_table(["method", *problems], width_rows),
+        "",
+        note,
+    ]
+    for problem in problems:
+        choice = choices[problem]
+        lrs = sorted({lr for (pr, _, lr) in points if pr == problem}, key=_key)
+        rows = []
+        for label in labels:
+            cells = [points.get((problem, label, lr)) for lr in lrs]
+            if all(c is None for c in cells):
+                continue
+            rows.append([label, *[_cell(c) if c is not None else "-" for c in cells]])
+        blocks += [
+            "",
+            f"*{problem}*: final `{choice.metric}` ({choice.goal.value}) by initial LR.",
+            "",
+            _md_table(["method", *[f"lr {_lr_text(lr)}" for lr in lrs]], rows),
+        ]
+    return "\n".join(blocks)
+
+
+def _key(lr: float | None) -> tuple[bool, float]:
+    return (lr is not None, lr or 0.0)
+
+
+# -- machine, versions, timing ------------------------------------------------------------------
+
+
+def machine_description() -> str:
+    """CPU model, cores available to this process, OS and Python."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        available = os.cpu_count() or 0
+    return (
+        f"{model}; {available} CPU core(s) available (of {os.cpu_count()}); "
+        f"{platform.system()} {platform.release()}; Python {platform.python_version()}"
+    )
+
+
+def library_versions(records: Sequence[RunRecord]) -> list[str]:
+    """The versions in the records (lrlab, torch, python) and of the report's libraries."""
+    found = sorted(
+        {f"{k} {v}" for r in records for k, v in (r.versions or {}).items()},
+    )
+    for package in ("numpy", "scikit-learn", "matplotlib"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found.append(f"{package} {metadata.version(package)}")
+    return found
+
+
+def _timing_path(store_path: Path) -> Path:
+    return store_path.with_name(store_path.name + ".timing.json")
+
+
+def _read_timing(store_path: Path) -> list[dict[str, Any]]:
+    path = _timing_path(store_path)
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text()).get("sweeps", []))
+    except (ValueError, AttributeError):
+        return []
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyOutcome:
+    """What :func:`run_study` did and wrote."""
+
+    doc: Path
+    figures: list[Path]
+    report_dirs: list[Path]
+    store: Path
+    runs: int
+    """Runs of the study found in the store."""
+    missing: int
+    """Runs of the study not in the store (0 after a complete sweep)."""
+    ran: int
+    """Runs executed by this invocation."""
+    sweep_wall_time_s: float
+    """Wall time of the sweeps that ran the stored runs, summed over invocations."""
+    report_wall_time_s: float
+    lost: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _figure_kind(name: str) -> str:
+    for kind in ("lr-trajectories", "performance-profile", "sensitivity", "curves", "refinement"):
+        if name.endswith(kind):
+            return kind
+    return name
+
+
+def _captions(markdown: str) -> dict[str, str]:
+    """figure file name -> caption, from a report.md."""
+    found = re.findall(r"!\[[^\]]*\]\(figures/([^)]+)\)\n\n\*(.*?)\*\n", markdown, re.S)
+    return dict(found)
+
+
+def render_doc(
+    source: StudySource,
+    records: Mapping[str, Sequence[RunRecord]],
+    *,
+    figures: Mapping[str, Sequence[tuple[str, str]]],
+    provenance: Sequence[str],
+    command: str | None = None,
+) -> str:
+    """The Markdown of ``docs/studies/NAME.md``.
+
+    Args:
+        source: the study and its commentary.
+        records: each part's records.
+        figures: per part, ``(relative path, caption)`` of the figures to show.
+        provenance: lines of the "how this was produced" section.
+        command: the command that wrote the page (default ``lrlab study NAME``).
+    """
+    study = source.study
+    parts = {part.name: part for part in _parts(study)}
+    results: list[str] = ["## Results", ""]
+    for name, part in parts.items():
+        if study.parts:
+            title = part.title or part.description or name
+            results += [f"### Part {name}: {title}", ""]
+            if part.title and part.description:
+                results += [part.description, ""]
+        if not records[name]:
+            results += ["No runs of this part are stored yet.", ""]
+            continue
+        results += [part_tables(part, records[name]), ""]
+        for path, caption in figures.get(name, ()):
+            results += [f"![{Path(path).stem}]({path})", "", f"*{caption}*", ""]
+    sections = {
+        "results": "\n".join(results).rstrip(),
+        "provenance": "\n".join(["## How this was produced", "", *provenance]).rstrip(),
+    }
+    header = [
+        f"# Study `{study.name}`: {study.title or study.description}",
+        "",
+        f"<!-- Generated by `{command or 'lrlab study ' + study.name}` from the store; do not "
+        f"edit. Edit {source.toml_path} and {source.commentary_path or 'its commentary .md'} "
+        "instead. -->",
+        "",
+        "",
+    ]
+    body = fill_placeholders(source.commentary or "", parts, records, sections)
+    return "\n".join(header) + body
+
+
+def run_study(
+    name: str,
+    *,
+    store: str | Path | None = None,
+    docs: str | Path = "docs/studies",
+    report_dir: str | Path | None = None,
+    workers: int | None = None,
+    run: bool = True,
+    show_progress: bool = True,
+    progress: TextIO | None = None,
+    command: str | None = None,
+) -> StudyOutcome:
+    """Run the study ``name`` (preset or ``FILE.toml``) into the store, build its report and
+    write its docs page (see the module docstring).
+
+    Args:
+        name: a preset name or a study file.
+        store: the SQLite store (default ``results/<study name>.sqlite``).
+        docs: directory of the docs page (``<docs>/<name>.md``, figures in ``<docs>/<name>/``).
+        report_dir: where the full reports go (default ``results/<name>-report``).
+        workers: sweep worker processes (default: the CPU count).
+        run: False to only rebuild the report and the docs from what is stored.
+        show_progress: print the sweep's progress bar.
+        progress: stream of the progress bar (default stderr).
+        command: the command line to quote in the docs (default: rebuilt from the arguments).
+    """
+    from lrlab.bench.report import build_report
+    from lrlab.bench.store import Store
+    from lrlab.bench.sweep import run_sweep
+
+    source = load_study_source(name)
+    study = source.study
+    problems = check_commentary(source)
+    if problems:  # fail before hours of running, not after
+        raise StudyError(
+            f"commentary {source.commentary_path}: "
+            + "; ".join(problems[:5])
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        )
+    store_path = Path(store) if store is not None else Path("results") / f"{study.name}.sqlite"
+    report_root = (
+        Path(report_dir) if report_dir is not None else Path("results") / f"{study.name}-report"
+    )
+    docs_dir = Path(docs)
+    if command is None:
+        command = f"lrlab study {name}" + (f" --workers {workers}" if workers else "")
+    configs = study.configs()
+    new_store = not store_path.exists()
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    ran = lost = 0
+    errors: list[str] = []
+    with Store(store_path) as db:
+        if run:
+            timing = [] if new_store else _read_timing(store_path)
+            started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            load = os.getloadavg() if hasattr(os, "getloadavg") else ()
+            summary = run_sweep(
+                configs, db, workers=workers, show_progress=show_progress, progress=progress
+            )
+            ran = sum(summary.counts.values())
+            lost = len(summary.lost)
+            errors = summary.errors
+            if ran or new_store:
+                timing.append(
+                    {
+                        "started": started,
+                        "wall_time_s": summary.wall_time_s,
+                        "runs": ran,
+                        "workers": workers or os.cpu_count(),
+                        "load_average_at_start": list(load),
+                        "command": command,
+                        "machine": machine_description(),
+                    }
+                )
+                _timing_path(store_path).write_text(json.dumps({"sweeps": timing}, indent=1))
+        report_start = time.perf_counter()
+        parts = {part.name: part for part in _parts(study)}
+        records: dict[str, list[RunRecord]] = {}
+        missing = 0
+        for part_name, part in parts.items():
+            records[part_name], part_missing = _part_records(part, db)
+            missing += part_missing
+
+    figure_dir = docs_dir / study.name
+    if figure_dir.is_dir():
+        for old in figure_dir.glob("*.png"):
+            old.unlink()
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    copied: list[Path] = []
+    shown: dict[str, list[tuple[str, str]]] = {}
+    report_dirs: list[Path] = []
+    for part_name, part in parts.items():
+        if not records[part_name]:
+            continue
+        out = report_root / part_name if study.parts else report_root
+        files = build_report(
+            records[part_name],
+            out,
+            title=f"{study.name}: {part.title or part.description or part_name}",
+            metric_choice=_metric_choice(part),
+            targets=part.report.get("targets") or None,
+            tolerance=float(part.report.get("tolerance", DEFAULT_TOLERANCE)),
+        )
+        report_dirs.append(out)
+        captions = _captions(files.markdown.read_text())
+        wanted = part.report.get("figures", ["sensitivity", "lr-trajectories", "curves"])
+        shown[part_name] = []
+        for path in files.figures:
+            if _figure_kind(path.stem) not in wanted:
+                continue
+            target = figure_dir / (f"{part_name}-{path.name}" if study.parts else path.name)
+            shutil.copyfile(path, target)
+            copied.append(target)
+            shown[part_name].append(
+                (f"{study.name}/{target.name}", captions.get(path.name, path.stem))
+            )
+
+    all_records = [r for rs in records.values() for r in rs]
+    report_time = time.perf_counter() - report_start
+    timing = _read_timing(store_path)
+    sweep_time = sum(float(t.get("wall_time_s", 0.0)) for t in timing)
+    statuses: dict[str, int] = defaultdict(int)
+    for record in all_records:
+        statuses[record.status.value] += 1
+    run_time = sum(r.wall_time_s for r in all_records)
+    # the command that ran the runs (the sweeps' record), and this one if it only rebuilt the page
+    sweep_commands = list(dict.fromkeys(str(t.get("command", command)) for t in timing))
+    shown_command = " then ".join(f"`{c}`" for c in sweep_commands) or f"`{command}`"
+    provenance = [
+        f"Command: {shown_command} (from the repository root; the store is "
+        f"`{store_path}`, the full HTML reports are in `{report_root}`)"
+        + (
+            f"; this page was regenerated from the store with `{command}`."
+            if sweep_commands and command not in sweep_commands
+            else "."
+        ),
+        "",
+        f"Runs: {len(all_records)} stored ("
+        + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+        + ")"
+        + (f"; {missing} runs of the study are NOT stored yet" if missing else "")
+        + ".",
+        "",
+    ]
+    if timing:
+        machines = sorted({str(t.get("machine", "?")) for t in timing})
+        loads = [t.get("load_average_at_start") for t in timing if t.get("load_average_at_start")]
+        invocations = len(timing)
+        provenance += [
+            f"Measured wall time of the sweep: {sweep_time:.0f} s ({sweep_time / 60:.1f} min) "
+            + (
+                f"in one invocation with {timing[0].get('workers')} worker process(es)"
+                if invocations == 1
+                else f"summed over {invocations} invocations (the study was resumed)"
+            )
+            + f"; the runs themselves took {run_time:.0f} s of worker time in total. Building "
+            f"the reports and this page took {report_time:.0f} s.",
+            "",
+            "Machine: " + "; ".join(machines) + ".",
+            "",
+        ]
+        if loads:
+            provenance += [
+                "Load average (1, 5, 15 min) when the sweep started: "
+                + "; ".join(", ".join(f"{v:.2f}" for v in load) for load in loads)
+                + " (a load above the core count means the timing is inflated by other work).",
+                "",
+            ]
+    else:
+        provenance += [
+            "Wall time: not recorded (the runs were stored by another command than "
+            f"`lrlab study`); the runs took {run_time:.0f} s of worker time in total.",
+            "",
+        ]
+    provenance += [
+        "Library versions: " + ", ".join(library_versions(all_records)) + ".",
+        "",
+        "Every number on this page is computed from the stored runs by `lrlab study`; the "
+        "exact config of every run (and its id) is in the HTML reports' provenance tables.",
+    ]
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    doc_path = docs_dir / f"{study.name}.md"
+    doc_path.write_text(
+        render_doc(source, records, figures=shown, provenance=provenance, command=command)
+    )
+    return StudyOutcome(
+        doc=doc_path,
+        figures=copied,
+        report_dirs=report_dirs,
+        store=store_path,
+        runs=len(all_records),
+        missing=missing,
+        ran=ran,
+        sweep_wall_time_s=sweep_time,
+        report_wall_time_s=report_time,
+        lost=lost,
+        errors=errors,
+    )
