@@ -159,3 +159,14 @@ def test_html_in_a_real_browser(report) -> None:
     assert len(sizes) == len(files.figures)
     assert all(complete and width > 100 for complete, width in sizes), sizes
     assert errors == []
+
+
+def test_every_method_gets_its_own_look_beyond_ten_methods() -> None:
+    from lrlab.bench.report import _styles
+
+    methods = [f"method-{index:02d}" for index in range(23)]
+    styles = _styles(methods)
+    looks = {(s["color"], s["linestyle"]) for s in styles.values()}
+    assert len(looks) == len(methods)
+    # the same method keeps its look whatever order the methods come in
+    assert _styles(list(reversed(methods))) == styles

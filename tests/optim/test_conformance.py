@@ -12,7 +12,10 @@ from __future__ import annotations
 import copy
 import io
 import math
+import os
 import pickle
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -142,20 +145,127 @@ def test_closure_and_loss_together_is_an_error(spec: lo.MethodSpec) -> None:
         )
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if lo.spec(n).supports_foreach])
-def test_foreach_matches_forloop_in_float64(name: str) -> None:
+def _assert_paths_agree(name: str, reference: dict, candidate: dict) -> None:
+    """Both configurations of ``name`` follow the same float64 trajectory (rtol 1e-12)."""
     spec = lo.spec(name)
     for kwargs in _samples(spec):
-        params_loop, params_multi = make_params(), make_params()
-        opt_loop = lo.create(spec.name, params_loop, **{**kwargs, "foreach": False})
-        opt_multi = lo.create(spec.name, params_multi, **{**kwargs, "foreach": True})
+        params_loop, params_other = make_params(), make_params()
+        opt_loop = lo.create(spec.name, params_loop, **{**kwargs, **reference})
+        opt_other = lo.create(spec.name, params_other, **{**kwargs, **candidate})
         run(opt_loop, params_loop, spec, range(12))
-        run(opt_multi, params_multi, spec, range(12))
-        for a, b in zip(params_loop, params_multi, strict=True):
+        run(opt_other, params_other, spec, range(12))
+        for a, b in zip(params_loop, params_other, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=str(kwargs))
-        stats_loop, stats_multi = opt_loop.statistics(), opt_multi.statistics()
+        stats_loop, stats_other = opt_loop.statistics(), opt_other.statistics()
         for key, value in stats_loop.items():
-            assert stats_multi[key] == pytest.approx(value, rel=1e-10, abs=1e-14), (key, kwargs)
+            assert stats_other[key] == pytest.approx(value, rel=1e-10, abs=1e-14), (key, kwargs)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if lo.spec(n).supports_foreach])
+def test_foreach_matches_forloop_in_float64(name: str) -> None:
+    _assert_paths_agree(name, {"foreach": False}, {"foreach": True})
+
+
+FUSED = [n for n in NAMES if lo.spec(n).supports_fused]
+
+
+def _cpp_compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_matches_forloop_in_float64(name: str) -> None:
+    from lrlab.optim._fused import fused_status
+
+    _assert_paths_agree(name, {"foreach": False}, {"fused": True})
+    # the check above is only worth something if the kernels really ran compiled, which they
+    # must wherever inductor finds a C++ compiler (a machine without one falls back: tested below)
+    ran = {kernel: how for kernel, how in fused_status().items() if how != "not used yet"}
+    assert ran, "no fused kernel ran"
+    expected = "compiled" if _cpp_compiler() else "eager"
+    assert all(how.startswith(expected) for how in ran.values()), ran
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_falls_back_to_eager_without_a_compiler(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lrlab.optim import _fused
+
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+
+    fresh = {}
+    for compiled in _fused._KERNELS:  # a kernel that already compiled would not notice
+        fresh[compiled] = (compiled._compiled, compiled.fallback_reason)
+        compiled._compiled, compiled.fallback_reason = None, None
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    try:
+        with pytest.warns(RuntimeWarning, match="using the eager path"):
+            _assert_paths_agree(name, {"foreach": False}, {"fused": True})
+        assert any("no C++ compiler" in how for how in _fused.fused_status().values())
+    finally:
+        for compiled, (function, reason) in fresh.items():
+            compiled._compiled, compiled.fallback_reason = function, reason
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_low_precision_follows_the_reference_path(name: str) -> None:
+    spec = lo.spec(name)
+    kwargs = dict(spec.sample_kwargs[0])
+    params_loop = make_params(torch.bfloat16)
+    params_fused = make_params(torch.bfloat16)
+    opt_loop = lo.create(name, params_loop, **{**kwargs, "foreach": False})
+    opt_fused = lo.create(name, params_fused, **{**kwargs, "fused": True})
+    run(opt_loop, params_loop, spec, range(6))
+    run(opt_fused, params_fused, spec, range(6))
+    for a, b in zip(params_loop, params_fused, strict=True):
+        assert a.dtype == b.dtype == torch.bfloat16
+        # a few bf16 roundings apart (statistics accumulate in float32 on both paths)
+        torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_loads_a_checkpoint_written_without_the_flag(name: str) -> None:
+    spec = lo.spec(name)
+    params = make_params()
+    optimizer = lo.create(name, params, **dict(spec.sample_kwargs[0]))
+    run(optimizer, params, spec, range(2))
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group.pop("fused", None)  # as saved by lrlab before the fused path existed
+    restored = lo.create(name, params, **dict(spec.sample_kwargs[0]))
+    restored.load_state_dict(state)
+    run(restored, params, spec, range(2, 4))
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_kernels_stay_compiled_on_mixed_ranks_and_dtypes(name: str) -> None:
+    # a kernel must not compile one graph per parameter shape: dynamo's recompile limit (8)
+    # would silently send every later call to eager; here hitting it raises instead
+    import torch._dynamo
+
+    spec = lo.spec(name)
+    shapes = [(8,), (3, 5), (2, 3, 4), (2, 2, 2, 3), (1,), (7, 8)]
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            params = make_params(dtype, shapes=shapes)
+            optimizer = lo.create(name, params, **{**dict(spec.sample_kwargs[0]), "fused": True})
+            with warnings.catch_warnings():
+                warnings.filterwarnings("error", message="lrlab")
+                run(optimizer, params, spec, range(3))
+            assert all(torch.isfinite(p).all() for p in params)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_argument_is_validated(name: str) -> None:
+    with pytest.raises(ValueError, match="fused must be True, False or None"):
+        lo.create(name, make_params(), fused="yes")
+    with pytest.raises(ValueError, match="cannot be set together"):
+        lo.create(name, make_params(), fused=True, foreach=True)
 
 
 # -- checkpoints ----------------------------------------------------------------------------

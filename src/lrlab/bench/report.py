@@ -38,6 +38,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lrlab.bench import metrics
 from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json
@@ -85,6 +86,33 @@ def _label(record: RunRecord) -> str:
     return str(tags.get("label") or record.config.method)
 
 
+_LINESTYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D")
+
+
+def _styles(methods: Sequence[str]) -> dict[str, dict[str, str]]:
+    """One look per method, the same in every figure of a report: ten colours, then the same
+    colours with another line style and marker (the default cycle repeats after ten lines, so
+    two of eleven methods would be indistinguishable)."""
+    palette = [f"C{i}" for i in range(10)]
+    return {
+        method: {
+            "color": palette[index % 10],
+            "linestyle": _LINESTYLES[(index // 10) % len(_LINESTYLES)],
+            "marker": _MARKERS[(index // 10) % len(_MARKERS)],
+        }
+        for index, method in enumerate(sorted(methods))
+    }
+
+
+def _legend(axis: Any, entries: int) -> None:
+    """Inside the axes for a few entries; beside it when many would hide the data."""
+    if entries <= 5:
+        axis.legend(fontsize=8)
+    else:
+        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -118,16 +146,21 @@ def _log_friendly(values: Sequence[float]) -> bool:
 
 
 def _sensitivity_figure(
-    problem: str, records: Sequence[RunRecord], choice: MetricChoice
+    problem: str,
+    records: Sequence[RunRecord],
+    choice: MetricChoice,
+    styles: Mapping[str, Mapping[str, str]],
 ) -> _Figure | None:
     plt = _pyplot()
 
-    points = [
-        p for p in metrics.sensitivity(records, choice.metric) if p.lr is not None and p.lr > 0
-    ]
+    all_points = metrics.sensitivity(records, choice.metric)
+    points = [p for p in all_points if p.lr is not None and p.lr > 0]
+    # methods run without an initial LR (learning-rate-free at their defaults): one value each,
+    # drawn across the whole LR axis so the tuned methods' curves can be read against it
+    untuned = [p for p in all_points if p.lr is None]
     if not points:
         return None
-    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    figure, axis = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
     by_method: dict[str, list[metrics.SensitivityPoint]] = defaultdict(list)
     for point in points:
         by_method[point.method].append(point)
@@ -138,7 +171,7 @@ def _sensitivity_figure(
         method_points.sort(key=lambda p: p.lr)  # type: ignore[arg-type, return-value]
         lrs = [p.lr for p in method_points]
         means = [p.mean for p in method_points]
-        line = axis.plot(lrs, means, marker="o", label=method)[0]
+        line = axis.plot(lrs, means, label=method, **styles.get(method, {"marker": "o"}))[0]
         axis.fill_between(
             lrs,
             [p.minimum for p in method_points],
@@ -149,6 +182,14 @@ def _sensitivity_figure(
         diverged = [p.lr for p in method_points if p.diverged]
         if diverged:
             axis.scatter(diverged, [top] * len(diverged), marker="x", s=60, color=line.get_color())
+    for point in untuned:
+        style = dict(styles.get(point.method, {}))
+        style.pop("marker", None)
+        style["linestyle"] = ":"
+        axis.axhline(point.mean, label=f"{point.method} (no LR to tune)", lw=1.4, **style)
+        if math.isfinite(point.minimum) and point.maximum > point.minimum:
+            axis.axhspan(point.minimum, point.maximum, alpha=0.07, color=style.get("color"))
+        all_values.append(point.mean)
     axis.set_xscale("log")
     if _log_friendly(all_values):
         axis.set_yscale("log")
@@ -158,14 +199,20 @@ def _sensitivity_figure(
     )
     axis.set_title(problem)
     axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8)
+    _legend(axis, len(by_method) + len(untuned))
     seeds = max(p.seeds for p in points)
     return _Figure(
         f"{problem}-sensitivity",
         f"{problem}: final {choice.metric} against the initial learning rate, mean over up to "
         f"{seeds} seeds (band: min to max over seeds). x marks an initial LR at which at least "
         "one seed diverged (plotted at the top of the axis; the mean is over the seeds that "
-        "finished).",
+        "finished)."
+        + (
+            " Dotted horizontal lines: methods run without an initial LR (their defaults), "
+            "mean and min-max band over seeds."
+            if untuned
+            else ""
+        ),
         _png(figure),
     )
 
@@ -187,10 +234,18 @@ def _trajectory_figure(problem: str, records: Sequence[RunRecord]) -> _Figure | 
     columns = min(3, len(methods))
     rows = math.ceil(len(methods) / columns)
     figure, axes = plt.subplots(
-        rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False, sharey=True
+        rows,
+        columns,
+        figsize=(4.2 * columns, 3.0 * rows),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",  # keeps a row's titles clear of the x labels of the row above
     )
     colormap = plt.get_cmap("viridis")
-    lrs = sorted({lr for _, lr in runs if lr is not None})
+    # None (a method run at its defaults, without an initial LR) comes first, drawn in black
+    lrs: list[float | None] = sorted({lr for _, lr in runs if lr is not None})
+    if any(lr is None for _, lr in runs):
+        lrs.insert(0, None)
     for index, method in enumerate(methods):
         axis = axes[index // columns][index % columns]
         for lr_index, lr in enumerate(lrs):
@@ -199,8 +254,11 @@ def _trajectory_figure(problem: str, records: Sequence[RunRecord]) -> _Figure | 
                 continue
             steps = [row["step"] for row in record.steps if row.get("effective_lr", 0) > 0]
             values = [row["effective_lr"] for row in record.steps if row.get("effective_lr", 0) > 0]
+            if lr is None:
+                axis.plot(steps, values, color="black", label="default")
+                continue
             color = colormap(lr_index / max(1, len(lrs) - 1))
-            axis.plot(steps, values, color=color, label=f"{lr:g}")
+            axis.plot(steps, values, color=color, label=f"{lr:.3g}")
         axis.set_yscale("log")
         axis.set_title(method, fontsize=9)
         axis.set_xlabel("step")
@@ -208,7 +266,18 @@ def _trajectory_figure(problem: str, records: Sequence[RunRecord]) -> _Figure | 
     for index in range(len(methods), rows * columns):
         axes[index // columns][index % columns].axis("off")
     axes[0][0].set_ylabel("effective learning rate")
-    axes[0][0].legend(title="initial LR", fontsize=7, title_fontsize=7)
+    handles: dict[str, object] = {}
+    for axis in axes.flat:  # one legend for all panels: no panel has every initial LR
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    figure.legend(
+        list(handles.values()),
+        list(handles),
+        title="initial LR",
+        fontsize=7,
+        title_fontsize=7,
+        loc="outside right upper",
+    )
     return _Figure(
         f"{problem}-lr-trajectories",
         f"{problem}: the step size each method actually applied (effective_lr) over the steps, "
@@ -219,7 +288,10 @@ def _trajectory_figure(problem: str, records: Sequence[RunRecord]) -> _Figure | 
 
 
 def _curves_figure(
-    problem: str, records: Sequence[RunRecord], choice: MetricChoice
+    problem: str,
+    records: Sequence[RunRecord],
+    choice: MetricChoice,
+    styles: Mapping[str, Mapping[str, str]],
 ) -> _Figure | None:
     plt = _pyplot()
 
@@ -234,18 +306,21 @@ def _curves_figure(
         if any("distance_to_optimum" in r.steps[0] for r in chosen.values())
         else []
     )
-    figure, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False, layout="constrained"
+    )
     for axis, key in zip(axes[0], keys, strict=True):
         for method, record in sorted(chosen.items()):
             steps = [row["step"] for row in record.steps if key in row]
             values = [row[key] for row in record.steps if key in row]
-            axis.plot(steps, values, label=f"{method} (lr {_fmt(record.config.lr, 2)})")
+            style = {k: v for k, v in styles.get(method, {}).items() if k != "marker"}
+            axis.plot(steps, values, label=f"{method} (lr {_fmt(record.config.lr, 2)})", **style)
         if _log_friendly([row[key] for r in chosen.values() for row in r.steps if key in row]):
             axis.set_yscale("log")
         axis.set_xlabel("step")
         axis.set_ylabel(key.replace("_", " "))
         axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    _legend(axes[0][-1], len(chosen))
     return _Figure(
         f"{problem}-curves",
         f"{problem}: training loss"
@@ -339,18 +414,23 @@ def _refinement_figure(
     )
 
 
-def _profile_figure(profile: Mapping[str, list[float]], taus: Sequence[float]) -> _Figure:
+def _profile_figure(
+    profile: Mapping[str, list[float]],
+    taus: Sequence[float],
+    styles: Mapping[str, Mapping[str, str]],
+) -> _Figure:
     plt = _pyplot()
 
-    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    figure, axis = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
     for method, values in sorted(profile.items()):
-        axis.step(taus, values, where="post", label=method)
+        style = {k: v for k, v in styles.get(method, {}).items() if k != "marker"}
+        axis.step(taus, values, where="post", label=method, **style)
     axis.set_xscale("log")
     axis.set_ylim(-0.02, 1.02)
     axis.set_xlabel("tau (time relative to the fastest method on each problem)")
     axis.set_ylabel("fraction of problems")
     axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8)
+    _legend(axis, len(profile))
     return _Figure(
         "performance-profile",
         "Performance profile over time to target (Dolan-Moré): for each method, the fraction of "
@@ -466,6 +546,7 @@ def build_report(
             "</figcaption></figure>"
         )
 
+    styles = _styles(sorted({_label(r) for r in records}))
     for problem, problem_records in sorted(by_problem.items()):
         choice = choices[problem]
         md += [
@@ -478,9 +559,9 @@ def build_report(
             f"<h2>{html.escape(problem)}</h2><p>Headline metric: "
             f"<code>{html.escape(choice.metric)}</code> ({choice.goal.value}).</p>"
         )
-        emit(_sensitivity_figure(problem, problem_records, choice))
+        emit(_sensitivity_figure(problem, problem_records, choice, styles))
         emit(_trajectory_figure(problem, problem_records))
-        emit(_curves_figure(problem, problem_records, choice))
+        emit(_curves_figure(problem, problem_records, choice, styles))
         emit(_refinement_figure(problem, problem_records, choice))
 
     # robustness and best-tuned results
@@ -533,7 +614,7 @@ def build_report(
         )
         md += ["## Time to target", "", caption, "", table_md, ""]
         body += ["<h2>Time to target</h2>", f"<p>{html.escape(caption)}</p>", table_html]
-        emit(_profile_figure(metrics.performance_profile(times, taus), taus))
+        emit(_profile_figure(metrics.performance_profile(times, taus), taus, styles))
 
     # provenance
     versions = sorted({canonical_json(r.versions) for r in records})

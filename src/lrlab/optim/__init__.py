@@ -18,6 +18,7 @@ from lrlab.optim._base import (
     evaluate_without_backward,
     make_closure,
 )
+from lrlab.optim._fused import fused_status
 from lrlab.optim._registry import (
     InvalidKwargs,
     MethodSpec,
@@ -84,6 +85,7 @@ __all__ = [
     "WNGrad",
     "create",
     "evaluate_without_backward",
+    "fused_status",
     "layer_param_groups",
     "make_closure",
     "make_consistent_closure",

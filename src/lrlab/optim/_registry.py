@@ -67,6 +67,8 @@ class MethodSpec:
     """Keeps sums over all parameters; takes ``sharded=`` and reduces them across ranks."""
     supports_foreach: bool
     """The constructor takes ``foreach`` and both paths compute the same numbers."""
+    supports_fused: bool = False
+    """The constructor takes ``fused``: compiled elementwise kernels (``lrlab.optim._fused``)."""
     confidence: Confidence = "high"
     """How sure we are that the update is the paper's (low: reconstructed from partial sources)."""
     oracle: str | None = None
@@ -99,6 +101,7 @@ def register(
     paper: str,
     summary: str,
     supports_foreach: bool = False,
+    supports_fused: bool = False,
     confidence: Confidence = "high",
     oracle: str | None = None,
     lr_argument: str | None = "lr",
@@ -126,6 +129,7 @@ def register(
             has_eval_mode=bool(getattr(cls, "has_eval_mode", False)),
             has_global_statistics=bool(getattr(cls, "has_global_statistics", False)),
             supports_foreach=supports_foreach,
+            supports_fused=supports_fused,
             confidence=confidence,
             oracle=oracle,
             lr_argument=lr_argument,

@@ -21,6 +21,7 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -92,11 +93,14 @@ def _monte_carlo_adam_reference(
 class _CumulativePathAdaptation(AdaptiveOptimizer):
     """Shared machinery of the CLARA variants: the path, the reference and the LR factor.
 
-    Subclasses compute the (unnormalised) step direction of every tensor.
+    Subclasses compute the (unnormalised) step direction of every tensor, and for the
+    ``fused=True`` path name the state tensors of their kernel and its scalars.
     """
 
     global_defaults: ClassVar[dict[str, float]] = {"lr_factor": 1.0, "path_ratio": 0.0}
     has_global_statistics: ClassVar[bool] = True
+    #: the state tensors the fused kernel takes after (grad, param), in its argument order
+    _fused_state_keys: ClassVar[tuple[str, ...]] = ("path",)
 
     def _directions(
         self,
@@ -109,6 +113,14 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
         raise NotImplementedError
 
     def _stationary_reference(self, group: dict[str, Any], dimension: int) -> float:
+        raise NotImplementedError
+
+    def _fused_constants(self, group: dict[str, Any], eta: float, step: int) -> tuple[float, ...]:
+        """The scalars tensor of the fused kernel for one group, learning rate and step."""
+        raise NotImplementedError
+
+    def _fused_kernel(self, flat_tensors: list[Tensor], c: Tensor) -> Tensor:
+        """Run the whole step of one tensor (flat views); return its new ``||path||^2``."""
         raise NotImplementedError
 
     def _update(self, context: StepContext) -> None:
@@ -130,6 +142,31 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
                     self._init_state(p, state)
                 state["step"] += 1
             steps = [int(state["step"]) for state in states]
+            updated.extend((group, p.numel(), step) for p, step in zip(params, steps, strict=True))
+            # .get: checkpoints written before the fused path existed have no "fused" key
+            if group.get("fused", False):
+                # the per-tensor norm of the direction is internal to a tensor, so one compiled
+                # call does the whole step; only ||path||^2 leaves it, for the next step's LR
+                rest: list[int] = []
+                constants: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
+                for index, (p, grad, state, step) in enumerate(
+                    zip(params, grads, states, steps, strict=True)
+                ):
+                    tensors = [grad, p, *(state[key] for key in self._fused_state_keys)]
+                    if not flat_eligible(*tensors):
+                        rest.append(index)
+                        continue
+                    key = (p.device, p.dtype, step)
+                    if key not in constants:
+                        constants[key] = scalars(self._fused_constants(group, eta, step), p)
+                    flat_tensors = [flat(t) for t in tensors]
+                    path_sq_parts.append(self._fused_kernel(flat_tensors, constants[key]))
+                if not rest:
+                    continue
+                params = [params[i] for i in rest]
+                grads = [grads[i] for i in rest]
+                states = [states[i] for i in rest]
+                steps = [steps[i] for i in rest]
             paths = [state["path"] for state in states]
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             directions = self._directions(group, params, grads, steps, foreach)
@@ -143,7 +180,6 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
                     p.add_(move, alpha=-eta)
                     path.lerp_(unit, c)
             path_sq_parts.append(_foreach.sum_of_squares(paths, foreach=foreach))
-            updated.extend((group, p.numel(), step) for p, step in zip(params, steps, strict=True))
 
         # every rank reaches the reduction, even one without gradients this step
         device = context.params[0].device
@@ -272,6 +308,7 @@ _COMMON_INVALID = (
     paper="Atamna et al., Cumulative Learning Rate Adaptation, arXiv:2508.05408 (2025)",
     summary="SGD whose LR follows the length of a path of normalised gradients (CLARA)",
     supports_foreach=True,
+    supports_fused=True,
     sample_kwargs=(
         {"lr": 0.05},
         {"lr": 0.05, "unit_step": True, "d": 0.05},
@@ -314,6 +351,11 @@ class ClaraSGD(_CumulativePathAdaptation):
             ``t`` steps from a zero path (the 2017 scheme's correction), instead of :math:`\mu`.
         weight_decay: coupled L2 coefficient added to the gradient (not in place), in [0, inf).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        fused: True runs the whole step of a tensor (direction, its norm, the parameter move,
+            the path and its squared norm) as one compiled kernel, one call per tensor; tensors
+            that cannot be viewed flat (non-contiguous, sparse) take the ``foreach`` path. See
+            :mod:`lrlab.optim._fused`. Opt-in: the first step pays the compilation (seconds,
+            once per process and dtype).
         sharded: each rank owns a disjoint part of the parameters, so the path norm and the
             reference are partial sums to be reduced over ranks (not needed for DDP or
             DTensor, which is detected).
@@ -349,10 +391,12 @@ class ClaraSGD(_CumulativePathAdaptation):
         transient_correction: bool = False,
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         _check_common(lr, c, d, mu, reference_sum, unit_step, transient_correction, weight_decay)
         check_bool("sharded", sharded)
+        fused = check_fused(fused, foreach)
         defaults = {
             "lr": lr,
             "c": c,
@@ -363,6 +407,7 @@ class ClaraSGD(_CumulativePathAdaptation):
             "transient_correction": transient_correction,
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "fused": fused,
             "sharded": sharded,
         }
         super().__init__(params, defaults)
@@ -385,6 +430,14 @@ class ClaraSGD(_CumulativePathAdaptation):
     def _stationary_reference(self, group: dict[str, Any], dimension: int) -> float:
         return sgd_noise_reference(group["c"])
 
+    def _fused_constants(self, group: dict[str, Any], eta: float, step: int) -> tuple[float, ...]:
+        # weight decay 0.0 rather than a branch: the compiled graph does not depend on settings
+        unit_step = 1.0 if group["unit_step"] else 0.0
+        return (group["weight_decay"], eta, group["c"], unit_step)
+
+    def _fused_kernel(self, flat_tensors: list[Tensor], c: Tensor) -> Tensor:
+        return _clara_sgd_step(*flat_tensors, c)
+
 
 @register(
     "clara-adam",
@@ -392,6 +445,7 @@ class ClaraSGD(_CumulativePathAdaptation):
     paper="Atamna et al., Cumulative Learning Rate Adaptation, arXiv:2508.05408 (2025)",
     summary="Adam whose LR follows the path of normalised Adam steps vs its noise reference",
     supports_foreach=True,
+    supports_fused=True,
     sample_kwargs=(
         {"lr": 0.05},
         {"lr": 0.05, "unit_step": True, "d": 0.05},
@@ -443,6 +497,11 @@ class ClaraAdam(_CumulativePathAdaptation):
             ``"total"``: :math:`M = K \mu_A(\sum_i D_i)`, the official code's lookup by total size.
         weight_decay: coupled L2 coefficient, added to the gradient (not in place).
         foreach: multi-tensor path.
+        fused: True runs the whole step of a tensor (moments, direction, its norm, the parameter
+            move, the path and its squared norm) as one compiled kernel, one call per tensor;
+            tensors that cannot be viewed flat take the ``foreach`` path. See
+            :mod:`lrlab.optim._fused`. Opt-in: the first step pays the compilation (seconds,
+            once per process and dtype).
         sharded: as :class:`ClaraSGD`.
 
     .. note::
@@ -469,10 +528,12 @@ class ClaraAdam(_CumulativePathAdaptation):
         transient_correction: bool = False,
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         _check_common(lr, c, d, mu, reference_sum, unit_step, transient_correction, weight_decay)
         check_bool("sharded", sharded)
+        fused = check_fused(fused, foreach)
         check_betas("betas", betas)
         check_positive("eps", eps)
         defaults = {
@@ -487,9 +548,12 @@ class ClaraAdam(_CumulativePathAdaptation):
             "transient_correction": transient_correction,
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "fused": fused,
             "sharded": sharded,
         }
         super().__init__(params, defaults)
+
+    _fused_state_keys: ClassVar[tuple[str, ...]] = ("exp_avg", "exp_avg_sq", "path")
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(p, state)
@@ -538,3 +602,65 @@ class ClaraAdam(_CumulativePathAdaptation):
 
     def _stationary_reference(self, group: dict[str, Any], dimension: int) -> float:
         return adam_noise_reference(dimension, group["c"], group["betas"], group["eps"])
+
+    def _fused_constants(self, group: dict[str, Any], eta: float, step: int) -> tuple[float, ...]:
+        beta1, beta2 = group["betas"]
+        unit_step = 1.0 if group["unit_step"] else 0.0
+        # 1 - beta and the bias corrections in Python double, as the reference path has them
+        return (
+            group["weight_decay"],
+            1 - beta1,
+            beta2,
+            1 - beta2,
+            1 - beta1**step,
+            1 - beta2**step,
+            group["eps"],
+            eta,
+            group["c"],
+            unit_step,
+        )
+
+    def _fused_kernel(self, flat_tensors: list[Tensor], c: Tensor) -> Tensor:
+        return _clara_adam_step(*flat_tensors, c)
+
+
+# -- the fused kernels (NOTE [fused kernels] in lrlab.optim._fused) ---------------------------
+
+
+def _clara_move_and_path(
+    p: Tensor, path: Tensor, s: Tensor, eta: Tensor, c: Tensor, unit_step: Tensor
+) -> Tensor:
+    """The common tail of both kernels (inlined into each): normalise ``s``, move ``p`` and the
+    path, return the new ``||path||^2``. ``s`` and the scalars are in the accumulation dtype."""
+    unit = s / s.square().sum().sqrt().clamp_min(_NORM_FLOOR)
+    # a select on a 0-d flag, not a Python branch: one graph serves both settings
+    move = torch.where(unit_step != 0, unit, s)
+    new_path = torch.lerp(path.to(s.dtype), unit, c)
+    p.copy_(p.to(s.dtype) - eta * move)
+    path.copy_(new_path)
+    return new_path.square().sum()
+
+
+@kernel
+def _clara_sgd_step(grad: Tensor, p: Tensor, path: Tensor, c: Tensor) -> Tensor:
+    """One ClaraSGD step of one tensor; ``c`` = (weight decay, eta, c, unit_step as 0/1).
+
+    Low-precision tensors are computed in ``c``'s float32, so the norms are float32 sums.
+    """
+    s = grad.to(c.dtype) + c[0] * p.to(c.dtype)
+    return _clara_move_and_path(p, path, s, c[1], c[2], c[3])
+
+
+@kernel
+def _clara_adam_step(
+    grad: Tensor, p: Tensor, m: Tensor, v: Tensor, path: Tensor, c: Tensor
+) -> Tensor:
+    """One ClaraAdam step of one tensor; ``c`` = (weight decay, 1 - beta1, beta2, 1 - beta2,
+    1 - beta1^t, 1 - beta2^t, eps, eta, c, unit_step as 0/1)."""
+    g = grad.to(c.dtype) + c[0] * p.to(c.dtype)
+    m_new = torch.lerp(m.to(c.dtype), g, c[1])
+    v_new = v.to(c.dtype) * c[2] + c[3] * g * g
+    m.copy_(m_new)
+    v.copy_(v_new)
+    s = (m_new / c[4]) / ((v_new / c[5]).sqrt() + c[6])
+    return _clara_move_and_path(p, path, s, c[7], c[8], c[9])

@@ -57,6 +57,7 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -483,6 +484,7 @@ class DAdaptSGD(_DistanceEstimator):
     summary="Adam whose step d*lr adapts d from an EMA of weighted gradient inner products",
     oracle="dadaptation.DAdaptAdam",
     supports_foreach=True,
+    supports_fused=True,
     sample_kwargs=(
         {"d0": 1e-2, "growth_rate": 1.02},
         {"d0": 1e-3, "decouple": True, "weight_decay": 0.01, "use_bias_correction": True},
@@ -549,6 +551,10 @@ class DAdaptAdam(_DistanceEstimator):
         d_coef: lrlab extension, multiplies :math:`\hat d`, in (0, inf); 1.0 is the package.
         sharded: the parameters are split over ranks (see :class:`DAdaptSGD`).
         foreach: fast path or the package's operations (see :class:`DAdaptSGD`).
+        fused: True runs the per-tensor work as one compiled kernel (moments, statistics and the
+            parameter update in one pass over memory; two passes with decoupled weight decay,
+            whose update must wait for the step's skip decision; see :mod:`lrlab.optim._fused`).
+            Opt-in: the first step pays the compilation (seconds, once per process and dtype).
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.2, 1.7): ``p.grad`` is never modified (the
@@ -597,12 +603,14 @@ class DAdaptAdam(_DistanceEstimator):
         d_coef: float = 1.0,
         sharded: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         _check_common(lr, weight_decay, log_every, d0, growth_rate, d_coef)
         check_betas("betas", betas)
         check_positive("eps", eps)
         check_bool("decouple", decouple)
         check_bool("use_bias_correction", use_bias_correction)
+        fused = check_fused(fused, foreach)
         defaults = {
             "lr": lr,
             "betas": tuple(betas),
@@ -616,6 +624,7 @@ class DAdaptAdam(_DistanceEstimator):
             "d_coef": d_coef,
             "sharded": _check_sharding(fsdp_in_use, sharded),
             "foreach": _check_foreach(foreach),
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
@@ -638,9 +647,13 @@ class DAdaptAdam(_DistanceEstimator):
         root_beta2 = math.sqrt(beta2)
 
         inner, l1 = [], []
+        # parameters whose fused kernel did the first pass only, or the whole step
+        fused_moments_only: set[Tensor] = set()
+        fused_complete: set[Tensor] = set()
         for group in self.param_groups:
             r, eps, weight_decay = group["layer_scale"], group["eps"], group["weight_decay"]
             fast = _fast(group)
+            constants: dict[torch.dtype, Tensor] = {}
             for p, grad in self._with_grads(group):
                 state = self.state[p]
                 if len(state) == 0:
@@ -648,8 +661,27 @@ class DAdaptAdam(_DistanceEstimator):
                         state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if group["lr"] == 0:
                     continue
-                g = grad if decouple else _weight_decayed(grad, p, weight_decay)
                 s, m, v = state["s"], state["exp_avg"], state["exp_avg_sq"]
+                # .get: checkpoints written before the fused path have no "fused" key
+                if group.get("fused", False) and flat_eligible(p, grad, s, m, v):
+                    if p.dtype not in constants:
+                        coupled = 0.0 if decouple else weight_decay
+                        constants[p.dtype] = scalars(
+                            (r * lam, coupled, eps, beta1, beta2, root_beta2, lam, r), p
+                        )
+                    flat_tensors = [flat(t) for t in (grad, p, s, m, v)]
+                    if decouple and weight_decay != 0:
+                        # the decay must wait for the skip decision (s_l1 == 0): two passes
+                        dot, norm = _dadapt_adam_moments(*flat_tensors, constants[p.dtype])
+                        fused_moments_only.add(p)
+                    else:
+                        # the parameter update needs no global scalar: one pass does it all
+                        dot, norm = _dadapt_adam_moments_and_step(*flat_tensors, constants[p.dtype])
+                        fused_complete.add(p)
+                    inner.append(dot)
+                    l1.append(norm)
+                    continue
+                g = grad if decouple else _weight_decayed(grad, p, weight_decay)
                 # s / (sqrt(v) + eps): the same operations in both paths; the fast path writes
                 # the quotient into the temporary that sqrt allocated (one temporary, not two)
                 scaled = v.sqrt().add_(eps)
@@ -673,8 +705,19 @@ class DAdaptAdam(_DistanceEstimator):
 
         for group in self.param_groups:
             eps, weight_decay = group["eps"], group["weight_decay"]
+            decay = weight_decay * lam if decouple else 0.0
             for p, _ in self._with_grads(group):
+                if p in fused_complete:
+                    continue
                 state = self.state[p]
+                if p in fused_moments_only:
+                    _dadapt_adam_step(
+                        flat(p),
+                        flat(state["exp_avg"]),
+                        flat(state["exp_avg_sq"]),
+                        scalars((decay, eps), p),
+                    )
+                    continue
                 denominator = state["exp_avg_sq"].sqrt().add_(eps)
                 if weight_decay != 0 and decouple:
                     p.add_(p, alpha=-weight_decay * lam)
@@ -689,6 +732,51 @@ class DAdaptAdam(_DistanceEstimator):
     def _statistics(self) -> dict[str, float]:
         first = self.param_groups[0]
         return {key: float(first[key]) for key in ("d", "d_hat", "numerator_weighted", "s_l1", "k")}
+
+
+@kernel
+def _dadapt_adam_moments(
+    grad: Tensor, p: Tensor, s: Tensor, m: Tensor, v: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """DAdaptAdam's first pass in one sweep; ``c`` = (r lam, coupled decay, eps, beta1, beta2,
+    sqrt(beta2), lam, r). Returns (r lam <g, s / (sqrt(v) + eps)>, r ||s_new||_1)."""
+    g = grad + c[1] * p
+    # sums in the scalars' dtype (float32 for low-precision parameters), as the reference path
+    dot = (g * (s / (v.sqrt() + c[2]))).to(c.dtype).sum() * c[0]
+    m.copy_(m * c[3] + g * (c[0] * (1 - c[3])))
+    v.copy_(v * c[4] + (1 - c[4]) * g * g)
+    s_new = s * c[5] + g * (c[6] * (1 - c[5]))
+    s.copy_(s_new)
+    return dot, s_new.abs().to(c.dtype).sum() * c[7]
+
+
+@kernel
+def _dadapt_adam_moments_and_step(
+    grad: Tensor, p: Tensor, s: Tensor, m: Tensor, v: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`_dadapt_adam_moments` and the parameter update (no decoupled decay) in one sweep.
+
+    The reference path skips the parameter update when ``s_l1 == 0``; here it has already
+    happened, which changes nothing: ``s_l1 == 0`` means every ``s`` is zero, so every gradient
+    seen so far was zero (or its group's ``layer_scale`` is 0) and so is every ``m``.
+    """
+    g = grad + c[1] * p
+    # sums in the scalars' dtype (float32 for low-precision parameters), as the reference path
+    dot = (g * (s / (v.sqrt() + c[2]))).to(c.dtype).sum() * c[0]
+    m_new = m * c[3] + g * (c[0] * (1 - c[3]))
+    v_new = v * c[4] + (1 - c[4]) * g * g
+    s_new = s * c[5] + g * (c[6] * (1 - c[5]))
+    m.copy_(m_new)
+    v.copy_(v_new)
+    s.copy_(s_new)
+    p.copy_(p - m_new / (v_new.sqrt() + c[2]))
+    return dot, s_new.abs().to(c.dtype).sum() * c[7]
+
+
+@kernel
+def _dadapt_adam_step(p: Tensor, m: Tensor, v: Tensor, c: Tensor) -> None:
+    """DAdaptAdam's parameter update; ``c`` = (decoupled decay times lam, eps)."""
+    p.copy_(p - c[0] * p - m / (v.sqrt() + c[1]))
 
 
 # -- DAdaptAdaGrad ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_betas, check_bool, check_positive, check_range
 
@@ -83,10 +84,40 @@ class _L4(AdaptiveOptimizer):
         """Update the moments; return the gradient estimates and the directions."""
         raise NotImplementedError
 
+    def _fused_moments(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        grad: Tensor,
+        step: int,
+        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
+    ) -> Tensor | None:
+        """The fused first pass of one tensor: update the moments and return its 0-d
+        ``<g_hat, v>``; None when the tensor must take the reference path instead.
+
+        ``constants`` caches the scalars tensors of this group and pass (one host-to-device copy
+        per device, dtype and step, not one per tensor).
+        """
+        raise NotImplementedError
+
+    def _fused_move(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        step: int,
+        eta: float,
+        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
+    ) -> None:
+        """The fused second pass of a tensor that :meth:`_fused_moments` took: ``x -= eta v``."""
+        raise NotImplementedError
+
     def _update(self, context: StepContext) -> None:
         first = self.param_groups[0]
         # (group, params, directions, foreach) of every group with gradients
         pending: list[tuple[dict[str, Any], list[Tensor], list[Tensor], bool]] = []
+        # (group, [(param, step)]) of the tensors whose first pass ran fused: eta needs the
+        # global <g_hat, v> and the loss, so their move is a second compiled pass
+        fused_pending: list[tuple[dict[str, Any], list[tuple[Tensor, int]]]] = []
         dot_parts: list[Tensor] = []
         for group in self.param_groups:
             group["effective_lr"] = 0.0
@@ -100,6 +131,24 @@ class _L4(AdaptiveOptimizer):
                     self._init_state(p, state)
                 state["step"] += 1
             steps = [int(state["step"]) for state in states]
+            # .get: checkpoints written before the fused path existed have no "fused" key
+            if group.get("fused", False):
+                fused: list[tuple[Tensor, int]] = []
+                rest: list[int] = []
+                constants: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
+                for index, (p, grad, step) in enumerate(zip(params, grads, steps, strict=True)):
+                    dot_part = self._fused_moments(group, p, grad, step, constants)
+                    if dot_part is None:
+                        rest.append(index)
+                        continue
+                    dot_parts.append(dot_part)
+                    fused.append((p, step))
+                fused_pending.append((group, fused))
+                if not rest:
+                    continue
+                params = [params[i] for i in rest]
+                grads = [grads[i] for i in rest]
+                steps = [steps[i] for i in rest]
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             estimates, directions = self._estimates(group, params, grads, steps, foreach)
             dot_parts.append(_foreach.total_dot(estimates, directions))
@@ -136,6 +185,12 @@ class _L4(AdaptiveOptimizer):
                 else:
                     for p, direction in zip(params, directions, strict=True):
                         p.add_(direction, alpha=-eta)
+            for group, fused in fused_pending:
+                eta = group["alpha"] * gap / (grad_dot_direction + first["eps"])
+                group["effective_lr"] = eta
+                constants = {}
+                for p, step in fused:
+                    self._fused_move(group, p, step, eta, constants)
         # slow forgetting, so that the estimate can rise again
         l_min *= 1.0 + 1.0 / first["tau"]
         self._set_global("step", t)
@@ -313,6 +368,7 @@ class L4Mom(_L4):
     paper=_PAPER,
     summary="L4 with Adam directions: eta removes a fraction alpha of the loss above its min",
     supports_foreach=True,
+    supports_fused=True,
     lr_argument=None,
     sample_kwargs=(
         {},
@@ -348,6 +404,13 @@ class L4Adam(_L4):
         adam_eps: :math:`\delta`, in (0, inf). Default 1e-4, the official code's value (not
             Adam's usual 1e-8).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        fused: True runs the per-tensor work as two compiled kernels, one call each per tensor:
+            the moments with :math:`\langle \hat g, v\rangle`, then, once the step size is
+            known (it needs that global sum and the loss), the move, which recomputes :math:`v`
+            from the moments instead of keeping it (no full-size temporary). Tensors that cannot
+            be viewed flat (non-contiguous, sparse) take the ``foreach`` path. See
+            :mod:`lrlab.optim._fused`. Opt-in: the first step pays the compilation (seconds,
+            once per process and dtype).
         sharded: as :class:`L4Mom`.
 """
         + _L4_NOTES
@@ -378,12 +441,16 @@ class L4Adam(_L4):
         betas: tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-4,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded)
         check_betas("betas", betas)
         check_positive("adam_eps", adam_eps)
-        defaults.update({"betas": tuple(betas), "adam_eps": adam_eps, "foreach": foreach})
+        fused = check_fused(fused, foreach)
+        defaults.update(
+            {"betas": tuple(betas), "adam_eps": adam_eps, "foreach": foreach, "fused": fused}
+        )
         super().__init__(params, defaults)
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
@@ -426,3 +493,65 @@ class L4Adam(_L4):
             estimates.append(estimate)
             directions.append(estimate / (s / b2).sqrt_().add_(adam_eps))
         return estimates, directions
+
+    def _fused_moments(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        grad: Tensor,
+        step: int,
+        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
+    ) -> Tensor | None:
+        m, s = self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"]
+        # p is checked too, so that a tensor takes the same path in both passes
+        if not flat_eligible(p, grad, m, s):
+            return None
+        key = (p.device, p.dtype, step)
+        if key not in constants:
+            beta1, beta2 = group["betas"]
+            # 1 - beta and the bias corrections in Python double, as the reference path has them
+            values = (1 - beta1, beta2, 1 - beta2, 1 - beta1**step, 1 - beta2**step)
+            constants[key] = scalars((*values, group["adam_eps"]), p)
+        return _l4_adam_moments(flat(grad), flat(m), flat(s), constants[key])
+
+    def _fused_move(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        step: int,
+        eta: float,
+        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
+    ) -> None:
+        key = (p.device, p.dtype, step)
+        if key not in constants:
+            beta1, beta2 = group["betas"]
+            values = (eta, 1 - beta1**step, 1 - beta2**step, group["adam_eps"])
+            constants[key] = scalars(values, p)
+        state = self.state[p]
+        m, s = flat(state["exp_avg"]), flat(state["exp_avg_sq"])
+        _l4_adam_move(flat(p), m, s, constants[key])
+
+
+# -- the fused kernels (NOTE [fused kernels] in lrlab.optim._fused) ---------------------------
+
+
+@kernel
+def _l4_adam_moments(grad: Tensor, m: Tensor, s: Tensor, c: Tensor) -> Tensor:
+    """L4Adam's first pass over one tensor; ``c`` = (1 - beta1, beta2, 1 - beta2, 1 - beta1^t,
+    1 - beta2^t, adam_eps). Returns ``<g_hat, v>`` in ``c``'s dtype (float32 sums for
+    low-precision tensors)."""
+    g = grad.to(c.dtype)
+    m_new = torch.lerp(m.to(c.dtype), g, c[0])
+    s_new = s.to(c.dtype) * c[1] + c[2] * g * g
+    m.copy_(m_new)
+    s.copy_(s_new)
+    estimate = m_new / c[3]
+    return (estimate * (estimate / ((s_new / c[4]).sqrt() + c[5]))).sum()
+
+
+@kernel
+def _l4_adam_move(p: Tensor, m: Tensor, s: Tensor, c: Tensor) -> None:
+    """L4Adam's second pass: ``x -= eta v`` with ``v`` recomputed from the updated moments as
+    the first pass formed it; ``c`` = (eta, 1 - beta1^t, 1 - beta2^t, adam_eps)."""
+    direction = (m.to(c.dtype) / c[1]) / ((s.to(c.dtype) / c[2]).sqrt() + c[3])
+    p.copy_(p.to(c.dtype) - c[0] * direction)

@@ -23,6 +23,7 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -66,6 +67,15 @@ def _stack64(values: list[Tensor], device: torch.device) -> Tensor:
 def _check_no_sparse(grads: list[Tensor], name: str) -> None:
     if any(g.is_sparse for g in grads):
         raise RuntimeError(f"{name} does not support sparse gradients")
+
+
+def _group_sums(
+    parts: list[tuple[Tensor, Tensor, Tensor]], device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A fused group's (dot, gamma, norm) sums, in float64, from per-tensor (or per-subset)
+    parts added in parameter order, as the reference path adds its per-tensor values."""
+    dots, gammas, norms = ([part[i] for part in parts] for i in range(3))
+    return _stack64(dots, device), _stack64(gammas, device), _stack64(norms, device)
 
 
 class _MomentumModel(AdaptiveOptimizer):
@@ -248,6 +258,7 @@ _MOMO_NOTES = r"""
     paper=_PAPER,
     summary="SGD with momentum whose step is a Polyak step on a momentum model of the loss",
     supports_foreach=True,
+    supports_fused=True,
     oracle="momo.Momo",
     sample_kwargs=(
         {"lr": 1.0},
@@ -308,6 +319,11 @@ class Momo(_MomentumModel):
         use_fstar: estimate the lower bound online (MoMo*; for losses whose minimum is not
             known). Default False. Global.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        fused: True runs the per-tensor work as two compiled kernels, i.e. two passes over
+            memory: the averages and the tensor's sums, then (once the global :math:`\tau_k`
+            is known) the move. Non-contiguous tensors take the ``foreach`` path (see
+            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation (seconds,
+            once per process and dtype).
         sharded: each rank owns a disjoint part of the parameters, so the sums are partial and
             reduced over ranks (not needed for DDP or DTensor, which is detected).
 """
@@ -332,6 +348,7 @@ class Momo(_MomentumModel):
         use_fstar: bool = False,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         check_positive("lr", lr)
@@ -341,6 +358,7 @@ class Momo(_MomentumModel):
         check_bool("bias_correction", bias_correction)
         check_bool("use_fstar", use_fstar)
         check_bool("sharded", sharded)
+        fused = check_fused(fused, foreach)
         defaults = {
             "lr": lr,
             "weight_decay": weight_decay,
@@ -349,26 +367,55 @@ class Momo(_MomentumModel):
             "bias_correction": bias_correction,
             "use_fstar": use_fstar,
             "foreach": foreach,
+            "fused": fused,
             "sharded": sharded,
         }
         super().__init__(params, defaults)
 
+    def _init_state(self, p: Tensor, g: Tensor, grad_dot: Tensor) -> None:
+        state = self.state[p]
+        if len(state) == 0:
+            if self.param_groups[0]["bias_correction"]:
+                state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["grad_dot_w"] = torch.zeros_like(grad_dot)
+            else:
+                state["grad_avg"] = g.clone(memory_format=torch.preserve_format)
+                state["grad_dot_w"] = grad_dot.clone()
+
     def _accumulate(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
-        first = self.param_groups[0]
-        beta, bias_correction = first["beta"], first["bias_correction"]
+        if not group.get("fused", False):
+            return self._accumulate_eager(group, params, grads, foreach)
+        beta = self.param_groups[0]["beta"]
+        parts: list[tuple[Tensor, Tensor, Tensor]] = []
+        rest: list[tuple[Tensor, Tensor]] = []
+        constants: dict[torch.dtype, Tensor] = {}
+        for p, g in zip(params, grads, strict=True):
+            state = self.state[p]
+            if len(state) == 0:  # first gradient only: the initial averages need <g, x>
+                self._init_state(p, g, _dot(p, g))
+            d, gamma = state["grad_avg"], state["grad_dot_w"]
+            if not flat_eligible(p, g, d, gamma):
+                rest.append((p, g))
+                continue
+            if p.dtype not in constants:
+                constants[p.dtype] = scalars((beta, 1 - beta), p)
+            dot, norm = _momo_averages(flat(g), flat(p), flat(d), flat(gamma), constants[p.dtype])
+            parts.append((dot, gamma, norm))
+        if rest:
+            rest_params, rest_grads = (list(column) for column in zip(*rest, strict=True))
+            parts.append(self._accumulate_eager(group, rest_params, rest_grads, foreach))
+        return _group_sums(parts, params[0].device)
+
+    def _accumulate_eager(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        beta = self.param_groups[0]["beta"]
         # <g_i, x_i> at the current point, before the move
         grad_dots = [_dot(p, g) for p, g in zip(params, grads, strict=True)]
         for p, g, grad_dot in zip(params, grads, grad_dots, strict=True):
-            state = self.state[p]
-            if len(state) == 0:
-                if bias_correction:
-                    state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["grad_dot_w"] = torch.zeros_like(grad_dot)
-                else:
-                    state["grad_avg"] = g.clone(memory_format=torch.preserve_format)
-                    state["grad_dot_w"] = grad_dot.clone()
+            self._init_state(p, g, grad_dot)
         averages = [self.state[p]["grad_avg"] for p in params]
         gammas = [self.state[p]["grad_dot_w"] for p in params]
         if foreach:
@@ -401,6 +448,10 @@ class Momo(_MomentumModel):
 
     def _move(self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool) -> None:
         lr, wd = group["lr"], group["weight_decay"]
+        if group.get("fused", False):
+            params = self._move_fused(params, (-tau, 1 + lr * wd if wd > 0 else 1.0))
+            if not params:
+                return
         averages = [self.state[p]["grad_avg"] for p in params]
         if foreach:
             torch._foreach_add_(params, averages, alpha=-tau)
@@ -412,6 +463,20 @@ class Momo(_MomentumModel):
                 if wd > 0:
                     p.div_(1 + lr * wd)
 
+    def _move_fused(self, params: list[Tensor], values: tuple[float, float]) -> list[Tensor]:
+        """Move the flat tensors with the kernel; return the others (for the eager path)."""
+        rest = []
+        constants: dict[torch.dtype, Tensor] = {}
+        for p in params:
+            d = self.state[p]["grad_avg"]
+            if not flat_eligible(p, d):
+                rest.append(p)
+                continue
+            if p.dtype not in constants:
+                constants[p.dtype] = scalars(values, p)
+            _momo_move(flat(p), flat(d), constants[p.dtype])
+        return rest
+
 
 @register(
     "momo-adam",
@@ -419,6 +484,7 @@ class Momo(_MomentumModel):
     paper=_PAPER,
     summary="Adam whose step is a Polyak step on a momentum model of the loss (MoMo-Adam)",
     supports_foreach=True,
+    supports_fused=True,
     oracle="momo.MomoAdam",
     sample_kwargs=(
         {"lr": 0.1},
@@ -476,6 +542,9 @@ class MomoAdam(_MomentumModel):
             AdamW form (multiply by :math:`1 - \eta\lambda` before the step).
         use_fstar: estimate the lower bound online. Default False. Global.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        fused: True runs the per-tensor work as two compiled kernels (the moments and the
+            tensor's sums, then the move), as in :class:`Momo`. Opt-in: the first step pays the
+            compilation (seconds, once per process and dtype).
         sharded: as :class:`Momo`.
 """
         + _MOMO_NOTES
@@ -508,6 +577,7 @@ class MomoAdam(_MomentumModel):
         use_fstar: bool = False,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         check_positive("lr", lr)
@@ -518,6 +588,7 @@ class MomoAdam(_MomentumModel):
         check_bool("divide", divide)
         check_bool("use_fstar", use_fstar)
         check_bool("sharded", sharded)
+        fused = check_fused(fused, foreach)
         defaults = {
             "lr": lr,
             "betas": tuple(betas),
@@ -527,6 +598,7 @@ class MomoAdam(_MomentumModel):
             "divide": divide,
             "use_fstar": use_fstar,
             "foreach": foreach,
+            "fused": fused,
             "sharded": sharded,
         }
         super().__init__(params, defaults)
@@ -545,19 +617,58 @@ class MomoAdam(_MomentumModel):
             return denominators
         return [v.div(b).sqrt_().add_(eps) for v, b in zip(squares, bias2, strict=True)]
 
+    def _init_state(self, p: Tensor) -> None:
+        state = self.state[p]
+        if len(state) == 0:
+            state["step"] = 0
+            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["grad_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            # the dtype and device of <g, x> (see _dot)
+            state["grad_dot_w"] = torch.zeros(
+                (), dtype=_foreach.accumulation_dtype(p.dtype), device=p.device
+            )
+
     def _accumulate(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if not group.get("fused", False):
+            return self._accumulate_eager(group, params, grads, foreach)
+        beta1, beta2 = group["betas"]
+        parts: list[tuple[Tensor, Tensor, Tensor]] = []
+        rest: list[tuple[Tensor, Tensor]] = []
+        # keyed by the step count too: D_i's bias correction is per tensor
+        constants: dict[tuple[torch.dtype, int], Tensor] = {}
+        for p, g in zip(params, grads, strict=True):
+            self._init_state(p)
+            state = self.state[p]
+            m, v, gamma = state["grad_avg"], state["grad_avg_sq"], state["grad_dot_w"]
+            if not flat_eligible(p, g, m, v, gamma):
+                rest.append((p, g))  # the eager path counts its step
+                continue
+            state["step"] += 1
+            key = (p.dtype, int(state["step"]))
+            if key not in constants:
+                bias2 = 1 - beta2 ** int(state["step"])
+                constants[key] = scalars(
+                    (beta1, 1 - beta1, beta2, 1 - beta2, bias2, group["eps"]), p
+                )
+            dot, norm = _momo_adam_moments(
+                flat(g), flat(p), flat(m), flat(v), flat(gamma), constants[key]
+            )
+            parts.append((dot, gamma, norm))
+        if rest:
+            rest_params, rest_grads = (list(column) for column in zip(*rest, strict=True))
+            parts.append(self._accumulate_eager(group, rest_params, rest_grads, foreach))
+        return _group_sums(parts, params[0].device)
+
+    def _accumulate_eager(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         beta1, beta2 = group["betas"]
         grad_dots = [_dot(p, g) for p, g in zip(params, grads, strict=True)]
-        for p, grad_dot in zip(params, grad_dots, strict=True):
-            state = self.state[p]
-            if len(state) == 0:
-                state["step"] = 0
-                state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["grad_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["grad_dot_w"] = torch.zeros_like(grad_dot)
-            state["step"] += 1
+        for p in params:
+            self._init_state(p)
+            self.state[p]["step"] += 1
         averages = [self.state[p]["grad_avg"] for p in params]
         squares = [self.state[p]["grad_avg_sq"] for p in params]
         gammas = [self.state[p]["grad_dot_w"] for p in params]
@@ -599,6 +710,10 @@ class MomoAdam(_MomentumModel):
 
     def _move(self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool) -> None:
         lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
+        if group.get("fused", False):
+            params = self._move_fused(group, params, tau)
+            if not params:
+                return
         averages = [self.state[p]["grad_avg"] for p in params]
         # recomputed rather than kept from _accumulate: no second copy of v alive across groups
         denominators = self._denominators(group, params, foreach)
@@ -615,3 +730,77 @@ class MomoAdam(_MomentumModel):
                 p.addcdiv_(m, d, value=-tau)
                 if wd > 0 and divide:
                     p.div_(1 + lr * wd)
+
+    def _move_fused(self, group: dict[str, Any], params: list[Tensor], tau: float) -> list[Tensor]:
+        """Move the flat tensors with the kernel; return the others (for the eager path)."""
+        lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
+        beta2, eps = group["betas"][1], group["eps"]
+        # 1.0 for a factor that is off: x * 1 and x / 1 are exact, and the graph stays the same
+        decay = 1 - wd * lr if wd > 0 and not divide else 1.0
+        divisor = 1 + lr * wd if wd > 0 and divide else 1.0
+        rest = []
+        constants: dict[tuple[torch.dtype, int], Tensor] = {}
+        for p in params:
+            state = self.state[p]
+            m, v = state["grad_avg"], state["grad_avg_sq"]
+            if not flat_eligible(p, m, v):
+                rest.append(p)
+                continue
+            key = (p.dtype, int(state["step"]))
+            if key not in constants:
+                bias2 = 1 - beta2 ** int(state["step"])
+                constants[key] = scalars((decay, -tau, bias2, eps, divisor), p)
+            _momo_adam_move(flat(p), flat(m), flat(v), constants[key])
+        return rest
+
+
+# -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------
+# The sums are taken in c's dtype, the accumulation dtype of the parameter (as _dot and
+# total_dot cast low-precision tensors to float32).
+
+
+@kernel
+def _momo_averages(
+    grad: Tensor, p: Tensor, d: Tensor, gamma: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Momo's averages of one tensor; ``c`` = (beta, 1 - beta). Updates d and gamma (a 1-element
+    view of the 0-d state); returns <x, d_new> and ||d_new||^2."""
+    acc = c.dtype
+    x = p.to(acc)
+    d_new = d * c[0] + c[1] * grad
+    d.copy_(d_new)
+    gamma.copy_(gamma * c[0] + c[1] * (x * grad.to(acc)).sum())
+    d_acc = d_new.to(acc)
+    return (x * d_acc).sum(), (d_acc * d_acc).sum()
+
+
+@kernel
+def _momo_move(p: Tensor, d: Tensor, c: Tensor) -> None:
+    """Momo's move; ``c`` = (-tau, 1 + lr wd, or 1 without weight decay)."""
+    p.copy_((p + c[0] * d) / c[1])
+
+
+@kernel
+def _momo_adam_moments(
+    grad: Tensor, p: Tensor, m: Tensor, v: Tensor, gamma: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """MoMo-Adam's moments of one tensor; ``c`` = (beta1, 1 - beta1, beta2, 1 - beta2,
+    1 - beta2^t, eps). Updates m, v and gamma (a 1-element view of the 0-d state); returns
+    <x, m_new> and <m_new, m_new / D>."""
+    acc = c.dtype
+    x = p.to(acc)
+    m_new = m * c[0] + c[1] * grad
+    v_new = v * c[2] + c[3] * grad * grad
+    m.copy_(m_new)
+    v.copy_(v_new)
+    gamma.copy_(gamma * c[0] + c[1] * (x * grad.to(acc)).sum())
+    scaled = m_new / ((v_new / c[4]).sqrt() + c[5])
+    m_acc = m_new.to(acc)
+    return (x * m_acc).sum(), (m_acc * scaled.to(acc)).sum()
+
+
+@kernel
+def _momo_adam_move(p: Tensor, m: Tensor, v: Tensor, c: Tensor) -> None:
+    """MoMo-Adam's move; ``c`` = (1 - lr wd (AdamW form) or 1, -tau, 1 - beta2^t, eps,
+    1 + lr wd (divide) or 1)."""
+    p.copy_((p * c[0] + c[1] * m / ((v / c[2]).sqrt() + c[3])) / c[4])

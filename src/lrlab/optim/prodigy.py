@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim._base import StepContext
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -61,6 +62,7 @@ __all__ = ["Prodigy"]
     ),
     summary="Adam whose step d*lr grows d from the distance travelled (d^2-weighted sums)",
     supports_foreach=True,
+    supports_fused=True,
     oracle="prodigyopt.Prodigy",
     sample_kwargs=(
         {"d0": 1e-2, "growth_rate": 1.02},
@@ -150,6 +152,13 @@ class Prodigy(_DistanceEstimator):
         foreach: None (default) takes the fast path for dense CPU/CUDA tensors (``||s||_1`` by
             a norm kernel, no ``abs()`` temporary), False the package's operations, bit for bit
             (see NOTE [D-Adaptation fast path] in :mod:`lrlab.optim.dadaptation`).
+        fused: True runs the per-tensor work as two compiled kernels, i.e. two passes over
+            memory: the moments, :math:`s` and the tensor's two sums, then (once the new
+            :math:`d` is known, which the update's :math:`d_{k+1}\epsilon` needs) the parameter
+            update. With ``slice_p > 1`` the first pass takes the ``foreach=False`` path (the
+            update stays fused); so does every pass of a non-contiguous tensor (see
+            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation (seconds,
+            once per process and dtype).
 
     .. note::
         Deviations from ``prodigyopt==1.1.2`` (spec 2.2), identical numbers otherwise:
@@ -212,6 +221,7 @@ class Prodigy(_DistanceEstimator):
         *,
         sharded: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         check_positive("lr", lr)
         check_betas("betas", betas)
@@ -228,6 +238,7 @@ class Prodigy(_DistanceEstimator):
         check_bool("fsdp_in_use", fsdp_in_use)
         check_int("slice_p", slice_p, 1)
         check_bool("sharded", sharded)
+        fused = check_fused(fused, foreach)
         defaults = {
             "lr": lr,
             "betas": tuple(betas),
@@ -243,6 +254,7 @@ class Prodigy(_DistanceEstimator):
             "slice_p": slice_p,
             "sharded": fsdp_in_use or sharded,
             "foreach": _check_foreach(foreach),
+            "fused": fused,
         }
         super().__init__(params, defaults)
         self._set_global("d_max", float(d0))
@@ -251,6 +263,7 @@ class Prodigy(_DistanceEstimator):
         super()._check_group(group)
         check_bool("safeguard_warmup", group["safeguard_warmup"])
         check_int("slice_p", group["slice_p"], 1)
+        group.setdefault("fused", False)
 
     def _init_states(self) -> None:
         """State of the parameters seen for the first time (one host sync, first step only)."""
@@ -294,25 +307,63 @@ class Prodigy(_DistanceEstimator):
         lam = d * lr * correction
         self._init_states()
 
-        # (group, p, g) of every parameter with a gradient; g includes coupled decay
-        entries: list[tuple[dict[str, Any], Tensor, Tensor]] = []
+        # (group, p, grad, g, fused update) of every parameter with a gradient; g includes
+        # coupled decay, and is None where no eager pass needs it
+        entries: list[tuple[dict[str, Any], Tensor, Tensor, Tensor | None, bool]] = []
         distances, l1 = [], []
         for group in self.param_groups:
             weight_decay, slice_p = group["weight_decay"], group["slice_p"]
             fast = _fast(group)
+            fused = bool(group.get("fused", False))
+            weight = d if group["safeguard_warmup"] else lam
+            constants: dict[torch.dtype, Tensor] = {}
             for p, grad in self._with_grads(group):
-                g = grad if decouple else _weight_decayed(grad, p, weight_decay)
-                entries.append((group, p, g))
+                state = self.state[p]
+                moments = [state["exp_avg_sq"], *([state["exp_avg"]] if beta1 > 0 else [])]
+                fused_update = fused and flat_eligible(p, grad, *moments)
+                # the kernel reads s and x0 flat: every slice_p-th entry is not a flat view
+                fused_statistics = (
+                    fused_update and slice_p == 1 and flat_eligible(state["s"], state["p0"])
+                )
+                g = None
+                if not fused_update or (group["lr"] != 0 and not fused_statistics):
+                    g = grad if decouple else _weight_decayed(grad, p, weight_decay)
+                entries.append((group, p, grad, g, fused_update))
                 if group["lr"] == 0:
                     continue
-                state = self.state[p]
+                if fused_statistics:
+                    if p.dtype not in constants:
+                        constants[p.dtype] = scalars(
+                            (
+                                0.0 if decouple else weight_decay,
+                                (d / d0) * lam,
+                                beta1,
+                                d * (1 - beta1),
+                                beta2,
+                                d * d * (1 - beta2),
+                                beta3,
+                                (d / d0) * weight,
+                            ),
+                            p,
+                        )
+                    # a 0-d x0 (an all-zero tensor) views as one element and broadcasts
+                    flat_tensors = [flat(t) for t in (grad, p, state["p0"], state["s"], *moments)]
+                    if beta1 > 0:
+                        distance, norm = _prodigy_moments(*flat_tensors, constants[p.dtype])
+                    else:
+                        distance, norm = _prodigy_moments_without_momentum(
+                            *flat_tensors, constants[p.dtype]
+                        )
+                    distances.append(distance)
+                    l1.append(norm)
+                    continue
+                assert g is not None
                 g_hat = g.reshape(-1)[::slice_p]
                 x_hat = p.detach().reshape(-1)[::slice_p]
                 distances.append(torch.dot(g_hat, state["p0"] - x_hat) * ((d / d0) * lam))
                 if beta1 > 0:
                     state["exp_avg"].mul_(beta1).add_(g, alpha=d * (1 - beta1))
                 state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=d * d * (1 - beta2))
-                weight = d if group["safeguard_warmup"] else lam
                 state["s"].mul_(beta3).add_(g_hat, alpha=(d / d0) * weight)
                 l1.append(_l1(state["s"], fast))
 
@@ -329,8 +380,30 @@ class Prodigy(_DistanceEstimator):
             d_max = max(d_max, d_hat)
             d = min(d_max, d * float(first["growth_rate"]))
 
-        for group, p, g in entries:
+        # scalars of the update kernel, per (group, dtype)
+        step_constants: dict[tuple[int, torch.dtype], Tensor] = {}
+        for group, p, grad, g, fused_update in entries:
             state = self.state[p]
+            if fused_update:
+                key = (id(group), p.dtype)
+                if key not in step_constants:
+                    weight_decay = group["weight_decay"]
+                    step_constants[key] = scalars(
+                        (
+                            -weight_decay * lam if decouple else 0.0,
+                            # the raw gradient (beta1 = 0) is the one with coupled decay
+                            weight_decay if beta1 == 0 and not decouple else 0.0,
+                            -lam if beta1 > 0 else -lam * d,
+                            d * group["eps"],
+                        ),
+                        p,
+                    )
+                direction = state["exp_avg"] if beta1 > 0 else grad
+                _prodigy_step(
+                    flat(p), flat(direction), flat(state["exp_avg_sq"]), step_constants[key]
+                )
+                continue
+            assert g is not None
             denom = state["exp_avg_sq"].sqrt().add_(d * group["eps"])
             if group["weight_decay"] != 0 and decouple:
                 p.add_(p, alpha=-group["weight_decay"] * lam)
@@ -352,3 +425,45 @@ class Prodigy(_DistanceEstimator):
         return {
             key: float(first[key]) for key in ("d", "d_hat", "d_max", "d_numerator", "d_denom", "k")
         }
+
+
+# -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------
+
+
+def _second_moment_and_sums(
+    g: Tensor, p: Tensor, p0: Tensor, s: Tensor, v: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """What both first-pass kernels share (inlined into each when compiled)."""
+    distance = (g * (p0 - p)).sum() * c[1]
+    v.copy_(v * c[4] + c[5] * g * g)
+    s_new = s * c[6] + g * c[7]
+    s.copy_(s_new)
+    return distance, s_new.abs().sum()
+
+
+@kernel
+def _prodigy_moments(
+    grad: Tensor, p: Tensor, p0: Tensor, s: Tensor, v: Tensor, m: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Prodigy's first pass in one sweep; ``c`` = (coupled decay, (d / d0) lam, beta1,
+    d (1 - beta1), beta2, d^2 (1 - beta2), beta3, (d / d0) w). Returns the tensor's
+    (d / d0) lam <g, x0 - x> and ||s_new||_1."""
+    g = grad + c[0] * p
+    m.copy_(m * c[2] + g * c[3])
+    return _second_moment_and_sums(g, p, p0, s, v, c)
+
+
+@kernel
+def _prodigy_moments_without_momentum(
+    grad: Tensor, p: Tensor, p0: Tensor, s: Tensor, v: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`_prodigy_moments` for beta1 = 0, which keeps no momentum buffer."""
+    return _second_moment_and_sums(grad + c[0] * p, p, p0, s, v, c)
+
+
+@kernel
+def _prodigy_step(p: Tensor, direction: Tensor, v: Tensor, c: Tensor) -> None:
+    """Prodigy's parameter update; ``c`` = (-decoupled decay times lam, coupled decay of a raw
+    gradient direction, -lam (or -lam d_new with beta1 = 0), d_new eps)."""
+    u = direction + c[1] * p
+    p.copy_(p + c[0] * p + c[2] * u / (v.sqrt() + c[3]))

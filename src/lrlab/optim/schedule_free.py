@@ -22,6 +22,7 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -69,6 +70,21 @@ class _ScheduleFree(AdaptiveOptimizer):
         foreach: bool,
     ) -> list[Tensor]:
         """The vector ``d`` with ``z <- z - lr d`` (weight decay at y added by the caller)."""
+        raise NotImplementedError
+
+    def _fused_step(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        grad: Tensor,
+        k: int,
+        step: tuple[float, float, float],
+        constants: dict[tuple[torch.device, torch.dtype], Tensor],
+    ) -> bool:
+        """The whole step of one tensor as a compiled kernel; False (nothing done) when the
+        tensor must take the reference path. ``step`` = (lr, c, y_step) of the group;
+        ``constants`` caches its scalars tensors (one host-to-device copy per device and dtype
+        of the group, not one per tensor)."""
         raise NotImplementedError
 
     # -- modes ------------------------------------------------------------------------------
@@ -157,12 +173,26 @@ class _ScheduleFree(AdaptiveOptimizer):
                 if len(state) == 0:
                     self._init_state(p, state)
             grads = [p.grad for p in params]
-            z = [self.state[p]["z"] for p in params]
-            foreach = _foreach.resolve_foreach(group["foreach"], params)
-            directions = self._directions(group, params, grads, k, foreach)
             beta, weight_decay = self._beta(group), group["weight_decay"]
             # y_{k+1} = (1 - c) y + c z - lr (1 - beta (1 - c)) d  ==  spec 7.1 in y only
             y_step = lr * (beta * (1 - c) - 1)
+            # .get: checkpoints written before the fused path existed have no "fused" key
+            if group.get("fused", False):
+                # every scalar of the step is known before the pass (no global reduction), so
+                # one compiled call per tensor does the whole step
+                constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+                rest = [
+                    index
+                    for index, (p, grad) in enumerate(zip(params, grads, strict=True))
+                    if not self._fused_step(group, p, grad, k, (lr, c, y_step), constants)
+                ]
+                if not rest:
+                    continue
+                params = [params[i] for i in rest]
+                grads = [grads[i] for i in rest]
+            z = [self.state[p]["z"] for p in params]
+            foreach = _foreach.resolve_foreach(group["foreach"], params)
+            directions = self._directions(group, params, grads, k, foreach)
             if foreach:
                 for (_, _), (ys, ds, zs) in _foreach.group_by_device_and_dtype(
                     [params, directions, z]
@@ -368,6 +398,7 @@ SGDScheduleFree.__doc__ = f"{SGDScheduleFree.__doc__}{_NOTES}"
     paper=_PAPER,
     summary="Schedule-Free AdamW: Adam-preconditioned z steps, y/x interpolation and averaging",
     supports_foreach=True,
+    supports_fused=True,
     oracle="schedulefree.AdamWScheduleFree",
     sample_kwargs=(
         {"lr": 0.05},
@@ -414,6 +445,11 @@ class AdamWScheduleFree(_ScheduleFree):
         eps: :math:`\epsilon`, in (0, inf). Default 1e-8.
         weight_decay: :math:`\lambda`, in [0, inf). Default 0.
         warmup_steps, r, weight_lr_power, foreach: as :class:`SGDScheduleFree`.
+        fused: True runs the whole step of a tensor (v, the direction, y and z) as one compiled
+            kernel, one call per tensor: a single pass over memory, as every scalar of the step
+            is known before it. Tensors that cannot be viewed flat (non-contiguous, sparse) take
+            the ``foreach`` path. See :mod:`lrlab.optim._fused`. Opt-in: the first step pays the
+            compilation (seconds, once per process and dtype).
 
     Example:
         >>> optimizer = AdamWScheduleFree(model.parameters(), lr=2.5e-3, warmup_steps=1000)
@@ -433,12 +469,15 @@ class AdamWScheduleFree(_ScheduleFree):
         r: float = 0.0,
         weight_lr_power: float = 2.0,
         foreach: bool | None = None,
+        *,
+        fused: bool | None = None,
     ) -> None:
         _check_common(lr, weight_decay, warmup_steps, r, weight_lr_power)
         check_betas("betas", betas)
         check_range("betas[0]", betas[0], 0.0, 1.0, "()")
         check_positive("eps", eps)
         _check_foreach(foreach)
+        fused = check_fused(fused, foreach)
         defaults = {
             "lr": float(lr),
             "betas": (float(betas[0]), float(betas[1])),
@@ -448,6 +487,7 @@ class AdamWScheduleFree(_ScheduleFree):
             "r": float(r),
             "weight_lr_power": float(weight_lr_power),
             "foreach": foreach,
+            "fused": fused,
             **_GROUP_STATE,
         }
         super().__init__(params, defaults)
@@ -493,6 +533,47 @@ class AdamWScheduleFree(_ScheduleFree):
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             out.append(g / v.div(bias_correction2).sqrt_().add_(eps))
         return out
+
+    def _fused_step(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        grad: Tensor,
+        k: int,
+        step: tuple[float, float, float],
+        constants: dict[tuple[torch.device, torch.dtype], Tensor],
+    ) -> bool:
+        state = self.state[p]
+        z, v = state["z"], state["exp_avg_sq"]
+        if not flat_eligible(p, grad, z, v):
+            return False
+        key = (p.device, p.dtype)
+        if key not in constants:
+            _, beta2 = group["betas"]
+            # 1 - beta2 and the bias correction in Python double, as the reference path has
+            # them; weight decay 0.0 rather than a branch, so the graph does not depend on it
+            values = (beta2, 1 - beta2, 1 - beta2 ** (k + 1), group["eps"], group["weight_decay"])
+            constants[key] = scalars((*values, *step), p)
+        flat_tensors = [flat(t) for t in (grad, p, z, v)]
+        _adamw_schedule_free_step(*flat_tensors, constants[key])
+        return True
+
+
+@kernel
+def _adamw_schedule_free_step(grad: Tensor, y: Tensor, z: Tensor, v: Tensor, c: Tensor) -> None:
+    """One AdamWScheduleFree step of one tensor (NOTE [fused kernels] in lrlab.optim._fused);
+    ``c`` = (beta2, 1 - beta2, 1 - beta2^(k+1), eps, weight decay, lr, c, y_step).
+
+    Low-precision tensors are computed in ``c``'s float32 and stored back in their dtype.
+    """
+    g = grad.to(c.dtype)
+    y_old = y.to(c.dtype)
+    v_new = v.to(c.dtype) * c[0] + c[1] * g * g
+    # weight decay at y before it moves, as the reference path adds it
+    d = g / ((v_new / c[2]).sqrt() + c[3]) + c[4] * y_old
+    v.copy_(v_new)
+    y.copy_(torch.lerp(y_old, z.to(c.dtype), c[6]) + c[7] * d)
+    z.copy_(z.to(c.dtype) - c[5] * d)
 
 
 AdamWScheduleFree.__doc__ = f"{AdamWScheduleFree.__doc__}{_NOTES}"
