@@ -169,12 +169,20 @@ def test_foreach_matches_forloop_in_float64(name: str) -> None:
 FUSED = [n for n in NAMES if lo.spec(n).supports_fused]
 
 
+@pytest.fixture
+def kernels_for_small_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send the suite's small tensors through the compiled kernels (normally eager)."""
+    from lrlab.optim import _fused
+
+    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
+
+
 def _cpp_compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
 @pytest.mark.parametrize("name", FUSED)
-def test_fused_matches_forloop_in_float64(name: str) -> None:
+def test_fused_matches_forloop_in_float64(name: str, kernels_for_small_tensors: None) -> None:
     from lrlab.optim._fused import fused_status
 
     _assert_paths_agree(name, {"foreach": False}, {"fused": True})
@@ -188,7 +196,7 @@ def test_fused_matches_forloop_in_float64(name: str) -> None:
 
 @pytest.mark.parametrize("name", FUSED)
 def test_fused_falls_back_to_eager_without_a_compiler(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    name: str, monkeypatch: pytest.MonkeyPatch, kernels_for_small_tensors: None
 ) -> None:
     from lrlab.optim import _fused
 
@@ -212,7 +220,9 @@ def test_fused_falls_back_to_eager_without_a_compiler(
 
 
 @pytest.mark.parametrize("name", FUSED)
-def test_fused_low_precision_follows_the_reference_path(name: str) -> None:
+def test_fused_low_precision_follows_the_reference_path(
+    name: str, kernels_for_small_tensors: None
+) -> None:
     spec = lo.spec(name)
     kwargs = dict(spec.sample_kwargs[0])
     params_loop = make_params(torch.bfloat16)
@@ -228,7 +238,9 @@ def test_fused_low_precision_follows_the_reference_path(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", FUSED)
-def test_fused_loads_a_checkpoint_written_without_the_flag(name: str) -> None:
+def test_fused_loads_a_checkpoint_written_without_the_flag(
+    name: str, kernels_for_small_tensors: None
+) -> None:
     spec = lo.spec(name)
     params = make_params()
     optimizer = lo.create(name, params, **dict(spec.sample_kwargs[0]))
@@ -243,7 +255,9 @@ def test_fused_loads_a_checkpoint_written_without_the_flag(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", FUSED)
-def test_fused_kernels_stay_compiled_on_mixed_ranks_and_dtypes(name: str) -> None:
+def test_fused_kernels_stay_compiled_on_mixed_ranks_and_dtypes(
+    name: str, kernels_for_small_tensors: None
+) -> None:
     # a kernel must not compile one graph per parameter shape: dynamo's recompile limit (8)
     # would silently send every later call to eager; here hitting it raises instead
     import torch._dynamo
@@ -258,6 +272,26 @@ def test_fused_kernels_stay_compiled_on_mixed_ranks_and_dtypes(name: str) -> Non
                 warnings.filterwarnings("error", message="lrlab")
                 run(optimizer, params, spec, range(3))
             assert all(torch.isfinite(p).all() for p in params)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_leaves_small_tensors_on_the_eager_path(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lrlab.optim import _fused
+
+    def refuse(self, *args):
+        raise AssertionError(f"kernel {self.name} called for a small tensor")
+
+    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
+    spec = lo.spec(name)
+    params = make_params()
+    assert max(p.numel() for p in params) < _fused.MIN_ELEMENTS
+    optimizer = lo.create(name, params, **{**dict(spec.sample_kwargs[0]), "fused": True})
+    run(optimizer, params, spec, range(2))
+    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)  # and the guard above can fail
+    with pytest.raises(AssertionError, match="called for a small tensor"):
+        run(optimizer, params, spec, range(2, 3))
 
 
 @pytest.mark.parametrize("name", FUSED)
