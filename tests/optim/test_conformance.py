@@ -177,6 +177,11 @@ def kernels_for_small_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
 
 
+def _reference_path(name: str) -> dict:
+    """The for-loop path: ``foreach=False`` where the method has a multi-tensor path too."""
+    return {"foreach": False} if lo.spec(name).supports_foreach else {}
+
+
 def _cpp_compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
@@ -185,7 +190,7 @@ def _cpp_compiler() -> str | None:
 def test_fused_matches_forloop_in_float64(name: str, kernels_for_small_tensors: None) -> None:
     from lrlab.optim._fused import fused_status
 
-    _assert_paths_agree(name, {"foreach": False}, {"fused": True})
+    _assert_paths_agree(name, _reference_path(name), {"fused": True})
     # the check above is only worth something if the kernels really ran compiled, which they
     # must wherever inductor finds a C++ compiler (a machine without one falls back: tested below)
     ran = {kernel: how for kernel, how in fused_status().items() if how != "not used yet"}
@@ -212,7 +217,7 @@ def test_fused_falls_back_to_eager_without_a_compiler(
     monkeypatch.setattr(torch, "compile", broken_compile)
     try:
         with pytest.warns(RuntimeWarning, match="using the eager path"):
-            _assert_paths_agree(name, {"foreach": False}, {"fused": True})
+            _assert_paths_agree(name, _reference_path(name), {"fused": True})
         assert any("no C++ compiler" in how for how in _fused.fused_status().values())
     finally:
         for compiled, (function, reason) in fresh.items():
@@ -227,7 +232,7 @@ def test_fused_low_precision_follows_the_reference_path(
     kwargs = dict(spec.sample_kwargs[0])
     params_loop = make_params(torch.bfloat16)
     params_fused = make_params(torch.bfloat16)
-    opt_loop = lo.create(name, params_loop, **{**kwargs, "foreach": False})
+    opt_loop = lo.create(name, params_loop, **{**kwargs, **_reference_path(name)})
     opt_fused = lo.create(name, params_fused, **{**kwargs, "fused": True})
     run(opt_loop, params_loop, spec, range(6))
     run(opt_fused, params_fused, spec, range(6))
@@ -298,8 +303,9 @@ def test_fused_leaves_small_tensors_on_the_eager_path(
 def test_fused_argument_is_validated(name: str) -> None:
     with pytest.raises(ValueError, match="fused must be True, False or None"):
         lo.create(name, make_params(), fused="yes")
-    with pytest.raises(ValueError, match="cannot be set together"):
-        lo.create(name, make_params(), fused=True, foreach=True)
+    if lo.spec(name).supports_foreach:
+        with pytest.raises(ValueError, match="cannot be set together"):
+            lo.create(name, make_params(), fused=True, foreach=True)
 
 
 # -- checkpoints ----------------------------------------------------------------------------

@@ -779,6 +779,34 @@ def _dadapt_adam_step(p: Tensor, m: Tensor, v: Tensor, c: Tensor) -> None:
     p.copy_(p - c[0] * p - m / (v.sqrt() + c[1]))
 
 
+@kernel
+def _dadapt_adagrad_accumulate(
+    grad: Tensor, p: Tensor, alpha: Tensor, s: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """DAdaptAdaGrad's statistics and accumulators of one tensor in one sweep; ``c`` = (weight
+    decay, eps, lam). Returns (sum g^2 / (sqrt(a_new) + eps), the change of
+    sum s^2 / (sqrt(a) + eps), the change of ||s||_1), as the reference path."""
+    g = grad + c[0] * p
+    old_s_sq = (s * s / (alpha.sqrt() + c[1])).to(c.dtype).sum()
+    old_l1 = s.abs().to(c.dtype).sum()
+    alpha_new = alpha + g * g
+    metric = alpha_new.sqrt() + c[1]
+    weighted = (g * g / metric).to(c.dtype).sum()
+    s_new = s + g * c[2]
+    alpha.copy_(alpha_new)
+    s.copy_(s_new)
+    change_s = (s_new * s_new / metric).to(c.dtype).sum() - old_s_sq
+    return weighted, change_s, s_new.abs().to(c.dtype).sum() - old_l1
+
+
+@kernel
+def _dadapt_adagrad_move(p: Tensor, x0: Tensor, s: Tensor, alpha: Tensor, c: Tensor) -> None:
+    """``x = (1 - c) x + c (x0 - s / (sqrt(a) + eps))``; ``c`` = (eps, c). With c = 1 (no
+    momentum) ``0 * x + z`` is ``z`` exactly, as the reference's copy."""
+    z = x0 - s / (alpha.sqrt() + c[0])
+    p.copy_(p * (1.0 - c[1]) + z * c[1])
+
+
 # -- DAdaptAdaGrad ----------------------------------------------------------------------------
 
 
@@ -788,6 +816,7 @@ def _dadapt_adam_step(p: Tensor, m: Tensor, v: Tensor, c: Tensor) -> None:
     paper=_PAPER,
     summary="dual-averaging AdaGrad whose step d*lr adapts d from weighted dual-sum norms",
     oracle="dadaptation.DAdaptAdaGrad",
+    supports_fused=True,
     sample_kwargs=(
         {"d0": 0.01},
         {"d0": 0.01, "momentum": 0.9, "weight_decay": 1e-3},
@@ -837,6 +866,10 @@ class DAdaptAdaGrad(_DistanceEstimator):
         d_coef: lrlab extension, multiplies :math:`\hat d`, in (0, inf); 1.0 is the package.
         sharded: the parameters are split over ranks (the package has no distributed support
             for this variant; the increments of :math:`S, L, G` are reduced).
+        fused: True runs each tensor's statistics and accumulator updates as one compiled
+            kernel and its parameter update as a second (the update waits for the step's skip
+            decision); tensors under 32k elements and non-contiguous ones stay eager (see
+            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation.
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.3): the package reads ``lr`` from the first
@@ -879,6 +912,7 @@ class DAdaptAdaGrad(_DistanceEstimator):
         *,
         d_coef: float = 1.0,
         sharded: bool = False,
+        fused: bool | None = None,
     ) -> None:
         _check_common(lr, weight_decay, log_every, d0, growth_rate, d_coef)
         check_range("momentum", momentum, 0.0, 1.0, "[)")
@@ -893,6 +927,7 @@ class DAdaptAdaGrad(_DistanceEstimator):
             "growth_rate": growth_rate,
             "d_coef": d_coef,
             "sharded": sharded,
+            "fused": check_fused(fused, None),
         }
         super().__init__(params, defaults)
 
@@ -907,8 +942,10 @@ class DAdaptAdaGrad(_DistanceEstimator):
         lam = d * lr
 
         changes_s, changes_l1, weighted_g = [], [], []
+        fused_params: set[Tensor] = set()
         for group in self.param_groups:
             eps, weight_decay = group["eps"], group["weight_decay"]
+            constants: dict[torch.dtype, Tensor] = {}
             for p, grad in self._with_grads(group):
                 state = self.state[p]
                 if len(state) == 0:
@@ -919,10 +956,23 @@ class DAdaptAdaGrad(_DistanceEstimator):
                     state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
                 # the package lets every group take part (with the first group's lr); a group
                 # with lr 0 below the largest lr opts out (NOTE [... learning rates across groups])
+                alpha, s = state["alphak"], state["sk"]
+                fused = group.get("fused", False) and flat_eligible(p, grad, alpha, s, state["x0"])
+                if fused:
+                    fused_params.add(p)
                 if group["lr"] != lr:
                     continue
+                if fused:
+                    if p.dtype not in constants:
+                        constants[p.dtype] = scalars((weight_decay, eps, lam), p)
+                    weighted, change_s, change_l1 = _dadapt_adagrad_accumulate(
+                        flat(grad), flat(p), flat(alpha), flat(s), constants[p.dtype]
+                    )
+                    weighted_g.append(weighted)
+                    changes_s.append(change_s)
+                    changes_l1.append(change_l1)
+                    continue
                 g = _weight_decayed(grad, p, weight_decay)
-                alpha, s = state["alphak"], state["sk"]
                 old_s_sq = (s * s).div_(alpha.sqrt().add_(eps)).sum()
                 old_l1 = s.abs().sum()
                 alpha.add_(g * g)
@@ -952,6 +1002,15 @@ class DAdaptAdaGrad(_DistanceEstimator):
             eps = group["eps"]
             for p, _ in self._with_grads(group):
                 state = self.state[p]
+                if p in fused_params:
+                    _dadapt_adagrad_move(
+                        flat(p),
+                        flat(state["x0"]),
+                        flat(state["sk"]),
+                        flat(state["alphak"]),
+                        scalars((eps, c), p),
+                    )
+                    continue
                 z = state["x0"] - state["sk"].div(state["alphak"].sqrt().add_(eps))
                 if momentum != 0:
                     p.mul_(1.0 - c).add_(z, alpha=c)
