@@ -22,6 +22,8 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._foreach import accumulation_dtype
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive, check_range
 
@@ -38,6 +40,7 @@ __all__ = ["GradaGrad"]
     summary="AdaGrad-Norm whose step size also grows when consecutive gradients agree "
     "(reconstruction)",
     supports_foreach=True,
+    supports_fused=True,
     confidence="low",
     sample_kwargs=(
         {"lr": 0.5},
@@ -104,6 +107,13 @@ class GradaGrad(AdaptiveOptimizer):
             [0, 1] (the source's range). Default 0.5 (the spec's test vector; the source gives
             no default).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        fused: True runs the per-tensor work as two compiled kernels, one call each per tensor:
+            :math:`\lVert g\rVert^2` and :math:`\langle g, g_{\mathrm{prev}}\rangle` with
+            the copy :math:`g_{\mathrm{prev}} \leftarrow g` in one pass, then, once the step
+            size is known (it needs those global sums), the move (no call while :math:`A = 0`).
+            Tensors that cannot be viewed flat (non-contiguous, sparse) or are small take the
+            ``foreach`` path. See :mod:`lrlab.optim._fused`. Opt-in: the first step pays the
+            compilation (seconds, once per process and dtype).
         sharded: each rank owns a disjoint part of the parameters, so the norms and inner
             products are partial sums to be reduced over ranks (DTensor is detected).
 
@@ -133,19 +143,31 @@ class GradaGrad(AdaptiveOptimizer):
         rho: float = 2.0,
         r: float = 0.5,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         check_positive("lr", lr)
         check_nonnegative("rho", rho)
         check_range("r", r, 0.0, 1.0, "[]")
         check_bool("sharded", sharded)
-        defaults = {"lr": lr, "rho": rho, "r": r, "foreach": foreach, "sharded": sharded}
+        fused = check_fused(fused, foreach)
+        defaults = {
+            "lr": lr,
+            "rho": rho,
+            "r": r,
+            "foreach": foreach,
+            "fused": fused,
+            "sharded": sharded,
+        }
         super().__init__(params, defaults)
 
     def _update(self, context: StepContext) -> None:
         first = self.param_groups[0]
         # (group, params, grads, previous gradients, foreach) of every group with gradients
         pending: list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor], bool]] = []
+        # (group, params) of the tensors whose first pass ran fused: the step size needs the
+        # global sums, so their move is a second compiled pass
+        fused_pending: list[tuple[dict[str, Any], list[Tensor]]] = []
         square_parts: list[Tensor] = []
         dot_parts: list[Tensor] = []
         for group in self.param_groups:
@@ -162,6 +184,12 @@ class GradaGrad(AdaptiveOptimizer):
                 state = self.state[p]
                 if len(state) == 0:
                     state["prev_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            # .get: checkpoints written before the fused path existed have no "fused" key
+            if group.get("fused", False):
+                fused, params = self._fused_sums(params, square_parts, dot_parts)
+                fused_pending.append((group, fused))
+                if not params:
+                    continue
             grads = [p.grad for p in params]
             previous = [self.state[p]["prev_grad"] for p in params]
             foreach = _foreach.resolve_foreach(group["foreach"], params)
@@ -198,9 +226,41 @@ class GradaGrad(AdaptiveOptimizer):
                     if step_size > 0:
                         p.add_(g, alpha=-step_size)
                     prev.copy_(g)
+        for group, fused in fused_pending:
+            step_size = group["lr"] * factor * scale
+            group["effective_lr"] = step_size
+            if step_size > 0 and fused:
+                # their g_prev already holds g (first pass): only the move is left
+                constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+                for p in fused:
+                    key = (p.device, p.dtype)
+                    if key not in constants:
+                        constants[key] = scalars((step_size,), p)
+                    assert p.grad is not None  # fused holds tensors with gradients only
+                    _gradagrad_move(flat(p), flat(p.grad), constants[key])
         self._set_global("lr_factor", factor)
         self._set_global("alpha_acc", alpha_acc)
         self._set_global("v", v)
+
+    def _fused_sums(
+        self, params: list[Tensor], square_parts: list[Tensor], dot_parts: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The fused first pass: for every tensor the kernel takes, append its
+        ``||g||^2`` and ``<g, g_prev>`` (float64) to the parts and set ``g_prev = g``. Returns
+        (the tensors it took, the others, which must take the reference path)."""
+        fused, rest = [], []
+        for p in params:
+            grad, previous = p.grad, self.state[p]["prev_grad"]
+            assert grad is not None  # params holds the tensors with gradients only
+            # p is checked too, so that a tensor takes the same path in both passes
+            if not flat_eligible(p, grad, previous):
+                rest.append(p)
+                continue
+            square, dot = _gradagrad_sums(flat(grad), flat(previous))
+            square_parts.append(square.to(torch.float64))
+            dot_parts.append(dot.to(torch.float64))
+            fused.append(p)
+        return fused, rest
 
     def _statistics(self) -> dict[str, float]:
         factor = float(self._get_global("lr_factor"))
@@ -210,3 +270,26 @@ class GradaGrad(AdaptiveOptimizer):
             "alpha_acc": float(self._get_global("alpha_acc")),
             "v": float(self._get_global("v")),
         }
+
+
+# -- the fused kernels (NOTE [fused kernels] in lrlab.optim._fused) ---------------------------
+
+
+@kernel
+def _gradagrad_sums(grad: Tensor, previous: Tensor) -> tuple[Tensor, Tensor]:
+    """GradaGrad's first pass over one tensor: returns ``||g||^2`` and ``<g, g_prev>`` (float32
+    sums for low-precision tensors) and then sets ``g_prev = g`` in the same sweep (the move
+    reads ``g`` itself, so the old ``g_prev`` is not needed after this pass)."""
+    # no scalars tensor to take the dtype from: the accumulation dtype of the gradient's
+    acc = accumulation_dtype(grad.dtype)
+    g = grad.to(acc)
+    square = (g * g).sum()
+    dot = (g * previous.to(acc)).sum()
+    previous.copy_(grad)
+    return square, dot
+
+
+@kernel
+def _gradagrad_move(p: Tensor, grad: Tensor, c: Tensor) -> None:
+    """GradaGrad's second pass: ``x -= step_size g``; ``c`` = (step_size,)."""
+    p.copy_(p.to(c.dtype) - c[0] * grad.to(c.dtype))

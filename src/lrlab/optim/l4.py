@@ -270,6 +270,7 @@ _L4_NOTES = r"""
     paper=_PAPER,
     summary="L4 with momentum: eta removes a fraction alpha of the loss above its estimated min",
     supports_foreach=True,
+    supports_fused=True,
     lr_argument=None,
     sample_kwargs=(
         {},
@@ -309,6 +310,13 @@ class L4Mom(_L4):
         eps: added to :math:`\langle \hat g, v\rangle`, in [0, inf). Default 1e-12.
         beta: momentum of the gradient estimate, in [0, 1). Default 0.9 (time scale 10).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        fused: True runs the per-tensor work as two compiled kernels, one call each per tensor:
+            the momentum with :math:`\langle \hat g, v\rangle = \lVert \hat g\rVert^2`, then,
+            once the step size is known (it needs that global sum and the loss), the move,
+            which recomputes :math:`\hat g` from the momentum instead of keeping it (no
+            full-size temporary). Tensors that cannot be viewed flat (non-contiguous, sparse)
+            or are small take the ``foreach`` path. See :mod:`lrlab.optim._fused`. Opt-in: the
+            first step pays the compilation (seconds, once per process and dtype).
         sharded: each rank owns a disjoint part of the parameters, so
             :math:`\langle \hat g, v\rangle` is a partial sum to be reduced over ranks.
 """
@@ -333,11 +341,13 @@ class L4Mom(_L4):
         eps: float = 1e-12,
         beta: float = 0.9,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded)
         check_range("beta", beta, 0.0, 1.0, "[)")
-        defaults.update({"beta": beta, "foreach": foreach})
+        fused = check_fused(fused, foreach)
+        defaults.update({"beta": beta, "foreach": foreach, "fused": fused})
         super().__init__(params, defaults)
 
     def _estimates(
@@ -360,6 +370,38 @@ class L4Mom(_L4):
                 m.lerp_(g, 1 - beta)
                 estimates.append(m / b)
         return estimates, estimates
+
+    def _fused_moments(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        grad: Tensor,
+        step: int,
+        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
+    ) -> Tensor | None:
+        m = self.state[p]["exp_avg"]
+        # p is checked too, so that a tensor takes the same path in both passes
+        if not flat_eligible(p, grad, m):
+            return None
+        key = (p.device, p.dtype, step)
+        if key not in constants:
+            beta = group["beta"]
+            # 1 - beta and the bias correction in Python double, as the reference path has them
+            constants[key] = scalars((1 - beta, 1 - beta**step), p)
+        return _l4_mom_moments(flat(grad), flat(m), constants[key])
+
+    def _fused_move(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        step: int,
+        eta: float,
+        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
+    ) -> None:
+        key = (p.device, p.dtype, step)
+        if key not in constants:
+            constants[key] = scalars((eta, 1 - group["beta"] ** step), p)
+        _l4_mom_move(flat(p), flat(self.state[p]["exp_avg"]), constants[key])
 
 
 @register(
@@ -555,3 +597,20 @@ def _l4_adam_move(p: Tensor, m: Tensor, s: Tensor, c: Tensor) -> None:
     the first pass formed it; ``c`` = (eta, 1 - beta1^t, 1 - beta2^t, adam_eps)."""
     direction = (m.to(c.dtype) / c[1]) / ((s.to(c.dtype) / c[2]).sqrt() + c[3])
     p.copy_(p.to(c.dtype) - c[0] * direction)
+
+
+@kernel
+def _l4_mom_moments(grad: Tensor, m: Tensor, c: Tensor) -> Tensor:
+    """L4Mom's first pass over one tensor; ``c`` = (1 - beta, 1 - beta^t). Returns
+    ``<g_hat, v> = ||g_hat||^2`` in ``c``'s dtype (float32 sums for low-precision tensors)."""
+    m_new = torch.lerp(m.to(c.dtype), grad.to(c.dtype), c[0])
+    m.copy_(m_new)
+    estimate = m_new / c[1]
+    return (estimate * estimate).sum()
+
+
+@kernel
+def _l4_mom_move(p: Tensor, m: Tensor, c: Tensor) -> None:
+    """L4Mom's second pass: ``x -= eta g_hat`` with ``g_hat`` recomputed from the updated
+    momentum as the first pass formed it; ``c`` = (eta, 1 - beta^t)."""
+    p.copy_(p.to(c.dtype) - c[0] * (m.to(c.dtype) / c[1]))

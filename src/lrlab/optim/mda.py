@@ -17,10 +17,12 @@ import math
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_nonnegative, check_positive, check_range
 
@@ -36,6 +38,7 @@ __all__ = ["MDA"]
     ),
     summary="Modernized Dual Averaging: x = x0 - s/sqrt(k+1), s += lr sqrt(k+1) g, momentum",
     supports_foreach=True,
+    supports_fused=True,
     confidence="medium",
     sample_kwargs=(
         {"lr": 0.05},
@@ -86,6 +89,12 @@ class MDA(AdaptiveOptimizer):
         weight_decay: coupled L2 coefficient added to the gradient before it enters :math:`s`,
             in [0, inf).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        fused: True runs the whole step of a tensor (:math:`s`, :math:`z` and the
+            interpolation) as one compiled kernel, one call per tensor: a single pass over
+            memory, as every scalar of the step is known before it. Tensors that cannot be
+            viewed flat (non-contiguous, sparse) or are small take the ``foreach`` path. See
+            :mod:`lrlab.optim._fused`. Opt-in: the first step pays the compilation (seconds,
+            once per process and dtype).
 
     .. note::
         Confidence is **medium** (spec ``defazio_family.md`` section 6): no official MDA code
@@ -118,15 +127,18 @@ class MDA(AdaptiveOptimizer):
         weight_decay: float = 0.0,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         check_positive("lr", lr)
         check_range("momentum", momentum, 0.0, 1.0, "[)")
         check_nonnegative("weight_decay", weight_decay)
+        fused = check_fused(fused, foreach)
         defaults = {
             "lr": lr,
             "momentum": momentum,
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
@@ -144,6 +156,13 @@ class MDA(AdaptiveOptimizer):
                 if len(state) == 0:
                     state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
+            # .get: checkpoints written before the fused path existed have no "fused" key
+            if group.get("fused", False):
+                # every scalar of the step is known before the pass (no global reduction), so
+                # one compiled call per tensor does the whole step
+                params = self._fused_step(group, params, lam=lam, beta=beta)
+                if not params:
+                    continue
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             _mda_step(
                 params,
@@ -156,6 +175,31 @@ class MDA(AdaptiveOptimizer):
                 foreach=foreach,
             )
         self._set_global("k", k + 1)
+
+    def _fused_step(
+        self, group: dict[str, Any], params: list[Tensor], *, lam: float, beta: float
+    ) -> list[Tensor]:
+        """Step every tensor of ``params`` that the kernel takes; return the others, which
+        must take the reference path."""
+        rest = []
+        # the scalars tensor of each device and dtype: one host-to-device copy, not one per tensor
+        constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        for p in params:
+            grad, state = p.grad, self.state[p]
+            assert grad is not None  # params holds the tensors with gradients only
+            s, x0 = state["s"], state["x0"]
+            if not flat_eligible(p, grad, s, x0):
+                rest.append(p)
+                continue
+            key = (p.device, p.dtype)
+            if key not in constants:
+                # weight decay 0.0 rather than a branch, and lerp with weight 1 (momentum 0)
+                # is exactly z, so the graph depends on neither setting; -1 / beta in Python
+                # double, as the reference path has it
+                values = (group["weight_decay"], lam, -1.0 / beta, 1.0 - group["momentum"])
+                constants[key] = scalars(values, p)
+            _mda_fused_step(flat(grad), flat(p), flat(s), flat(x0), constants[key])
+        return rest
 
     def _statistics(self) -> dict[str, float]:
         k = int(self._get_global("k"))
@@ -196,3 +240,18 @@ def _mda_step(
             p.copy_(z)
         else:
             p.lerp_(z, c)
+
+
+@kernel
+def _mda_fused_step(grad: Tensor, p: Tensor, s: Tensor, x0: Tensor, c: Tensor) -> None:
+    """One MDA step of one tensor (NOTE [fused kernels] in lrlab.optim._fused); ``c`` =
+    (weight decay, lambda_k, -1 / beta_{k+1}, 1 - momentum).
+
+    Low-precision tensors are computed in ``c``'s float32 and stored back in their dtype.
+    """
+    p_old = p.to(c.dtype)
+    g = grad.to(c.dtype) + c[0] * p_old
+    s_new = s.to(c.dtype) + c[1] * g
+    s.copy_(s_new)
+    z = x0.to(c.dtype) + c[2] * s_new  # z = x0 - s / beta
+    p.copy_(torch.lerp(p_old, z, c[3]))

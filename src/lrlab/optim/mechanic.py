@@ -21,6 +21,7 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register, spec
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive, check_range
 
@@ -44,6 +45,7 @@ _SETTINGS = (
     "mechanic_s_init",
     "mechanic_eps",
     "mechanic_store_delta",
+    "mechanic_fused",
 )
 
 # NOTE [Mechanic param groups]
@@ -117,6 +119,7 @@ def _check_betas(betas: object) -> tuple[float, ...]:
     "(arXiv:2306.00144)",
     summary="wraps any base optimizer and learns the scale of its updates online",
     oracle="mechanic_pytorch.mechanize",
+    supports_fused=True,
     sample_kwargs=(
         # the README's SGD lr=1 and optax's s_init=1e-6: visible moves within a few steps even for
         # bfloat16 parameters (with s_init=1e-8 the first scale, ~1e-6, is below bf16 resolution)
@@ -200,6 +203,12 @@ class Mechanic(AdaptiveOptimizer):
         sharded: each rank owns a disjoint part of the parameters, so the four inner products
             behind :math:`h` are partial sums, reduced over ranks with one collective per step.
             Forwarded to a base that takes ``sharded`` (unless ``base_kwargs`` sets it).
+        fused: True runs Mechanic's own per-tensor work as compiled kernels (before the base
+            step: keep x, form Delta, two inner products; after it: two inner products and the
+            Delta update; then the final move), three passes instead of about a dozen eager
+            kernels; the base keeps its own path (pass ``base_kwargs={"fused": True}`` to a base
+            that has one). Tensors under 32k elements, non-contiguous or low-precision ones stay
+            eager (see :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation.
 
     Example:
         >>> optimizer = Mechanic(model.parameters(), base="adamw", base_kwargs={"lr": 1e-3})
@@ -273,6 +282,7 @@ class Mechanic(AdaptiveOptimizer):
         eps: float = 1e-8,
         store_delta: bool = False,
         sharded: bool = False,
+        fused: bool | None = None,
     ) -> None:
         base_class = _resolve_base_class(base)
         if base_kwargs is not None and not isinstance(base_kwargs, Mapping):
@@ -306,6 +316,8 @@ class Mechanic(AdaptiveOptimizer):
             "mechanic_s_init": float(s_init),
             "mechanic_eps": float(eps),
             "mechanic_store_delta": store_delta,
+            # named apart from "fused": the base (torch's Adam, say) has a "fused" of its own
+            "mechanic_fused": check_fused(fused, None),
             "sharded": sharded,
         }
         super().__init__(params, defaults)
@@ -475,6 +487,10 @@ class Mechanic(AdaptiveOptimizer):
         refs: list[Tensor] = []
         deltas: list[Tensor] = []
         previous: list[Tensor] = []
+        fused = bool(first.get("mechanic_fused", False))
+        # per parameter: its fused-kernel outputs (<Delta, g>, <g, g>), or None for the eager path
+        fused_dots: list[tuple[Tensor, Tensor] | None] = []
+        constants: dict[torch.dtype, Tensor] = {}
         for p in params:
             state = self.state[p]
             dtype = _state_dtype(p)
@@ -483,6 +499,27 @@ class Mechanic(AdaptiveOptimizer):
                 state["ref"] = p.detach().to(dtype, copy=True)
                 if store_delta or dtype != p.dtype:
                     state["delta"] = torch.zeros_like(p, dtype=dtype)
+            if fused and dtype == p.dtype and flat_eligible(p, p.grad, state["ref"]):
+                if dtype not in constants:
+                    constants[dtype] = scalars((S + eps,), p)
+                prev = torch.empty_like(p)
+                delta = state["delta"] if "delta" in state else torch.empty_like(p)
+                fused_dots.append(
+                    _mechanic_before(
+                        flat(p),
+                        flat(p.grad),
+                        flat(state["ref"]),
+                        flat(prev),
+                        flat(delta),
+                        constants[dtype],
+                        stored=store_delta,
+                    )
+                )
+                refs.append(state["ref"])
+                deltas.append(delta)
+                previous.append(prev)
+                continue
+            fused_dots.append(None)
             prev = p.detach().to(dtype, copy=True)
             refs.append(state["ref"])
             # Delta: the sum of the base updates so far (recomputed from x unless stored)
@@ -492,16 +529,30 @@ class Mechanic(AdaptiveOptimizer):
             )
             previous.append(prev)
         # the gradients as given to the base (it may change p.grad in place)
-        delta_dot_grad = _foreach.total_dot(deltas, grads)
-        grad_sq = _foreach.total_dot(grads, grads)
+        eager = [i for i, dots in enumerate(fused_dots) if dots is None]
+        done = [dots for dots in fused_dots if dots is not None]
+        delta_dot_grad = _foreach.total_dot([deltas[i] for i in eager], [grads[i] for i in eager])
+        grad_sq = _foreach.total_dot([grads[i] for i in eager], [grads[i] for i in eager])
+        if done:
+            delta_dot_grad = _sum_with(delta_dot_grad, [dots[0] for dots in done])
+            grad_sq = _sum_with(grad_sq, [dots[1] for dots in done])
 
         self._base_step(context)
 
         if params:
-            delta_dot_param = _foreach.total_dot(deltas, params)
-            param_sq = _foreach.total_dot(params, params)
-            for delta, prev, p in zip(deltas, previous, params, strict=True):
-                delta.add_(prev.neg_().add_(p))  # u = x+ - x, the base's update
+            delta_dot_param = _foreach.total_dot(
+                [deltas[i] for i in eager], [params[i] for i in eager]
+            )
+            param_sq = _foreach.total_dot([params[i] for i in eager], [params[i] for i in eager])
+            after = []
+            for delta, prev, p, dots in zip(deltas, previous, params, fused_dots, strict=True):
+                if dots is not None:
+                    after.append(_mechanic_after(flat(p), flat(prev), flat(delta)))
+                else:
+                    delta.add_(prev.neg_().add_(p))  # u = x+ - x, the base's update
+            if after:
+                delta_dot_param = _sum_with(delta_dot_param, [dots[0] for dots in after])
+                param_sq = _sum_with(param_sq, [dots[1] for dots in after])
             partials = [delta_dot_grad, grad_sq, delta_dot_param, param_sq]
         else:
             like = context.params[0]
@@ -527,9 +578,11 @@ class Mechanic(AdaptiveOptimizer):
             for m_j, r_j, v_j in zip(m, r, v, strict=True)
         ]
         scale = max(sum(s), 0.0)
-        for p, ref, delta in zip(params, refs, deltas, strict=True):
+        for p, ref, delta, dots in zip(params, refs, deltas, fused_dots, strict=True):
             # x = x_ref + scale * Delta
-            if delta.dtype == p.dtype:
+            if dots is not None:
+                _mechanic_move(flat(p), flat(ref), flat(delta), scalars((scale,), p))
+            elif delta.dtype == p.dtype:
                 p.copy_(delta).mul_(scale).add_(ref)
             else:
                 p.copy_(delta.mul(scale).add_(ref))
@@ -561,3 +614,56 @@ class Mechanic(AdaptiveOptimizer):
         if isinstance(self.base, AdaptiveOptimizer):
             stats.update({f"base_{k}": float(v) for k, v in self.base._statistics().items()})
         return stats
+
+
+# -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------
+
+
+def _sum_with(total: Tensor, parts: list[Tensor]) -> Tensor:
+    """``total`` (the eager tensors' sum; a float32 zero when there are none) plus the fused
+    kernels' per-tensor sums, in the wider of the two dtypes."""
+    fused = torch.stack(parts).sum()
+    dtype = torch.promote_types(total.dtype, fused.dtype)
+    return total.to(device=fused.device, dtype=dtype) + fused.to(dtype)
+
+
+def _mechanic_before(
+    p: Tensor, grad: Tensor, ref: Tensor, prev: Tensor, delta: Tensor, c: Tensor, *, stored: bool
+) -> tuple[Tensor, Tensor]:
+    """Before the base step: keep x in ``prev``, form Delta (unless it is stored) and return
+    (<Delta, g>, <g, g>); ``c`` = (S + eps,)."""
+    if stored:
+        return _mechanic_before_stored(p, grad, delta, prev)
+    return _mechanic_before_recomputed(p, grad, ref, prev, delta, c)
+
+
+@kernel
+def _mechanic_before_recomputed(
+    p: Tensor, grad: Tensor, ref: Tensor, prev: Tensor, delta: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
+    new_delta = (p - ref) / c[0]
+    prev.copy_(p)
+    delta.copy_(new_delta)
+    return (new_delta * grad).to(c.dtype).sum(), (grad * grad).to(c.dtype).sum()
+
+
+@kernel
+def _mechanic_before_stored(
+    p: Tensor, grad: Tensor, delta: Tensor, prev: Tensor
+) -> tuple[Tensor, Tensor]:
+    prev.copy_(p)
+    return (delta * grad).sum(), (grad * grad).sum()
+
+
+@kernel
+def _mechanic_after(p: Tensor, prev: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    """After the base step: (<Delta, x+>, <x+, x+>), then Delta += x+ - x."""
+    dot, square = (delta * p).sum(), (p * p).sum()
+    delta.copy_(delta + (p - prev))
+    return dot, square
+
+
+@kernel
+def _mechanic_move(p: Tensor, ref: Tensor, delta: Tensor, c: Tensor) -> None:
+    """``x = x_ref + scale * Delta``; ``c`` = (scale,)."""
+    p.copy_(delta * c[0] + ref)

@@ -291,6 +291,7 @@ _NOTES = r"""
     paper=_PAPER,
     summary="Schedule-Free SGD: interpolate between SGD iterates and their running average",
     supports_foreach=True,
+    supports_fused=True,
     oracle="schedulefree.SGDScheduleFree",
     sample_kwargs=(
         {"lr": 0.05},
@@ -339,6 +340,11 @@ class SGDScheduleFree(_ScheduleFree):
         r: polynomial weighting power of the average, in [0, inf). Default 0.
         weight_lr_power: power of :math:`\gamma^{max}` in the weights, in [0, inf). Default 2.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        fused: True runs the whole step of a tensor (the decayed gradient, y and z) as one
+            compiled kernel, one call per tensor: a single pass over memory, as every scalar of
+            the step is known before it. Tensors that cannot be viewed flat (non-contiguous,
+            sparse) or are small take the ``foreach`` path. See :mod:`lrlab.optim._fused`.
+            Opt-in: the first step pays the compilation (seconds, once per process and dtype).
 
     Example:
         >>> optimizer = SGDScheduleFree(model.parameters(), lr=1.0)
@@ -359,10 +365,13 @@ class SGDScheduleFree(_ScheduleFree):
         r: float = 0.0,
         weight_lr_power: float = 2.0,
         foreach: bool | None = None,
+        *,
+        fused: bool | None = None,
     ) -> None:
         _check_common(lr, weight_decay, warmup_steps, r, weight_lr_power)
         check_range("momentum", momentum, 0.0, 1.0, "()")
         _check_foreach(foreach)
+        fused = check_fused(fused, foreach)
         defaults = {
             "lr": float(lr),
             "momentum": float(momentum),
@@ -371,6 +380,7 @@ class SGDScheduleFree(_ScheduleFree):
             "r": float(r),
             "weight_lr_power": float(weight_lr_power),
             "foreach": foreach,
+            "fused": fused,
             **_GROUP_STATE,
         }
         super().__init__(params, defaults)
@@ -387,6 +397,39 @@ class SGDScheduleFree(_ScheduleFree):
         foreach: bool,
     ) -> list[Tensor]:
         return grads  # never modified: weight decay is added out of place
+
+    def _fused_step(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        grad: Tensor,
+        k: int,
+        step: tuple[float, float, float],
+        constants: dict[tuple[torch.device, torch.dtype], Tensor],
+    ) -> bool:
+        z = self.state[p]["z"]
+        if not flat_eligible(p, grad, z):
+            return False
+        key = (p.device, p.dtype)
+        if key not in constants:
+            # weight decay 0.0 rather than a branch, so the graph does not depend on it
+            constants[key] = scalars((group["weight_decay"], *step), p)
+        _sgd_schedule_free_step(flat(grad), flat(p), flat(z), constants[key])
+        return True
+
+
+@kernel
+def _sgd_schedule_free_step(grad: Tensor, y: Tensor, z: Tensor, c: Tensor) -> None:
+    """One SGDScheduleFree step of one tensor (NOTE [fused kernels] in lrlab.optim._fused);
+    ``c`` = (weight decay, lr, c, y_step).
+
+    Low-precision tensors are computed in ``c``'s float32 and stored back in their dtype.
+    """
+    y_old = y.to(c.dtype)
+    # weight decay at y before it moves, as the reference path adds it
+    d = grad.to(c.dtype) + c[0] * y_old
+    y.copy_(torch.lerp(y_old, z.to(c.dtype), c[2]) + c[3] * d)
+    z.copy_(z.to(c.dtype) - c[1] * d)
 
 
 SGDScheduleFree.__doc__ = f"{SGDScheduleFree.__doc__}{_NOTES}"
