@@ -451,3 +451,35 @@ def test_a_group_block_split_over_two_ranks_matches_one_process(
     for a, b in zip(whole, shards, strict=True):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-13, atol=1e-15)
     assert not torch.equal(whole[0].detach(), start[0])
+
+
+@pytest.mark.parametrize("name", ["salera", "spalera"])
+def test_fused_alarm_restores_the_same_parameters_as_the_loop(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the kernels save the previous parameters while moving them; an inductor bug once turned
+    # that copy into an alias of the moved parameters, which only an alarm reveals
+    from lrlab.optim import _fused
+
+    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
+    generator = torch.Generator().manual_seed(3)
+    start = [
+        torch.randn(shape, generator=generator, dtype=torch.float64) for shape in [(6, 5), (7,)]
+    ]
+    losses = (1.0, 0.9, 0.8, 0.7, 3.0, 0.7, 0.6, 4.0, 0.6)
+    trajectories = {}
+    for fused in (False, True):
+        params = [t.clone().requires_grad_() for t in start]
+        kwargs = {"fused": True} if fused else {"foreach": False}
+        optimizer = lo.create(name, params, lr=0.05, alpha=0.1, mbratio=0.25, **kwargs)
+        seen = []
+        for step, loss in enumerate(losses):
+            for index, p in enumerate(params):
+                p.grad = torch.sin(p.detach() * (step + index + 1))
+            optimizer.step(loss=torch.tensor(loss, dtype=torch.float64))
+            seen.append([p.detach().clone() for p in params])
+        assert optimizer.statistics()["alarms"] >= 2
+        trajectories[fused] = seen
+    for loop_step, fused_step in zip(trajectories[False], trajectories[True], strict=True):
+        for a, b in zip(loop_step, fused_step, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

@@ -35,6 +35,20 @@ parameters the loss is averaged over ranks in the same collective, so all ranks 
 in replicated (DDP) training pass the same loss on every rank (e.g. the all-reduced mean).
 Tested with disjoint ownership (``sharded=True``, threads standing in for ranks); DTensor
 parameters are untested.
+
+NOTE [the 2017 scheme fused]
+With ``fused=True`` (all four methods) a tensor's step is two compiled passes
+(:mod:`lrlab.optim._fused`), one call each: (1) its partial sums before anything moves (ALeRA,
+SALeRA, Ag-Adam: path norm, path-gradient inner product, gradient norm; SPALeRA: the gradient
+norm) and (2) the path, the method's state and the parameter. Two passes, not one, because
+pass (2) needs numbers that exist only after every sum of pass (1) is in: a block's new rate and
+:math:`1/\lVert g_l \rVert` (a group block or SPALeRA's global norm spans many tensors, and may
+be reduced over ranks), and for SALeRA and SPALeRA the Page-Hinkley verdict, which must come
+before any parameter moves. The kernels add the weight decay themselves (the gradient plus decay
+is never materialised; pass (1) reads the parameter only when the decay is on), and pass (2) of
+SALeRA and SPALeRA also saves :math:`x_{\text{prev}}`, which the eager path copies in a pass of
+its own. Tensors that are not :func:`~lrlab.optim._fused.flat_eligible` (small, non-contiguous,
+sparse) take the eager path within the same step; both paths feed the same sums.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._distributed import is_distributed
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -172,6 +187,24 @@ class _GroupWork:
     params: list[Tensor]
     grads: list[Tensor]
     foreach: bool
+    #: per tensor: True when it takes the compiled kernels (``fused=True``); its ``grads`` entry
+    #: is then the raw gradient, because the kernels add the weight decay themselves
+    fused: list[bool]
+
+    def split(self) -> tuple[_GroupWork, list[int]]:
+        """The work of the eager path (this object itself when no tensor is fused), and the
+        indices of the tensors that take the kernels."""
+        fused = [index for index, flag in enumerate(self.fused) if flag]
+        if not fused:
+            return self, []
+        eager = [index for index, flag in enumerate(self.fused) if not flag]
+        return _GroupWork(
+            self.group,
+            [self.params[i] for i in eager],
+            [self.grads[i] for i in eager],
+            self.foreach,
+            [False] * len(eager),
+        ), fused
 
 
 class _PathLearningRates(AdaptiveOptimizer):
@@ -184,6 +217,8 @@ class _PathLearningRates(AdaptiveOptimizer):
     """
 
     has_global_statistics: ClassVar[bool] = True
+    #: the state tensors that the move kernel takes after (grad, param), in its argument order
+    _fused_state_keys: ClassVar[tuple[str, ...]] = ("path",)
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -225,7 +260,10 @@ class _PathLearningRates(AdaptiveOptimizer):
                 for group in self.param_groups:
                     group["effective_lr"] = 0.0
                 return
-            self._remember_previous()
+            # the move kernel of a fused tensor saves its previous value in the same pass
+            self._remember_previous(
+                skip={id(p) for w in work for p, f in zip(w.params, w.fused, strict=True) if f}
+            )
         self._adapt_and_move(work, shared_values, local_values)
 
     def _gather(self) -> list[_GroupWork]:
@@ -237,17 +275,33 @@ class _PathLearningRates(AdaptiveOptimizer):
                 state = self.state[p]
                 if len(state) == 0:
                     self._init_state(group, p, state)
+            fused = [False] * len(params)
+            # .get: checkpoints written before the fused path existed have no "fused" key
+            if group.get("fused", False):
+                fused = [
+                    flat_eligible(g, p, *(self.state[p][key] for key in self._fused_state_keys))
+                    for p, g in zip(params, grads, strict=True)
+                ]
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             weight_decay = group["weight_decay"]
-            if weight_decay != 0 and params:
+            # a fused tensor's kernels add the decay themselves (no full-size temporary)
+            eager = [i for i, flag in enumerate(fused) if not flag]
+            if weight_decay != 0 and eager:
+                eager_params = [params[i] for i in eager]
+                eager_grads = [grads[i] for i in eager]
                 # coupled L2, added once (the Lua alera.lua adds it twice) and never in place
                 if foreach:
-                    grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
+                    decayed = list(
+                        torch._foreach_add(eager_grads, eager_params, alpha=weight_decay)
+                    )
                 else:
-                    grads = [
-                        g.add(p, alpha=weight_decay) for g, p in zip(grads, params, strict=True)
+                    decayed = [
+                        g.add(p, alpha=weight_decay)
+                        for g, p in zip(eager_grads, eager_params, strict=True)
                     ]
-            work.append(_GroupWork(group, params, grads, foreach))
+                for i, g in zip(eager, decayed, strict=True):
+                    grads[i] = g
+            work.append(_GroupWork(group, params, grads, foreach, fused))
         return work
 
     def _rate_scale(self) -> float:
@@ -298,10 +352,12 @@ class _PathLearningRates(AdaptiveOptimizer):
         for p, prev in zip(params, previous, strict=True):
             p.copy_(prev)
 
-    def _remember_previous(self) -> None:
+    def _remember_previous(self, skip: set[int]) -> None:
+        """``prev <- x`` for every tensor whose ``id`` is not in ``skip``."""
         params, previous = self._previous_pairs()
         for prev, p in zip(previous, params, strict=True):
-            prev.copy_(p)
+            if id(p) not in skip:
+                prev.copy_(p)
 
     def _catastrophe_statistics(self) -> dict[str, float]:
         if not self.needs_loss:
@@ -311,6 +367,18 @@ class _PathLearningRates(AdaptiveOptimizer):
             "rate_scale": self._rate_scale(),
             "ph_gap": float(self._get_global("ph_gap")),
         }
+
+
+def _cached_scalars(
+    cache: dict[tuple[Any, ...], Tensor], values: tuple[float, ...], like: Tensor
+) -> Tensor:
+    """:func:`~lrlab.optim._fused.scalars` of ``values`` for ``like``, made once per cache:
+    tensors that share their scalars (a group block's) share one host-to-device copy."""
+    key = (like.device, like.dtype, values)
+    c = cache.get(key)
+    if c is None:
+        c = cache[key] = scalars(values, like)
+    return c
 
 
 def _to_float64(values: list[Tensor], device: torch.device) -> Tensor:
@@ -361,9 +429,13 @@ class _LayerPathLearningRates(_PathLearningRates):
         local: list[Tensor] = []
         device = self._params()[0].device
         for w in work:
-            paths = [self.state[p]["path"] for p in w.params]
             if w.params:
-                path_sq, dots, grad_sq = _tensor_statistics(paths, w.grads, w.foreach, device)
+                eager, fused = w.split()
+                if fused:
+                    path_sq, dots, grad_sq = self._mixed_statistics(w, eager, fused, device)
+                else:
+                    paths = [self.state[p]["path"] for p in w.params]
+                    path_sq, dots, grad_sq = _tensor_statistics(paths, w.grads, w.foreach, device)
             if w.group["block"] == "group":
                 # always four entries, even without local gradients: every rank packs the same
                 # layout (NOTE [the 2017 scheme across ranks])
@@ -377,6 +449,34 @@ class _LayerPathLearningRates(_PathLearningRates):
             elif w.params:
                 local.append(torch.stack([path_sq, dots, grad_sq], dim=1).reshape(-1))
         return shared, local
+
+    def _mixed_statistics(
+        self, w: _GroupWork, eager: _GroupWork, fused: list[int], device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`_tensor_statistics` of a group some of whose tensors take the kernels, in
+        parameter order (so that a group block sums them in the order the eager path does)."""
+        rows: list[Tensor | None] = [None] * len(w.params)
+        if eager.params:
+            paths = [self.state[p]["path"] for p in eager.params]
+            eager_rows = torch.stack(
+                _tensor_statistics(paths, eager.grads, eager.foreach, device), dim=1
+            ).unbind(0)
+            eager_indices = (i for i, flag in enumerate(w.fused) if not flag)
+            for index, row in zip(eager_indices, eager_rows, strict=True):
+                rows[index] = row
+        weight_decay = w.group["weight_decay"]
+        cache: dict[tuple[Any, ...], Tensor] = {}
+        for index in fused:
+            p, grad = w.params[index], w.grads[index]
+            c = _cached_scalars(cache, (weight_decay,), p)
+            path = flat(self.state[p]["path"])
+            if weight_decay != 0:
+                row = _decayed_path_statistics(flat(grad), flat(p), path, c)
+            else:  # the parameter is not read at all
+                row = _path_statistics(flat(grad), path, c)
+            rows[index] = row.to(device=device, dtype=torch.float64)
+        path_sq, dots, grad_sq = torch.stack([r for r in rows if r is not None]).unbind(1)
+        return path_sq, dots, grad_sq
 
     def _adapt_block(
         self,
@@ -437,17 +537,43 @@ class _LayerPathLearningRates(_PathLearningRates):
                 group["effective_lr"] = sum(etas) / len(etas) if etas else 0.0
             if not w.params:
                 continue
-            paths = [self.state[p]["path"] for p in w.params]
+            eager, fused = w.split()
+            cache: dict[tuple[Any, ...], Tensor] = {}
+            for index in fused:
+                self._fused_move(
+                    group, w.params[index], w.grads[index], etas[index], inverse_norms[index], cache
+                )
+            if not eager.params:
+                continue
+            if fused:
+                eager_indices = [i for i, flag in enumerate(w.fused) if not flag]
+                etas = [etas[i] for i in eager_indices]
+                inverse_norms = [inverse_norms[i] for i in eager_indices]
+            paths = [self.state[p]["path"] for p in eager.params]
             alpha = group["alpha"]
-            if w.foreach:
-                units = torch._foreach_mul(w.grads, inverse_norms)
+            if eager.foreach:
+                units = torch._foreach_mul(eager.grads, inverse_norms)
                 torch._foreach_lerp_(paths, units, alpha)
             else:
-                for path, g, inverse_norm in zip(paths, w.grads, inverse_norms, strict=True):
+                for path, g, inverse_norm in zip(paths, eager.grads, inverse_norms, strict=True):
                     path.lerp_(g * inverse_norm, alpha)
-            self._move(w, etas)
+            self._move(eager, etas)
 
     def _move(self, w: _GroupWork, etas: list[float]) -> None:
+        raise NotImplementedError
+
+    def _fused_move(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        grad: Tensor,
+        eta: float,
+        inverse_norm: float,
+        cache: dict[tuple[Any, ...], Tensor],
+    ) -> None:
+        """Pass (2) of a fused tensor (NOTE [the 2017 scheme fused]): the path, the method's
+        state and the parameter, from the raw gradient; ``cache`` holds this group's scalars
+        tensors (a group block's tensors share one)."""
         raise NotImplementedError
 
     def _block_rates(self) -> tuple[list[float], list[float]]:
@@ -533,6 +659,7 @@ _PAPER = (
     paper=_PAPER,
     summary="SGD with per-layer LRs from the path length of normalised gradients (2017)",
     supports_foreach=True,
+    supports_fused=True,
     sample_kwargs=(
         {"lr": 0.05},
         {"lr": 0.05, "alpha": 0.1, "adapt_constant": 0.01, "block": "group"},
@@ -578,6 +705,11 @@ class ALeRA(_LayerPathLearningRates):
         weight_decay: coupled L2 coefficient added to the gradient (once, not in place), in
             [0, inf).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        fused: True runs a tensor's step as two compiled kernels, one call each per tensor: its
+            sums before the update, then the path and the parameter (NOTE [the 2017 scheme
+            fused]); tensors that are small or cannot be viewed flat take the ``foreach`` path.
+            See :mod:`lrlab.optim._fused`. Opt-in: the first step pays the compilation (seconds,
+            once per process and dtype).
         sharded: each rank owns a disjoint part of the model; group blocks are then reduced over
             ranks (NOTE [the 2017 scheme across ranks]).
 
@@ -613,9 +745,11 @@ class ALeRA(_LayerPathLearningRates):
         block: Block = "tensor",
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
+        fused = check_fused(fused, foreach)
         check_choice("block", block, _BLOCKS)
         defaults = {
             "lr": lr,
@@ -624,6 +758,7 @@ class ALeRA(_LayerPathLearningRates):
             "block": block,
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "fused": fused,
             "sharded": sharded,
         }
         super().__init__(params, defaults)
@@ -635,6 +770,24 @@ class ALeRA(_LayerPathLearningRates):
             for p, g, eta in zip(w.params, w.grads, etas, strict=True):
                 p.add_(g, alpha=-eta)
 
+    def _fused_move(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        grad: Tensor,
+        eta: float,
+        inverse_norm: float,
+        cache: dict[tuple[Any, ...], Tensor],
+    ) -> None:
+        # the trailing 1.0 is SALeRA's (see _save_previous); ALeRA's kernel ignores it
+        values = (group["weight_decay"], inverse_norm, group["alpha"], eta, 1.0)
+        c = _cached_scalars(cache, values, p)
+        tensors = [flat(t) for t in (grad, p, *(self.state[p][k] for k in self._fused_state_keys))]
+        # SALeRA's kernel also saves x_prev (its state keys add "prev"); a separate kernel, not
+        # a flag, so that neither graph carries the other's work
+        move = _salera_move if self.needs_loss else _alera_move
+        move(*tensors, c)
+
 
 # -- SALeRA ---------------------------------------------------------------------------------------
 
@@ -645,6 +798,7 @@ class ALeRA(_LayerPathLearningRates):
     paper=_PAPER,
     summary="ALeRA plus a Page-Hinkley test on the loss that undoes a step and halves the LRs",
     supports_foreach=True,
+    supports_fused=True,
     sample_kwargs=(
         {"lr": 0.05},
         {"lr": 0.05, "alpha": 0.1, "adapt_constant": 0.01, "block": "group", "mbratio": 0.25},
@@ -683,6 +837,8 @@ class SALeRA(ALeRA):
     Args:
         params, lr, alpha, adapt_constant, block, weight_decay, foreach, sharded: as
             :class:`ALeRA`.
+        fused: as :class:`ALeRA` (two compiled kernels per tensor; the second also saves
+            :math:`x_{\text{prev}}`, in the same pass over memory).
         mbratio: :math:`r`, mini-batch size over training-set size, in (0, 1]. Default 0.01 (the
             Lua runs').
         ph_lambda_rel: :math:`\lambda_{\text{rel}}`, in [0, inf). Default 0.1 (the Lua code's).
@@ -718,6 +874,7 @@ class SALeRA(ALeRA):
 
     needs_loss: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, Any]] = _CATASTROPHE_GLOBALS
+    _fused_state_keys: ClassVar[tuple[str, ...]] = ("path", "prev")
 
     def __init__(
         self,
@@ -732,9 +889,11 @@ class SALeRA(ALeRA):
         ph_lambda: float | None = None,
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
+        fused = check_fused(fused, foreach)
         check_choice("block", block, _BLOCKS)
         _check_catastrophe(mbratio, ph_lambda_rel, ph_lambda)
         defaults = {
@@ -747,6 +906,7 @@ class SALeRA(ALeRA):
             "ph_lambda": ph_lambda,
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "fused": fused,
             "sharded": sharded,
         }
         # skip ALeRA.__init__ (its signature has no catastrophe-test arguments)
@@ -762,6 +922,7 @@ class SALeRA(ALeRA):
     paper=_PAPER,
     summary="Adam with per-layer ALeRA LRs from raw-gradient paths (the 2017 Ag-Adam)",
     supports_foreach=True,
+    supports_fused=True,
     sample_kwargs=(
         {"lr": 0.05},
         {"lr": 0.05, "alpha": 0.1, "adapt_constant": 0.01, "block": "group"},
@@ -801,6 +962,8 @@ class AgAdam(_LayerPathLearningRates):
     Args:
         params, lr, alpha, adapt_constant, block, weight_decay, foreach, sharded: as
             :class:`ALeRA` (``lr`` default 1e-3, the Lua code's).
+        fused: as :class:`ALeRA` (two compiled kernels per tensor; the second updates the path,
+            the moments and the parameter in one pass).
         betas: :math:`(\beta_1, \beta_2)`, each in [0, 1). Default (0.9, 0.999).
         eps: :math:`\epsilon`, in (0, inf). Default 1e-8.
 
@@ -827,9 +990,11 @@ class AgAdam(_LayerPathLearningRates):
         block: Block = "tensor",
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
+        fused = check_fused(fused, foreach)
         check_choice("block", block, _BLOCKS)
         check_betas("betas", betas)
         check_positive("eps", eps)
@@ -842,9 +1007,12 @@ class AgAdam(_LayerPathLearningRates):
             "block": block,
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "fused": fused,
             "sharded": sharded,
         }
         super().__init__(params, defaults)
+
+    _fused_state_keys: ClassVar[tuple[str, ...]] = ("path", "exp_avg", "exp_avg_sq")
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(group, p, state)
@@ -877,6 +1045,34 @@ class AgAdam(_LayerPathLearningRates):
             v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
             p.addcdiv_(m, v.sqrt().add_(eps), value=-size)
 
+    def _fused_move(
+        self,
+        group: dict[str, Any],
+        p: Tensor,
+        grad: Tensor,
+        eta: float,
+        inverse_norm: float,
+        cache: dict[tuple[Any, ...], Tensor],
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        state = self.state[p]
+        state["step"] += 1
+        step = state["step"]
+        # the step size and 1 - beta in Python double, as the eager path has them
+        size = eta * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+        values = (
+            group["weight_decay"],
+            inverse_norm,
+            group["alpha"],
+            1.0 - beta1,
+            beta2,
+            1.0 - beta2,
+            group["eps"],
+            size,
+        )
+        tensors = [flat(t) for t in (grad, p, *(state[k] for k in self._fused_state_keys))]
+        _agadam_move(*tensors, _cached_scalars(cache, values, p))
+
 
 # -- SPALeRA --------------------------------------------------------------------------------------
 
@@ -887,6 +1083,7 @@ class AgAdam(_LayerPathLearningRates):
     paper=_PAPER,
     summary="SALeRA with one path entry and one LR multiplier per scalar parameter",
     supports_foreach=True,
+    supports_fused=True,
     sample_kwargs=(
         {"lr": 0.05},
         {"lr": 0.05, "alpha": 0.1, "adapt_constant": 1e-3, "mbratio": 0.25},
@@ -935,6 +1132,11 @@ class SPALeRA(_PathLearningRates):
         mbratio, ph_lambda_rel, ph_lambda: the catastrophe test, as :class:`SALeRA`.
         weight_decay: coupled L2 coefficient, in [0, inf).
         foreach: multi-tensor path.
+        fused: True runs a tensor's step as two compiled kernels, one call each per tensor: its
+            squared gradient norm, then the previous value, the path, the multipliers and the
+            parameter in one pass (NOTE [the 2017 scheme fused]); tensors that are small or
+            cannot be viewed flat take the ``foreach`` path. See :mod:`lrlab.optim._fused`.
+            Opt-in: the first step pays the compilation (seconds, once per process and dtype).
         sharded: each rank owns a disjoint part of the model: the gradient norm, :math:`D` and
             the loss are reduced over ranks.
 
@@ -953,6 +1155,7 @@ class SPALeRA(_PathLearningRates):
 
     needs_loss: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, Any]] = {**_CATASTROPHE_GLOBALS, "block_step": 0}
+    _fused_state_keys: ClassVar[tuple[str, ...]] = ("path", "lr_multiplier", "prev")
 
     def __init__(
         self,
@@ -966,9 +1169,11 @@ class SPALeRA(_PathLearningRates):
         ph_lambda: float | None = None,
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
+        fused = check_fused(fused, foreach)
         _check_catastrophe(mbratio, ph_lambda_rel, ph_lambda)
         defaults = {
             "lr": lr,
@@ -979,6 +1184,7 @@ class SPALeRA(_PathLearningRates):
             "ph_lambda": ph_lambda,
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "fused": fused,
             "sharded": sharded,
         }
         super().__init__(params, defaults)
@@ -990,16 +1196,43 @@ class SPALeRA(_PathLearningRates):
     def _block_statistics(self, work: list[_GroupWork]) -> tuple[list[Tensor], list[Tensor]]:
         device = self._params()[0].device
         grads = [g for w in work for g in w.grads]
-        foreach = all(w.foreach for w in work)
-        grad_sq = (
-            _foreach.sum_of_squares(grads, foreach=foreach).to(device, torch.float64)
-            if grads
-            else torch.zeros((), dtype=torch.float64, device=device)
-        )
+        if any(flag for w in work for flag in w.fused):
+            grad_sq = self._mixed_grad_sq(work, device)
+        else:
+            foreach = all(w.foreach for w in work)
+            grad_sq = (
+                _foreach.sum_of_squares(grads, foreach=foreach).to(device, torch.float64)
+                if grads
+                else torch.zeros((), dtype=torch.float64, device=device)
+            )
         size = torch.tensor(
             float(sum(g.numel() for g in grads)), dtype=torch.float64, device=device
         )
         return [grad_sq, size], []
+
+    def _mixed_grad_sq(self, work: list[_GroupWork], device: torch.device) -> Tensor:
+        """``sum ||g||^2`` over all groups, some of whose tensors take the kernels: the squares
+        of every tensor in parameter order, summed in float64."""
+        parts: list[Tensor] = []
+        for w in work:
+            eager, _ = w.split()
+            eager_parts = iter(
+                _foreach.norms(eager.grads, foreach=eager.foreach) if eager.grads else []
+            )
+            weight_decay = w.group["weight_decay"]
+            cache: dict[tuple[Any, ...], Tensor] = {}
+            for p, grad, flag in zip(w.params, w.grads, w.fused, strict=True):
+                if not flag:
+                    norm = next(eager_parts)
+                    parts.append(norm.to(device=device, dtype=torch.float64).square())
+                    continue
+                c = _cached_scalars(cache, (weight_decay,), p)
+                if weight_decay != 0:
+                    part = _decayed_grad_sq(flat(grad), flat(p), c)
+                else:  # the parameter is not read at all
+                    part = _grad_sq(flat(grad), c)
+                parts.append(part.to(device=device, dtype=torch.float64))
+        return torch.stack(parts).sum()
 
     def _adapt_and_move(
         self, work: list[_GroupWork], shared: Iterator[float], local: Iterator[float]
@@ -1025,19 +1258,33 @@ class SPALeRA(_PathLearningRates):
             # exp(C (p_i^2 - mu_t/D) / (alpha/D)) = exp(C D/alpha p_i^2 - C mu_t/alpha)
             gain = constant * size / alpha
             offset = -constant * mu_t / alpha
-            states = [self.state[p] for p in w.params]
+            eager, fused = w.split()
+            values = (group["weight_decay"], inverse_norm, alpha, gain, offset, eta, 1.0)
+            cache: dict[tuple[Any, ...], Tensor] = {}
+            for index in fused:
+                p = w.params[index]
+                state = self.state[p]
+                tensors = [w.grads[index], p, *(state[k] for k in self._fused_state_keys)]
+                _spalera_move(*(flat(t) for t in tensors), _cached_scalars(cache, values, p))
+            if not eager.params:
+                continue
+            states = [self.state[p] for p in eager.params]
             paths = [state["path"] for state in states]
             multipliers = [state["lr_multiplier"] for state in states]
-            if w.foreach:
-                torch._foreach_lerp_(paths, torch._foreach_mul(w.grads, inverse_norm), alpha)
+            if eager.foreach:
+                torch._foreach_lerp_(paths, torch._foreach_mul(eager.grads, inverse_norm), alpha)
                 exponents = torch._foreach_mul(paths, paths)
                 torch._foreach_mul_(exponents, gain)
                 torch._foreach_add_(exponents, offset)
                 torch._foreach_exp_(exponents)
                 torch._foreach_mul_(multipliers, exponents)
-                torch._foreach_add_(w.params, torch._foreach_mul(multipliers, w.grads), alpha=-eta)
+                torch._foreach_add_(
+                    eager.params, torch._foreach_mul(multipliers, eager.grads), alpha=-eta
+                )
                 continue
-            for p, g, path, multiplier in zip(w.params, w.grads, paths, multipliers, strict=True):
+            for p, g, path, multiplier in zip(
+                eager.params, eager.grads, paths, multipliers, strict=True
+            ):
                 path.lerp_(g * inverse_norm, alpha)
                 multiplier.mul_((path * path).mul_(gain).add_(offset).exp_())
                 p.add_(multiplier * g, alpha=-eta)
@@ -1061,3 +1308,103 @@ class SPALeRA(_PathLearningRates):
                 "multiplier_max": max(row[2] for row in values),
             }
         return {**stats, **self._catastrophe_statistics()}
+
+
+# -- the fused kernels (NOTE [fused kernels] in lrlab.optim._fused) ---------------------------
+# Every kernel takes flat tensors and computes in the dtype of its scalars ``c`` (float32 for
+# low-precision tensors), and ``c[0]`` is the weight decay: the decayed gradient
+# ``g = grad + wd x`` is formed inside, never stored. Pass (1) has a plain and a decayed kernel
+# so that without decay it does not read the parameter (one full read less).
+
+
+def _statistics_of(g: Tensor, path: Tensor) -> Tensor:
+    """(||path||^2, <path, g>, ||g||^2), inlined into the two statistics kernels."""
+    q = path.to(g.dtype)
+    return torch.stack([(q * q).sum(), (q * g).sum(), (g * g).sum()])
+
+
+@kernel
+def _path_statistics(grad: Tensor, path: Tensor, c: Tensor) -> Tensor:
+    """Pass (1) of ALeRA, SALeRA, Ag-Adam without decay; ``c`` = (0,), for its dtype."""
+    return _statistics_of(grad.to(c.dtype), path)
+
+
+@kernel
+def _decayed_path_statistics(grad: Tensor, p: Tensor, path: Tensor, c: Tensor) -> Tensor:
+    """Pass (1) of ALeRA, SALeRA, Ag-Adam with decay; ``c`` = (weight decay,)."""
+    return _statistics_of(grad.to(c.dtype) + c[0] * p.to(c.dtype), path)
+
+
+@kernel
+def _grad_sq(grad: Tensor, c: Tensor) -> Tensor:
+    """Pass (1) of SPALeRA without decay: ``||g||^2``; ``c`` = (0,), for its dtype."""
+    g = grad.to(c.dtype)
+    return (g * g).sum()
+
+
+@kernel
+def _decayed_grad_sq(grad: Tensor, p: Tensor, c: Tensor) -> Tensor:
+    """Pass (1) of SPALeRA with decay: ``||g||^2``; ``c`` = (weight decay,)."""
+    g = grad.to(c.dtype) + c[0] * p.to(c.dtype)
+    return (g * g).sum()
+
+
+def _save_previous(prev: Tensor, x: Tensor, one: Tensor) -> None:
+    """``prev <- x`` (the parameter before its update), inlined into SALeRA's and SPALeRA's
+    kernels. Written as ``x * one`` with ``one`` a runtime 1.0 from the scalars tensor (exact):
+    inductor folds a plain ``prev.copy_(p)`` into an alias of ``p`` and then stores ``p``'s
+    *updated* value into ``prev`` (torch 2.13, pytorch/pytorch#198131); a product it cannot fold
+    is computed from the ``p`` read before the update."""
+    prev.copy_(x * one)
+
+
+def _alera_move_body(grad: Tensor, p: Tensor, path: Tensor, c: Tensor) -> None:
+    """``p <- lerp(p, g / ||g_l||, alpha)``, ``x <- x - eta g``; ``c`` = (weight decay,
+    1/||g_l|| or 0, alpha, eta, 1). Inlined into ALeRA's and SALeRA's kernels."""
+    x = p.to(c.dtype)
+    g = grad.to(c.dtype) + c[0] * x
+    path.copy_(torch.lerp(path.to(c.dtype), g * c[1], c[2]))
+    p.copy_(x - c[3] * g)
+
+
+@kernel
+def _alera_move(grad: Tensor, p: Tensor, path: Tensor, c: Tensor) -> None:
+    """Pass (2) of ALeRA (see :func:`_alera_move_body`)."""
+    _alera_move_body(grad, p, path, c)
+
+
+@kernel
+def _salera_move(grad: Tensor, p: Tensor, path: Tensor, prev: Tensor, c: Tensor) -> None:
+    """Pass (2) of SALeRA: save ``x_prev <- x``, then ALeRA's move."""
+    _save_previous(prev, p.to(c.dtype), c[4])
+    _alera_move_body(grad, p, path, c)
+
+
+@kernel
+def _agadam_move(grad: Tensor, p: Tensor, path: Tensor, m: Tensor, v: Tensor, c: Tensor) -> None:
+    """Pass (2) of Ag-Adam; ``c`` = (weight decay, 1/||g_l|| or 0, alpha, 1 - beta1, beta2,
+    1 - beta2, eps, eta sqrt(1 - beta2^t) / (1 - beta1^t))."""
+    x = p.to(c.dtype)
+    g = grad.to(c.dtype) + c[0] * x
+    path.copy_(torch.lerp(path.to(c.dtype), g * c[1], c[2]))
+    m_new = torch.lerp(m.to(c.dtype), g, c[3])
+    v_new = v.to(c.dtype) * c[4] + c[5] * g * g
+    m.copy_(m_new)
+    v.copy_(v_new)
+    p.copy_(x - c[7] * (m_new / (v_new.sqrt() + c[6])))
+
+
+@kernel
+def _spalera_move(
+    grad: Tensor, p: Tensor, path: Tensor, multiplier: Tensor, prev: Tensor, c: Tensor
+) -> None:
+    """Pass (2) of SPALeRA; ``c`` = (weight decay, 1/||g|| or 0, alpha, C D / alpha,
+    -C mu_t / alpha, eta, 1)."""
+    x = p.to(c.dtype)
+    g = grad.to(c.dtype) + c[0] * x
+    new_path = torch.lerp(path.to(c.dtype), g * c[1], c[2])
+    new_multiplier = multiplier.to(c.dtype) * (new_path * new_path * c[3] + c[4]).exp()
+    _save_previous(prev, x, c[6])
+    path.copy_(new_path)
+    multiplier.copy_(new_multiplier)
+    p.copy_(x - c[5] * (new_multiplier * g))
