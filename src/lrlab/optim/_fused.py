@@ -141,14 +141,17 @@ def check_fused(fused: bool | None, foreach: bool | None) -> bool:
     return fused
 
 
-MIN_ELEMENTS = 32_768
+MIN_ELEMENTS = 131_072
 """Tensors smaller than this take the optimizer's eager path even with ``fused=True``.
 
 A call of a compiled function costs 40-80 us of Python and guard overhead on CPU, more than
 the eager kernels of a small tensor. Measured on the 2-core development machine (50 tensors of
-n elements, microseconds per tensor, eager vs fused): DAdaptAdam 68 vs 81 at n = 1,000, 161 vs
-111 at 16,000, 1147 vs 650 at 256,000; Prodigy (two calls) 65 vs 162, 131 vs 187, 326 vs 311 at
-64,000. The tests lower it to exercise the kernels on small tensors."""
+n elements, microseconds per tensor, eager vs fused): DAdaptAdam (one call per tensor) 68 vs 81
+at n = 1,000, 161 vs 111 at 16,000, 289 vs 193 at 64,000, 1147 vs 650 at 256,000; Prodigy (two
+calls) 65 vs 162, 131 vs 187, 326 vs 311 at 64,000, 1039 vs 991 at 256,000. SGD-like methods
+with two calls per tensor (DoWG, WNGrad, L4-Mom, GradaGrad) were still slower fused at ~108k
+elements. 2^17 keeps every method at least as fast as its eager path on the tensors it takes;
+the tests lower it to exercise the kernels on small tensors."""
 
 
 def flat_eligible(*tensors: Tensor) -> bool:

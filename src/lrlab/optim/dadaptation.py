@@ -868,7 +868,7 @@ class DAdaptAdaGrad(_DistanceEstimator):
             for this variant; the increments of :math:`S, L, G` are reduced).
         fused: True runs each tensor's statistics and accumulator updates as one compiled
             kernel and its parameter update as a second (the update waits for the step's skip
-            decision); tensors under 32k elements and non-contiguous ones stay eager (see
+            decision); tensors under 128k elements and non-contiguous ones stay eager (see
             :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation.
 
     .. note::

@@ -29,6 +29,7 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive
 
@@ -80,15 +81,105 @@ class _DistanceOverGradients(AdaptiveOptimizer):
             differences = [p - x0 for p, x0 in zip(params, anchors, strict=True)]
         return _foreach.sum_of_squares(differences, foreach=foreach)
 
+    # -- the fused path (see :mod:`lrlab.optim._fused`) -------------------------------------
+
+    def _kernel_takes(self, p: Tensor) -> bool:
+        """Whether the fused kernels step ``p`` now: it has a gradient and it and every state
+        tensor the kernels read are flat-eligible (an average not created yet will be a
+        contiguous copy of ``p``)."""
+        if p.grad is None:
+            return False
+        state = self.state[p]
+        extra = [state[key] for key in ("averaged", "r_bar", "G") if key in state]
+        return flat_eligible(p, p.grad, state["x0"], *extra)
+
+    def _fused_sums(
+        self, group: dict[str, Any], all_params: list[Tensor], foreach: bool, anchor: float
+    ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+        """The fused path's first pass (DoG and DoWG): this rank's ``||x - anchor x0||^2``
+        (``anchor`` 0 gives ``||x||^2``, DoG's first radius) over the group and
+        ``||g + wd x||^2`` over the tensors with a gradient, one kernel call per tensor.
+
+        Returns the two sums, the tensors the kernels took, and the other tensors with a
+        gradient with their directions, for the eager path.
+        """
+        radius_parts: list[Tensor] = []
+        gradient_parts: list[Tensor] = []
+        fused: list[Tensor] = []
+        rest_all: list[Tensor] = []
+        constants: dict[torch.dtype, Tensor] = {}
+        for p in all_params:
+            if not self._kernel_takes(p):
+                rest_all.append(p)
+                continue
+            if p.dtype not in constants:
+                constants[p.dtype] = scalars((group["weight_decay"], anchor), p)
+            radius, gradient = _dog_sums(
+                flat(_grad(p)), flat(p), flat(self.state[p]["x0"]), constants[p.dtype]
+            )
+            radius_parts.append(radius)
+            gradient_parts.append(gradient)
+            fused.append(p)
+        rest = [p for p in rest_all if p.grad is not None]
+        # torch._foreach_add refuses an empty list
+        directions = self._directions(group, rest, foreach) if rest else []
+        if rest_all:
+            radius_parts.append(
+                _foreach.sum_of_squares(rest_all, foreach=foreach)
+                if anchor == 0.0
+                else self._distances_squared(rest_all, foreach)
+            )
+        if rest:
+            gradient_parts.append(_foreach.sum_of_squares(directions, foreach=foreach))
+        like = all_params[0]
+        return (
+            _total(radius_parts, like),
+            _total(gradient_parts, like),
+            fused,
+            rest,
+            directions,
+        )
+
+    def _move_fused(self, group: dict[str, Any], params: list[Tensor], eta: float) -> None:
+        """The fused path's second pass (DoG and DoWG): ``x <- x - eta (g + wd x)`` and, with
+        averaging, the average of the moved ``x`` (``group["k"]`` already counts this step)."""
+        gamma = group.get("averaging_gamma")
+        weight_decay = group["weight_decay"]
+        constants: dict[tuple[torch.dtype, bool], Tensor] = {}
+        for p in params:
+            if gamma is None:
+                key = (p.dtype, False)
+                if key not in constants:
+                    constants[key] = scalars((weight_decay, -eta), p)
+                _dog_move(flat(_grad(p)), flat(p), constants[key])
+                continue
+            state = self.state[p]
+            fresh = "averaged" not in state
+            if fresh:
+                state["averaged"] = p.detach().clone(memory_format=torch.preserve_format)
+            key = (p.dtype, fresh)
+            if key not in constants:
+                # a new average is the moved x itself (weight 1), as the eager path's copy
+                weight = 1.0 if fresh else (1.0 + gamma) / (group["k"] + gamma)
+                constants[key] = scalars((weight_decay, -eta, weight), p)
+            _dog_move_and_average(flat(_grad(p)), flat(p), flat(state["averaged"]), constants[key])
+
     # -- polynomial-decay iterate averaging (DoG and L-DoG) ---------------------------------
 
-    def _average(self, group: dict[str, Any], foreach: bool) -> None:
+    def _average(
+        self, group: dict[str, Any], foreach: bool, done: list[Tensor] | None = None
+    ) -> None:
+        """Step the average of every tensor of ``group`` but those in ``done`` (averaged by a
+        fused kernel already)."""
         gamma = group.get("averaging_gamma")
         if gamma is None:
             return
         t = group["k"]  # 1 after the first step: the first average is x_1 itself
         weight = (1.0 + gamma) / (t + gamma)
-        params = list(group["params"])
+        skipped = {id(p) for p in done or ()}  # ids: `in` on tensors would compare values
+        params = [p for p in group["params"] if id(p) not in skipped]
+        if not params:
+            return
         averages = []
         for p in params:
             state = self.state[p]
@@ -192,6 +283,7 @@ _DOG_SAMPLES = (
     paper=_DOG_PAPER,
     summary="DoG: SGD with step size max distance from x0 over sqrt(sum of |g|^2), per group",
     supports_foreach=True,
+    supports_fused=True,
     oracle="dog.DoG",
     sample_kwargs=_DOG_SAMPLES,
     invalid_kwargs=_DOG_INVALID,
@@ -242,6 +334,13 @@ class DoG(_DistanceOverGradients):
             (default) for no average. The paper uses 8. Read the average with
             :meth:`averaged_parameters` or :meth:`using_averaged_parameters`.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        fused: True runs the per-tensor work as two compiled kernels, i.e. two passes over
+            memory: the tensor's parts of :math:`\lVert x_t - x_0\rVert^2` and
+            :math:`\lVert g_t\rVert^2`, then (once the group's :math:`\eta_t` is known) the
+            move, with the iterate average in the same pass. Tensors without a gradient, and
+            non-contiguous or small ones, take the ``foreach`` path (see
+            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation (seconds,
+            once per process and dtype).
         sharded: each rank owns a disjoint part of the parameters, so the norms are partial
             sums reduced over ranks (not needed for DDP; DTensor is detected). Every rank must
             build the same number of param groups, in the same order.
@@ -289,10 +388,12 @@ class DoG(_DistanceOverGradients):
         *,
         averaging_gamma: float | None = None,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         _check_dog_arguments(reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma)
         check_bool("sharded", sharded)
+        fused = check_fused(fused, foreach)
         defaults = {
             "reps_rel": reps_rel,
             "lr": lr,
@@ -301,6 +402,7 @@ class DoG(_DistanceOverGradients):
             "init_eta": init_eta,
             "averaging_gamma": averaging_gamma,
             "foreach": foreach,
+            "fused": fused,
             "sharded": sharded,
         }
         super().__init__(params, defaults)
@@ -314,24 +416,32 @@ class DoG(_DistanceOverGradients):
             first = group["k"] == 0
             if first:
                 self._start_group(group)
-            params = [p for p in all_params if p.grad is not None]
             foreach = _foreach.resolve_foreach(group["foreach"], all_params)
-            directions = self._directions(group, params, foreach)
-            # this rank's part of ||x0||^2 (first step) or ||x_t - x0||^2, and of ||g_t||^2
-            if first:
-                radius_sq = _foreach.sum_of_squares(all_params, foreach=foreach)
+            # this rank's part of ||x0||^2 (first step) or ||x_t - x0||^2, and of ||g_t||^2;
+            # .get: checkpoints written before the fused path have no "fused" key
+            if group.get("fused", False):
+                # params, directions: the tensors left to the eager path
+                radius_sq, gradient_sq, fused, params, directions = self._fused_sums(
+                    group, all_params, foreach, anchor=0.0 if first else 1.0
+                )
             else:
-                radius_sq = self._distances_squared(all_params, foreach)
-            gradient_sq = _foreach.sum_of_squares(directions, foreach=foreach)
+                fused = []
+                params = [p for p in all_params if p.grad is not None]
+                directions = self._directions(group, params, foreach)
+                if first:
+                    radius_sq = _foreach.sum_of_squares(all_params, foreach=foreach)
+                else:
+                    radius_sq = self._distances_squared(all_params, foreach)
+                gradient_sq = _foreach.sum_of_squares(directions, foreach=foreach)
             partials += [radius_sq.to(device), gradient_sq.to(device)]
-            plans.append((group, first, params, directions, foreach))
+            plans.append((group, first, params, fused, directions, foreach))
 
         # every rank reaches the one reduction; then one host synchronisation for the step
         reduced = self._reduce_global(partials)
         dtype = _promoted_dtype(reduced)
         values = torch.stack([v.to(dtype) for v in reduced]).tolist()
 
-        for index, (group, first, params, directions, foreach) in enumerate(plans):
+        for index, (group, first, params, fused, directions, foreach) in enumerate(plans):
             radius_sq, gradient_sq = values[2 * index], values[2 * index + 1]
             if first:
                 init_eta = group["init_eta"]
@@ -350,14 +460,16 @@ class DoG(_DistanceOverGradients):
                 eta = float(group["init_eta"])
             group["r_bar"], group["G"], group["eta"] = r_bar, G, eta
             group["effective_lr"] = eta
+            group["k"] += 1  # before the moves: the fused move's average counts this step
+            if fused:
+                self._move_fused(group, fused, eta)
             if params:
                 if foreach:
                     torch._foreach_add_(params, directions, alpha=-eta)
                 else:
                     for p, direction in zip(params, directions, strict=True):
                         p.add_(direction, alpha=-eta)
-            group["k"] += 1
-            self._average(group, foreach)
+            self._average(group, foreach, done=fused)
 
     def _statistics(self) -> dict[str, float]:
         group = self.param_groups[0]
@@ -370,6 +482,7 @@ class DoG(_DistanceOverGradients):
     paper=_DOG_PAPER,
     summary="L-DoG: DoG with its distance, gradient sum and step size kept per tensor (layer)",
     supports_foreach=True,
+    supports_fused=True,
     oracle="dog.LDoG",
     sample_kwargs=_DOG_SAMPLES,
     invalid_kwargs=_DOG_INVALID,
@@ -406,6 +519,12 @@ class LDoG(_DistanceOverGradients):
         params: parameters or param groups.
         reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma, foreach: as :class:`DoG`,
             applied per tensor.
+        fused: True runs each tensor's whole step as one compiled kernel (its statistics need
+            no sum over other tensors): its distance, gradient norm, :math:`\eta_{t,i}`, the
+            move and the iterate average, in two passes over memory. Tensors without a
+            gradient, and non-contiguous or small ones, take the ``foreach`` path (see
+            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation (seconds,
+            once per process and dtype).
 
     .. note::
         With ``init_eta``, a tensor keeps the step size ``init_eta`` until it has moved
@@ -436,8 +555,10 @@ class LDoG(_DistanceOverGradients):
         *,
         averaging_gamma: float | None = None,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         _check_dog_arguments(reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma)
+        fused = check_fused(fused, foreach)
         defaults = {
             "reps_rel": reps_rel,
             "lr": lr,
@@ -446,6 +567,7 @@ class LDoG(_DistanceOverGradients):
             "init_eta": init_eta,
             "averaging_gamma": averaging_gamma,
             "foreach": foreach,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
@@ -473,12 +595,22 @@ class LDoG(_DistanceOverGradients):
             params = [p for p in group["params"] if p.grad is not None]
             group["k"] += 1
             foreach = _foreach.resolve_foreach(group["foreach"], list(group["params"]))
+            fused: list[Tensor] = []
+            # .get: checkpoints written before the fused path have no "fused" key
+            if group.get("fused", False):
+                fused = [p for p in params if self._kernel_takes(p)]
+                taken = {id(p) for p in fused}
+                params = [p for p in params if id(p) not in taken]
+            etas = self._step_fused(group, fused) if fused else []
             if params:
-                means.append(self._step_tensors(group, params, first, foreach))
+                etas += self._step_tensors(group, params, first, foreach)
+            if etas:
+                dtype = _promoted_dtype(etas)
+                means.append(torch.stack([eta.to(dtype) for eta in etas]).mean())
                 stepped.append(group)
             else:
                 group["effective_lr"] = 0.0
-            self._average(group, foreach)
+            self._average(group, foreach, done=fused)
         if means:  # one host synchronisation for the step
             dtype = _promoted_dtype(means)
             device = means[0].device
@@ -486,10 +618,47 @@ class LDoG(_DistanceOverGradients):
             for group, value in zip(stepped, values, strict=True):
                 group["effective_lr"] = float(value)
 
+    def _step_fused(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
+        """The fused path: every tensor's whole step (and average) in one kernel call; its
+        step sizes (0-d). At the first step ``x = x0``, so the distance term leaves the
+        initial ``r_bar`` unchanged without a branch."""
+        gamma = group.get("averaging_gamma")
+        init_eta = group["init_eta"]
+        common = (
+            group["weight_decay"],
+            group["lr"],
+            0.0 if init_eta is None else float(init_eta),
+            0.0 if init_eta is None else 1.0,
+        )
+        constants: dict[tuple[torch.dtype, bool], Tensor] = {}
+        etas = []
+        for p in params:
+            state = self.state[p]
+            tensors = [flat(_grad(p)), flat(p), flat(state["x0"]), flat(state["r_bar"])]
+            tensors.append(flat(state["G"]))
+            if gamma is None:
+                key = (p.dtype, False)
+                if key not in constants:
+                    constants[key] = scalars(common, p)
+                eta = _ldog_step(*tensors, constants[key])
+            else:
+                fresh = "averaged" not in state
+                if fresh:
+                    state["averaged"] = p.detach().clone(memory_format=torch.preserve_format)
+                key = (p.dtype, fresh)
+                if key not in constants:
+                    # a new average is the moved x itself (weight 1), as the eager path's copy
+                    weight = 1.0 if fresh else (1.0 + gamma) / (group["k"] + gamma)
+                    constants[key] = scalars((*common, weight), p)
+                eta = _ldog_step_and_average(*tensors, flat(state["averaged"]), constants[key])
+            state["eta"] = eta
+            etas.append(eta)
+        return etas
+
     def _step_tensors(
         self, group: dict[str, Any], params: list[Tensor], first: bool, foreach: bool
-    ) -> Tensor:
-        """Update every tensor's statistics and take its step; the mean step size (0-d)."""
+    ) -> list[Tensor]:
+        """Update every tensor's statistics and take its step; the step sizes (0-d)."""
         states = [self.state[p] for p in params]
         r_bars = [state["r_bar"] for state in states]
         Gs = [state["G"] for state in states]
@@ -526,8 +695,7 @@ class LDoG(_DistanceOverGradients):
         else:
             for p, direction, eta in zip(params, directions, etas, strict=True):
                 p.sub_(direction * eta)
-        dtype = _promoted_dtype(etas)
-        return torch.stack([eta.to(dtype) for eta in etas]).mean()
+        return etas
 
     def _statistics(self) -> dict[str, float]:
         first = [
@@ -562,6 +730,7 @@ class LDoG(_DistanceOverGradients):
     ),
     summary="DoWG: SGD with step size r_bar^2 / sqrt(sum r_bar^2 |g|^2) (distance-weighted)",
     supports_foreach=True,
+    supports_fused=True,
     sample_kwargs=(
         # a larger initial distance than the default 1e-4: the suite's short bfloat16 check
         {"init_estim_sq_dist": 1e-2},
@@ -611,6 +780,12 @@ class DoWG(_DistanceOverGradients):
         eps: added to :math:`\sqrt{v_t}`, in [0, inf). Default 1e-4 (optax's).
         weight_decay: coupled L2 coefficient added to the gradient, in [0, inf).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
+        fused: True runs the per-tensor work as two compiled kernels, i.e. two passes over
+            memory: the tensor's parts of :math:`\lVert x_t - x_0\rVert^2` and
+            :math:`\lVert g_t\rVert^2`, then (once the group's :math:`\eta_t` is known) the
+            move. Tensors without a gradient, and non-contiguous or small ones, take the
+            ``foreach`` path (see :mod:`lrlab.optim._fused`). Opt-in: the first step pays the
+            compilation (seconds, once per process and dtype).
         sharded: as :class:`DoG`.
 
     .. note::
@@ -643,6 +818,7 @@ class DoWG(_DistanceOverGradients):
         weight_decay: float = 0.0,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         check_positive("lr", lr)
@@ -656,12 +832,14 @@ class DoWG(_DistanceOverGradients):
             )
         check_nonnegative("weight_decay", weight_decay)
         check_bool("sharded", sharded)
+        fused = check_fused(fused, foreach)
         defaults = {
             "lr": lr,
             "init_estim_sq_dist": init_estim_sq_dist,
             "eps": eps,
             "weight_decay": weight_decay,
             "foreach": foreach,
+            "fused": fused,
             "sharded": sharded,
         }
         super().__init__(params, defaults)
@@ -675,23 +853,32 @@ class DoWG(_DistanceOverGradients):
             first = group["k"] == 0
             if first:
                 self._start_group(group)
-            params = [p for p in all_params if p.grad is not None]
             foreach = _foreach.resolve_foreach(group["foreach"], all_params)
-            directions = self._directions(group, params, foreach)
-            distance_sq = (
-                torch.zeros((), device=device)  # x_0 - x_0
-                if first
-                else self._distances_squared(all_params, foreach)
-            )
-            gradient_sq = _foreach.sum_of_squares(directions, foreach=foreach)
+            # .get: checkpoints written before the fused path have no "fused" key
+            if group.get("fused", False):
+                # x = x0 at the first step: the kernel's distance is exactly 0 there too;
+                # params, directions: the tensors left to the eager path
+                distance_sq, gradient_sq, fused, params, directions = self._fused_sums(
+                    group, all_params, foreach, anchor=1.0
+                )
+            else:
+                fused = []
+                params = [p for p in all_params if p.grad is not None]
+                directions = self._directions(group, params, foreach)
+                distance_sq = (
+                    torch.zeros((), device=device)  # x_0 - x_0
+                    if first
+                    else self._distances_squared(all_params, foreach)
+                )
+                gradient_sq = _foreach.sum_of_squares(directions, foreach=foreach)
             partials += [distance_sq.to(device), gradient_sq.to(device)]
-            plans.append((group, first, params, directions, foreach))
+            plans.append((group, first, params, fused, directions, foreach))
 
         reduced = self._reduce_global(partials)
         dtype = _promoted_dtype(reduced)
         values = torch.stack([v.to(dtype) for v in reduced]).tolist()
 
-        for index, (group, first, params, directions, foreach) in enumerate(plans):
+        for index, (group, first, params, fused, directions, foreach) in enumerate(plans):
             distance_sq, gradient_sq = values[2 * index], values[2 * index + 1]
             if first:
                 initial = group["init_estim_sq_dist"]
@@ -705,6 +892,8 @@ class DoWG(_DistanceOverGradients):
             eta = group["lr"] * r_bar_sq / denominator if denominator > 0 else 0.0
             group["r_bar_sq"], group["v"], group["eta"] = r_bar_sq, v, eta
             group["effective_lr"] = eta
+            if fused:
+                self._move_fused(group, fused, eta)
             if params:
                 if foreach:
                     torch._foreach_add_(params, directions, alpha=-eta)
@@ -727,3 +916,102 @@ def _promoted_dtype(values: list[Tensor]) -> torch.dtype:
 
 def _stack_to_host(values: list[Tensor]) -> Tensor:
     return torch.stack([value.detach().to(device="cpu", dtype=torch.float64) for value in values])
+
+
+def _grad(p: Tensor) -> Tensor:
+    grad = p.grad
+    assert grad is not None  # the fused path takes tensors with a gradient only
+    return grad
+
+
+def _total(parts: list[Tensor], like: Tensor) -> Tensor:
+    """The sum of 0-d parts in their promoted dtype (zero in ``like``'s accumulation dtype for
+    none), as ``_foreach.sum_of_squares`` totals its per-tensor values."""
+    if not parts:
+        dtype = _foreach.accumulation_dtype(like.dtype)
+        return torch.zeros((), dtype=dtype, device=like.device)
+    dtype = _promoted_dtype(parts)
+    return torch.stack([part.to(dtype) for part in parts]).sum()
+
+
+# -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------
+# Flat tensors; the sums are taken in c's dtype, the accumulation dtype of the parameter, as
+# the eager path's norms. Weight decay 0 gives g + 0 x = g exactly, so one graph serves both.
+
+
+def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
+    """``torch.lerp``'s formula (exact at weight 0 and 1) for a 0-d tensor weight of another
+    dtype, which ``torch.lerp`` itself refuses."""
+    difference = end - start
+    return torch.where(
+        weight.abs() < 0.5, start + weight * difference, end - difference * (1 - weight)
+    )
+
+
+@kernel
+def _dog_sums(grad: Tensor, p: Tensor, x0: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """One tensor's ``||x - a x0||^2`` and ``||g + wd x||^2``; ``c`` = (wd, a), with a = 0 for
+    DoG's first radius ``||x||^2`` and 1 for the distance."""
+    difference = (p - c[1] * x0).to(c.dtype)
+    direction = (grad + c[0] * p).to(c.dtype)
+    return (difference * difference).sum(), (direction * direction).sum()
+
+
+def _dog_moved(grad: Tensor, p: Tensor, c: Tensor) -> Tensor:
+    """``x - eta (g + wd x)``; ``c`` = (wd, -eta, ...). Inlined into the kernels below."""
+    return p + c[1] * (grad + c[0] * p)
+
+
+@kernel
+def _dog_move(grad: Tensor, p: Tensor, c: Tensor) -> None:
+    """DoG's and DoWG's move; ``c`` = (wd, -eta)."""
+    p.copy_(_dog_moved(grad, p, c))
+
+
+@kernel
+def _dog_move_and_average(grad: Tensor, p: Tensor, average: Tensor, c: Tensor) -> None:
+    """DoG's move and the polynomial-decay average of the moved x; ``c`` = (wd, -eta, weight)."""
+    moved = _dog_moved(grad, p, c)
+    p.copy_(moved)
+    average.copy_(_lerp(average, moved, c[2]))
+
+
+def _ldog_moved(
+    grad: Tensor, p: Tensor, x0: Tensor, r_bar: Tensor, G: Tensor, c: Tensor
+) -> tuple[Tensor, Tensor]:
+    """L-DoG's statistics and move of one tensor (inlined into the kernels below); ``c`` =
+    (wd, lr, init_eta or 0, 1 with init_eta else 0, ...). Updates r_bar and G (1-element views
+    of the 0-d states); returns the moved x and eta (0-d, the states' dtype)."""
+    direction = grad + c[0] * p
+    difference = (p - x0).to(c.dtype)
+    r_new = torch.maximum(r_bar[0], (difference * difference).sum().sqrt())
+    squares = direction.to(c.dtype)
+    norm = (squares * squares).sum().sqrt()
+    G_new = G[0] + norm * norm
+    # a zero G (eps = 0 and zero gradients so far) gives a zero step
+    eta = torch.where(G_new > 0, c[1] * r_new / G_new.sqrt(), torch.zeros_like(G_new))
+    # with init_eta, r_bar starts at 0: init_eta is the step size until the tensor has moved
+    eta = torch.where((r_new > 0) | (c[3] == 0), eta, c[2].to(eta.dtype))
+    r_bar.copy_(r_new)
+    G.copy_(G_new)
+    return p - direction * eta, eta
+
+
+@kernel
+def _ldog_step(grad: Tensor, p: Tensor, x0: Tensor, r_bar: Tensor, G: Tensor, c: Tensor) -> Tensor:
+    """L-DoG's whole step of one tensor (see :func:`_ldog_moved`); returns eta."""
+    moved, eta = _ldog_moved(grad, p, x0, r_bar, G, c)
+    p.copy_(moved)
+    return eta
+
+
+@kernel
+def _ldog_step_and_average(
+    grad: Tensor, p: Tensor, x0: Tensor, r_bar: Tensor, G: Tensor, average: Tensor, c: Tensor
+) -> Tensor:
+    """:func:`_ldog_step` and the average of the moved x; ``c`` ends with the average's
+    weight."""
+    moved, eta = _ldog_moved(grad, p, x0, r_bar, G, c)
+    p.copy_(moved)
+    average.copy_(_lerp(average, moved, c[4]))
+    return eta

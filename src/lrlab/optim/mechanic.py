@@ -207,7 +207,7 @@ class Mechanic(AdaptiveOptimizer):
             step: keep x, form Delta, two inner products; after it: two inner products and the
             Delta update; then the final move), three passes instead of about a dozen eager
             kernels; the base keeps its own path (pass ``base_kwargs={"fused": True}`` to a base
-            that has one). Tensors under 32k elements, non-contiguous or low-precision ones stay
+            that has one). Tensors under 128k elements, non-contiguous or low-precision ones stay
             eager (see :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation.
 
     Example:

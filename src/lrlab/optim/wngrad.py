@@ -19,6 +19,7 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_bool,
@@ -106,25 +107,66 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
         """Update the method's moments; return the directions and each tensor's step factor."""
         raise NotImplementedError
 
+    # -- the fused path (see :mod:`lrlab.optim._fused`); one kernel set per subclass ---------
+
+    def _fused_state(self, p: Tensor) -> list[Tensor]:
+        """The per-element state tensors the subclass's kernels read besides ``b``."""
+        raise NotImplementedError
+
+    def _fused_sums(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
+        """Global granularity, first pass: every tensor's ``||g + wd x||^2`` (0-d), with the
+        moments that do not wait for ``b``."""
+        raise NotImplementedError
+
+    def _move_fused(self, group: dict[str, Any], params: list[Tensor], eta: float) -> None:
+        """Global granularity, second pass: the move with step size ``eta`` = lr / b."""
+        raise NotImplementedError
+
+    def _blocks_fused(self, group: dict[str, Any], params: list[Tensor], granularity: str) -> None:
+        """Tensor and row granularity: every tensor's moments, ``b`` and move in one call."""
+        raise NotImplementedError
+
+    def _split_fused(
+        self, group: dict[str, Any], params: list[Tensor], granularity: str
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """(tensors the kernels step, the others) of a group; all others without fused."""
+        # .get: checkpoints written before the fused path have no "fused" key
+        if not group.get("fused", False):
+            return [], params
+        fused, rest = [], []
+        for p in params:
+            state = self.state[p]
+            tensors = [p, _grad(p), *self._fused_state(p)]
+            if granularity != "global":
+                tensors.append(state["b"])
+            (fused if flat_eligible(*tensors) else rest).append(p)
+        return fused, rest
+
     def _update(self, context: StepContext) -> None:
         granularity = self.param_groups[0]["granularity"]
-        # (group, params, grads with weight decay, foreach) of every group with gradients
-        pending: list[tuple[dict[str, Any], list[Tensor], list[Tensor], bool]] = []
+        # (group, params, those the kernels step, the others, the others' grads with weight
+        # decay, foreach) of every group with gradients
+        pending: list[
+            tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor], list[Tensor], bool]
+        ] = []
         increments: list[Tensor] = []  # eta^2 ||g||^2 of every group (global granularity)
         for group in self.param_groups:
             group["effective_lr"] = 0.0
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
+            all_params = [p for p in group["params"] if p.grad is not None]
+            if not all_params:
                 continue
-            for p in params:
+            for p in all_params:
                 state = self.state[p]
                 if len(state) == 0:
                     self._init_state(p, state, group)
                 state["step"] += 1
-            foreach = _foreach.resolve_foreach(group["foreach"], params)
+            foreach = _foreach.resolve_foreach(group["foreach"], all_params)
+            fused, params = self._split_fused(group, all_params, granularity)
             grads = [p.grad for p in params]
             weight_decay = group["weight_decay"]
-            if weight_decay != 0:  # coupled: the decayed gradient feeds b and the step
+            # coupled: the decayed gradient feeds b and the step (params may be empty when the
+            # kernels take every tensor, and torch._foreach_add refuses an empty list)
+            if weight_decay != 0 and params:
                 if foreach:
                     grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
                 else:
@@ -132,10 +174,11 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
                         g.add(p, alpha=weight_decay) for g, p in zip(grads, params, strict=True)
                     ]
             if granularity == "global":
-                increments.append(
-                    _foreach.sum_of_squares(grads, foreach=foreach) * group["lr"] ** 2
-                )
-            pending.append((group, params, grads, foreach))
+                squares = _foreach.sum_of_squares(grads, foreach=foreach)
+                if fused:
+                    squares = _total([*self._fused_sums(group, fused), squares])
+                increments.append(squares * group["lr"] ** 2)
+            pending.append((group, all_params, fused, params, grads, foreach))
 
         # every rank reaches the reduction (with nothing to reduce unless the granularity is
         # global: per-tensor and per-row blocks live on one rank when each rank owns its tensors)
@@ -150,11 +193,15 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
             b = float(self._get_global("b"))
             b = b + float(total) / b  # the one host synchronisation of the step
             self._set_global("b", b)
-            for group, params, grads, foreach in pending:
-                steps = [int(self.state[p]["step"]) for p in params]
-                directions, factors = self._directions(group, params, grads, steps, foreach)
+            for group, _, fused, params, grads, foreach in pending:
                 eta = group["lr"] / b
                 group["effective_lr"] = eta
+                if fused:
+                    self._move_fused(group, fused, eta)
+                if not params:
+                    continue
+                steps = [int(self.state[p]["step"]) for p in params]
+                directions, factors = self._directions(group, params, grads, steps, foreach)
                 scales = [-eta * factor for factor in factors]
                 if foreach:
                     torch._foreach_add_(params, torch._foreach_mul(directions, scales))
@@ -164,23 +211,27 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
             return
 
         mean_step_parts: list[Tensor] = []  # per group: element-weighted mean of eta / b
-        for group, params, grads, foreach in pending:
-            steps = [int(self.state[p]["step"]) for p in params]
-            accumulators = self._update_blocks(group, params, grads, granularity, foreach)
-            directions, factors = self._directions(group, params, grads, steps, foreach)
+        for group, all_params, fused, params, grads, foreach in pending:
             lr = group["lr"]
-            for p, direction, b, factor in zip(
-                params, directions, accumulators, factors, strict=True
-            ):
-                # b broadcasts over its block (a 0-d tensor, or a keepdim row shape)
-                p.addcdiv_(direction, b.to(p.dtype), value=-lr * factor)
-            numels = [p.numel() for p in params]
+            if fused:
+                self._blocks_fused(group, fused, granularity)
+            if params:
+                steps = [int(self.state[p]["step"]) for p in params]
+                accumulators = self._update_blocks(group, params, grads, granularity, foreach)
+                directions, factors = self._directions(group, params, grads, steps, foreach)
+                for p, direction, b, factor in zip(
+                    params, directions, accumulators, factors, strict=True
+                ):
+                    # b broadcasts over its block (a 0-d tensor, or a keepdim row shape)
+                    p.addcdiv_(direction, b.to(p.dtype), value=-lr * factor)
+            accumulators = [self.state[p]["b"] for p in all_params]
+            numels = [p.numel() for p in all_params]
             means = torch.stack([(lr / b.to(torch.float64)).mean() for b in accumulators])
             weights = torch.tensor(numels, dtype=torch.float64, device=means.device)
             mean_step_parts.append((means * weights).sum() / sum(numels))
         if mean_step_parts:
             values = torch.stack([part.to(mean_step_parts[0].device) for part in mean_step_parts])
-            for (group, _, _, _), value in zip(pending, values.tolist(), strict=True):
+            for (group, *_), value in zip(pending, values.tolist(), strict=True):
                 group["effective_lr"] = float(value)  # the one host synchronisation of the step
 
     def _update_blocks(
@@ -263,6 +314,7 @@ _GRANULARITY_DOC = r"""
     paper=_PAPER,
     summary="gradient descent with step lr/b, b += lr^2 ||g||^2 / b (global, per tensor or row)",
     supports_foreach=True,
+    supports_fused=True,
     sample_kwargs=(
         {"lr": 1.0},
         {"lr": 1.0, "granularity": "tensor"},
@@ -303,6 +355,12 @@ class WNGrad(_WeightNormAccumulator):
             in place), in [0, inf).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA); with ``"row"`` the
             row norms are computed tensor by tensor on both paths.
+        fused: True runs the per-tensor work as compiled kernels. ``"global"``: two kernels,
+            i.e. two passes over memory (the tensor's :math:`\lVert g\rVert^2`, then, once the
+            shared :math:`b` is known, the move); ``"tensor"`` and ``"row"``: one kernel (the
+            blocks' sums, :math:`b` and the move; its two loops are two passes). Non-contiguous
+            and small tensors take the ``foreach`` path (see :mod:`lrlab.optim._fused`).
+            Opt-in: the first step pays the compilation (seconds, once per process and dtype).
         sharded: each rank owns a disjoint part of the parameters, so the global
             :math:`\lVert g\rVert^2` is a partial sum to be reduced over ranks (DTensor is
             detected; per-tensor and per-row blocks need no reduction).
@@ -329,10 +387,12 @@ class WNGrad(_WeightNormAccumulator):
         granularity: Granularity = "global",
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         defaults = self._common_defaults(lr, b0, granularity, weight_decay, sharded)
         defaults["foreach"] = foreach
+        defaults["fused"] = check_fused(fused, foreach)
         super().__init__(params, defaults)
         self._finish_init(b0)
 
@@ -346,6 +406,36 @@ class WNGrad(_WeightNormAccumulator):
     ) -> tuple[list[Tensor], list[float]]:
         return grads, [1.0] * len(grads)
 
+    def _fused_state(self, p: Tensor) -> list[Tensor]:
+        return []
+
+    def _fused_sums(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
+        constants = _Constants()
+        return [
+            _wngrad_sums(flat(_grad(p)), flat(p), constants.get(p, (group["weight_decay"],)))
+            for p in params
+        ]
+
+    def _move_fused(self, group: dict[str, Any], params: list[Tensor], eta: float) -> None:
+        constants = _Constants()
+        for p in params:
+            # -eta * 1.0: the eager path's scale of a factor-1 direction
+            c = constants.get(p, (group["weight_decay"], -eta * 1.0))
+            _wngrad_move(flat(_grad(p)), flat(p), c)
+
+    def _blocks_fused(self, group: dict[str, Any], params: list[Tensor], granularity: str) -> None:
+        constants = _Constants()
+        lr, weight_decay = group["lr"], group["weight_decay"]
+        for p in params:
+            b = self.state[p]["b"]
+            adapted = _adapted(p, granularity)
+            c = constants.get(p, (weight_decay, lr**2 if adapted else 0.0, -lr * 1.0), key=adapted)
+            rows = b.numel()
+            if rows == 1:  # one block: the whole tensor
+                _wngrad_tensor(flat(_grad(p)), flat(p), flat(b), c)
+            else:
+                _wngrad_rows(_rows(_grad(p), rows), _rows(p, rows), _rows(b, rows), c)
+
 
 @register(
     "wn-adam",
@@ -353,6 +443,7 @@ class WNGrad(_WeightNormAccumulator):
     paper=_PAPER,
     summary="WNGrad's b accumulator with a bias-corrected momentum direction (WN-Adam)",
     supports_foreach=True,
+    supports_fused=True,
     confidence="medium",
     sample_kwargs=(
         {"lr": 1.0},
@@ -389,6 +480,9 @@ class WNAdam(_WeightNormAccumulator):
         lr: :math:`\eta`, in (0, inf). Default 1.0 (the authors' WN-Adam class).
         beta: momentum :math:`\beta`, in [0, 1). Default 0.9.
         b0, granularity, weight_decay, foreach, sharded: as :class:`WNGrad`.
+        fused: as :class:`WNGrad`; with ``"global"`` the momentum is updated in the first
+            pass (it does not depend on :math:`b`), so the move reads only :math:`x` and
+            :math:`m`.
 
     .. note::
         Confidence **medium** (spec 0): the update is the authors' code; which granularity their
@@ -412,11 +506,12 @@ class WNAdam(_WeightNormAccumulator):
         granularity: Granularity = "global",
         weight_decay: float = 0.0,
         foreach: bool | None = None,
+        fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         defaults = self._common_defaults(lr, b0, granularity, weight_decay, sharded)
         check_range("beta", beta, 0.0, 1.0, "[)")
-        defaults.update({"beta": beta, "foreach": foreach})
+        defaults.update({"beta": beta, "foreach": foreach, "fused": check_fused(fused, foreach)})
         super().__init__(params, defaults)
         self._finish_init(b0)
 
@@ -440,3 +535,183 @@ class WNAdam(_WeightNormAccumulator):
             for m, g in zip(exp_avgs, grads, strict=True):
                 m.lerp_(g, 1 - beta)
         return exp_avgs, [1.0 / (1.0 - beta**t) for t in steps]
+
+    def _fused_state(self, p: Tensor) -> list[Tensor]:
+        return [self.state[p]["exp_avg"]]
+
+    def _fused_sums(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
+        constants = _Constants()
+        values = (group["weight_decay"], 1 - group["beta"])
+        return [
+            _wnadam_moment_and_sums(
+                flat(_grad(p)), flat(p), flat(self.state[p]["exp_avg"]), constants.get(p, values)
+            )
+            for p in params
+        ]
+
+    def _move_fused(self, group: dict[str, Any], params: list[Tensor], eta: float) -> None:
+        constants = _Constants()
+        beta = group["beta"]
+        for p in params:
+            state = self.state[p]
+            t = int(state["step"])  # counted per tensor: the bias correction may differ
+            c = constants.get(p, (-eta * (1.0 / (1.0 - beta**t)),), key=t)
+            _wnadam_move(flat(p), flat(state["exp_avg"]), c)
+
+    def _blocks_fused(self, group: dict[str, Any], params: list[Tensor], granularity: str) -> None:
+        constants = _Constants()
+        lr, beta, weight_decay = group["lr"], group["beta"], group["weight_decay"]
+        for p in params:
+            state = self.state[p]
+            t, adapted = int(state["step"]), _adapted(p, granularity)
+            values = (
+                weight_decay,
+                1 - beta,
+                lr**2 if adapted else 0.0,
+                -lr * (1.0 / (1.0 - beta**t)),
+            )
+            c = constants.get(p, values, key=(adapted, t))
+            m, b = state["exp_avg"], state["b"]
+            rows = b.numel()
+            if rows == 1:  # one block: the whole tensor
+                _wnadam_tensor(flat(_grad(p)), flat(p), flat(m), flat(b), c)
+            else:
+                tensors = [_rows(t, rows) for t in (_grad(p), p, m, b)]
+                _wnadam_rows(*tensors, c)
+
+
+class _Constants:
+    """The scalars tensor of one kernel, made once per (dtype, key) in a step: one small
+    host-to-device copy per dtype rather than one per tensor."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[torch.dtype, Any], Tensor] = {}
+
+    def get(self, like: Tensor, values: tuple[float, ...], key: Any = None) -> Tensor:
+        full_key = (like.dtype, key)
+        if full_key not in self._made:
+            self._made[full_key] = scalars(values, like)
+        return self._made[full_key]
+
+
+def _grad(p: Tensor) -> Tensor:
+    grad = p.grad
+    assert grad is not None  # the fused path takes tensors with a gradient only
+    return grad
+
+
+def _adapted(p: Tensor, granularity: str) -> bool:
+    """Whether ``p``'s ``b`` grows (every tensor but the 0-d and 1-d ones of ``"row"``)."""
+    return granularity != "row" or _row_dims(p) is not None
+
+
+def _rows(tensor: Tensor, rows: int) -> Tensor:
+    """``tensor`` as a (blocks, block size) alias that is not a view (see ``_fused.flat``): the
+    ``"row"`` blocks of a contiguous tensor are the rows of this matrix."""
+    return tensor.view(rows, -1).detach()
+
+
+def _total(parts: list[Tensor]) -> Tensor:
+    """The sum of 0-d parts in their promoted dtype, as ``_foreach.sum_of_squares`` totals."""
+    dtype = parts[0].dtype
+    for part in parts[1:]:
+        dtype = torch.promote_types(dtype, part.dtype)
+    return torch.stack([part.to(dtype) for part in parts]).sum()
+
+
+# -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------
+# Sums are taken in c's dtype, the accumulation dtype of the parameter, as the eager path's
+# norms. Weight decay 0 gives g + 0 x = g exactly, so one graph serves both.
+
+
+def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
+    """``torch.lerp``'s formula for a 0-d tensor weight of another dtype, which
+    ``torch.lerp`` itself refuses."""
+    difference = end - start
+    return torch.where(
+        weight.abs() < 0.5, start + weight * difference, end - difference * (1 - weight)
+    )
+
+
+@kernel
+def _wngrad_sums(grad: Tensor, p: Tensor, c: Tensor) -> Tensor:
+    """One tensor's ``||g + wd x||^2``; ``c`` = (wd,)."""
+    direction = (grad + c[0] * p).to(c.dtype)
+    return (direction * direction).sum()
+
+
+@kernel
+def _wngrad_move(grad: Tensor, p: Tensor, c: Tensor) -> None:
+    """WNGrad's move; ``c`` = (wd, -lr / b)."""
+    p.copy_(p + c[1] * (grad + c[0] * p))
+
+
+@kernel
+def _wnadam_moment_and_sums(grad: Tensor, p: Tensor, m: Tensor, c: Tensor) -> Tensor:
+    """WN-Adam's momentum of one tensor and its ``||g + wd x||^2``; ``c`` = (wd, 1 - beta)."""
+    g = grad + c[0] * p
+    m.copy_(_lerp(m, g, c[1]))
+    direction = g.to(c.dtype)
+    return (direction * direction).sum()
+
+
+@kernel
+def _wnadam_move(p: Tensor, m: Tensor, c: Tensor) -> None:
+    """WN-Adam's move; ``c`` = (-lr / (b (1 - beta^t)),)."""
+    p.copy_(p + c[0] * m)
+
+
+def _blocks_move(
+    g: Tensor, p: Tensor, direction: Tensor, b: Tensor, squares: Tensor, c: Tensor
+) -> None:
+    """``b <- b + lr^2 ||g_blk||^2 / b`` and ``x <- x + scale direction / b`` (inlined into the
+    kernels below), given the blocks' sums of ``g^2``; ``c`` ends with (lr^2, scale), and
+    lr^2 is 0 for a tensor whose ``b`` stays ``b0``."""
+    old = b.to(c.dtype)
+    new = (old + c[-2] * squares / old).to(b.dtype)
+    b.copy_(new)
+    p.copy_(p + c[-1] * (direction / new.to(p.dtype)))
+
+
+def _squares(g: Tensor, c: Tensor) -> Tensor:
+    return g.to(c.dtype) * g.to(c.dtype)
+
+
+# One block per tensor (flat tensors, b as 1 element) and one per row (matrices of blocks, b as
+# a column) are separate kernels: torch specialises sizes of 1, and sharing one function would
+# spend dynamo's recompile limit (8 graphs) on the 1-row and 1-column cases of every dtype.
+
+
+@kernel
+def _wngrad_tensor(grad: Tensor, p: Tensor, b: Tensor, c: Tensor) -> None:
+    """WNGrad's step of one tensor (one block); ``c`` = (wd, lr^2 or 0, -lr)."""
+    g = grad + c[0] * p
+    _blocks_move(g, p, g, b, _squares(g, c).sum(), c)
+
+
+@kernel
+def _wngrad_rows(grad: Tensor, p: Tensor, b: Tensor, c: Tensor) -> None:
+    """WNGrad's step of one tensor as (blocks, block size), ``b`` as (blocks, 1); ``c`` as
+    :func:`_wngrad_tensor`."""
+    g = grad + c[0] * p
+    _blocks_move(g, p, g, b, _squares(g, c).sum(dim=1, keepdim=True), c)
+
+
+@kernel
+def _wnadam_tensor(grad: Tensor, p: Tensor, m: Tensor, b: Tensor, c: Tensor) -> None:
+    """WN-Adam's step of one tensor (one block); ``c`` = (wd, 1 - beta, lr^2 or 0,
+    -lr / (1 - beta^t))."""
+    g = grad + c[0] * p
+    m_new = _lerp(m, g, c[1])
+    m.copy_(m_new)
+    _blocks_move(g, p, m_new, b, _squares(g, c).sum(), c)
+
+
+@kernel
+def _wnadam_rows(grad: Tensor, p: Tensor, m: Tensor, b: Tensor, c: Tensor) -> None:
+    """WN-Adam's step of one tensor as (blocks, block size), ``b`` as (blocks, 1); ``c`` as
+    :func:`_wnadam_tensor`."""
+    g = grad + c[0] * p
+    m_new = _lerp(m, g, c[1])
+    m.copy_(m_new)
+    _blocks_move(g, p, m_new, b, _squares(g, c).sum(dim=1, keepdim=True), c)
