@@ -43,6 +43,7 @@ from lrlab.optim._foreach import accumulation_dtype
 
 __all__ = [
     "FusedKernel",
+    "cached_scalars",
     "check_fused",
     "flat",
     "flat_eligible",
@@ -185,3 +186,14 @@ def scalars(values: Sequence[float], like: Tensor) -> Tensor:
     the same arithmetic.
     """
     return torch.tensor(list(values), dtype=accumulation_dtype(like.dtype), device=like.device)
+
+
+def cached_scalars(
+    cache: dict[tuple[torch.device, torch.dtype], Tensor], values: Sequence[float], like: Tensor
+) -> Tensor:
+    """:func:`scalars` made once per (device, dtype) of ``cache``'s lifetime (the caller keeps
+    one cache per set of ``values``, e.g. per group and step), not once per tensor."""
+    key = (like.device, like.dtype)
+    if key not in cache:
+        cache[key] = scalars(values, like)
+    return cache[key]

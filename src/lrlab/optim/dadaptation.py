@@ -57,7 +57,14 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    cached_scalars,
+    check_fused,
+    flat,
+    flat_eligible,
+    kernel,
+    scalars,
+)
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -706,6 +713,7 @@ class DAdaptAdam(_DistanceEstimator):
         for group in self.param_groups:
             eps, weight_decay = group["eps"], group["weight_decay"]
             decay = weight_decay * lam if decouple else 0.0
+            step_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
             for p, _ in self._with_grads(group):
                 if p in fused_complete:
                     continue
@@ -715,7 +723,7 @@ class DAdaptAdam(_DistanceEstimator):
                         flat(p),
                         flat(state["exp_avg"]),
                         flat(state["exp_avg_sq"]),
-                        scalars((decay, eps), p),
+                        cached_scalars(step_constants, (decay, eps), p),
                     )
                     continue
                 denominator = state["exp_avg_sq"].sqrt().add_(eps)
@@ -1000,6 +1008,7 @@ class DAdaptAdaGrad(_DistanceEstimator):
         c = 1.0 - momentum
         for group in self.param_groups:
             eps = group["eps"]
+            move_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
             for p, _ in self._with_grads(group):
                 state = self.state[p]
                 if p in fused_params:
@@ -1008,7 +1017,7 @@ class DAdaptAdaGrad(_DistanceEstimator):
                         flat(state["x0"]),
                         flat(state["sk"]),
                         flat(state["alphak"]),
-                        scalars((eps, c), p),
+                        cached_scalars(move_constants, (eps, c), p),
                     )
                     continue
                 z = state["x0"] - state["sk"].div(state["alphak"].sqrt().add_(eps))

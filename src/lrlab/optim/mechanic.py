@@ -21,7 +21,14 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    cached_scalars,
+    check_fused,
+    flat,
+    flat_eligible,
+    kernel,
+    scalars,
+)
 from lrlab.optim._registry import InvalidKwargs, register, spec
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive, check_range
 
@@ -578,10 +585,12 @@ class Mechanic(AdaptiveOptimizer):
             for m_j, r_j, v_j in zip(m, r, v, strict=True)
         ]
         scale = max(sum(s), 0.0)
+        move_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         for p, ref, delta, dots in zip(params, refs, deltas, fused_dots, strict=True):
             # x = x_ref + scale * Delta
             if dots is not None:
-                _mechanic_move(flat(p), flat(ref), flat(delta), scalars((scale,), p))
+                c = cached_scalars(move_constants, (scale,), p)
+                _mechanic_move(flat(p), flat(ref), flat(delta), c)
             elif delta.dtype == p.dtype:
                 p.copy_(delta).mul_(scale).add_(ref)
             else:
