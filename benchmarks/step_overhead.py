@@ -349,7 +349,8 @@ def _summary(results: dict[str, list[dict]]) -> str:
         "### Target: within 2x of Adam(fused) on both workloads, faster than the official package",
         "",
         "Each method on its fastest path per workload: the default (`foreach`) path or, for the "
-        "methods that offer one, `fused=True` (compiled kernels).",
+        "methods that offer one, `fused=True` (on this CPU: the native multi-tensor kernels "
+        "of `lrlab/optim/native/`).",
         "",
         "| method | path | "
         + " | ".join(f"ratio ({w})" for w in workloads)

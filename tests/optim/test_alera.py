@@ -453,15 +453,29 @@ def test_a_group_block_split_over_two_ranks_matches_one_process(
     assert not torch.equal(whole[0].detach(), start[0])
 
 
+@pytest.mark.parametrize("kernels", ["native", "compiled"])
 @pytest.mark.parametrize("name", ["salera", "spalera"])
 def test_fused_alarm_restores_the_same_parameters_as_the_loop(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    name: str, kernels: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the kernels save the previous parameters while moving them; an inductor bug once turned
-    # that copy into an alias of the moved parameters, which only an alarm reveals
-    from lrlab.optim import _fused
+    # that copy into an alias of the moved parameters, which only an alarm reveals. Both kinds
+    # of kernels: the native ones (CPU float32/float64) and the compiled ones (elsewhere)
+    from lrlab.optim import _fused, _native
 
     monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
+    if kernels == "native":
+        monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+        monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+
+        def refuse(self, *args):
+            raise AssertionError(f"compiled kernel {self.name} called on the native path")
+
+        monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
+        for native in _native._KERNELS:
+            monkeypatch.setattr(native, "used", False)
+    else:
+        monkeypatch.setenv("LRLAB_DISABLE_NATIVE", "1")
     generator = torch.Generator().manual_seed(3)
     start = [
         torch.randn(shape, generator=generator, dtype=torch.float64) for shape in [(6, 5), (7,)]
@@ -483,3 +497,14 @@ def test_fused_alarm_restores_the_same_parameters_as_the_loop(
     for loop_step, fused_step in zip(trajectories[False], trajectories[True], strict=True):
         for a, b in zip(loop_step, fused_step, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    if kernels == "native" and _native_compiler_found():
+        ran = {kernel for kernel, how in _native.native_status().items() if how == "native"}
+        move = "native:alera.salera_move" if name == "salera" else "native:alera.spalera_move"
+        assert move in ran, ran
+
+
+def _native_compiler_found() -> bool:
+    import os
+    import shutil
+
+    return bool(shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++"))

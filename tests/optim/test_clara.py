@@ -204,3 +204,74 @@ def test_group_ratios_are_kept() -> None:
         optimizer.step()
         first, second = (g["effective_lr"] for g in optimizer.param_groups)
         assert second / first == pytest.approx(0.5, rel=1e-12)
+
+
+# -- fused=True: the native CPU kernels -------------------------------------------------------
+
+
+@pytest.fixture
+def native_only(monkeypatch: pytest.MonkeyPatch):
+    """fused=True with the compiled kernels made to fail: CPU tensors must all go native."""
+    from lrlab.optim import _fused, _native, clara
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+
+    def refuse(self, *args):
+        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
+
+    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
+    for native in _native._KERNELS:  # "used" marks of this test only
+        monkeypatch.setattr(native, "used", False)
+    if not clara._NATIVE_ADAM_MOVE.available():
+        pytest.skip("no C++ compiler: the native kernels cannot be built")
+    return _native
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (ClaraSGD, {"lr": 0.05, "weight_decay": 0.01}),
+        (ClaraSGD, {"lr": 0.05, "unit_step": True, "c": 1.0, "d": 0.05}),
+        (ClaraAdam, {"lr": 0.05, "weight_decay": 0.01, "transient_correction": True}),
+        (ClaraAdam, {"lr": 0.05, "unit_step": True, "betas": (0.3, 0.9), "d": 0.05}),
+    ],
+)
+def test_native_fused_matches_the_loop_with_own_step_counts(cls, kwargs, native_only) -> None:
+    """A tensor without a gradient on odd steps (its own step count, so its own bias
+    corrections), a zero gradient (the norm floor), a tensor of several driver blocks: the
+    native calls give the for-loop's numbers. (float64 only: a float32 tensor's path norm,
+    summed differently, moves the shared learning rate of the others by ~1e-10.)"""
+
+    def build(fused: bool):
+        params = [
+            torch.linspace(-1, 1, 70_000, dtype=torch.float64).requires_grad_(),
+            torch.linspace(1, 2, 7, dtype=torch.float64).requires_grad_(),
+            torch.linspace(0, 3, 5, dtype=torch.float64).requires_grad_(),
+            torch.ones(3, dtype=torch.float64, requires_grad=True),
+        ]
+        options = {"fused": True} if fused else {"foreach": False}
+        return params, cls(params, **kwargs, **options)
+
+    (loop_params, loop), (native_params, native) = build(False), build(True)
+    for step in range(6):
+        for params, optimizer in ((loop_params, loop), (native_params, native)):
+            for p in params:
+                p.grad = torch.cos(p.detach() * (step + 1)) + 0.5
+            params[2].grad = None if step % 2 else params[2].grad
+            params[3].grad = torch.zeros_like(params[3])
+            optimizer.step()
+    for a, b in zip(loop_params, native_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert native.statistics()["lr_factor"] == pytest.approx(
+        loop.statistics()["lr_factor"], rel=1e-10
+    )
+    status = native_only.native_status()
+    ran = {
+        name
+        for name, how in status.items()
+        if name.startswith("native:clara.") and how != "not used yet"
+    }
+    passes = ("sgd_norms", "sgd_move") if cls is ClaraSGD else ("adam_moments", "adam_move")
+    assert ran == {f"native:clara.clara_{name}" for name in passes}
+    assert all(status[name] == "native" for name in ran)

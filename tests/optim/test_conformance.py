@@ -167,16 +167,20 @@ def test_foreach_matches_forloop_in_float64(name: str) -> None:
 
 
 FUSED = [n for n in NAMES if lo.spec(n).supports_fused]
+# the methods whose fused path has compiled kernels for what the native CPU kernels cannot take
+COMPILED = [n for n in FUSED if lo.spec(n).fused_compiled]
 # as tight as foreach-vs-loop: a looser bound hid a float32 accumulation of float64 sums once
 FUSED_RTOL = 1e-12
 
 
 @pytest.fixture
 def kernels_for_small_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Send the suite's small tensors through the compiled kernels (normally eager)."""
+    """Send the suite's small tensors through the compiled kernels (normally eager), not the
+    native CPU kernels (which take every CPU float32/float64 tensor; tested further below)."""
     from lrlab.optim import _fused
 
     monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
+    monkeypatch.setenv("LRLAB_DISABLE_NATIVE", "1")
 
 
 def _reference_path(name: str) -> dict:
@@ -188,20 +192,26 @@ def _cpp_compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 
 
-@pytest.mark.parametrize("name", FUSED)
-def test_fused_matches_forloop_in_float64(name: str, kernels_for_small_tensors: None) -> None:
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_kernels_match_forloop_in_float64(
+    name: str, kernels_for_small_tensors: None
+) -> None:
     from lrlab.optim._fused import fused_status
 
     _assert_paths_agree(name, _reference_path(name), {"fused": True}, rtol=FUSED_RTOL)
     # the check above is only worth something if the kernels really ran compiled, which they
     # must wherever inductor finds a C++ compiler (a machine without one falls back: tested below)
-    ran = {kernel: how for kernel, how in fused_status().items() if how != "not used yet"}
+    ran = {
+        kernel: how
+        for kernel, how in fused_status().items()
+        if how != "not used yet" and not kernel.startswith("native:")
+    }
     assert ran, "no fused kernel ran"
     expected = "compiled" if _cpp_compiler() else "eager"
     assert all(how.startswith(expected) for how in ran.values()), ran
 
 
-@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("name", COMPILED)
 def test_fused_falls_back_to_eager_without_a_compiler(
     name: str, monkeypatch: pytest.MonkeyPatch, kernels_for_small_tensors: None
 ) -> None:
@@ -261,7 +271,7 @@ def test_fused_loads_a_checkpoint_written_without_the_flag(
     assert all(torch.isfinite(p).all() for p in params)
 
 
-@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("name", COMPILED)
 def test_fused_kernels_stay_compiled_on_mixed_ranks_and_dtypes(
     name: str, kernels_for_small_tensors: None
 ) -> None:
@@ -284,11 +294,13 @@ def test_fused_kernels_stay_compiled_on_mixed_ranks_and_dtypes(
             assert all(torch.isfinite(p).all() for p in params)
 
 
-@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("name", COMPILED)
 def test_fused_leaves_small_tensors_on_the_eager_path(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lrlab.optim import _fused
+
+    monkeypatch.setenv("LRLAB_DISABLE_NATIVE", "1")  # they would take the native kernels
 
     def refuse(self, *args):
         raise AssertionError(f"kernel {self.name} called for a small tensor")
@@ -311,6 +323,138 @@ def test_fused_argument_is_validated(name: str) -> None:
     if lo.spec(name).supports_foreach:
         with pytest.raises(ValueError, match="cannot be set together"):
             lo.create(name, make_params(), fused=True, foreach=True)
+
+
+# -- native CPU kernels (fused=True on CPU float32/float64 tensors) ------------------------
+
+
+@pytest.fixture
+def native_kernels(monkeypatch: pytest.MonkeyPatch):
+    """The native kernels enabled, with their "used" marks cleared for this test, and the
+    compiled kernels made to fail: on CPU float32/float64 tensors fused=True is all native."""
+    from lrlab.optim import _fused, _native
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
+
+    def refuse(self, *args):
+        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
+
+    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
+    for native in _native._KERNELS:
+        monkeypatch.setattr(native, "used", False)
+    return _native
+
+
+def _native_ran(native) -> dict[str, str]:
+    return {name: how for name, how in native.native_status().items() if how != "not used yet"}
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_native_kernels_match_forloop_in_float64(name: str, native_kernels) -> None:
+    if _cpp_compiler() is None:
+        pytest.skip("no C++ compiler: the fallback is tested below")
+    _assert_paths_agree(name, _reference_path(name), {"fused": True}, rtol=FUSED_RTOL)
+    ran = _native_ran(native_kernels)
+    assert ran, "no native kernel ran"
+    assert all(how == "native" for how in ran.values()), ran
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_native_float32_follows_the_reference_path(name: str, native_kernels) -> None:
+    spec = lo.spec(name)
+    kwargs = dict(spec.sample_kwargs[0])
+    params_loop, params_native = make_params(torch.float32), make_params(torch.float32)
+    opt_loop = lo.create(name, params_loop, **{**kwargs, **_reference_path(name)})
+    opt_native = lo.create(name, params_native, **{**kwargs, "fused": True})
+    run(opt_loop, params_loop, spec, range(6))
+    run(opt_native, params_native, spec, range(6))
+    for a, b in zip(params_loop, params_native, strict=True):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# tensors of more than two of the driver's 32768-element blocks, so that threads share them
+THREADED_SHAPES = [(70_000,), (300, 300), (17,), (5, 3)]
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_native_results_do_not_depend_on_the_thread_count(
+    name: str, native_kernels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # only the kernels' thread count changes: the test's own loss (torch sums) may round
+    # differently with another torch thread count
+    spec = lo.spec(name)
+    results = []
+    for count in (1, 3):
+        monkeypatch.setattr(native_kernels, "_threads", lambda count=count: count)
+        params = make_params(torch.float32, shapes=THREADED_SHAPES)
+        optimizer = lo.create(name, params, **{**dict(spec.sample_kwargs[0]), "fused": True})
+        run(optimizer, params, spec, range(4))
+        results.append(([p.detach().clone() for p in params], optimizer.state_dict()))
+    (params_one, state_one), (params_three, state_three) = results
+    for a, b in zip(params_one, params_three, strict=True):
+        assert torch.equal(a, b)
+    assert_nested_equal(state_one, state_three)
+    assert _native_ran(native_kernels)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_native_resume_mid_run_is_bit_identical(name: str, native_kernels) -> None:
+    spec = lo.spec(name)
+    kwargs = {**dict(spec.sample_kwargs[0]), "fused": True}
+    params = make_params()
+    optimizer = lo.create(name, params, **kwargs)
+    run(optimizer, params, spec, range(3))
+    saved_params = [p.detach().clone() for p in params]
+    saved_state = copy.deepcopy(optimizer.state_dict())
+    run(optimizer, params, spec, range(3, 6))
+    resumed_params = [p.detach().clone().requires_grad_() for p in saved_params]
+    resumed = lo.create(name, resumed_params, **kwargs)
+    resumed.load_state_dict(saved_state)
+    run(resumed, resumed_params, spec, range(3, 6))
+    for a, b in zip(params, resumed_params, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_native_takes_eligible_tensors_and_leaves_the_rest(name: str, native_kernels) -> None:
+    # a non-contiguous parameter (a transposed view) goes the other way, the others native
+    spec = lo.spec(name)
+    kwargs = dict(spec.sample_kwargs[0])
+
+    def params() -> list[torch.Tensor]:
+        made = make_params()
+        made[0] = made[0].detach().t().requires_grad_()  # a transposed (4, 3): not contiguous
+        return made
+
+    params_loop, params_native = params(), params()
+    assert not params_native[0].is_contiguous()
+    opt_loop = lo.create(name, params_loop, **{**kwargs, **_reference_path(name)})
+    opt_native = lo.create(name, params_native, **{**kwargs, "fused": True})
+    run(opt_loop, params_loop, spec, range(6))
+    run(opt_native, params_native, spec, range(6))
+    for a, b in zip(params_loop, params_native, strict=True):
+        torch.testing.assert_close(a, b, rtol=FUSED_RTOL, atol=1e-14)
+    if _cpp_compiler() is not None:
+        assert _native_ran(native_kernels)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_native_kernels_fall_back_without_a_compiler(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lrlab.optim import _native
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.setattr(_native, "_compiler", lambda: None)
+    for family in list(_native._LIBRARIES):  # fresh, unbuilt libraries for this test
+        monkeypatch.setitem(_native._LIBRARIES, family, _native._Library(family))
+    with pytest.warns(RuntimeWarning, match="building the native kernels"):
+        _assert_paths_agree(name, _reference_path(name), {"fused": True}, rtol=FUSED_RTOL)
+    failed = [how for how in _native.native_status().values() if how.startswith("unavailable")]
+    assert failed and all("no C++ compiler found" in how for how in failed)
 
 
 # -- checkpoints ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ difference.
 from __future__ import annotations
 
 import math
+import shutil
 
 import dadaptation
 import pytest
@@ -17,6 +18,7 @@ import torch
 import lrlab.optim as lo
 from lrlab.optim import DAdaptAdaGrad, DAdaptAdam, DAdaptSGD
 from tests.optim._oracle import PROBLEMS, max_trajectory_error, one_group, two_groups
+from tests.optim._problems import make_params, run
 
 ORACLE_RTOL = 1e-9
 D0 = 1e-6
@@ -425,3 +427,62 @@ def test_statistics_expose_d_and_the_sums() -> None:
         assert keys <= set(stats), name
         assert stats["k"] == 3.0
         assert lo.spec(name).has_global_statistics
+
+
+# -- native CPU kernels (fused=True) --------------------------------------------------------
+
+# more than two of the native driver's 32768-element blocks, and small tensors
+NATIVE_SHAPES = [(70_001,), (300, 301), (5,), (2, 3)]
+
+
+@pytest.fixture
+def native_only(monkeypatch: pytest.MonkeyPatch):
+    """Native kernels on, compiled kernels made to fail, the kernels' "used" marks cleared."""
+    from lrlab.optim import _fused, _native
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+
+    def refuse(self, *args):
+        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
+
+    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
+    for native in _native._KERNELS:
+        monkeypatch.setattr(native, "used", False)
+    return _native
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++")
+@pytest.mark.parametrize(
+    ("name", "kernels"),
+    [
+        ("dadapt-sgd", {"dadapt_sgd_norms", "dadapt_sgd_dual", "dadapt_sgd_step"}),
+        ("dadapt-adagrad", {"dadapt_adagrad_accumulate", "dadapt_adagrad_move"}),
+    ],
+)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_native_kernels_match_the_reference_path(name, kernels, momentum, native_only) -> None:
+    """Multi-block tensors, per-group decay and a group with lr 0 (moved, not counted): the
+    native kernels follow the for-loop path in float64."""
+    spec = lo.spec(name)
+    reference = {"foreach": False} if spec.supports_foreach else {}
+    results = []
+    for path in (reference, {"fused": True}):
+        params = make_params(torch.float64, shapes=NATIVE_SHAPES)
+        groups = [
+            {"params": params[:2], "weight_decay": 0.01},
+            {"params": params[2:3]},
+            {"params": params[3:], "lr": 0.0},
+        ]
+        optimizer = lo.create(name, groups, d0=1e-3, momentum=momentum, **path)
+        run(optimizer, params, spec, range(6))
+        results.append((params, optimizer.statistics()))
+    (params_loop, stats_loop), (params_native, stats_native) = results
+    for a, b in zip(params_loop, params_native, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    for key, value in stats_loop.items():
+        assert stats_native[key] == pytest.approx(value, rel=1e-10, abs=1e-14), key
+    assert stats_loop["d"] > 1e-3  # d moved during the check
+    status = native_only.native_status()
+    ran = {k for k, v in status.items() if v == "native" and k.startswith("native:dadaptation")}
+    assert ran == {f"native:dadaptation.{kernel}" for kernel in kernels}

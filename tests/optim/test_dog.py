@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import lrlab.optim as lo
+import lrlab.optim.dog
 from lrlab.optim import DoG, DoWG, LDoG
 from tests.optim._oracle import PROBLEMS, max_trajectory_error, one_group, two_groups
 
@@ -390,3 +391,116 @@ def test_dowg_first_step_has_length_r_eps_for_any_gradient() -> None:
         ]
         moved = math.sqrt(sum(moved_sq))
         assert moved == pytest.approx(0.2, rel=1e-13)
+
+
+# -- native kernels (fused=True on CPU float32/float64 tensors) -------------------------------
+
+
+@pytest.fixture
+def native_only(monkeypatch: pytest.MonkeyPatch):
+    """Native kernels on, compiled kernels made to fail: fused=True must be all native here."""
+    from lrlab.optim import _fused, _native
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
+
+    def refuse(self, *args):
+        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
+
+    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
+    for kernel in _native._KERNELS:
+        monkeypatch.setattr(kernel, "used", False)
+    if not lrlab.optim.dog._NATIVE_SUMS.available():
+        pytest.skip("no C++ compiler: the native kernels fall back (tested in the conformance)")
+    return _native
+
+
+def _gappy_run(optimizer_class, kwargs: dict, fused: bool) -> tuple[list[torch.Tensor], dict]:
+    """Two groups, one tensor whose gradient is missing at the first step and every third
+    step, one without any gradient ever (it still counts in DoG's and DoWG's distance)."""
+    torch.manual_seed(0)
+    shapes = [(40,), (3, 7), (5,), (6,)]
+    tensors = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    targets = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    groups = [{"params": tensors[:2]}, {"params": tensors[2:], "lr": 0.5}]
+    options = {"fused": True} if fused else {"foreach": False}
+    optimizer = optimizer_class(groups, **kwargs, **options)
+    for step in range(8):
+        optimizer.zero_grad()
+        active = [0, 1, 2] if step % 3 else [0, 1]
+        loss = sum(((tensors[i] - targets[i]) ** 2 * (1 + i)).sum() for i in active)
+        loss.backward()
+        optimizer.step()
+    return [t.detach().clone() for t in tensors], optimizer.statistics()
+
+
+@pytest.mark.parametrize(
+    ("optimizer_class", "kwargs"),
+    [
+        (DoG, {"reps_rel": 1e-2, "weight_decay": 0.01}),
+        (DoG, {"reps_rel": 1e-2, "averaging_gamma": 8.0}),
+        (DoG, {"init_eta": 0.05, "eps": 0.0, "averaging_gamma": 2.0}),
+        (LDoG, {"reps_rel": 1e-2, "weight_decay": 0.01}),
+        (LDoG, {"init_eta": 0.05, "averaging_gamma": 8.0}),
+        (DoWG, {"init_estim_sq_dist": 1e-2, "weight_decay": 0.01}),
+    ],
+)
+def test_native_path_follows_the_for_loop_with_missing_gradients(
+    optimizer_class, kwargs: dict, native_only
+) -> None:
+    loop, loop_stats = _gappy_run(optimizer_class, kwargs, fused=False)
+    native, native_stats = _gappy_run(optimizer_class, kwargs, fused=True)
+    for a, b in zip(loop, native, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    for key, value in loop_stats.items():
+        assert native_stats[key] == pytest.approx(value, rel=1e-10, abs=1e-14), key
+    ran = {name for name, how in native_only.native_status().items() if how == "native"}
+    assert "native:dog.dog_sums" in ran and ran & {
+        "native:dog.dog_move",
+        "native:dog.dog_move_average",
+    }
+    if optimizer_class is not LDoG:
+        assert "native:dog.dog_distance" in ran  # the tensor without a gradient
+
+
+def test_native_average_matches_the_for_loop(native_only) -> None:
+    """The averages themselves (not only the parameters), also of a tensor whose average starts
+    after the first step."""
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(1)
+        tensors = [torch.randn(30, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+        optimizer = DoG(
+            tensors, reps_rel=1e-2, averaging_gamma=8.0, **({"fused": True} if fused else {})
+        )
+        for step in range(6):
+            optimizer.zero_grad()
+            used = tensors if step else tensors[:1]
+            sum((t**2).sum() for t in used).backward()
+            optimizer.step()
+        results.append([a.clone() for a in optimizer.averaged_parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("optimizer_class", [DoG, LDoG, DoWG])
+def test_native_mixed_dtypes_in_one_group(optimizer_class, native_only) -> None:
+    """float32 and float64 tensors in one group: one native call per dtype and pass."""
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(2)
+        tensors = [
+            torch.randn(50, dtype=torch.float64, requires_grad=True),
+            torch.randn(20, dtype=torch.float32, requires_grad=True),
+        ]
+        options = {"fused": True} if fused else {"foreach": False}
+        optimizer = optimizer_class(tensors, **options)
+        for _ in range(5):
+            optimizer.zero_grad()
+            sum((t.double() ** 2).sum() for t in tensors).backward()
+            optimizer.step()
+        results.append([t.detach().clone() for t in tensors])
+    for a, b in zip(*results, strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

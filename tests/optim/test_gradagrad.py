@@ -125,14 +125,15 @@ def test_zero_first_gradient_takes_no_step() -> None:
     torch.testing.assert_close(x.detach(), torch.tensor([1 - 0.06, 2 - 0.08], dtype=F64))
 
 
-def test_tensor_without_gradient_counts_as_a_zero_gradient() -> None:
+@pytest.mark.parametrize("fused", [False, True])
+def test_tensor_without_gradient_counts_as_a_zero_gradient(fused: bool) -> None:
     """Derived vector: tensors a, b with gradients (1,) and (2,) at step 1 (A = 5); at step 2
     only a has a gradient (1,) and b none: v = 1 - 2 * <(1, 0), (1, 2)> = -1, the growth branch
     with gamma *= sqrt(1 + 1/5). At step 3, a has none and b has (2,): b's previous gradient was
     reset, so v = 4 (not 4 - 2 * 4), A = 9."""
     a = torch.zeros(1, dtype=F64, requires_grad=True)
     b = torch.zeros(1, dtype=F64, requires_grad=True)
-    optimizer = GradaGrad([a, b], lr=1.0, r=1.0)
+    optimizer = GradaGrad([a, b], lr=1.0, r=1.0, fused=fused)
     a.grad, b.grad = torch.ones(1, dtype=F64), torch.full((1,), 2.0, dtype=F64)
     optimizer.step()
     b.grad = None
@@ -150,3 +151,57 @@ def test_registered_as_a_low_confidence_reconstruction() -> None:
     assert spec.confidence == "low"
     assert "reconstructed" in spec.paper
     assert "not verified against the paper's Algorithm 1" in (GradaGrad.__doc__ or "")
+
+
+# -- native kernels (fused=True on CPU float32/float64 tensors) -------------------------------
+
+
+@pytest.fixture
+def native_only(monkeypatch: pytest.MonkeyPatch):
+    """Native kernels on, compiled kernels made to fail: fused=True must be all native here."""
+    from lrlab.optim import _fused, _native, gradagrad
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
+
+    def refuse(self, *args):
+        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
+
+    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
+    for kernel in _native._KERNELS:
+        monkeypatch.setattr(kernel, "used", False)
+    if not gradagrad._NATIVE_SUMS.available():
+        pytest.skip("no C++ compiler: the native kernels fall back (tested in the conformance)")
+    return _native
+
+
+def test_native_path_follows_the_for_loop(native_only) -> None:
+    """Two groups of float32 and float64 tensors (one native call per dtype and pass), a tensor
+    whose gradient is missing every third step, and more than one driver block."""
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        shapes = [(70_000,), (3, 7), (5,), (6,)]
+        dtypes = [F64, F64, torch.float32, F64]
+        tensors = [
+            torch.randn(s, dtype=d, requires_grad=True) for s, d in zip(shapes, dtypes, strict=True)
+        ]
+        groups = [{"params": tensors[:2]}, {"params": tensors[2:], "lr": 0.05}]
+        options = {"fused": True} if fused else {"foreach": False}
+        optimizer = GradaGrad(groups, lr=0.1, **options)
+        for step in range(8):
+            optimizer.zero_grad()
+            active = [0, 1, 2] if step % 3 else [0, 1, 2, 3]
+            sum((torch.sin(tensors[i].double()) * (1 + i)).sum() for i in active).backward()
+            optimizer.step()
+        results.append(([t.detach().clone() for t in tensors], optimizer.statistics()))
+    (loop, loop_stats), (native, native_stats) = results
+    for a, b in zip(loop, native, strict=True):
+        assert a.dtype == b.dtype
+        rtol = 1e-12 if a.dtype == F64 else 1e-5
+        torch.testing.assert_close(a, b, rtol=rtol, atol=1e-7)
+    for key, value in loop_stats.items():
+        assert native_stats[key] == pytest.approx(value, rel=1e-7), key
+    ran = {name for name, how in native_only.native_status().items() if how == "native"}
+    assert {"native:gradagrad.gradagrad_sums", "native:gradagrad.gradagrad_move"} <= ran

@@ -29,7 +29,7 @@ import math
 import pytest
 import torch
 
-from lrlab.optim import MDA
+from lrlab.optim import MDA, mda
 
 SPEC = {"rtol": 0, "atol": 5e-11}  # values printed to 10 decimals
 
@@ -168,3 +168,56 @@ def test_param_groups_share_k_and_use_their_own_lr() -> None:
     torch.testing.assert_close(a.detach(), torch.full((2,), 1 - 0.1 * factor, dtype=torch.float64))
     torch.testing.assert_close(b.detach(), torch.full((2,), 1 - 0.05 * factor, dtype=torch.float64))
     assert [g["effective_lr"] for g in optimizer.param_groups] == [0.1, 0.05]
+
+
+# -- fused=True: the native CPU kernel -------------------------------------------------------
+
+
+@pytest.fixture
+def native_only(monkeypatch: pytest.MonkeyPatch):
+    """fused=True with the compiled kernels made to fail: CPU tensors must all go native."""
+    from lrlab.optim import _fused, _native
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+
+    def refuse(self, *args):
+        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
+
+    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
+    for native in _native._KERNELS:  # "used" marks of this test only
+        monkeypatch.setattr(native, "used", False)
+    if not mda._NATIVE_MDA_STEP.available():
+        pytest.skip("no C++ compiler: the native kernels cannot be built")
+    return _native
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_native_fused_matches_the_loop_with_late_and_mixed_dtype_tensors(
+    momentum: float, weight_decay: float, native_only
+) -> None:
+    """Tensors of two dtypes in one group, one of them first stepped at k = 2 (its own x0 and
+    the global lambda_k), stepped by one native call per dtype: the for-loop's numbers."""
+
+    def build(fused: bool):
+        params = [
+            torch.linspace(-1, 1, 70_000, dtype=torch.float64).requires_grad_(),
+            torch.linspace(1, 2, 7, dtype=torch.float32).requires_grad_(),
+            torch.linspace(0, 3, 5, dtype=torch.float64).requires_grad_(),
+        ]
+        kwargs = {"fused": True} if fused else {"foreach": False}
+        optimizer = MDA(params, lr=0.05, momentum=momentum, weight_decay=weight_decay, **kwargs)
+        return params, optimizer
+
+    (loop_params, loop), (native_params, native) = build(False), build(True)
+    for step in range(6):
+        for params, optimizer in ((loop_params, loop), (native_params, native)):
+            for index, p in enumerate(params):
+                late = index == 2 and step < 2
+                p.grad = None if late else torch.cos(p.detach() * (step + 1)) + 0.5
+            optimizer.step()
+    for a, b in zip(loop_params, native_params, strict=True):
+        rtol = 1e-12 if a.dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(a, b, rtol=rtol, atol=1e-7 if rtol > 1e-12 else 1e-14)
+    assert native_only.native_status()["native:mda.mda_step"] == "native"

@@ -547,3 +547,44 @@ def test_registry_declares_a_wrapper_with_global_statistics() -> None:
     spec = lo.spec("mechanic")
     assert spec.wraps_base and spec.has_global_statistics and not spec.has_eval_mode
     assert lo.spec("Mechanic").name == "mechanic"
+
+
+@pytest.mark.parametrize("store_delta", [False, True])
+def test_native_passes_match_the_loop_and_keep_no_delta(
+    store_delta: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fused=True on CPU runs Mechanic's passes as native kernels; without store_delta they
+    recompute Delta from x and ref (never stored): the loop's numbers, and no "delta" state."""
+    from lrlab.optim import mechanic
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+    if not mechanic._NATIVE_MOVE_RECOMPUTED.available():
+        pytest.skip("no C++ compiler for the native kernels")
+    move = mechanic._NATIVE_MOVE_STORED if store_delta else mechanic._NATIVE_MOVE_RECOMPUTED
+    monkeypatch.setattr(move, "used", False)
+    shapes = [(70_000,), (30, 20), (5,)]
+
+    def run(fused: bool) -> tuple[list[torch.Tensor], Mechanic]:
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+        params = [p.requires_grad_() for p in params]
+        optimizer = Mechanic(
+            params,
+            base="adamw",
+            base_kwargs={"lr": 0.01},
+            s_init=1e-6,
+            store_delta=store_delta,
+            fused=fused,
+        )
+        for _ in range(6):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+            optimizer.step()
+        return [p.detach() for p in params], optimizer
+
+    (loop, _), (native, optimizer) = run(False), run(True)
+    for a, b in zip(loop, native, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+    assert move.used
+    assert all(("delta" in optimizer.state[p]) == store_delta for p in optimizer.state)

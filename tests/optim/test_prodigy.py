@@ -7,6 +7,7 @@ Spec: ``shared/specs/defazio_family.md`` sections 2.2 and 11 (toy problem: scala
 from __future__ import annotations
 
 import math
+import shutil
 
 import prodigyopt
 import pytest
@@ -15,6 +16,7 @@ import torch
 import lrlab.optim as lo
 from lrlab.optim import Prodigy
 from tests.optim._oracle import PROBLEMS, max_trajectory_error, one_group, two_groups
+from tests.optim._problems import make_params, run
 
 ORACLE_RTOL = 1e-9
 D0 = 1e-6
@@ -261,3 +263,84 @@ def test_registry_and_statistics() -> None:
     _toy_steps(optimizer, x, 2)
     assert {"d", "d_hat", "d_max", "d_numerator", "d_denom", "k"} <= set(optimizer.statistics())
     assert "prodigy-resetting" not in lo.names()  # see NOTE [Prodigy Resetting is not provided]
+
+
+# -- native CPU kernels (fused=True) --------------------------------------------------------
+
+# more than two of the native driver's 32768-element blocks, with lengths that slice_p does not
+# divide (a block then starts mid-slice), an all-zero tensor (0-d x0) and a small one
+NATIVE_SHAPES = [(70_001,), (300, 301), (1000,), (5,)]
+
+
+def _native_params(dtype: torch.dtype) -> list[torch.Tensor]:
+    params = make_params(dtype, shapes=NATIVE_SHAPES)
+    with torch.no_grad():
+        params[2].zero_()
+    return params
+
+
+@pytest.fixture
+def native_only(monkeypatch: pytest.MonkeyPatch):
+    """Native kernels on, compiled kernels made to fail, the kernels' "used" marks cleared."""
+    from lrlab.optim import _fused, _native
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+
+    def refuse(self, *args):
+        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
+
+    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
+    for native in _native._KERNELS:
+        monkeypatch.setattr(native, "used", False)
+    return _native
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++")
+@pytest.mark.parametrize("slice_p", [1, 3])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.0, 0.99)])
+@pytest.mark.parametrize("decouple", [True, False])
+def test_native_kernels_match_the_reference_path(slice_p, betas, decouple, native_only) -> None:
+    """Every slice_p, with or without momentum and coupled decay, a 0-d x0 and a group with lr
+    0 (stepped, not counted): the native kernels follow the for-loop path in float64."""
+    spec = lo.spec("prodigy")
+    results = []
+    for path in ({"foreach": False}, {"fused": True}):
+        params = _native_params(torch.float64)
+        groups = [{"params": params[:3]}, {"params": params[3:], "lr": 0.0}]
+        kwargs = {"betas": betas, "decouple": decouple, "weight_decay": 0.01, "slice_p": slice_p}
+        optimizer = Prodigy(groups, d0=1e-3, growth_rate=1.5, **kwargs, **path)
+        run(optimizer, params, spec, range(6))
+        assert optimizer.state[params[2]]["p0"].dim() == 0
+        results.append((params, optimizer.statistics()))
+    (params_loop, stats_loop), (params_native, stats_native) = results
+    for a, b in zip(params_loop, params_native, strict=True):
+        # relative to the tensor's scale, not elementwise: without momentum the raw gradient is
+        # divided by a tiny sqrt(v) early on, so an entry that the step sends near zero carries
+        # the rounding of the others (the foreach path differs from the loop as much)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12 * float(a.detach().abs().max()))
+    for key, value in stats_loop.items():
+        assert stats_native[key] == pytest.approx(value, rel=1e-10, abs=1e-14), key
+    moments = "prodigy_moments_momentum" if betas[0] > 0 else "prodigy_moments_without_momentum"
+    status = native_only.native_status()
+    ran = {k for k, v in status.items() if v == "native" and k.startswith("native:prodigy")}
+    assert ran == {f"native:prodigy.{moments}", "native:prodigy.prodigy_step"}
+
+
+def test_native_sliced_results_do_not_depend_on_the_thread_count(native_only) -> None:
+    spec = lo.spec("prodigy")
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            params = _native_params(torch.float32)
+            optimizer = Prodigy(params, d0=1e-3, slice_p=3, fused=True)
+            run(optimizer, params, spec, range(4))
+            results.append(([p.detach().clone() for p in params], optimizer.statistics()))
+    finally:
+        torch.set_num_threads(threads)
+    (params_one, stats_one), (params_three, stats_three) = results
+    for a, b in zip(params_one, params_three, strict=True):
+        assert torch.equal(a, b)
+    assert stats_one == stats_three

@@ -431,3 +431,80 @@ def test_registry_declares_eval_mode() -> None:
         assert spec.has_eval_mode and not spec.has_global_statistics
     assert lo.spec("SGDScheduleFree").name == "schedulefree-sgd"
     assert lo.spec("AdamWScheduleFree").name == "schedulefree-adamw"
+
+
+# -- fused=True: the native CPU kernels -------------------------------------------------------
+
+
+@pytest.fixture
+def native_only(monkeypatch: pytest.MonkeyPatch):
+    """fused=True with the compiled kernels made to fail: CPU tensors must all go native."""
+    from lrlab.optim import _fused, _native, schedule_free
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+
+    def refuse(self, *args):
+        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
+
+    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
+    for native in _native._KERNELS:  # "used" marks of this test only
+        monkeypatch.setattr(native, "used", False)
+    if not schedule_free._NATIVE_INTERPOLATE.available():
+        pytest.skip("no C++ compiler: the native kernels cannot be built")
+    return _native
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (SGDScheduleFree, {"lr": 0.05, "weight_decay": 0.01, "warmup_steps": 2}),
+        (AdamWScheduleFree, {"lr": 0.05, "weight_decay": 0.1, "r": 0.75}),
+    ],
+)
+def test_native_fused_steps_and_modes_match_the_loop(cls, kwargs, native_only) -> None:
+    """Steps, eval() and train() of fused=True on CPU tensors of two dtypes (one of them of
+    several driver blocks, one without a gradient at first) run natively and give the
+    for-loop's numbers; a non-contiguous parameter takes the other path alongside."""
+
+    def build(fused: bool):
+        params = [
+            torch.linspace(-1, 1, 70_000, dtype=torch.float64).requires_grad_(),
+            torch.linspace(1, 2, 7, dtype=torch.float32).requires_grad_(),
+            torch.linspace(0, 3, 6, dtype=torch.float64).reshape(2, 3).t().requires_grad_(),
+            torch.linspace(0, 3, 5, dtype=torch.float64).requires_grad_(),
+        ]
+        options = {"fused": True} if fused else {"foreach": False}
+        return params, cls(params, **kwargs, **options)
+
+    def assert_close(left, right) -> None:
+        for a, b in zip(left, right, strict=True):
+            rtol = 1e-12 if a.dtype == torch.float64 else 1e-5
+            torch.testing.assert_close(a, b, rtol=rtol, atol=1e-7 if rtol > 1e-12 else 1e-14)
+
+    (loop_params, loop), (native_params, native) = build(False), build(True)
+    for step in range(6):
+        for params, optimizer in ((loop_params, loop), (native_params, native)):
+            for index, p in enumerate(params):
+                late = index == 3 and step < 2
+                p.grad = None if late else torch.cos(p.detach() * (step + 1)) + 0.5
+            optimizer.step()
+        if step in (2, 4):
+            for optimizer in (loop, native):
+                optimizer.eval()
+            assert_close(loop_params, native_params)
+            for optimizer in (loop, native):
+                optimizer.train()
+        assert_close(loop_params, native_params)
+    status = native_only.native_status()
+    step_kernel = "sgd" if cls is SGDScheduleFree else "adamw"
+    ran = {
+        name
+        for name, how in status.items()
+        if name.startswith("native:schedule_free.") and how != "not used yet"
+    }
+    assert ran == {
+        f"native:schedule_free.schedule_free_{step_kernel}_step",
+        "native:schedule_free.schedule_free_interpolate",
+    }
+    assert all(status[name] == "native" for name in ran)

@@ -200,3 +200,50 @@ def test_registry_entries() -> None:
     assert lo.spec("wngrad").confidence == "high"
     assert lo.spec("wn-adam").confidence == "medium"
     assert lo.spec("wngrad").has_global_statistics
+
+
+# rows longer than the native driver's 32768-element blocks (a row split over threads), a conv
+# kernel (one block per (out, in) slice), a one-row matrix, a bias and a 0-d tensor
+NATIVE_SHAPES = [(3, 40_000), (4, 3, 5, 5), (1, 7), (6,), ()]
+
+
+@pytest.mark.parametrize("name", ["wngrad", "wn-adam"])
+@pytest.mark.parametrize("granularity", ["global", "tensor", "row"])
+def test_native_blocks_match_the_loop(
+    name: str, granularity: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fused=True on CPU takes the native kernels, which pass every row of b as a block of its
+    own: the same numbers as the for-loop path, and the same with 1 and 3 threads."""
+    from lrlab.optim import wngrad
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+    if not wngrad._NATIVE_ACCUMULATE.available():
+        pytest.skip("no C++ compiler for the native kernels")
+    move = wngrad._NATIVE_WNGRAD_MOVE if name == "wngrad" else wngrad._NATIVE_WNADAM_MOVE
+    monkeypatch.setattr(move, "used", False)
+
+    def run(fused: bool, threads: int, dtype: torch.dtype) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(0)
+        params = [
+            torch.randn(shape, generator=generator, dtype=dtype).requires_grad_()
+            for shape in NATIVE_SHAPES
+        ]
+        kwargs = {"lr": 0.5, "granularity": granularity, "weight_decay": 0.01}
+        optimizer = lo.create(name, params, **kwargs, **({"fused": True} if fused else {}))
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for _ in range(4):
+                for p in params:
+                    p.grad = torch.randn(p.shape, generator=generator, dtype=dtype)
+                optimizer.step()
+        finally:
+            torch.set_num_threads(previous)
+        return [p.detach() for p in params]
+
+    for loop, native in zip(run(False, 1, F64), run(True, 1, F64), strict=True):
+        torch.testing.assert_close(native, loop, rtol=1e-12, atol=1e-14)
+    assert move.used
+    for one, three in zip(run(True, 1, torch.float32), run(True, 3, torch.float32), strict=True):
+        assert torch.equal(one, three)

@@ -7,6 +7,10 @@ memory for the Adam family, against 7 for ``torch.optim.Adam(fused=True)``). A m
 parameter update, and the per-tensor sums the method reduces) to a function compiled once by
 ``torch.compile``: inductor turns it into one or two loops over memory.
 
+On the CPU, float32/float64 tensors first go to the *native* kernels of
+:mod:`lrlab.optim._native` (C++, one call per pass for all tensors of a dtype); the compiled kernels
+here serve the rest (CUDA, low precision) and CPU machines without a C++ compiler.
+
 Design (see NOTE [fused kernels]):
 
 * A kernel is a plain function of 1-d tensors and one 1-d tensor of scalar hyperparameters. Flat
@@ -112,9 +116,16 @@ def kernel(function: Callable[..., Any]) -> FusedKernel:
 
 
 def fused_status() -> dict[str, str]:
-    """Every fused kernel and how it runs: ``"compiled"``, ``"eager: <reason>"``, or
-    ``"not used yet"`` (a kernel compiles on its first call)."""
-    status = {}
+    """Every fused kernel and how it runs.
+
+    Compiled kernels: ``"compiled"``, ``"eager: <reason>"`` or ``"not used yet"`` (a kernel
+    compiles on its first call). Native CPU kernels (names ``"native:<family>.<kernel>"``, see
+    :mod:`lrlab.optim._native`): ``"native"``, ``"unavailable: <reason>"`` or
+    ``"not used yet"``.
+    """
+    from lrlab.optim._native import native_status
+
+    status = native_status()
     for compiled in _KERNELS:
         if not compiled.used:
             status[compiled.name] = "not used yet"

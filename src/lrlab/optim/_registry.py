@@ -68,7 +68,12 @@ class MethodSpec:
     supports_foreach: bool
     """The constructor takes ``foreach`` and both paths compute the same numbers."""
     supports_fused: bool = False
-    """The constructor takes ``fused``: compiled elementwise kernels (``lrlab.optim._fused``)."""
+    """The constructor takes ``fused``: native multi-tensor kernels on CPU float32/float64
+    tensors (``lrlab.optim._native``) and, unless ``fused_compiled`` is False, compiled
+    elementwise kernels (``lrlab.optim._fused``) for the other tensors."""
+    fused_compiled: bool = True
+    """With ``supports_fused``: the tensors the native kernels cannot take (CUDA, low precision)
+    go to compiled kernels; False: to the default path."""
     confidence: Confidence = "high"
     """How sure we are that the update is the paper's (low: reconstructed from partial sources)."""
     oracle: str | None = None
@@ -102,6 +107,7 @@ def register(
     summary: str,
     supports_foreach: bool = False,
     supports_fused: bool = False,
+    fused_compiled: bool = True,
     confidence: Confidence = "high",
     oracle: str | None = None,
     lr_argument: str | None = "lr",
@@ -130,6 +136,7 @@ def register(
             has_global_statistics=bool(getattr(cls, "has_global_statistics", False)),
             supports_foreach=supports_foreach,
             supports_fused=supports_fused,
+            fused_compiled=supports_fused and fused_compiled,
             confidence=confidence,
             oracle=oracle,
             lr_argument=lr_argument,

@@ -67,6 +67,7 @@ from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._distributed import is_distributed
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -187,16 +188,24 @@ class _GroupWork:
     params: list[Tensor]
     grads: list[Tensor]
     foreach: bool
-    #: per tensor: True when it takes the compiled kernels (``fused=True``); its ``grads`` entry
-    #: is then the raw gradient, because the kernels add the weight decay themselves
+    #: per tensor: True when it takes the native or the compiled kernels (``fused=True``); its
+    #: ``grads`` entry is then the raw gradient, because the kernels add the weight decay
+    #: themselves
     fused: list[bool]
+    #: per tensor: True when it takes the native kernels (then ``fused`` is True too)
+    native: list[bool]
 
     def split(self) -> tuple[_GroupWork, list[int]]:
         """The work of the eager path (this object itself when no tensor is fused), and the
-        indices of the tensors that take the kernels."""
-        fused = [index for index, flag in enumerate(self.fused) if flag]
-        if not fused:
+        indices of the tensors that take the compiled kernels (not the native ones: see
+        :meth:`native_by_dtype`)."""
+        if not any(self.fused):
             return self, []
+        compiled = [
+            index
+            for index, (flag, native) in enumerate(zip(self.fused, self.native, strict=True))
+            if flag and not native
+        ]
         eager = [index for index, flag in enumerate(self.fused) if not flag]
         return _GroupWork(
             self.group,
@@ -204,7 +213,17 @@ class _GroupWork:
             [self.grads[i] for i in eager],
             self.foreach,
             [False] * len(eager),
-        ), fused
+            [False] * len(eager),
+        ), compiled
+
+    def native_by_dtype(self) -> dict[torch.dtype, list[int]]:
+        """The indices of the tensors that take the native kernels, by dtype (one kernel call
+        each)."""
+        indices: dict[torch.dtype, list[int]] = {}
+        for index, native in enumerate(self.native):
+            if native:
+                indices.setdefault(self.params[index].dtype, []).append(index)
+        return indices
 
 
 class _PathLearningRates(AdaptiveOptimizer):
@@ -268,20 +287,29 @@ class _PathLearningRates(AdaptiveOptimizer):
 
     def _gather(self) -> list[_GroupWork]:
         work = []
+        keys = self._fused_state_keys
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             grads = [p.grad for p in params]
+            states = []
             for p in params:
                 state = self.state[p]
                 if len(state) == 0:
                     self._init_state(group, p, state)
+                states.append(state)
             fused = [False] * len(params)
+            native = [False] * len(params)
             # .get: checkpoints written before the fused path existed have no "fused" key
             if group.get("fused", False):
-                fused = [
-                    flat_eligible(g, p, *(self.state[p][key] for key in self._fused_state_keys))
-                    for p, g in zip(params, grads, strict=True)
-                ]
+                # CPU float32/float64 tensors take the native kernels, the others the compiled
+                # ones where they can be viewed flat
+                native_available = _NATIVE_ALERA_MOVE.available()
+                for index, (p, g, state) in enumerate(zip(params, grads, states, strict=True)):
+                    tensors = [state[key] for key in keys]
+                    if native_available and native_eligible(g, p, *tensors):
+                        native[index] = fused[index] = True
+                    else:
+                        fused[index] = flat_eligible(g, p, *tensors)
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             weight_decay = group["weight_decay"]
             # a fused tensor's kernels add the decay themselves (no full-size temporary)
@@ -301,7 +329,7 @@ class _PathLearningRates(AdaptiveOptimizer):
                     ]
                 for i, g in zip(eager, decayed, strict=True):
                     grads[i] = g
-            work.append(_GroupWork(group, params, grads, foreach, fused))
+            work.append(_GroupWork(group, params, grads, foreach, fused, native))
         return work
 
     def _rate_scale(self) -> float:
@@ -381,6 +409,21 @@ def _cached_scalars(
     return c
 
 
+def _native_rows(
+    optimizer: _PathLearningRates, w: _GroupWork, keys: tuple[str, ...]
+) -> Iterator[tuple[list[int], list[tuple[Tensor, ...]]]]:
+    """Per dtype, the indices of the tensors of ``w`` that take the native kernels and their
+    rows ``(raw gradient, parameter, *state[key] for key in keys)``."""
+    state = optimizer.state
+    for indices in w.native_by_dtype().values():
+        rows = []
+        for index in indices:
+            p = w.params[index]
+            tensor_state = state[p]
+            rows.append((w.grads[index], p, *(tensor_state[key] for key in keys)))
+        yield indices, rows
+
+
 def _to_float64(values: list[Tensor], device: torch.device) -> Tensor:
     return torch.stack([v.to(device=device, dtype=torch.float64) for v in values])
 
@@ -429,10 +472,12 @@ class _LayerPathLearningRates(_PathLearningRates):
         local: list[Tensor] = []
         device = self._params()[0].device
         for w in work:
+            rows: Tensor | None = None
             if w.params:
-                eager, fused = w.split()
-                if fused:
-                    path_sq, dots, grad_sq = self._mixed_statistics(w, eager, fused, device)
+                if any(w.fused):
+                    # one row (||p||^2, <p, g>, ||g||^2) per tensor, in parameter order
+                    rows = self._mixed_statistics(w, device)
+                    path_sq, dots, grad_sq = rows.unbind(1)
                 else:
                     paths = [self.state[p]["path"] for p in w.params]
                     path_sq, dots, grad_sq = _tensor_statistics(paths, w.grads, w.foreach, device)
@@ -447,15 +492,38 @@ class _LayerPathLearningRates(_PathLearningRates):
                 else:
                     shared.extend([torch.zeros((), dtype=torch.float64, device=device)] * 4)
             elif w.params:
-                local.append(torch.stack([path_sq, dots, grad_sq], dim=1).reshape(-1))
+                if rows is None:
+                    rows = torch.stack([path_sq, dots, grad_sq], dim=1)
+                local.append(rows.reshape(-1))
         return shared, local
 
-    def _mixed_statistics(
-        self, w: _GroupWork, eager: _GroupWork, fused: list[int], device: torch.device
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """:func:`_tensor_statistics` of a group some of whose tensors take the kernels, in
-        parameter order (so that a group block sums them in the order the eager path does)."""
+    def _native_statistics(self, w: _GroupWork) -> list[tuple[list[int], Tensor]]:
+        """Pass (1) of the tensors that take the native kernels: per dtype, their indices and
+        their sums ``(||p||^2, <p, g>, ||g||^2)`` (float64, one row per tensor, on the CPU)."""
+        weight_decay = w.group["weight_decay"]
+        parts = []
+        for indices, rows in _native_rows(self, w, ("path",)):
+            if weight_decay != 0:
+                sums = _NATIVE_DECAYED_STATISTICS(rows, (weight_decay,))
+            else:  # the parameter is not read at all
+                sums = _NATIVE_STATISTICS([(grad, path) for grad, _, path in rows], ())
+            assert sums is not None  # _gather checked that the native kernels are available
+            parts.append((indices, sums))
+        return parts
+
+    def _mixed_statistics(self, w: _GroupWork, device: torch.device) -> Tensor:
+        """:func:`_tensor_statistics` of a group some of whose tensors take the kernels, one row
+        per tensor in parameter order (so that a group block sums them in the order the eager
+        path does)."""
+        native = self._native_statistics(w)
+        if len(native) == 1 and len(native[0][0]) == len(w.params):
+            # every tensor native and of one dtype (the usual case): already in order
+            return native[0][1].to(device)
+        eager, fused = w.split()
         rows: list[Tensor | None] = [None] * len(w.params)
+        for indices, sums in native:
+            for index, row in zip(indices, sums.to(device).unbind(0), strict=True):
+                rows[index] = row
         if eager.params:
             paths = [self.state[p]["path"] for p in eager.params]
             eager_rows = torch.stack(
@@ -475,8 +543,7 @@ class _LayerPathLearningRates(_PathLearningRates):
             else:  # the parameter is not read at all
                 row = _path_statistics(flat(grad), path, c)
             rows[index] = row.to(device=device, dtype=torch.float64)
-        path_sq, dots, grad_sq = torch.stack([r for r in rows if r is not None]).unbind(1)
-        return path_sq, dots, grad_sq
+        return torch.stack([r for r in rows if r is not None])
 
     def _adapt_block(
         self,
@@ -538,6 +605,8 @@ class _LayerPathLearningRates(_PathLearningRates):
             if not w.params:
                 continue
             eager, fused = w.split()
+            if any(w.native):
+                self._native_move(w, etas, inverse_norms)
             cache: dict[tuple[Any, ...], Tensor] = {}
             for index in fused:
                 self._fused_move(
@@ -545,7 +614,7 @@ class _LayerPathLearningRates(_PathLearningRates):
                 )
             if not eager.params:
                 continue
-            if fused:
+            if eager is not w:
                 eager_indices = [i for i, flag in enumerate(w.fused) if not flag]
                 etas = [etas[i] for i in eager_indices]
                 inverse_norms = [inverse_norms[i] for i in eager_indices]
@@ -571,9 +640,14 @@ class _LayerPathLearningRates(_PathLearningRates):
         inverse_norm: float,
         cache: dict[tuple[Any, ...], Tensor],
     ) -> None:
-        """Pass (2) of a fused tensor (NOTE [the 2017 scheme fused]): the path, the method's
-        state and the parameter, from the raw gradient; ``cache`` holds this group's scalars
-        tensors (a group block's tensors share one)."""
+        """Pass (2) of a tensor that takes the compiled kernels (NOTE [the 2017 scheme fused]):
+        the path, the method's state and the parameter, from the raw gradient; ``cache`` holds
+        this group's scalars tensors (a group block's tensors share one)."""
+        raise NotImplementedError
+
+    def _native_move(self, w: _GroupWork, etas: list[float], inverse_norms: list[float]) -> None:
+        """Pass (2) of the tensors of ``w`` that take the native kernels, one call per dtype;
+        ``etas`` and ``inverse_norms`` hold every tensor's (in parameter order)."""
         raise NotImplementedError
 
     def _block_rates(self) -> tuple[list[float], list[float]]:
@@ -787,6 +861,15 @@ class ALeRA(_LayerPathLearningRates):
         # a flag, so that neither graph carries the other's work
         move = _salera_move if self.needs_loss else _alera_move
         move(*tensors, c)
+
+    def _native_move(self, w: _GroupWork, etas: list[float], inverse_norms: list[float]) -> None:
+        group = w.group
+        constants = (group["weight_decay"], group["alpha"])
+        # SALeRA's kernel also saves x_prev (its state keys add "prev")
+        move = _NATIVE_SALERA_MOVE if self.needs_loss else _NATIVE_ALERA_MOVE
+        for indices, rows in _native_rows(self, w, self._fused_state_keys):
+            per_tensor = [(inverse_norms[i], etas[i]) for i in indices]
+            move(rows, constants, per_tensor)
 
 
 # -- SALeRA ---------------------------------------------------------------------------------------
@@ -1073,6 +1156,28 @@ class AgAdam(_LayerPathLearningRates):
         tensors = [flat(t) for t in (grad, p, *(state[k] for k in self._fused_state_keys))]
         _agadam_move(*tensors, _cached_scalars(cache, values, p))
 
+    def _native_move(self, w: _GroupWork, etas: list[float], inverse_norms: list[float]) -> None:
+        group = w.group
+        beta1, beta2 = group["betas"]
+        constants = (
+            group["weight_decay"],
+            group["alpha"],
+            1.0 - beta1,
+            beta2,
+            1.0 - beta2,
+            group["eps"],
+        )
+        state = self.state
+        for indices, rows in _native_rows(self, w, self._fused_state_keys):
+            per_tensor = []
+            for index in indices:
+                tensor_state = state[w.params[index]]
+                step = tensor_state["step"] = tensor_state["step"] + 1
+                # the step size in Python double, as the eager path has it
+                size = etas[index] * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+                per_tensor.append((inverse_norms[index], size))
+            _NATIVE_AGADAM_MOVE(rows, constants, per_tensor)
+
 
 # -- SPALeRA --------------------------------------------------------------------------------------
 
@@ -1212,19 +1317,29 @@ class SPALeRA(_PathLearningRates):
 
     def _mixed_grad_sq(self, work: list[_GroupWork], device: torch.device) -> Tensor:
         """``sum ||g||^2`` over all groups, some of whose tensors take the kernels: the squares
-        of every tensor in parameter order, summed in float64."""
+        of every tensor, summed in float64 (those of the native kernels first)."""
         parts: list[Tensor] = []
+        native_parts: list[Tensor] = []
         for w in work:
+            weight_decay = w.group["weight_decay"]
+            for _, rows in _native_rows(self, w, ()):
+                if weight_decay != 0:
+                    sums = _NATIVE_DECAYED_GRAD_SQ(rows, (weight_decay,))
+                else:  # the parameter is not read at all
+                    sums = _NATIVE_GRAD_SQ([row[:1] for row in rows], ())
+                assert sums is not None  # _gather checked that the native kernels are available
+                native_parts.append(sums.reshape(-1).to(device))
             eager, _ = w.split()
             eager_parts = iter(
                 _foreach.norms(eager.grads, foreach=eager.foreach) if eager.grads else []
             )
-            weight_decay = w.group["weight_decay"]
             cache: dict[tuple[Any, ...], Tensor] = {}
-            for p, grad, flag in zip(w.params, w.grads, w.fused, strict=True):
+            for p, grad, flag, native in zip(w.params, w.grads, w.fused, w.native, strict=True):
                 if not flag:
                     norm = next(eager_parts)
                     parts.append(norm.to(device=device, dtype=torch.float64).square())
+                    continue
+                if native:
                     continue
                 c = _cached_scalars(cache, (weight_decay,), p)
                 if weight_decay != 0:
@@ -1232,7 +1347,9 @@ class SPALeRA(_PathLearningRates):
                 else:  # the parameter is not read at all
                     part = _grad_sq(flat(grad), c)
                 parts.append(part.to(device=device, dtype=torch.float64))
-        return torch.stack(parts).sum()
+        if parts:
+            native_parts.append(torch.stack(parts))
+        return torch.cat(native_parts).sum()
 
     def _adapt_and_move(
         self, work: list[_GroupWork], shared: Iterator[float], local: Iterator[float]
@@ -1260,6 +1377,8 @@ class SPALeRA(_PathLearningRates):
             offset = -constant * mu_t / alpha
             eager, fused = w.split()
             values = (group["weight_decay"], inverse_norm, alpha, gain, offset, eta, 1.0)
+            for _, rows in _native_rows(self, w, self._fused_state_keys):
+                _NATIVE_SPALERA_MOVE(rows, values[:6])
             cache: dict[tuple[Any, ...], Tensor] = {}
             for index in fused:
                 p = w.params[index]
@@ -1408,3 +1527,17 @@ def _spalera_move(
     path.copy_(new_path)
     multiplier.copy_(new_multiplier)
     p.copy_(x - c[5] * (new_multiplier * g))
+
+
+# -- the native kernels (lrlab.optim._native; native/alera.cpp) --------------------------------
+# The same passes as the compiled kernels above, one call for all CPU tensors of one dtype;
+# per-tensor values (a tensor block's 1/||g_l|| and rate) are tensor constants.
+
+_NATIVE_STATISTICS = NativeKernel("alera", "alera_statistics", arrays=2, sums=3)
+_NATIVE_DECAYED_STATISTICS = NativeKernel("alera", "alera_decayed_statistics", arrays=3, sums=3)
+_NATIVE_GRAD_SQ = NativeKernel("alera", "spalera_grad_sq", arrays=1, sums=1)
+_NATIVE_DECAYED_GRAD_SQ = NativeKernel("alera", "spalera_decayed_grad_sq", arrays=2, sums=1)
+_NATIVE_ALERA_MOVE = NativeKernel("alera", "alera_move", arrays=3, tensor_constants=2)
+_NATIVE_SALERA_MOVE = NativeKernel("alera", "salera_move", arrays=4, tensor_constants=2)
+_NATIVE_AGADAM_MOVE = NativeKernel("alera", "agadam_move", arrays=5, tensor_constants=2)
+_NATIVE_SPALERA_MOVE = NativeKernel("alera", "spalera_move", arrays=5)

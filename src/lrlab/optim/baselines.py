@@ -35,6 +35,11 @@ class _TorchBaseline(AdaptiveOptimizer):
     #: take torch's fused kernel (not only foreach) when the caller chose neither
     _fused_by_default: bool = False
 
+    def _uses_native_kernels(self) -> bool:
+        # "fused" here is torch's own kernel, chosen by default: plain SGD/Adam users get no
+        # C++ build of lrlab's native guard that they did not ask for
+        return False
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; with ``foreach`` and ``fused`` both unset, pick the fast kernel.
 

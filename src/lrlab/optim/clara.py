@@ -22,6 +22,7 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -123,6 +124,18 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
         """Run the whole step of one tensor (flat views); return its new ``||path||^2``."""
         raise NotImplementedError
 
+    def _native_available(self) -> bool:
+        """Whether the native kernels of :meth:`_native_step` can run."""
+        raise NotImplementedError
+
+    def _native_step(
+        self, group: dict[str, Any], eta: float, rows: list[tuple[Tensor, ...]], steps: list[int]
+    ) -> Tensor:
+        """The whole step of the tensors of ``rows`` (grad, param and the state tensors of
+        :attr:`_fused_state_keys`, all CPU tensors of one dtype) with their ``steps``, in two
+        native calls; return the sum of their new ``||path||^2``."""
+        raise NotImplementedError
+
     def _update(self, context: StepContext) -> None:
         factor = float(self._get_global("lr_factor"))
         damping = float(self.param_groups[0]["d"])
@@ -146,13 +159,22 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
             # .get: checkpoints written before the fused path existed have no "fused" key
             if group.get("fused", False):
                 # the per-tensor norm of the direction is internal to a tensor, so one compiled
-                # call does the whole step; only ||path||^2 leaves it, for the next step's LR
+                # call does the whole step; only ||path||^2 leaves it, for the next step's LR.
+                # CPU float32/float64 tensors take two native calls per dtype instead (the
+                # norms, then the move), whatever the number of tensors
                 rest: list[int] = []
                 constants: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
+                native = self._native_available()
+                native_rows: dict[torch.dtype, tuple[list[tuple[Tensor, ...]], list[int]]] = {}
                 for index, (p, grad, state, step) in enumerate(
                     zip(params, grads, states, steps, strict=True)
                 ):
                     tensors = [grad, p, *(state[key] for key in self._fused_state_keys)]
+                    if native and native_eligible(*tensors):
+                        rows, row_steps = native_rows.setdefault(p.dtype, ([], []))
+                        rows.append(tuple(tensors))
+                        row_steps.append(step)
+                        continue
                     if not flat_eligible(*tensors):
                         rest.append(index)
                         continue
@@ -161,6 +183,8 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
                         constants[key] = scalars(self._fused_constants(group, eta, step), p)
                     flat_tensors = [flat(t) for t in tensors]
                     path_sq_parts.append(self._fused_kernel(flat_tensors, constants[key]))
+                for rows, row_steps in native_rows.values():
+                    path_sq_parts.append(self._native_step(group, eta, rows, row_steps))
                 if not rest:
                     continue
                 params = [params[i] for i in rest]
@@ -351,11 +375,13 @@ class ClaraSGD(_CumulativePathAdaptation):
             ``t`` steps from a zero path (the 2017 scheme's correction), instead of :math:`\mu`.
         weight_decay: coupled L2 coefficient added to the gradient (not in place), in [0, inf).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
-        fused: True runs the whole step of a tensor (direction, its norm, the parameter move,
-            the path and its squared norm) as one compiled kernel, one call per tensor; tensors
-            that cannot be viewed flat (non-contiguous, sparse) take the ``foreach`` path. See
-            :mod:`lrlab.optim._fused`. Opt-in: the first step pays the compilation (seconds,
-            once per process and dtype).
+        fused: True fuses the step (direction, its norm, the parameter move, the path and its
+            squared norm). On CPU float32/float64 tensors: native multi-tensor kernels, one call
+            per pass for all tensors of a dtype (see :mod:`lrlab.optim._native`), two passes
+            over memory (the direction's norm must be known before anything moves); elsewhere
+            one compiled kernel per tensor (see :mod:`lrlab.optim._fused`; the first step pays
+            the compilation). Tensors that cannot be viewed flat (non-contiguous, sparse) take
+            the ``foreach`` path.
         sharded: each rank owns a disjoint part of the parameters, so the path norm and the
             reference are partial sums to be reduced over ranks (not needed for DDP or
             DTensor, which is detected).
@@ -438,6 +464,22 @@ class ClaraSGD(_CumulativePathAdaptation):
     def _fused_kernel(self, flat_tensors: list[Tensor], c: Tensor) -> Tensor:
         return _clara_sgd_step(*flat_tensors, c)
 
+    def _native_available(self) -> bool:
+        return _NATIVE_SGD_MOVE.available()
+
+    def _native_step(
+        self, group: dict[str, Any], eta: float, rows: list[tuple[Tensor, ...]], steps: list[int]
+    ) -> Tensor:
+        weight_decay = group["weight_decay"]
+        squares = _NATIVE_SGD_NORMS([row[:2] for row in rows], (weight_decay,))
+        assert squares is not None  # _native_available() was checked
+        unit_step = 1.0 if group["unit_step"] else 0.0
+        path_sq = _NATIVE_SGD_MOVE(
+            rows, (weight_decay, eta, group["c"], unit_step), _clamped_norms(squares)
+        )
+        assert path_sq is not None
+        return path_sq.sum().to(_foreach.accumulation_dtype(rows[0][0].dtype))
+
 
 @register(
     "clara-adam",
@@ -497,11 +539,13 @@ class ClaraAdam(_CumulativePathAdaptation):
             ``"total"``: :math:`M = K \mu_A(\sum_i D_i)`, the official code's lookup by total size.
         weight_decay: coupled L2 coefficient, added to the gradient (not in place).
         foreach: multi-tensor path.
-        fused: True runs the whole step of a tensor (moments, direction, its norm, the parameter
-            move, the path and its squared norm) as one compiled kernel, one call per tensor;
-            tensors that cannot be viewed flat take the ``foreach`` path. See
-            :mod:`lrlab.optim._fused`. Opt-in: the first step pays the compilation (seconds,
-            once per process and dtype).
+        fused: True fuses the step (moments, direction, its norm, the parameter move, the path
+            and its squared norm). On CPU float32/float64 tensors: native multi-tensor kernels,
+            one call per pass for all tensors of a dtype (see :mod:`lrlab.optim._native`), two
+            passes over memory (the moments and the direction's norm, then the move, which
+            recomputes the direction from the moments); elsewhere one compiled kernel per tensor
+            (see :mod:`lrlab.optim._fused`; the first step pays the compilation). Tensors that
+            cannot be viewed flat take the ``foreach`` path.
         sharded: as :class:`ClaraSGD`.
 
     .. note::
@@ -622,6 +666,49 @@ class ClaraAdam(_CumulativePathAdaptation):
 
     def _fused_kernel(self, flat_tensors: list[Tensor], c: Tensor) -> Tensor:
         return _clara_adam_step(*flat_tensors, c)
+
+    def _native_available(self) -> bool:
+        return _NATIVE_ADAM_MOVE.available()
+
+    def _native_step(
+        self, group: dict[str, Any], eta: float, rows: list[tuple[Tensor, ...]], steps: list[int]
+    ) -> Tensor:
+        beta1, beta2 = group["betas"]
+        eps = group["eps"]
+        # the bias corrections of every distinct step (usually one), in Python double as the
+        # reference path has them
+        corrections = {step: (1 - beta1**step, 1 - beta2**step) for step in set(steps)}
+        per_tensor = [corrections[step] for step in steps]
+        moments = (group["weight_decay"], 1 - beta1, beta2, 1 - beta2, eps)
+        squares = _NATIVE_ADAM_MOMENTS([row[:4] for row in rows], moments, per_tensor)
+        assert squares is not None  # _native_available() was checked
+        norms = _clamped_norms(squares)
+        unit_step = 1.0 if group["unit_step"] else 0.0
+        path_sq = _NATIVE_ADAM_MOVE(
+            [row[1:] for row in rows],
+            (eps, eta, group["c"], unit_step),
+            [(*bias, norm) for bias, (norm,) in zip(per_tensor, norms, strict=True)],
+        )
+        assert path_sq is not None
+        return path_sq.sum().to(_foreach.accumulation_dtype(rows[0][0].dtype))
+
+
+# -- the native kernels (lrlab.optim._native; native/clara.cpp) -------------------------------
+
+_NATIVE_SGD_NORMS = NativeKernel("clara", "clara_sgd_norms", arrays=2, sums=1)
+_NATIVE_SGD_MOVE = NativeKernel("clara", "clara_sgd_move", arrays=3, sums=1, tensor_constants=1)
+_NATIVE_ADAM_MOMENTS = NativeKernel(
+    "clara", "clara_adam_moments", arrays=4, sums=1, tensor_constants=2
+)
+_NATIVE_ADAM_MOVE = NativeKernel("clara", "clara_adam_move", arrays=4, sums=1, tensor_constants=3)
+
+
+def _clamped_norms(squares: Tensor) -> list[list[float]]:
+    """``max(||s||, 1e-12)`` of every tensor from its ``||s||^2`` (a ``(tensors, 1)`` tensor
+    of a native kernel), one row per tensor: the tensor constants of a move pass. In Python
+    floats: torch's sqrt of a small tensor can wake its thread pool (milliseconds on a busy
+    machine), and math.sqrt rounds the same way (max keeps a NaN, as clamp_min does)."""
+    return [[max(math.sqrt(square), _NORM_FLOOR)] for (square,) in squares.tolist()]
 
 
 # -- the fused kernels (NOTE [fused kernels] in lrlab.optim._fused) ---------------------------

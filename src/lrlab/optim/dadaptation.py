@@ -65,6 +65,7 @@ from lrlab.optim._fused import (
     kernel,
     scalars,
 )
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -263,6 +264,9 @@ _COMMON_INVALID = (
     summary="dual-averaging SGD whose step d*lr/||g0|| adapts d, a lower bound on ||x0 - x*||",
     oracle="dadaptation.DAdaptSGD",
     supports_foreach=True,
+    supports_fused=True,
+    # its default path is already a few foreach kernels: only the CPU has a fused path
+    fused_compiled=False,
     sample_kwargs=(
         {"d0": 0.01},
         {"d0": 0.01, "momentum": 0.9, "weight_decay": 1e-3, "growth_rate": 1.05},
@@ -320,6 +324,11 @@ class DAdaptSGD(_DistanceEstimator):
             reduced over ranks (not needed under DDP; DTensors and FSDP-1 are detected).
         foreach: None (default) takes the fast path for dense CPU/CUDA tensors, False the
             package's operations (see NOTE [D-Adaptation fast path]).
+        fused: True runs the step, on CPU float32/float64 tensors, as native multi-tensor
+            kernels: one call per pass for all tensors of a dtype (see
+            :mod:`lrlab.optim._native`), two passes over memory (the dual sum with its two
+            sums, then the parameter update, which waits for the step's skip decision). Other
+            tensors (CUDA, bfloat16, non-contiguous) take the fast eager path.
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.1, 1.7), identical numbers otherwise:
@@ -366,9 +375,11 @@ class DAdaptSGD(_DistanceEstimator):
         d_coef: float = 1.0,
         sharded: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         _check_common(lr, weight_decay, log_every, d0, growth_rate, d_coef)
         check_range("momentum", momentum, 0.0, 1.0, "[)")
+        fused = check_fused(fused, foreach)
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -378,6 +389,7 @@ class DAdaptSGD(_DistanceEstimator):
             "d_coef": d_coef,
             "sharded": _check_sharding(fsdp_in_use, sharded),
             "foreach": _check_foreach(foreach),
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
@@ -390,50 +402,68 @@ class DAdaptSGD(_DistanceEstimator):
         first = self.param_groups[0]
         k, d = int(first["k"]), float(first["d"])
         numerator = float(first["numerator_weighted"])
-        live = [
-            (group, list(self._with_grads(group))) for group in self.param_groups if group["lr"] > 0
-        ]
+        # per group: the rows of the native kernels by dtype (grad, p, s, x0), the other pairs
+        split: list[tuple[dict[str, Any], dict[torch.dtype, list[tuple[Tensor, ...]]], list]] = []
         for group in self.param_groups:
-            for p, _ in self._with_grads(group):
+            native = group.get("fused", False) and _NATIVE_SGD_DUAL.available()
+            native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
+            eager_pairs = []
+            for p, grad in self._with_grads(group):
                 state = self.state[p]
                 if len(state) == 0:
                     state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
+                if native and native_eligible(grad, p, state["s"], state["x0"]):
+                    native_rows.setdefault(p.dtype, []).append((grad, p, state["s"], state["x0"]))
+                else:
+                    eager_pairs.append((p, grad))
+            split.append((group, native_rows, eager_pairs))
+        live = [entry for entry in split if entry[0]["lr"] > 0]
 
         if k == 0:
             # ||g0|| is needed before the first gradient enters s: reduce it with the squared
             # norm of the (decayed) gradient, from which ||s_1||^2 = lambda_0^2 ||g'_0||^2
-            raw = [grad for _, pairs in live for _, grad in pairs]
+            raw = [grad for _, _, pairs in live for _, grad in pairs]
             decayed = [
                 _weight_decayed(grad, p, group["weight_decay"])
-                for group, pairs in live
+                for group, _, pairs in live
                 for p, grad in pairs
             ]
-            g0_sq, decayed_sq = self._global_floats(
-                [
-                    self._total([(g * g).sum() for g in raw]),
-                    self._total([(g * g).sum() for g in decayed]),
-                ]
+            raw_sq = [(g * g).sum() for g in raw]
+            decayed_sq = [(g * g).sum() for g in decayed]
+            for group, native_rows, _ in live:
+                for dtype, rows in native_rows.items():
+                    sums = _NATIVE_SGD_NORMS([row[:2] for row in rows], (group["weight_decay"],))
+                    assert sums is not None  # available() was checked above
+                    raw_total, decayed_total = sums.sum(0).to(_foreach.accumulation_dtype(dtype))
+                    raw_sq.append(raw_total)
+                    decayed_sq.append(decayed_total)
+            g0_sq, decayed_sq_total = self._global_floats(
+                [self._total(raw_sq), self._total(decayed_sq)]
             )
             g0_norm = math.sqrt(g0_sq)
             if g0_norm == 0.0:  # the package divides by it (ZeroDivisionError)
                 self._skip_step()
                 return
             lam = d * lr / g0_norm
-            s_sq = lam * lam * decayed_sq
+            s_sq = lam * lam * decayed_sq_total
             if s_sq == 0.0:
                 self._skip_step()
                 return
-            sums = [self.state[p]["s"] for _, pairs in live for p, _ in pairs]
+            sums = [self.state[p]["s"] for _, _, pairs in live for p, _ in pairs]
             for s, g in zip(sums, decayed, strict=True):
                 s.add_(g, alpha=lam)
+            for group, native_rows, _ in live:
+                for rows in native_rows.values():
+                    # s is zero: its sums are not needed, s_1 = lam g'_0 is
+                    _NATIVE_SGD_DUAL([row[:3] for row in rows], (group["weight_decay"], lam))
             # s_0 = 0, so the numerator gets no increment and d_hat = 0 at the first step
             self._set_global("g0_norm", g0_norm)
         else:
             g0_norm = float(first["g0_norm"])
             lam = d * lr / g0_norm
             dots, squares = [], []
-            for group, pairs in live:
+            for group, native_rows, pairs in live:
                 fast = _fast(group)
                 for p, grad in pairs:
                     g = _weight_decayed(grad, p, group["weight_decay"])
@@ -442,6 +472,12 @@ class DAdaptSGD(_DistanceEstimator):
                     s.add_(g, alpha=lam)
                     flat = s.reshape(-1)
                     squares.append(torch.dot(flat, flat) if fast else (s * s).sum())
+                for dtype, rows in native_rows.items():
+                    sums = _NATIVE_SGD_DUAL([row[:3] for row in rows], (group["weight_decay"], lam))
+                    assert sums is not None  # available() was checked above
+                    dot, square = sums.sum(0).to(_foreach.accumulation_dtype(dtype))
+                    dots.append(dot)
+                    squares.append(square)
             increment, s_sq = self._global_floats([self._total(dots), self._total(squares)])
             if s_sq == 0.0:  # nothing took part (lr 0 everywhere, or zero gradients)
                 self._skip_step()
@@ -454,9 +490,11 @@ class DAdaptSGD(_DistanceEstimator):
             d = _grow(d, d_hat, float(first["growth_rate"]))
 
         c = 1.0 - float(first["momentum"])
-        for group in self.param_groups:
+        for group, native_rows, pairs in split:
+            for rows in native_rows.values():
+                _NATIVE_SGD_STEP([(row[1], row[3], row[2]) for row in rows], (c,))
             fast = _fast(group)
-            for p, _ in self._with_grads(group):
+            for p, _ in pairs:
                 state = self.state[p]
                 if fast and c == 1.0:
                     # x = z = x0 - s written in place: no temporary, no pass over the old x
@@ -657,10 +695,16 @@ class DAdaptAdam(_DistanceEstimator):
         # parameters whose fused kernel did the first pass only, or the whole step
         fused_moments_only: set[Tensor] = set()
         fused_complete: set[Tensor] = set()
+        # parameters the native kernels took, and per group its second pass's rows by dtype
+        native_params: set[Tensor] = set()
+        native_steps: list[dict[torch.dtype, list[tuple[Tensor, ...]]]] = []
         for group in self.param_groups:
             r, eps, weight_decay = group["layer_scale"], group["eps"], group["weight_decay"]
             fast = _fast(group)
             constants: dict[torch.dtype, Tensor] = {}
+            two_passes = decouple and weight_decay != 0
+            native = group.get("fused", False) and _NATIVE_ADAM_MOMENTS.available()
+            native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
             for p, grad in self._with_grads(group):
                 state = self.state[p]
                 if len(state) == 0:
@@ -669,6 +713,10 @@ class DAdaptAdam(_DistanceEstimator):
                 if group["lr"] == 0:
                     continue
                 s, m, v = state["s"], state["exp_avg"], state["exp_avg_sq"]
+                if native and native_eligible(grad, p, s, m, v):
+                    native_rows.setdefault(p.dtype, []).append((grad, p, s, m, v))
+                    native_params.add(p)
+                    continue
                 # .get: checkpoints written before the fused path have no "fused" key
                 if group.get("fused", False) and flat_eligible(p, grad, s, m, v):
                     if p.dtype not in constants:
@@ -677,7 +725,7 @@ class DAdaptAdam(_DistanceEstimator):
                             (r * lam, coupled, eps, beta1, beta2, root_beta2, lam, r), p
                         )
                     flat_tensors = [flat(t) for t in (grad, p, s, m, v)]
-                    if decouple and weight_decay != 0:
+                    if two_passes:
                         # the decay must wait for the skip decision (s_l1 == 0): two passes
                         dot, norm = _dadapt_adam_moments(*flat_tensors, constants[p.dtype])
                         fused_moments_only.add(p)
@@ -699,6 +747,24 @@ class DAdaptAdam(_DistanceEstimator):
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 s.mul_(root_beta2).add_(g, alpha=lam * (1 - root_beta2))
                 l1.append(_l1(s, fast) * r)
+            coupled = 0.0 if decouple else weight_decay
+            for dtype, rows in native_rows.items():
+                sums = _NATIVE_ADAM_MOMENTS(
+                    rows,
+                    (r * lam, coupled, eps, beta1, beta2, root_beta2, lam, r, not two_passes),
+                )
+                assert sums is not None  # available() was checked above
+                dot, norm = sums.sum(0).to(_foreach.accumulation_dtype(dtype))
+                inner.append(dot)
+                l1.append(norm)
+            native_steps.append(
+                {
+                    dtype: [(row[1], row[3], row[4]) for row in rows]
+                    for dtype, rows in native_rows.items()
+                }
+                if two_passes
+                else {}
+            )
 
         increment, s_l1 = self._global_floats([self._total(inner), self._total(l1)])
         if s_l1 == 0.0:  # no progress: the package returns here, before its collective
@@ -710,12 +776,14 @@ class DAdaptAdam(_DistanceEstimator):
             d_hat = float(first["d_coef"]) * numerator / ((1 - root_beta2) * s_l1)
             d = _grow(d, d_hat, float(first["growth_rate"]))
 
-        for group in self.param_groups:
+        for group, native_step in zip(self.param_groups, native_steps, strict=True):
             eps, weight_decay = group["eps"], group["weight_decay"]
             decay = weight_decay * lam if decouple else 0.0
+            for rows in native_step.values():
+                _NATIVE_ADAM_STEP(rows, (decay, eps))
             step_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
             for p, _ in self._with_grads(group):
-                if p in fused_complete:
+                if p in fused_complete or p in native_params:
                     continue
                 state = self.state[p]
                 if p in fused_moments_only:
@@ -740,6 +808,17 @@ class DAdaptAdam(_DistanceEstimator):
     def _statistics(self) -> dict[str, float]:
         first = self.param_groups[0]
         return {key: float(first[key]) for key in ("d", "d_hat", "numerator_weighted", "s_l1", "k")}
+
+
+_NATIVE_SGD_NORMS = NativeKernel("dadaptation", "dadapt_sgd_norms", arrays=2, sums=2)
+_NATIVE_SGD_DUAL = NativeKernel("dadaptation", "dadapt_sgd_dual", arrays=3, sums=2)
+_NATIVE_SGD_STEP = NativeKernel("dadaptation", "dadapt_sgd_step", arrays=3)
+_NATIVE_ADAM_MOMENTS = NativeKernel("dadaptation", "dadapt_adam_moments", arrays=5, sums=2)
+_NATIVE_ADAM_STEP = NativeKernel("dadaptation", "dadapt_adam_step", arrays=3)
+_NATIVE_ADAGRAD_ACCUMULATE = NativeKernel(
+    "dadaptation", "dadapt_adagrad_accumulate", arrays=4, sums=5
+)
+_NATIVE_ADAGRAD_MOVE = NativeKernel("dadaptation", "dadapt_adagrad_move", arrays=4)
 
 
 @kernel
@@ -874,10 +953,13 @@ class DAdaptAdaGrad(_DistanceEstimator):
         d_coef: lrlab extension, multiplies :math:`\hat d`, in (0, inf); 1.0 is the package.
         sharded: the parameters are split over ranks (the package has no distributed support
             for this variant; the increments of :math:`S, L, G` are reduced).
-        fused: True runs each tensor's statistics and accumulator updates as one compiled
-            kernel and its parameter update as a second (the update waits for the step's skip
-            decision); tensors under 128k elements and non-contiguous ones stay eager (see
-            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation.
+        fused: True runs the step in two passes over memory: the statistics and accumulator
+            updates, then the parameter update (which waits for the step's skip decision). On
+            CPU float32/float64 tensors each pass is a native multi-tensor kernel, one call for
+            all tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere each tensor's
+            pass is a compiled kernel, and tensors under 128k elements and non-contiguous ones
+            stay eager (see :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build
+            or compilation.
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.3): the package reads ``lr`` from the first
@@ -951,9 +1033,15 @@ class DAdaptAdaGrad(_DistanceEstimator):
 
         changes_s, changes_l1, weighted_g = [], [], []
         fused_params: set[Tensor] = set()
+        # parameters the native kernels took, and per group the update's rows by dtype
+        native_params: set[Tensor] = set()
+        native_moves: list[dict[torch.dtype, list[tuple[Tensor, ...]]]] = []
         for group in self.param_groups:
             eps, weight_decay = group["eps"], group["weight_decay"]
             constants: dict[torch.dtype, Tensor] = {}
+            native = group.get("fused", False) and _NATIVE_ADAGRAD_ACCUMULATE.available()
+            native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
+            native_move: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
             for p, grad in self._with_grads(group):
                 state = self.state[p]
                 if len(state) == 0:
@@ -965,6 +1053,12 @@ class DAdaptAdaGrad(_DistanceEstimator):
                 # the package lets every group take part (with the first group's lr); a group
                 # with lr 0 below the largest lr opts out (NOTE [... learning rates across groups])
                 alpha, s = state["alphak"], state["sk"]
+                if native and native_eligible(grad, p, alpha, s, state["x0"]):
+                    native_params.add(p)
+                    native_move.setdefault(p.dtype, []).append((p, state["x0"], s, alpha))
+                    if group["lr"] == lr:
+                        native_rows.setdefault(p.dtype, []).append((grad, p, alpha, s))
+                    continue
                 fused = group.get("fused", False) and flat_eligible(p, grad, alpha, s, state["x0"])
                 if fused:
                     fused_params.add(p)
@@ -989,6 +1083,16 @@ class DAdaptAdaGrad(_DistanceEstimator):
                 s.add_(g, alpha=lam)
                 changes_s.append((s * s).div_(metric).sum() - old_s_sq)
                 changes_l1.append(s.abs().sum() - old_l1)
+            for dtype, rows in native_rows.items():
+                sums = _NATIVE_ADAGRAD_ACCUMULATE(rows, (weight_decay, eps, lam))
+                assert sums is not None  # available() was checked above
+                # each tensor's change is its new sum minus its old one, as the reference path
+                old_s_sq, old_l1, weighted, new_s_sq, new_l1 = sums.unbind(1)
+                accumulation = _foreach.accumulation_dtype(dtype)
+                weighted_g.append(weighted.sum().to(accumulation))
+                changes_s.append((new_s_sq - old_s_sq).sum().to(accumulation))
+                changes_l1.append((new_l1 - old_l1).sum().to(accumulation))
+            native_moves.append(native_move)
 
         change_s, change_l1, g_sq = self._global_floats(
             [self._total(changes_s), self._total(changes_l1), self._total(weighted_g)]
@@ -1006,10 +1110,14 @@ class DAdaptAdaGrad(_DistanceEstimator):
 
         momentum = float(first["momentum"])
         c = 1.0 - momentum
-        for group in self.param_groups:
+        for group, native_move in zip(self.param_groups, native_moves, strict=True):
             eps = group["eps"]
+            for rows in native_move.values():
+                _NATIVE_ADAGRAD_MOVE(rows, (eps, c))
             move_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
             for p, _ in self._with_grads(group):
+                if p in native_params:
+                    continue
                 state = self.state[p]
                 if p in fused_params:
                     _dadapt_adagrad_move(

@@ -30,6 +30,7 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive
 
@@ -81,11 +82,54 @@ class _DistanceOverGradients(AdaptiveOptimizer):
             differences = [p - x0 for p, x0 in zip(params, anchors, strict=True)]
         return _foreach.sum_of_squares(differences, foreach=foreach)
 
-    # -- the fused path (see :mod:`lrlab.optim._fused`) -------------------------------------
+    # -- the fused path (see :mod:`lrlab.optim._fused` and :mod:`lrlab.optim._native`) ------
+
+    def _native_takes(self, p: Tensor, grad: Tensor | None) -> bool:
+        """Whether the native kernels take ``p`` now: it, its gradient (if any) and the state
+        tensors they read are plain contiguous CPU float32/float64 tensors (an average not
+        created yet will be a contiguous copy of ``p``)."""
+        state = self.state[p]
+        tensors = [p, state["x0"]]
+        if grad is not None:
+            tensors.append(grad)
+        average = state.get("averaged")
+        if average is not None:
+            tensors.append(average)
+        return native_eligible(*tensors)
+
+    def _native_split(
+        self, params: list[Tensor]
+    ) -> tuple[dict[torch.dtype, list[Tensor]], list[Tensor]]:
+        """``params`` (tensors with a gradient) split into those the native kernels take, by
+        dtype, and the others."""
+        native: dict[torch.dtype, list[Tensor]] = {}
+        others = []
+        if not _NATIVE_SUMS.available():
+            return native, list(params)
+        for p in params:
+            if self._native_takes(p, p.grad):
+                native.setdefault(p.dtype, []).append(p)
+            else:
+                others.append(p)
+        return native, others
+
+    def _native_sums(
+        self, group: dict[str, Any], native: dict[torch.dtype, list[Tensor]], anchor: float
+    ) -> dict[torch.dtype, Tensor]:
+        """The statistics pass of the native tensors, one call per dtype: per dtype a float64
+        ``(n_tensors, 2)`` tensor of each tensor's ``||x - anchor x0||^2`` and
+        ``||g + wd x||^2``."""
+        sums = {}
+        for dtype, params in native.items():
+            rows = [(p.grad, p, self.state[p]["x0"]) for p in params]
+            result = _NATIVE_SUMS(rows, (group["weight_decay"], anchor))
+            assert result is not None  # available() was checked by _native_split
+            sums[dtype] = result
+        return sums
 
     def _kernel_takes(self, p: Tensor) -> bool:
-        """Whether the fused kernels step ``p`` now: it has a gradient and it and every state
-        tensor the kernels read are flat-eligible (an average not created yet will be a
+        """Whether the compiled kernels step ``p`` now: it has a gradient and it and every
+        state tensor the kernels read are flat-eligible (an average not created yet will be a
         contiguous copy of ``p``)."""
         if p.grad is None:
             return False
@@ -95,20 +139,35 @@ class _DistanceOverGradients(AdaptiveOptimizer):
 
     def _fused_sums(
         self, group: dict[str, Any], all_params: list[Tensor], foreach: bool, anchor: float
-    ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+    ) -> tuple[
+        Tensor, Tensor, dict[torch.dtype, list[Tensor]], list[Tensor], list[Tensor], list[Tensor]
+    ]:
         """The fused path's first pass (DoG and DoWG): this rank's ``||x - anchor x0||^2``
         (``anchor`` 0 gives ``||x||^2``, DoG's first radius) over the group and
-        ``||g + wd x||^2`` over the tensors with a gradient, one kernel call per tensor.
+        ``||g + wd x||^2`` over the tensors with a gradient: one native call per dtype for the
+        CPU float32/float64 tensors, one compiled kernel call per tensor for the others.
 
-        Returns the two sums, the tensors the kernels took, and the other tensors with a
-        gradient with their directions, for the eager path.
+        Returns the two sums, the tensors with a gradient the native kernels took (by dtype)
+        and the compiled kernels took, and the other tensors with a gradient with their
+        directions, for the eager path.
         """
         radius_parts: list[Tensor] = []
         gradient_parts: list[Tensor] = []
+        native: dict[torch.dtype, list[Tensor]] = {}
+        # tensors without a gradient count in the distance only
+        native_idle: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}
         fused: list[Tensor] = []
         rest_all: list[Tensor] = []
         constants: dict[torch.dtype, Tensor] = {}
+        use_native = _NATIVE_SUMS.available()
         for p in all_params:
+            grad = p.grad
+            if use_native and self._native_takes(p, grad):
+                if grad is None:
+                    native_idle.setdefault(p.dtype, []).append((p, self.state[p]["x0"]))
+                else:
+                    native.setdefault(p.dtype, []).append(p)
+                continue
             if not self._kernel_takes(p):
                 rest_all.append(p)
                 continue
@@ -120,6 +179,14 @@ class _DistanceOverGradients(AdaptiveOptimizer):
             radius_parts.append(radius)
             gradient_parts.append(gradient)
             fused.append(p)
+        for dtype, sums in self._native_sums(group, native, anchor).items():
+            radius, gradient = sums.sum(0).to(_foreach.accumulation_dtype(dtype))
+            radius_parts.append(radius)
+            gradient_parts.append(gradient)
+        for dtype, rows in native_idle.items():
+            sums = _NATIVE_DISTANCE(rows, (anchor,))
+            assert sums is not None  # available() was checked above
+            radius_parts.append(sums.sum(0)[0].to(_foreach.accumulation_dtype(dtype)))
         rest = [p for p in rest_all if p.grad is not None]
         # torch._foreach_add refuses an empty list
         directions = self._directions(group, rest, foreach) if rest else []
@@ -135,13 +202,49 @@ class _DistanceOverGradients(AdaptiveOptimizer):
         return (
             _total(radius_parts, like),
             _total(gradient_parts, like),
+            native,
             fused,
             rest,
             directions,
         )
 
+    def _move_native(
+        self,
+        group: dict[str, Any],
+        native: dict[torch.dtype, list[Tensor]],
+        etas: dict[torch.dtype, list[float]],
+    ) -> None:
+        """The native second pass: ``x <- x - eta (g + wd x)`` with every tensor's ``eta``
+        and, with averaging, the average of the moved ``x`` (``group["k"]`` already counts this
+        step), one call per dtype."""
+        gamma = group.get("averaging_gamma")
+        decay = (group["weight_decay"],)
+        for dtype, params in native.items():
+            if gamma is None:
+                moved = _NATIVE_MOVE(
+                    [(p.grad, p) for p in params], decay, [(eta,) for eta in etas[dtype]]
+                )
+                assert moved is not None  # available() was checked by the first pass
+                continue
+            weight = (1.0 + gamma) / (group["k"] + gamma)
+            rows, per_tensor = [], []
+            for p, eta in zip(params, etas[dtype], strict=True):
+                state = self.state[p]
+                average = state.get("averaged")
+                if average is None:
+                    # a new average is the moved x itself (weight 1), as the eager path's copy
+                    average = state["averaged"] = p.detach().clone(
+                        memory_format=torch.preserve_format
+                    )
+                    per_tensor.append((eta, 1.0))
+                else:
+                    per_tensor.append((eta, weight))
+                rows.append((p.grad, p, average))
+            moved = _NATIVE_MOVE_AVERAGE(rows, decay, per_tensor)
+            assert moved is not None  # available() was checked by the first pass
+
     def _move_fused(self, group: dict[str, Any], params: list[Tensor], eta: float) -> None:
-        """The fused path's second pass (DoG and DoWG): ``x <- x - eta (g + wd x)`` and, with
+        """The compiled second pass (DoG and DoWG): ``x <- x - eta (g + wd x)`` and, with
         averaging, the average of the moved ``x`` (``group["k"]`` already counts this step)."""
         gamma = group.get("averaging_gamma")
         weight_decay = group["weight_decay"]
@@ -334,13 +437,15 @@ class DoG(_DistanceOverGradients):
             (default) for no average. The paper uses 8. Read the average with
             :meth:`averaged_parameters` or :meth:`using_averaged_parameters`.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
-        fused: True runs the per-tensor work as two compiled kernels, i.e. two passes over
-            memory: the tensor's parts of :math:`\lVert x_t - x_0\rVert^2` and
-            :math:`\lVert g_t\rVert^2`, then (once the group's :math:`\eta_t` is known) the
-            move, with the iterate average in the same pass. Tensors without a gradient, and
-            non-contiguous or small ones, take the ``foreach`` path (see
-            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation (seconds,
-            once per process and dtype).
+        fused: True runs the step in two passes over memory: the tensors' parts of
+            :math:`\lVert x_t - x_0\rVert^2` and :math:`\lVert g_t\rVert^2`, then (once the
+            group's :math:`\eta_t` is known) the move, with the iterate average in the same
+            pass. On CPU float32/float64 tensors each pass is a native multi-tensor kernel,
+            one call for all tensors of a dtype (tensors without a gradient too, for the
+            distance; see :mod:`lrlab.optim._native`); elsewhere each tensor's pass is a
+            compiled kernel (see :mod:`lrlab.optim._fused`: opt-in, the first step pays the
+            compilation, seconds once per process and dtype), and tensors without a gradient,
+            non-contiguous or small ones take the ``foreach`` path.
         sharded: each rank owns a disjoint part of the parameters, so the norms are partial
             sums reduced over ranks (not needed for DDP; DTensor is detected). Every rank must
             build the same number of param groups, in the same order.
@@ -421,11 +526,11 @@ class DoG(_DistanceOverGradients):
             # .get: checkpoints written before the fused path have no "fused" key
             if group.get("fused", False):
                 # params, directions: the tensors left to the eager path
-                radius_sq, gradient_sq, fused, params, directions = self._fused_sums(
+                radius_sq, gradient_sq, native, fused, params, directions = self._fused_sums(
                     group, all_params, foreach, anchor=0.0 if first else 1.0
                 )
             else:
-                fused = []
+                native, fused = {}, []
                 params = [p for p in all_params if p.grad is not None]
                 directions = self._directions(group, params, foreach)
                 if first:
@@ -434,14 +539,15 @@ class DoG(_DistanceOverGradients):
                     radius_sq = self._distances_squared(all_params, foreach)
                 gradient_sq = _foreach.sum_of_squares(directions, foreach=foreach)
             partials += [radius_sq.to(device), gradient_sq.to(device)]
-            plans.append((group, first, params, fused, directions, foreach))
+            plans.append((group, first, params, native, fused, directions, foreach))
 
         # every rank reaches the one reduction; then one host synchronisation for the step
         reduced = self._reduce_global(partials)
         dtype = _promoted_dtype(reduced)
         values = torch.stack([v.to(dtype) for v in reduced]).tolist()
 
-        for index, (group, first, params, fused, directions, foreach) in enumerate(plans):
+        for index, plan in enumerate(plans):
+            group, first, params, native, fused, directions, foreach = plan
             radius_sq, gradient_sq = values[2 * index], values[2 * index + 1]
             if first:
                 init_eta = group["init_eta"]
@@ -461,6 +567,8 @@ class DoG(_DistanceOverGradients):
             group["r_bar"], group["G"], group["eta"] = r_bar, G, eta
             group["effective_lr"] = eta
             group["k"] += 1  # before the moves: the fused move's average counts this step
+            if native:
+                self._move_native(group, native, _same_eta(native, eta))
             if fused:
                 self._move_fused(group, fused, eta)
             if params:
@@ -469,7 +577,7 @@ class DoG(_DistanceOverGradients):
                 else:
                     for p, direction in zip(params, directions, strict=True):
                         p.add_(direction, alpha=-eta)
-            self._average(group, foreach, done=fused)
+            self._average(group, foreach, done=_taken(native, fused))
 
     def _statistics(self) -> dict[str, float]:
         group = self.param_groups[0]
@@ -519,12 +627,14 @@ class LDoG(_DistanceOverGradients):
         params: parameters or param groups.
         reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma, foreach: as :class:`DoG`,
             applied per tensor.
-        fused: True runs each tensor's whole step as one compiled kernel (its statistics need
-            no sum over other tensors): its distance, gradient norm, :math:`\eta_{t,i}`, the
-            move and the iterate average, in two passes over memory. Tensors without a
-            gradient, and non-contiguous or small ones, take the ``foreach`` path (see
-            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation (seconds,
-            once per process and dtype).
+        fused: True runs the step in two passes over memory: every tensor's distance and
+            gradient norm, then, with its :math:`\eta_{t,i}`, its move and iterate average.
+            On CPU float32/float64 tensors each pass is a native multi-tensor kernel, one call
+            for all tensors of a dtype (see :mod:`lrlab.optim._native`), and the per-tensor
+            scalars are updated as one vector per dtype; elsewhere each tensor's whole step is
+            one compiled kernel (see :mod:`lrlab.optim._fused`: opt-in, the first step pays
+            the compilation, seconds once per process and dtype), and non-contiguous or small
+            tensors take the ``foreach`` path.
 
     .. note::
         With ``init_eta``, a tensor keeps the step size ``init_eta`` until it has moved
@@ -595,28 +705,68 @@ class LDoG(_DistanceOverGradients):
             params = [p for p in group["params"] if p.grad is not None]
             group["k"] += 1
             foreach = _foreach.resolve_foreach(group["foreach"], list(group["params"]))
+            native: dict[torch.dtype, list[Tensor]] = {}
             fused: list[Tensor] = []
             # .get: checkpoints written before the fused path have no "fused" key
             if group.get("fused", False):
+                native, params = self._native_split(params)
                 fused = [p for p in params if self._kernel_takes(p)]
                 taken = {id(p) for p in fused}
                 params = [p for p in params if id(p) not in taken]
+            # the step sizes: 1-d per native dtype, 0-d per other tensor
+            eta_vectors = self._step_native(group, native) if native else []
             etas = self._step_fused(group, fused) if fused else []
             if params:
                 etas += self._step_tensors(group, params, first, foreach)
             if etas:
                 dtype = _promoted_dtype(etas)
-                means.append(torch.stack([eta.to(dtype) for eta in etas]).mean())
+                eta_vectors.append(torch.stack([eta.to(dtype) for eta in etas]))
+            if eta_vectors:
+                dtype = _promoted_dtype(eta_vectors)
+                means.append(torch.cat([eta.to(dtype) for eta in eta_vectors]).mean())
                 stepped.append(group)
             else:
                 group["effective_lr"] = 0.0
-            self._average(group, foreach, done=fused)
+            self._average(group, foreach, done=_taken(native, fused))
         if means:  # one host synchronisation for the step
             dtype = _promoted_dtype(means)
             device = means[0].device
             values = torch.stack([m.to(device=device, dtype=dtype) for m in means]).tolist()
             for group, value in zip(stepped, values, strict=True):
                 group["effective_lr"] = float(value)
+
+    def _step_native(
+        self, group: dict[str, Any], native: dict[torch.dtype, list[Tensor]]
+    ) -> list[Tensor]:
+        """The native path, two calls per dtype: the tensors' distances and gradient norms,
+        then (once each tensor's eta is known) the moves and averages. The per-tensor scalars
+        are updated as vectors, in the accumulation dtype as the for-loop path's 0-d tensors;
+        returns the step sizes, one 1-d tensor per dtype. At the first step ``x = x0``, so the
+        distance leaves the initial ``r_bar`` unchanged without a branch."""
+        lr, init_eta = group["lr"], group["init_eta"]
+        vectors = []
+        etas: dict[torch.dtype, list[float]] = {}
+        for dtype, sums in self._native_sums(group, native, anchor=1.0).items():
+            states = [self.state[p] for p in native[dtype]]
+            r_bars = [state["r_bar"] for state in states]
+            Gs = [state["G"] for state in states]
+            totals = sums.to(_foreach.accumulation_dtype(dtype))
+            r_bar = torch.maximum(torch.stack(r_bars), totals[:, 0].sqrt())
+            norm = totals[:, 1].sqrt()
+            G = torch.stack(Gs).addcmul_(norm, norm)
+            # a zero G (eps = 0 and zero gradients so far) gives a zero step
+            eta = torch.where(G > 0, lr * r_bar / G.sqrt(), torch.zeros_like(G))
+            if init_eta is not None:
+                # r_bar starts at 0: init_eta is the step size until the tensor has moved
+                eta = torch.where(r_bar > 0, eta, torch.full_like(eta, init_eta))
+            torch._foreach_copy_(r_bars, r_bar.unbind())
+            torch._foreach_copy_(Gs, G.unbind())
+            for state, value in zip(states, eta.unbind(), strict=True):
+                state["eta"] = value
+            etas[dtype] = eta.tolist()
+            vectors.append(eta)
+        self._move_native(group, native, etas)
+        return vectors
 
     def _step_fused(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
         """The fused path: every tensor's whole step (and average) in one kernel call; its
@@ -780,12 +930,12 @@ class DoWG(_DistanceOverGradients):
         eps: added to :math:`\sqrt{v_t}`, in [0, inf). Default 1e-4 (optax's).
         weight_decay: coupled L2 coefficient added to the gradient, in [0, inf).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
-        fused: True runs the per-tensor work as two compiled kernels, i.e. two passes over
-            memory: the tensor's parts of :math:`\lVert x_t - x_0\rVert^2` and
-            :math:`\lVert g_t\rVert^2`, then (once the group's :math:`\eta_t` is known) the
-            move. Tensors without a gradient, and non-contiguous or small ones, take the
-            ``foreach`` path (see :mod:`lrlab.optim._fused`). Opt-in: the first step pays the
-            compilation (seconds, once per process and dtype).
+        fused: True runs the step in two passes over memory: the tensors' parts of
+            :math:`\lVert x_t - x_0\rVert^2` and :math:`\lVert g_t\rVert^2`, then (once the
+            group's :math:`\eta_t` is known) the move. On CPU float32/float64 tensors each
+            pass is a native multi-tensor kernel, one call for all tensors of a dtype (see
+            :mod:`lrlab.optim._native`); elsewhere the compiled kernels of :class:`DoG`'s
+            ``fused``.
         sharded: as :class:`DoG`.
 
     .. note::
@@ -858,11 +1008,11 @@ class DoWG(_DistanceOverGradients):
             if group.get("fused", False):
                 # x = x0 at the first step: the kernel's distance is exactly 0 there too;
                 # params, directions: the tensors left to the eager path
-                distance_sq, gradient_sq, fused, params, directions = self._fused_sums(
+                distance_sq, gradient_sq, native, fused, params, directions = self._fused_sums(
                     group, all_params, foreach, anchor=1.0
                 )
             else:
-                fused = []
+                native, fused = {}, []
                 params = [p for p in all_params if p.grad is not None]
                 directions = self._directions(group, params, foreach)
                 distance_sq = (
@@ -872,13 +1022,14 @@ class DoWG(_DistanceOverGradients):
                 )
                 gradient_sq = _foreach.sum_of_squares(directions, foreach=foreach)
             partials += [distance_sq.to(device), gradient_sq.to(device)]
-            plans.append((group, first, params, fused, directions, foreach))
+            plans.append((group, first, params, native, fused, directions, foreach))
 
         reduced = self._reduce_global(partials)
         dtype = _promoted_dtype(reduced)
         values = torch.stack([v.to(dtype) for v in reduced]).tolist()
 
-        for index, (group, first, params, fused, directions, foreach) in enumerate(plans):
+        for index, plan in enumerate(plans):
+            group, first, params, native, fused, directions, foreach = plan
             distance_sq, gradient_sq = values[2 * index], values[2 * index + 1]
             if first:
                 initial = group["init_estim_sq_dist"]
@@ -892,6 +1043,8 @@ class DoWG(_DistanceOverGradients):
             eta = group["lr"] * r_bar_sq / denominator if denominator > 0 else 0.0
             group["r_bar_sq"], group["v"], group["eta"] = r_bar_sq, v, eta
             group["effective_lr"] = eta
+            if native:
+                self._move_native(group, native, _same_eta(native, eta))
             if fused:
                 self._move_fused(group, fused, eta)
             if params:
@@ -918,6 +1071,18 @@ def _stack_to_host(values: list[Tensor]) -> Tensor:
     return torch.stack([value.detach().to(device="cpu", dtype=torch.float64) for value in values])
 
 
+def _same_eta(
+    native: dict[torch.dtype, list[Tensor]], eta: float
+) -> dict[torch.dtype, list[float]]:
+    """The group's step size for every native tensor (DoG, DoWG)."""
+    return {dtype: [eta] * len(params) for dtype, params in native.items()}
+
+
+def _taken(native: dict[torch.dtype, list[Tensor]], fused: list[Tensor]) -> list[Tensor]:
+    """The tensors the native and compiled kernels stepped (and averaged)."""
+    return [*fused, *(p for params in native.values() for p in params)]
+
+
 def _grad(p: Tensor) -> Tensor:
     grad = p.grad
     assert grad is not None  # the fused path takes tensors with a gradient only
@@ -932,6 +1097,17 @@ def _total(parts: list[Tensor], like: Tensor) -> Tensor:
         return torch.zeros((), dtype=dtype, device=like.device)
     dtype = _promoted_dtype(parts)
     return torch.stack([part.to(dtype) for part in parts]).sum()
+
+
+# -- native kernels (native/dog.cpp; see :mod:`lrlab.optim._native`) -------------------------
+# The statistics pass (grad, p, x0 -> ||x - a x0||^2, ||g + wd x||^2), the distance of a tensor
+# without a gradient, and the move with or without the average; eta is a per-tensor constant
+# so that L-DoG's per-tensor step sizes take the same kernels as DoG's and DoWG's group one.
+
+_NATIVE_SUMS = NativeKernel("dog", "dog_sums", arrays=3, sums=2)
+_NATIVE_DISTANCE = NativeKernel("dog", "dog_distance", arrays=2, sums=1)
+_NATIVE_MOVE = NativeKernel("dog", "dog_move", arrays=2, tensor_constants=1)
+_NATIVE_MOVE_AVERAGE = NativeKernel("dog", "dog_move_average", arrays=3, tensor_constants=2)
 
 
 # -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------

@@ -24,6 +24,7 @@ from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._foreach import accumulation_dtype
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive, check_range
 
@@ -107,13 +108,15 @@ class GradaGrad(AdaptiveOptimizer):
             [0, 1] (the source's range). Default 0.5 (the spec's test vector; the source gives
             no default).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
-        fused: True runs the per-tensor work as two compiled kernels, one call each per tensor:
-            :math:`\lVert g\rVert^2` and :math:`\langle g, g_{\mathrm{prev}}\rangle` with
-            the copy :math:`g_{\mathrm{prev}} \leftarrow g` in one pass, then, once the step
-            size is known (it needs those global sums), the move (no call while :math:`A = 0`).
-            Tensors that cannot be viewed flat (non-contiguous, sparse) or are small take the
-            ``foreach`` path. See :mod:`lrlab.optim._fused`. Opt-in: the first step pays the
-            compilation (seconds, once per process and dtype).
+        fused: True runs the step in two passes over memory: :math:`\lVert g\rVert^2` and
+            :math:`\langle g, g_{\mathrm{prev}}\rangle` with the copy
+            :math:`g_{\mathrm{prev}} \leftarrow g`, then, once the step size is known (it
+            needs those global sums), the move (none while :math:`A = 0`). On CPU
+            float32/float64 tensors each pass is a native multi-tensor kernel, one call for all
+            tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere each tensor's pass
+            is a compiled kernel (see :mod:`lrlab.optim._fused`: opt-in, the first step pays
+            the compilation, seconds once per process and dtype), and tensors that cannot be
+            viewed flat (non-contiguous, sparse) or are small take the ``foreach`` path.
         sharded: each rank owns a disjoint part of the parameters, so the norms and inner
             products are partial sums to be reduced over ranks (DTensor is detected).
 
@@ -168,6 +171,11 @@ class GradaGrad(AdaptiveOptimizer):
         # (group, params) of the tensors whose first pass ran fused: the step size needs the
         # global sums, so their move is a second compiled pass
         fused_pending: list[tuple[dict[str, Any], list[Tensor]]] = []
+        # (group, rows (p, grad) by dtype) of the tensors whose first pass ran native: their
+        # move is a second native pass, one call per dtype
+        native_pending: list[
+            tuple[dict[str, Any], dict[torch.dtype, list[tuple[Tensor, Tensor]]]]
+        ] = []
         square_parts: list[Tensor] = []
         dot_parts: list[Tensor] = []
         for group in self.param_groups:
@@ -186,6 +194,9 @@ class GradaGrad(AdaptiveOptimizer):
                     state["prev_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             # .get: checkpoints written before the fused path existed have no "fused" key
             if group.get("fused", False):
+                native, params = self._native_sums(params, square_parts, dot_parts)
+                if native:
+                    native_pending.append((group, native))
                 fused, params = self._fused_sums(params, square_parts, dot_parts)
                 fused_pending.append((group, fused))
                 if not params:
@@ -226,6 +237,13 @@ class GradaGrad(AdaptiveOptimizer):
                     if step_size > 0:
                         p.add_(g, alpha=-step_size)
                     prev.copy_(g)
+        for group, native in native_pending:
+            step_size = group["lr"] * factor * scale
+            group["effective_lr"] = step_size
+            if step_size > 0:
+                # their g_prev already holds g (first pass): only the move is left
+                for rows in native.values():
+                    _NATIVE_MOVE(rows, (step_size,))
         for group, fused in fused_pending:
             step_size = group["lr"] * factor * scale
             group["effective_lr"] = step_size
@@ -241,6 +259,35 @@ class GradaGrad(AdaptiveOptimizer):
         self._set_global("lr_factor", factor)
         self._set_global("alpha_acc", alpha_acc)
         self._set_global("v", v)
+
+    def _native_sums(
+        self, params: list[Tensor], square_parts: list[Tensor], dot_parts: list[Tensor]
+    ) -> tuple[dict[torch.dtype, list[tuple[Tensor, Tensor]]], list[Tensor]]:
+        """The native first pass, one call per dtype: append the ``||g||^2`` and
+        ``<g, g_prev>`` (float64) of the tensors it takes to the parts and set ``g_prev = g``.
+        Returns (the (p, grad) rows of the second pass by dtype, the other tensors)."""
+        if not _NATIVE_SUMS.available():
+            return {}, params
+        moves: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}
+        rows: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}
+        rest = []
+        for p in params:
+            grad, previous = p.grad, self.state[p]["prev_grad"]
+            assert grad is not None  # params holds the tensors with gradients only
+            # p is checked too, so that a tensor takes the same path in both passes
+            if native_eligible(grad, p, previous):
+                rows.setdefault(p.dtype, []).append((grad, previous))
+                moves.setdefault(p.dtype, []).append((p, grad))
+            else:
+                rest.append(p)
+        for dtype, dtype_rows in rows.items():
+            sums = _NATIVE_SUMS(dtype_rows, ())
+            assert sums is not None  # available() was checked above
+            # totals in the accumulation dtype, as the for-loop path's sums
+            square, dot = sums.sum(0).to(accumulation_dtype(dtype)).to(torch.float64)
+            square_parts.append(square)
+            dot_parts.append(dot)
+        return moves, rest
 
     def _fused_sums(
         self, params: list[Tensor], square_parts: list[Tensor], dot_parts: list[Tensor]
@@ -270,6 +317,12 @@ class GradaGrad(AdaptiveOptimizer):
             "alpha_acc": float(self._get_global("alpha_acc")),
             "v": float(self._get_global("v")),
         }
+
+
+# -- the native kernels (native/gradagrad.cpp; see lrlab.optim._native) -----------------------
+
+_NATIVE_SUMS = NativeKernel("gradagrad", "gradagrad_sums", arrays=2, sums=2)
+_NATIVE_MOVE = NativeKernel("gradagrad", "gradagrad_move", arrays=2)
 
 
 # -- the fused kernels (NOTE [fused kernels] in lrlab.optim._fused) ---------------------------

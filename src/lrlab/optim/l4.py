@@ -22,6 +22,7 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_betas, check_bool, check_positive, check_range
 
@@ -31,6 +32,26 @@ _PAPER = (
     "Rolinek & Martius, L4: Practical loss-based stepsize adaptation for deep learning, "
     "NeurIPS 2018; arXiv:1802.05074"
 )
+
+# -- native kernels (native/l4.cpp; see lrlab.optim._native) ----------------------------------
+# Each method's first pass takes (grad, *moments) and returns <g_hat, v> per tensor, its move
+# takes (p, *moments); both take the tensor's bias corrections as per-tensor constants.
+_NATIVE_MOM_MOMENTS = NativeKernel("l4", "l4_mom_moments", arrays=2, sums=1, tensor_constants=1)
+_NATIVE_MOM_MOVE = NativeKernel("l4", "l4_mom_move", arrays=2, tensor_constants=1)
+_NATIVE_ADAM_MOMENTS = NativeKernel("l4", "l4_adam_moments", arrays=3, sums=1, tensor_constants=2)
+_NATIVE_ADAM_MOVE = NativeKernel("l4", "l4_adam_move", arrays=3, tensor_constants=2)
+
+
+class _NativeRows:
+    """The tensors of one group and dtype that the native kernels take: the rows of the first
+    pass (grad, *moments), of the move (p, *moments), and their bias corrections."""
+
+    __slots__ = ("biases", "moments", "moves")
+
+    def __init__(self) -> None:
+        self.moments: list[tuple[Tensor, ...]] = []
+        self.moves: list[tuple[Tensor, ...]] = []
+        self.biases: list[tuple[float, ...]] = []
 
 
 class _L4(AdaptiveOptimizer):
@@ -50,6 +71,9 @@ class _L4(AdaptiveOptimizer):
         "nondescent_steps": 0,
         "nonpositive_gap_steps": 0,
     }
+    # the native kernels of the subclass's two passes
+    _native_moments: ClassVar[NativeKernel]
+    _native_move: ClassVar[NativeKernel]
 
     def _l4_defaults(
         self, alpha: float, gamma: float, gamma0: float, tau: float, eps: float, sharded: bool
@@ -84,6 +108,24 @@ class _L4(AdaptiveOptimizer):
         """Update the moments; return the gradient estimates and the directions."""
         raise NotImplementedError
 
+    def _native_arrays(self, grad: Tensor, state: dict[str, Any]) -> tuple[Tensor, ...]:
+        """The native first pass's arrays of one tensor: the gradient, then the moments (the
+        move takes the parameter, then the same moments)."""
+        raise NotImplementedError
+
+    def _native_constants(self, group: dict[str, Any]) -> tuple[float, ...]:
+        """The native first pass's scalars of a group."""
+        raise NotImplementedError
+
+    def _native_biases(self, group: dict[str, Any], step: int) -> tuple[float, ...]:
+        """The bias corrections of a tensor at its step ``step`` (per-tensor constants of both
+        native passes), in Python double as the reference path has them."""
+        raise NotImplementedError
+
+    def _native_move_constants(self, group: dict[str, Any], eta: float) -> tuple[float, ...]:
+        """The native move's scalars of a group."""
+        raise NotImplementedError
+
     def _fused_moments(
         self,
         group: dict[str, Any],
@@ -115,9 +157,11 @@ class _L4(AdaptiveOptimizer):
         first = self.param_groups[0]
         # (group, params, directions, foreach) of every group with gradients
         pending: list[tuple[dict[str, Any], list[Tensor], list[Tensor], bool]] = []
-        # (group, [(param, step)]) of the tensors whose first pass ran fused: eta needs the
-        # global <g_hat, v> and the loss, so their move is a second compiled pass
-        fused_pending: list[tuple[dict[str, Any], list[tuple[Tensor, int]]]] = []
+        # (group, [(param, step)], native rows by dtype) of the tensors whose first pass ran
+        # fused: eta needs the global <g_hat, v> and the loss, so their move is a second pass
+        fused_pending: list[
+            tuple[dict[str, Any], list[tuple[Tensor, int]], dict[torch.dtype, _NativeRows]]
+        ] = []
         dot_parts: list[Tensor] = []
         for group in self.param_groups:
             group["effective_lr"] = 0.0
@@ -136,14 +180,39 @@ class _L4(AdaptiveOptimizer):
                 fused: list[tuple[Tensor, int]] = []
                 rest: list[int] = []
                 constants: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
-                for index, (p, grad, step) in enumerate(zip(params, grads, steps, strict=True)):
+                native = self._native_moments.available()
+                native_rows: dict[torch.dtype, _NativeRows] = {}
+                biases: dict[int, tuple[float, ...]] = {}  # most tensors share their step
+                for index, (p, grad, state, step) in enumerate(
+                    zip(params, grads, states, steps, strict=True)
+                ):
+                    if native:
+                        arrays = self._native_arrays(grad, state)
+                        # p is checked too, so that the move can take the same path
+                        if native_eligible(p, *arrays):
+                            if step not in biases:
+                                biases[step] = self._native_biases(group, step)
+                            rows = native_rows.get(p.dtype)
+                            if rows is None:
+                                rows = native_rows[p.dtype] = _NativeRows()
+                            rows.moments.append(arrays)
+                            rows.moves.append((p, *arrays[1:]))
+                            rows.biases.append(biases[step])
+                            continue
                     dot_part = self._fused_moments(group, p, grad, step, constants)
                     if dot_part is None:
                         rest.append(index)
                         continue
                     dot_parts.append(dot_part)
                     fused.append((p, step))
-                fused_pending.append((group, fused))
+                for dtype, rows in native_rows.items():
+                    sums = self._native_moments(
+                        rows.moments, self._native_constants(group), rows.biases
+                    )
+                    assert sums is not None  # available() was checked above
+                    # the dtype of the reference path's total_dot of these tensors
+                    dot_parts.append(sums.sum().to(_foreach.accumulation_dtype(dtype)))
+                fused_pending.append((group, fused, native_rows))
                 if not rest:
                     continue
                 params = [params[i] for i in rest]
@@ -185,9 +254,13 @@ class _L4(AdaptiveOptimizer):
                 else:
                     for p, direction in zip(params, directions, strict=True):
                         p.add_(direction, alpha=-eta)
-            for group, fused in fused_pending:
+            for group, fused, native_rows in fused_pending:
                 eta = group["alpha"] * gap / (grad_dot_direction + first["eps"])
                 group["effective_lr"] = eta
+                for rows in native_rows.values():
+                    self._native_move(
+                        rows.moves, self._native_move_constants(group, eta), rows.biases
+                    )
                 constants = {}
                 for p, step in fused:
                     self._fused_move(group, p, step, eta, constants)
@@ -310,13 +383,16 @@ class L4Mom(_L4):
         eps: added to :math:`\langle \hat g, v\rangle`, in [0, inf). Default 1e-12.
         beta: momentum of the gradient estimate, in [0, 1). Default 0.9 (time scale 10).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
-        fused: True runs the per-tensor work as two compiled kernels, one call each per tensor:
-            the momentum with :math:`\langle \hat g, v\rangle = \lVert \hat g\rVert^2`, then,
-            once the step size is known (it needs that global sum and the loss), the move,
-            which recomputes :math:`\hat g` from the momentum instead of keeping it (no
-            full-size temporary). Tensors that cannot be viewed flat (non-contiguous, sparse)
-            or are small take the ``foreach`` path. See :mod:`lrlab.optim._fused`. Opt-in: the
-            first step pays the compilation (seconds, once per process and dtype).
+        fused: True runs the work in two passes over memory: the momentum with
+            :math:`\langle \hat g, v\rangle = \lVert \hat g\rVert^2`, then, once the step
+            size is known (it needs that global sum and the loss), the move, which recomputes
+            :math:`\hat g` from the momentum instead of keeping it (no full-size temporary). On
+            CPU float32/float64 tensors each pass is one native multi-tensor kernel call for all
+            tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere the compiled kernels,
+            one call per tensor (see :mod:`lrlab.optim._fused`), and tensors that cannot be
+            viewed flat (non-contiguous, sparse) or are small take the ``foreach`` path.
+            Opt-in: the first step pays the native build or the compilation (seconds, once per
+            machine or per process and dtype).
         sharded: each rank owns a disjoint part of the parameters, so
             :math:`\langle \hat g, v\rangle` is a partial sum to be reduced over ranks.
 """
@@ -370,6 +446,21 @@ class L4Mom(_L4):
                 m.lerp_(g, 1 - beta)
                 estimates.append(m / b)
         return estimates, estimates
+
+    _native_moments = _NATIVE_MOM_MOMENTS
+    _native_move = _NATIVE_MOM_MOVE
+
+    def _native_arrays(self, grad: Tensor, state: dict[str, Any]) -> tuple[Tensor, ...]:
+        return (grad, state["exp_avg"])
+
+    def _native_constants(self, group: dict[str, Any]) -> tuple[float, ...]:
+        return (1 - group["beta"],)
+
+    def _native_biases(self, group: dict[str, Any], step: int) -> tuple[float, ...]:
+        return (1 - group["beta"] ** step,)
+
+    def _native_move_constants(self, group: dict[str, Any], eta: float) -> tuple[float, ...]:
+        return (eta,)
 
     def _fused_moments(
         self,
@@ -446,13 +537,16 @@ class L4Adam(_L4):
         adam_eps: :math:`\delta`, in (0, inf). Default 1e-4, the official code's value (not
             Adam's usual 1e-8).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
-        fused: True runs the per-tensor work as two compiled kernels, one call each per tensor:
-            the moments with :math:`\langle \hat g, v\rangle`, then, once the step size is
-            known (it needs that global sum and the loss), the move, which recomputes :math:`v`
-            from the moments instead of keeping it (no full-size temporary). Tensors that cannot
-            be viewed flat (non-contiguous, sparse) take the ``foreach`` path. See
-            :mod:`lrlab.optim._fused`. Opt-in: the first step pays the compilation (seconds,
-            once per process and dtype).
+        fused: True runs the work in two passes over memory: the moments with
+            :math:`\langle \hat g, v\rangle`, then, once the step size is known (it needs that
+            global sum and the loss), the move, which recomputes :math:`v` from the moments
+            instead of keeping it (no full-size temporary). On CPU float32/float64 tensors each
+            pass is one native multi-tensor kernel call for all tensors of a dtype (see
+            :mod:`lrlab.optim._native`); elsewhere the compiled kernels, one call per tensor
+            (see :mod:`lrlab.optim._fused`), and tensors that cannot be viewed flat
+            (non-contiguous, sparse) take the ``foreach`` path. Opt-in: the first step pays the
+            native build or the compilation (seconds, once per machine or per process and
+            dtype).
         sharded: as :class:`L4Mom`.
 """
         + _L4_NOTES
@@ -535,6 +629,23 @@ class L4Adam(_L4):
             estimates.append(estimate)
             directions.append(estimate / (s / b2).sqrt_().add_(adam_eps))
         return estimates, directions
+
+    _native_moments = _NATIVE_ADAM_MOMENTS
+    _native_move = _NATIVE_ADAM_MOVE
+
+    def _native_arrays(self, grad: Tensor, state: dict[str, Any]) -> tuple[Tensor, ...]:
+        return (grad, state["exp_avg"], state["exp_avg_sq"])
+
+    def _native_constants(self, group: dict[str, Any]) -> tuple[float, ...]:
+        beta1, beta2 = group["betas"]
+        return (1 - beta1, beta2, 1 - beta2, group["adam_eps"])
+
+    def _native_biases(self, group: dict[str, Any], step: int) -> tuple[float, ...]:
+        beta1, beta2 = group["betas"]
+        return (1 - beta1**step, 1 - beta2**step)
+
+    def _native_move_constants(self, group: dict[str, Any], eta: float) -> tuple[float, ...]:
+        return (eta, group["adam_eps"])
 
     def _fused_moments(
         self,

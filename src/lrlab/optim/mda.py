@@ -23,6 +23,7 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_nonnegative, check_positive, check_range
 
@@ -89,12 +90,13 @@ class MDA(AdaptiveOptimizer):
         weight_decay: coupled L2 coefficient added to the gradient before it enters :math:`s`,
             in [0, inf).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
-        fused: True runs the whole step of a tensor (:math:`s`, :math:`z` and the
-            interpolation) as one compiled kernel, one call per tensor: a single pass over
-            memory, as every scalar of the step is known before it. Tensors that cannot be
-            viewed flat (non-contiguous, sparse) or are small take the ``foreach`` path. See
-            :mod:`lrlab.optim._fused`. Opt-in: the first step pays the compilation (seconds,
-            once per process and dtype).
+        fused: True runs the whole step (:math:`s`, :math:`z` and the interpolation) in a
+            single pass over memory, as every scalar of the step is known before it: on CPU
+            float32/float64 tensors as a native multi-tensor kernel, one call for all tensors
+            of a dtype (see :mod:`lrlab.optim._native`); elsewhere as one compiled kernel per
+            tensor (see :mod:`lrlab.optim._fused`; the first step pays the compilation).
+            Tensors that cannot be viewed flat (non-contiguous, sparse) or, off the CPU, are
+            small take the ``foreach`` path.
 
     .. note::
         Confidence is **medium** (spec ``defazio_family.md`` section 6): no official MDA code
@@ -179,15 +181,21 @@ class MDA(AdaptiveOptimizer):
     def _fused_step(
         self, group: dict[str, Any], params: list[Tensor], *, lam: float, beta: float
     ) -> list[Tensor]:
-        """Step every tensor of ``params`` that the kernel takes; return the others, which
-        must take the reference path."""
+        """Step every tensor of ``params`` that the native or compiled kernels take; return
+        the others, which must take the reference path."""
         rest = []
         # the scalars tensor of each device and dtype: one host-to-device copy, not one per tensor
         constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        # CPU float32/float64 tensors: the rows (grad, p, s, x0) of one native call per dtype
+        native = _NATIVE_MDA_STEP.available()
+        native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
         for p in params:
             grad, state = p.grad, self.state[p]
             assert grad is not None  # params holds the tensors with gradients only
             s, x0 = state["s"], state["x0"]
+            if native and native_eligible(grad, p, s, x0):
+                native_rows.setdefault(p.dtype, []).append((grad, p, s, x0))
+                continue
             if not flat_eligible(p, grad, s, x0):
                 rest.append(p)
                 continue
@@ -199,6 +207,9 @@ class MDA(AdaptiveOptimizer):
                 values = (group["weight_decay"], lam, -1.0 / beta, 1.0 - group["momentum"])
                 constants[key] = scalars(values, p)
             _mda_fused_step(flat(grad), flat(p), flat(s), flat(x0), constants[key])
+        step = (group["weight_decay"], lam, -1.0 / beta, 1.0 - group["momentum"])
+        for rows in native_rows.values():
+            _NATIVE_MDA_STEP(rows, step)
         return rest
 
     def _statistics(self) -> dict[str, float]:
@@ -240,6 +251,9 @@ def _mda_step(
             p.copy_(z)
         else:
             p.lerp_(z, c)
+
+
+_NATIVE_MDA_STEP = NativeKernel("mda", "mda_step", arrays=4)
 
 
 @kernel

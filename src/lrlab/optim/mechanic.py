@@ -29,6 +29,7 @@ from lrlab.optim._fused import (
     kernel,
     scalars,
 )
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register, spec
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive, check_range
 
@@ -210,12 +211,17 @@ class Mechanic(AdaptiveOptimizer):
         sharded: each rank owns a disjoint part of the parameters, so the four inner products
             behind :math:`h` are partial sums, reduced over ranks with one collective per step.
             Forwarded to a base that takes ``sharded`` (unless ``base_kwargs`` sets it).
-        fused: True runs Mechanic's own per-tensor work as compiled kernels (before the base
-            step: keep x, form Delta, two inner products; after it: two inner products and the
-            Delta update; then the final move), three passes instead of about a dozen eager
-            kernels; the base keeps its own path (pass ``base_kwargs={"fused": True}`` to a base
-            that has one). Tensors under 128k elements, non-contiguous or low-precision ones stay
-            eager (see :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation.
+        fused: True runs Mechanic's own per-tensor work as three passes (before the base step:
+            keep x, form Delta, two inner products; after it: two inner products and the Delta
+            update; then the final move) instead of about a dozen eager kernels; the base keeps
+            its own path (pass ``base_kwargs={"fused": True}`` to a base that has one). On CPU
+            float32/float64 tensors these are native multi-tensor kernels (one call per pass for
+            all tensors of a dtype; see :mod:`lrlab.optim._native`), which without
+            ``store_delta`` recompute Delta from x and ``ref`` instead of writing it out: one
+            temporary copy of the parameters per step (x before the base step) instead of two.
+            Elsewhere the compiled kernels (tensors under 128k elements, non-contiguous or
+            low-precision ones stay eager; see :mod:`lrlab.optim._fused`). Opt-in: the first
+            step pays the build or the compilation.
 
     Example:
         >>> optimizer = Mechanic(model.parameters(), base="adamw", base_kwargs={"lr": 1e-3})
@@ -490,14 +496,17 @@ class Mechanic(AdaptiveOptimizer):
         S = sum(s)
 
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        grads = [p.grad for p in params]
         refs: list[Tensor] = []
         deltas: list[Tensor] = []
         previous: list[Tensor] = []
         fused = bool(first.get("mechanic_fused", False))
+        native = fused and _NATIVE_BEFORE_RECOMPUTED.available()
+        # the tensors the native kernels take, by (dtype, Delta stored)
+        batches: dict[tuple[torch.dtype, bool], _NativeBatch] = {}
         # per parameter: its fused-kernel outputs (<Delta, g>, <g, g>), or None for the eager path
         fused_dots: list[tuple[Tensor, Tensor] | None] = []
         constants: dict[torch.dtype, Tensor] = {}
+        eager_params: list[Tensor] = []  # the parameters of fused_dots (not the native ones)
         for p in params:
             state = self.state[p]
             dtype = _state_dtype(p)
@@ -506,6 +515,16 @@ class Mechanic(AdaptiveOptimizer):
                 state["ref"] = p.detach().to(dtype, copy=True)
                 if store_delta or dtype != p.dtype:
                     state["delta"] = torch.zeros_like(p, dtype=dtype)
+            if native:
+                stored = "delta" in state
+                third = state["delta"] if stored else state["ref"]
+                if native_eligible(p, p.grad, state["ref"], third) and p.numel() > 0:
+                    batch = batches.get((p.dtype, stored))
+                    if batch is None:
+                        batch = batches[(p.dtype, stored)] = _NativeBatch(stored)
+                    batch.add(p, state)
+                    continue
+            eager_params.append(p)
             if fused and dtype == p.dtype and flat_eligible(p, p.grad, state["ref"]):
                 if dtype not in constants:
                     constants[dtype] = scalars((S + eps,), p)
@@ -536,27 +555,38 @@ class Mechanic(AdaptiveOptimizer):
             )
             previous.append(prev)
         # the gradients as given to the base (it may change p.grad in place)
+        grads = [p.grad for p in eager_params]
         eager = [i for i, dots in enumerate(fused_dots) if dots is None]
         done = [dots for dots in fused_dots if dots is not None]
         delta_dot_grad = _foreach.total_dot([deltas[i] for i in eager], [grads[i] for i in eager])
         grad_sq = _foreach.total_dot([grads[i] for i in eager], [grads[i] for i in eager])
-        if done:
-            delta_dot_grad = _sum_with(delta_dot_grad, [dots[0] for dots in done])
-            grad_sq = _sum_with(grad_sq, [dots[1] for dots in done])
+        # per-tensor sums of the compiled kernels, then one total per native call
+        before_parts = list(done)
+        for batch in batches.values():
+            before_parts.append(batch.before(S + eps))
+        if before_parts:
+            delta_dot_grad = _sum_with(delta_dot_grad, [dots[0] for dots in before_parts])
+            grad_sq = _sum_with(grad_sq, [dots[1] for dots in before_parts])
 
         self._base_step(context)
 
         if params:
             delta_dot_param = _foreach.total_dot(
-                [deltas[i] for i in eager], [params[i] for i in eager]
+                [deltas[i] for i in eager], [eager_params[i] for i in eager]
             )
-            param_sq = _foreach.total_dot([params[i] for i in eager], [params[i] for i in eager])
+            param_sq = _foreach.total_dot(
+                [eager_params[i] for i in eager], [eager_params[i] for i in eager]
+            )
             after = []
-            for delta, prev, p, dots in zip(deltas, previous, params, fused_dots, strict=True):
+            for delta, prev, p, dots in zip(
+                deltas, previous, eager_params, fused_dots, strict=True
+            ):
                 if dots is not None:
                     after.append(_mechanic_after(flat(p), flat(prev), flat(delta)))
                 else:
                     delta.add_(prev.neg_().add_(p))  # u = x+ - x, the base's update
+            for batch in batches.values():
+                after.append(batch.after(S + eps))
             if after:
                 delta_dot_param = _sum_with(delta_dot_param, [dots[0] for dots in after])
                 param_sq = _sum_with(param_sq, [dots[1] for dots in after])
@@ -585,8 +615,10 @@ class Mechanic(AdaptiveOptimizer):
             for m_j, r_j, v_j in zip(m, r, v, strict=True)
         ]
         scale = max(sum(s), 0.0)
+        for batch in batches.values():
+            batch.move(S + eps, scale)
         move_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-        for p, ref, delta, dots in zip(params, refs, deltas, fused_dots, strict=True):
+        for p, ref, delta, dots in zip(eager_params, refs, deltas, fused_dots, strict=True):
             # x = x_ref + scale * Delta
             if dots is not None:
                 c = cached_scalars(move_constants, (scale,), p)
@@ -623,6 +655,79 @@ class Mechanic(AdaptiveOptimizer):
         if isinstance(self.base, AdaptiveOptimizer):
             stats.update({f"base_{k}": float(v) for k, v in self.base._statistics().items()})
         return stats
+
+
+# -- native kernels (see :mod:`lrlab.optim._native`) ----------------------------------------
+
+
+class _NativeBatch:
+    """Mechanic's passes over the parameters of one dtype that the native kernels take.
+
+    ``prev`` (x before the base step) is one buffer for all of them, made per step: one
+    allocation rather than one per tensor. It is the only full-size temporary: without
+    ``store_delta`` the kernels recompute Delta from ``prev`` and ``ref`` (see
+    ``native/mechanic.cpp``) rather than writing it out as the other paths do, and nothing is
+    kept between steps (Mechanic's memory contract: ``ref`` only, plus ``delta`` if stored).
+    """
+
+    def __init__(self, stored: bool) -> None:
+        self.stored = stored
+        self.rows: list[tuple[Tensor, ...]] = []  # (p, grad, ref, delta) or (p, grad, ref)
+        self.prev: list[Tensor] = []
+
+    def add(self, p: Tensor, state: dict[str, Any]) -> None:
+        grad = p.grad
+        assert grad is not None
+        if self.stored:
+            self.rows.append((p, grad, state["ref"], state["delta"]))
+        else:
+            self.rows.append((p, grad, state["ref"]))
+
+    def before(self, divisor: float) -> tuple[Tensor, Tensor]:
+        """Keep x in ``prev``; return the totals (<Delta, g>, <g, g>)."""
+        p = self.rows[0][0]
+        buffer = torch.empty(sum(row[0].numel() for row in self.rows), dtype=p.dtype)
+        self.prev = list(buffer.split([row[0].numel() for row in self.rows]))
+        if self.stored:
+            rows = [(p, g, d, x) for (p, g, _, d), x in zip(self.rows, self.prev, strict=True)]
+            sums = _NATIVE_BEFORE_STORED(rows, ())
+        else:
+            rows = [(p, g, r, x) for (p, g, r), x in zip(self.rows, self.prev, strict=True)]
+            sums = _NATIVE_BEFORE_RECOMPUTED(rows, (divisor,))
+        return self._totals(sums)
+
+    def after(self, divisor: float) -> tuple[Tensor, Tensor]:
+        """After the base step: the totals (<Delta, x+>, <x+, x+>), and Delta += x+ - x if
+        stored."""
+        if self.stored:
+            rows = [(row[0], x, row[3]) for row, x in zip(self.rows, self.prev, strict=True)]
+            sums = _NATIVE_AFTER_STORED(rows, ())
+        else:
+            rows = [(row[0], x, row[2]) for row, x in zip(self.rows, self.prev, strict=True)]
+            sums = _NATIVE_AFTER_RECOMPUTED(rows, (divisor,))
+        return self._totals(sums)
+
+    def move(self, divisor: float, scale: float) -> None:
+        """``x = x_ref + scale * Delta`` (Delta after the base's update)."""
+        if self.stored:
+            _NATIVE_MOVE_STORED([(row[0], row[2], row[3]) for row in self.rows], (scale,))
+        else:
+            rows = [(row[0], x, row[2]) for row, x in zip(self.rows, self.prev, strict=True)]
+            _NATIVE_MOVE_RECOMPUTED(rows, (divisor, scale))
+        self.prev = []
+
+    def _totals(self, sums: Tensor | None) -> tuple[Tensor, Tensor]:
+        assert sums is not None  # available() was checked before the batch was made
+        first, second = sums.sum(0).to(_foreach.accumulation_dtype(self.rows[0][0].dtype))
+        return first, second
+
+
+_NATIVE_BEFORE_RECOMPUTED = NativeKernel("mechanic", "mechanic_before_recomputed", arrays=4, sums=2)
+_NATIVE_BEFORE_STORED = NativeKernel("mechanic", "mechanic_before_stored", arrays=4, sums=2)
+_NATIVE_AFTER_RECOMPUTED = NativeKernel("mechanic", "mechanic_after_recomputed", arrays=3, sums=2)
+_NATIVE_AFTER_STORED = NativeKernel("mechanic", "mechanic_after_stored", arrays=3, sums=2)
+_NATIVE_MOVE_RECOMPUTED = NativeKernel("mechanic", "mechanic_move_recomputed", arrays=3)
+_NATIVE_MOVE_STORED = NativeKernel("mechanic", "mechanic_move_stored", arrays=3)
 
 
 # -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------

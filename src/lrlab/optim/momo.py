@@ -24,6 +24,7 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -78,6 +79,51 @@ def _group_sums(
     return _stack64(dots, device), _stack64(gammas, device), _stack64(norms, device)
 
 
+# -- native kernels (native/momo.cpp; see lrlab.optim._native) --------------------------------
+# The first passes take (grad, p, *averages, gamma) with gamma the tensor's 0-d average of
+# <g, x>, which they update; their sums per tensor are (the new gamma, <x, d>, ||d||^2_{D^-1}).
+_NATIVE_MOMO_AVERAGES = NativeKernel("momo", "momo_averages", arrays=4, sums=3, tensor_constants=1)
+# Momo's per-tensor constant: 1 where gamma starts at this step's <g, x>
+_STARTS_AT_GRAD_DOT, _CONTINUES = (1.0,), (0.0,)
+_NATIVE_MOMO_MOVE = NativeKernel("momo", "momo_move", arrays=2)
+_NATIVE_ADAM_MOMENTS = NativeKernel(
+    "momo", "momo_adam_moments", arrays=5, sums=3, tensor_constants=1
+)
+_NATIVE_ADAM_MOVE = NativeKernel("momo", "momo_adam_move", arrays=3, tensor_constants=1)
+
+
+class _NativeRows:
+    """The tensors of one group and dtype that the native kernels take: the rows of the first
+    pass (grad, p, *averages, gamma), of the move (p, *averages), and each tensor's constants
+    (Momo: whether gamma starts now; MoMo-Adam: the bias correction 1 - beta2^t, of both
+    passes)."""
+
+    __slots__ = ("constants", "moves", "tensors")
+
+    def __init__(self) -> None:
+        self.tensors: list[tuple[Tensor, ...]] = []
+        self.moves: list[tuple[Tensor, ...]] = []
+        self.constants: list[tuple[float]] = []
+
+
+def _native_rows_for(
+    native_rows: dict[torch.dtype, _NativeRows], dtype: torch.dtype
+) -> _NativeRows:
+    rows = native_rows.get(dtype)
+    if rows is None:
+        rows = native_rows[dtype] = _NativeRows()
+    return rows
+
+
+def _native_group_sums(sums: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(dot, gamma, norm) of the tensors of one native call, from its per-tensor sums (gamma,
+    dot, norm): dot and norm in the accumulation dtype, as the reference path's totals; the
+    gammas (values of that dtype) added in float64, as the reference path adds them."""
+    totals = sums.sum(0)
+    dot, norm = totals[1:].to(_foreach.accumulation_dtype(dtype))
+    return dot, totals[0], norm
+
+
 class _MomentumModel(AdaptiveOptimizer):
     """Shared machinery of MoMo: the model's global scalars, the step size and the lower bound.
 
@@ -99,13 +145,37 @@ class _MomentumModel(AdaptiveOptimizer):
         super().__init__(params, defaults)
         # the running lower bound starts at the user's lb (it only moves with use_fstar)
         self._set_global("lower_bound", float(self.param_groups[0]["lb"]))
+        # per group (by id) during a step: the native rows of its first pass, which its move
+        # takes as they are (no second per-tensor eligibility check)
+        self._native_moves: dict[int, dict[torch.dtype, _NativeRows]] = {}
+
+    def _take_native_moves(
+        self, group: dict[str, Any], params: list[Tensor]
+    ) -> tuple[dict[torch.dtype, _NativeRows], list[Tensor]]:
+        """The native rows of ``group``'s move and the parameters its first pass left to the
+        other paths."""
+        native_rows = self._native_moves.pop(id(group), {})
+        taken = sum(len(rows.moves) for rows in native_rows.values())
+        if taken == 0:
+            return native_rows, params
+        if taken == len(params):
+            return native_rows, []
+        native = {id(row[0]) for rows in native_rows.values() for row in rows.moves}
+        return native_rows, [p for p in params if id(p) not in native]
 
     # -- the method-specific parts ----------------------------------------------------------
 
     def _accumulate(
-        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        foreach: bool | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Update the averages of one group; return its partial dot, gamma and norm sums."""
+        """Update the averages of one group; return its partial dot, gamma and norm sums.
+        ``foreach`` is None for a fused group: resolve it for the tensors left to the eager
+        path (``_foreach.resolve_foreach(foreach, params)``, over all of the group's tensors,
+        as for a group that is not fused)."""
         raise NotImplementedError
 
     def _loss_average(self, loss: float, k: int) -> float:
@@ -114,7 +184,10 @@ class _MomentumModel(AdaptiveOptimizer):
     def _rho(self, group: dict[str, Any], k: int) -> float:
         raise NotImplementedError
 
-    def _move(self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool) -> None:
+    def _move(
+        self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool | None
+    ) -> None:
+        """Move a group's parameters by ``tau``; ``foreach`` as in :meth:`_accumulate`."""
         raise NotImplementedError
 
     # -- the step ---------------------------------------------------------------------------
@@ -122,9 +195,10 @@ class _MomentumModel(AdaptiveOptimizer):
     def _update(self, context: StepContext) -> None:
         name = type(self).__name__
         first = self.param_groups[0]
+        self._native_moves = {}  # nothing left from a step that did not finish
         k = int(self._get_global("step")) + 1
         # (group index, params with gradients, foreach) of every group that moves
-        pending: list[tuple[int, list[Tensor], bool]] = []
+        pending: list[tuple[int, list[Tensor], bool | None]] = []
         dot_parts: list[Tensor] = []
         gamma_parts: list[Tensor] = []
         norm_parts: list[Tensor] = []
@@ -135,7 +209,12 @@ class _MomentumModel(AdaptiveOptimizer):
                 continue
             grads = [p.grad for p in params]
             _check_no_sparse(grads, name)
-            foreach = _foreach.resolve_foreach(group["foreach"], params)
+            # a fused group resolves it (a loop over every tensor) only for the tensors its
+            # kernels leave: None here (fused=True allows no explicit foreach=True)
+            fused = group.get("fused", False)
+            foreach = (
+                group["foreach"] if fused else _foreach.resolve_foreach(group["foreach"], params)
+            )
             dot, gamma, norm = self._accumulate(group, params, grads, foreach)
             dot_parts.append(dot)
             gamma_parts.append(gamma)
@@ -319,11 +398,13 @@ class Momo(_MomentumModel):
         use_fstar: estimate the lower bound online (MoMo*; for losses whose minimum is not
             known). Default False. Global.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
-        fused: True runs the per-tensor work as two compiled kernels, i.e. two passes over
-            memory: the averages and the tensor's sums, then (once the global :math:`\tau_k`
-            is known) the move. Non-contiguous tensors take the ``foreach`` path (see
-            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation (seconds,
-            once per process and dtype).
+        fused: True runs the work in two passes over memory: the averages and the tensors'
+            sums, then (once the global :math:`\tau_k` is known) the move. On CPU
+            float32/float64 tensors each pass is one native multi-tensor kernel call for all
+            tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere the compiled kernels,
+            one call per tensor (see :mod:`lrlab.optim._fused`), and non-contiguous tensors take
+            the ``foreach`` path. Opt-in: the first step pays the native build or the
+            compilation (seconds, once per machine or per process and dtype).
         sharded: each rank owns a disjoint part of the parameters, so the sums are partial and
             reduced over ranks (not needed for DDP or DTensor, which is detected).
 """
@@ -383,19 +464,41 @@ class Momo(_MomentumModel):
                 state["grad_dot_w"] = grad_dot.clone()
 
     def _accumulate(
-        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        foreach: bool | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         if not group.get("fused", False):
-            return self._accumulate_eager(group, params, grads, foreach)
+            return self._accumulate_eager(
+                group, params, grads, _foreach.resolve_foreach(foreach, params)
+            )
         beta = self.param_groups[0]["beta"]
         parts: list[tuple[Tensor, Tensor, Tensor]] = []
         rest: list[tuple[Tensor, Tensor]] = []
         constants: dict[torch.dtype, Tensor] = {}
+        native = _NATIVE_MOMO_AVERAGES.available()
+        native_rows: dict[torch.dtype, _NativeRows] = {}
         for p, g in zip(params, grads, strict=True):
             state = self.state[p]
+            starts = _CONTINUES
             if len(state) == 0:  # first gradient only: the initial averages need <g, x>
-                self._init_state(p, g, _dot(p, g))
+                if native and native_eligible(g, p):
+                    # the kernel takes <g, x> from its own sum (torch.dot's may depend on the
+                    # thread count): gamma is a placeholder until then
+                    self._init_state(p, g, p.new_zeros(()))
+                    if not self.param_groups[0]["bias_correction"]:
+                        starts = _STARTS_AT_GRAD_DOT
+                else:
+                    self._init_state(p, g, _dot(p, g))
             d, gamma = state["grad_avg"], state["grad_dot_w"]
+            if native and native_eligible(g, p, d, gamma):
+                rows = _native_rows_for(native_rows, p.dtype)
+                rows.tensors.append((g, p, d, gamma))
+                rows.moves.append((p, d))
+                rows.constants.append(starts)
+                continue
             if not flat_eligible(p, g, d, gamma):
                 rest.append((p, g))
                 continue
@@ -403,8 +506,14 @@ class Momo(_MomentumModel):
                 constants[p.dtype] = scalars((beta, 1 - beta), p)
             dot, norm = _momo_averages(flat(g), flat(p), flat(d), flat(gamma), constants[p.dtype])
             parts.append((dot, gamma, norm))
+        for dtype, rows in native_rows.items():
+            sums = _NATIVE_MOMO_AVERAGES(rows.tensors, (beta, 1 - beta), rows.constants)
+            assert sums is not None  # available() was checked above
+            parts.append(_native_group_sums(sums, dtype))
+        self._native_moves[id(group)] = native_rows
         if rest:
             rest_params, rest_grads = (list(column) for column in zip(*rest, strict=True))
+            foreach = _foreach.resolve_foreach(foreach, params)
             parts.append(self._accumulate_eager(group, rest_params, rest_grads, foreach))
         return _group_sums(parts, params[0].device)
 
@@ -446,12 +555,15 @@ class Momo(_MomentumModel):
         first = self.param_groups[0]
         return 1 - first["beta"] ** k if first["bias_correction"] else 1.0
 
-    def _move(self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool) -> None:
+    def _move(
+        self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool | None
+    ) -> None:
         lr, wd = group["lr"], group["weight_decay"]
         if group.get("fused", False):
-            params = self._move_fused(params, (-tau, 1 + lr * wd if wd > 0 else 1.0))
-            if not params:
+            rest = self._move_fused(group, params, (-tau, 1 + lr * wd if wd > 0 else 1.0))
+            if not rest:
                 return
+            foreach, params = _foreach.resolve_foreach(foreach, params), rest
         averages = [self.state[p]["grad_avg"] for p in params]
         if foreach:
             torch._foreach_add_(params, averages, alpha=-tau)
@@ -463,8 +575,13 @@ class Momo(_MomentumModel):
                 if wd > 0:
                     p.div_(1 + lr * wd)
 
-    def _move_fused(self, params: list[Tensor], values: tuple[float, float]) -> list[Tensor]:
-        """Move the flat tensors with the kernel; return the others (for the eager path)."""
+    def _move_fused(
+        self, group: dict[str, Any], params: list[Tensor], values: tuple[float, float]
+    ) -> list[Tensor]:
+        """Move the tensors the kernels take; return the others (for the eager path)."""
+        native_rows, params = self._take_native_moves(group, params)
+        for rows in native_rows.values():
+            _NATIVE_MOMO_MOVE(rows.moves, values)
         rest = []
         constants: dict[torch.dtype, Tensor] = {}
         for p in params:
@@ -542,9 +659,11 @@ class MomoAdam(_MomentumModel):
             AdamW form (multiply by :math:`1 - \eta\lambda` before the step).
         use_fstar: estimate the lower bound online. Default False. Global.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
-        fused: True runs the per-tensor work as two compiled kernels (the moments and the
-            tensor's sums, then the move), as in :class:`Momo`. Opt-in: the first step pays the
-            compilation (seconds, once per process and dtype).
+        fused: True runs the work in two passes over memory (the moments and the tensors'
+            sums, then the move): native multi-tensor kernels on CPU float32/float64 tensors,
+            elsewhere the compiled kernels, as in :class:`Momo`. Opt-in: the first step pays the
+            native build or the compilation (seconds, once per machine or per process and
+            dtype).
         sharded: as :class:`Momo`.
 """
         + _MOMO_NOTES
@@ -629,19 +748,39 @@ class MomoAdam(_MomentumModel):
             )
 
     def _accumulate(
-        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        foreach: bool | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         if not group.get("fused", False):
-            return self._accumulate_eager(group, params, grads, foreach)
+            return self._accumulate_eager(
+                group, params, grads, _foreach.resolve_foreach(foreach, params)
+            )
         beta1, beta2 = group["betas"]
         parts: list[tuple[Tensor, Tensor, Tensor]] = []
         rest: list[tuple[Tensor, Tensor]] = []
         # keyed by the step count too: D_i's bias correction is per tensor
         constants: dict[tuple[torch.dtype, int], Tensor] = {}
+        native = _NATIVE_ADAM_MOMENTS.available()
+        native_rows: dict[torch.dtype, _NativeRows] = {}
+        biases: dict[int, tuple[float]] = {}  # most tensors share their step
         for p, g in zip(params, grads, strict=True):
-            self._init_state(p)
             state = self.state[p]
+            if len(state) == 0:
+                self._init_state(p)
             m, v, gamma = state["grad_avg"], state["grad_avg_sq"], state["grad_dot_w"]
+            if native and native_eligible(g, p, m, v, gamma):
+                state["step"] += 1
+                step = int(state["step"])
+                if step not in biases:
+                    biases[step] = (1 - beta2**step,)
+                rows = _native_rows_for(native_rows, p.dtype)
+                rows.tensors.append((g, p, m, v, gamma))
+                rows.moves.append((p, m, v))
+                rows.constants.append(biases[step])
+                continue
             if not flat_eligible(p, g, m, v, gamma):
                 rest.append((p, g))  # the eager path counts its step
                 continue
@@ -656,8 +795,16 @@ class MomoAdam(_MomentumModel):
                 flat(g), flat(p), flat(m), flat(v), flat(gamma), constants[key]
             )
             parts.append((dot, gamma, norm))
+        for dtype, rows in native_rows.items():
+            sums = _NATIVE_ADAM_MOMENTS(
+                rows.tensors, (beta1, 1 - beta1, beta2, 1 - beta2, group["eps"]), rows.constants
+            )
+            assert sums is not None  # available() was checked above
+            parts.append(_native_group_sums(sums, dtype))
+        self._native_moves[id(group)] = native_rows
         if rest:
             rest_params, rest_grads = (list(column) for column in zip(*rest, strict=True))
+            foreach = _foreach.resolve_foreach(foreach, params)
             parts.append(self._accumulate_eager(group, rest_params, rest_grads, foreach))
         return _group_sums(parts, params[0].device)
 
@@ -708,12 +855,15 @@ class MomoAdam(_MomentumModel):
     def _rho(self, group: dict[str, Any], k: int) -> float:
         return 1 - group["betas"][0] ** k
 
-    def _move(self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool) -> None:
+    def _move(
+        self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool | None
+    ) -> None:
         lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
         if group.get("fused", False):
-            params = self._move_fused(group, params, tau)
-            if not params:
+            rest = self._move_fused(group, params, tau)
+            if not rest:
                 return
+            foreach, params = _foreach.resolve_foreach(foreach, params), rest
         averages = [self.state[p]["grad_avg"] for p in params]
         # recomputed rather than kept from _accumulate: no second copy of v alive across groups
         denominators = self._denominators(group, params, foreach)
@@ -732,12 +882,15 @@ class MomoAdam(_MomentumModel):
                     p.div_(1 + lr * wd)
 
     def _move_fused(self, group: dict[str, Any], params: list[Tensor], tau: float) -> list[Tensor]:
-        """Move the flat tensors with the kernel; return the others (for the eager path)."""
+        """Move the tensors the kernels take; return the others (for the eager path)."""
         lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
         beta2, eps = group["betas"][1], group["eps"]
         # 1.0 for a factor that is off: x * 1 and x / 1 are exact, and the graph stays the same
         decay = 1 - wd * lr if wd > 0 and not divide else 1.0
         divisor = 1 + lr * wd if wd > 0 and divide else 1.0
+        native_rows, params = self._take_native_moves(group, params)
+        for rows in native_rows.values():
+            _NATIVE_ADAM_MOVE(rows.moves, (decay, -tau, eps, divisor), rows.constants)
         rest = []
         constants: dict[tuple[torch.dtype, int], Tensor] = {}
         for p in params:

@@ -30,8 +30,10 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from lrlab.optim import _foreach
 from lrlab.optim._base import StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -152,13 +154,14 @@ class Prodigy(_DistanceEstimator):
         foreach: None (default) takes the fast path for dense CPU/CUDA tensors (``||s||_1`` by
             a norm kernel, no ``abs()`` temporary), False the package's operations, bit for bit
             (see NOTE [D-Adaptation fast path] in :mod:`lrlab.optim.dadaptation`).
-        fused: True runs the per-tensor work as two compiled kernels, i.e. two passes over
-            memory: the moments, :math:`s` and the tensor's two sums, then (once the new
-            :math:`d` is known, which the update's :math:`d_{k+1}\epsilon` needs) the parameter
-            update. With ``slice_p > 1`` the first pass takes the ``foreach=False`` path (the
-            update stays fused); so does every pass of a non-contiguous tensor (see
-            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the compilation (seconds,
-            once per process and dtype).
+        fused: True runs the step in two passes over memory: the moments, :math:`s` and the
+            two sums, then (once the new :math:`d` is known, which the update's
+            :math:`d_{k+1}\epsilon` needs) the parameter update. On CPU float32/float64 tensors
+            each pass is a native multi-tensor kernel, one call for all tensors of a dtype, any
+            ``slice_p`` (see :mod:`lrlab.optim._native`); elsewhere each tensor's pass is a
+            compiled kernel, except the first pass with ``slice_p > 1`` (the ``foreach=False``
+            path), and a non-contiguous tensor takes the eager path (see
+            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build or compilation.
 
     .. note::
         Deviations from ``prodigyopt==1.1.2`` (spec 2.2), identical numbers otherwise:
@@ -311,15 +314,32 @@ class Prodigy(_DistanceEstimator):
         # coupled decay, and is None where no eager pass needs it
         entries: list[tuple[dict[str, Any], Tensor, Tensor, Tensor | None, bool]] = []
         distances, l1 = [], []
+        # per group, the update's rows of the native kernel by dtype: (p, direction, v)
+        native_steps: list[dict[torch.dtype, list[tuple[Tensor, ...]]]] = []
+        native_moments = _NATIVE_MOMENTS if beta1 > 0 else _NATIVE_MOMENTS_WITHOUT_MOMENTUM
         for group in self.param_groups:
             weight_decay, slice_p = group["weight_decay"], group["slice_p"]
             fast = _fast(group)
             fused = bool(group.get("fused", False))
             weight = d if group["safeguard_warmup"] else lam
             constants: dict[torch.dtype, Tensor] = {}
+            native = fused and native_moments.available()
+            native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
+            # per row: 1 where x0 is the one element of an all-zero tensor's 0-d x0
+            native_broadcast: dict[torch.dtype, list[tuple[float]]] = {}
+            native_step: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
             for p, grad in self._with_grads(group):
                 state = self.state[p]
                 moments = [state["exp_avg_sq"], *([state["exp_avg"]] if beta1 > 0 else [])]
+                if native and native_eligible(grad, p, state["s"], state["p0"], *moments):
+                    direction = moments[1] if beta1 > 0 else grad
+                    native_step.setdefault(p.dtype, []).append((p, direction, moments[0]))
+                    if group["lr"] != 0:
+                        row = (grad, p, state["p0"], state["s"], *moments)
+                        native_rows.setdefault(p.dtype, []).append(row)
+                        broadcast = (1.0 if state["p0"].dim() == 0 else 0.0,)
+                        native_broadcast.setdefault(p.dtype, []).append(broadcast)
+                    continue
                 fused_update = fused and flat_eligible(p, grad, *moments)
                 # the kernel reads s and x0 flat: every slice_p-th entry is not a flat view
                 fused_statistics = (
@@ -366,6 +386,27 @@ class Prodigy(_DistanceEstimator):
                 state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=d * d * (1 - beta2))
                 state["s"].mul_(beta3).add_(g_hat, alpha=(d / d0) * weight)
                 l1.append(_l1(state["s"], fast))
+            for dtype, rows in native_rows.items():
+                sums = native_moments(
+                    rows,
+                    (
+                        0.0 if decouple else weight_decay,
+                        (d / d0) * lam,
+                        beta1,
+                        d * (1 - beta1),
+                        beta2,
+                        d * d * (1 - beta2),
+                        beta3,
+                        (d / d0) * weight,
+                        slice_p,
+                    ),
+                    native_broadcast[dtype],
+                )
+                assert sums is not None  # available() was checked above
+                distance, norm = sums.sum(0).to(_foreach.accumulation_dtype(dtype))
+                distances.append(distance)
+                l1.append(norm)
+            native_steps.append(native_step)
 
         increment, denominator = self._global_floats([self._total(distances), self._total(l1)])
         if denominator == 0.0:  # no progress: skip on every rank, after the collective
@@ -380,6 +421,19 @@ class Prodigy(_DistanceEstimator):
             d_max = max(d_max, d_hat)
             d = min(d_max, d * float(first["growth_rate"]))
 
+        for group, native_step in zip(self.param_groups, native_steps, strict=True):
+            for rows in native_step.values():
+                weight_decay = group["weight_decay"]
+                _NATIVE_STEP(
+                    rows,
+                    (
+                        -weight_decay * lam if decouple else 0.0,
+                        # the raw gradient (beta1 = 0) is the one with coupled decay
+                        weight_decay if beta1 == 0 and not decouple else 0.0,
+                        -lam if beta1 > 0 else -lam * d,
+                        d * group["eps"],
+                    ),
+                )
         # scalars of the update kernel, per (group, dtype)
         step_constants: dict[tuple[int, torch.dtype], Tensor] = {}
         for group, p, grad, g, fused_update in entries:
@@ -425,6 +479,17 @@ class Prodigy(_DistanceEstimator):
         return {
             key: float(first[key]) for key in ("d", "d_hat", "d_max", "d_numerator", "d_denom", "k")
         }
+
+
+# -- native kernels (see :mod:`lrlab.optim._native`) -----------------------------------------
+
+_NATIVE_MOMENTS = NativeKernel(
+    "prodigy", "prodigy_moments_momentum", arrays=6, sums=2, tensor_constants=1
+)
+_NATIVE_MOMENTS_WITHOUT_MOMENTUM = NativeKernel(
+    "prodigy", "prodigy_moments_without_momentum", arrays=5, sums=2, tensor_constants=1
+)
+_NATIVE_STEP = NativeKernel("prodigy", "prodigy_step", arrays=3)
 
 
 # -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------

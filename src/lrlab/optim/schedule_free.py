@@ -23,6 +23,7 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -43,6 +44,11 @@ _GROUP_STATE = {
     "averaging_weight": 0.0,
 }
 
+# the native kernels of fused=True on CPU float32/float64 tensors (native/schedule_free.cpp)
+_NATIVE_SGD_STEP = NativeKernel("schedule_free", "schedule_free_sgd_step", arrays=3)
+_NATIVE_ADAMW_STEP = NativeKernel("schedule_free", "schedule_free_adamw_step", arrays=4)
+_NATIVE_INTERPOLATE = NativeKernel("schedule_free", "schedule_free_interpolate", arrays=2)
+
 
 class _ScheduleFree(AdaptiveOptimizer):
     """Shared machinery: modes, warmup, averaging weights and the y/z update.
@@ -57,6 +63,9 @@ class _ScheduleFree(AdaptiveOptimizer):
     global_defaults: ClassVar[Mapping[str, float | int | bool]] = {"train_mode": True}
     #: whether :meth:`_directions` returns fresh buffers (else the gradients, never modified)
     _owns_directions: ClassVar[bool] = False
+    #: the native kernel of the whole step and the state tensors it takes after (grad, param)
+    _native_step: ClassVar[NativeKernel]
+    _native_state_keys: ClassVar[tuple[str, ...]] = ("z",)
 
     def _beta(self, group: Mapping[str, Any]) -> float:
         raise NotImplementedError
@@ -87,6 +96,12 @@ class _ScheduleFree(AdaptiveOptimizer):
         of the group, not one per tensor)."""
         raise NotImplementedError
 
+    def _native_constants(
+        self, group: dict[str, Any], k: int, step: tuple[float, float, float]
+    ) -> tuple[float, ...]:
+        """The scalars of :attr:`_native_step` for one group (those of the compiled kernel)."""
+        raise NotImplementedError
+
     # -- modes ------------------------------------------------------------------------------
 
     @property
@@ -103,11 +118,7 @@ class _ScheduleFree(AdaptiveOptimizer):
         if self.training:
             return
         for group in self.param_groups:
-            beta = self._beta(group)
-            for p in group["params"]:
-                state = self.state[p]
-                if "z" in state:
-                    p.lerp_(state["z"].to(p.device), 1 - beta)
+            self._interpolate(group, 1 - self._beta(group))
         self._set_global("train_mode", True)
 
     @torch.no_grad()
@@ -119,12 +130,24 @@ class _ScheduleFree(AdaptiveOptimizer):
         if not self.training:
             return
         for group in self.param_groups:
-            beta = self._beta(group)
-            for p in group["params"]:
-                state = self.state[p]
-                if "z" in state:
-                    p.lerp_(state["z"].to(p.device), 1 - 1 / beta)
+            self._interpolate(group, 1 - 1 / self._beta(group))
         self._set_global("train_mode", False)
+
+    def _interpolate(self, group: dict[str, Any], weight: float) -> None:
+        """``p = lerp(p, z, weight)`` for every parameter of ``group`` that has a ``z``; with
+        ``fused=True``, CPU float32/float64 tensors in one native call per dtype."""
+        native = group.get("fused", False) and _NATIVE_INTERPOLATE.available()
+        native_rows: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}
+        for p in group["params"]:
+            state = self.state[p]
+            if "z" in state:
+                z = state["z"]
+                if native and native_eligible(p, z):
+                    native_rows.setdefault(p.dtype, []).append((p, z))
+                else:
+                    p.lerp_(z.to(p.device), weight)
+        for rows in native_rows.values():
+            _NATIVE_INTERPOLATE(rows, (weight,))
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -179,13 +202,26 @@ class _ScheduleFree(AdaptiveOptimizer):
             # .get: checkpoints written before the fused path existed have no "fused" key
             if group.get("fused", False):
                 # every scalar of the step is known before the pass (no global reduction), so
-                # one compiled call per tensor does the whole step
+                # one native call per dtype (CPU float32/float64 tensors) or one compiled call
+                # per tensor does the whole step
                 constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-                rest = [
-                    index
-                    for index, (p, grad) in enumerate(zip(params, grads, strict=True))
-                    if not self._fused_step(group, p, grad, k, (lr, c, y_step), constants)
-                ]
+                native = self._native_step.available()
+                native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
+                keys = self._native_state_keys
+                rest = []
+                for index, (p, grad) in enumerate(zip(params, grads, strict=True)):
+                    if native:
+                        state = self.state[p]
+                        row = (grad, p, *[state[key] for key in keys])
+                        if native_eligible(*row):
+                            native_rows.setdefault(p.dtype, []).append(row)
+                            continue
+                    if not self._fused_step(group, p, grad, k, (lr, c, y_step), constants):
+                        rest.append(index)
+                if native_rows:
+                    values = self._native_constants(group, k, (lr, c, y_step))
+                    for rows in native_rows.values():
+                        self._native_step(rows, values)
                 if not rest:
                     continue
                 params = [params[i] for i in rest]
@@ -340,11 +376,13 @@ class SGDScheduleFree(_ScheduleFree):
         r: polynomial weighting power of the average, in [0, inf). Default 0.
         weight_lr_power: power of :math:`\gamma^{max}` in the weights, in [0, inf). Default 2.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
-        fused: True runs the whole step of a tensor (the decayed gradient, y and z) as one
-            compiled kernel, one call per tensor: a single pass over memory, as every scalar of
-            the step is known before it. Tensors that cannot be viewed flat (non-contiguous,
-            sparse) or are small take the ``foreach`` path. See :mod:`lrlab.optim._fused`.
-            Opt-in: the first step pays the compilation (seconds, once per process and dtype).
+        fused: True runs the whole step (the decayed gradient, y and z) in a single pass over
+            memory, as every scalar of the step is known before it, and so are ``train()`` and
+            ``eval()``: on CPU float32/float64 tensors as native multi-tensor kernels, one call
+            for all tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere the step as
+            one compiled kernel per tensor (see :mod:`lrlab.optim._fused`; the first step pays
+            the compilation). Tensors that cannot be viewed flat (non-contiguous, sparse) or,
+            off the CPU, are small take the ``foreach`` path.
 
     Example:
         >>> optimizer = SGDScheduleFree(model.parameters(), lr=1.0)
@@ -385,8 +423,15 @@ class SGDScheduleFree(_ScheduleFree):
         }
         super().__init__(params, defaults)
 
+    _native_step: ClassVar[NativeKernel] = _NATIVE_SGD_STEP
+
     def _beta(self, group: Mapping[str, Any]) -> float:
         return float(group["momentum"])
+
+    def _native_constants(
+        self, group: dict[str, Any], k: int, step: tuple[float, float, float]
+    ) -> tuple[float, ...]:
+        return (group["weight_decay"], *step)
 
     def _directions(
         self,
@@ -488,11 +533,13 @@ class AdamWScheduleFree(_ScheduleFree):
         eps: :math:`\epsilon`, in (0, inf). Default 1e-8.
         weight_decay: :math:`\lambda`, in [0, inf). Default 0.
         warmup_steps, r, weight_lr_power, foreach: as :class:`SGDScheduleFree`.
-        fused: True runs the whole step of a tensor (v, the direction, y and z) as one compiled
-            kernel, one call per tensor: a single pass over memory, as every scalar of the step
-            is known before it. Tensors that cannot be viewed flat (non-contiguous, sparse) take
-            the ``foreach`` path. See :mod:`lrlab.optim._fused`. Opt-in: the first step pays the
-            compilation (seconds, once per process and dtype).
+        fused: True runs the whole step (v, the direction, y and z) in a single pass over
+            memory, as every scalar of the step is known before it, and so are ``train()`` and
+            ``eval()``: on CPU float32/float64 tensors as native multi-tensor kernels, one call
+            for all tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere the step as
+            one compiled kernel per tensor (see :mod:`lrlab.optim._fused`; the first step pays
+            the compilation). Tensors that cannot be viewed flat (non-contiguous, sparse) take
+            the ``foreach`` path.
 
     Example:
         >>> optimizer = AdamWScheduleFree(model.parameters(), lr=2.5e-3, warmup_steps=1000)
@@ -536,9 +583,19 @@ class AdamWScheduleFree(_ScheduleFree):
         super().__init__(params, defaults)
 
     _owns_directions: ClassVar[bool] = True
+    _native_step: ClassVar[NativeKernel] = _NATIVE_ADAMW_STEP
+    _native_state_keys: ClassVar[tuple[str, ...]] = ("z", "exp_avg_sq")
 
     def _beta(self, group: Mapping[str, Any]) -> float:
         return float(group["betas"][0])
+
+    def _native_constants(
+        self, group: dict[str, Any], k: int, step: tuple[float, float, float]
+    ) -> tuple[float, ...]:
+        _, beta2 = group["betas"]
+        # 1 - beta2 and the bias correction in Python double, as the reference path has them
+        values = (beta2, 1 - beta2, 1 - beta2 ** (k + 1), group["eps"], group["weight_decay"])
+        return (*values, *step)
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(p, state)

@@ -11,6 +11,8 @@ makes the first increment of ``b`` large, which corrects the step size after one
 
 from __future__ import annotations
 
+import array
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -20,6 +22,7 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_bool,
@@ -144,10 +147,18 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
 
     def _update(self, context: StepContext) -> None:
         granularity = self.param_groups[0]["granularity"]
-        # (group, params, those the kernels step, the others, the others' grads with weight
-        # decay, foreach) of every group with gradients
+        # (group, params, the native kernels' blocks by dtype, those the compiled kernels step,
+        # the others, the others' grads with weight decay, foreach) of every group with gradients
         pending: list[
-            tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor], list[Tensor], bool]
+            tuple[
+                dict[str, Any],
+                list[Tensor],
+                dict[torch.dtype, _NativeBatch],
+                list[Tensor],
+                list[Tensor],
+                list[Tensor],
+                bool,
+            ]
         ] = []
         increments: list[Tensor] = []  # eta^2 ||g||^2 of every group (global granularity)
         for group in self.param_groups:
@@ -161,7 +172,8 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
                     self._init_state(p, state, group)
                 state["step"] += 1
             foreach = _foreach.resolve_foreach(group["foreach"], all_params)
-            fused, params = self._split_fused(group, all_params, granularity)
+            native, remaining = self._take_native(group, all_params, granularity)
+            fused, params = self._split_fused(group, remaining, granularity)
             grads = [p.grad for p in params]
             weight_decay = group["weight_decay"]
             # coupled: the decayed gradient feeds b and the step (params may be empty when the
@@ -175,10 +187,15 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
                     ]
             if granularity == "global":
                 squares = _foreach.sum_of_squares(grads, foreach=foreach)
-                if fused:
-                    squares = _total([*self._fused_sums(group, fused), squares])
+                parts = self._fused_sums(group, fused) if fused else []
+                for dtype, batch in native.items():
+                    # factor 1 per tensor: the first pass's sums are the tensors' ||g||^2
+                    sums = self._native_first_pass(group, dtype, batch)
+                    parts.append(sums.sum().to(_foreach.accumulation_dtype(dtype)))
+                if parts:
+                    squares = _total([*parts, squares])
                 increments.append(squares * group["lr"] ** 2)
-            pending.append((group, all_params, fused, params, grads, foreach))
+            pending.append((group, all_params, native, fused, params, grads, foreach))
 
         # every rank reaches the reduction (with nothing to reduce unless the granularity is
         # global: per-tensor and per-row blocks live on one rank when each rank owns its tensors)
@@ -193,9 +210,11 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
             b = float(self._get_global("b"))
             b = b + float(total) / b  # the one host synchronisation of the step
             self._set_global("b", b)
-            for group, _, fused, params, grads, foreach in pending:
+            for group, _, native, fused, params, grads, foreach in pending:
                 eta = group["lr"] / b
                 group["effective_lr"] = eta
+                for dtype, batch in native.items():
+                    self._native_move_pass(group, dtype, batch, eta, None)
                 if fused:
                     self._move_fused(group, fused, eta)
                 if not params:
@@ -211,8 +230,19 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
             return
 
         mean_step_parts: list[Tensor] = []  # per group: element-weighted mean of eta / b
-        for group, all_params, fused, params, grads, foreach in pending:
+        for group, all_params, native, fused, params, grads, foreach in pending:
             lr = group["lr"]
+            # sum over the group's elements of eta / (their b), from the native kernels' new b
+            # of every block (no torch op per tensor), then from the other tensors' b
+            step_sums: list[Tensor] = []
+            for dtype, batch in native.items():
+                sums = self._native_first_pass(group, dtype, batch)
+                b_new = _run_native(
+                    _NATIVE_ACCUMULATE, dtype, batch.b, [1] * len(batch.sizes), (), sums, []
+                )
+                self._native_move_pass(group, dtype, batch, lr, b_new)
+                sizes = torch.tensor(batch.sizes, dtype=torch.float64)
+                step_sums.append((lr / b_new[:, 0] * sizes).sum())
             if fused:
                 self._blocks_fused(group, fused, granularity)
             if params:
@@ -224,15 +254,107 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
                 ):
                     # b broadcasts over its block (a 0-d tensor, or a keepdim row shape)
                     p.addcdiv_(direction, b.to(p.dtype), value=-lr * factor)
-            accumulators = [self.state[p]["b"] for p in all_params]
-            numels = [p.numel() for p in all_params]
-            means = torch.stack([(lr / b.to(torch.float64)).mean() for b in accumulators])
-            weights = torch.tensor(numels, dtype=torch.float64, device=means.device)
-            mean_step_parts.append((means * weights).sum() / sum(numels))
+            others = [*fused, *params]
+            if others:
+                accumulators = [self.state[p]["b"] for p in others]
+                means = torch.stack([(lr / b.to(torch.float64)).mean() for b in accumulators])
+                weights = torch.tensor([p.numel() for p in others], dtype=torch.float64)
+                step_sums.append((means * weights.to(means.device)).sum())
+            numel = sum(p.numel() for p in all_params)
+            total = torch.stack([part.to(step_sums[0].device) for part in step_sums]).sum()
+            mean_step_parts.append(total / numel)
         if mean_step_parts:
             values = torch.stack([part.to(mean_step_parts[0].device) for part in mean_step_parts])
             for (group, *_), value in zip(pending, values.tolist(), strict=True):
                 group["effective_lr"] = float(value)  # the one host synchronisation of the step
+
+    # -- the native path (see :mod:`lrlab.optim._native`) ----------------------------------
+
+    def _native_arrays(self, p: Tensor, grad: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The arrays of the subclass's native first pass and move, in the kernels' order."""
+        raise NotImplementedError
+
+    def _native_factor(self, group: dict[str, Any], step: int) -> float:
+        """The step factor of a tensor at its ``step``, as :meth:`_directions` gives it."""
+        raise NotImplementedError
+
+    def _native_first_pass(
+        self, group: dict[str, Any], dtype: torch.dtype, batch: _NativeBatch
+    ) -> Tensor:
+        """The first pass over the batch's blocks (their sums, and moments that do not wait for
+        ``b``); returns each block's sum times its factor, shape (blocks, 1)."""
+        raise NotImplementedError
+
+    def _native_move_pass(
+        self,
+        group: dict[str, Any],
+        dtype: torch.dtype,
+        batch: _NativeBatch,
+        step_size: float,
+        b_new: Tensor | None,
+    ) -> None:
+        """The move of the batch's blocks with ``step_size / b``: ``b_new`` the blocks' new
+        ``b`` (blocks, 1), or None for the global ``b``, which is then in ``step_size``."""
+        raise NotImplementedError
+
+    def _take_native(
+        self, group: dict[str, Any], params: list[Tensor], granularity: str
+    ) -> tuple[dict[torch.dtype, _NativeBatch], list[Tensor]]:
+        """(the native kernels' blocks of the group by dtype, the tensors they do not take)."""
+        # .get: checkpoints written before the fused path have no "fused" key
+        if not group.get("fused", False) or not _NATIVE_ACCUMULATE.available():
+            return {}, params
+        batches: dict[torch.dtype, _NativeBatch] = {}
+        rest: list[Tensor] = []
+        blocks = granularity != "global"
+        lr_sq = group["lr"] ** 2
+        factors: dict[int, float] = {}  # the step factor by step count (mostly one per group)
+        for p in params:
+            grad = _grad(p)
+            state = self.state[p]
+            first, move = self._native_arrays(p, grad)
+            b = state["b"] if blocks else None
+            tensors = [*first, *move] if b is None else [*first, *move, b]
+            if p.numel() == 0 or not native_eligible(*tensors):
+                rest.append(p)
+                continue
+            batch = batches.get(p.dtype)
+            if batch is None:
+                batch = batches[p.dtype] = _NativeBatch()
+            step = int(state["step"])
+            if step not in factors:
+                factors[step] = self._native_factor(group, step)
+            # the sum of a block enters b with lr^2 (0: a tensor whose b stays b0); the global
+            # b takes the plain sums and applies lr^2 to the group's total as the loop does
+            factor = (lr_sq if _adapted(p, granularity) else 0.0) if blocks else 1.0
+            rows = 1 if b is None else b.numel()
+            width = p.numel() // rows
+            first_pointers = [t.data_ptr() for t in first]
+            move_pointers = [t.data_ptr() for t in move]
+            if rows == 1:
+                batch.first.extend(first_pointers)
+                batch.move.extend(move_pointers)
+                if b is not None:
+                    batch.b.append(b.data_ptr())
+            else:
+                # every row of the (rows, width) tensors is a block: its own "tensor"
+                stride, b_pointer, itemsize = (
+                    width * p.element_size(),
+                    b.data_ptr(),
+                    b.element_size(),
+                )
+                for row in range(rows):
+                    offset = row * stride
+                    batch.first.extend(pointer + offset for pointer in first_pointers)
+                    batch.move.extend(pointer + offset for pointer in move_pointers)
+                    batch.b.append(b_pointer + row * itemsize)
+            batch.sizes.extend([width] * rows)
+            batch.factors.extend([factor] * rows)
+            batch.step_factors.extend([factors[step]] * rows)
+            batch.written.extend(
+                [p, *self._fused_state(p)] if b is None else [p, *self._fused_state(p), b]
+            )
+        return batches, rest
 
     def _update_blocks(
         self,
@@ -355,12 +477,16 @@ class WNGrad(_WeightNormAccumulator):
             in place), in [0, inf).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA); with ``"row"`` the
             row norms are computed tensor by tensor on both paths.
-        fused: True runs the per-tensor work as compiled kernels. ``"global"``: two kernels,
-            i.e. two passes over memory (the tensor's :math:`\lVert g\rVert^2`, then, once the
-            shared :math:`b` is known, the move); ``"tensor"`` and ``"row"``: one kernel (the
-            blocks' sums, :math:`b` and the move; its two loops are two passes). Non-contiguous
-            and small tensors take the ``foreach`` path (see :mod:`lrlab.optim._fused`).
-            Opt-in: the first step pays the compilation (seconds, once per process and dtype).
+        fused: True runs the per-tensor work as kernels. On CPU float32/float64 tensors these
+            are native multi-tensor kernels (one call per pass for all tensors of a dtype; see
+            :mod:`lrlab.optim._native`): ``"global"``, two passes (every tensor's
+            :math:`\lVert g\rVert^2`, then, once the shared :math:`b` is known, the move);
+            ``"tensor"`` and ``"row"``, the blocks' sums, :math:`b` (one element per block) and
+            the move. Elsewhere (CUDA, bfloat16, non-contiguous) the compiled kernels of
+            :mod:`lrlab.optim._fused`: ``"global"`` as above, ``"tensor"`` and ``"row"`` one
+            kernel per tensor; small tensors there take the ``foreach`` path. Opt-in: the first
+            step pays the build (native, once per machine) or the compilation (seconds, once
+            per process and dtype).
         sharded: each rank owns a disjoint part of the parameters, so the global
             :math:`\lVert g\rVert^2` is a partial sum to be reduced over ranks (DTensor is
             detected; per-tensor and per-row blocks need no reduction).
@@ -408,6 +534,41 @@ class WNGrad(_WeightNormAccumulator):
 
     def _fused_state(self, p: Tensor) -> list[Tensor]:
         return []
+
+    def _native_arrays(self, p: Tensor, grad: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        return [grad, p], [grad, p]
+
+    def _native_factor(self, group: dict[str, Any], step: int) -> float:
+        return 1.0
+
+    def _native_first_pass(
+        self, group: dict[str, Any], dtype: torch.dtype, batch: _NativeBatch
+    ) -> Tensor:
+        return _run_native(
+            _NATIVE_WNGRAD_SQUARES,
+            dtype,
+            batch.first,
+            batch.sizes,
+            (group["weight_decay"],),
+            array.array("d", batch.factors),
+            [],
+        )
+
+    def _native_move_pass(
+        self,
+        group: dict[str, Any],
+        dtype: torch.dtype,
+        batch: _NativeBatch,
+        step_size: float,
+        b_new: Tensor | None,
+    ) -> None:
+        # b = 1 for the global b (an exact division); -step_size * 1.0: the eager path's scale
+        # of a factor-1 direction
+        per_block = array.array("d", [1.0]) * len(batch.sizes) if b_new is None else b_new
+        constants = (group["weight_decay"], -step_size * 1.0)
+        _run_native(
+            _NATIVE_WNGRAD_MOVE, dtype, batch.move, batch.sizes, constants, per_block, batch.written
+        )
 
     def _fused_sums(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
         constants = _Constants()
@@ -480,9 +641,10 @@ class WNAdam(_WeightNormAccumulator):
         lr: :math:`\eta`, in (0, inf). Default 1.0 (the authors' WN-Adam class).
         beta: momentum :math:`\beta`, in [0, 1). Default 0.9.
         b0, granularity, weight_decay, foreach, sharded: as :class:`WNGrad`.
-        fused: as :class:`WNGrad`; with ``"global"`` the momentum is updated in the first
-            pass (it does not depend on :math:`b`), so the move reads only :math:`x` and
-            :math:`m`.
+        fused: as :class:`WNGrad` (native multi-tensor kernels on CPU float32/float64
+            tensors, one call per pass; see :mod:`lrlab.optim._native`; elsewhere the compiled
+            kernels); the momentum is updated in the first pass (it does not depend on
+            :math:`b`), so the move reads only :math:`x` and :math:`m`.
 
     .. note::
         Confidence **medium** (spec 0): the update is the authors' code; which granularity their
@@ -539,6 +701,45 @@ class WNAdam(_WeightNormAccumulator):
     def _fused_state(self, p: Tensor) -> list[Tensor]:
         return [self.state[p]["exp_avg"]]
 
+    def _native_arrays(self, p: Tensor, grad: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        m = self.state[p]["exp_avg"]
+        return [grad, p, m], [p, m]
+
+    def _native_factor(self, group: dict[str, Any], step: int) -> float:
+        return 1.0 / (1.0 - group["beta"] ** step)
+
+    def _native_first_pass(
+        self, group: dict[str, Any], dtype: torch.dtype, batch: _NativeBatch
+    ) -> Tensor:
+        return _run_native(
+            _NATIVE_WNADAM_MOMENT,
+            dtype,
+            batch.first,
+            batch.sizes,
+            (group["weight_decay"], 1 - group["beta"]),
+            array.array("d", batch.factors),
+            [],
+        )
+
+    def _native_move_pass(
+        self,
+        group: dict[str, Any],
+        dtype: torch.dtype,
+        batch: _NativeBatch,
+        step_size: float,
+        b_new: Tensor | None,
+    ) -> None:
+        # per block (b, its scale); b = 1 for the global b (an exact division)
+        scales = [-step_size * factor for factor in batch.step_factors]
+        per_block: Tensor | array.array
+        if b_new is None:
+            per_block = array.array("d", [value for scale in scales for value in (1.0, scale)])
+        else:
+            per_block = torch.stack((b_new[:, 0], torch.tensor(scales, dtype=torch.float64)), 1)
+        _run_native(
+            _NATIVE_WNADAM_MOVE, dtype, batch.move, batch.sizes, (), per_block, batch.written
+        )
+
     def _fused_sums(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
         constants = _Constants()
         values = (group["weight_decay"], 1 - group["beta"])
@@ -578,6 +779,49 @@ class WNAdam(_WeightNormAccumulator):
             else:
                 tensors = [_rows(t, rows) for t in (_grad(p), p, m, b)]
                 _wnadam_rows(*tensors, c)
+
+
+@dataclass
+class _NativeBatch:
+    """The blocks of ``b`` of one group and dtype that the native kernels take: a whole tensor
+    per block (global and per-tensor ``b``) or one row (per-row ``b``), given to the kernels by
+    address (a row's arrays start ``row * width`` elements into the tensor's)."""
+
+    first: list[int] = field(default_factory=list)  # the first pass's arrays, block by block
+    move: list[int] = field(default_factory=list)  # the move's arrays, block by block
+    b: list[int] = field(default_factory=list)  # each block's b (per-tensor and per-row b)
+    sizes: list[int] = field(default_factory=list)  # elements per block
+    factors: list[float] = field(default_factory=list)  # of each block's sum (lr^2, 0 or 1)
+    step_factors: list[float] = field(default_factory=list)  # 1, or WN-Adam's bias correction
+    written: list[Tensor] = field(default_factory=list)  # what the kernels write or read
+
+
+def _run_native(
+    native: NativeKernel,
+    dtype: torch.dtype,
+    pointers: list[int],
+    sizes: list[int],
+    constants: tuple[float, ...],
+    tensor_constants: Tensor | array.array | None,
+    written: list[Tensor],
+) -> Tensor:
+    """``native`` on arrays given by address (rows of a tensor as blocks of their own); returns
+    the per-block sums, shape (blocks, max(sums, 1)). ``tensor_constants``: float64, row-major,
+    one row per block."""
+    return native.call_addresses(dtype, pointers, sizes, constants, tensor_constants, written)
+
+
+_NATIVE_ACCUMULATE = NativeKernel(
+    "wngrad", "wngrad_accumulate", arrays=1, sums=1, tensor_constants=1
+)
+_NATIVE_WNGRAD_SQUARES = NativeKernel(
+    "wngrad", "wngrad_squares", arrays=2, sums=1, tensor_constants=1
+)
+_NATIVE_WNGRAD_MOVE = NativeKernel("wngrad", "wngrad_move", arrays=2, tensor_constants=1)
+_NATIVE_WNADAM_MOMENT = NativeKernel(
+    "wngrad", "wnadam_moment", arrays=3, sums=1, tensor_constants=1
+)
+_NATIVE_WNADAM_MOVE = NativeKernel("wngrad", "wnadam_move", arrays=2, tensor_constants=2)
 
 
 class _Constants:

@@ -1,0 +1,326 @@
+"""Native multi-tensor kernels: the ``fused=True`` step path on the CPU.
+
+A compiled ``torch.compile`` kernel (:mod:`lrlab.optim._fused`) handles one tensor per call and
+costs 40-80 us of Python and guard overhead per call, so on a model of many small tensors it
+loses to the eager ``foreach`` path, and inductor emits a method's reductions as a second loop
+over memory. On the CPU a method's ``fused=True`` path therefore first tries a *native* kernel:
+a C++ function (``lrlab/optim/native/<family>.cpp``) that takes every tensor of one dtype in one
+call, cuts them into blocks shared by torch's threads, and does the elementwise update and the
+per-tensor sums in one loop (see ``native/driver.h``). One call per pass and step, whatever the
+number of tensors.
+
+* The sources ship with the package and are compiled on first use with the system C++ compiler
+  (``$CXX``, else ``c++``/``g++``/``clang++``) into a per-user cache
+  (``$LRLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/lrlab``, else ``~/.cache/lrlab``), keyed by the
+  source, the compiler, the flags and the CPU, so a build is paid once per machine (~1 s per
+  family) and never per step. Concurrent processes (sweep workers) build into temporary files and
+  rename atomically.
+* The arithmetic is the compiled kernels' (the same order of operations in the tensors' dtype;
+  float32 sums run in float32 over runs of 1024 elements, then in double). Per-tensor sums are
+  added block by block in a fixed order: results do not depend on the number of threads.
+* Only plain, dense, contiguous float32/float64 CPU tensors take it. Everything else (CUDA,
+  bfloat16, sharded tensor subclasses, ...) takes the compiled or eager path as before.
+* Without a compiler, or with ``LRLAB_DISABLE_NATIVE=1`` (or ``LRLAB_DISABLE_COMPILE=1``), every
+  call falls through to those paths; :func:`lrlab.optim.fused_status` says how each kernel runs.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.autograd.graph import increment_version
+
+__all__ = ["NativeKernel", "native_eligible", "native_status"]
+
+_SOURCES = Path(__file__).with_name("native")
+_FLAG_SETS = (
+    ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp"],
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-fopenmp"],
+    ["-O3"],
+)
+# IEEE arithmetic as torch's eager kernels do it: no reassociation, no contraction into fused
+# multiply-adds (which round differently); sqrt without errno is the same value, only faster
+_COMMON_FLAGS = ["-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno"]
+
+
+def _disabled() -> bool:
+    return any(
+        os.environ.get(variable, "") not in ("", "0")
+        for variable in ("LRLAB_DISABLE_NATIVE", "LRLAB_DISABLE_COMPILE")
+    )
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("LRLAB_CACHE_DIR"):
+        return Path(os.environ["LRLAB_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lrlab"
+
+
+def _compiler() -> str | None:
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    for candidate in candidates:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    return None
+
+
+def _cpu_identity() -> str:
+    # -march=native code must not run on another CPU sharing the cache (a network home)
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+class _Library:
+    """One family's compiled source, built on first use."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self.failure: str | None = None
+        self._handle: ctypes.CDLL | None = None
+        self._lock = threading.Lock()
+
+    def handle(self) -> ctypes.CDLL | None:
+        if self._handle is not None or self.failure is not None:
+            return self._handle
+        with self._lock:
+            if self._handle is None and self.failure is None:
+                try:
+                    self._handle = ctypes.CDLL(str(self._build()))
+                except Exception as error:  # no compiler, read-only cache, broken toolchain
+                    self.failure = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+                    warnings.warn(
+                        f"lrlab: building the native kernels of {self.family} failed "
+                        f"({self.failure}); fused=True uses the compiled or eager kernels",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+        return self._handle
+
+    def _build(self) -> Path:
+        compiler = _compiler()
+        if compiler is None:
+            raise RuntimeError("no C++ compiler found (set CXX)")
+        source = _SOURCES / f"{self.family}.cpp"
+        text = source.read_bytes() + (_SOURCES / "driver.h").read_bytes()
+        version = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        errors = []
+        for flags in _FLAG_SETS:
+            key = hashlib.sha256(
+                b"\0".join(
+                    [text, version.encode(), " ".join(flags).encode(), _cpu_identity().encode()]
+                )
+            ).hexdigest()[:16]
+            target = _cache_dir() / f"{self.family}-{key}.so"
+            if target.exists():
+                return target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # build next to the target and rename: concurrent builders never see a partial file
+            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+                partial = Path(scratch) / target.name
+                result = subprocess.run(
+                    [
+                        compiler,
+                        *flags,
+                        *_COMMON_FLAGS,
+                        f"-I{_SOURCES}",
+                        str(source),
+                        "-o",
+                        str(partial),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if result.returncode == 0:
+                    os.replace(partial, target)
+                    return target
+                errors.append(result.stderr.strip().splitlines()[-1:] or ["failed"])
+        raise RuntimeError(f"{compiler} could not build {source.name}: {errors[-1][0]}")
+
+
+def _threads() -> int:
+    # torch's intra-op thread count, as torch's own CPU kernels use
+    return torch.get_num_threads()
+
+
+_LIBRARIES: dict[str, _Library] = {}
+_KERNELS: list[NativeKernel] = []
+
+
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+def native_eligible(*tensors: Tensor) -> bool:
+    """True if a native kernel can take these tensors: plain, dense, contiguous CPU tensors of
+    one dtype, float32 or float64 (a tensor subclass such as a sharded DTensor is not plain)."""
+    # called for every tensor of every step: cheap attribute reads only (t.device is not)
+    dtype = tensors[0].dtype
+    if dtype not in _NATIVE_DTYPES:
+        return False
+    for t in tensors:
+        if (
+            type(t) not in _PLAIN_TYPES
+            or not t.is_cpu
+            or t.dtype is not dtype
+            or t.layout is not torch.strided
+            or not t.is_contiguous()
+        ):
+            return False
+    return True
+
+
+class NativeKernel:
+    """A multi-tensor kernel of one family's native library.
+
+    ``kernel(rows, constants)`` runs the kernel on ``rows``, one tuple of equally long tensors
+    per parameter (the arrays the kernel reads and writes, in its order), all of one dtype, and
+    returns the per-tensor sums as a float64 tensor of shape ``(len(rows), sums)``; ``None`` if
+    the native kernels are unavailable (the caller then takes its other path, nothing written).
+    """
+
+    def __init__(
+        self, family: str, name: str, *, arrays: int, sums: int = 0, tensor_constants: int = 0
+    ) -> None:
+        self.family, self.name = family, name
+        self.arrays, self.sums, self.tensor_constants = arrays, sums, tensor_constants
+        self.used = False
+        self._functions: dict[torch.dtype, object] = {}
+        _LIBRARIES.setdefault(family, _Library(family))
+        _KERNELS.append(self)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"native:{self.family}.{self.name}"
+
+    def available(self) -> bool:
+        """True if the kernel can run (builds the family's library on first call)."""
+        return not _disabled() and _LIBRARIES[self.family].handle() is not None
+
+    def _function(self, dtype: torch.dtype) -> object:
+        if dtype not in self._functions:
+            handle = _LIBRARIES[self.family].handle()
+            assert handle is not None
+            suffix = "f32" if dtype == torch.float32 else "f64"
+            function = getattr(handle, f"{self.name}_{suffix}")
+            function.restype = None
+            function.argtypes = [
+                ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+            ]  # fmt: skip
+            self._functions[dtype] = function
+        return self._functions[dtype]
+
+    def __call__(
+        self,
+        rows: Sequence[Sequence[Tensor]],
+        constants: Sequence[float],
+        tensor_constants: Sequence[Sequence[float]] | None = None,
+    ) -> Tensor | None:
+        if not rows or not self.available():
+            return None
+        for row in rows:
+            if len(row) != self.arrays:
+                raise ValueError(f"{self.qualified_name} takes {self.arrays} arrays per tensor")
+        per_tensor = None
+        if self.tensor_constants:
+            if tensor_constants is None or len(tensor_constants) != len(rows):
+                raise ValueError(f"{self.qualified_name} needs one row of constants per tensor")
+            per_tensor = array.array("d", [float(v) for row in tensor_constants for v in row])
+        return self.call_addresses(
+            rows[0][0].dtype,
+            [t.data_ptr() for row in rows for t in row],
+            [row[0].numel() for row in rows],
+            constants,
+            per_tensor,
+            [tensor for row in rows for tensor in row],
+        )
+
+    def call_addresses(
+        self,
+        dtype: torch.dtype,
+        pointers: Sequence[int],
+        sizes: Sequence[int],
+        constants: Sequence[float],
+        tensor_constants: Tensor | array.array | None,
+        written: Sequence[Tensor],
+    ) -> Tensor:
+        """The kernel on arrays given by address: ``pointers`` holds ``arrays`` addresses per
+        "tensor" (any contiguous run of ``sizes[i]`` elements of ``dtype``, e.g. one row of a
+        matrix for a per-row statistic), ``tensor_constants`` one row of float64 per run (an
+        ``array('d')`` or a contiguous float64 CPU tensor, e.g. a previous call's sums), and
+        ``written`` the tensors whose memory the kernel writes (their autograd version counters
+        are bumped). The caller guarantees that the addresses are valid; call
+        :meth:`available` first. Returns the per-run sums, shape ``(len(sizes), max(sums, 1))``.
+        """
+        if len(pointers) != self.arrays * len(sizes):
+            raise ValueError(f"{self.qualified_name} takes {self.arrays} arrays per tensor")
+        if isinstance(tensor_constants, Tensor):
+            if tensor_constants.dtype != torch.float64 or not tensor_constants.is_contiguous():
+                raise ValueError("tensor_constants must be a contiguous float64 tensor")
+            per_tensor: int | None = tensor_constants.data_ptr()
+        elif tensor_constants is not None:
+            per_tensor = tensor_constants.buffer_info()[0]
+        else:
+            per_tensor = None
+        if self.tensor_constants and per_tensor is None:
+            raise ValueError(f"{self.qualified_name} needs one row of constants per tensor")
+        addresses = array.array("q", pointers)
+        counts = array.array("q", sizes)
+        values = array.array("d", [float(value) for value in constants])
+        sums = torch.zeros((len(sizes), max(self.sums, 1)), dtype=torch.float64)
+        self.used = True
+        self._function(dtype)(  # type: ignore[operator]
+            len(sizes),
+            addresses.buffer_info()[0],
+            counts.buffer_info()[0],
+            values.buffer_info()[0] if values else None,
+            per_tensor,
+            sums.data_ptr(),
+            _threads(),
+        )
+        if written:
+            # the kernel wrote through raw pointers: bump autograd's version counters, so that a
+            # tensor saved for backward before the step is reported as modified, as after
+            # p.add_()
+            increment_version(list(written))
+        return sums
+
+
+def native_status() -> dict[str, str]:
+    """Every native kernel and how it runs: ``"native"``, ``"unavailable: <reason>"`` or
+    ``"not used yet"``."""
+    status = {}
+    for kernel in _KERNELS:
+        library = _LIBRARIES[kernel.family]
+        if _disabled():
+            status[kernel.qualified_name] = "unavailable: disabled by the environment"
+        elif library.failure is not None:
+            status[kernel.qualified_name] = f"unavailable: {library.failure}"
+        elif not kernel.used:
+            status[kernel.qualified_name] = "not used yet"
+        else:
+            status[kernel.qualified_name] = "native"
+    return status

@@ -1,0 +1,69 @@
+// Native multi-tensor kernel of MDA (lrlab/optim/mda.py): the same arithmetic as the compiled
+// kernel there, one call for all CPU tensors of one dtype. Every scalar of the step is known
+// before it, so the whole step is one pass over memory.
+#include <type_traits>
+
+#include "driver.h"
+
+namespace {
+
+using lrlab::Call;
+
+// torch's lerp (aten/native/Lerp.h): start + w (end - start) for |w| < 0.5, else
+// end - (end - start)(1 - w), which keeps lerp(a, b, 1) == b exactly (momentum 0 writes z).
+template <bool SmallWeight, typename T>
+inline T lerp(T start, T end, T weight) {
+  if constexpr (SmallWeight) {
+    return start + weight * (end - start);
+  } else {
+    return end - (end - start) * (T(1) - weight);
+  }
+}
+
+// body(std::true_type{}) or body(std::false_type{}): a run-time setting as a compile-time
+// constant, so that the loop holds no branch and vectorises
+template <typename Body>
+inline void with_flag(bool flag, Body body) {
+  if (flag) {
+    body(std::true_type{});
+  } else {
+    body(std::false_type{});
+  }
+}
+
+// One MDA step. Arrays: grad, p, s, x0. Constants: weight decay, lambda_k, -1 / beta_{k+1},
+// c = 1 - momentum. g = grad + decay p, s += lambda g, z = x0 - s / beta, p = lerp(p, z, c);
+// c = 1 (no momentum) writes z, as the reference path, without reading the old p.
+template <typename T>
+void mda_step(const Call& call) {
+  const double* constants = call.constants;
+  const T decay = T(constants[0]), lam = T(constants[1]), inverse_beta = T(constants[2]),
+          c = T(constants[3]);
+  const bool decayed = constants[0] != 0.0, small = std::fabs(constants[3]) < 0.5,
+             averaging = constants[3] != 1.0;
+  with_flag(decayed, [&](auto has_decay) {
+   with_flag(averaging, [&](auto has_averaging) {
+    with_flag(small, [&](auto small_weight) {
+      lrlab::for_each_block<T, 4, 0>(call, [&](int64_t, const lrlab::Arrays<T, 4>& a,
+                                               int64_t n, double*) {
+        T* __restrict grad = a[0];
+        T* __restrict p = a[1];
+        T* __restrict s = a[2];
+        T* __restrict x0 = a[3];
+        lrlab::elementwise<T>(n, [&](int64_t i) {
+          // no decay: the gradient alone, as the reference path (the compiled kernel adds 0 p)
+          const T g = has_decay.value ? grad[i] + decay * p[i] : grad[i];
+          const T s_new = s[i] + lam * g;
+          s[i] = s_new;
+          const T z = x0[i] + inverse_beta * s_new;
+          p[i] = has_averaging.value ? lerp<small_weight.value>(p[i], z, c) : z;
+        });
+      });
+    });
+   });
+  });
+}
+
+}  // namespace
+
+LRLAB_EXPORT(mda_step)
