@@ -70,18 +70,19 @@ def _workload(name: str, generator: torch.Generator) -> list[torch.Tensor]:
 def _lrlab_candidates() -> list[Candidate]:
     candidates = []
     loss = torch.tensor(1.0)
+    batch_indices = torch.arange(32)
     for name in lo.names():
         spec = lo.spec(name)
         kwargs = dict(spec.sample_kwargs[0])
-        if spec.needs_example_index:
-            continue  # per-example methods need a dataset index; measured in the lab instead
 
         def step_kwargs(spec=spec) -> dict:
+            # per-example methods (TAPS, MOTAPS) get a mini-batch of 32 training-set indices
+            extra = {"example_indices": batch_indices} if spec.needs_example_index else {}
             if spec.needs_closure:
-                return {"closure": lambda backward=True: loss}
+                return {"closure": lambda backward=True: loss, **extra}
             if spec.needs_loss:
-                return {"loss": loss}
-            return {}
+                return {"loss": loss, **extra}
+            return extra
 
         candidates.append(
             Candidate(

@@ -37,18 +37,22 @@ Tested with disjoint ownership (``sharded=True``, threads standing in for ranks)
 parameters are untested.
 
 NOTE [the 2017 scheme fused]
-With ``fused=True`` (all four methods) a tensor's step is two compiled passes
-(:mod:`lrlab.optim._fused`), one call each: (1) its partial sums before anything moves (ALeRA,
-SALeRA, Ag-Adam: path norm, path-gradient inner product, gradient norm; SPALeRA: the gradient
-norm) and (2) the path, the method's state and the parameter. Two passes, not one, because
+With ``fused=True`` (all four methods) the step is two passes over memory: on CPU float32/float64
+tensors two native multi-tensor kernels (:mod:`lrlab.optim._native`, ``native/alera.cpp``), one call
+per pass for all tensors of a group and dtype (a tensor block's rate and :math:`1/\lVert g_l \rVert`
+go in as per-tensor constants); elsewhere two compiled kernels per tensor
+(:mod:`lrlab.optim._fused`), one call each. The passes: (1) the partial sums before anything moves
+(ALeRA, SALeRA, Ag-Adam: path norm, path-gradient inner product, gradient norm; SPALeRA: the
+gradient norm) and (2) the path, the method's state and the parameter. Two passes, not one, because
 pass (2) needs numbers that exist only after every sum of pass (1) is in: a block's new rate and
-:math:`1/\lVert g_l \rVert` (a group block or SPALeRA's global norm spans many tensors, and may
-be reduced over ranks), and for SALeRA and SPALeRA the Page-Hinkley verdict, which must come
-before any parameter moves. The kernels add the weight decay themselves (the gradient plus decay
-is never materialised; pass (1) reads the parameter only when the decay is on), and pass (2) of
-SALeRA and SPALeRA also saves :math:`x_{\text{prev}}`, which the eager path copies in a pass of
-its own. Tensors that are not :func:`~lrlab.optim._fused.flat_eligible` (small, non-contiguous,
-sparse) take the eager path within the same step; both paths feed the same sums.
+:math:`1/\lVert g_l \rVert` (a group block or SPALeRA's global norm spans many tensors, and may be
+reduced over ranks), and for SALeRA and SPALeRA the Page-Hinkley verdict, which must come before any
+parameter moves. The kernels add the weight decay themselves (the gradient plus decay is never
+materialised; pass (1) reads the parameter only when the decay is on), and pass (2) of SALeRA and
+SPALeRA also saves :math:`x_{\text{prev}}`, which the eager path copies in a pass of its own.
+Tensors that neither kernel takes (for the compiled ones: not
+:func:`~lrlab.optim._fused.flat_eligible`, i.e. small, non-contiguous, sparse) take the eager path
+within the same step; all paths feed the same sums.
 """
 
 from __future__ import annotations
@@ -779,11 +783,13 @@ class ALeRA(_LayerPathLearningRates):
         weight_decay: coupled L2 coefficient added to the gradient (once, not in place), in
             [0, inf).
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
-        fused: True runs a tensor's step as two compiled kernels, one call each per tensor: its
-            sums before the update, then the path and the parameter (NOTE [the 2017 scheme
-            fused]); tensors that are small or cannot be viewed flat take the ``foreach`` path.
-            See :mod:`lrlab.optim._fused`. Opt-in: the first step pays the compilation (seconds,
-            once per process and dtype).
+        fused: True runs the step as two passes over memory: the sums before the update, then
+            the path and the parameter (NOTE [the 2017 scheme fused]). On CPU float32/float64
+            tensors each pass is a native multi-tensor kernel, one call for all tensors of a
+            dtype (see :mod:`lrlab.optim._native`); elsewhere each tensor's pass is a compiled
+            kernel, and tensors that are small or cannot be viewed flat take the ``foreach``
+            path (see :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build or
+            compilation.
         sharded: each rank owns a disjoint part of the model; group blocks are then reduced over
             ranks (NOTE [the 2017 scheme across ranks]).
 
@@ -920,8 +926,9 @@ class SALeRA(ALeRA):
     Args:
         params, lr, alpha, adapt_constant, block, weight_decay, foreach, sharded: as
             :class:`ALeRA`.
-        fused: as :class:`ALeRA` (two compiled kernels per tensor; the second also saves
-            :math:`x_{\text{prev}}`, in the same pass over memory).
+        fused: as :class:`ALeRA` (native multi-tensor kernels on CPU float32/float64 tensors,
+            compiled kernels elsewhere; the second pass also saves :math:`x_{\text{prev}}`, in
+            the same pass over memory).
         mbratio: :math:`r`, mini-batch size over training-set size, in (0, 1]. Default 0.01 (the
             Lua runs').
         ph_lambda_rel: :math:`\lambda_{\text{rel}}`, in [0, inf). Default 0.1 (the Lua code's).
@@ -1045,8 +1052,9 @@ class AgAdam(_LayerPathLearningRates):
     Args:
         params, lr, alpha, adapt_constant, block, weight_decay, foreach, sharded: as
             :class:`ALeRA` (``lr`` default 1e-3, the Lua code's).
-        fused: as :class:`ALeRA` (two compiled kernels per tensor; the second updates the path,
-            the moments and the parameter in one pass).
+        fused: as :class:`ALeRA` (native multi-tensor kernels on CPU float32/float64 tensors,
+            compiled kernels elsewhere; the second pass updates the path, the moments and the
+            parameter).
         betas: :math:`(\beta_1, \beta_2)`, each in [0, 1). Default (0.9, 0.999).
         eps: :math:`\epsilon`, in (0, inf). Default 1e-8.
 
@@ -1237,11 +1245,13 @@ class SPALeRA(_PathLearningRates):
         mbratio, ph_lambda_rel, ph_lambda: the catastrophe test, as :class:`SALeRA`.
         weight_decay: coupled L2 coefficient, in [0, inf).
         foreach: multi-tensor path.
-        fused: True runs a tensor's step as two compiled kernels, one call each per tensor: its
-            squared gradient norm, then the previous value, the path, the multipliers and the
-            parameter in one pass (NOTE [the 2017 scheme fused]); tensors that are small or
-            cannot be viewed flat take the ``foreach`` path. See :mod:`lrlab.optim._fused`.
-            Opt-in: the first step pays the compilation (seconds, once per process and dtype).
+        fused: True runs the step as two passes over memory: the squared gradient norm, then
+            the previous value, the path, the multipliers and the parameter (NOTE [the 2017
+            scheme fused]). On CPU float32/float64 tensors each pass is a native multi-tensor
+            kernel, one call for all tensors of a group and dtype (see
+            :mod:`lrlab.optim._native`); elsewhere each tensor's pass is a compiled kernel, and
+            tensors that are small or cannot be viewed flat take the ``foreach`` path (see
+            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build or compilation.
         sharded: each rank owns a disjoint part of the model: the gradient norm, :math:`D` and
             the loss are reduced over ranks.
 

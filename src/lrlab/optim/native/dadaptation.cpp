@@ -18,7 +18,7 @@ void dadapt_adam_moments(const Call& call) {
           s_scale = lam * (T(1) - root_beta2);
   const double r_lam_sum = c[0], r_sum = c[7];
   const bool move = c[8] != 0.0;
-  lrlab::for_each_block<T, 5, 2>(call, [&](int64_t, const lrlab::Arrays<T, 5>& a, int64_t n,
+  lrlab::for_each_block<T, 5, 2>(call, [=](int64_t, const lrlab::Arrays<T, 5>& a, int64_t n,
                                            double* sums) {
     T* __restrict grad = a[0];
     T* __restrict p = a[1];
@@ -27,7 +27,7 @@ void dadapt_adam_moments(const Call& call) {
     T* __restrict v = a[4];
     double local[2] = {0.0, 0.0};
     if (move) {
-      lrlab::elementwise_sum2<T>(n, local, [&](int64_t i, T& dot, T& l1) {
+      lrlab::elementwise_sum2<T>(n, local, [=](int64_t i, T& dot, T& l1) {
         const T g = grad[i] + coupled * p[i];
         dot += g * (s[i] / (std::sqrt(v[i]) + eps));
         const T m_new = m[i] * beta1 + g * m_scale;
@@ -40,7 +40,7 @@ void dadapt_adam_moments(const Call& call) {
         l1 += std::fabs(s_new);
       });
     } else {
-      lrlab::elementwise_sum2<T>(n, local, [&](int64_t i, T& dot, T& l1) {
+      lrlab::elementwise_sum2<T>(n, local, [=](int64_t i, T& dot, T& l1) {
         const T g = grad[i] + coupled * p[i];
         dot += g * (s[i] / (std::sqrt(v[i]) + eps));
         const T s_new = s[i] * root_beta2 + g * s_scale;
@@ -60,12 +60,12 @@ void dadapt_adam_moments(const Call& call) {
 template <typename T>
 void dadapt_adam_step(const Call& call) {
   const T decay = T(call.constants[0]), eps = T(call.constants[1]);
-  lrlab::for_each_block<T, 3, 0>(call, [&](int64_t, const lrlab::Arrays<T, 3>& a, int64_t n,
+  lrlab::for_each_block<T, 3, 0>(call, [=](int64_t, const lrlab::Arrays<T, 3>& a, int64_t n,
                                            double*) {
     T* __restrict p = a[0];
     T* __restrict m = a[1];
     T* __restrict v = a[2];
-    lrlab::elementwise<T>(n, [&](int64_t i) {
+    lrlab::elementwise<T>(n, [=](int64_t i) {
       p[i] = p[i] - decay * p[i] - m[i] / (std::sqrt(v[i]) + eps);
     });
   });
@@ -77,11 +77,11 @@ void dadapt_adam_step(const Call& call) {
 template <typename T>
 void dadapt_sgd_norms(const Call& call) {
   const T decay = T(call.constants[0]);
-  lrlab::for_each_block<T, 2, 2>(call, [&](int64_t, const lrlab::Arrays<T, 2>& a, int64_t n,
+  lrlab::for_each_block<T, 2, 2>(call, [=](int64_t, const lrlab::Arrays<T, 2>& a, int64_t n,
                                            double* sums) {
     T* __restrict grad = a[0];
     T* __restrict p = a[1];
-    lrlab::elementwise_sum2<T>(n, sums, [&](int64_t i, T& raw, T& decayed) {
+    lrlab::elementwise_sum2<T>(n, sums, [=](int64_t i, T& raw, T& decayed) {
       const T g = grad[i] + decay * p[i];
       raw += grad[i] * grad[i];
       decayed += g * g;
@@ -95,13 +95,13 @@ template <typename T>
 void dadapt_sgd_dual(const Call& call) {
   const T decay = T(call.constants[0]), lam = T(call.constants[1]);
   const double lam_sum = call.constants[1];
-  lrlab::for_each_block<T, 3, 2>(call, [&](int64_t, const lrlab::Arrays<T, 3>& a, int64_t n,
+  lrlab::for_each_block<T, 3, 2>(call, [=](int64_t, const lrlab::Arrays<T, 3>& a, int64_t n,
                                            double* sums) {
     T* __restrict grad = a[0];
     T* __restrict p = a[1];
     T* __restrict s = a[2];
     double local[2] = {0.0, 0.0};
-    lrlab::elementwise_sum2<T>(n, local, [&](int64_t i, T& dot, T& square) {
+    lrlab::elementwise_sum2<T>(n, local, [=](int64_t i, T& dot, T& square) {
       const T g = grad[i] + decay * p[i];
       dot += g * s[i];
       const T s_new = s[i] + lam * g;
@@ -119,15 +119,15 @@ template <typename T>
 void dadapt_sgd_step(const Call& call) {
   const bool averaging = call.constants[0] != 1.0;
   const T c = T(call.constants[0]), keep = T(1.0 - call.constants[0]);
-  lrlab::for_each_block<T, 3, 0>(call, [&](int64_t, const lrlab::Arrays<T, 3>& a, int64_t n,
+  lrlab::for_each_block<T, 3, 0>(call, [=](int64_t, const lrlab::Arrays<T, 3>& a, int64_t n,
                                            double*) {
     T* __restrict p = a[0];
     T* __restrict x0 = a[1];
     T* __restrict s = a[2];
     if (averaging) {
-      lrlab::elementwise<T>(n, [&](int64_t i) { p[i] = p[i] * keep + c * (x0[i] - s[i]); });
+      lrlab::elementwise<T>(n, [=](int64_t i) { p[i] = p[i] * keep + c * (x0[i] - s[i]); });
     } else {
-      lrlab::elementwise<T>(n, [&](int64_t i) { p[i] = x0[i] - s[i]; });
+      lrlab::elementwise<T>(n, [=](int64_t i) { p[i] = x0[i] - s[i]; });
     }
   });
 }
@@ -155,13 +155,13 @@ inline void elementwise_sum5(int64_t length, double* sums, Element element) {
 template <typename T>
 void dadapt_adagrad_accumulate(const Call& call) {
   const T decay = T(call.constants[0]), eps = T(call.constants[1]), lam = T(call.constants[2]);
-  lrlab::for_each_block<T, 4, 5>(call, [&](int64_t, const lrlab::Arrays<T, 4>& a, int64_t n,
+  lrlab::for_each_block<T, 4, 5>(call, [=](int64_t, const lrlab::Arrays<T, 4>& a, int64_t n,
                                            double* sums) {
     T* __restrict grad = a[0];
     T* __restrict p = a[1];
     T* __restrict alpha = a[2];
     T* __restrict s = a[3];
-    elementwise_sum5<T>(n, sums, [&](int64_t i, T& old_sq, T& old_l1, T& weighted, T& new_sq,
+    elementwise_sum5<T>(n, sums, [=](int64_t i, T& old_sq, T& old_l1, T& weighted, T& new_sq,
                                      T& new_l1) {
       const T g = grad[i] + decay * p[i];
       old_sq += s[i] * s[i] / (std::sqrt(alpha[i]) + eps);
@@ -185,19 +185,19 @@ void dadapt_adagrad_move(const Call& call) {
   const T eps = T(call.constants[0]), c = T(call.constants[1]),
           keep = T(1.0 - call.constants[1]);
   const bool averaging = call.constants[1] != 1.0;
-  lrlab::for_each_block<T, 4, 0>(call, [&](int64_t, const lrlab::Arrays<T, 4>& a, int64_t n,
+  lrlab::for_each_block<T, 4, 0>(call, [=](int64_t, const lrlab::Arrays<T, 4>& a, int64_t n,
                                            double*) {
     T* __restrict p = a[0];
     T* __restrict x0 = a[1];
     T* __restrict s = a[2];
     T* __restrict alpha = a[3];
     if (averaging) {
-      lrlab::elementwise<T>(n, [&](int64_t i) {
+      lrlab::elementwise<T>(n, [=](int64_t i) {
         const T z = x0[i] - s[i] / (std::sqrt(alpha[i]) + eps);
         p[i] = p[i] * keep + c * z;
       });
     } else {
-      lrlab::elementwise<T>(n, [&](int64_t i) { p[i] = x0[i] - s[i] / (std::sqrt(alpha[i]) + eps); });
+      lrlab::elementwise<T>(n, [=](int64_t i) { p[i] = x0[i] - s[i] / (std::sqrt(alpha[i]) + eps); });
     }
   });
 }
