@@ -209,25 +209,6 @@ def test_group_ratios_are_kept() -> None:
 # -- fused=True: the native CPU kernels -------------------------------------------------------
 
 
-@pytest.fixture
-def native_only(monkeypatch: pytest.MonkeyPatch):
-    """fused=True with the compiled kernels made to fail: CPU tensors must all go native."""
-    from lrlab.optim import _fused, _native, clara
-
-    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
-    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
-
-    def refuse(self, *args):
-        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
-
-    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
-    for native in _native._KERNELS:  # "used" marks of this test only
-        monkeypatch.setattr(native, "used", False)
-    if not clara._NATIVE_ADAM_MOVE.available():
-        pytest.skip("no C++ compiler: the native kernels cannot be built")
-    return _native
-
-
 @pytest.mark.parametrize(
     ("cls", "kwargs"),
     [

@@ -435,23 +435,6 @@ def test_statistics_expose_d_and_the_sums() -> None:
 NATIVE_SHAPES = [(70_001,), (300, 301), (5,), (2, 3)]
 
 
-@pytest.fixture
-def native_only(monkeypatch: pytest.MonkeyPatch):
-    """Native kernels on, compiled kernels made to fail, the kernels' "used" marks cleared."""
-    from lrlab.optim import _fused, _native
-
-    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
-    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
-
-    def refuse(self, *args):
-        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
-
-    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
-    for native in _native._KERNELS:
-        monkeypatch.setattr(native, "used", False)
-    return _native
-
-
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++")
 @pytest.mark.parametrize(
     ("name", "kernels"),

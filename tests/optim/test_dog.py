@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import lrlab.optim as lo
-import lrlab.optim.dog
 from lrlab.optim import DoG, DoWG, LDoG
 from tests.optim._oracle import PROBLEMS, max_trajectory_error, one_group, two_groups
 
@@ -394,26 +393,6 @@ def test_dowg_first_step_has_length_r_eps_for_any_gradient() -> None:
 
 
 # -- native kernels (fused=True on CPU float32/float64 tensors) -------------------------------
-
-
-@pytest.fixture
-def native_only(monkeypatch: pytest.MonkeyPatch):
-    """Native kernels on, compiled kernels made to fail: fused=True must be all native here."""
-    from lrlab.optim import _fused, _native
-
-    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
-    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
-    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
-
-    def refuse(self, *args):
-        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
-
-    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
-    for kernel in _native._KERNELS:
-        monkeypatch.setattr(kernel, "used", False)
-    if not lrlab.optim.dog._NATIVE_SUMS.available():
-        pytest.skip("no C++ compiler: the native kernels fall back (tested in the conformance)")
-    return _native
 
 
 def _gappy_run(optimizer_class, kwargs: dict, fused: bool) -> tuple[list[torch.Tensor], dict]:

@@ -156,26 +156,6 @@ def test_registered_as_a_low_confidence_reconstruction() -> None:
 # -- native kernels (fused=True on CPU float32/float64 tensors) -------------------------------
 
 
-@pytest.fixture
-def native_only(monkeypatch: pytest.MonkeyPatch):
-    """Native kernels on, compiled kernels made to fail: fused=True must be all native here."""
-    from lrlab.optim import _fused, _native, gradagrad
-
-    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
-    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
-    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
-
-    def refuse(self, *args):
-        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
-
-    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
-    for kernel in _native._KERNELS:
-        monkeypatch.setattr(kernel, "used", False)
-    if not gradagrad._NATIVE_SUMS.available():
-        pytest.skip("no C++ compiler: the native kernels fall back (tested in the conformance)")
-    return _native
-
-
 def test_native_path_follows_the_for_loop(native_only) -> None:
     """Two groups of float32 and float64 tensors (one native call per dtype and pass), a tensor
     whose gradient is missing every third step, and more than one driver block."""

@@ -159,20 +159,6 @@ def test_needs_the_loss() -> None:
 # -- native kernels (fused=True on CPU float32/float64 tensors) ------------------------------
 
 
-@pytest.fixture
-def native_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Native kernels on, compiled kernels made to fail: fused=True must be all native here."""
-    from lrlab.optim import _fused
-
-    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
-    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
-
-    def refuse(self, *args):
-        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
-
-    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
-
-
 def _native_steps(optimizer, params, count: int, late: int | None = None) -> None:
     """``count`` steps with gradients and losses made without torch reductions (a torch sum can
     depend on the thread count); tensor ``late`` gets its first gradient at step 3."""

@@ -29,7 +29,7 @@ import math
 import pytest
 import torch
 
-from lrlab.optim import MDA, mda
+from lrlab.optim import MDA
 
 SPEC = {"rtol": 0, "atol": 5e-11}  # values printed to 10 decimals
 
@@ -171,25 +171,6 @@ def test_param_groups_share_k_and_use_their_own_lr() -> None:
 
 
 # -- fused=True: the native CPU kernel -------------------------------------------------------
-
-
-@pytest.fixture
-def native_only(monkeypatch: pytest.MonkeyPatch):
-    """fused=True with the compiled kernels made to fail: CPU tensors must all go native."""
-    from lrlab.optim import _fused, _native
-
-    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
-    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
-
-    def refuse(self, *args):
-        raise AssertionError(f"compiled kernel {self.name} called where a native one should run")
-
-    monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
-    for native in _native._KERNELS:  # "used" marks of this test only
-        monkeypatch.setattr(native, "used", False)
-    if not mda._NATIVE_MDA_STEP.available():
-        pytest.skip("no C++ compiler: the native kernels cannot be built")
-    return _native
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
