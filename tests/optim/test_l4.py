@@ -7,6 +7,10 @@ import torch
 
 import lrlab.optim as lo
 from lrlab.optim import L4Adam, L4Mom
+from tests.optim._native_checks import (
+    assert_independent_of_the_thread_count,
+    assert_native_follows_the_loop,
+)
 
 F64 = torch.float64
 
@@ -159,49 +163,9 @@ def test_needs_the_loss() -> None:
 # -- native kernels (fused=True on CPU float32/float64 tensors) ------------------------------
 
 
-def _native_steps(optimizer, params, count: int, late: int | None = None) -> None:
-    """``count`` steps with gradients and losses made without torch reductions (a torch sum can
-    depend on the thread count); tensor ``late`` gets its first gradient at step 3."""
-    generator = torch.Generator().manual_seed(0)
-    for step in range(count):
-        for index, p in enumerate(params):
-            noise = torch.randn(p.shape, generator=generator, dtype=F64).to(p.dtype)
-            p.grad = None if index == late and step < 2 else noise + 0.5 * p.detach()
-        optimizer.step(loss=torch.tensor(50.0 / (step + 1), dtype=F64))
-
-
 @pytest.mark.parametrize("name", ["l4-mom", "l4-adam"])
 def test_native_kernels_do_not_depend_on_the_thread_count(name: str, native_only) -> None:
-    from lrlab.optim._native import native_status
-
-    spec = lo.spec(name)
-    threads = torch.get_num_threads()
-    for kwargs in spec.sample_kwargs:
-        results = []
-        try:
-            for count in (1, 3):
-                torch.set_num_threads(count)
-                generator = torch.Generator().manual_seed(1)
-                params = [
-                    torch.randn(shape, generator=generator).requires_grad_()
-                    for shape in ((70_000,), (300, 300), (17,))
-                ]
-                optimizer = lo.create(name, params, **{**kwargs, "fused": True})
-                _native_steps(optimizer, params, 4, late=2)
-                results.append((params, optimizer))
-        finally:
-            torch.set_num_threads(threads)
-        (params_one, opt_one), (params_three, opt_three) = results
-        for a, b in zip(params_one, params_three, strict=True):
-            assert torch.equal(a, b), kwargs
-            for key, value in opt_one.state[a].items():
-                other = opt_three.state[b][key]
-                same = (
-                    torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
-                )
-                assert same, (key, kwargs)
-        assert opt_one.statistics() == opt_three.statistics()
-    assert any(how == "native" for kernel, how in native_status().items() if ":l4." in kernel)
+    assert_independent_of_the_thread_count(name, "l4")
 
 
 @pytest.mark.parametrize("mixed", [False, True], ids=["float64", "float64+float32"])
@@ -209,33 +173,6 @@ def test_native_kernels_do_not_depend_on_the_thread_count(name: str, native_only
 def test_native_kernels_follow_the_for_loop_across_dtypes_and_groups(
     name: str, mixed: bool, native_only
 ) -> None:
-    """Two groups, one tensor with its first gradient at step 3 (its own step count and bias
-    corrections); all float64 (as tight as the conformance suite), or with a float32 tensor
-    among them (float32 rounding)."""
-    spec = lo.spec(name)
+    """Float64: as tight as the conformance suite; with a float32 tensor: float32 rounding."""
     rtol = 1e-4 if mixed else 1e-11
-    dtypes = (F64, torch.float32 if mixed else F64, F64)
-
-    def params() -> list[torch.Tensor]:
-        generator = torch.Generator().manual_seed(2)
-        return [
-            torch.randn(shape, generator=generator, dtype=F64).to(dtype).requires_grad_()
-            for shape, dtype in zip(((40_000,), (70, 30), (9,)), dtypes, strict=True)
-        ]
-
-    for kwargs in spec.sample_kwargs:
-        trajectories = []
-        for path in ({"foreach": False}, {"fused": True}):
-            made = params()
-            groups = [{"params": made[:2]}, {"params": made[2:], **dict(spec.group_kwargs)}]
-            optimizer = lo.create(name, groups, **{**kwargs, **path})
-            _native_steps(optimizer, made, 6, late=1)
-            trajectories.append((made, optimizer))
-        (loop, opt_loop), (native, opt_native) = trajectories
-        for a, b in zip(loop, native, strict=True):
-            torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * 1e-2, msg=str(kwargs))
-        for key, value in opt_loop.statistics().items():
-            assert opt_native.statistics()[key] == pytest.approx(value, rel=rtol, abs=1e-12), (
-                key,
-                kwargs,
-            )
+    assert_native_follows_the_loop(name, mixed, rtol=rtol, stats_rtol=rtol)

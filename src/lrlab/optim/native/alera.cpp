@@ -4,35 +4,14 @@
 // moves; pass (2) moves the path, the method's state and the parameter (NOTE [the 2017 scheme
 // fused] in alera.py).
 #include <cstring>
-#include <type_traits>
 
 #include "driver.h"
 
 namespace {
 
 using lrlab::Call;
-
-// torch's lerp (aten/native/Lerp.h): start + w (end - start) for |w| < 0.5, else
-// end - (end - start)(1 - w), which keeps lerp(a, b, 1) == b exactly. The branch is a template
-// argument: a run-time flag read in the loop kept GCC from vectorising it.
-template <bool SmallWeight, typename T>
-inline T lerp(T start, T end, T weight) {
-  if constexpr (SmallWeight) {
-    return start + weight * (end - start);
-  } else {
-    return end - (end - start) * (T(1) - weight);
-  }
-}
-
-// body(std::true_type{}) or body(std::false_type{}): turns a flag into a compile-time constant
-template <typename Body>
-inline void with_flag(bool flag, Body body) {
-  if (flag) {
-    body(std::true_type{});
-  } else {
-    body(std::false_type{});
-  }
-}
+using lrlab::lerp;
+using lrlab::with_flag;
 
 // 2^n for an integer n in the normal exponent range, by building the bits (ldexp does not
 // vectorise).

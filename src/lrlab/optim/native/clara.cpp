@@ -3,35 +3,13 @@
 // divides by the norm of its own direction, which is known only after a pass over it, so a
 // step is two passes: (1) the direction's squared norm (ClaraAdam also updates its moments
 // there), (2) the parameter move and the path, with the path's new squared norm.
-#include <type_traits>
-
 #include "driver.h"
 
 namespace {
 
 using lrlab::Call;
-
-// torch's lerp (aten/native/Lerp.h): start + w (end - start) for |w| < 0.5, else
-// end - (end - start)(1 - w), which keeps lerp(a, b, 1) == b exactly (c = 1).
-template <bool SmallWeight, typename T>
-inline T lerp(T start, T end, T weight) {
-  if constexpr (SmallWeight) {
-    return start + weight * (end - start);
-  } else {
-    return end - (end - start) * (T(1) - weight);
-  }
-}
-
-// body(std::true_type{}) or body(std::false_type{}): a run-time setting as a compile-time
-// constant, so that the loop holds no branch and vectorises
-template <typename Body>
-inline void with_flag(bool flag, Body body) {
-  if (flag) {
-    body(std::true_type{});
-  } else {
-    body(std::false_type{});
-  }
-}
+using lrlab::lerp;
+using lrlab::with_flag;
 
 // ClaraSGD pass (1). Arrays: grad, p. Constants: weight decay. Sums: ||grad + decay p||^2.
 template <typename T>

@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 // Block bodies and the elementwise helpers must be inlined into one function: a lambda left as
@@ -28,6 +29,9 @@
 // some sum loops from gather instructions with the totals on the stack (D-Adaptation's kernels:
 // 17 gathers, DAdaptAdaGrad's step 2.56x -> 2.33x Adam(fused) when fixed).
 #define LRLAB_INLINE inline __attribute__((always_inline, flatten))
+// For block bodies (lambdas): gcc once left a body's elementwise loop a separate function, where
+// the arrays lost their __restrict and the loop ran at half speed or less
+#define LRLAB_FLATTEN __attribute__((flatten))
 
 namespace lrlab {
 
@@ -152,6 +156,29 @@ LRLAB_INLINE void elementwise_sum4(int64_t length, double* sums, Element element
     sums[1] += s1;
     sums[2] += s2;
     sums[3] += s3;
+  }
+}
+
+// torch's lerp (aten/native/Lerp.h): start + w (end - start) for |w| < 0.5, else
+// end - (end - start)(1 - w), which keeps lerp(a, b, 1) == b exactly. The form is a template
+// argument, not a test per element, so that the loops vectorise (see with_flag).
+template <bool SmallWeight, typename T>
+LRLAB_INLINE T lerp(T start, T end, T weight) {
+  if constexpr (SmallWeight) {
+    return start + weight * (end - start);
+  } else {
+    return end - (end - start) * (T(1) - weight);
+  }
+}
+
+// body(std::true_type{}) or body(std::false_type{}): a run-time setting as a compile-time
+// constant, so that the loop holds no branch and vectorises
+template <typename Body>
+inline void with_flag(bool flag, Body body) {
+  if (flag) {
+    body(std::true_type{});
+  } else {
+    body(std::false_type{});
   }
 }
 

@@ -1,50 +1,26 @@
 // Native multi-tensor kernels of L4 (lrlab/optim/l4.py): the same arithmetic as the compiled
 // kernels there, one call for all CPU tensors of one dtype.
-#include <type_traits>
-
 #include "driver.h"
 
 namespace {
 
 using lrlab::Call;
-
-// Block bodies are flattened: GCC once left a body's elementwise loop a separate function,
-// where the arrays lose their __restrict and the loop ran at half speed or less.
-#define LRLAB_FLATTEN __attribute__((flatten))
-
-// torch.lerp(start, end, weight) as torch computes it: the form that loses least precision,
-// chosen by the size of the weight (aten/src/ATen/native/Lerp.h). The choice is a template
-// argument, not a test per element, so that the loops vectorise.
-template <bool kSmallWeight, typename T>
-inline T lerp(T start, T end, T weight, T weight_from_end) {
-  return kSmallWeight ? start + weight * (end - start) : end - (end - start) * weight_from_end;
-}
-
-// Run body(std::true_type) if |weight| < 0.5, else body(std::false_type).
-template <typename T, typename Body>
-inline void with_lerp_form(T weight, Body body) {
-  if (std::fabs(weight) < T(0.5)) {
-    body(std::true_type{});
-  } else {
-    body(std::false_type{});
-  }
-}
+using lrlab::lerp;
+using lrlab::with_flag;
 
 // L4Mom's first pass. Arrays: grad, m. Constants: 1 - beta. Per tensor: 1 - beta^t.
 // Sum: ||g_hat||^2 with g_hat = m_new / (1 - beta^t).
 template <typename T>
 void l4_mom_moments(const Call& call) {
   const T weight = T(call.constants[0]);
-  const T weight_from_end = T(1) - weight;
-  with_lerp_form(weight, [&](auto small_weight) {
+  with_flag(std::fabs(weight) < T(0.5), [&](auto small_weight) {
     lrlab::for_each_block<T, 2, 1>(call, [&](int64_t tensor, const lrlab::Arrays<T, 2>& a,
                                              int64_t n, double* sums) LRLAB_FLATTEN {
       T* __restrict grad = a[0];
       T* __restrict m = a[1];
       const T bias = T(call.tensor_constants[tensor]);
       lrlab::elementwise_sum1<T>(n, sums, [&](int64_t i, T& square) {
-        const T m_new = lerp<decltype(small_weight)::value>(m[i], grad[i], weight,
-                                                            weight_from_end);
+        const T m_new = lerp<decltype(small_weight)::value>(m[i], grad[i], weight);
         m[i] = m_new;
         const T estimate = m_new / bias;
         square += estimate * estimate;
@@ -74,8 +50,7 @@ template <typename T>
 void l4_adam_moments(const Call& call) {
   const double* c = call.constants;
   const T weight = T(c[0]), beta2 = T(c[1]), one_minus_beta2 = T(c[2]), adam_eps = T(c[3]);
-  const T weight_from_end = T(1) - weight;
-  with_lerp_form(weight, [&](auto small_weight) {
+  with_flag(std::fabs(weight) < T(0.5), [&](auto small_weight) {
     lrlab::for_each_block<T, 3, 1>(call, [&](int64_t tensor, const lrlab::Arrays<T, 3>& a,
                                              int64_t n, double* sums) LRLAB_FLATTEN {
       T* __restrict grad = a[0];
@@ -85,7 +60,7 @@ void l4_adam_moments(const Call& call) {
       const T bias2 = T(call.tensor_constants[2 * tensor + 1]);
       lrlab::elementwise_sum1<T>(n, sums, [&](int64_t i, T& dot) {
         const T g = grad[i];
-        const T m_new = lerp<decltype(small_weight)::value>(m[i], g, weight, weight_from_end);
+        const T m_new = lerp<decltype(small_weight)::value>(m[i], g, weight);
         const T s_new = s[i] * beta2 + one_minus_beta2 * g * g;
         m[i] = m_new;
         s[i] = s_new;

@@ -1,35 +1,13 @@
 // Native multi-tensor kernel of MDA (lrlab/optim/mda.py): the same arithmetic as the compiled
 // kernel there, one call for all CPU tensors of one dtype. Every scalar of the step is known
 // before it, so the whole step is one pass over memory.
-#include <type_traits>
-
 #include "driver.h"
 
 namespace {
 
 using lrlab::Call;
-
-// torch's lerp (aten/native/Lerp.h): start + w (end - start) for |w| < 0.5, else
-// end - (end - start)(1 - w), which keeps lerp(a, b, 1) == b exactly (momentum 0 writes z).
-template <bool SmallWeight, typename T>
-inline T lerp(T start, T end, T weight) {
-  if constexpr (SmallWeight) {
-    return start + weight * (end - start);
-  } else {
-    return end - (end - start) * (T(1) - weight);
-  }
-}
-
-// body(std::true_type{}) or body(std::false_type{}): a run-time setting as a compile-time
-// constant, so that the loop holds no branch and vectorises
-template <typename Body>
-inline void with_flag(bool flag, Body body) {
-  if (flag) {
-    body(std::true_type{});
-  } else {
-    body(std::false_type{});
-  }
-}
+using lrlab::lerp;
+using lrlab::with_flag;
 
 // One MDA step. Arrays: grad, p, s, x0. Constants: weight decay, lambda_k, -1 / beta_{k+1},
 // c = 1 - momentum. g = grad + decay p, s += lambda g, z = x0 - s / beta, p = lerp(p, z, c);

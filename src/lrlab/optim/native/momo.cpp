@@ -6,10 +6,6 @@ namespace {
 
 using lrlab::Call;
 
-// Block bodies are flattened: GCC once left a body's elementwise loop a separate function,
-// where the arrays lose their __restrict and the loop ran at half speed or less.
-#define LRLAB_FLATTEN __attribute__((flatten))
-
 // The first passes take, after the full-size arrays, the tensor's 0-d average gamma of <g, x>.
 // Its update needs the whole tensor's <g, x>, known only once every block is done, so the
 // elementwise work runs on the full-size arrays alone (a copy of the call without the gamma

@@ -2,35 +2,13 @@
 // the same arithmetic as the compiled kernels there, one call for all CPU tensors of one dtype.
 // Every scalar of a step is known before it, so a step is one pass over memory; so is a switch
 // between train and eval mode.
-#include <type_traits>
-
 #include "driver.h"
 
 namespace {
 
 using lrlab::Call;
-
-// torch's lerp (aten/native/Lerp.h): start + w (end - start) for |w| < 0.5, else
-// end - (end - start)(1 - w), which keeps lerp(a, b, 1) == b exactly (the first step, c = 1).
-template <bool SmallWeight, typename T>
-inline T lerp(T start, T end, T weight) {
-  if constexpr (SmallWeight) {
-    return start + weight * (end - start);
-  } else {
-    return end - (end - start) * (T(1) - weight);
-  }
-}
-
-// body(std::true_type{}) or body(std::false_type{}): a run-time setting as a compile-time
-// constant, so that the loop holds no branch and vectorises
-template <typename Body>
-inline void with_flag(bool flag, Body body) {
-  if (flag) {
-    body(std::true_type{});
-  } else {
-    body(std::false_type{});
-  }
-}
+using lrlab::lerp;
+using lrlab::with_flag;
 
 // One SGDScheduleFree step. Arrays: grad, y, z. Constants: weight decay, lr, c, y_step.
 // d = grad + decay y, y = lerp(y, z, c) + y_step d, z = z - lr d.
