@@ -33,8 +33,9 @@ The algorithm, for every step :math:`t` (tensors :math:`i` with a gradient, :mat
     d = c / (L (1 + sigma))                                           (automatic damping)
     f = f exp(d l)
     r = max(r, rms(x - x_0))                                          (distance travelled)
-    z = log ||g|| ; C = max(0, C + z - z_bar - delta) ; z_bar = (1 - c) z_bar + c z  [brake]
-    if C > lambda:  f = f * exp(-L), C = 0                   (delta = 0.05, lambda = log 10)
+    z = clip((log ||g|| - z_bar) / s_z, -3, 3) ; C = max(0, C + z - 1/2)              [brake]
+    (z_bar, s_z^2): exponential mean and variance of log ||g|| (rate c); from step 11:
+    if C > 5:  f = f * exp(-L), C = 0
 
 Why each piece (measured in ``docs/methods/clara_auto.md``):
 
@@ -81,9 +82,12 @@ __all__ = ["ClaraAuto", "auto_damping", "noise_std_of_ratio"]
 
 # a normalised direction of a zero gradient is 0, not NaN
 _NORM_FLOOR = 1e-12
-# the brake's tolerated drift of log ||g|| per step, and its alarm level (a tenfold rise)
-BRAKE_DRIFT = 0.05
-BRAKE_THRESHOLD = math.log(10.0)
+# the brake's CUSUM on the standardised log gradient norm: slack and alarm level in standard
+# deviations (the textbook one-sigma-shift detector), outlier clip, and steps before it may fire
+BRAKE_SLACK = 0.5
+BRAKE_THRESHOLD = 5.0
+BRAKE_CLIP = 3.0
+BRAKE_WARMUP = 10
 
 
 def noise_std_of_ratio(c: float, inverse_dimensions: float, tensors: float) -> float:
@@ -176,6 +180,7 @@ class ClaraAuto(AdaptiveOptimizer):
         "distance_floor": 0.0,
         "capped_steps": 0,
         "brake_mean": 0.0,
+        "brake_variance": 0.0,
         "brake_cusum": 0.0,
         "brake_events": 0,
         "global_step": 0,
@@ -335,13 +340,27 @@ class ClaraAuto(AdaptiveOptimizer):
         self._set_global("distance_floor", floor)
 
     def _brake(self, factor: float, log_norm: float, c: float, shrink: float) -> float:
-        """One-sided CUSUM (Page-Hinkley) on ``log ||g||``; on alarm shrink ``f`` by ``e^-L``."""
-        if int(self._get_global("global_step")) == 1:
+        """CUSUM (Page-Hinkley) on the standardised ``log ||g||``; on alarm ``f *= e^-L``.
+
+        ``z = clip((log||g|| - mean) / std, -3, 3)`` with an exponential mean and variance
+        (rate ``c``); ``C = max(0, C + z - 1/2)``; alarm at ``C > 5`` (the textbook CUSUM for a
+        one-standard-deviation shift). Standardising makes a noisy gradient norm (heavy-tailed
+        mini-batches) quiet and the clip needs two or more outliers in a row; a geometric rise
+        keeps ``z`` near its clip and alarms within a few steps.
+        """
+        step = int(self._get_global("global_step"))
+        mean = float(self._get_global("brake_mean"))
+        variance = float(self._get_global("brake_variance"))
+        if step == 1:
             self._set_global("brake_mean", log_norm)
             return factor
-        mean = float(self._get_global("brake_mean"))
-        cusum = max(0.0, float(self._get_global("brake_cusum")) + log_norm - mean - BRAKE_DRIFT)
-        self._set_global("brake_mean", (1 - c) * mean + c * log_norm)
+        deviation = log_norm - mean
+        self._set_global("brake_mean", mean + c * deviation)
+        self._set_global("brake_variance", (1 - c) * (variance + c * deviation * deviation))
+        if step <= BRAKE_WARMUP:  # the variance needs a few samples first
+            return factor
+        standardised = max(-BRAKE_CLIP, min(BRAKE_CLIP, deviation / math.sqrt(variance + 1e-12)))
+        cusum = max(0.0, float(self._get_global("brake_cusum")) + standardised - BRAKE_SLACK)
         if cusum > BRAKE_THRESHOLD:
             self._set_global("brake_events", int(self._get_global("brake_events")) + 1)
             cusum = 0.0
