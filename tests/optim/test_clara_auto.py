@@ -115,8 +115,8 @@ def test_fixed_damping_overrides_the_automatic_one() -> None:
 
 
 def test_distance_bound_caps_the_first_step_and_grows_with_the_distance() -> None:
-    x0 = [3.0, -4.0]  # rms(x0) = sqrt(12.5)
-    floor = 1e-4 * (1 + math.sqrt(12.5))
+    x0 = [3.0, -4.0]
+    floor = 1e-4  # r_eps
     x = torch.tensor(x0, dtype=torch.float64, requires_grad=True)
     optimizer = ClaraAuto([x], lr=100.0, brake=False)
     _step(optimizer, x, [1.0, 1.0])

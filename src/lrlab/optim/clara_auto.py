@@ -20,7 +20,7 @@ The algorithm, for every step :math:`t` (tensors :math:`i` with a gradient, :mat
 :math:`L = \log((2 - c)/c)`, :math:`a = (1 - c)^2`)::
 
     eta    = lr * f                                           f: the global LR factor
-    eta    = min(eta, r + r_eps)             [distance bound; r_eps = 1e-4 (1 + rms(x_0))]
+    eta    = min(eta, r + r_eps)                         [distance bound; r_eps = 1e-4]
     for every tensor i:
         m_i = b1 m_i + (1 - b1) g_i ;   v_i = b2 v_i + (1 - b2) g_i^2      (Adam moments)
         h_i = sqrt(v_i / (1 - b2^t_i)) + eps                              (preconditioner)
@@ -149,16 +149,18 @@ class ClaraAuto(AdaptiveOptimizer):
     Args:
         params: parameters or param groups.
         lr: initial learning rate, in (0, inf). Any value works; values above the distance bound
-            (``initial_distance * (1 + rms(x_0))`` at the first step) start at the bound.
+            (``initial_distance`` at the first step) start at the bound.
         betas: Adam's :math:`(\beta_1, \beta_2)`, each in [0, 1).
         eps: Adam's :math:`\epsilon`, in (0, inf).
         c: path memory, in (0, 1). Default 0.2 (CLARA's).
         damping: None (default) for the automatic damping ``c / (L (1 + sigma))``; a number in
             [0, inf) fixes :math:`d` (for ablations; 0 keeps the LR fixed up to the safeguards).
         distance_bound: cap the LR by the distance travelled plus ``r_eps`` (default True).
-        brake: the Page-Hinkley brake on the gradient norm (default True).
-        initial_distance: :math:`r_\epsilon / (1 + \mathrm{rms}(x_0))`, in (0, inf). Default 1e-4
-            (DoG's).
+        brake: the CUSUM (Page-Hinkley) brake on the gradient norm (default True).
+        initial_distance: :math:`r_\epsilon`, the bound before anything moved, in root-mean-square
+            per-coordinate units (Adam moves every coordinate by about ``eta``), in (0, inf).
+            Default 1e-4 (DoG's relative ``r_eps``; absolute here, so that every rank knows it
+            without a collective).
         sharded: each rank owns a disjoint part of the parameters, so the sums are reduced over
             ranks (not needed for DDP or DTensor, which is detected).
 
@@ -177,7 +179,6 @@ class ClaraAuto(AdaptiveOptimizer):
         "path_ratio": 1.0,
         "damping_used": 0.0,
         "distance": 0.0,
-        "distance_floor": 0.0,
         "capped_steps": 0,
         "brake_mean": 0.0,
         "brake_variance": 0.0,
@@ -238,17 +239,14 @@ class ClaraAuto(AdaptiveOptimizer):
     def _update(self, context: StepContext) -> None:
         settings = self.param_groups[0]
         c = float(settings["c"])
-        first_step = int(self._get_global("global_step")) == 0
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None and len(self.state[p]) == 0:
                     self._init_state(p, self.state[p])
-        if first_step:
-            self._set_distance_floor(context)
         factor = float(self._get_global("lr_factor"))
         capped = False
         if settings["distance_bound"]:
-            bound = float(self._get_global("distance")) + float(self._get_global("distance_floor"))
+            bound = float(self._get_global("distance")) + float(settings["initial_distance"])
             largest_lr = max(float(group["lr"]) for group in self.param_groups)
             if largest_lr * factor > bound:
                 factor, capped = bound / largest_lr, True
@@ -324,21 +322,6 @@ class ClaraAuto(AdaptiveOptimizer):
             factor = self._brake(factor, 0.5 * math.log(max(grad_sq, 1e-300)), c, bound)
         self._set_global("lr_factor", factor)
 
-    def _set_distance_floor(self, context: StepContext) -> None:
-        """``r_eps = initial_distance (1 + rms(x_0))`` over every parameter, at the first step."""
-        squares: list[Tensor] = []
-        count = 0.0
-        for p in context.params:
-            squares.append(p.detach().square().sum(dtype=_foreach.accumulation_dtype(p.dtype)))
-            count += p.numel()
-        device = context.params[0].device
-        total = torch.stack([s.to(device, torch.float64) for s in squares]).sum()
-        numel = torch.tensor(count, dtype=torch.float64, device=device)
-        total, numel = self._reduce_global([total, numel])
-        rms = math.sqrt(float(total) / max(float(numel), 1.0))
-        floor = float(self.param_groups[0]["initial_distance"]) * (1.0 + rms)
-        self._set_global("distance_floor", floor)
-
     def _brake(self, factor: float, log_norm: float, c: float, shrink: float) -> float:
         """CUSUM (Page-Hinkley) on the standardised ``log ||g||``; on alarm ``f *= e^-L``.
 
@@ -376,7 +359,7 @@ class ClaraAuto(AdaptiveOptimizer):
             "damping": float(self._get_global("damping_used")),
             "distance": float(self._get_global("distance")),
             "distance_bound": float(self._get_global("distance"))
-            + float(self._get_global("distance_floor")),
+            + float(self.param_groups[0]["initial_distance"]),
             "capped_steps": float(self._get_global("capped_steps")),
             "brake_events": float(self._get_global("brake_events")),
             "brake_cusum": float(self._get_global("brake_cusum")),
