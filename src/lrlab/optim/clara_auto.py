@@ -127,7 +127,11 @@ _INVALID = (
         "a DoG-style distance bound and a Page-Hinkley brake"
     ),
     summary="Adam whose LR follows a log path-length ratio with automatic damping and safeguards",
+    # the first sample starts at a larger r_eps: with the default 1e-4 the first steps of a
+    # bfloat16 parameter of size ~1 round away (as plain Adam's would at lr 1e-4), and the
+    # conformance suite checks that 5 steps move every dtype
     sample_kwargs=(
+        {"lr": 0.05, "initial_distance": 0.01},
         {"lr": 0.05},
         {"lr": 10.0, "betas": (0.8, 0.99), "c": 0.3},
         {"lr": 0.05, "damping": 0.05, "distance_bound": False, "brake": False},
