@@ -18,6 +18,8 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 DEFAULT_LRS = "1e-6:1:7"
+REPORT_TOLERANCE = 0.1
+"""Relative tolerance of ``lrlab report``'s robustness widths and verdict."""
 
 
 class _UsageError(Exception):
@@ -471,20 +473,57 @@ def report_table(records: Sequence[Any], metric: str | None = None) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from lrlab._registry import UnknownNameError
+    from lrlab.bench import summary
+
     filters = {}
     if args.problems:
         filters["problem"] = args.problems
     with _open_store(args.store) as store:
         records = store.load_records(**filters)
+        if args.problems:
+            stored = sorted({row["problem"] for row in store.query()})
+            missing = [p for p in args.problems if p not in stored]
+            if missing:
+                raise _UsageError(
+                    f"argument --problems: no runs of {', '.join(map(repr, missing))} in "
+                    f"{args.store!r}; its problems are: {', '.join(stored) or '(none)'}"
+                )
     if not records:
         raise _UsageError(f"argument --store: no runs in {args.store!r} match")
+    if args.metric:
+        try:
+            summary.check_metric(records, args.metric)
+        except UnknownNameError as error:
+            raise _UsageError(f"argument --metric: {error}") from None
     print(report_table(records, args.metric))
+    choose = _report_metric_choice(args.metric)
+    problems = sorted({r.config.problem for r in records})
+    choices = {p: choose(p, [r for r in records if r.config.problem == p]) for p in problems}
+    board, _, verdict = summary.summarize(records, choices, tolerance=REPORT_TOLERANCE)
+    print("\nLeaderboard (rank: mean [95 % bootstrap interval]; * best; = tied with the best):")
+    print(summary.leaderboard_table(board).text())
     if args.out:
         from lrlab.bench.report import build_report
 
-        files = build_report(records, args.out)
+        files = build_report(records, args.out, metric_choice=choose, tolerance=REPORT_TOLERANCE)
         print(f"\nReport: {files.html} and {files.markdown}")
+    # last, so that `make demo` ends with the answer
+    print(f"\nVerdict: {verdict.text}")
     return 0
+
+
+def _report_metric_choice(metric: str | None) -> Any:
+    """The report's metric per problem: ``metric`` for every problem, else the headline."""
+    from lrlab.bench.summary import MetricChoice, default_metric_choice, metric_goal
+
+    if metric is None:
+        return default_metric_choice
+
+    def choose(problem: str, records: Sequence[Any]) -> MetricChoice:
+        return MetricChoice(metric, metric_goal(problem, metric, records))
+
+    return choose
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
