@@ -250,6 +250,22 @@ def _diverged_handle() -> Any:
     )
 
 
+def _label_bottoms(axes: Any, label: str) -> None:
+    """The x label and tick labels on the lowest visible panel of every column (shared x axes
+    show them only on the bottom row, which may be an unused, hidden panel)."""
+    for column in range(axes.shape[1]):
+        visible = [row for row in range(axes.shape[0]) if axes[row][column].axison]
+        if visible:
+            axis = axes[visible[-1]][column]
+            axis.xaxis.set_tick_params(labelbottom=True)
+            axis.set_xlabel(label)
+
+
+def _final(metric: str) -> str:
+    """``final test_accuracy``, but ``final_loss`` alone (not ``final final_loss``)."""
+    return metric if metric.startswith("final") else f"final {metric}"
+
+
 def _direction(goal: Goal) -> str:
     return "lower is better" if goal is Goal.MINIMIZE else "higher is better"
 
@@ -348,12 +364,13 @@ def sensitivity_figure(
             axes[index // columns][index % columns].axis("off")
         handles = _legend_proxies(
             [("mean over seeds", "-", "black"), ("other methods", "-", _CONTEXT)]
+            + ([("run at its defaults (no initial LR)", ":", "black")] if untuned else [])
         )
         figure.legend(
             handles=[*handles, _diverged_handle()], loc="outside lower center", ncols=3, fontsize=8
         )
         figure.suptitle(
-            f"{problem}: final {choice.metric} ({_direction(choice.goal)})", fontsize=10
+            f"{problem}: {_final(choice.metric)} ({_direction(choice.goal)})", fontsize=10
         )
     else:
         axis = axes[0][0]
@@ -378,7 +395,7 @@ def sensitivity_figure(
         axis.set_title(
             f"{problem}", fontsize=10, pad=_STRIP_POINTS + _ROW_POINTS * max(1, len(diverging)) + 4
         )
-        axis.set_ylabel(f"final {choice.metric} ({_direction(choice.goal)})")
+        axis.set_ylabel(f"{_final(choice.metric)} ({_direction(choice.goal)})")
     for axis in axes.flat:
         if not axis.axison:
             continue
@@ -386,20 +403,20 @@ def sensitivity_figure(
         if log:
             axis.set_yscale("log")
         axis.grid(alpha=0.3, which="both")
-    for axis in axes[-1]:
-        axis.set_xlabel("initial learning rate")
+    _label_bottoms(axes, "initial learning rate")
     untuned_values = [p.mean for p in untuned.values() if p.diverged == 0]
     _set_limits(axes[0][0], values + untuned_values, log)
     axes[0][0].set_xlim(lrs_all[0] / 1.5, lrs_all[-1] * 1.5)
     seeds = max(p.seeds for p in points)
     return Figure(
         f"{problem}-sensitivity",
-        f"{problem}: final {choice.metric} ({_direction(choice.goal)}) against the initial "
+        f"{problem}: {_final(choice.metric)} ({_direction(choice.goal)}) against the initial "
         f"learning rate; line: mean over the {seeds} seeds, band: min to max over seeds, drawn "
         "only at initial LRs where every seed finished. x above the axes (outside the data "
         "range): at least one seed diverged at that initial LR (so no mean is drawn there)."
         + (
             " One panel per method; grey: the other methods' means."
+            + (" Dotted: a method run at its defaults, without an initial LR." if untuned else "")
             if small
             else " Dotted horizontal lines: methods run at their defaults, without an initial LR."
             if untuned
@@ -619,8 +636,7 @@ def curves_figure(
             axes[block * block_rows + row][0].set_ylabel(key.replace("_", " "))
         for index in range(len(methods), block_rows * columns):
             axes[block * block_rows + index // columns][index % columns].axis("off")
-    for axis in axes[-1]:
-        axis.set_xlabel("step")
+    _label_bottoms(axes, "step")
     handles = _legend_proxies(
         [
             ("EMA-smoothed mean over seeds", "-", "black"),

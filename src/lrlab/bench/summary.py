@@ -618,7 +618,8 @@ def verdict(
         mean_width = statistics.fmean(widths[widest])
         if mean_width > 0:
             sentences.append(
-                f"The least sensitive to the initial LR was {widest} ({mean_width:.2g} decades "
+                f"The least sensitive to the initial LR was {widest} ({mean_width:.2g} "
+                f"decade{'' if mean_width == 1 else 's'} "
                 f"within {_percent(tolerance)} of the best run, on average over problems)."
             )
         fragile = min(rates, key=lambda m: (-statistics.fmean(rates[m]), m))
