@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 PNG_DPI = 200
-FORMATS = ("svg", "pdf", "png")
+FORMATS = ("png", "svg", "pdf")
 SINGLE_AXIS_MAX = 5
 """Up to this many methods share one axis; more get one panel each."""
 DIVERGED_LABEL = "diverged (at least one seed): marked above the axes"
@@ -165,7 +165,11 @@ def save(figure: Figure, directory: Path) -> dict[str, Path]:
 
     paths = {}
     with matplotlib.rc_context({"svg.hashsalt": "lrlab", "svg.fonttype": "none"}):
-        for kind in FORMATS:
+        for index, kind in enumerate(FORMATS):
+            if index == 1:
+                # the first save placed every panel; the others reuse that layout instead of
+                # solving it again (about a third of a save's time on a grid of panels)
+                figure.figure.set_layout_engine("none")
             path = directory / f"{figure.name}.{kind}"
             figure.figure.savefig(
                 path,
@@ -402,7 +406,8 @@ def sensitivity_figure(
         axis.set_xscale("log")
         if log:
             axis.set_yscale("log")
-        axis.grid(alpha=0.3, which="both")
+        # minor grid lines only on a single axis: on a grid of panels they cost more than they show
+        axis.grid(alpha=0.3, which="major" if small else "both")
     _label_bottoms(axes, "initial learning rate")
     untuned_values = [p.mean for p in untuned.values() if p.diverged == 0]
     _set_limits(axes[0][0], values + untuned_values, log)

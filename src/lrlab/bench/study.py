@@ -141,15 +141,9 @@ def _parts(study: Study) -> list[Study]:
 
 
 def _goal_of(problem: str, metric: str) -> Goal:
-    try:
-        from lrlab.bench.problems import get_problem
+    from lrlab.bench.summary import metric_goal  # the one place that decides a direction
 
-        info = get_problem(problem).info
-        if info.metric == metric:
-            return Goal(info.goal)
-    except KeyError:
-        pass
-    return Goal.MAXIMIZE if "accuracy" in metric else Goal.MINIMIZE
+    return metric_goal(problem, metric)
 
 
 def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:
