@@ -362,6 +362,14 @@ def test_markdown_and_html_summaries_agree(report) -> None:
     assert md_rows == html_rows and len(md_rows) == 1 + len(VALUES["toy_min"])
 
 
+def test_a_store_where_every_run_diverged_still_reports(records, tmp_path) -> None:
+    broken = [r for r in records if r.config.method == "broken" and r.config.problem == "toy_acc"]
+    files = build_report(broken, tmp_path, metric_choice=_choice)
+    assert [p.stem for p in files.figures] == ["toy_acc-sensitivity", "toy_acc-lr-trajectories"]
+    assert "| broken | 1.00 | diverged |" in files.markdown.read_text()
+    assert "No method was run at its defaults" in files.verdict
+
+
 def test_empty_records_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="records is empty"):
         build_report([], tmp_path)
