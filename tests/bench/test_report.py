@@ -25,6 +25,7 @@ toy_acc (test_accuracy, higher is better):
 
 from __future__ import annotations
 
+import base64
 import csv
 import html as html_lib
 import io
@@ -307,6 +308,17 @@ def test_every_figure_is_written_as_svg_pdf_and_png(report) -> None:
         assert f"(figures/{png.name})" in markdown and f"(figures/{svg.name})" in markdown
         assert f'alt="{png.stem}"' in page
     assert page.count("<figcaption>") == len(report.figures)
+    # the page embeds each figure at 100 px per inch (half the file) and links the files
+    embedded = re.findall(r'alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    for name, data in embedded:
+        folder = report.figures[0].parent
+        with (
+            Image.open(io.BytesIO(base64.b64decode(data))) as small,
+            Image.open(folder / f"{name}.png") as full,
+        ):
+            assert small.size == (full.width // 2, full.height // 2)
+        assert f'href="figures/{name}.svg"' in page and f'href="figures/{name}.pdf"' in page
+    assert len(embedded) == len(report.figures)
     assert "http://" not in page and "https://" not in page and "<script" not in page
 
 

@@ -771,14 +771,16 @@ def profile_figure(
     """The Dolan-Moré performance profile, one step line per method (its own look)."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(7.4, 4.2), layout="constrained")
-    for method, values in sorted(profile.items()):
+    every = max(1, len(taus) // 8)
+    for index, (method, values) in enumerate(sorted(profile.items())):
         style = styles.get(method, _slot_style(0))
         axis.step(
             taus,
             values,
             where="post",
             label=method,
-            markevery=max(1, len(taus) // 8),
+            # staggered, so that methods with the same profile do not hide each other's markers
+            markevery=(index % every, every),
             markersize=4,
             **style,
         )

@@ -3,8 +3,8 @@ every number came from.
 
 ``build_report(records, out_dir)`` writes
 
-* ``report.html``: one self-contained page (figures embedded as PNG data URIs, no scripts, no
-  external resources);
+* ``report.html``: one self-contained page (figures embedded as 100-dpi PNG data URIs, no
+  scripts, no external resources; each caption links the figure's files beside it);
 * ``report.md``, the same content in Markdown (studies take their tables and captions from it);
 * ``figures/NAME.svg``, ``NAME.pdf`` (vector) and ``NAME.png`` (200 dpi) for every figure;
 * ``tables/NAME.csv`` (numbers in long form) and ``NAME.tex`` (booktabs) for every table.
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 import re
 from collections import defaultdict
@@ -100,6 +101,21 @@ nav ul { columns: 2; }
 """
 
 
+def _screen_png(path: Path) -> bytes:
+    """The figure at 100 pixels per inch for the page (half the 200-dpi file in each direction):
+    a page with many panel grids stays a few megabytes; the full-resolution PNG and the vector
+    files sit beside it, linked from the caption."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").resize(
+            (max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.LANCZOS
+        )
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
 class _Page:
     """The report in both formats at once, so the Markdown and the HTML never disagree."""
 
@@ -155,15 +171,15 @@ class _Page:
             f"Vector: [SVG](figures/{name}.svg), [PDF](figures/{name}.pdf).",
             "",
         ]
-        png = paths["png"].read_bytes()
-        encoded = base64.b64encode(png).decode()
-        # shown at 100 px per inch: the 200-dpi PNG stays sharp on high-density screens
-        width = int.from_bytes(png[16:20], "big") // 2
+        encoded = base64.b64encode(_screen_png(paths["png"])).decode()
+        links = ", ".join(
+            f'<a href="figures/{html.escape(name)}.{kind}">{kind.upper()}</a>'
+            for kind in ("svg", "pdf", "png")
+        )
         self.body.append(
-            f'<figure><img alt="{html.escape(name)}" style="width: {width}px" '
-            f'src="data:image/png;base64,{encoded}">'
-            f"<figcaption>{html.escape(figure.caption)} Files: figures/{html.escape(name)}"
-            ".svg, .pdf, .png.</figcaption></figure>"
+            f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">'
+            f"<figcaption>{html.escape(figure.caption)} Files: {links} (200 dpi)."
+            "</figcaption></figure>"
         )
 
     def contents_at(self, md_index: int, body_index: int) -> None:
