@@ -44,7 +44,7 @@ venv: $(VENV)/.installed-dev
 # report; both commands print where their results are. `lrlab demo` is the older one-screen demo.
 demo: $(VENV)/.installed-bench
 	$(VENV)/bin/lrlab sweep --preset smoke --store results/smoke.sqlite
-	$(VENV)/bin/lrlab report --store results/smoke.sqlite --out results/smoke-report
+	$(VENV)/bin/lrlab report --store results/smoke.sqlite --report-dir results/smoke-report
 	@echo "lrlab is installed in $(VENV): run $(VENV)/bin/lrlab --help, or source $(VENV)/bin/activate first"
 
 lint: venv

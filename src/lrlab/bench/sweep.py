@@ -74,10 +74,11 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import math
+import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -626,27 +627,60 @@ class Progress:
 
     On a terminal the line is redrawn in place (at most 5 times a second); otherwise a line is
     printed every ``interval`` seconds and at the end.
+
+    The ETA leaves out the start-up time (worker processes importing torch, loading data), which
+    is paid once, not per run: until a second run has finished it is the mean run time reported
+    to :meth:`update` times the remaining runs over ``workers``; after that, the remaining runs
+    at the rate measured since the first run finished.
     """
 
-    def __init__(self, total: int, *, stream: TextIO | None = None, interval: float = 10.0):
+    def __init__(
+        self,
+        total: int,
+        *,
+        stream: TextIO | None = None,
+        interval: float = 10.0,
+        workers: int = 1,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.total = total
         self.counts = {status.value: 0 for status in RunStatus}
         self.lost = 0
+        self.workers = max(1, workers)
+        self._clock = clock
         self._stream = stream if stream is not None else sys.stderr
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
         self._interval = 0.2 if self._tty else interval
-        self._start = time.perf_counter()
+        self._start = clock()
         self._last = -math.inf
+        self._first_done: float | None = None
+        self._run_seconds = 0.0
+        self._timed_runs = 0
 
     @property
     def done(self) -> int:
         return sum(self.counts.values()) + self.lost
 
+    def eta(self) -> float:
+        """Seconds until the last run finishes (inf while nothing has finished)."""
+        remaining = self.total - self.done
+        if remaining <= 0:
+            return 0.0
+        if self._first_done is None:
+            return math.inf
+        since_first = self._clock() - self._first_done
+        if self.done >= 2 and since_first > 0:
+            return remaining * since_first / (self.done - 1)
+        if self._timed_runs:
+            mean = self._run_seconds / self._timed_runs
+            return mean * remaining / min(self.workers, remaining)
+        return math.inf
+
     def line(self) -> str:
-        elapsed = time.perf_counter() - self._start
+        elapsed = self._clock() - self._start
         done = self.done
         fraction = done / self.total if self.total else 1.0
-        eta = elapsed / done * (self.total - done) if done else math.inf
+        eta = self.eta()
         width = 24
         filled = int(width * fraction)
         counts = (
@@ -661,13 +695,18 @@ class Progress:
             f"ETA {_duration(eta) if done < self.total else '0m00s'}"
         )
 
-    def update(self, status: RunStatus | None) -> None:
-        """Count one run (None: lost, i.e. its worker died)."""
+    def update(self, status: RunStatus | None, seconds: float | None = None) -> None:
+        """Count one run (None: lost, i.e. its worker died) that took ``seconds`` itself."""
         if status is None:
             self.lost += 1
         else:
             self.counts[status.value] += 1
-        now = time.perf_counter()
+        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
+            self._run_seconds += seconds
+            self._timed_runs += 1
+        now = self._clock()
+        if self._first_done is None:
+            self._first_done = now
         if now - self._last >= self._interval or self.done == self.total:
             self._last = now
             self._draw()
@@ -751,7 +790,8 @@ def run_sweep(
         stored -= store.run_ids(status=RunStatus.FAILED)
     todo = [c for c in unique if c.run_id not in stored]
     stream = progress if progress is not None else sys.stderr
-    bar = Progress(len(todo), stream=stream) if show_progress else None
+    parallel = workers or os.cpu_count() or 1
+    bar = Progress(len(todo), stream=stream, workers=parallel) if show_progress else None
     if show_progress:
         stream.write(
             f"{len(unique)} runs: {len(unique) - len(todo)} already in {store.path}, "
@@ -781,11 +821,12 @@ def run_sweep(
                 if record.error:
                     errors.append(
                         f"{record.config.problem} {record.config.method} "
-                        f"lr={record.config.lr} seed={record.config.seed}: "
+                        f"lr={record.config.lr if record.config.lr is not None else 'default'} "
+                        f"seed={record.config.seed}: "
                         f"{record.error.splitlines()[0]}"
                     )
                 if bar is not None:
-                    bar.update(record.status)
+                    bar.update(record.status, seconds=record.wall_time_s)
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
         pending = [c for c in reversed(pending) if c.run_id in broken]
