@@ -413,7 +413,7 @@ def refine(
     if length is not None:
         check_int("length", length, MIN_REFINE_LENGTH)
     as_tensor = isinstance(grad_norms, Tensor)
-    if as_tensor:
+    if isinstance(grad_norms, Tensor):
         values = grad_norms.detach().to("cpu", torch.float64).numpy()
     else:
         values = np.asarray(grad_norms, dtype=np.float64)

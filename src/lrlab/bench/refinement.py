@@ -367,8 +367,8 @@ def second_pass_configs(
     ids = list(dict.fromkeys(c.run_id for c in firsts))
     records: dict[str, RunRecord] = {}
     for start in range(0, len(ids), chunk):
-        for record in store.load_records(run_id=ids[start : start + chunk]):
-            records[record.run_id] = record
+        for loaded in store.load_records(run_id=ids[start : start + chunk]):
+            records[loaded.run_id] = loaded
     built: list[RunConfig] = []
     not_built: list[str] = []
     for run_id in ids:
