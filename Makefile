@@ -56,7 +56,7 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 docs: venv
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 	@echo "docs: site/index.html"
 
 # the report tests open the HTML report in a real headless Chromium (Debian's package)

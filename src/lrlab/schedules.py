@@ -1,6 +1,6 @@
 r"""Learning-rate schedules: linear decay, cosine, step, trapezoid, and refinement from a run.
 
-Spec: ``shared/specs/defazio_family.md`` section 8. Paper for linear decay and refinement:
+Method page: ``docs/methods/schedules.md``. Paper for linear decay and refinement:
 A. Defazio, A. Cutkosky, H. Mehta, K. Mishchenko, "When, Why and How Much? Adaptive Learning Rate
 Scheduling by Refinement", arXiv:2310.07831 (2023).
 

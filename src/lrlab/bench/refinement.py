@@ -1,6 +1,6 @@
 r"""Refined schedules in the lab: from a stored run's gradient norms, and two-pass methods.
 
-Spec: ``shared/specs/defazio_family.md`` section 8 (Defazio, Cutkosky, Mehta, Mishchenko, "When,
+Method page: ``docs/methods/schedules.md`` (Defazio, Cutkosky, Mehta, Mishchenko, "When,
 Why and How Much? Adaptive Learning Rate Scheduling by Refinement", arXiv:2310.07831).
 
 Every run of the lab logs, per step, the L2 and L1 norms of the mini-batch gradient

@@ -2,7 +2,7 @@ r"""ALeRA, SALeRA, SPALeRA and Ag-Adam: the 2017 cumulative path-length learning
 
 Paper: A. Schoenauer-Sebag, M. Schoenauer, M. Sebag, "Stochastic Gradient Descent: Going As Fast
 As Possible But Not Faster", arXiv:1709.01427 (2017). Official code: the Lua/Torch7 repository
-``aschoenauer-sebag/salera``. Spec: ``shared/specs/path_and_loss_methods.md`` section 2.
+``aschoenauer-sebag/salera``. Method page: ``docs/methods/cumulative-path.md``.
 
 Every layer keeps an exponentially discounted sum ("path") of its *normalised raw gradients* and
 compares the squared path length with its expectation when the unit directions are independent

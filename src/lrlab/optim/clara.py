@@ -1,7 +1,7 @@
 """CLARA: cumulative path-length learning-rate adaptation for SGD and Adam.
 
 Paper: "Cumulative Learning Rate Adaptation: Revisiting Path-Based Schedules for SGD and Adam",
-arXiv:2508.05408 (2025). Spec: ``shared/specs/path_and_loss_methods.md`` section 1.
+arXiv:2508.05408 (2025). Method page: ``docs/methods/cumulative-path.md``.
 
 The learning rate is multiplied after every step by ``exp(d (S / M - 1))``, where ``S`` is the
 squared length of an exponentially discounted path of *normalised* steps and ``M`` its expected

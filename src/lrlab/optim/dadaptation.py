@@ -1,7 +1,7 @@
 r"""D-Adaptation: learning-rate-free SGD, Adam and AdaGrad.
 
 Paper: Defazio & Mishchenko, "Learning-Rate-Free Learning by D-Adaptation", ICML 2023,
-arXiv:2301.07733. Spec: ``shared/specs/defazio_family.md`` sections 1.0-1.3 and 1.7. The released
+arXiv:2301.07733. Method page: ``docs/methods/d-adaptation.md``. The released
 package ``dadaptation==3.2`` is the numerical oracle; the constructors take its arguments, in its
 order, with its defaults, so that ``lrlab.optim.DAdaptAdam`` is a drop-in replacement.
 

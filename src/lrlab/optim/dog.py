@@ -3,7 +3,7 @@
 Papers: Ivgi, Hinder & Carmon, "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size
 Schedule", ICML 2023, arXiv:2302.12022 (DoG, L-DoG, polynomial iterate averaging); Khaled,
 Mishchenko & Jin, "DoWG Unleashed: An Efficient Universal Parameter-Free Gradient Descent Method",
-NeurIPS 2023, arXiv:2305.16284 (DoWG). Spec: ``shared/specs/path_and_loss_methods.md`` section 7.
+NeurIPS 2023, arXiv:2305.16284 (DoWG). Method page: ``docs/methods/distance-over-gradients.md``.
 
 All three are SGD whose step size is "distance from the start so far" over "gradient energy so
 far": no learning rate to tune, only a tiny initial distance that the method then grows.

@@ -2,7 +2,7 @@
 
 Paper: A. Defazio, B. Zhou, L. Xiao, "Grad-GradaGrad? A Non-Monotone Adaptive Stochastic Gradient
 Method", arXiv:2206.06900 (2022). No official code exists.
-Spec: ``shared/specs/path_and_loss_methods.md`` section 6, confidence **LOW**.
+Method page: ``docs/methods/accumulator.md``, confidence **LOW**.
 
 RECONSTRUCTED, NOT VERIFIED AGAINST THE PAPER'S ALGORITHM 1. The paper's body could not be read;
 this module implements the spec's reconstruction, which follows a third-party "simplified scalar

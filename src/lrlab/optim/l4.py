@@ -2,7 +2,7 @@
 
 Paper: M. Rolinek, G. Martius, "L4: Practical loss-based stepsize adaptation for deep learning",
 NeurIPS 2018, arXiv:1802.05074. Official code: ``martius-lab/l4-optimizer`` (TensorFlow 1),
-PyTorch port ``iovdin/l4-pytorch``. Spec: ``shared/specs/path_and_loss_methods.md`` section 5.
+PyTorch port ``iovdin/l4-pytorch``. Method page: ``docs/methods/loss-based.md``.
 
 With the update ``x <- x - eta v`` the linearised loss decreases by ``eta <g_hat, v>``. L4 picks
 ``eta`` so that this predicted decrease is ``alpha`` times the gap between the current loss and

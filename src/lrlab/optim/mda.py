@@ -1,7 +1,7 @@
 """MDA: Modernized Dual Averaging (Jelassi & Defazio, 2020). MEDIUM confidence.
 
 Paper: "Dual Averaging is Surprisingly Effective for Deep Learning Optimization",
-arXiv:2010.10502. Spec: ``shared/specs/defazio_family.md`` section 6 (and 0, 12). No official
+arXiv:2010.10502. Method page: ``docs/methods/dual-averaging.md``. No official
 code exists; the structure of the update is certain, and the constants the paper's text could
 not confirm are taken from MADGRAD (Defazio & Jelassi, arXiv:2101.11075,
 ``facebookresearch/madgrad``), which is MDA with an AdaGrad-style denominator.

@@ -1,7 +1,7 @@
 """Mechanic: a learning-rate tuner that learns the scale of any base optimizer's updates.
 
 Paper: Cutkosky, Defazio & Mehta, "Mechanic: A Learning Rate Tuner", NeurIPS 2023,
-arXiv:2306.00144. Spec: ``shared/specs/defazio_family.md`` section 3 (the released PyTorch
+arXiv:2306.00144. Method page: ``docs/methods/learning-rate-free.md`` (the released PyTorch
 package ``mechanic-pytorch==0.0.1`` is the numerical oracle).
 
 The base optimizer proposes updates; Mechanic keeps their running sum :math:`\\Delta` and plays

@@ -2,7 +2,7 @@
 
 Paper: F. Schaipp, R. Ohana, M. Eickenberg, A. Defazio, R. M. Gower, "MoMo: Momentum Models for
 Adaptive Learning Rates", ICML 2024, arXiv:2305.07583. Official code: ``fabian-sp/MoMo``, PyPI
-``momo-opt`` 0.1.0 (our numerical oracle). Spec: ``shared/specs/defazio_family.md`` section 4.
+``momo-opt`` 0.1.0 (our numerical oracle). Method page: ``docs/methods/loss-based.md``.
 
 Averages of past losses :math:`\\bar f`, gradients :math:`d` and inner products
 :math:`\\gamma = \\mathrm{avg}\\,\\langle g_j, x_j\\rangle` give a model of the loss,

@@ -1,7 +1,7 @@
 r"""Prodigy: an Adam whose step size is estimated online from the distance travelled.
 
 Paper: Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner",
-ICML 2024, arXiv:2306.06101. Spec: ``shared/specs/defazio_family.md`` section 2. The released
+ICML 2024, arXiv:2306.06101. Method page: ``docs/methods/d-adaptation.md``. The released
 package ``prodigyopt==1.1.2`` is the numerical oracle; :class:`Prodigy` takes its arguments, in
 its order, with its defaults (a drop-in replacement).
 

@@ -1,7 +1,7 @@
 """Schedule-Free SGD and AdamW: iterate averaging in place of a learning-rate schedule.
 
 Paper: Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled",
-NeurIPS 2024 (arXiv:2405.15682). Spec: ``shared/specs/defazio_family.md`` section 7 (the released
+NeurIPS 2024 (arXiv:2405.15682). Method page: ``docs/methods/schedule-free.md`` (the released
 package ``schedulefree==1.4.1`` is the numerical oracle).
 
 Three sequences: the base iterate ``z`` (plain SGD / AdamW steps), its weighted average ``x`` (the

@@ -3,7 +3,7 @@
 Paper: X. Wu, R. Ward, L. Bottou, "WNGrad: Learn the Learning Rate in Gradient Descent",
 arXiv:1803.02865 (2018). Code: the first author's PyTorch fork ``xwuShirley/pytorch``
 (``torch/optim/wngrad.py``, ``wnadam.py``) and ``mlpack/ensmallen`` (WNGrad).
-Spec: ``shared/specs/path_and_loss_methods.md`` section 4.
+Method page: ``docs/methods/accumulator.md``.
 
 ``b`` only grows, so the step size only shrinks; a too-small ``b0`` (too-large learning rate)
 makes the first increment of ``b`` large, which corrects the step size after one step.
