@@ -280,19 +280,33 @@ class _Clock:
         return self.now
 
 
-def test_first_eta_leaves_out_start_up_and_counts_workers():
-    """120 runs of 0.8 s on 2 workers after 10 s of start-up: about 48 s remain after the first
-    run, not 119 x 10.8 s (the old estimate said "22m" for such a sweep)."""
+def test_eta_leaves_out_start_up_and_counts_workers():
+    """120 runs of 0.8 s on 2 workers after 10 s of start-up: after the second round 46.4 s
+    remain, not 116 x 11.6 / 4 s (the old estimate said "22m" for a 47 s sweep)."""
     clock = _Clock()
     bar = Progress(120, stream=io.StringIO(), workers=2, clock=clock)
-    assert "ETA ?" in bar.line()
     clock.now = 10.8
-    bar.update(RunStatus.FINISHED, seconds=0.8)
-    assert bar.eta() == pytest.approx(119 * 0.8 / 2)
-    clock.now = 10.8 + 0.4 * 9  # 9 more runs at the 2-worker rate
-    for _ in range(9):
-        bar.update(RunStatus.FINISHED, seconds=0.8)
-    assert bar.eta() == pytest.approx(110 * 0.4)
-    for _ in range(110):
-        bar.update(RunStatus.FINISHED, seconds=0.8)
+    bar.update(RunStatus.FINISHED)
+    bar.update(RunStatus.FINISHED)
+    assert "ETA ?" in bar.line()  # one round says nothing about the rate yet
+    for round_ in range(1, 10):
+        clock.now = 10.8 + 0.8 * round_
+        bar.update(RunStatus.FINISHED)
+        bar.update(RunStatus.DIVERGED)
+        assert bar.eta() == pytest.approx((120 - 2 * (round_ + 1)) * 0.4)
+    for _ in range(100):
+        bar.update(None)
     assert bar.eta() == 0.0 and "ETA 0m00s" in bar.line()
+
+
+def test_progress_off_a_terminal_waits_for_the_interval():
+    clock = _Clock()
+    stream = io.StringIO()
+    bar = Progress(4, stream=stream, workers=1, interval=10.0, clock=clock)
+    clock.now = 1.0
+    bar.update(RunStatus.FINISHED)
+    assert stream.getvalue() == ""
+    clock.now = 11.0
+    bar.update(RunStatus.FINISHED)
+    (line,) = stream.getvalue().splitlines()
+    assert line.startswith("[############............] 2/4 (50%)") and "ETA 0m20s" in line

@@ -628,10 +628,11 @@ class Progress:
     On a terminal the line is redrawn in place (at most 5 times a second); otherwise a line is
     printed every ``interval`` seconds and at the end.
 
-    The ETA leaves out the start-up time (worker processes importing torch, loading data), which
-    is paid once, not per run: until a second run has finished it is the mean run time reported
-    to :meth:`update` times the remaining runs over ``workers``; after that, the remaining runs
-    at the rate measured since the first run finished.
+    The ETA is the remaining runs at the rate measured since the first ``workers`` runs finished:
+    that leaves out the start-up (worker processes importing torch, loading data, the first
+    run of each worker), which is paid once, not per run, and counts the runs in flight in
+    parallel. Until a second round of runs has finished it is unknown (``ETA ?``); off a
+    terminal the first line is printed after ``interval`` seconds, when it usually is known.
     """
 
     def __init__(
@@ -652,29 +653,25 @@ class Progress:
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
         self._interval = 0.2 if self._tty else interval
         self._start = clock()
-        self._last = -math.inf
-        self._first_done: float | None = None
-        self._run_seconds = 0.0
-        self._timed_runs = 0
+        self._last = -math.inf if self._tty else self._start
+        self._round_done: float | None = None  # when the first `workers` runs had finished
 
     @property
     def done(self) -> int:
         return sum(self.counts.values()) + self.lost
 
     def eta(self) -> float:
-        """Seconds until the last run finishes (inf while nothing has finished)."""
+        """Seconds until the last run finishes (inf while it cannot be estimated yet)."""
         remaining = self.total - self.done
         if remaining <= 0:
             return 0.0
-        if self._first_done is None:
+        first_round = min(self.workers, self.total)
+        if self._round_done is None or self.done < 2 * first_round:
             return math.inf
-        since_first = self._clock() - self._first_done
-        if self.done >= 2 and since_first > 0:
-            return remaining * since_first / (self.done - 1)
-        if self._timed_runs:
-            mean = self._run_seconds / self._timed_runs
-            return mean * remaining / min(self.workers, remaining)
-        return math.inf
+        elapsed = self._clock() - self._round_done
+        if elapsed <= 0:
+            return math.inf
+        return remaining * elapsed / (self.done - first_round)
 
     def line(self) -> str:
         elapsed = self._clock() - self._start
@@ -695,18 +692,15 @@ class Progress:
             f"ETA {_duration(eta) if done < self.total else '0m00s'}"
         )
 
-    def update(self, status: RunStatus | None, seconds: float | None = None) -> None:
-        """Count one run (None: lost, i.e. its worker died) that took ``seconds`` itself."""
+    def update(self, status: RunStatus | None) -> None:
+        """Count one run (None: lost, i.e. its worker died)."""
         if status is None:
             self.lost += 1
         else:
             self.counts[status.value] += 1
-        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
-            self._run_seconds += seconds
-            self._timed_runs += 1
         now = self._clock()
-        if self._first_done is None:
-            self._first_done = now
+        if self._round_done is None and self.done >= min(self.workers, self.total):
+            self._round_done = now
         if now - self._last >= self._interval or self.done == self.total:
             self._last = now
             self._draw()
@@ -826,7 +820,7 @@ def run_sweep(
                         f"{record.error.splitlines()[0]}"
                     )
                 if bar is not None:
-                    bar.update(record.status, seconds=record.wall_time_s)
+                    bar.update(record.status)
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
         pending = [c for c in reversed(pending) if c.run_id in broken]
