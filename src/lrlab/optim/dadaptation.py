@@ -60,9 +60,11 @@ from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._fused import (
     cached_scalars,
     check_fused,
+    compiled_requested,
     flat,
     flat_eligible,
     kernel,
+    native_requested,
     scalars,
 )
 from lrlab.optim._native import NativeKernel, native_eligible
@@ -405,7 +407,7 @@ class DAdaptSGD(_DistanceEstimator):
         # per group: the rows of the native kernels by dtype (grad, p, s, x0), the other pairs
         split: list[tuple[dict[str, Any], dict[torch.dtype, list[tuple[Tensor, ...]]], list]] = []
         for group in self.param_groups:
-            native = group.get("fused", False) and _NATIVE_SGD_DUAL.available()
+            native = native_requested(group) and _NATIVE_SGD_DUAL.available()
             native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
             eager_pairs = []
             for p, grad in self._with_grads(group):
@@ -599,7 +601,9 @@ class DAdaptAdam(_DistanceEstimator):
         fused: True runs the per-tensor work as one compiled kernel (moments, statistics and the
             parameter update in one pass over memory; two passes with decoupled weight decay,
             whose update must wait for the step's skip decision; see :mod:`lrlab.optim._fused`).
-            Opt-in: the first step pays the compilation (seconds, once per process and dtype).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.2, 1.7): ``p.grad`` is never modified (the
@@ -703,7 +707,7 @@ class DAdaptAdam(_DistanceEstimator):
             fast = _fast(group)
             constants: dict[torch.dtype, Tensor] = {}
             two_passes = decouple and weight_decay != 0
-            native = group.get("fused", False) and _NATIVE_ADAM_MOMENTS.available()
+            native = native_requested(group) and _NATIVE_ADAM_MOMENTS.available()
             native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
             for p, grad in self._with_grads(group):
                 state = self.state[p]
@@ -718,7 +722,7 @@ class DAdaptAdam(_DistanceEstimator):
                     native_params.add(p)
                     continue
                 # .get: checkpoints written before the fused path have no "fused" key
-                if group.get("fused", False) and flat_eligible(p, grad, s, m, v):
+                if compiled_requested(group) and flat_eligible(p, grad, s, m, v):
                     if p.dtype not in constants:
                         coupled = 0.0 if decouple else weight_decay
                         constants[p.dtype] = scalars(
@@ -958,8 +962,10 @@ class DAdaptAdaGrad(_DistanceEstimator):
             CPU float32/float64 tensors each pass is a native multi-tensor kernel, one call for
             all tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere each tensor's
             pass is a compiled kernel, and tensors under 128k elements and non-contiguous ones
-            stay eager (see :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build
-            or compilation.
+            stay eager (see :mod:`lrlab.optim._fused`).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.3): the package reads ``lr`` from the first
@@ -1039,7 +1045,7 @@ class DAdaptAdaGrad(_DistanceEstimator):
         for group in self.param_groups:
             eps, weight_decay = group["eps"], group["weight_decay"]
             constants: dict[torch.dtype, Tensor] = {}
-            native = group.get("fused", False) and _NATIVE_ADAGRAD_ACCUMULATE.available()
+            native = native_requested(group) and _NATIVE_ADAGRAD_ACCUMULATE.available()
             native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
             native_move: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
             for p, grad in self._with_grads(group):
@@ -1059,7 +1065,7 @@ class DAdaptAdaGrad(_DistanceEstimator):
                     if group["lr"] == lr:
                         native_rows.setdefault(p.dtype, []).append((grad, p, alpha, s))
                     continue
-                fused = group.get("fused", False) and flat_eligible(p, grad, alpha, s, state["x0"])
+                fused = compiled_requested(group) and flat_eligible(p, grad, alpha, s, state["x0"])
                 if fused:
                     fused_params.add(p)
                 if group["lr"] != lr:

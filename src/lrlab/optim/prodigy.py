@@ -32,7 +32,15 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -161,7 +169,10 @@ class Prodigy(_DistanceEstimator):
             ``slice_p`` (see :mod:`lrlab.optim._native`); elsewhere each tensor's pass is a
             compiled kernel, except the first pass with ``slice_p > 1`` (the ``foreach=False``
             path), and a non-contiguous tensor takes the eager path (see
-            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build or compilation.
+            :mod:`lrlab.optim._fused`).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
 
     .. note::
         Deviations from ``prodigyopt==1.1.2`` (spec 2.2), identical numbers otherwise:
@@ -320,10 +331,9 @@ class Prodigy(_DistanceEstimator):
         for group in self.param_groups:
             weight_decay, slice_p = group["weight_decay"], group["slice_p"]
             fast = _fast(group)
-            fused = bool(group.get("fused", False))
             weight = d if group["safeguard_warmup"] else lam
             constants: dict[torch.dtype, Tensor] = {}
-            native = fused and native_moments.available()
+            native = native_requested(group) and native_moments.available()
             native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
             # per row: 1 where x0 is the one element of an all-zero tensor's 0-d x0
             native_broadcast: dict[torch.dtype, list[tuple[float]]] = {}
@@ -340,7 +350,7 @@ class Prodigy(_DistanceEstimator):
                         broadcast = (1.0 if state["p0"].dim() == 0 else 0.0,)
                         native_broadcast.setdefault(p.dtype, []).append(broadcast)
                     continue
-                fused_update = fused and flat_eligible(p, grad, *moments)
+                fused_update = compiled_requested(group) and flat_eligible(p, grad, *moments)
                 # the kernel reads s and x0 flat: every slice_p-th entry is not a flat view
                 fused_statistics = (
                     fused_update and slice_p == 1 and flat_eligible(state["s"], state["p0"])
