@@ -50,10 +50,18 @@ def test_kernel_sources_hold_the_generated_schemas(family: str) -> None:
 
 
 def test_a_source_out_of_step_with_its_schema_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    family = FAMILIES[0]
-    first = _executor._SCHEMAS[family][0]
-    changed = Schema(first.struct, scalars=tuple(reversed(first.scalars)), sums=first.sums)
-    monkeypatch.setitem(_executor._SCHEMAS, family, [changed, *_executor._SCHEMAS[family][1:]])
+    # two scalars swapped on the Python side only
+    family, index, schema = next(
+        (family, index, schema)
+        for family in FAMILIES
+        for index, schema in enumerate(_executor._SCHEMAS[family])
+        if len(schema.scalars) >= 2
+    )
+    swapped = (schema.scalars[1], schema.scalars[0], *schema.scalars[2:])
+    changed = Schema(schema.struct, swapped, schema.tensor_scalars, schema.sums)
+    schemas = list(_executor._SCHEMAS[family])
+    schemas[index] = changed
+    monkeypatch.setitem(_executor._SCHEMAS, family, schemas)
     with pytest.raises(RuntimeError, match="differs from the Python declarations"):
         check_schemas(family)
 

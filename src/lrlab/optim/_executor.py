@@ -27,7 +27,7 @@ schemas, and its kernels.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,8 @@ class Pass:
     ``arrays``: the names of the per-tensor arrays the kernels read and write, in the native
     kernel's order (a compiled kernel takes them flat in the same order, then the scalars
     tensor). ``native``: the C++ function's name in ``native/<family>.cpp`` (None: no native
-    kernel); ``compiled``: the compiled kernel (None: none).
+    kernel); ``compiled``: the compiled kernel (None: none), which returns the sums named
+    ``compiled_sums`` (default: the schema's).
     """
 
     family: str
@@ -134,6 +135,7 @@ class Pass:
     schema: Schema
     native: str | None = None
     compiled: FusedKernel | None = None
+    compiled_sums: tuple[str, ...] | None = None
     _kernel: NativeKernel | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -271,9 +273,10 @@ class Plan:
             if key not in result._constants:
                 result._constants[key] = scalars(values, like)
             out = step.compiled(*(flat(row[name]) for name in step.arrays), result._constants[key])
-            if schema.sums:
+            names = schema.sums if step.compiled_sums is None else step.compiled_sums
+            if names:
                 parts = out if isinstance(out, tuple) else (out,)
-                result.compiled.append(dict(zip(schema.sums, parts, strict=True)))
+                result.compiled.append(dict(zip(names, parts, strict=True)))
         return result
 
 
@@ -288,6 +291,18 @@ class PassResult:
     compiled: list[dict[str, Tensor]] = field(default_factory=list)
     reference: list[int] = field(default_factory=list)
     _constants: dict[tuple[torch.device, torch.dtype], Tensor] = field(default_factory=dict)
+
+    def native_totals(self, combine: Callable[[Callable[[str], Tensor]], Tensor]) -> list[Tensor]:
+        """One total per native dtype of a per-tensor combination of the sums, e.g.
+        ``lambda sum: sum("new") - sum("old")``, in the accumulation dtype."""
+        totals = []
+        for dtype, sums in self.native.items():
+
+            def column(name: str, sums: Tensor = sums) -> Tensor:
+                return sums[:, self.schema.sums.index(name)]
+
+            totals.append(combine(column).sum().to(accumulation_dtype(dtype)))
+        return totals
 
     def parts(self, name: str) -> list[Tensor]:
         """The sum ``name`` as 0-d parts: each compiled row's (its dtype), then one total per
@@ -310,7 +325,8 @@ def route(group: Mapping[str, Any], rows: list[Row], passes: Sequence[Pass]) -> 
         step.native_available() for step in passes if step.native is not None
     )
     has_native = any(step.native is not None for step in passes)
-    use_compiled = compiled_requested(group)
+    # a tensor the compiled kernels take must find one for every pass
+    use_compiled = compiled_requested(group) and all(step.compiled is not None for step in passes)
     for index, row in enumerate(rows):
         tensors = list(row.values())
         if use_native and has_native and native_eligible(*tensors):
