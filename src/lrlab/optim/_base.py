@@ -32,12 +32,20 @@ Every lrlab optimizer is a :class:`torch.optim.Optimizer` and adds:
   state lives in instance attributes.
 * Bad hyperparameters raise :class:`ValueError` naming the argument, the value and the allowed
   range (see :mod:`lrlab.optim._validation`).
+* NOTE [checked checkpoints]: ``load_state_dict`` checks the whole state dict before anything is
+  assigned: the number of groups and of parameters per group, that every state entry belongs to
+  a listed parameter, and the shape of every state tensor against its parameter (a class
+  declares the entries that are not shaped like their parameter in ``state_layout``). A
+  mismatch raises :class:`ValueError` naming the parameter index, the state key and both
+  shapes, and leaves the optimizer exactly as it was. The native kernels write through raw
+  pointers, so a state tensor of the wrong length must never reach them.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,9 +60,12 @@ from lrlab.optim._native import NativeKernel, native_eligible
 _NONFINITE_PROBE = NativeKernel("core", "nonfinite_probe", arrays=1, sums=1)
 
 __all__ = [
+    "SCALAR_STATE",
     "AdaptiveOptimizer",
     "LossClosure",
+    "StateEntry",
     "StepContext",
+    "check_state_dict",
     "evaluate_without_backward",
     "make_closure",
 ]
@@ -169,6 +180,127 @@ class StepContext:
         return evaluate_without_backward(self.closure, self.params)
 
 
+ShapeRule = Callable[[Tensor, Mapping[str, Any]], Sequence[tuple[int, ...]]]
+"""``(parameter, its param group) -> the shapes a state entry may have``."""
+
+
+def _shaped_like_parameter(param: Tensor, group: Mapping[str, Any]) -> Sequence[tuple[int, ...]]:
+    return (tuple(param.shape),)
+
+
+@dataclass(frozen=True, slots=True)
+class StateEntry:
+    """The layout of one per-parameter state entry (see NOTE [checked checkpoints]).
+
+    Attributes:
+        shapes: the shapes the entry's tensor may have, from the parameter and its group
+            (default: the parameter's shape).
+        dtype: the dtype the entry is kept in, from the parameter; None: the parameter's dtype
+            (torch casts floating state to it on load). An entry kept wider on purpose (float32
+            statistics of a float16 parameter) declares it and is loaded uncast.
+    """
+
+    shapes: ShapeRule = _shaped_like_parameter
+    dtype: Callable[[Tensor], torch.dtype] | None = None
+
+
+SCALAR_STATE = StateEntry(shapes=lambda param, group: ((),))
+"""A 0-d tensor per parameter (a step count, a per-tensor scalar)."""
+
+_DEFAULT_ENTRY = StateEntry()
+
+
+def _shape_text(shapes: Sequence[tuple[int, ...]]) -> str:
+    return " or ".join(str(tuple(shape)) for shape in shapes)
+
+
+def check_state_dict(
+    optimizer: torch.optim.Optimizer,
+    state_dict: Mapping[str, Any],
+    layout: Mapping[str, StateEntry] | None,
+    check_group: Callable[[Mapping[str, Any], int], None] | None = None,
+) -> None:
+    """Check a state dict against ``optimizer`` before it is loaded; raise ValueError if it does
+    not fit (see NOTE [checked checkpoints]).
+
+    ``layout`` names the state entries not shaped like their parameter; None checks only the
+    structure (groups, parameter counts, state keys), for a foreign optimizer whose layout is
+    unknown. ``check_group(saved_group, index)`` validates each saved group's settings.
+    """
+    name = type(optimizer).__name__
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(
+            f"{name}.load_state_dict: expected a mapping, got {type(state_dict).__name__}"
+        )
+    for key in ("state", "param_groups"):
+        if key not in state_dict:
+            raise ValueError(f"{name}.load_state_dict: the state dict has no {key!r} entry")
+    saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(saved_state, Mapping):
+        raise ValueError(f"{name}.load_state_dict: 'state' must be a mapping")
+    if not isinstance(saved_groups, Sequence) or isinstance(saved_groups, (str, bytes)):
+        raise ValueError(f"{name}.load_state_dict: 'param_groups' must be a list")
+    groups = optimizer.param_groups
+    if len(saved_groups) != len(groups):
+        raise ValueError(
+            f"{name}.load_state_dict: the state dict has {len(saved_groups)} param groups, "
+            f"the optimizer {len(groups)}"
+        )
+    # saved parameter id -> (flat index, parameter, current group, saved group)
+    where: dict[Any, tuple[int, Tensor, Mapping[str, Any], Mapping[str, Any]]] = {}
+    flat = 0
+    for group_index, (group, saved) in enumerate(zip(groups, saved_groups, strict=True)):
+        ids = saved.get("params") if isinstance(saved, Mapping) else None
+        if not isinstance(ids, Sequence) or isinstance(ids, (str, bytes)):
+            raise ValueError(
+                f"{name}.load_state_dict: param group {group_index} has no list of parameters"
+            )
+        if len(ids) != len(group["params"]):
+            raise ValueError(
+                f"{name}.load_state_dict: param group {group_index} has {len(ids)} parameters "
+                f"in the state dict, {len(group['params'])} in the optimizer"
+            )
+        if check_group is not None:
+            check_group(saved, group_index)
+        for saved_id, param in zip(ids, group["params"], strict=True):
+            if saved_id in where:
+                raise ValueError(
+                    f"{name}.load_state_dict: parameter id {saved_id!r} is listed twice"
+                )
+            where[saved_id] = (flat, param, group, saved)
+            flat += 1
+    for saved_id, entries in saved_state.items():
+        if saved_id not in where:
+            raise ValueError(
+                f"{name}.load_state_dict: state for parameter id {saved_id!r}, which no param "
+                "group lists"
+            )
+        index, param, _, saved = where[saved_id]
+        if not isinstance(entries, Mapping):
+            raise ValueError(
+                f"{name}.load_state_dict: the state of parameter {index} must be a mapping, "
+                f"got {type(entries).__name__}"
+            )
+        for key, value in entries.items():
+            if not isinstance(value, Tensor):
+                continue
+            if value.layout is not torch.strided or (value.is_complex() and not param.is_complex()):
+                raise ValueError(
+                    f"{name}.load_state_dict: parameter {index}, state {key!r}: a dense real "
+                    f"tensor is needed, got {value.dtype} ({value.layout})"
+                )
+            if layout is None:
+                continue
+            # the group as it will be after loading: the saved settings win
+            shapes = [tuple(s) for s in layout.get(key, _DEFAULT_ENTRY).shapes(param, saved)]
+            if tuple(value.shape) not in shapes:
+                raise ValueError(
+                    f"{name}.load_state_dict: parameter {index}, state {key!r}: saved shape "
+                    f"{tuple(value.shape)}, expected {_shape_text(shapes)} (the parameter's "
+                    f"shape is {tuple(param.shape)})"
+                )
+
+
 class AdaptiveOptimizer(torch.optim.Optimizer):
     """Base class of lrlab optimizers: closure plumbing, non-finite guard, statistics.
 
@@ -193,6 +325,11 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     #: method-global scalars and their initial values
     #: (see NOTE [global scalars live in param_groups])
     global_defaults: ClassVar[Mapping[str, float | int | bool]] = {}
+
+    #: per-parameter state entries that are not shaped like their parameter, or not kept in
+    #: its dtype (see NOTE [checked checkpoints]); any other state tensor must have the
+    #: parameter's shape
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {}
 
     _base_global_defaults: ClassVar[Mapping[str, float | int]] = {"nonfinite_steps": 0}
 
@@ -220,6 +357,50 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             for key, default in self._all_global_defaults().items():
                 group.setdefault(key, default)
             group.setdefault("effective_lr", 0.0)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _check_loaded_group(self, saved: Mapping[str, Any], index: int) -> None:
+        """Validate the settings of a saved param group (a hook for the hyperparameter rules)."""
+
+    def check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Raise ValueError if ``state_dict`` does not fit this optimizer; change nothing."""
+        check_state_dict(self, state_dict, self.state_layout, self._check_loaded_group)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # type: ignore[override]
+        """Load a checkpoint after checking all of it (see NOTE [checked checkpoints]).
+
+        Load-state-dict pre-hooks run first, as in torch; the checked dict is then loaded by
+        torch's ``load_state_dict``. Entries declared with their own dtype in ``state_layout``
+        are taken again from the checkpoint, uncast.
+        """
+        hooks = self._optimizer_load_state_dict_pre_hooks
+        state_dict = dict(state_dict) if isinstance(state_dict, Mapping) else state_dict
+        for hook in hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self.check_state_dict(state_dict)
+        # the hooks already ran on the dict that was checked: do not let torch run them again
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        try:
+            super().load_state_dict(state_dict)  # type: ignore[arg-type]
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = hooks
+        self._restore_declared_dtypes(state_dict)
+
+    def _restore_declared_dtypes(self, state_dict: Mapping[str, Any]) -> None:
+        wide = {key: entry.dtype for key, entry in self.state_layout.items() if entry.dtype}
+        if not wide:
+            return
+        ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        param_of = dict(zip(ids, self._params(), strict=True))
+        for saved_id, entries in state_dict["state"].items():
+            p = param_of[saved_id]
+            for key, dtype_of in wide.items():
+                value = entries.get(key)
+                if isinstance(value, Tensor) and dtype_of(p) != p.dtype:
+                    self.state[p][key] = value.to(device=p.device, dtype=dtype_of(p), copy=True)
 
     def _get_global(self, key: str) -> Any:
         return self.param_groups[0][key]

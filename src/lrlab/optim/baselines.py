@@ -7,13 +7,13 @@ non-finite policy (see NOTE [the lrlab optimizer contract] in ``_base.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch.optim.optimizer import ParamsT
 
-from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._foreach import resolve_foreach
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_betas, check_bool, check_nonnegative, check_positive
@@ -32,6 +32,8 @@ class _TorchBaseline(AdaptiveOptimizer):
     """Shared ``_update`` for thin subclasses of a torch optimizer."""
 
     _torch_class: type[torch.optim.Optimizer]
+    #: torch keeps a 0-d step count per parameter
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {"step": SCALAR_STATE}
     #: take torch's fused kernel (not only foreach) when the caller chose neither
     _fused_by_default: bool = False
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
@@ -653,6 +653,13 @@ class LDoG(_DistanceOverGradients):
         >>> loss_fn(model(x), y).backward()
         >>> optimizer.step()
     """
+
+    #: the per-tensor scalars of the layer-wise rule
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {
+        "r_bar": SCALAR_STATE,
+        "G": SCALAR_STATE,
+        "eta": SCALAR_STATE,
+    }
 
     def __init__(
         self,

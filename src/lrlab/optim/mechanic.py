@@ -20,7 +20,14 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
+from lrlab.optim._base import (
+    SCALAR_STATE,
+    AdaptiveOptimizer,
+    LossClosure,
+    StateEntry,
+    StepContext,
+    check_state_dict,
+)
 from lrlab.optim._fused import (
     cached_scalars,
     check_fused,
@@ -105,6 +112,25 @@ def _resolve_base_class(base: object) -> type[torch.optim.Optimizer]:
             "Mechanic would not switch them"
         )
     return cls
+
+
+# torch's elementwise optimizers: every state tensor is shaped like its parameter but "step"
+_ELEMENTWISE_TORCH = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adagrad,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+)
+
+
+def _foreign_layout(base: torch.optim.Optimizer) -> Mapping[str, StateEntry] | None:
+    """The state layout of a torch optimizer used as the base; None where it is not known
+    (only the structure of its checkpoint is checked then)."""
+    return {"step": SCALAR_STATE} if type(base) in _ELEMENTWISE_TORCH else None
 
 
 def _state_dtype(p: Tensor) -> torch.dtype:
@@ -419,8 +445,17 @@ class Mechanic(AdaptiveOptimizer):
                 "not a Mechanic state dict: the key 'base_state' (the base optimizer's state) "
                 "is missing"
             )
-        base_state = state_dict.pop("base_state")
-        self.base.load_state_dict({"state": base_state, "param_groups": state_dict["param_groups"]})
+        base_dict = {
+            "state": state_dict.pop("base_state"),
+            "param_groups": state_dict["param_groups"],
+        }
+        # both parts are checked before either is loaded: a bad checkpoint changes nothing
+        if isinstance(self.base, AdaptiveOptimizer):
+            self.base.check_state_dict(base_dict)
+        else:
+            check_state_dict(self.base, base_dict, _foreign_layout(self.base))
+        self.check_state_dict(state_dict)
+        self.base.load_state_dict(base_dict)
         super().load_state_dict(state_dict)
         # torch casts floating state to the parameter's dtype; ref and delta of low-precision
         # parameters are float32 on purpose, so take them again from the checkpoint, uncast

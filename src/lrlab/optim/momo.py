@@ -22,9 +22,9 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._native import NativeKernel, last_array_scalar, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -82,12 +82,24 @@ def _group_sums(
 # -- native kernels (native/momo.cpp; see lrlab.optim._native) --------------------------------
 # The first passes take (grad, p, *averages, gamma) with gamma the tensor's 0-d average of
 # <g, x>, which they update; their sums per tensor are (the new gamma, <x, d>, ||d||^2_{D^-1}).
-_NATIVE_MOMO_AVERAGES = NativeKernel("momo", "momo_averages", arrays=4, sums=3, tensor_constants=1)
+_NATIVE_MOMO_AVERAGES = NativeKernel(
+    "momo",
+    "momo_averages",
+    arrays=4,
+    sums=3,
+    tensor_constants=1,
+    array_lengths=last_array_scalar(4),
+)
 # Momo's per-tensor constant: 1 where gamma starts at this step's <g, x>
 _STARTS_AT_GRAD_DOT, _CONTINUES = (1.0,), (0.0,)
 _NATIVE_MOMO_MOVE = NativeKernel("momo", "momo_move", arrays=2)
 _NATIVE_ADAM_MOMENTS = NativeKernel(
-    "momo", "momo_adam_moments", arrays=5, sums=3, tensor_constants=1
+    "momo",
+    "momo_adam_moments",
+    arrays=5,
+    sums=3,
+    tensor_constants=1,
+    array_lengths=last_array_scalar(5),
 )
 _NATIVE_ADAM_MOVE = NativeKernel("momo", "momo_adam_move", arrays=3, tensor_constants=1)
 
@@ -134,6 +146,8 @@ class _MomentumModel(AdaptiveOptimizer):
 
     needs_loss: ClassVar[bool] = True
     has_global_statistics: ClassVar[bool] = True
+    #: the per-tensor average of <g, x>
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {"grad_dot_w": SCALAR_STATE}
     global_defaults: ClassVar[dict[str, float | int]] = {
         "step": 0,
         "loss_avg": 0.0,

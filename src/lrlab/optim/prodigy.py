@@ -24,6 +24,7 @@ name; ask for it with the algorithm box in hand.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -31,7 +32,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import StepContext
+from lrlab.optim._base import StateEntry, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
@@ -53,6 +54,12 @@ from lrlab.optim.dadaptation import (
 )
 
 __all__ = ["Prodigy"]
+
+
+def _sliced_length(p: Tensor, group: Mapping[str, Any]) -> int:
+    """Entries of ``p.reshape(-1)[::slice_p]``."""
+    slice_p = group.get("slice_p", 1)
+    return -(-p.numel() // slice_p) if isinstance(slice_p, int) and slice_p > 0 else -1
 
 
 @register(
@@ -189,6 +196,12 @@ class Prodigy(_DistanceEstimator):
         >>> scheduler.step()
     """
 
+    #: s and x0 keep every slice_p-th entry of the flattened tensor (x0: 0-d for an all-zero
+    #: tensor)
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {
+        "s": StateEntry(shapes=lambda p, group: ((_sliced_length(p, group),),)),
+        "p0": StateEntry(shapes=lambda p, group: ((_sliced_length(p, group),), ())),
+    }
     global_defaults: ClassVar[dict[str, float | int]] = {
         "k": 0,
         "d": 1e-6,
@@ -483,11 +496,32 @@ class Prodigy(_DistanceEstimator):
 
 # -- native kernels (see :mod:`lrlab.optim._native`) -----------------------------------------
 
+
+def _moments_lengths(
+    n: int, constants: Sequence[float], broadcast: Sequence[float]
+) -> tuple[int, ...]:
+    """Element counts of (grad, p, x0, s, v[, m]): x0 and s hold every slice_p-th entry
+    (constant 8), x0 one element where it broadcasts (the tensor constant)."""
+    sliced = -(-n // int(constants[8]))
+    x0 = 1 if broadcast[0] != 0.0 else sliced
+    return (n, n, x0, sliced, n, n)
+
+
 _NATIVE_MOMENTS = NativeKernel(
-    "prodigy", "prodigy_moments_momentum", arrays=6, sums=2, tensor_constants=1
+    "prodigy",
+    "prodigy_moments_momentum",
+    arrays=6,
+    sums=2,
+    tensor_constants=1,
+    array_lengths=_moments_lengths,
 )
 _NATIVE_MOMENTS_WITHOUT_MOMENTUM = NativeKernel(
-    "prodigy", "prodigy_moments_without_momentum", arrays=5, sums=2, tensor_constants=1
+    "prodigy",
+    "prodigy_moments_without_momentum",
+    arrays=5,
+    sums=2,
+    tensor_constants=1,
+    array_lengths=lambda n, constants, broadcast: _moments_lengths(n, constants, broadcast)[:5],
 )
 _NATIVE_STEP = NativeKernel("prodigy", "prodigy_step", arrays=3)
 
