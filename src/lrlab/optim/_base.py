@@ -21,17 +21,22 @@ Every lrlab optimizer is a :class:`torch.optim.Optimizer` and adds:
   applied to that group in that step (0.0 for a skipped step).
 * ``statistics() -> dict[str, float]``: ``effective_lr`` of the first group, the count of
   skipped non-finite steps, and the method's own internals. Optimizers never print or log.
-* NOTE [non-finite policy]: a step whose loss (when known) or any gradient is NaN or infinite is
-  skipped: parameters and every piece of optimizer state stay exactly as they were, every group's
-  ``effective_lr`` is set to 0.0 and ``statistics()["nonfinite_steps"]`` grows by one. So a run
-  that meets a bad batch continues exactly as if that batch had not been drawn.
+* NOTE [non-finite policy]: a step whose loss (when known) or any gradient is NaN or infinite, or
+  whose gradient is so large that its squares overflow (the sum of the squares of a tensor is
+  not finite in its dtype: the second moments and squared norms every method keeps would turn
+  inf), is skipped: parameters and every piece of optimizer state stay exactly as they were,
+  every group's ``effective_lr`` is set to 0.0 and ``statistics()["nonfinite_steps"]`` grows by
+  one. So a run that meets a bad batch continues exactly as if that batch had not been drawn.
 * NOTE [global scalars live in param_groups]: method-global scalars (D-Adaptation's ``d``, the
   CLARA learning-rate factor, step counters) are stored as plain Python numbers in *every* param
   group and kept identical, so ``state_dict()`` / ``load_state_dict()`` checkpoint them and a
   resumed run continues bit for bit. Per-parameter tensors live in ``self.state[p]``. No run
   state lives in instance attributes.
 * Bad hyperparameters raise :class:`ValueError` naming the argument, the value and the allowed
-  range (see :mod:`lrlab.optim._validation`).
+  range (see :mod:`lrlab.optim._validation`). Each class declares the check of every per-group
+  setting once (``hyperparameters``), and it is applied at construction, in
+  ``add_param_group`` (group overrides) and on ``load_state_dict`` (see NOTE [one validation for
+  hyperparameters] in ``_validation.py``).
 * NOTE [checked checkpoints]: ``load_state_dict`` checks the whole state dict before anything is
   assigned: the number of groups and of parameters per group, that every state entry belongs to
   a listed parameter, and the shape of every state tensor against its parameter (a class
@@ -56,6 +61,7 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim._distributed import all_reduce_scalars, params_are_sharded
 from lrlab.optim._foreach import group_by_device_and_dtype
 from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._validation import Rule, boolean, check_hyperparameters, optional_bool
 
 _NONFINITE_PROBE = NativeKernel("core", "nonfinite_probe", arrays=1, sums=1)
 
@@ -145,23 +151,29 @@ def make_closure(
     return closure
 
 
-def _all_finite(tensors: list[Tensor]) -> Tensor:
-    """0-d bool tensor: every entry of every tensor (one device, one dtype) is finite.
+def _squares_fit(tensors: list[Tensor]) -> Tensor:
+    """0-d bool tensor: every entry of every tensor (one device, one dtype) is finite and the
+    sum of the squares of each tensor is finite in its dtype (float32 for lower precisions).
 
-    Fast path: a plain sum is finite only if every entry is (an inf or NaN entry makes any sum
-    inf or NaN), and ``sum`` is the fastest full reduction torch has (on CPU the max-abs norm
-    is about 15x and ``isfinite(t).all()`` about 30x slower per element, measured in
-    ``benchmarks/step_overhead.py``). A non-finite sum is either a bad entry or an overflow of
-    the sum itself, so only then the exact (slow) check decides. No host synchronisation here.
+    One pass over each tensor: ``dot(g, g)`` is a BLAS reduction, about as fast as a plain sum
+    (measured in ``benchmarks/step_overhead.py`` and the notes of issue 13). A NaN or infinite
+    entry makes it NaN or inf, and so does an entry whose square overflows: such a gradient would
+    put inf into every second-moment or squared-norm statistic (Adam's ``v``, D-Adaptation's and
+    DoG's sums, ...), so the step is skipped like a NaN one (NOTE [non-finite policy]). No host
+    synchronisation here.
     """
     if not tensors:
         return torch.ones((), dtype=torch.bool)
-    fast = torch.isfinite(torch.stack([t.sum() for t in tensors])).all()
-    # deciding whether the exact check is needed reads the flag on the host: one
-    # synchronisation per (device, dtype) bucket, which the caller makes anyway
-    if bool(fast):
-        return fast
-    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+    squares = []
+    for t in tensors:
+        if t.dtype in (torch.float32, torch.float64):
+            flat = t.reshape(-1)
+            squares.append(torch.dot(flat, flat))
+        else:
+            # float16/bfloat16 statistics are kept in float32 where a method needs them; the
+            # norm is computed in float32 without a full-size copy
+            squares.append(torch.linalg.vector_norm(t, dtype=torch.float32).square())
+    return torch.isfinite(torch.stack(squares)).all()
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +343,14 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     #: parameter's shape
     state_layout: ClassVar[Mapping[str, StateEntry]] = {}
 
+    #: the check of each per-group setting (NOTE [one validation for hyperparameters]); a class
+    #: declares its own keys, the rules of its bases apply too
+    hyperparameters: ClassVar[Mapping[str, Rule]] = {
+        "foreach": optional_bool(),
+        "fused": optional_bool(),
+        "sharded": boolean(),
+    }
+
     _base_global_defaults: ClassVar[Mapping[str, float | int]] = {"nonfinite_steps": 0}
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
@@ -341,8 +361,28 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     def _all_global_defaults(self) -> dict[str, Any]:
         return {**self._base_global_defaults, **self.global_defaults}
 
+    @classmethod
+    def hyperparameter_rules(cls) -> dict[str, Rule]:
+        """Every declared hyperparameter check of this class and its bases (subclasses win)."""
+        rules: dict[str, Rule] = {}
+        for klass in reversed(cls.__mro__):
+            rules.update(vars(klass).get("hyperparameters", {}))
+        return rules
+
+    def check_hyperparameters(self, group: Mapping[str, Any]) -> None:
+        """Raise ValueError if a setting of ``group`` is not allowed (the declared rules, then
+        the relations between settings, :meth:`_check_group`)."""
+        check_hyperparameters(group, self.hyperparameter_rules())
+        self._check_group(group)
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        """Checks that relate several settings of one group (a hook; the default has none)."""
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; it receives the current method-global scalars of the first group."""
+        """Add a group after checking its settings (the optimizer's defaults completed by the
+        group's overrides); it receives the current method-global scalars of the first group."""
+        if isinstance(param_group, Mapping):
+            self.check_hyperparameters({**self.defaults, **param_group})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         template = self.param_groups[0] if len(self.param_groups) > 1 else None
@@ -361,7 +401,13 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     # -- checkpoints ------------------------------------------------------------------------
 
     def _check_loaded_group(self, saved: Mapping[str, Any], index: int) -> None:
-        """Validate the settings of a saved param group (a hook for the hyperparameter rules)."""
+        """Validate the settings of a saved param group: they replace the current ones."""
+        try:
+            self.check_hyperparameters(saved)
+        except ValueError as error:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: param group {index}: {error}"
+            ) from None
 
     def check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Raise ValueError if ``state_dict`` does not fit this optimizer; change nothing."""
@@ -453,14 +499,15 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
                     native.setdefault(grad.dtype, []).append((grad,))
                 else:
                     others.append(grad)
-            for rows in native.values():
+            for dtype, rows in native.items():
                 probe = _NONFINITE_PROBE(rows, ())
                 assert probe is not None
-                flags.append(torch.isfinite(probe).all())
+                # the per-tensor sums of squares, in the gradients' dtype: inf where they overflow
+                flags.append(torch.isfinite(probe.to(dtype)).all())
             grads = others
         for (_, _), (bucket,) in group_by_device_and_dtype([grads]).items():
             dense = [g.coalesce().values() if g.is_sparse else g for g in bucket]
-            flags.append(_all_finite(dense))
+            flags.append(_squares_fit(dense))
         device = flags[0].device if flags else None
         bad = (
             (~torch.stack([f.to(device) for f in flags]).all()).to(torch.float32)

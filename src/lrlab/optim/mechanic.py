@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import (
     SCALAR_STATE,
     AdaptiveOptimizer,
@@ -140,10 +141,10 @@ def _state_dtype(p: Tensor) -> torch.dtype:
     return p.dtype
 
 
-def _check_betas(betas: object) -> tuple[float, ...]:
+def _check_betas(betas: object, name: str = "betas") -> tuple[float, ...]:
     if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) == 0:
-        raise ValueError(f"betas must be a non-empty sequence of numbers, got {betas!r}")
-    return tuple(check_range(f"betas[{i}]", b, 0.0, 1.0, "[]") for i, b in enumerate(betas))
+        raise ValueError(f"{name} must be a non-empty sequence of numbers, got {betas!r}")
+    return tuple(check_range(f"{name}[{i}]", b, 0.0, 1.0, "[]") for i, b in enumerate(betas))
 
 
 @register(
@@ -308,6 +309,16 @@ class Mechanic(AdaptiveOptimizer):
         "mechanic_h": 0.0,
     }
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "mechanic_s_decay": check.nonnegative(),
+        "mechanic_betas": lambda name, value: _check_betas(value, name),
+        "mechanic_s_init": check.positive(),
+        "mechanic_eps": check.positive(),
+        "mechanic_store_delta": check.boolean(),
+        "mechanic_fused": check.boolean(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -420,6 +431,14 @@ class Mechanic(AdaptiveOptimizer):
             super().add_param_group(param_group)
             return
         own_keys = self._own_keys()
+        self.check_hyperparameters({**self.defaults, **param_group})
+        overridden = [
+            k for k in _SETTINGS if k in param_group and param_group[k] != self.defaults[k]
+        ]
+        if overridden:
+            raise ValueError(
+                f"Mechanic's settings are global and cannot be set per group: {overridden}"
+            )
         self.base.add_param_group({k: v for k, v in param_group.items() if k not in own_keys})
         group = self.param_groups[-1]  # the list is shared with the base
         group.update(self.defaults)

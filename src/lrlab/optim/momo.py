@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._native import NativeKernel, last_array_scalar, native_eligible
@@ -153,6 +154,14 @@ class _MomentumModel(AdaptiveOptimizer):
         "loss_avg": 0.0,
         "lower_bound": 0.0,
         "d_norm_sq": 0.0,
+    }
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "weight_decay": check.nonnegative(),
+        "lb": check.real(),
+        "use_fstar": check.boolean(),
     }
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
@@ -432,6 +441,12 @@ class Momo(_MomentumModel):
     """
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "beta": check.in_range(0.0, 1.0, "[)"),
+        "bias_correction": check.boolean(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -697,6 +712,13 @@ class MomoAdam(_MomentumModel):
         >>> optimizer.step(loss=loss)
     """
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "eps": check.positive(),
+        "divide": check.boolean(),
+    }
 
     def __init__(
         self,

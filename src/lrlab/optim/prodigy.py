@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import StateEntry, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._native import NativeKernel, native_eligible
@@ -199,8 +200,14 @@ class Prodigy(_DistanceEstimator):
     #: s and x0 keep every slice_p-th entry of the flattened tensor (x0: 0-d for an all-zero
     #: tensor)
     state_layout: ClassVar[Mapping[str, StateEntry]] = {
-        "s": StateEntry(shapes=lambda p, group: ((_sliced_length(p, group),),)),
+        "s": StateEntry(
+            shapes=lambda p, group: ((_sliced_length(p, group),),),
+            dtype=lambda p: _foreach.accumulation_dtype(p.dtype),
+        ),
         "p0": StateEntry(shapes=lambda p, group: ((_sliced_length(p, group),), ())),
+        # float32 for float16/bfloat16 parameters (see _init_states)
+        "exp_avg": StateEntry(dtype=lambda p: _foreach.accumulation_dtype(p.dtype)),
+        "exp_avg_sq": StateEntry(dtype=lambda p: _foreach.accumulation_dtype(p.dtype)),
     }
     global_defaults: ClassVar[dict[str, float | int]] = {
         "k": 0,
@@ -217,6 +224,16 @@ class Prodigy(_DistanceEstimator):
         "decouple",
         "use_bias_correction",
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "beta3": check.optional(check.in_range(0.0, 1.0, "[)")),
+        "decouple": check.boolean(),
+        "use_bias_correction": check.boolean(),
+        "safeguard_warmup": check.boolean(),
+        "slice_p": check.integer(1),
+    }
 
     def __init__(
         self,
@@ -275,12 +292,6 @@ class Prodigy(_DistanceEstimator):
         super().__init__(params, defaults)
         self._set_global("d_max", float(d0))
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        check_bool("safeguard_warmup", group["safeguard_warmup"])
-        check_int("slice_p", group["slice_p"], 1)
-        group.setdefault("fused", False)
-
     def _init_states(self) -> None:
         """State of the parameters seen for the first time (one host sync, first step only)."""
         beta1 = self.param_groups[0]["betas"][0]
@@ -299,13 +310,21 @@ class Prodigy(_DistanceEstimator):
         for (group, p), any_nonzero in zip(fresh, nonzero, strict=True):
             state = self.state[p]
             sliced = p.detach().reshape(-1)[:: group["slice_p"]]
-            state["s"] = torch.zeros_like(sliced)
+            # float32 statistics for float16/bfloat16 parameters: the moments carry factors d
+            # and d^2 (d0 = 1e-6: 1e-12), which underflow to 0 in float16 and make the first
+            # step divide by zero (the package's NaN after one step)
+            wide = _foreach.accumulation_dtype(p.dtype)
+            state["s"] = torch.zeros_like(sliced, dtype=wide)
             state["p0"] = (
                 sliced.clone() if any_nonzero else torch.zeros((), dtype=p.dtype, device=p.device)
             )
             if beta1 > 0:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=wide, memory_format=torch.preserve_format
+                )
+            state["exp_avg_sq"] = torch.zeros_like(
+                p, dtype=wide, memory_format=torch.preserve_format
+            )
 
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
 from lrlab.optim._native import NativeKernel, native_eligible
@@ -76,6 +77,14 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
     #: b per tensor (0-d) or per row (keepdim shape; 0-d for a tensor that is not adapted)
     state_layout: ClassVar[Mapping[str, StateEntry]] = {
         "b": StateEntry(shapes=lambda p, group: (_b_shape(p, group["granularity"]),))
+    }
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "b0": check.positive(),
+        "granularity": check.one_of(*GRANULARITIES),
+        "weight_decay": check.nonnegative(),
     }
 
     def _common_defaults(
@@ -684,6 +693,9 @@ class WNAdam(_WeightNormAccumulator):
         >>> optimizer.step()
     """
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"beta": check.in_range(0.0, 1.0, "[)")}
 
     def __init__(
         self,
