@@ -13,6 +13,7 @@ torch optimizer), so any direction and its gradient estimate are computed in one
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._fused import (
     check_fused,
@@ -82,6 +84,15 @@ class _L4(AdaptiveOptimizer):
     # the native kernels of the subclass's two passes
     _native_moments: ClassVar[NativeKernel]
     _native_move: ClassVar[NativeKernel]
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "alpha": check.positive(),
+        "gamma": check.in_range(0.0, 1.0, "[]"),
+        "gamma0": check.in_range(0.0, 1.0, "[]"),
+        "tau": check.positive(),
+        "eps": check.in_range(0.0, math.inf, "[)"),
+    }
 
     def _l4_defaults(
         self, alpha: float, gamma: float, gamma0: float, tau: float, eps: float, sharded: bool
@@ -419,6 +430,9 @@ class L4Mom(_L4):
     """
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"beta": check.in_range(0.0, 1.0, "[)")}
+
     def __init__(
         self,
         params: ParamsT,
@@ -578,6 +592,12 @@ class L4Adam(_L4):
         >>> optimizer.step(loss=loss)
     """
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "adam_eps": check.positive(),
+    }
 
     def __init__(
         self,

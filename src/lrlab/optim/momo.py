@@ -22,7 +22,8 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim import _validation as check
+from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._fused import (
     check_fused,
     compiled_requested,
@@ -32,7 +33,7 @@ from lrlab.optim._fused import (
     native_requested,
     scalars,
 )
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._native import NativeKernel, last_array_scalar, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -90,12 +91,24 @@ def _group_sums(
 # -- native kernels (native/momo.cpp; see lrlab.optim._native) --------------------------------
 # The first passes take (grad, p, *averages, gamma) with gamma the tensor's 0-d average of
 # <g, x>, which they update; their sums per tensor are (the new gamma, <x, d>, ||d||^2_{D^-1}).
-_NATIVE_MOMO_AVERAGES = NativeKernel("momo", "momo_averages", arrays=4, sums=3, tensor_constants=1)
+_NATIVE_MOMO_AVERAGES = NativeKernel(
+    "momo",
+    "momo_averages",
+    arrays=4,
+    sums=3,
+    tensor_constants=1,
+    array_lengths=last_array_scalar(4),
+)
 # Momo's per-tensor constant: 1 where gamma starts at this step's <g, x>
 _STARTS_AT_GRAD_DOT, _CONTINUES = (1.0,), (0.0,)
 _NATIVE_MOMO_MOVE = NativeKernel("momo", "momo_move", arrays=2)
 _NATIVE_ADAM_MOMENTS = NativeKernel(
-    "momo", "momo_adam_moments", arrays=5, sums=3, tensor_constants=1
+    "momo",
+    "momo_adam_moments",
+    arrays=5,
+    sums=3,
+    tensor_constants=1,
+    array_lengths=last_array_scalar(5),
 )
 _NATIVE_ADAM_MOVE = NativeKernel("momo", "momo_adam_move", arrays=3, tensor_constants=1)
 
@@ -142,11 +155,21 @@ class _MomentumModel(AdaptiveOptimizer):
 
     needs_loss: ClassVar[bool] = True
     has_global_statistics: ClassVar[bool] = True
+    #: the per-tensor average of <g, x>
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {"grad_dot_w": SCALAR_STATE}
     global_defaults: ClassVar[dict[str, float | int]] = {
         "step": 0,
         "loss_avg": 0.0,
         "lower_bound": 0.0,
         "d_norm_sq": 0.0,
+    }
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "weight_decay": check.nonnegative(),
+        "lb": check.real(),
+        "use_fstar": check.boolean(),
     }
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
@@ -428,6 +451,12 @@ class Momo(_MomentumModel):
     """
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "beta": check.in_range(0.0, 1.0, "[)"),
+        "bias_correction": check.boolean(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -694,6 +723,13 @@ class MomoAdam(_MomentumModel):
         >>> optimizer.step(loss=loss)
     """
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "eps": check.positive(),
+        "divide": check.boolean(),
+    }
 
     def __init__(
         self,
