@@ -110,7 +110,7 @@ def _reason(error: BaseException) -> str:
     """The cause of an SQLite or OS error in words (no exception class names)."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    return str(error) or type(error).__name__
+    return " ".join(str(error).split()) or type(error).__name__  # one line
 
 
 def _recognise(path: Path) -> bool:
@@ -157,7 +157,7 @@ def _recognise(path: Path) -> bool:
             )
         finally:
             db.close()
-    except sqlite3.DatabaseError as error:
+    except (sqlite3.DatabaseError, ValueError) as error:  # ValueError: text that is not UTF-8
         raise StoreError(f"{name} is not an lrlab store or is damaged ({_reason(error)})") from None
     if not tables:
         return True
@@ -286,7 +286,7 @@ class Store:
             raise StoreError(f"cannot open store {name}: {_reason(error)}") from None
         try:
             found = self._open(readonly, new)
-        except sqlite3.DatabaseError as error:
+        except (sqlite3.DatabaseError, ValueError) as error:  # ValueError: text not UTF-8
             self._db.close()
             raise StoreError(
                 f"{name} is not an lrlab store or is damaged ({_reason(error)})"
@@ -313,7 +313,9 @@ class Store:
         # after a run was computed (a linear scan: well under a second for stores of 100 MB)
         problems = [row[0] for row in self._db.execute("PRAGMA quick_check(3)")]
         if problems != ["ok"]:
-            raise sqlite3.DatabaseError("; ".join(problems))
+            found = [line for text in problems for line in str(text).splitlines()]
+            details = "; ".join(line for line in found if not line.startswith("***"))
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {details}")
         if not readonly:
             self._db.executescript(_SCHEMA)
             self._db.executemany(
