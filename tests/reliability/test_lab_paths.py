@@ -145,7 +145,7 @@ def test_names_from_a_store_never_leave_the_report_directory(tmp_path):
     (tmp_path / "results").mkdir()
     out = tmp_path / "results" / "report"
     before = _files(tmp_path)
-    code, _, err = cli("report", "--store", str(store), "--out", str(out))
+    code, _, err = cli("report", "--store", str(store), "--report-dir", str(out))
     new = {p for p in _files(tmp_path) - before if not p.name.startswith("hostile.sqlite")}
     assert all(p.is_relative_to(out) for p in new), sorted(new)
     assert not (tmp_path / "escaped").exists() and not Path("/tmp/absolute.png").exists()
@@ -239,9 +239,12 @@ def _bad_cli_cases(tmp: Path, good: Path) -> dict[str, tuple[tuple[str, ...], st
         ),
         "run --divergence-threshold -1": ((*RUN, "--divergence-threshold", "-1"), "got '-1'"),
         "report --store DIR": (("report", "--store", adir), "is a directory"),
-        "report --out FILE": (("report", "--store", str(good), "--out", afile), "is a file"),
-        "report --out FILE/sub": (
-            ("report", "--store", str(good), "--out", f"{afile}/sub"),
+        "report --report-dir FILE": (
+            ("report", "--store", str(good), "--report-dir", afile),
+            "is a file",
+        ),
+        "report --report-dir FILE/sub": (
+            ("report", "--store", str(good), "--report-dir", f"{afile}/sub"),
             "is a file, not a directory",
         ),
         "export --out DIR": (("export", "--store", str(good), "--out", adir), "is a directory"),

@@ -1,8 +1,13 @@
-"""The ``lrlab`` command line: list, run, sweep, report, export, refine, study, demo.
+"""The ``lrlab`` command line: list, run, sweep, report, export, refine, study, demo, completion.
 
 Every subcommand is a function ``_cmd_<name>(args) -> int`` registered in :func:`build_parser`.
 Bad input exits with code 2 and a message naming the argument and the allowed values; a sweep
 whose runs diverge or fail still exits 0 (those are results), one whose worker died exits 1.
+
+Conventions: every list option takes its values space- or comma-separated (``--methods sgd,adam``
+is ``--methods sgd adam``); a concept has one flag name in every subcommand (a renamed flag keeps
+its old spelling as a hidden alias); ``lrlab --version`` prints the version; ``lrlab completion
+bash|zsh`` prints a shell completion script.
 """
 
 from __future__ import annotations
@@ -148,6 +153,45 @@ def _seeds(text: str) -> tuple[int, ...]:
         return parse_seeds(text)
     except StudyError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class _ListAction(argparse.Action):
+    """``nargs="+"`` whose values may also be comma-separated: ``a,b c`` -> ``[a, b, c]``."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        tokens = [values] if isinstance(values, str) else list(values or [])
+        items = [item.strip() for token in tokens for item in str(token).split(",")]
+        items = [item for item in items if item]
+        if not items:
+            raise argparse.ArgumentError(self, "expected at least one name")
+        setattr(namespace, self.dest, items)
+
+
+class _JoinedAction(argparse.Action):
+    """``nargs="+"`` parsed as one comma list: ``--lrs 0.1 0.01`` is ``--lrs 0.1,0.01``."""
+
+    def __init__(self, *args: Any, parse: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parse = parse
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        tokens = [values] if isinstance(values, str) else [str(v) for v in values or []]
+        try:
+            setattr(namespace, self.dest, self._parse(",".join(tokens)))
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentError(self, str(error)) from None
 
 
 def _kwarg(text: str) -> tuple[str, Any]:
@@ -317,10 +361,32 @@ def _cmd_list(args: argparse.Namespace) -> int:
 # -- run ----------------------------------------------------------------------------------------
 
 
+def _lr_text(method: str, lr: float | None) -> str:
+    """How a run's initial LR reads: ``lr=0.1``, ``lr=default (0.001)``, or ``no LR argument``
+    for a method that sets its own step size (never ``lr=None``)."""
+    import inspect
+
+    import lrlab.optim as lo
+
+    if lr is not None:
+        return f"lr={lr:g}"
+    try:
+        method_spec = lo.spec(method)
+    except KeyError:
+        return "lr=default"
+    if method_spec.lr_argument is None:
+        return "no LR argument"
+    parameter = inspect.signature(method_spec.cls).parameters.get(method_spec.lr_argument)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return "lr=default"
+    return f"lr=default ({parameter.default:g})"
+
+
 def _summary(record: Any) -> str:
     config = record.config
     lines = [
-        f"{config.problem} / {config.method} / lr={config.lr} / seed={config.seed}: "
+        f"{config.problem} / {config.method} / {_lr_text(config.method, config.lr)} / "
+        f"seed={config.seed}: "
         f"{record.status.value} after {len(record.steps)} of {config.steps} steps "
         f"({record.wall_time_s:.2f} s)",
         f"run_id {record.run_id}",
@@ -350,6 +416,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _import_plugins(args.imports)
     _check_problems([args.problem], "--problem")
     _check_methods([args.method], "--method")
+    if args.lr is not None:
+        import lrlab.optim as lo
+
+        if lo.spec(args.method).lr_argument is None:
+            raise _UsageError(
+                f"argument --lr: method {args.method!r} has no learning-rate argument (it sets "
+                "its own step size); leave --lr out"
+            )
     if args.schedule is not None:
         from lrlab.bench.runner import schedule_names
 
@@ -601,8 +675,8 @@ def report_table(records: Sequence[Any], metric: str | None = None) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    if args.out:
-        _output_dir(args.out, "--out")
+    if args.report_dir:
+        _output_dir(args.report_dir, "--report-dir")
     filters = {}
     if args.problems:
         filters["problem"] = args.problems
@@ -611,10 +685,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not records:
         raise _UsageError(f"argument --store: no runs in {args.store!r} match")
     print(report_table(records, args.metric))
-    if args.out:
+    if args.report_dir:
         from lrlab.bench.report import build_report
 
-        files = build_report(records, args.out)
+        files = build_report(records, args.report_dir)
         print(f"\nReport: {files.html} and {files.markdown}")
     return 0
 
@@ -714,23 +788,43 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from lrlab.bench.demo import format_table, run_demo
 
     torch.set_num_threads(1)
+    if args.lr is None:
+        raise _UsageError("argument --lr: the demo needs a number (its point is a bad initial LR)")
     results = run_demo(initial_lr=args.lr, steps=args.steps)
     print(f"Small MLP, {args.steps} full-batch steps from initial learning rate {args.lr:g}:")
     print(format_table(results))
     return 0
 
 
+# -- completion ---------------------------------------------------------------------------------
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from lrlab.bench.completion import completion_script
+
+    print(completion_script(build_parser(), args.shell), end="")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------------
 
 
+def _alias(parser: argparse.ArgumentParser, old: str, dest: str, **kwargs: Any) -> None:
+    """Keep a renamed flag's old spelling working, hidden from ``--help``."""
+    parser.add_argument(old, dest=dest, help=argparse.SUPPRESS, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from lrlab import __version__
     from lrlab.bench.executors import BACKENDS
 
     parser = argparse.ArgumentParser(
         prog="lrlab",
         description="lrlab: online learning-rate adaptation for PyTorch, and a lab to compare "
-        "the methods (list, run, sweep, report, export, refine, study, demo).",
+        "the methods (list, run, sweep, report, export, refine, study, demo, completion).",
+        epilog="List options take their values space- or comma-separated (--methods sgd,adam).",
     )
+    parser.add_argument("--version", action="version", version=f"lrlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     listing = commands.add_parser("list", help="list registered methods, problems or presets")
@@ -788,18 +882,35 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--preset", help="a shipped study (lrlab list presets)")
     source.add_argument("--study", help="a study file (TOML)")
     sweep.add_argument(
-        "--problems", nargs="+", metavar="PROBLEM", help="problem names (lrlab list problems)"
+        "--problems",
+        nargs="+",
+        action=_ListAction,
+        metavar="PROBLEM",
+        help="problem names (lrlab list problems)",
     )
     sweep.add_argument(
-        "--methods", nargs="+", metavar="METHOD", help="method names (lrlab list methods)"
+        "--methods",
+        nargs="+",
+        action=_ListAction,
+        metavar="METHOD",
+        help="method names (lrlab list methods)",
     )
     sweep.add_argument(
         "--lrs",
-        type=_lr_grid,
-        metavar="GRID",
-        help=f"LOW:HIGH:COUNT log-spaced or a comma list (default {DEFAULT_LRS})",
+        nargs="+",
+        action=_JoinedAction,
+        parse=_lr_grid,
+        metavar="LR",
+        help=f"LOW:HIGH:COUNT log-spaced, or a list of LRs (default {DEFAULT_LRS})",
     )
-    sweep.add_argument("--seeds", type=_seeds, help="a count N (seeds 0..N-1) or a list (0,3)")
+    sweep.add_argument(
+        "--seeds",
+        nargs="+",
+        action=_JoinedAction,
+        parse=_seeds,
+        metavar="SEED",
+        help="a count N (seeds 0..N-1) or a list of seeds (0 3)",
+    )
     sweep.add_argument("--steps", type=_positive_int, help="steps of every run")
     sweep.add_argument(
         "--name", type=_study_name, help="study name (default store results/NAME.sqlite)"
@@ -836,9 +947,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="final metric per method x LR from a store")
     report.add_argument("--store", required=True)
-    report.add_argument("--problems", nargs="+", metavar="PROBLEM", help="only these")
+    report.add_argument(
+        "--problems", nargs="+", action=_ListAction, metavar="PROBLEM", help="only these"
+    )
     report.add_argument("--metric", help="default: each problem's headline metric")
-    report.add_argument("--out", help="also write the HTML/Markdown report into this directory")
+    report.add_argument(
+        "--report-dir",
+        metavar="DIR",
+        help="also write the HTML/Markdown report into this directory (as `lrlab study` does)",
+    )
+    _alias(report, "--out", "report_dir")
     report.set_defaults(handler=_cmd_report)
 
     export = commands.add_parser("export", help="a store's table as CSV or Parquet")
@@ -888,6 +1006,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lr", type=_positive_float, default=1e-4, help="initial learning rate")
     demo.add_argument("--steps", type=_positive_int, default=600, help="training steps")
     demo.set_defaults(handler=_cmd_demo)
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for subcommands, flags and the registered "
+        "method, problem and preset names. bash: `source <(lrlab completion bash)` (or save it "
+        "under ~/.local/share/bash-completion/completions/lrlab); zsh: `source <(lrlab "
+        "completion zsh)` in ~/.zshrc. Generate it again after registering plugins.",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"])
+    completion.set_defaults(handler=_cmd_completion)
     return parser
 
 
@@ -903,6 +1032,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as error:
         print(f"lrlab {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except (BrokenPipeError, ModuleNotFoundError):
+        raise  # lrlab.__main__ ends these quietly / with the missing extra's install line
     except Exception as error:  # one clear line, never a traceback
         return _report_failure(args.command, error)
 

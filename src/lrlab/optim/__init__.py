@@ -20,6 +20,7 @@ from lrlab.optim._base import (
 )
 from lrlab.optim._fused import fused_status
 from lrlab.optim._registry import (
+    EvalModeOptimizer,
     InvalidKwargs,
     MethodSpec,
     UnknownNameError,
@@ -65,6 +66,7 @@ __all__ = [
     "DAdaptSGD",
     "DoG",
     "DoWG",
+    "EvalModeOptimizer",
     "GradaGrad",
     "InvalidKwargs",
     "L4Adam",

@@ -291,11 +291,9 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         return bool(bad > 0)
 
     def _uses_native_kernels(self) -> bool:
-        """Whether a group asked for the fused path, whose CPU kernels are native."""
-        return any(
-            group.get("fused", False) is True or group.get("mechanic_fused", False) is True
-            for group in self.param_groups
-        )
+        """Whether a group takes the native CPU kernels: ``fused`` None (the default) or True
+        (a group without the key, or torch's own ``fused`` of plain SGD/Adam, does not)."""
+        return any(group.get("fused", False) is not False for group in self.param_groups)
 
     def step(  # type: ignore[override]
         self,

@@ -2,7 +2,7 @@
 
 Paper: F. Schaipp, R. Ohana, M. Eickenberg, A. Defazio, R. M. Gower, "MoMo: Momentum Models for
 Adaptive Learning Rates", ICML 2024, arXiv:2305.07583. Official code: ``fabian-sp/MoMo``, PyPI
-``momo-opt`` 0.1.0 (our numerical oracle). Spec: ``shared/specs/defazio_family.md`` section 4.
+``momo-opt`` 0.1.0 (our numerical oracle). Method page: ``docs/methods/loss-based.md``.
 
 Averages of past losses :math:`\\bar f`, gradients :math:`d` and inner products
 :math:`\\gamma = \\mathrm{avg}\\,\\langle g_j, x_j\\rangle` give a model of the loss,
@@ -23,7 +23,15 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -211,7 +219,7 @@ class _MomentumModel(AdaptiveOptimizer):
             _check_no_sparse(grads, name)
             # a fused group resolves it (a loop over every tensor) only for the tensors its
             # kernels leave: None here (fused=True allows no explicit foreach=True)
-            fused = group.get("fused", False)
+            fused = native_requested(group)
             foreach = (
                 group["foreach"] if fused else _foreach.resolve_foreach(group["foreach"], params)
             )
@@ -403,8 +411,10 @@ class Momo(_MomentumModel):
             float32/float64 tensors each pass is one native multi-tensor kernel call for all
             tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere the compiled kernels,
             one call per tensor (see :mod:`lrlab.optim._fused`), and non-contiguous tensors take
-            the ``foreach`` path. Opt-in: the first step pays the native build or the
-            compilation (seconds, once per machine or per process and dtype).
+            the ``foreach`` path.
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the parameters, so the sums are partial and
             reduced over ranks (not needed for DDP or DTensor, which is detected).
 """
@@ -470,7 +480,7 @@ class Momo(_MomentumModel):
         grads: list[Tensor],
         foreach: bool | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        if not group.get("fused", False):
+        if not native_requested(group):
             return self._accumulate_eager(
                 group, params, grads, _foreach.resolve_foreach(foreach, params)
             )
@@ -499,7 +509,7 @@ class Momo(_MomentumModel):
                 rows.moves.append((p, d))
                 rows.constants.append(starts)
                 continue
-            if not flat_eligible(p, g, d, gamma):
+            if not (compiled_requested(group) and flat_eligible(p, g, d, gamma)):
                 rest.append((p, g))
                 continue
             if p.dtype not in constants:
@@ -559,7 +569,7 @@ class Momo(_MomentumModel):
         self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool | None
     ) -> None:
         lr, wd = group["lr"], group["weight_decay"]
-        if group.get("fused", False):
+        if native_requested(group):
             rest = self._move_fused(group, params, (-tau, 1 + lr * wd if wd > 0 else 1.0))
             if not rest:
                 return
@@ -586,7 +596,7 @@ class Momo(_MomentumModel):
         constants: dict[torch.dtype, Tensor] = {}
         for p in params:
             d = self.state[p]["grad_avg"]
-            if not flat_eligible(p, d):
+            if not (compiled_requested(group) and flat_eligible(p, d)):
                 rest.append(p)
                 continue
             if p.dtype not in constants:
@@ -661,9 +671,10 @@ class MomoAdam(_MomentumModel):
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
         fused: True runs the work in two passes over memory (the moments and the tensors'
             sums, then the move): native multi-tensor kernels on CPU float32/float64 tensors,
-            elsewhere the compiled kernels, as in :class:`Momo`. Opt-in: the first step pays the
-            native build or the compilation (seconds, once per machine or per process and
-            dtype).
+            elsewhere the compiled kernels, as in :class:`Momo`.
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: as :class:`Momo`.
 """
         + _MOMO_NOTES
@@ -754,7 +765,7 @@ class MomoAdam(_MomentumModel):
         grads: list[Tensor],
         foreach: bool | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        if not group.get("fused", False):
+        if not native_requested(group):
             return self._accumulate_eager(
                 group, params, grads, _foreach.resolve_foreach(foreach, params)
             )
@@ -781,7 +792,7 @@ class MomoAdam(_MomentumModel):
                 rows.moves.append((p, m, v))
                 rows.constants.append(biases[step])
                 continue
-            if not flat_eligible(p, g, m, v, gamma):
+            if not (compiled_requested(group) and flat_eligible(p, g, m, v, gamma)):
                 rest.append((p, g))  # the eager path counts its step
                 continue
             state["step"] += 1
@@ -859,7 +870,7 @@ class MomoAdam(_MomentumModel):
         self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool | None
     ) -> None:
         lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
-        if group.get("fused", False):
+        if native_requested(group):
             rest = self._move_fused(group, params, tau)
             if not rest:
                 return
@@ -896,7 +907,7 @@ class MomoAdam(_MomentumModel):
         for p in params:
             state = self.state[p]
             m, v = state["grad_avg"], state["grad_avg_sq"]
-            if not flat_eligible(p, m, v):
+            if not (compiled_requested(group) and flat_eligible(p, m, v)):
                 rest.append(p)
                 continue
             key = (p.dtype, int(state["step"]))

@@ -2,7 +2,7 @@
 
 SPS: N. Loizou, S. Vaswani, I. Laradji, S. Lacoste-Julien, "Stochastic Polyak Step-size for SGD:
 An Adaptive Learning Rate for Fast Convergence", AISTATS 2021, arXiv:2002.10542. Official code:
-``IssamLaradji/sps`` (not on PyPI; no oracle). Spec: ``shared/specs/defazio_family.md`` 5.1.
+``IssamLaradji/sps`` (not on PyPI; no oracle). Method page: ``docs/methods/loss-based.md``.
 
 TAPS / MOTAPS: R. M. Gower, A. Defazio, M. Rabbat, "Stochastic Polyak Stepsize with a Moving
 Target", arXiv:2106.11851 (2021). No public code, and the paper's full text was not available to

@@ -3,7 +3,7 @@
 Paper: X. Wu, R. Ward, L. Bottou, "WNGrad: Learn the Learning Rate in Gradient Descent",
 arXiv:1803.02865 (2018). Code: the first author's PyTorch fork ``xwuShirley/pytorch``
 (``torch/optim/wngrad.py``, ``wnadam.py``) and ``mlpack/ensmallen`` (WNGrad).
-Spec: ``shared/specs/path_and_loss_methods.md`` section 4.
+Method page: ``docs/methods/accumulator.md``.
 
 ``b`` only grows, so the step size only shrinks; a too-small ``b0`` (too-large learning rate)
 makes the first increment of ``b`` large, which corrects the step size after one step.
@@ -21,7 +21,15 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -134,7 +142,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
     ) -> tuple[list[Tensor], list[Tensor]]:
         """(tensors the kernels step, the others) of a group; all others without fused."""
         # .get: checkpoints written before the fused path have no "fused" key
-        if not group.get("fused", False):
+        if not compiled_requested(group):
             return [], params
         fused, rest = [], []
         for p in params:
@@ -302,7 +310,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
     ) -> tuple[dict[torch.dtype, _NativeBatch], list[Tensor]]:
         """(the native kernels' blocks of the group by dtype, the tensors they do not take)."""
         # .get: checkpoints written before the fused path have no "fused" key
-        if not group.get("fused", False) or not _NATIVE_ACCUMULATE.available():
+        if not native_requested(group) or not _NATIVE_ACCUMULATE.available():
             return {}, params
         batches: dict[torch.dtype, _NativeBatch] = {}
         rest: list[Tensor] = []
@@ -484,9 +492,10 @@ class WNGrad(_WeightNormAccumulator):
             ``"tensor"`` and ``"row"``, the blocks' sums, :math:`b` (one element per block) and
             the move. Elsewhere (CUDA, bfloat16, non-contiguous) the compiled kernels of
             :mod:`lrlab.optim._fused`: ``"global"`` as above, ``"tensor"`` and ``"row"`` one
-            kernel per tensor; small tensors there take the ``foreach`` path. Opt-in: the first
-            step pays the build (native, once per machine) or the compilation (seconds, once
-            per process and dtype).
+            kernel per tensor; small tensors there take the ``foreach`` path.
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the parameters, so the global
             :math:`\lVert g\rVert^2` is a partial sum to be reduced over ranks (DTensor is
             detected; per-tensor and per-row blocks need no reduction).
