@@ -44,6 +44,6 @@ def test_compiled_step_equals_eager(name: str) -> None:
     compiled, compiled_statistics = _run(name, compiled=True)
     torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=0)
     assert compiled_statistics == pytest.approx(eager_statistics, rel=1e-9, abs=0)
-    # no graph of the step (its global scalars would be baked in) and no recompile storm
-    assert sum(counters["recompiles"].values()) == 0
-    assert counters["stats"].get("unique_graphs", 0) == 0
+    # no graph of the step (its global scalars would be baked in), so no recompilation either
+    assert counters["stats"]["unique_graphs"] == 0
+    assert counters["frames"]["total"] > 0  # dynamo did see the compiled calls

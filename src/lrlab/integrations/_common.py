@@ -136,3 +136,48 @@ def statistics_to_log(optimizers: list[AdaptiveOptimizer], prefix: str) -> dict[
         for key, value in optimizer.statistics().items():
             logged[f"{tag}{key}"] = float(value)
     return logged
+
+
+def _world_size() -> int:
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        return distributed.get_world_size()
+    return 1
+
+
+def mean_over_ranks(loss: Tensor) -> Tensor:
+    """The mean of ``loss`` over the ranks of the default process group (itself on one rank).
+
+    Data-parallel ranks hold the same averaged gradient; a method that also uses the loss must
+    see the same loss everywhere, or the replicas drift apart. Every rank must call this.
+    """
+    world = _world_size()
+    if world == 1:
+        return loss
+    total = loss.detach().to(torch.float64).clone()
+    torch.distributed.all_reduce(total)
+    return total / world
+
+
+def gather_over_ranks(indices: Tensor) -> Tensor:
+    """The example indices of every rank's batch, concatenated in rank order (the global batch).
+
+    Raises:
+        ValueError: the ranks' batches differ in size (a distributed sampler pads or drops to
+            equal sizes; use one).
+    """
+    world = _world_size()
+    if world == 1:
+        return indices
+    indices = indices.reshape(-1).to(torch.int64)
+    sizes = [torch.zeros((), dtype=torch.int64, device=indices.device) for _ in range(world)]
+    torch.distributed.all_gather(sizes, torch.tensor(indices.numel(), device=indices.device))
+    if len({int(size) for size in sizes}) != 1:
+        raise ValueError(
+            "the ranks' batches have different sizes "
+            f"({[int(size) for size in sizes]}): example indices cannot be gathered; use a "
+            "DistributedSampler that pads or drops the last batch"
+        )
+    parts = [torch.empty_like(indices) for _ in range(world)]
+    torch.distributed.all_gather(parts, indices)
+    return torch.cat(parts)

@@ -45,8 +45,10 @@ from lrlab.integrations._common import (
     RngState,
     batch_indices,
     check_pass,
+    gather_over_ranks,
     loss_of,
     lrlab_optimizers,
+    mean_over_ranks,
     needs_any,
     rng_state,
     statistics_to_log,
@@ -182,11 +184,12 @@ class LrlabCallback(pl.Callback):
         optimizers = self._optimizers(trainer)
         if not optimizers or not self._window:
             return
-        value = self._unscaled_loss(trainer, pl_module, loss)
+        # data-parallel ranks must agree on the loss and see the global batch's indices
+        value = mean_over_ranks(self._unscaled_loss(trainer, pl_module, loss))
         batch = self._window[-1][0]
         for optimizer in optimizers:
             indices = (
-                batch_indices(batch, self.index_key, "LrlabCallback")
+                gather_over_ranks(batch_indices(batch, self.index_key, "LrlabCallback"))
                 if optimizer.needs_example_index
                 else None
             )

@@ -46,8 +46,10 @@ from lrlab.integrations._common import (
     RngState,
     batch_indices,
     check_pass,
+    gather_over_ranks,
     loss_of,
     lrlab_optimizers,
+    mean_over_ranks,
     needs_any,
     rng_state,
     statistics_to_log,
@@ -212,8 +214,9 @@ class LrlabCallback(transformers.TrainerCallback):
         loss = None
         if self._losses:
             stacked = torch.stack([value.to(torch.float64) for value in self._losses])
-            loss = stacked.sum() if self._shares else stacked.mean()
-        indices = torch.cat(self._indices) if self._indices else None
+            # data-parallel ranks must agree on the loss and see the global batch's indices
+            loss = mean_over_ranks(stacked.sum() if self._shares else stacked.mean())
+        indices = gather_over_ranks(torch.cat(self._indices)) if self._indices else None
         for optimizer in self._optimizers:
             if optimizer.needs_loss and loss is None:
                 raise ValueError(
