@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lrlab.bench import metrics
-from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json
+from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json, run_label
 
 __all__ = ["MetricChoice", "ReportFiles", "build_report", "default_metric_choice"]
 
@@ -82,8 +82,7 @@ class _Figure:
 
 
 def _label(record: RunRecord) -> str:
-    tags = record.config.tags or {}
-    return str(tags.get("label") or record.config.method)
+    return run_label(record.config)
 
 
 _LINESTYLES = ("-", "--", "-.", ":")

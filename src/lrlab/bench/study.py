@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lrlab.bench import metrics
-from lrlab.bench.spec import Goal, RunRecord
+from lrlab.bench.spec import Goal, RunRecord, metric_goals, run_label
 from lrlab.bench.sweep import Study, StudyError, load_study
 
 __all__ = [
@@ -140,16 +140,29 @@ def _parts(study: Study) -> list[Study]:
 # -- metric choice ------------------------------------------------------------------------------
 
 
-def _goal_of(problem: str, metric: str) -> Goal:
-    try:
-        from lrlab.bench.problems import get_problem
+def _goal_of(problem: str, metric: str, records: Sequence[RunRecord] = ()) -> Goal:
+    """The direction of ``metric`` on ``problem``: as the runs stored it, else as the problem
+    declares it (:func:`lrlab.bench.spec.metric_goals`); never guessed from the name.
 
-        info = get_problem(problem).info
-        if info.metric == metric:
-            return Goal(info.goal)
+    Raises:
+        StudyError: neither the records nor the problem know the metric's direction.
+    """
+    for record in records:
+        goal = record.goal_of(metric)
+        if goal is not None:
+            return goal
+    from lrlab.bench.problems import get_problem
+
+    try:
+        known = metric_goals(get_problem(problem).info)
     except KeyError:
-        pass
-    return Goal.MAXIMIZE if "accuracy" in metric else Goal.MINIMIZE
+        known = {}
+    if metric in known:
+        return known[metric]
+    raise StudyError(
+        f"metric {metric!r} of problem {problem!r} has no known direction; metrics with one: "
+        f"{', '.join(sorted(known)) or 'none'}"
+    )
 
 
 def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:
@@ -162,7 +175,7 @@ def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:
         metric = option.get(problem) if isinstance(option, Mapping) else option
         if metric is None:
             return default_metric_choice(problem, records)
-        return MetricChoice(metric, _goal_of(problem, metric))
+        return MetricChoice(metric, _goal_of(problem, metric, records))
 
     return choose
 
@@ -189,8 +202,7 @@ def _part_records(part: Study, store: Any) -> tuple[list[RunRecord], int]:
 
 
 def _label(record: RunRecord) -> str:
-    label = record.config.tags.get("label") if record.config.tags else None
-    return str(label) if label else record.config.method
+    return run_label(record.config)
 
 
 # -- placeholders -------------------------------------------------------------------------------
@@ -267,7 +279,7 @@ def _evaluate_placeholder(
         )
     choice = _metric_choice(part)(options["problem"], problem_records)
     metric = options.get("metric", choice.metric)
-    goal = _goal_of(options["problem"], metric) if "metric" in options else choice.goal
+    goal = _goal_of(options["problem"], metric, selected) if "metric" in options else choice.goal
     spec = options.get("fmt", ".3g")
     if kind == "value":
         lrs = sorted({r.config.lr for r in selected}, key=lambda v: (v is not None, v or 0.0))
@@ -307,7 +319,7 @@ def check_commentary(source: StudySource) -> list[str]:
             (c.problem, str(label))
             for c in part.configs()
             # a two-pass method's pass 1 names the label its pass 2 will have
-            for label in (c.tags.get("label") or c.method, c.tags.get("refined_label"))
+            for label in (run_label(c), c.tags.get("refined_label"))
             if label
         }
         for name, part in parts.items()
@@ -422,8 +434,7 @@ def part_tables(part: Study, records: Sequence[RunRecord]) -> str:
     labels = [
         label
         for label in dict.fromkeys(
-            [str(c.tags.get("label") or c.method) for c in part.configs()]
-            + [_label(r) for r in records]
+            [run_label(c) for c in part.configs()] + [_label(r) for r in records]
         )
         if any(_label(r) == label for r in records)
     ]
