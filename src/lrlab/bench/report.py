@@ -42,6 +42,7 @@ from typing import Any
 
 from lrlab.bench import metrics
 from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json, run_label
+from lrlab.bench.tables import html_table, markdown_table
 
 __all__ = ["MetricChoice", "ReportFiles", "build_report", "default_metric_choice"]
 
@@ -460,15 +461,7 @@ def _default_targets(
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, str]:
-    markdown = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    markdown += ["| " + " | ".join(row) + " |" for row in rows]
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return "\n".join(
-        markdown
-    ), f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+    return markdown_table(header, rows), html_table(header, rows)
 
 
 _CSS = """

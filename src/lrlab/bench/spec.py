@@ -48,6 +48,7 @@ __all__ = [
     "canonical_json",
     "metric_goals",
     "run_label",
+    "variant_label",
 ]
 
 JSONScalar = str | int | float | bool | None
@@ -98,7 +99,7 @@ class ProblemInfo:
     name: str
     """``dataset_model`` in snake case: ``synthetic_rosenbrock``, ``digits_mlp``."""
     kind: str
-    """``synthetic``, ``logistic`` or ``vision``."""
+    """``synthetic``, ``logistic``, ``vision`` or ``language``."""
     summary: str
     metric: str
     """The headline final metric, a key of :meth:`ProblemInstance.evaluate`'s result
@@ -290,6 +291,21 @@ class RunRecord:
     def goal_of(self, metric: str) -> Goal | None:
         """The stored direction of ``metric``, or None when the record does not know it."""
         return self.goals.get(metric)
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_format_value(v) for v in value) + "]"
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def variant_label(method: str, kwargs: Mapping[str, object]) -> str:
+    """``clara-sgd(d=0.02)``: the method name and its non-default kwargs, sorted (the ``label``
+    a study gives a method entry with kwargs)."""
+    if not kwargs:
+        return method
+    inner = ",".join(f"{k}={_format_value(v)}" for k, v in sorted(kwargs.items()))
+    return f"{method}({inner})"
 
 
 def run_label(config: RunConfig) -> str:

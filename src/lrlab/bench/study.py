@@ -16,7 +16,7 @@ One command runs a study end to end::
 **Files of a study** (``NAME`` may also be a path ``FILE.toml``; its commentary is then
 ``FILE.md`` beside it):
 
-* ``src/lrlab/bench/presets/NAME.toml``: the study, in the format of :mod:`lrlab.bench.sweep`
+* ``src/lrlab/bench/presets/NAME.toml``: the study, in the format of :mod:`lrlab.bench.studyfile`
   (problems, methods, grids; ``[[parts]]`` for sub-studies with their own grids; per-method
   ``lr_argument``, ``lrs``, ``schedule``; per-problem ``steps``/``kwargs``) plus optional
   ``title`` and ``[report]`` options: ``metric`` (a name, or a table problem -> name; default:
@@ -78,8 +78,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lrlab.bench import metrics
+from lrlab.bench.refinement import second_pass_configs
 from lrlab.bench.spec import Goal, RunRecord, metric_goals, run_label
-from lrlab.bench.sweep import Study, StudyError, load_study
+from lrlab.bench.studyfile import Study, StudyError, load_study
+from lrlab.bench.tables import format_number, markdown_table
 
 __all__ = [
     "StudyOutcome",
@@ -188,12 +190,7 @@ def _part_records(part: Study, store: Any) -> tuple[list[RunRecord], int]:
     the part expects that are not stored."""
     configs = part.configs()
     ids = list(dict.fromkeys(c.run_id for c in configs))
-    try:
-        from lrlab.bench.refinement import second_pass_configs
-    except ImportError:  # pragma: no cover - refinement is part of lrlab
-        second = []
-    else:
-        second = second_pass_configs(configs, store).configs
+    second = second_pass_configs(configs, store).configs
     ids += [c.run_id for c in second if c.run_id not in set(ids)]
     records: list[RunRecord] = []
     for start in range(0, len(ids), 500):
@@ -220,11 +217,7 @@ def _same_lr(a: float | None, b: float | None) -> bool:
 
 
 def _format(value: float | None, spec: str) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return format(value, spec)
+    return format_number(value, spec)
 
 
 def _evaluate_placeholder(
@@ -395,9 +388,7 @@ def fill_placeholders(
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(header, rows)
 
 
 def _cell(point: metrics.SensitivityPoint) -> str:
