@@ -61,6 +61,7 @@ pipelines.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -135,8 +136,20 @@ def load_study_source(name: str) -> StudySource:
 
 
 def _parts(study: Study) -> list[Study]:
-    """The parts of a study; a study without parts is its own single part."""
-    return list(study.parts) if study.parts else [study]
+    """The parts of a study as its report shows them: its parts; itself when it has none, or
+    when ``report.combine_parts`` asks for one report over all of them (then its problems are
+    its parts' problems, in order)."""
+    if not study.parts:
+        return [study]
+    if study.report.get("combine_parts"):
+        problems = {p.name: p for part in study.parts for p in part.problems}
+        return [dataclasses.replace(study, problems=tuple(problems.values()))]
+    return list(study.parts)
+
+
+def _split(study: Study) -> bool:
+    """Whether the report has a section per part."""
+    return bool(study.parts) and not study.report.get("combine_parts")
 
 
 # -- metric choice ------------------------------------------------------------------------------
@@ -407,13 +420,135 @@ def _lr_text(lr: float | None) -> str:
     return "default" if lr is None else format(lr, "g")
 
 
+def _mean_rank(ranks: Sequence[int | None]) -> float:
+    present = [r for r in ranks if r is not None]
+    return sum(present) / len(present) if present else math.inf
+
+
+def leaderboard_tables(part: Study, records: Sequence[RunRecord]) -> str:
+    """The leaderboard tables of a part (``report.leaderboard``): per method and problem the
+    best-tuned result and rank, the result and rank at the defaults, the robustness width and
+    divergence rate, and the time to target (:mod:`lrlab.bench.leaderboard`)."""
+    from lrlab.bench.leaderboard import entries
+
+    choose = _metric_choice(part)
+
+    def metric_choice(problem: str, problem_records: Sequence[RunRecord]) -> tuple[str, Goal]:
+        choice = choose(problem, problem_records)
+        return choice.metric, choice.goal
+
+    tolerance = float(part.report.get("tolerance", DEFAULT_TOLERANCE))
+    found = entries(
+        records,
+        metric_choice=metric_choice,
+        tolerance=tolerance,
+        targets=part.report.get("targets") or None,
+    )
+    problems = [e.name for e in part.problems if any(x.problem == e.name for x in found)]
+    problems += sorted({x.problem for x in found} - set(problems))
+    cell = {(x.problem, x.method): x for x in found}
+    methods = sorted(
+        {x.method for x in found},
+        key=lambda m: (_mean_rank([cell[(p, m)].rank for p in problems if (p, m) in cell]), m),
+    )
+    metric_of = {x.problem: f"{x.metric} ({x.goal.value})" for x in found}
+
+    def row(method: str, text: Callable[[Any], str], rank: Callable[[Any], Any]) -> list[str]:
+        cells = [text(cell[(p, method)]) if (p, method) in cell else "-" for p in problems]
+        mean = _mean_rank([rank(cell[(p, method)]) for p in problems if (p, method) in cell])
+        return [method, *cells, _format(mean, ".1f") if math.isfinite(mean) else "-"]
+
+    def ranked(value: float | None, place: int | None, diverged: bool = False) -> str:
+        if value is None:
+            return "diverged" if diverged else "-"
+        return f"{_format(value, '.3g')} ({place})"
+
+    def seconds(x: Any) -> str:
+        if not math.isfinite(x.steps_to_target):
+            return "not reached"
+        return f"{x.steps_to_target:.0f} ({x.seconds_to_target:.1f} s)"
+
+    header = ["method", *problems, "mean rank"]
+    best_rows = [row(m, lambda x: ranked(x.best, x.rank), lambda x: x.rank) for m in methods]
+    default_methods = sorted(
+        methods,
+        key=lambda m: (
+            _mean_rank([cell[(p, m)].default_rank for p in problems if (p, m) in cell]),
+            m,
+        ),
+    )
+    default_rows = [
+        row(
+            m,
+            lambda x: ranked(x.default, x.default_rank, x.default_diverged),
+            lambda x: x.default_rank,
+        )
+        for m in default_methods
+    ]
+    width_rows = []
+    for method in methods:
+        here = [cell[(p, method)] for p in problems if (p, method) in cell]
+        runs = sum(x.runs for x in here)
+        diverged = sum(x.divergence_rate * x.runs for x in here)
+        width_rows.append(
+            [method]
+            + [
+                _format(cell[(p, method)].width, "g") if (p, method) in cell else "-"
+                for p in problems
+            ]
+            + [f"{diverged / runs:.0%}" if runs else "-"]
+        )
+    time_rows = [
+        [method] + [seconds(cell[(p, method)]) if (p, method) in cell else "-" for p in problems]
+        for method in methods
+    ]
+    targets = {x.problem: x.target for x in found}
+    return "\n".join(
+        [
+            "**Leaderboard, tuned**: per problem the best mean final metric over every setting "
+            "a method was run at (initial LRs; for learning-rate-free methods their initial "
+            "estimate; and the defaults) at which no seed diverged, and the method's rank on "
+            "the problem (1 = best; equal values share a rank). Methods are sorted by their mean "
+            "rank. Metrics: " + "; ".join(f"{p}: {metric_of[p]}" for p in problems) + ".",
+            "",
+            _md_table(header, best_rows),
+            "",
+            "**With no tuning**: the mean final metric at the method's defaults (its "
+            "constructor's own learning rate or initial estimate) and its rank among the "
+            "defaults; `diverged`: a seed diverged there.",
+            "",
+            _md_table(header, default_rows),
+            "",
+            f"**Robustness**: the width in decades of the longest run of consecutive grid "
+            f"settings whose mean final metric is within {tolerance:.0%} of the best run of any "
+            "method on the problem (no seed diverged), and the share of all the method's runs "
+            "that diverged or failed.",
+            "",
+            _md_table(["method", *problems, "diverged runs"], width_rows),
+            "",
+            "**Time to target** at the best setting: the median over seeds of the first step "
+            "whose mini-batch training loss reaches the problem's target, and that share of the "
+            "run's wall time; `not reached`: a seed never got there. Targets (training loss): "
+            + ", ".join(f"{p} {_format(targets[p], '.3g')}" for p in problems)
+            + ".",
+            "",
+            _md_table(["method", *problems], time_rows),
+        ]
+    )
+
+
 def part_tables(part: Study, records: Sequence[RunRecord]) -> str:
     """The generated Markdown tables of one part.
+
+    With ``report.leaderboard``: the leaderboard tables (:func:`leaderboard_tables`) only; the
+    per-LR tables of every method are in the HTML report.
 
     A part with one initial LR per method gets one table (problems x methods, final metric).
     A part with an LR grid gets, across problems, the best-tuned result (best initial LR) and
     the robustness width per method, then per problem the full method x LR table.
     """
+    if part.report.get("leaderboard"):
+        return leaderboard_tables(part, records)
     by_problem: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
         by_problem[record.config.problem].append(record)
@@ -566,6 +701,34 @@ def _read_timing(store_path: Path) -> list[dict[str, Any]]:
         return []
 
 
+def _timing_key(entry: Mapping[str, Any]) -> str:
+    return json.dumps({k: v for k, v in entry.items() if k != "merged_from"}, sort_keys=True)
+
+
+def merge_stores(target: Any, sources: Sequence[str | Path]) -> int:
+    """Copy into the open store ``target`` every run of the ``sources`` (store files) that it
+    does not hold yet, and append their sweep timings to ``target``'s; returns how many runs
+    were copied. Runs are identified by ``run_id``, so merging twice copies nothing new."""
+    from lrlab.bench.store import Store
+
+    copied = 0
+    timing = _read_timing(Path(target.path))
+    for source in sources:
+        with Store(source, readonly=True) as other:
+            missing = sorted(other.run_ids() - target.run_ids())
+            for start in range(0, len(missing), 200):
+                for record in other.load_records(run_id=missing[start : start + 200]):
+                    target.write(record)
+                    copied += 1
+        seen = {_timing_key(t) for t in timing}
+        for entry in _read_timing(Path(source)):
+            if _timing_key(entry) not in seen:
+                timing.append({**entry, "merged_from": str(source)})
+    if timing:
+        _timing_path(Path(target.path)).write_text(json.dumps({"sweeps": timing}, indent=1))
+    return copied
+
+
 # -- the command --------------------------------------------------------------------------------
 
 
@@ -573,7 +736,9 @@ def _read_timing(store_path: Path) -> list[dict[str, Any]]:
 class StudyOutcome:
     """What :func:`run_study` did and wrote."""
 
-    doc: Path
+    doc: Path | None
+    """The docs page; None when only some parts ran (``parts``) and the store lacks runs of the
+    others: the page is written once the store holds them all (run the rest, or ``merge``)."""
     figures: list[Path]
     report_dirs: list[Path]
     store: Path
@@ -624,7 +789,7 @@ def render_doc(
     parts = {part.name: part for part in _parts(study)}
     results: list[str] = ["## Results", ""]
     for name, part in parts.items():
-        if study.parts:
+        if _split(study):
             title = part.title or part.description or name
             results += [f"### Part {name}: {title}", ""]
             if part.title and part.description:
@@ -663,6 +828,11 @@ def run_study(
     show_progress: bool = True,
     progress: TextIO | None = None,
     command: str | None = None,
+    quick: bool = False,
+    parts: Sequence[str] = (),
+    backend: str = "local",
+    address: str | None = None,
+    merge: Sequence[str | Path] = (),
 ) -> StudyOutcome:
     """Run the study ``name`` (preset or ``FILE.toml``) into the store, build its report and
     write its docs page (see the module docstring).
@@ -677,13 +847,32 @@ def run_study(
         show_progress: print the sweep's progress bar.
         progress: stream of the progress bar (default stderr).
         command: the command line to quote in the docs (default: rebuilt from the arguments).
+        quick: run the study's quick variant (its ``[quick]`` table) instead; its store and
+            reports default to ``results/<name>-quick.sqlite`` / ``results/<name>-quick-report``
+            (the docs page keeps the study's name).
+        parts: run only these parts (names); the report and the page still cover every part,
+            saying which runs are missing. Parts run apart (on other machines, into other
+            stores) come together with ``merge``.
+        backend: ``local`` (process pool) or ``ray``; ``address``: the Ray cluster's address.
+        merge: stores whose runs (and sweep timings) are copied into the store first, e.g.
+            the stores of parts run elsewhere; runs already there are kept.
+
+    Raises:
+        StudyError: no quick variant, an unknown part, a commentary placeholder that matches no
+            run, or a merge source that does not exist.
     """
+    from lrlab.bench.executors import check_backend
     from lrlab.bench.report import build_report
     from lrlab.bench.store import Store
     from lrlab.bench.sweep import run_sweep
 
     source = load_study_source(name)
+    if quick:
+        if source.study.quick is None:
+            raise StudyError(f"study {source.study.name!r} has no quick variant ([quick] table)")
+        source = dataclasses.replace(source, study=source.study.quick)
     study = source.study
+    selected = [study.part(part) for part in parts]  # unknown names fail before anything runs
     problems = check_commentary(source)
     if problems:  # fail before hours of running, not after
         raise StudyError(
@@ -691,25 +880,38 @@ def run_study(
             + "; ".join(problems[:5])
             + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
         )
-    store_path = Path(store) if store is not None else Path("results") / f"{study.name}.sqlite"
-    report_root = (
-        Path(report_dir) if report_dir is not None else Path("results") / f"{study.name}-report"
-    )
+    stem = f"{study.name}-quick" if quick else study.name
+    store_path = Path(store) if store is not None else Path("results") / f"{stem}.sqlite"
+    report_root = Path(report_dir) if report_dir is not None else Path("results") / f"{stem}-report"
     docs_dir = Path(docs)
     if command is None:
         command = f"lrlab study {name}" + (f" --workers {workers}" if workers else "")
-    configs = study.configs()
+    configs = [c for part in selected for c in part.configs()] if selected else study.configs()
+    if run:
+        check_backend(backend, address)  # before anything runs (Ray missing, bad address)
+    for source_path in merge:
+        if not Path(source_path).is_file():
+            raise StudyError(f"merge: store {str(source_path)!r} does not exist")
     new_store = not store_path.exists()
     store_path.parent.mkdir(parents=True, exist_ok=True)
     ran = lost = 0
     errors: list[str] = []
     with Store(store_path) as db:
+        if merge:
+            merge_stores(db, merge)
+            new_store = False
         if run:
             timing = [] if new_store else _read_timing(store_path)
             started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             load = os.getloadavg() if hasattr(os, "getloadavg") else ()
             summary = run_sweep(
-                configs, db, workers=workers, show_progress=show_progress, progress=progress
+                configs,
+                db,
+                backend=backend,
+                workers=workers,
+                address=address,
+                show_progress=show_progress,
+                progress=progress,
             )
             ran = sum(summary.counts.values())
             lost = len(summary.lost)
@@ -724,6 +926,7 @@ def run_study(
                         "load_average_at_start": list(load),
                         "command": command,
                         "machine": machine_description(),
+                        "parts": list(parts),
                     }
                 )
                 _timing_path(store_path).write_text(json.dumps({"sweeps": timing}, indent=1))
@@ -735,18 +938,19 @@ def run_study(
             records[part_name], part_missing = _part_records(part, db)
             missing += part_missing
 
+    # a part run alone leaves the page as it is until the store holds every part's runs
+    partial = bool(selected) and missing > 0
     figure_dir = docs_dir / study.name
-    if figure_dir.is_dir():
+    if figure_dir.is_dir() and not partial:
         for old in figure_dir.glob("*.png"):
             old.unlink()
-    figure_dir.mkdir(parents=True, exist_ok=True)
     copied: list[Path] = []
     shown: dict[str, list[tuple[str, str]]] = {}
     report_dirs: list[Path] = []
     for part_name, part in parts.items():
         if not records[part_name]:
             continue
-        out = report_root / part_name if study.parts else report_root
+        out = report_root / part_name if _split(study) else report_root
         files = build_report(
             records[part_name],
             out,
@@ -760,9 +964,10 @@ def run_study(
         wanted = part.report.get("figures", ["sensitivity", "lr-trajectories", "curves"])
         shown[part_name] = []
         for path in files.figures:
-            if _figure_kind(path.stem) not in wanted:
+            if partial or _figure_kind(path.stem) not in wanted:
                 continue
-            target = figure_dir / (f"{part_name}-{path.name}" if study.parts else path.name)
+            figure_dir.mkdir(parents=True, exist_ok=True)
+            target = figure_dir / (f"{part_name}-{path.name}" if _split(study) else path.name)
             shutil.copyfile(path, target)
             copied.append(target)
             shown[part_name].append(
@@ -832,11 +1037,13 @@ def run_study(
         "Every number on this page is computed from the stored runs by `lrlab study`; the "
         "exact config of every run (and its id) is in the HTML reports' provenance tables.",
     ]
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    doc_path = docs_dir / f"{study.name}.md"
-    doc_path.write_text(
-        render_doc(source, records, figures=shown, provenance=provenance, command=command)
-    )
+    doc_path: Path | None = None
+    if not partial:
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        doc_path = docs_dir / f"{study.name}.md"
+        doc_path.write_text(
+            render_doc(source, records, figures=shown, provenance=provenance, command=command)
+        )
     return StudyOutcome(
         doc=doc_path,
         figures=copied,

@@ -63,11 +63,24 @@ table is merged key by key)::
 **Report options** (``[report]`` at the top or per part; read by :mod:`lrlab.bench.study`):
 ``metric`` (a name, or a table problem -> name), ``tolerance`` (relative, of the robustness
 width and default targets), ``targets`` (problem -> training-loss target of time to target),
-``figures`` (a subset of :data:`FIGURE_KINDS` to show in the study's docs page).
+``figures`` (a subset of :data:`FIGURE_KINDS` to show in the study's docs page),
+``combine_parts`` (true: one report and one set of tables over all parts, for a study whose
+parts only split the work so that they can run apart), ``leaderboard`` (true: the tables open
+with the per-(method, problem) leaderboard of :mod:`lrlab.bench.leaderboard`).
+
+**Quick variant** (``[quick]``, run by ``lrlab study NAME --quick``): a smaller version of the
+study for a first look. Its keys override the study's top-level keys (its parts and problems
+excepted), and it names its own ``problems`` or ``[[quick.parts]]``::
+
+    [quick]
+    seeds = 2
+    lrs = "1e-6:1e2:5"
+    problems = [{ name = "iris_logreg", steps = 100 }]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import math
@@ -104,7 +117,7 @@ __all__ = [
     "variant_label",
 ]
 
-REPORT_KEYS = ("metric", "tolerance", "targets", "figures")
+REPORT_KEYS = ("metric", "tolerance", "targets", "figures", "combine_parts", "leaderboard")
 """Keys of a study's ``report`` table, read by :mod:`lrlab.bench.study`."""
 
 
@@ -301,6 +314,21 @@ class Study:
     report: Mapping[str, Any] = field(default_factory=dict)
     """Options of the study report (``metric``, ``tolerance``, ``targets``, ``figures``)."""
     parts: tuple[Study, ...] = ()
+    quick: Study | None = None
+    """The study's quick variant (its ``[quick]`` table), run by ``lrlab study NAME --quick``."""
+
+    def part(self, name: str) -> Study:
+        """The part called ``name``.
+
+        Raises:
+            StudyError: no such part (the message lists the parts there are).
+        """
+        for part in self.parts:
+            if part.name == name:
+                return part
+        names = ", ".join(p.name for p in self.parts) or "none (the study has no parts)"
+        raise StudyError(f"study {self.name!r} has no part {name!r}; its parts: {names}")
+
     """Sub-studies with their own grids (a study with parts runs exactly its parts)."""
 
     def configs(self) -> list[RunConfig]:
@@ -362,6 +390,8 @@ class Study:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "study") -> Study:
         """Validate a parsed TOML study; errors name the key, the value and what is allowed."""
+        if "quick" in data:
+            return cls._with_quick(data, source)
         if "parts" in data:
             return cls._from_parts(data, source)
         allowed = {
@@ -410,6 +440,24 @@ class Study:
             title=_typed(data, "title", str, source, ""),
             report=_report_options(data, source),
         )
+
+    @classmethod
+    def _with_quick(cls, data: Mapping[str, Any], source: str) -> Study:
+        """A study with a ``[quick]`` table: the quick variant is the study's top-level keys
+        (not its parts) overridden by the table's, with the table's own ``problems`` or
+        ``[[quick.parts]]``."""
+        quick = data["quick"]
+        here = f"{source}: quick"
+        if not isinstance(quick, dict):
+            raise StudyError(f"{here}: 'quick' must be a table ([quick])")
+        if "quick" in quick:
+            raise StudyError(f"{here}: a quick variant cannot have its own 'quick'")
+        if "problems" not in quick and "parts" not in quick:
+            raise StudyError(f"{here}: needs its own 'problems' or [[quick.parts]]")
+        shared = {k: v for k, v in data.items() if k not in ("quick", "parts", "problems")}
+        variant = cls.from_mapping({**shared, **quick}, source=here)
+        full = cls.from_mapping({k: v for k, v in data.items() if k != "quick"}, source=source)
+        return dataclasses.replace(full, quick=variant)
 
     @classmethod
     def _from_parts(cls, data: Mapping[str, Any], source: str) -> Study:
@@ -482,6 +530,8 @@ def _report_options(data: Mapping[str, Any], where: str) -> dict[str, Any]:
         tolerance = _typed(options, "tolerance", (int, float), here)
         if not 0 <= tolerance < math.inf:
             raise StudyError(f"{here}: 'tolerance' must be >= 0, got {tolerance!r}")
+    _typed(options, "combine_parts", bool, here, False)
+    _typed(options, "leaderboard", bool, here, False)
     targets = _typed(options, "targets", dict, here, {})
     _numbers(list(targets.values()), "targets", here)
     figures = _typed(options, "figures", list, here, list(FIGURE_KINDS))
