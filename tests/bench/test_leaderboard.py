@@ -393,3 +393,74 @@ def test_unknown_parts_and_missing_quick_fail_before_running(board, tmp_path) ->
     with pytest.raises(StudyError, match=r"merge: store .*absent.sqlite' does not exist"):
         run_study(str(plain), store=tmp_path / "s.sqlite", merge=[tmp_path / "absent.sqlite"])
     assert not (tmp_path / "s.sqlite").exists()
+
+
+@pytest.mark.slow  # starts a local Ray instance
+def test_a_study_runs_on_ray_with_only_the_backend_changed(tmp_path) -> None:
+    from lrlab.bench.cli import main
+    from lrlab.bench.store import Store
+
+    study = tmp_path / "ray.toml"
+    study.write_text(
+        'name = "ray"\nseeds = 1\nlrs = [0.1]\nmethods = ["sgd", "adam"]\n'
+        'problems = [{ name = "iris_logreg", steps = 5 }]\n'
+    )
+    records = {}
+    for backend in ("local", "ray"):
+        code = main(
+            [
+                "study",
+                str(study),
+                "--quiet",
+                "--workers",
+                "1",
+                "--backend",
+                backend,
+                "--store",
+                str(tmp_path / f"{backend}.sqlite"),
+                "--docs",
+                str(tmp_path / backend),
+                "--report-dir",
+                str(tmp_path / f"{backend}-report"),
+            ]
+        )
+        assert code == 0
+        with Store(tmp_path / f"{backend}.sqlite", readonly=True) as store:
+            records[backend] = {
+                r.run_id: dataclasses.replace(r, wall_time_s=0.0) for r in store.load_records()
+            }
+    assert len(records["local"]) == 2 and records["local"] == records["ray"]
+    assert "--backend ray" in (tmp_path / "ray" / "ray.md").read_text()
+
+
+def test_study_backend_errors_are_usage_errors(tmp_path, capsys) -> None:
+    from lrlab.bench.cli import main
+
+    code = main(["study", "smoke", "--address", "10.0.0.1:6379", "--store", str(tmp_path / "s")])
+    assert code == 2
+    assert "only meaningful with the ray backend" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_interrupted_study_keeps_the_time_it_ran(tmp_path, monkeypatch) -> None:
+    import json
+
+    import lrlab.bench.sweep as sweep
+    from lrlab.bench.runner import run
+    from lrlab.bench.study import run_study
+
+    study = tmp_path / "cut.toml"
+    study.write_text(
+        'name = "cut"\nseeds = 1\nlrs = [0.1]\nmethods = ["sgd", "adam"]\n'
+        'problems = [{ name = "iris_logreg", steps = 3 }]\n'
+    )
+
+    def interrupted_sweep(configs, store, **_):
+        store.write(run(configs[0]))  # one run is stored, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted_sweep)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(str(study), store=tmp_path / "cut.sqlite", docs=tmp_path / "docs")
+    (entry,) = json.loads((tmp_path / "cut.sqlite.timing.json").read_text())["sweeps"]
+    assert entry["runs"] == 1 and entry["interrupted"] is True and entry["wall_time_s"] > 0

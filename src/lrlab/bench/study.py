@@ -904,32 +904,45 @@ def run_study(
             timing = [] if new_store else _read_timing(store_path)
             started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             load = os.getloadavg() if hasattr(os, "getloadavg") else ()
-            summary = run_sweep(
-                configs,
-                db,
-                backend=backend,
-                workers=workers,
-                address=address,
-                show_progress=show_progress,
-                progress=progress,
-            )
+            stored_before = db.count()
+            sweep_start = time.perf_counter()
+
+            def record_timing(wall_time_s: float, runs: int, interrupted: bool) -> None:
+                if not (runs or new_store):
+                    return
+                entry: dict[str, Any] = {
+                    "started": started,
+                    "wall_time_s": wall_time_s,
+                    "runs": runs,
+                    "workers": workers or os.cpu_count(),
+                    "load_average_at_start": list(load),
+                    "command": command,
+                    "machine": machine_description(),
+                    "parts": list(parts),
+                }
+                if interrupted:
+                    entry["interrupted"] = True
+                timing.append(entry)
+                _timing_path(store_path).write_text(json.dumps({"sweeps": timing}, indent=1))
+
+            try:
+                summary = run_sweep(
+                    configs,
+                    db,
+                    backend=backend,
+                    workers=workers,
+                    address=address,
+                    show_progress=show_progress,
+                    progress=progress,
+                )
+            except KeyboardInterrupt:
+                # the runs stored so far took this long: keep the measured time for the page
+                record_timing(time.perf_counter() - sweep_start, db.count() - stored_before, True)
+                raise
             ran = sum(summary.counts.values())
             lost = len(summary.lost)
             errors = summary.errors
-            if ran or new_store:
-                timing.append(
-                    {
-                        "started": started,
-                        "wall_time_s": summary.wall_time_s,
-                        "runs": ran,
-                        "workers": workers or os.cpu_count(),
-                        "load_average_at_start": list(load),
-                        "command": command,
-                        "machine": machine_description(),
-                        "parts": list(parts),
-                    }
-                )
-                _timing_path(store_path).write_text(json.dumps({"sweeps": timing}, indent=1))
+            record_timing(summary.wall_time_s, ran, False)
         report_start = time.perf_counter()
         parts = {part.name: part for part in _parts(study)}
         records: dict[str, list[RunRecord]] = {}
@@ -1010,7 +1023,13 @@ def run_study(
             + (
                 f"in one invocation with {timing[0].get('workers')} worker process(es)"
                 if invocations == 1
-                else f"summed over {invocations} invocations (the study was resumed)"
+                else f"summed over {invocations} invocations (the study was resumed"
+                + (
+                    f"; {sum(bool(t.get('interrupted')) for t in timing)} of them interrupted"
+                    if any(t.get("interrupted") for t in timing)
+                    else ""
+                )
+                + ")"
             )
             + f"; the runs themselves took {run_time:.0f} s of worker time in total. Building "
             f"the reports and this page took {report_time:.0f} s.",
