@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import html as html_lib
 import io
 import math
@@ -241,13 +242,44 @@ def test_verdict_names_the_most_reliable_method(records) -> None:
     assert (verdict_tight.reliable_method, verdict_tight.within) == ("lrfree", 0)
 
 
-def test_metric_direction_comes_from_one_place() -> None:
-    # the registry: a registered problem's headline metric and its declared goal
+def test_metric_direction_comes_from_one_place(records) -> None:
+    # the registry: a registered problem's declared directions
     assert summary.metric_goal("iris_logreg", "test_accuracy") is Goal.MAXIMIZE
     assert summary.metric_goal("synthetic_rosenbrock", "distance_to_optimum") is Goal.MINIMIZE
-    # otherwise the name decides
+    # an unregistered problem: the shipped metrics' table, by exact name
     assert summary.metric_goal("toy_acc", "test_accuracy") is Goal.MAXIMIZE
     assert summary.metric_goal("toy_acc", "test_loss") is Goal.MINIMIZE
+    # what the runs stored wins over both
+    stored = dataclasses.replace(records[0], goals={"test_loss": Goal.MAXIMIZE})
+    assert summary.metric_goal("iris_logreg", "test_loss", [stored]) is Goal.MAXIMIZE
+    # never a guess from the name: an unknown metric is an error naming the known ones
+    with pytest.raises(ValueError, match="'my_accuracy' of problem 'toy_acc' has no known"):
+        summary.metric_goal("toy_acc", "my_accuracy")
+
+
+def test_variants_of_one_method_share_a_row() -> None:
+    """A learning-rate-free method swept over d0 and run at its defaults is one method."""
+    sweep = RunConfig(
+        problem="toy_min", method="dadapt-adam", lr=1e-3, seed=0, steps=STEPS,
+        lr_argument="d0", tags={"label": "dadapt-adam[d0=lr]"},
+    )  # fmt: skip
+    runs = [
+        dataclasses.replace(_record("toy_min", "dadapt-adam", None, 0, 1.0)),
+        dataclasses.replace(_record("toy_min", "x", 1e-3, 0, 0.5), config=sweep),
+    ]
+    grouped = summary.group_variants(runs)
+    assert [summary.method_label(r) for r in grouped] == ["dadapt-adam", "dadapt-adam"]
+    assert grouped[0] is runs[0] and grouped[1].config.lr_argument == "d0"
+    board = summary.leaderboard(grouped, CHOICES)
+    assert board.methods == ["dadapt-adam"] and board.cells[("toy_min", "dadapt-adam")].lr == 1e-3
+
+
+def test_the_baseline_is_the_more_tuned_of_adam_and_adamw() -> None:
+    runs = [_record("toy_min", "adam", lr, 0, 1.0) for lr in (1e-3, 1e-2)]
+    assert summary.baseline_method(runs) == "adam"
+    runs += [_record("toy_min", "adamw", lr, 0, 1.0) for lr in (1e-3, 3e-3, 1e-2)]
+    assert summary.baseline_method(runs) == "adamw"
+    assert summary.baseline_method([_record("toy_min", "sgd", 1e-3, 0, 1.0)]) is None
 
 
 def test_an_unknown_metric_lists_the_valid_ones(records, tmp_path) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lrlab.bench import metrics
+from lrlab.bench._paths import confined, safe_file_stem
 from lrlab.bench.spec import Goal, RunRecord, RunStatus
 from lrlab.bench.summary import MetricChoice, fmt, method_label
 
@@ -170,7 +171,8 @@ def save(figure: Figure, directory: Path) -> dict[str, Path]:
                 # the first save placed every panel; the others reuse that layout instead of
                 # solving it again (about a third of a save's time on a grid of panels)
                 figure.figure.set_layout_engine("none")
-            path = directory / f"{figure.name}.{kind}"
+            # the name holds a problem name from the store: never a path out of the directory
+            path = confined(directory, f"{safe_file_stem(figure.name)}.{kind}")
             figure.figure.savefig(
                 path,
                 format=kind,
@@ -419,6 +421,12 @@ def sensitivity_figure(
         f"learning rate; line: mean over the {seeds} seeds, band: min to max over seeds, drawn "
         "only at initial LRs where every seed finished. x above the axes (outside the data "
         "range): at least one seed diverged at that initial LR (so no mean is drawn there)."
+        + (
+            " For a learning-rate-free method swept over its initial estimate (d0 and alike), "
+            "the x axis is that estimate."
+            if any(r.config.lr_argument for r in records)
+            else ""
+        )
         + (
             " One panel per method; grey: the other methods' means."
             + (" Dotted: a method run at its defaults, without an initial LR." if untuned else "")

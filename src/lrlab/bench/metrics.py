@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lrlab.bench.spec import Goal, RunRecord, RunStatus
+from lrlab.bench.spec import Goal, RunRecord, RunStatus, run_label
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
@@ -103,8 +103,7 @@ class SensitivityPoint:
 
 
 def _method_label(record: RunRecord) -> str:
-    label = record.config.tags.get("label") if record.config.tags else None
-    return str(label) if label else record.config.method
+    return run_label(record.config)
 
 
 def sensitivity(records: Iterable[RunRecord], metric: str) -> list[SensitivityPoint]:

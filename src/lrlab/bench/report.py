@@ -40,6 +40,7 @@ from pathlib import Path
 
 from lrlab.bench import figures as figs
 from lrlab.bench import metrics, summary
+from lrlab.bench._markdown import escape_markdown
 from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json
 from lrlab.bench.summary import MetricChoice, default_metric_choice, fmt, method_label
 from lrlab.bench.tables import Table
@@ -134,11 +135,11 @@ class _Page:
         anchor = _anchor(title)
         if listed:
             self.sections.append((anchor, title, level))
-        self.md += ["#" * level + f" {title}", ""]
+        self.md += ["#" * level + f" {escape_markdown(title)}", ""]
         self.body.append(f'<h{level} id="{html.escape(anchor)}">{html.escape(title)}</h{level}>')
 
     def paragraph(self, text: str, css: str = "") -> None:
-        self.md += [text, ""]
+        self.md += [escape_markdown(text), ""]
         attribute = f' class="{css}"' if css else ""
         self.body.append(f"<p{attribute}>{html.escape(text)}</p>")
 
@@ -149,7 +150,14 @@ class _Page:
             path.write_text(text)
             self.table_files.append(path)
         files = f"tables/{table.name}.csv, tables/{table.name}.tex"
-        self.md += [table.caption, "", table.markdown(), "", f"Files: `{files}`.", ""]
+        self.md += [
+            escape_markdown(table.caption),
+            "",
+            table.markdown(),
+            "",
+            f"Files: `{files}`.",
+            "",
+        ]
         self.body += [
             f'<p class="caption">{html.escape(table.caption)}</p>',
             table.html(),
@@ -162,11 +170,11 @@ class _Page:
         paths = figs.save(figure, self.figures_dir)
         self.pngs.append(paths["png"])
         self.vectors += [paths["svg"], paths["pdf"]]
-        name = figure.name
+        name = paths["png"].stem  # the file stem: safe characters only
         self.md += [
-            f"![{name}](figures/{name}.png)",
+            f"![{escape_markdown(name)}](figures/{name}.png)",
             "",
-            f"*{figure.caption}*",
+            f"*{escape_markdown(figure.caption)}*",
             "",
             f"Vector: [SVG](figures/{name}.svg), [PDF](figures/{name}.pdf).",
             "",
@@ -185,7 +193,8 @@ class _Page:
     def contents_at(self, md_index: int, body_index: int) -> None:
         """Insert the table of contents (of every heading written since) at these positions."""
         md = ["## Contents", ""] + [
-            "  " * (level - 2) + f"- [{title}](#{anchor})" for anchor, title, level in self.sections
+            "  " * (level - 2) + f"- [{escape_markdown(title)}](#{anchor})"
+            for anchor, title, level in self.sections
         ]
         items = "".join(
             f'<li><a href="#{html.escape(anchor)}">{html.escape(title)}</a></li>'
@@ -228,6 +237,8 @@ def build_report(
         raise ValueError("records is empty: nothing to report (is the store empty?)")
     if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    # one row per method: a learning-rate-free method's initial-estimate sweep joins its defaults
+    records = summary.group_variants(records)
     out = Path(out_dir)
     figures_dir = out / "figures"
     tables_dir = out / "tables"

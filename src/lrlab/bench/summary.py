@@ -24,8 +24,9 @@ divergence rate over every run swept (:func:`lrlab.bench.metrics.divergence_rate
 at defaults (:func:`lrlab.bench.metrics.is_default_run`; mean over seeds, ``diverged`` when any
 seed did not finish).
 
-**Verdict.** The reference is *tuned Adam* (the best-tuned result of the method ``adam`` run
-without extra arguments; else ``adamw``; else the best tuned result of any method). A method at
+**Verdict.** The reference is *tuned Adam* (the best-tuned result of ``adam`` or ``adamw`` run
+without extra arguments, whichever was tried at more initial LRs; else the best tuned result of
+any method). A method at
 its defaults is *within x %* of it on a problem when every default seed finished and its mean is
 at most ``x`` % worse (relative to the reference's magnitude). The most reliable method with no
 tuning is the one within on the most problems, ties broken by the smaller median shortfall, then
@@ -34,6 +35,7 @@ by name.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import statistics
@@ -43,8 +45,8 @@ from dataclasses import dataclass
 
 from lrlab._registry import UnknownNameError
 from lrlab.bench import metrics
-from lrlab.bench.spec import Goal, RunRecord, RunStatus
-from lrlab.bench.tables import Table
+from lrlab.bench.spec import METRIC_GOALS, Goal, RunRecord, RunStatus, metric_goals, run_label
+from lrlab.bench.tables import Table, format_number
 
 __all__ = [
     "Leaderboard",
@@ -57,6 +59,7 @@ __all__ = [
     "check_metric",
     "check_problems",
     "default_metric_choice",
+    "group_variants",
     "leaderboard",
     "leaderboard_table",
     "method_label",
@@ -69,9 +72,27 @@ __all__ = [
 
 
 def method_label(record: RunRecord) -> str:
-    """The name a run is reported under: its ``label`` tag, else its method."""
-    tags = record.config.tags or {}
-    return str(tags.get("label") or record.config.method)
+    """The name a run is reported under (:func:`lrlab.bench.spec.run_label`)."""
+    return run_label(record.config)
+
+
+def group_variants(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """``records`` with each run relabelled to its leaderboard row
+    (:func:`lrlab.bench.leaderboard.method_group`): a learning-rate-free method swept over its
+    initial estimate (label ``dadapt-adam[d0=lr]``) and the same method at its defaults become
+    one method, as in the leaderboard's tables. Records already in their row are kept as they
+    are."""
+    from lrlab.bench.leaderboard import method_group
+
+    grouped = []
+    for record in records:
+        group = method_group(record.config)
+        if group == run_label(record.config):
+            grouped.append(record)
+            continue
+        config = dataclasses.replace(record.config, tags={**record.config.tags, "label": group})
+        grouped.append(dataclasses.replace(record, config=config))
+    return grouped
 
 
 # -- metric and direction -----------------------------------------------------------------------
@@ -88,31 +109,47 @@ class MetricChoice:
 def metric_goal(problem: str, metric: str, records: Sequence[RunRecord] = ()) -> Goal:
     """Whether ``metric`` is better small or large on ``problem``: the one place that decides it.
 
-    From the problem registry (the problem's headline metric and its declared goal); for another
-    metric or an unregistered problem, a guess from the name (``accuracy`` is maximised,
-    everything else minimised). ``records`` are the problem's runs: once the runner stores each
-    metric's direction in the run record, it is read from them here, before the registry.
+    In order: the direction the runs stored (``RunRecord.goals``, written by the runner from the
+    problem's declaration); the problem registry (:func:`lrlab.bench.spec.metric_goals`); for an
+    unregistered problem, the table of the shipped metrics' directions
+    (:data:`lrlab.bench.spec.METRIC_GOALS`). Never guessed from a metric's name.
+
+    Raises:
+        ValueError: nothing knows the direction of ``metric``; the message lists the metrics
+            whose direction is known.
     """
-    del records  # reserved: the stored direction, once run records carry it
+    for record in records:
+        goal = record.goal_of(metric)
+        if goal is not None:
+            return goal
     try:
         from lrlab.bench.problems import get_problem
 
-        info = get_problem(problem).info
-        if info.metric == metric:
-            return Goal(info.goal)
-    except KeyError:  # not a registered problem (a hand-made store): guess below
-        pass
-    return Goal.MAXIMIZE if "accuracy" in metric else Goal.MINIMIZE
+        known = metric_goals(get_problem(problem).info)
+    except KeyError:  # not a registered problem (a hand-made store): the shipped metrics' table
+        known = dict(METRIC_GOALS)
+    for record in records:
+        known.update(record.goals)
+    if metric in known:
+        return known[metric]
+    raise ValueError(
+        f"metric {metric!r} of problem {problem!r} has no known direction; metrics with one: "
+        f"{', '.join(sorted(known)) or 'none'}"
+    )
 
 
 def default_metric_choice(problem: str, records: Sequence[RunRecord]) -> MetricChoice:
-    """The registered problem's headline metric if the runs recorded it, else the final loss."""
-    try:
-        from lrlab.bench.problems import get_problem
+    """The problem's headline metric (as the runs stored it, else as the registry declares it)
+    if the runs recorded it, else the final training loss."""
+    stored = sorted({r.metric for r in records if r.metric})
+    headline: str | None = stored[0] if len(stored) == 1 else None
+    if headline is None:
+        try:
+            from lrlab.bench.problems import get_problem
 
-        headline = get_problem(problem).info.metric
-    except KeyError:
-        headline = None
+            headline = get_problem(problem).info.metric
+        except KeyError:
+            headline = None
     if headline is not None and any(headline in r.final for r in records):
         return MetricChoice(headline, metric_goal(problem, headline, records))
     return MetricChoice("final_loss", Goal.MINIMIZE)
@@ -172,13 +209,7 @@ def check_problems(records: Sequence[RunRecord], problems: Sequence[str]) -> Non
 
 def fmt(value: float | None, digits: int = 4) -> str:
     """A number for a table: ``digits`` significant digits; ``-`` for None."""
-    if value is None:
-        return "-"
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.{digits}g}"
+    return format_number(value, f".{digits}g", missing="-")
 
 
 def _interval_text(mean: float, low: float, high: float) -> str:
@@ -493,18 +524,15 @@ def robustness_table(
 
 
 def baseline_method(records: Sequence[RunRecord]) -> str | None:
-    """The label of tuned Adam: runs of ``adam`` with no extra arguments (else ``adamw``)."""
-    for name in ("adam", "adamw"):
-        labels = sorted(
-            {
-                method_label(r)
-                for r in records
-                if r.config.method == name and not r.config.method_kwargs
-            }
-        )
-        if labels:
-            return name if name in labels else labels[0]
-    return None
+    """The label of tuned Adam: runs of ``adam`` or ``adamw`` with no extra arguments; of those,
+    the one tried at the most initial LRs (the most tuned), ``adam`` on a tie."""
+    tried: dict[str, set[float]] = defaultdict(set)
+    for record in records:
+        if record.config.method in ("adam", "adamw") and not record.config.method_kwargs:
+            tried[method_label(record)].update([record.config.lr] if record.config.lr else [])
+    if not tried:
+        return None
+    return min(tried, key=lambda label: (-len(tried[label]), label != "adam", label))
 
 
 def _shortfall(value: float, reference: float, goal: Goal) -> float:

@@ -1,10 +1,13 @@
-"""One table, four renderings: Markdown, HTML, CSV and LaTeX.
+"""Tables as text: the one table helper of reports and study pages.
 
-A :class:`Table` holds display text (what the report pages show) and, optionally, the same
-numbers in long form (one dict per cell, unformatted) for the CSV file, so a spreadsheet or pandas
-gets numbers, not strings like ``"0.967 [0.961, 0.972]"``. Every renderer escapes what its format
-treats specially (``|`` in Markdown cells, ``<&>`` in HTML, LaTeX's ten special characters), so
-a method label or problem name can never break the table around it.
+:func:`markdown_table` and :func:`html_table` render a header and rows of strings (format
+numbers first, e.g. with :func:`format_number`). A :class:`Table` adds a title, a caption and
+emphasised cells, renders the same content as Markdown, HTML, LaTeX, CSV and plain text, and
+carries the same numbers in long form (one dict per cell, unformatted) for its CSV file, so a
+spreadsheet or pandas gets numbers, not strings like ``"0.967 [0.961, 0.972]"``. Every renderer
+escapes what its format treats specially: Markdown cells by
+:func:`lrlab.bench._markdown.escape_markdown`, HTML cells as HTML, LaTeX's ten special
+characters; so a method label or problem name can never break the table around it.
 """
 
 from __future__ import annotations
@@ -12,10 +15,23 @@ from __future__ import annotations
 import csv
 import html
 import io
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Table", "latex_escape", "markdown_escape"]
+from lrlab.bench._markdown import escape_markdown
+
+__all__ = [
+    "Table",
+    "format_number",
+    "html_table",
+    "latex_escape",
+    "markdown_escape",
+    "markdown_table",
+]
+
+markdown_escape = escape_markdown
+"""A table cell's text as Markdown that renders as that text (the one Markdown escaping)."""
 
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}",
@@ -36,9 +52,45 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(character, character) for character in text)
 
 
-def markdown_escape(text: str) -> str:
-    """A table cell's text safe inside a Markdown pipe table: pipes and newlines escaped."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+def _markdown_cell(text: str) -> str:
+    return escape_markdown(text)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured Markdown table (header row, ``---`` rule, one line per row).
+
+    Raises:
+        ValueError: a row has another number of cells than the header.
+    """
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a table row has {len(row)} cells, the header {len(header)}")
+    lines = ["| " + " | ".join(_markdown_cell(h) for h in header) + " |"]
+    lines.append("|" + " --- |" * len(header))
+    lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The same table as HTML (``<table>`` with ``<thead>`` and ``<tbody>``), cells escaped."""
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a table row has {len(row)} cells, the header {len(header)}")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def format_number(value: float | None, spec: str = ".3g", *, missing: str = "none") -> str:
+    """``format(value, spec)``, with ``missing`` for None and ``nan`` / ``inf`` / ``-inf`` for
+    non-finite values (whatever the spec)."""
+    if value is None:
+        return missing
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return format(value, spec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +126,15 @@ class Table:
                 )
 
     def markdown(self) -> str:
-        """A GitHub-flavoured pipe table (no title or caption)."""
+        """A GitHub-flavoured pipe table (no title or caption); emphasis is added after the
+        escaping, so that it stays markup."""
         lines = [
-            "| " + " | ".join(markdown_escape(h) for h in self.header) + " |",
+            "| " + " | ".join(_markdown_cell(h) for h in self.header) + " |",
             "|" + " --- |" * len(self.header),
         ]
         for r, row in enumerate(self.rows):
             cells = [
-                f"**{markdown_escape(c)}**" if (r, k) in self.emphasis and c else markdown_escape(c)
+                f"**{_markdown_cell(c)}**" if (r, k) in self.emphasis and c else _markdown_cell(c)
                 for k, c in enumerate(row)
             ]
             lines.append("| " + " | ".join(cells) + " |")
