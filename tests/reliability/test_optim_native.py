@@ -8,9 +8,17 @@ import array
 import pytest
 import torch
 
+import lrlab.optim  # noqa: F401  (registers every method's kernels)
 from lrlab.optim import _native
-from lrlab.optim.momo import _NATIVE_MOMO_AVERAGES
-from lrlab.optim.prodigy import _NATIVE_MOMENTS
+
+
+def _kernel(name: str) -> _native.NativeKernel:
+    # looked up by the C++ function's name: the Python objects that hold kernels may move
+    return next(k for k in _native._KERNELS if k.name == name)
+
+
+_NATIVE_MOMO_AVERAGES = _kernel("momo_averages")
+_NATIVE_MOMENTS = _kernel("prodigy_moments_momentum")
 
 # plain SGD's pieces are not needed: the core guard kernel has one array and one sum
 _PROBE = next(k for k in _native._KERNELS if k.name == "nonfinite_probe")

@@ -41,7 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from lrlab.bench import metrics
-from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json
+from lrlab.bench._markdown import escape_markdown
+from lrlab.bench._paths import confined, safe_file_stem
+from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json, run_label
+from lrlab.bench.tables import html_table, markdown_table
 
 __all__ = ["MetricChoice", "ReportFiles", "build_report", "default_metric_choice"]
 
@@ -82,8 +85,7 @@ class _Figure:
 
 
 def _label(record: RunRecord) -> str:
-    tags = record.config.tags or {}
-    return str(tags.get("label") or record.config.method)
+    return run_label(record.config)
 
 
 _LINESTYLES = ("-", "--", "-.", ":")
@@ -461,15 +463,7 @@ def _default_targets(
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, str]:
-    markdown = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    markdown += ["| " + " | ".join(row) + " |" for row in rows]
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return "\n".join(
-        markdown
-    ), f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+    return markdown_table(header, rows), html_table(header, rows)
 
 
 _CSS = """
@@ -535,10 +529,18 @@ def build_report(
     def emit(figure: _Figure | None) -> None:
         if figure is None:
             return
-        path = figures_dir / f"{figure.name}.png"
+        # the name holds a problem name from the store: never a path out of figures/
+        path = confined(figures_dir, f"{safe_file_stem(figure.name)}.png")
         path.write_bytes(figure.png)
         written.append(path)
-        md.extend([f"![{figure.name}](figures/{path.name})", "", f"*{figure.caption}*", ""])
+        md.extend(
+            [
+                f"![{escape_markdown(figure.name)}](figures/{path.name})",
+                "",
+                f"*{escape_markdown(figure.caption)}*",
+                "",
+            ]
+        )
         encoded = base64.b64encode(figure.png).decode()
         body.append(
             f'<figure><img alt="{html.escape(figure.name)}" '
@@ -550,7 +552,7 @@ def build_report(
     for problem, problem_records in sorted(by_problem.items()):
         choice = choices[problem]
         md += [
-            f"## {problem}",
+            f"## {escape_markdown(problem)}",
             "",
             f"Headline metric: `{choice.metric}` ({choice.goal.value}).",
             "",

@@ -27,8 +27,11 @@ number of tensors.
   added block by block in a fixed order: results do not depend on the number of threads.
 * Only plain, dense, contiguous float32/float64 CPU tensors take it. Everything else (CUDA,
   bfloat16, sharded tensor subclasses, ...) takes the compiled or eager path as before.
+* These kernels are the default step path (``fused=None``) of every method that has them;
+  ``fused=False`` or an explicit ``foreach`` turns them off.
 * Without a compiler, or with ``LRLAB_DISABLE_NATIVE=1`` (or ``LRLAB_DISABLE_COMPILE=1``), every
-  call falls through to those paths; :func:`lrlab.optim.fused_status` says how each kernel runs.
+  call falls through to those paths, silently (one ``logging.debug`` record per family, no
+  warning); :func:`lrlab.optim.fused_status` says how each kernel runs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import array
 import bisect
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -54,6 +58,7 @@ from torch.autograd.graph import increment_version
 
 __all__ = ["NativeKernel", "last_array_scalar", "native_eligible", "native_status"]
 
+_LOG = logging.getLogger(__name__)
 _SOURCES = Path(__file__).with_name("native")
 _FLAG_SETS = (
     ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp"],
@@ -182,11 +187,14 @@ class _Library:
                     self.failure = f"{type(error).__name__}: {error}".splitlines()[0][:300]
                 except Exception as error:  # no compiler, read-only cache, broken toolchain
                     self.failure = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-                    warnings.warn(
-                        f"lrlab: building the native kernels of {self.family} failed "
-                        f"({self.failure}); fused=True uses the compiled or eager kernels",
-                        RuntimeWarning,
-                        stacklevel=4,
+                    # not a warning: the default path takes these kernels where it can, and a
+                    # machine without a compiler is not the user's mistake; fused_status() and
+                    # this one debug record say why the other paths run
+                    _LOG.debug(
+                        "building the native kernels of %s failed (%s); the foreach path (or "
+                        "with fused=True the compiled kernels) runs instead",
+                        self.family,
+                        self.failure,
                     )
         return self._handle
 

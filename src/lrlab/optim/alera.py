@@ -2,7 +2,7 @@ r"""ALeRA, SALeRA, SPALeRA and Ag-Adam: the 2017 cumulative path-length learning
 
 Paper: A. Schoenauer-Sebag, M. Schoenauer, M. Sebag, "Stochastic Gradient Descent: Going As Fast
 As Possible But Not Faster", arXiv:1709.01427 (2017). Official code: the Lua/Torch7 repository
-``aschoenauer-sebag/salera``. Spec: ``shared/specs/path_and_loss_methods.md`` section 2.
+``aschoenauer-sebag/salera``. Method page: ``docs/methods/cumulative-path.md``.
 
 Every layer keeps an exponentially discounted sum ("path") of its *normalised raw gradients* and
 compares the squared path length with its expectation when the unit directions are independent
@@ -71,7 +71,15 @@ from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._distributed import is_distributed
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -317,7 +325,7 @@ class _PathLearningRates(AdaptiveOptimizer):
             fused = [False] * len(params)
             native = [False] * len(params)
             # .get: checkpoints written before the fused path existed have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 # CPU float32/float64 tensors take the native kernels, the others the compiled
                 # ones where they can be viewed flat
                 native_available = _NATIVE_ALERA_MOVE.available()
@@ -326,7 +334,7 @@ class _PathLearningRates(AdaptiveOptimizer):
                     if native_available and native_eligible(g, p, *tensors):
                         native[index] = fused[index] = True
                     else:
-                        fused[index] = flat_eligible(g, p, *tensors)
+                        fused[index] = compiled_requested(group) and flat_eligible(g, p, *tensors)
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             weight_decay = group["weight_decay"]
             # a fused tensor's kernels add the decay themselves (no full-size temporary)
@@ -807,8 +815,10 @@ class ALeRA(_LayerPathLearningRates):
             tensors each pass is a native multi-tensor kernel, one call for all tensors of a
             dtype (see :mod:`lrlab.optim._native`); elsewhere each tensor's pass is a compiled
             kernel, and tensors that are small or cannot be viewed flat take the ``foreach``
-            path (see :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build or
-            compilation.
+            path (see :mod:`lrlab.optim._fused`).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the model; group blocks are then reduced over
             ranks (NOTE [the 2017 scheme across ranks]).
 
@@ -1276,7 +1286,10 @@ class SPALeRA(_PathLearningRates):
             kernel, one call for all tensors of a group and dtype (see
             :mod:`lrlab.optim._native`); elsewhere each tensor's pass is a compiled kernel, and
             tensors that are small or cannot be viewed flat take the ``foreach`` path (see
-            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build or compilation.
+            :mod:`lrlab.optim._fused`).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the model: the gradient norm, :math:`D` and
             the loss are reduced over ranks.
 

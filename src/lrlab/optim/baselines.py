@@ -26,7 +26,8 @@ def _torch_step(function: Callable[..., Any]) -> Callable[..., Any]:
     # torch wraps an Optimizer subclass's step with its hook runner once per class
     # (Optimizer._patch_step_function). Our own step is already wrapped, so call torch's
     # unwrapped update to run the step hooks once, not twice.
-    return function.__wrapped__ if getattr(function, "hooked", False) else function
+    unwrapped: Callable[..., Any] = getattr(function, "__wrapped__", function)
+    return unwrapped if getattr(function, "hooked", False) else function
 
 
 class _TorchBaseline(AdaptiveOptimizer):

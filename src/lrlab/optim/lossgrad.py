@@ -2,7 +2,7 @@
 
 Paper: B. Wojcik, L. Maziarka, J. Tabor, "LOSSGRAD: automatic learning rate in gradient descent",
 Schedae Informaticae 27 (2018) 47-57, arXiv:1902.07656. Official code: ``bartwojcik/lossgrad``.
-Spec: ``shared/specs/path_and_loss_methods.md`` section 3.
+Method page: ``docs/methods/loss-based.md``.
 
 After an SGD step of size ``h`` the loss is evaluated again on the *same* mini-batch (forward only).
 The parabola through the old loss, its slope and the new loss has its minimiser beyond ``h``

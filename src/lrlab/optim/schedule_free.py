@@ -1,7 +1,7 @@
 """Schedule-Free SGD and AdamW: iterate averaging in place of a learning-rate schedule.
 
 Paper: Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled",
-NeurIPS 2024 (arXiv:2405.15682). Spec: ``shared/specs/defazio_family.md`` section 7 (the released
+NeurIPS 2024 (arXiv:2405.15682). Method page: ``docs/methods/schedule-free.md`` (the released
 package ``schedulefree==1.4.1`` is the numerical oracle).
 
 Three sequences: the base iterate ``z`` (plain SGD / AdamW steps), its weighted average ``x`` (the
@@ -23,7 +23,15 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -153,7 +161,7 @@ class _ScheduleFree(AdaptiveOptimizer):
     def _interpolate(self, group: dict[str, Any], weight: float) -> None:
         """``p = lerp(p, z, weight)`` for every parameter of ``group`` that has a ``z``; with
         ``fused=True``, CPU float32/float64 tensors in one native call per dtype."""
-        native = group.get("fused", False) and _NATIVE_INTERPOLATE.available()
+        native = native_requested(group) and _NATIVE_INTERPOLATE.available()
         native_rows: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}
         for p in group["params"]:
             state = self.state[p]
@@ -217,7 +225,7 @@ class _ScheduleFree(AdaptiveOptimizer):
             # y_{k+1} = (1 - c) y + c z - lr (1 - beta (1 - c)) d  ==  spec 7.1 in y only
             y_step = lr * (beta * (1 - c) - 1)
             # .get: checkpoints written before the fused path existed have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 # every scalar of the step is known before the pass (no global reduction), so
                 # one native call per dtype (CPU float32/float64 tensors) or one compiled call
                 # per tensor does the whole step
@@ -233,7 +241,9 @@ class _ScheduleFree(AdaptiveOptimizer):
                         if native_eligible(*row):
                             native_rows.setdefault(p.dtype, []).append(row)
                             continue
-                    if not self._fused_step(group, p, grad, k, (lr, c, y_step), constants):
+                    if not compiled_requested(group) or not self._fused_step(
+                        group, p, grad, k, (lr, c, y_step), constants
+                    ):
                         rest.append(index)
                 if native_rows:
                     values = self._native_constants(group, k, (lr, c, y_step))

@@ -3,7 +3,7 @@
 Paper: X. Wu, R. Ward, L. Bottou, "WNGrad: Learn the Learning Rate in Gradient Descent",
 arXiv:1803.02865 (2018). Code: the first author's PyTorch fork ``xwuShirley/pytorch``
 (``torch/optim/wngrad.py``, ``wnadam.py``) and ``mlpack/ensmallen`` (WNGrad).
-Spec: ``shared/specs/path_and_loss_methods.md`` section 4.
+Method page: ``docs/methods/accumulator.md``.
 
 ``b`` only grows, so the step size only shrinks; a too-small ``b0`` (too-large learning rate)
 makes the first increment of ``b`` large, which corrects the step size after one step.
@@ -23,7 +23,16 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StateEntry, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
+from lrlab.optim._names import resolve_alias
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -154,7 +163,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
     ) -> tuple[list[Tensor], list[Tensor]]:
         """(tensors the kernels step, the others) of a group; all others without fused."""
         # .get: checkpoints written before the fused path have no "fused" key
-        if not group.get("fused", False):
+        if not compiled_requested(group):
             return [], params
         fused, rest = [], []
         for p in params:
@@ -329,7 +338,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
     ) -> tuple[dict[torch.dtype, _NativeBatch], list[Tensor]]:
         """(the native kernels' blocks of the group by dtype, the tensors they do not take)."""
         # .get: checkpoints written before the fused path have no "fused" key
-        if not group.get("fused", False) or not _NATIVE_ACCUMULATE.available():
+        if not native_requested(group) or not _NATIVE_ACCUMULATE.available():
             return {}, params
         batches: dict[torch.dtype, _NativeBatch] = {}
         rest: list[Tensor] = []
@@ -512,9 +521,10 @@ class WNGrad(_WeightNormAccumulator):
             ``"tensor"`` and ``"row"``, the blocks' sums, :math:`b` (one element per block) and
             the move. Elsewhere (CUDA, bfloat16, non-contiguous) the compiled kernels of
             :mod:`lrlab.optim._fused`: ``"global"`` as above, ``"tensor"`` and ``"row"`` one
-            kernel per tensor; small tensors there take the ``foreach`` path. Opt-in: the first
-            step pays the build (native, once per machine) or the compilation (seconds, once
-            per process and dtype).
+            kernel per tensor; small tensors there take the ``foreach`` path.
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the parameters, so the global
             :math:`\lVert g\rVert^2` is a partial sum to be reduced over ranks (DTensor is
             detected; per-tensor and per-row blocks need no reduction).
@@ -654,6 +664,8 @@ class WNGrad(_WeightNormAccumulator):
     group_kwargs={"lr": 0.1},
 )
 class WNAdam(_WeightNormAccumulator):
+    torch_names: ClassVar[dict[str, str]] = {"momentum": "beta"}
+
     __doc__ = (
         r"""WN-Adam: WNGrad's accumulator with a bias-corrected first-moment direction.
 
@@ -675,7 +687,8 @@ class WNAdam(_WeightNormAccumulator):
     Args:
         params: parameters or param groups.
         lr: :math:`\eta`, in (0, inf). Default 1.0 (the authors' WN-Adam class).
-        beta: momentum :math:`\beta`, in [0, 1). Default 0.9.
+        momentum: momentum :math:`\beta`, in [0, 1). Default 0.9. ``beta`` (the paper's
+            name) is accepted as an alias; schedulers write ``momentum``.
         b0, granularity, weight_decay, foreach, sharded: as :class:`WNGrad`.
         fused: as :class:`WNGrad` (native multi-tensor kernels on CPU float32/float64
             tensors, one call per pass; see :mod:`lrlab.optim._native`; elsewhere the compiled
@@ -702,7 +715,8 @@ class WNAdam(_WeightNormAccumulator):
         params: ParamsT,
         lr: float = 1.0,
         *,
-        beta: float = 0.9,
+        momentum: float | None = None,
+        beta: float | None = None,
         b0: float = 1.0,
         granularity: Granularity = "global",
         weight_decay: float = 0.0,
@@ -711,8 +725,17 @@ class WNAdam(_WeightNormAccumulator):
         sharded: bool = False,
     ) -> None:
         defaults = self._common_defaults(lr, b0, granularity, weight_decay, sharded)
+        beta = resolve_alias("momentum", momentum, "beta", beta, 0.9)
         check_range("beta", beta, 0.0, 1.0, "[)")
-        defaults.update({"beta": beta, "foreach": foreach, "fused": check_fused(fused, foreach)})
+        # the update reads "beta"; schedulers write "momentum" (NOTE in _names.py)
+        defaults.update(
+            {
+                "momentum": beta,
+                "beta": beta,
+                "foreach": foreach,
+                "fused": check_fused(fused, foreach),
+            }
+        )
         super().__init__(params, defaults)
         self._finish_init(b0)
 
