@@ -732,7 +732,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 
 def _cmd_study(args: argparse.Namespace) -> int:
     from lrlab.bench.store import StoreError
-    from lrlab.bench.study import run_study
+    from lrlab.bench.study import load_study_source, run_study
     from lrlab.bench.sweep import StudyError
 
     if args.store:
@@ -740,6 +740,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
     _output_dir(args.docs, "--docs")
     if args.report_dir:
         _output_dir(args.report_dir, "--report-dir")
+    try:  # the grid cap, before run_study expands the study (its errors are reported there)
+        size = _grid_size(load_study_source(args.name).study)
+    except StudyError:
+        size = 0
+    if size > max_runs():
+        raise _UsageError(_too_many_runs(size, f"the study {args.name!r}"))
     command = f"lrlab study {args.name}"
     for option, value in (
         ("--store", args.store),
