@@ -8,6 +8,13 @@ Conventions: every list option takes its values space- or comma-separated (``--m
 is ``--methods sgd adam``); a concept has one flag name in every subcommand (a renamed flag keeps
 its old spelling as a hidden alias); ``lrlab --version`` prints the version; ``lrlab completion
 bash|zsh`` prints a shell completion script.
+
+Errors are one line, never a traceback: stores and output paths are checked before any run is
+computed (a directory where a file is needed, a file where a directory is needed, an unwritable
+place, a damaged store or another application's database); numbers are checked by argparse
+(finite, in range). A sweep or study larger than ``$LRLAB_MAX_RUNS`` runs (default 100,000) is
+refused before its grid is built. An unexpected error prints one ``internal error`` line;
+``LRLAB_TRACEBACK=1`` shows its traceback instead.
 """
 
 from __future__ import annotations
