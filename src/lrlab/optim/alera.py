@@ -58,7 +58,7 @@ within the same step; all paths feed the same sums.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -68,6 +68,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._distributed import is_distributed
 from lrlab.optim._fused import (
@@ -252,6 +253,18 @@ class _PathLearningRates(AdaptiveOptimizer):
     _fused_state_keys: ClassVar[tuple[str, ...]] = ("path",)
 
     # -- hooks ----------------------------------------------------------------------------------
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "alpha": check.in_range(0.0, 1.0, "(]"),
+        "adapt_constant": check.nonnegative(),
+        "weight_decay": check.nonnegative(),
+        # SALeRA's and SPALeRA's catastrophe detector
+        "mbratio": check.in_range(0.0, 1.0, "(]"),
+        "ph_lambda_rel": check.nonnegative(),
+        "ph_lambda": check.optional(check.nonnegative()),
+    }
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["path"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -455,6 +468,9 @@ def _tensor_statistics(
 
 class _LayerPathLearningRates(_PathLearningRates):
     """ALeRA's per-block rates (blocks: tensors or param groups); subclasses choose the move."""
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"block": check.one_of(*_BLOCKS)}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -1078,6 +1094,12 @@ class AgAdam(_LayerPathLearningRates):
         the two agree when torch's ``eps`` is :math:`\epsilon / \sqrt{1 - \beta_2^t}`. Weight
         decay is coupled and enters both the path and the moments, as in the Lua code.
     """
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "eps": check.positive(),
+    }
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ as ``sqrt(k)``; momentum is an average of those dual-averaged points.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._fused import (
     check_fused,
@@ -128,6 +130,13 @@ class MDA(AdaptiveOptimizer):
     """
 
     global_defaults: ClassVar[dict[str, float | int]] = {"k": 0}
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "momentum": check.in_range(0.0, 1.0, "[)"),
+        "weight_decay": check.nonnegative(),
+    }
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ How to checkpoint in either mode and how to recalibrate BatchNorm statistics for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
 from lrlab.optim._fused import (
     check_fused,
@@ -74,6 +75,15 @@ class _ScheduleFree(AdaptiveOptimizer):
     #: the native kernel of the whole step and the state tensors it takes after (grad, param)
     _native_step: ClassVar[NativeKernel]
     _native_state_keys: ClassVar[tuple[str, ...]] = ("z",)
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.nonnegative(),
+        "weight_decay": check.nonnegative(),
+        "warmup_steps": check.integer(0),
+        "r": check.nonnegative(),
+        "weight_lr_power": check.nonnegative(),
+    }
 
     def _beta(self, group: Mapping[str, Any]) -> float:
         raise NotImplementedError
@@ -278,6 +288,13 @@ class _ScheduleFree(AdaptiveOptimizer):
         }
 
 
+def _check_schedule_free_betas(name: str, betas: object) -> None:
+    """Two coefficients in [0, 1), the first in (0, 1): beta1 = 0 would never average."""
+    check_betas(name, betas)
+    assert isinstance(betas, Sequence)
+    check_range(f"{name}[0]", betas[0], 0.0, 1.0, "()")
+
+
 def _check_common(
     lr: float, weight_decay: float, warmup_steps: int, r: float, power: float
 ) -> None:
@@ -402,6 +419,11 @@ class SGDScheduleFree(_ScheduleFree):
         ...     optimizer.step()
         >>> optimizer.eval()  # parameters now hold x: evaluate, save
     """
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "momentum": check.in_range(0.0, 1.0, "()")
+    }
 
     def __init__(
         self,
@@ -557,6 +579,12 @@ class AdamWScheduleFree(_ScheduleFree):
         >>> optimizer.step()
         >>> optimizer.eval(); evaluate(model); optimizer.train()
     """
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": _check_schedule_free_betas,
+        "eps": check.positive(),
+    }
 
     def __init__(
         self,
