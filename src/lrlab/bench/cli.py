@@ -8,6 +8,13 @@ Conventions: every list option takes its values space- or comma-separated (``--m
 is ``--methods sgd adam``); a concept has one flag name in every subcommand (a renamed flag keeps
 its old spelling as a hidden alias); ``lrlab --version`` prints the version; ``lrlab completion
 bash|zsh`` prints a shell completion script.
+
+Errors are one line, never a traceback: stores and output paths are checked before any run is
+computed (a directory where a file is needed, a file where a directory is needed, an unwritable
+place, a damaged store or another application's database); numbers are checked by argparse
+(finite, in range). A sweep or study larger than ``$LRLAB_MAX_RUNS`` runs (default 100,000) is
+refused before its grid is built. An unexpected error prints one ``internal error`` line;
+``LRLAB_TRACEBACK=1`` shows its traceback instead.
 """
 
 from __future__ import annotations
@@ -778,7 +785,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from lrlab.bench.executors import ExecutorError
     from lrlab.bench.store import StoreError
-    from lrlab.bench.study import run_study
+    from lrlab.bench.study import load_study_source, run_study
     from lrlab.bench.sweep import StudyError
 
     if args.store:
@@ -786,6 +793,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
     _output_dir(args.docs, "--docs")
     if args.report_dir:
         _output_dir(args.report_dir, "--report-dir")
+    try:  # the grid cap (of the whole study, its quick variant is smaller), before run_study
+        size = 0 if args.quick else _grid_size(load_study_source(args.name).study)
+    except StudyError:
+        size = 0  # reported by run_study
+    if size > max_runs():
+        raise _UsageError(_too_many_runs(size, f"the study {args.name!r}"))
     command = f"lrlab study {args.name}" + (" --quick" if args.quick else "")
     for option, value in (
         *(("--part", part) for part in args.part or ()),
