@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,9 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 DEFAULT_LRS = "1e-6:1:7"
+MAX_RUNS_ENV = "LRLAB_MAX_RUNS"
+DEFAULT_MAX_RUNS = 100_000
+"""The largest sweep (number of runs) started without raising the cap (``$LRLAB_MAX_RUNS``)."""
 
 
 class _UsageError(Exception):
@@ -52,6 +56,68 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    """A finite number > 0 (NaN, infinities, zero and negatives are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _study_name(text: str) -> str:
+    from lrlab.bench._paths import OutputPathError, check_study_name
+
+    try:
+        return check_study_name(text)
+    except OutputPathError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def max_runs() -> int:
+    """The cap on the number of runs of one sweep: ``$LRLAB_MAX_RUNS`` or
+    :data:`DEFAULT_MAX_RUNS`."""
+    text = os.environ.get(MAX_RUNS_ENV, "")
+    try:
+        value = int(text) if text.strip() else DEFAULT_MAX_RUNS
+    except ValueError:
+        raise _UsageError(
+            f"{MAX_RUNS_ENV}={text!r}: expected a whole number of runs >= 1"
+        ) from None
+    if value < 1:
+        raise _UsageError(f"{MAX_RUNS_ENV}={text!r}: expected a whole number of runs >= 1")
+    return value
+
+
+def _too_many_runs(runs: int, what: str) -> str:
+    return (
+        f"{what} has {runs:,} runs, more than the cap of {max_runs():,}; make the grid smaller "
+        f"or raise the cap with {MAX_RUNS_ENV}={runs} (the environment variable)"
+    )
+
+
+def _check_cap(runs: int, what: str) -> None:
+    """For argument types: an :class:`argparse.ArgumentTypeError` past the cap."""
+    try:
+        if runs > max_runs():
+            raise argparse.ArgumentTypeError(_too_many_runs(runs, what))
+    except _UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _lr(text: str) -> float | None:
     if text.lower() == "none":
         return None
@@ -69,6 +135,9 @@ def _lr(text: str) -> float | None:
 def _lr_grid(text: str) -> tuple[float, ...]:
     from lrlab.bench.sweep import StudyError, parse_lrs
 
+    count = text.strip().rpartition(":")[2] if ":" in text else ""
+    if count.strip().isdigit():  # before building the grid
+        _check_cap(int(count), f"the grid {text!r}")
     try:
         return parse_lrs(text)
     except StudyError as error:
@@ -78,6 +147,8 @@ def _lr_grid(text: str) -> tuple[float, ...]:
 def _seeds(text: str) -> tuple[int, ...]:
     from lrlab.bench.sweep import StudyError, parse_seeds
 
+    if text.strip().isdigit():  # before building the list
+        _check_cap(int(text), f"--seeds {text}")
     try:
         return parse_seeds(text)
     except StudyError as error:
@@ -161,6 +232,38 @@ def _check_problems(names: Sequence[str], option: str) -> None:
             raise _UsageError(f"argument {option}: {error}") from None
 
 
+def _output_file(path: str, option: str) -> Path:
+    """``path`` checked to be writable as a file, before any work is done."""
+    from lrlab.bench._paths import OutputPathError, check_output_file
+
+    try:
+        return check_output_file(path, "file")
+    except OutputPathError as error:
+        raise _UsageError(f"argument {option}: {error}") from None
+
+
+def _output_dir(path: str, option: str) -> Path:
+    """``path`` checked to be usable as an output directory, before any work is done."""
+    from lrlab.bench._paths import OutputPathError, check_output_dir
+
+    try:
+        return check_output_dir(path, "directory")
+    except OutputPathError as error:
+        raise _UsageError(f"argument {option}: {error}") from None
+
+
+def _writable_store(path: str | Path, option: str = "--store") -> Any:
+    """The store at ``path`` opened for writing (created if missing), checked to be an lrlab
+    store in a writable place before any run is computed."""
+    from lrlab.bench.store import Store, StoreError
+
+    _output_file(str(path), option)
+    try:
+        return Store(path)
+    except StoreError as error:
+        raise _UsageError(f"argument {option}: {error}") from None
+
+
 def _check_methods(names: Sequence[str], option: str) -> None:
     import lrlab.optim as lo
 
@@ -175,6 +278,8 @@ def _open_store(path: str) -> Any:
     """The store at ``path``, read-only."""
     from lrlab.bench.store import Store, StoreError
 
+    if Path(path).is_dir():
+        raise _UsageError(f"argument --store: {path!r} is a directory, not a store file")
     if not Path(path).is_file():
         raise _UsageError(f"argument --store: no store at {path!r} (run `lrlab sweep` first)")
     try:
@@ -305,7 +410,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from lrlab.bench.runner import run
-    from lrlab.bench.store import Store, record_to_dict
+    from lrlab.bench.store import StoreError, record_to_dict
     from lrlab.bench.sweep import make_config
 
     _import_plugins(args.imports)
@@ -343,10 +448,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         divergence_threshold=args.divergence_threshold,
     )
-    record = run(config)
-    if args.store:
-        with Store(args.store) as store:
-            store.write(record)
+    # the store is opened and checked BEFORE computing, so a run is never computed and then
+    # lost to a store that turns out to be unusable
+    store = _writable_store(args.store) if args.store else None
+    try:
+        record = run(config)
+        if store is not None:
+            try:
+                store.write(record)
+            except StoreError as error:
+                print(json.dumps(record_to_dict(record)))  # the computed run, not lost
+                raise _UsageError(
+                    f"argument --store: {error} (the record is printed above)"
+                ) from None
+    finally:
+        if store is not None:
+            store.close()
     if args.json:
         print(json.dumps(record_to_dict(record), indent=1))
     else:
@@ -419,15 +536,31 @@ def _study_from_args(args: argparse.Namespace) -> Any:
     return dataclasses.replace(study, **changes)
 
 
+def _grid_size(study: Any) -> int:
+    """The number of runs of ``study`` (an upper bound: duplicates counted), without building
+    them, so a huge grid is refused before it fills the memory."""
+    if study.parts:
+        return sum(_grid_size(part) for part in study.parts)
+    variants = 0
+    for method in study.methods:
+        kinds = math.prod(len(values) for values in method.grid.values()) if method.grid else 1
+        lrs = study.lrs if method.lrs is None else method.lrs
+        variants += kinds * max(len(lrs), 1)
+    return len(study.problems) * variants * max(len(study.seeds), 1)
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from lrlab.bench.executors import ExecutorError, check_backend
-    from lrlab.bench.store import Store, StoreError
     from lrlab.bench.sweep import StudyError, run_sweep
 
     if args.ray_address is not None and args.backend != "ray":
         raise _UsageError("argument --ray-address: only allowed with --backend ray")
+    max_runs()  # a bad $LRLAB_MAX_RUNS is reported before anything else
     _import_plugins(args.imports)
     study = _study_from_args(args)
+    size = _grid_size(study)
+    if size > max_runs():
+        raise _UsageError(_too_many_runs(size, f"the sweep {study.name!r}"))
     try:
         configs = study.configs()
     except StudyError as error:
@@ -445,10 +578,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except ExecutorError as error:
         option = "--ray-address" if args.ray_address is not None else "--backend"
         raise _UsageError(f"argument {option}: {error}") from None
-    try:
-        store = Store(store_path)
-    except StoreError as error:
-        raise _UsageError(f"argument --store: {error}") from None
+    store = _writable_store(store_path)
     with store:
         try:
             summary = run_sweep(
@@ -545,6 +675,8 @@ def report_table(records: Sequence[Any], metric: str | None = None) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    if args.report_dir:
+        _output_dir(args.report_dir, "--report-dir")
     filters = {}
     if args.problems:
         filters["problem"] = args.problems
@@ -564,6 +696,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from lrlab.bench.store import StoreError
 
+    _output_file(args.out, "--out")
     with _open_store(args.store) as store:
         try:
             out = store.export(args.out, table=args.table)
@@ -576,6 +709,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_refine(args: argparse.Namespace) -> int:
     from lrlab.bench.refinement import refine_stored_run
 
+    if args.out:
+        _output_file(args.out, "--out")
     with _open_store(args.store) as store:
         try:
             text = refine_stored_run(
@@ -600,6 +735,11 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from lrlab.bench.study import run_study
     from lrlab.bench.sweep import StudyError
 
+    if args.store:
+        _output_file(args.store, "--store")
+    _output_dir(args.docs, "--docs")
+    if args.report_dir:
+        _output_dir(args.report_dir, "--report-dir")
     command = f"lrlab study {args.name}"
     for option, value in (
         ("--store", args.store),
@@ -702,7 +842,12 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--steps", type=_positive_int, help="default: the problem's")
     one.add_argument("--batch-size", type=_positive_int, help="default: the problem's")
     one.add_argument("--eval-every", type=_nonnegative_int, default=0)
-    one.add_argument("--divergence-threshold", type=float, default=1e6)
+    one.add_argument(
+        "--divergence-threshold",
+        type=_positive_float,
+        default=1e6,
+        help="a loss above this (or non-finite) ends the run as diverged",
+    )
     for kind in ("problem", "method", "schedule"):
         one.add_argument(
             f"--{kind}-kwargs",
@@ -767,7 +912,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a count N (seeds 0..N-1) or a list of seeds (0 3)",
     )
     sweep.add_argument("--steps", type=_positive_int, help="steps of every run")
-    sweep.add_argument("--name", help="study name (default store results/NAME.sqlite)")
+    sweep.add_argument(
+        "--name", type=_study_name, help="study name (default store results/NAME.sqlite)"
+    )
     sweep.add_argument("--store", help="SQLite file (default results/<study name>.sqlite)")
     sweep.add_argument(
         "--workers", type=_positive_int, help="worker processes (default: the CPU count)"
@@ -833,7 +980,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: the run's two-pass method's, else adam for a method named *adam*, else sgd",
     )
     refine.add_argument("--length", type=_positive_int, help="steps (default: the run's)")
-    refine.add_argument("--smoothing", type=float, default=0.1, help="median filter, in [0, 1)")
+    refine.add_argument("--smoothing", type=_fraction, default=0.1, help="median filter, in [0, 1)")
     refine.add_argument("--out", help="also write the schedule to a .json or .csv file")
     refine.set_defaults(handler=_cmd_refine)
 
@@ -856,7 +1003,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.set_defaults(handler=_cmd_study)
 
     demo = commands.add_parser("demo", help="adaptive vs fixed LR from a bad initial LR")
-    demo.add_argument("--lr", type=_lr, default=1e-4, help="initial learning rate")
+    demo.add_argument("--lr", type=_positive_float, default=1e-4, help="initial learning rate")
     demo.add_argument("--steps", type=_positive_int, default=600, help="training steps")
     demo.set_defaults(handler=_cmd_demo)
 
@@ -885,3 +1032,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as error:
         print(f"lrlab {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except (BrokenPipeError, ModuleNotFoundError):
+        raise  # lrlab.__main__ ends these quietly / with the missing extra's install line
+    except Exception as error:  # one clear line, never a traceback
+        return _report_failure(args.command, error)
+
+
+def _report_failure(command: str, error: Exception) -> int:
+    """Print one line for an error that reached the top: a store or output path that cannot
+    be used (exit 2), a file system error (exit 1) or, with a hint to get the traceback, an
+    internal error (exit 1). ``LRLAB_TRACEBACK=1`` re-raises instead."""
+    import sqlite3
+
+    from lrlab.bench._paths import OutputPathError
+    from lrlab.bench.store import StoreError
+
+    if os.environ.get("LRLAB_TRACEBACK", "") not in ("", "0"):
+        raise error
+    if isinstance(error, (StoreError, OutputPathError)):
+        print(f"lrlab {command}: error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(error, OSError):
+        where = f" {error.filename!r}" if error.filename else ""
+        reason = error.strerror or str(error)
+        print(f"lrlab {command}: error: cannot use{where}: {reason}", file=sys.stderr)
+        return 1
+    if isinstance(error, sqlite3.Error):
+        print(f"lrlab {command}: error: store: {error}", file=sys.stderr)
+        return 1
+    if isinstance(error, MemoryError):
+        print(f"lrlab {command}: error: out of memory", file=sys.stderr)
+        return 1
+    print(
+        f"lrlab {command}: internal error: {type(error).__name__}: {error} (please report it; "
+        "LRLAB_TRACEBACK=1 shows the traceback)",
+        file=sys.stderr,
+    )
+    return 1

@@ -83,6 +83,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from lrlab.bench._paths import STUDY_NAME_PATTERN, OutputPathError, check_study_name
 from lrlab.bench.executors import execute, make_executor
 from lrlab.bench.refinement import PASS_ONE_SCHEDULE, second_pass_configs, two_pass_method
 from lrlab.bench.spec import KwargValue, ProblemInfo, RunConfig, RunRecord, RunStatus
@@ -416,7 +417,7 @@ class Study:
         else:
             raise StudyError(f"{source}: 'seeds' must be a count or a list of integers")
         return cls(
-            name=_typed(data, "name", str, source),
+            name=_study_name(data, source),
             description=_typed(data, "description", str, source, ""),
             problems=tuple(_problem_entry(e, source) for e in _entries(data, "problems", source)),
             methods=tuple(_method_entry(e, source) for e in _entries(data, "methods", source)),
@@ -444,7 +445,7 @@ class Study:
             or not all(isinstance(p, dict) for p in parts_data)
         ):
             raise StudyError(f"{source}: 'parts' must be a non-empty array of tables ([[parts]])")
-        name = _typed(data, "name", str, source)
+        name = _study_name(data, source)
         shared = {
             k: v for k, v in data.items() if k not in ("name", "title", "description", "parts")
         }
@@ -454,7 +455,7 @@ class Study:
         for index, part in enumerate(parts_data):
             here = f"{source}: part {part.get('name', index)!r}"
             part_name = _typed(part, "name", str, here)
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", part_name):
+            if not re.fullmatch(STUDY_NAME_PATTERN, part_name):
                 raise StudyError(f"{here}: a part name is letters, digits, '_', '.' or '-'")
             if part_name in {p.name for p in parts}:
                 raise StudyError(f"{here}: two parts are named {part_name!r}")
@@ -522,6 +523,14 @@ def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise StudyError(
             f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}"
         )
+
+
+def _study_name(data: Mapping[str, Any], where: str) -> str:
+    """The ``name`` of a study: it names files (``results/NAME.sqlite``), so a strict token."""
+    try:
+        return check_study_name(_typed(data, "name", str, where))
+    except OutputPathError as error:
+        raise StudyError(f"{where}: {error}") from None
 
 
 def _typed(data: Mapping[str, Any], key: str, kind: Any, where: str, default: Any = ...) -> Any:
