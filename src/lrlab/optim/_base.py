@@ -413,7 +413,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         """Raise ValueError if ``state_dict`` does not fit this optimizer; change nothing."""
         check_state_dict(self, state_dict, self.state_layout, self._check_loaded_group)
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a checkpoint after checking all of it (see NOTE [checked checkpoints]).
 
         Load-state-dict pre-hooks run first, as in torch; the checked dict is then loaded by
@@ -430,7 +430,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         # the hooks already ran on the dict that was checked: do not let torch run them again
         self._optimizer_load_state_dict_pre_hooks = OrderedDict()
         try:
-            super().load_state_dict(state_dict)  # type: ignore[arg-type]
+            super().load_state_dict(state_dict)
         finally:
             self._optimizer_load_state_dict_pre_hooks = hooks
         self._restore_declared_dtypes(state_dict)
