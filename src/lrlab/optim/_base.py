@@ -48,6 +48,7 @@ Every lrlab optimizer is a :class:`torch.optim.Optimizer` and adds:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,8 +59,10 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from lrlab.optim import _feed
 from lrlab.optim._distributed import all_reduce_scalars, params_are_sharded
 from lrlab.optim._foreach import group_by_device_and_dtype
+from lrlab.optim._names import sync_paper_names, torch_name_from_alias
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._validation import Rule, boolean, check_hyperparameters, optional_bool
 
@@ -313,6 +316,30 @@ def check_state_dict(
                 )
 
 
+def _eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` excluded from dynamo tracing: ``torch.compile(optimizer.step)`` runs it eager.
+
+    NOTE [torch.compile and the step]: method-global scalars are Python numbers in the param
+    groups (NOTE [global scalars live in param_groups]), so a traced step bakes them into the
+    graph as constants: D-Adaptation's ``d`` froze at its step-3 value under
+    ``torch.compile(optimizer.step)`` and every other method recompiled each step until
+    dynamo's limit. Excluding the step from tracing keeps the results exact (one graph break
+    per call of the compiled step; nothing changes for an uncompiled step); the compiled
+    kernels of ``fused=True`` (``_fused.py``) are compiled on their own and still run. Speed
+    comes from ``fused=True``, not from compiling the step.
+    """
+
+    @functools.wraps(step)
+    def maybe_eager(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            # only reached while dynamo traces (torch._dynamo is imported by then; importing it
+            # for every process that never compiles would cost a second at import time)
+            return torch.compiler.disable(step, recursive=True)(*args, **kwargs)
+        return step(*args, **kwargs)
+
+    return maybe_eager
+
+
 class AdaptiveOptimizer(torch.optim.Optimizer):
     """Base class of lrlab optimizers: closure plumbing, non-finite guard, statistics.
 
@@ -351,10 +378,19 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         "sharded": boolean(),
     }
 
+    #: torch's name -> the paper's name of a hyperparameter the update reads under the paper's
+    #: name (``{"momentum": "beta"}``); see NOTE [torch names of hyperparameters]
+    torch_names: ClassVar[Mapping[str, str]] = {}
+
     _base_global_defaults: ClassVar[Mapping[str, float | int]] = {"nonfinite_steps": 0}
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__:  # a subclass's own step (Mechanic, Schedule-Free)
+            cls.step = _eager_under_compile(cls.__dict__["step"])  # type: ignore[method-assign]
 
     # -- global scalars ---------------------------------------------------------------------
 
@@ -380,7 +416,9 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group after checking its settings (the optimizer's defaults completed by the
-        group's overrides); it receives the current method-global scalars of the first group."""
+        group's overrides, a paper's name of a setting read as torch's name); it receives the
+        current method-global scalars of the first group."""
+        torch_name_from_alias(param_group, self.torch_names)
         if isinstance(param_group, Mapping):
             self.check_hyperparameters({**self.defaults, **param_group})
         super().add_param_group(param_group)
@@ -523,6 +561,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         (a group without the key, or torch's own ``fused`` of plain SGD/Adam, does not)."""
         return any(group.get("fused", False) is not False for group in self.param_groups)
 
+    @_eager_under_compile
     def step(  # type: ignore[override]
         self,
         closure: LossClosure | None = None,
@@ -545,7 +584,8 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         name = type(self).__name__
         if closure is not None and loss is not None:
             raise ValueError(f"{name}.step: pass either closure or loss, not both")
-        if self.needs_closure and closure is None:
+        loss_is_explicit = loss is not None
+        if self.needs_closure and closure is None and not _feed.needs_no_closure(self):
             raise ValueError(
                 f"{name}.step needs a closure: it evaluates the loss again after moving "
                 "(see lrlab.optim.make_closure)"
@@ -553,8 +593,16 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-            if loss is None and self.needs_loss:
+            if loss is None and self.needs_loss and _feed.peek_fed(self) is None:
                 raise ValueError(f"{name}.step: the closure returned None; it must return the loss")
+        # what lrlab.optim.feed handed over (NOTE in _feed.py); consumed by this step
+        loss, example_indices, closure = _feed.apply_fed(
+            self,
+            loss=loss,
+            loss_is_explicit=loss_is_explicit,
+            example_indices=example_indices,
+            closure=closure,
+        )
         loss_tensor = _as_loss(loss)
         if self.needs_loss and loss_tensor is None:
             raise ValueError(f"{name}.step needs the loss: call step(closure) or step(loss=loss)")
@@ -574,6 +622,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
                 example_indices=example_indices,
                 params=self._params(),
             )
+            sync_paper_names(self.param_groups, self.torch_names)
             self._update(context)
         return loss  # type: ignore[return-value]
 

@@ -392,6 +392,9 @@ class Mechanic(AdaptiveOptimizer):
         # one list of group dicts, shared (NOTE [Mechanic param groups])
         self.param_groups = base_optimizer.param_groups
         self.base = base_optimizer
+        # torch's schedulers look up the base's hyperparameters in ``defaults``
+        # (OneCycleLR(cycle_momentum=True) needs "momentum" or "betas" there)
+        self.defaults = {**base_optimizer.defaults, **self.defaults}
 
     def _adopt_instance(
         self, base: torch.optim.Optimizer, kwargs: dict[str, Any]
@@ -413,7 +416,13 @@ class Mechanic(AdaptiveOptimizer):
         return base
 
     def _own_keys(self) -> set[str]:
-        return {*self.defaults, *self._all_global_defaults(), "effective_lr"}
+        return {*self._settings(), *self._all_global_defaults(), "effective_lr"}
+
+    def _settings(self) -> dict[str, Any]:
+        """Mechanic's own settings (``defaults`` also holds the base's, for schedulers)."""
+        return {
+            k: v for k, v in self.defaults.items() if k.startswith("mechanic_") or k == "sharded"
+        }
 
     def _all_global_defaults(self) -> dict[str, Any]:
         n = len(self.defaults["mechanic_betas"])
@@ -443,7 +452,7 @@ class Mechanic(AdaptiveOptimizer):
             )
         self.base.add_param_group({k: v for k, v in param_group.items() if k not in own_keys})
         group = self.param_groups[-1]  # the list is shared with the base
-        group.update(self.defaults)
+        group.update(self._settings())
         for key in self._all_global_defaults():
             group[key] = self.param_groups[0][key]  # the current global tuner state
         group["effective_lr"] = 0.0

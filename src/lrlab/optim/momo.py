@@ -33,6 +33,7 @@ from lrlab.optim._fused import (
     native_requested,
     scalars,
 )
+from lrlab.optim._names import resolve_alias
 from lrlab.optim._native import NativeKernel, last_array_scalar, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -383,6 +384,8 @@ _MOMO_NOTES = r"""
     group_kwargs={"lr": 0.05},
 )
 class Momo(_MomentumModel):
+    torch_names: ClassVar[dict[str, str]] = {"momentum": "beta"}
+
     __doc__ = (
         r"""MoMo: SGD with momentum and a Polyak-type adaptive step size (Momo).
 
@@ -422,6 +425,8 @@ class Momo(_MomentumModel):
         weight_decay: :math:`\lambda`, proximal L2 (divides by :math:`1 + \eta\lambda`), in
             [0, inf). Default 0.
         beta: momentum of all averages, in [0, 1). Default 0.9. Global (the first group's).
+            ``momentum`` is torch's name for it (the param group carries both; schedulers
+            such as ``OneCycleLR(cycle_momentum=True)`` write ``momentum``).
         lb: known lower bound :math:`f^*` of the loss (0 for non-negative losses), finite.
             Default 0. With ``use_fstar`` it is the initial estimate and a floor. Global.
         bias_correction: start the averages at 0 and divide by :math:`\rho_k = 1 - \beta^k`.
@@ -462,17 +467,19 @@ class Momo(_MomentumModel):
         params: ParamsT,
         lr: float = 1.0,
         weight_decay: float = 0.0,
-        beta: float = 0.9,
+        beta: float | None = None,
         lb: float = 0.0,
         bias_correction: bool = False,
         use_fstar: bool = False,
         *,
+        momentum: float | None = None,
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         check_positive("lr", lr)
         check_nonnegative("weight_decay", weight_decay)
+        beta = resolve_alias("momentum", momentum, "beta", beta, 0.9)
         check_range("beta", beta, 0.0, 1.0, "[)")
         check_range("lb", lb, -math.inf, math.inf, "()")
         check_bool("bias_correction", bias_correction)
@@ -482,6 +489,8 @@ class Momo(_MomentumModel):
         defaults = {
             "lr": lr,
             "weight_decay": weight_decay,
+            # the update reads "beta"; schedulers write "momentum" (NOTE in _names.py)
+            "momentum": beta,
             "beta": beta,
             "lb": float(lb),
             "bias_correction": bias_correction,

@@ -32,6 +32,7 @@ from lrlab.optim._fused import (
     native_requested,
     scalars,
 )
+from lrlab.optim._names import resolve_alias
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -663,6 +664,8 @@ class WNGrad(_WeightNormAccumulator):
     group_kwargs={"lr": 0.1},
 )
 class WNAdam(_WeightNormAccumulator):
+    torch_names: ClassVar[dict[str, str]] = {"momentum": "beta"}
+
     __doc__ = (
         r"""WN-Adam: WNGrad's accumulator with a bias-corrected first-moment direction.
 
@@ -684,7 +687,8 @@ class WNAdam(_WeightNormAccumulator):
     Args:
         params: parameters or param groups.
         lr: :math:`\eta`, in (0, inf). Default 1.0 (the authors' WN-Adam class).
-        beta: momentum :math:`\beta`, in [0, 1). Default 0.9.
+        momentum: momentum :math:`\beta`, in [0, 1). Default 0.9. ``beta`` (the paper's
+            name) is accepted as an alias; schedulers write ``momentum``.
         b0, granularity, weight_decay, foreach, sharded: as :class:`WNGrad`.
         fused: as :class:`WNGrad` (native multi-tensor kernels on CPU float32/float64
             tensors, one call per pass; see :mod:`lrlab.optim._native`; elsewhere the compiled
@@ -711,7 +715,8 @@ class WNAdam(_WeightNormAccumulator):
         params: ParamsT,
         lr: float = 1.0,
         *,
-        beta: float = 0.9,
+        momentum: float | None = None,
+        beta: float | None = None,
         b0: float = 1.0,
         granularity: Granularity = "global",
         weight_decay: float = 0.0,
@@ -720,8 +725,17 @@ class WNAdam(_WeightNormAccumulator):
         sharded: bool = False,
     ) -> None:
         defaults = self._common_defaults(lr, b0, granularity, weight_decay, sharded)
+        beta = resolve_alias("momentum", momentum, "beta", beta, 0.9)
         check_range("beta", beta, 0.0, 1.0, "[)")
-        defaults.update({"beta": beta, "foreach": foreach, "fused": check_fused(fused, foreach)})
+        # the update reads "beta"; schedulers write "momentum" (NOTE in _names.py)
+        defaults.update(
+            {
+                "momentum": beta,
+                "beta": beta,
+                "foreach": foreach,
+                "fused": check_fused(fused, foreach),
+            }
+        )
         super().__init__(params, defaults)
         self._finish_init(b0)
 
