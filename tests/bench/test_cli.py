@@ -122,7 +122,7 @@ def test_list_methods_problems_presets(capsys):
     code, out, _ = _run_cli(capsys, "list", "problems", "--json")
     rows = json.loads(out)
     assert [r["name"] for r in rows] == problem_names()
-    assert {r["kind"] for r in rows} == {"synthetic", "logistic", "vision"}
+    assert {r["kind"] for r in rows} == {"synthetic", "logistic", "vision", "language"}
     code, out, _ = _run_cli(capsys, "list", "presets")
     from lrlab.bench.presets import preset_names
 

@@ -731,6 +731,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    from lrlab.bench.executors import ExecutorError
     from lrlab.bench.store import StoreError
     from lrlab.bench.study import run_study
     from lrlab.bench.sweep import StudyError
@@ -740,8 +741,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
     _output_dir(args.docs, "--docs")
     if args.report_dir:
         _output_dir(args.report_dir, "--report-dir")
-    command = f"lrlab study {args.name}"
+    command = f"lrlab study {args.name}" + (" --quick" if args.quick else "")
     for option, value in (
+        *(("--part", part) for part in args.part or ()),
+        ("--backend", args.backend if args.backend != "local" else None),
+        ("--address", args.address),
+        *(("--merge", path) for path in args.merge or ()),
         ("--store", args.store),
         ("--docs", args.docs if args.docs != "docs/studies" else None),
         ("--report-dir", args.report_dir),
@@ -759,9 +764,16 @@ def _cmd_study(args: argparse.Namespace) -> int:
             run=not args.no_run,
             show_progress=not args.quiet,
             command=command,
+            quick=args.quick,
+            parts=args.part or (),
+            backend=args.backend,
+            address=args.address,
+            merge=args.merge or (),
         )
     except (StudyError, StoreError) as error:
         raise _UsageError(str(error)) from None
+    except ExecutorError as error:
+        raise _UsageError(f"argument --backend/--address: {error}") from None
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
         return 130
@@ -773,7 +785,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
     )
     for line in outcome.errors[:5]:
         print(f"  failed: {line}")
-    print(f"Docs: {outcome.doc} ({len(outcome.figures)} figures in {outcome.doc.with_suffix('')})")
+    if outcome.doc is None:
+        print("Docs: not written yet (the store lacks the other parts' runs; run them, or --merge)")
+    else:
+        print(
+            f"Docs: {outcome.doc} ({len(outcome.figures)} figures in {outcome.doc.with_suffix('')})"
+        )
     for directory in outcome.report_dirs:
         print(f"Report: {directory / 'report.html'}")
     return 1 if outcome.lost else 0
@@ -999,6 +1016,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive_int, help="worker processes (default: the CPU count)"
     )
     study.add_argument("--no-run", action="store_true", help="only rebuild report and docs")
+    study.add_argument(
+        "--quick", action="store_true", help="the study's quick variant (store NAME-quick)"
+    )
+    study.add_argument("--part", action="append", help="run only this part (repeatable)")
+    study.add_argument("--backend", choices=BACKENDS, default="local", help="executor backend")
+    study.add_argument(
+        "--address", "--ray-address", dest="address", help="Ray cluster address (--backend ray)"
+    )
+    study.add_argument(
+        "--merge", action="append", help="copy the runs of this store in first (repeatable)"
+    )
     study.add_argument("--quiet", action="store_true", help="no progress bar")
     study.set_defaults(handler=_cmd_study)
 

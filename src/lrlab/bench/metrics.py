@@ -34,7 +34,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from lrlab.bench.spec import Goal, RunRecord, RunStatus
+from lrlab.bench.spec import Goal, RunRecord, RunStatus, run_label
 
 __all__ = [
     "SensitivityPoint",
@@ -77,8 +77,7 @@ class SensitivityPoint:
 
 
 def _method_label(record: RunRecord) -> str:
-    label = record.config.tags.get("label") if record.config.tags else None
-    return str(label) if label else record.config.method
+    return run_label(record.config)
 
 
 def sensitivity(records: Iterable[RunRecord], metric: str) -> list[SensitivityPoint]:

@@ -43,7 +43,8 @@ from typing import Any
 from lrlab.bench import metrics
 from lrlab.bench._markdown import escape_markdown
 from lrlab.bench._paths import confined, safe_file_stem
-from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json
+from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json, run_label
+from lrlab.bench.tables import html_table, markdown_table
 
 __all__ = ["MetricChoice", "ReportFiles", "build_report", "default_metric_choice"]
 
@@ -84,8 +85,7 @@ class _Figure:
 
 
 def _label(record: RunRecord) -> str:
-    tags = record.config.tags or {}
-    return str(tags.get("label") or record.config.method)
+    return run_label(record.config)
 
 
 _LINESTYLES = ("-", "--", "-.", ":")
@@ -463,16 +463,7 @@ def _default_targets(
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, str]:
-    markdown = ["| " + " | ".join(map(escape_markdown, header)) + " |"]
-    markdown += ["|" + " --- |" * len(header)]
-    markdown += ["| " + " | ".join(map(escape_markdown, row)) + " |" for row in rows]
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return "\n".join(
-        markdown
-    ), f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+    return markdown_table(header, rows), html_table(header, rows)
 
 
 _CSS = """
