@@ -91,6 +91,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lrlab.bench._paths import STUDY_NAME_PATTERN, OutputPathError, check_study_name
 from lrlab.bench.refinement import PASS_ONE_SCHEDULE, two_pass_method
 from lrlab.bench.spec import KwargValue, ProblemInfo, RunConfig, variant_label
 
@@ -133,6 +134,15 @@ def _clean(value: float) -> float:
     return float(f"{value:.12g}")
 
 
+MAX_AXIS = 1_000_000
+"""The most values one grid axis (LRs, seeds) may have: checked before it is built."""
+
+
+def _check_axis(count: int, what: str) -> None:
+    if count > MAX_AXIS:
+        raise StudyError(f"{what} has {count:,} values, more than {MAX_AXIS:,}")
+
+
 def parse_lrs(text: str) -> tuple[float, ...]:
     """``"1e-6:1:7"`` -> 7 log-spaced values from 1e-6 to 1 (both included); ``"1e-3,0.1"`` -> a
     list. Every value must be a positive finite number."""
@@ -143,12 +153,15 @@ def parse_lrs(text: str) -> tuple[float, ...]:
             low, high, count = float(low_text), float(high_text), int(count_text)
             if count < 1 or not (0 < low <= high < math.inf):
                 raise ValueError
+            _check_axis(count, f"learning-rate grid {text!r}")
             if count == 1:
                 return (_clean(low),)
             a, b = math.log10(low), math.log10(high)
             values = tuple(_clean(10 ** (a + (b - a) * k / (count - 1))) for k in range(count))
         else:
             values = tuple(_clean(float(part)) for part in text.split(",") if part.strip())
+    except StudyError:
+        raise
     except ValueError:
         values = ()
     if not values or not all(0 < v < math.inf for v in values):
@@ -165,7 +178,10 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         if "," in text:
             seeds = tuple(int(part) for part in text.split(",") if part.strip())
         else:
+            _check_axis(int(text), f"seeds {text!r}")
             seeds = tuple(range(int(text)))
+    except StudyError:
+        raise
     except ValueError:
         seeds = ()
     if not seeds or any(s < 0 for s in seeds):
@@ -423,7 +439,7 @@ class Study:
         else:
             raise StudyError(f"{source}: 'seeds' must be a count or a list of integers")
         return cls(
-            name=_typed(data, "name", str, source),
+            name=_study_name(data, source),
             description=_typed(data, "description", str, source, ""),
             problems=tuple(_problem_entry(e, source) for e in _entries(data, "problems", source)),
             methods=tuple(_method_entry(e, source) for e in _entries(data, "methods", source)),
@@ -469,7 +485,7 @@ class Study:
             or not all(isinstance(p, dict) for p in parts_data)
         ):
             raise StudyError(f"{source}: 'parts' must be a non-empty array of tables ([[parts]])")
-        name = _typed(data, "name", str, source)
+        name = _study_name(data, source)
         shared = {
             k: v for k, v in data.items() if k not in ("name", "title", "description", "parts")
         }
@@ -479,7 +495,7 @@ class Study:
         for index, part in enumerate(parts_data):
             here = f"{source}: part {part.get('name', index)!r}"
             part_name = _typed(part, "name", str, here)
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", part_name):
+            if not re.fullmatch(STUDY_NAME_PATTERN, part_name):
                 raise StudyError(f"{here}: a part name is letters, digits, '_', '.' or '-'")
             if part_name in {p.name for p in parts}:
                 raise StudyError(f"{here}: two parts are named {part_name!r}")
@@ -549,6 +565,14 @@ def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise StudyError(
             f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}"
         )
+
+
+def _study_name(data: Mapping[str, Any], where: str) -> str:
+    """The ``name`` of a study: it names files (``results/NAME.sqlite``), so a strict token."""
+    try:
+        return check_study_name(_typed(data, "name", str, where))
+    except OutputPathError as error:
+        raise StudyError(f"{where}: {error}") from None
 
 
 def _typed(data: Mapping[str, Any], key: str, kind: Any, where: str, default: Any = ...) -> Any:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -74,27 +75,57 @@ class Progress:
 
     On a terminal the line is redrawn in place (at most 5 times a second); otherwise a line is
     printed every ``interval`` seconds and at the end.
+
+    The ETA is the remaining runs at the rate measured since the first ``workers`` runs finished:
+    that leaves out the start-up (worker processes importing torch, loading data, the first
+    run of each worker), which is paid once, not per run, and counts the runs in flight in
+    parallel. Until a second round of runs has finished it is unknown (``ETA ?``); off a
+    terminal the first line is printed after ``interval`` seconds, when it usually is known.
     """
 
-    def __init__(self, total: int, *, stream: TextIO | None = None, interval: float = 10.0):
+    def __init__(
+        self,
+        total: int,
+        *,
+        stream: TextIO | None = None,
+        interval: float = 10.0,
+        workers: int = 1,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.total = total
         self.counts = {status.value: 0 for status in RunStatus}
         self.lost = 0
+        self.workers = max(1, workers)
+        self._clock = clock
         self._stream = stream if stream is not None else sys.stderr
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
         self._interval = 0.2 if self._tty else interval
-        self._start = time.perf_counter()
-        self._last = -math.inf
+        self._start = clock()
+        self._last = -math.inf if self._tty else self._start
+        self._round_done: float | None = None  # when the first `workers` runs had finished
 
     @property
     def done(self) -> int:
         return sum(self.counts.values()) + self.lost
 
+    def eta(self) -> float:
+        """Seconds until the last run finishes (inf while it cannot be estimated yet)."""
+        remaining = self.total - self.done
+        if remaining <= 0:
+            return 0.0
+        first_round = min(self.workers, self.total)
+        if self._round_done is None or self.done < 2 * first_round:
+            return math.inf
+        elapsed = self._clock() - self._round_done
+        if elapsed <= 0:
+            return math.inf
+        return remaining * elapsed / (self.done - first_round)
+
     def line(self) -> str:
-        elapsed = time.perf_counter() - self._start
+        elapsed = self._clock() - self._start
         done = self.done
         fraction = done / self.total if self.total else 1.0
-        eta = elapsed / done * (self.total - done) if done else math.inf
+        eta = self.eta()
         width = 24
         filled = int(width * fraction)
         counts = (
@@ -115,7 +146,9 @@ class Progress:
             self.lost += 1
         else:
             self.counts[status.value] += 1
-        now = time.perf_counter()
+        now = self._clock()
+        if self._round_done is None and self.done >= min(self.workers, self.total):
+            self._round_done = now
         if now - self._last >= self._interval or self.done == self.total:
             self._last = now
             self._draw()
@@ -199,7 +232,8 @@ def run_sweep(
         stored -= store.run_ids(status=RunStatus.FAILED)
     todo = [c for c in unique if c.run_id not in stored]
     stream = progress if progress is not None else sys.stderr
-    bar = Progress(len(todo), stream=stream) if show_progress else None
+    parallel = workers or os.cpu_count() or 1
+    bar = Progress(len(todo), stream=stream, workers=parallel) if show_progress else None
     if show_progress:
         stream.write(
             f"{len(unique)} runs: {len(unique) - len(todo)} already in {store.path}, "
@@ -229,7 +263,8 @@ def run_sweep(
                 if record.error:
                     errors.append(
                         f"{record.config.problem} {record.config.method} "
-                        f"lr={record.config.lr} seed={record.config.seed}: "
+                        f"lr={record.config.lr if record.config.lr is not None else 'default'} "
+                        f"seed={record.config.seed}: "
                         f"{record.error.splitlines()[0]}"
                     )
                 if bar is not None:

@@ -2,7 +2,7 @@
 
 Paper: M. Rolinek, G. Martius, "L4: Practical loss-based stepsize adaptation for deep learning",
 NeurIPS 2018, arXiv:1802.05074. Official code: ``martius-lab/l4-optimizer`` (TensorFlow 1),
-PyTorch port ``iovdin/l4-pytorch``. Spec: ``shared/specs/path_and_loss_methods.md`` section 5.
+PyTorch port ``iovdin/l4-pytorch``. Method page: ``docs/methods/loss-based.md``.
 
 With the update ``x <- x - eta v`` the linearised loss decreases by ``eta <g_hat, v>``. L4 picks
 ``eta`` so that this predicted decrease is ``alpha`` times the gap between the current loss and
@@ -13,6 +13,7 @@ torch optimizer), so any direction and its gradient estimate are computed in one
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -20,8 +21,18 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
+from lrlab.optim._names import resolve_alias
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_betas, check_bool, check_positive, check_range
@@ -75,9 +86,27 @@ class _L4(AdaptiveOptimizer):
     _native_moments: ClassVar[NativeKernel]
     _native_move: ClassVar[NativeKernel]
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.nonnegative(),
+        "alpha": check.positive(),
+        "gamma": check.in_range(0.0, 1.0, "[]"),
+        "gamma0": check.in_range(0.0, 1.0, "[]"),
+        "tau": check.positive(),
+        "eps": check.in_range(0.0, math.inf, "[)"),
+    }
+
     def _l4_defaults(
-        self, alpha: float, gamma: float, gamma0: float, tau: float, eps: float, sharded: bool
+        self,
+        alpha: float,
+        gamma: float,
+        gamma0: float,
+        tau: float,
+        eps: float,
+        sharded: bool,
+        lr: float = 1.0,
     ) -> dict[str, Any]:
+        check_range("lr", lr, 0.0, math.inf, "[)")
         check_positive("alpha", alpha)
         check_range("gamma", gamma, 0.0, 1.0, "[]")
         check_range("gamma0", gamma0, 0.0, 1.0, "[]")
@@ -85,6 +114,7 @@ class _L4(AdaptiveOptimizer):
         check_range("eps", eps, 0.0, math.inf, "[)")
         check_bool("sharded", sharded)
         return {
+            "lr": lr,
             "alpha": alpha,
             "gamma": gamma,
             "gamma0": gamma0,
@@ -176,7 +206,7 @@ class _L4(AdaptiveOptimizer):
                 state["step"] += 1
             steps = [int(state["step"]) for state in states]
             # .get: checkpoints written before the fused path existed have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 fused: list[tuple[Tensor, int]] = []
                 rest: list[int] = []
                 constants: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
@@ -199,7 +229,11 @@ class _L4(AdaptiveOptimizer):
                             rows.moves.append((p, *arrays[1:]))
                             rows.biases.append(biases[step])
                             continue
-                    dot_part = self._fused_moments(group, p, grad, step, constants)
+                    dot_part = (
+                        self._fused_moments(group, p, grad, step, constants)
+                        if compiled_requested(group)
+                        else None
+                    )
                     if dot_part is None:
                         rest.append(index)
                         continue
@@ -247,7 +281,8 @@ class _L4(AdaptiveOptimizer):
             self._set_global("nonpositive_gap_steps", self._get_global("nonpositive_gap_steps") + 1)
         else:
             for group, params, directions, foreach in pending:
-                eta = group["alpha"] * gap / (grad_dot_direction + first["eps"])
+                # lr (default 1) multiplies the step, so torch's schedulers can scale it
+                eta = group["lr"] * group["alpha"] * gap / (grad_dot_direction + first["eps"])
                 group["effective_lr"] = eta
                 if foreach:
                     torch._foreach_add_(params, directions, alpha=-eta)
@@ -255,7 +290,7 @@ class _L4(AdaptiveOptimizer):
                     for p, direction in zip(params, directions, strict=True):
                         p.add_(direction, alpha=-eta)
             for group, fused, native_rows in fused_pending:
-                eta = group["alpha"] * gap / (grad_dot_direction + first["eps"])
+                eta = group["lr"] * group["alpha"] * gap / (grad_dot_direction + first["eps"])
                 group["effective_lr"] = eta
                 for rows in native_rows.values():
                     self._native_move(
@@ -357,6 +392,8 @@ _L4_NOTES = r"""
     group_kwargs={"alpha": 0.05},
 )
 class L4Mom(_L4):
+    torch_names: ClassVar[dict[str, str]] = {"momentum": "beta"}
+
     __doc__ = (
         r"""L4 applied to momentum SGD (L4Mom).
 """
@@ -381,7 +418,12 @@ class L4Mom(_L4):
         gamma0: initial :math:`L_{\min} / L_1`, in [0, 1]. Default 0.75.
         tau: forgetting time of :math:`L_{\min}` in steps, in (0, inf). Default 1000.
         eps: added to :math:`\langle \hat g, v\rangle`, in [0, inf). Default 1e-12.
-        beta: momentum of the gradient estimate, in [0, 1). Default 0.9 (time scale 10).
+        momentum: momentum :math:`\beta` of the gradient estimate, in [0, 1). Default 0.9
+            (time scale 10). ``beta`` (the paper's name) is accepted as an alias; the param
+            group carries both, schedulers write ``momentum`` (``OneCycleLR(cycle_momentum=
+            True)`` cycles it).
+        lr: multiplier of the step size :math:`\eta_t`, in [0, inf). Default 1 (the paper's
+            L4). A torch scheduler scales it; L4 has no learning rate of its own.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
         fused: True runs the work in two passes over memory: the momentum with
             :math:`\langle \hat g, v\rangle = \lVert \hat g\rVert^2`, then, once the step
@@ -391,8 +433,9 @@ class L4Mom(_L4):
             tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere the compiled kernels,
             one call per tensor (see :mod:`lrlab.optim._fused`), and tensors that cannot be
             viewed flat (non-contiguous, sparse) or are small take the ``foreach`` path.
-            Opt-in: the first step pays the native build or the compilation (seconds, once per
-            machine or per process and dtype).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the parameters, so
             :math:`\langle \hat g, v\rangle` is a partial sum to be reduced over ranks.
 """
@@ -406,6 +449,9 @@ class L4Mom(_L4):
     """
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"beta": check.in_range(0.0, 1.0, "[)")}
+
     def __init__(
         self,
         params: ParamsT,
@@ -415,15 +461,19 @@ class L4Mom(_L4):
         gamma0: float = 0.75,
         tau: float = 1000.0,
         eps: float = 1e-12,
-        beta: float = 0.9,
+        momentum: float | None = None,
+        beta: float | None = None,
+        lr: float = 1.0,
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded)
+        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded, lr)
+        beta = resolve_alias("momentum", momentum, "beta", beta, 0.9)
         check_range("beta", beta, 0.0, 1.0, "[)")
         fused = check_fused(fused, foreach)
-        defaults.update({"beta": beta, "foreach": foreach, "fused": fused})
+        # the update reads "beta"; schedulers write "momentum" (NOTE in _names.py)
+        defaults.update({"momentum": beta, "beta": beta, "foreach": foreach, "fused": fused})
         super().__init__(params, defaults)
 
     def _estimates(
@@ -536,6 +586,8 @@ class L4Adam(_L4):
             and 1000, the paper's).
         adam_eps: :math:`\delta`, in (0, inf). Default 1e-4, the official code's value (not
             Adam's usual 1e-8).
+        lr: multiplier of the step size :math:`\eta_t`, in [0, inf). Default 1 (the paper's
+            L4). A torch scheduler scales it; L4 has no learning rate of its own.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
         fused: True runs the work in two passes over memory: the moments with
             :math:`\langle \hat g, v\rangle`, then, once the step size is known (it needs that
@@ -544,9 +596,10 @@ class L4Adam(_L4):
             pass is one native multi-tensor kernel call for all tensors of a dtype (see
             :mod:`lrlab.optim._native`); elsewhere the compiled kernels, one call per tensor
             (see :mod:`lrlab.optim._fused`), and tensors that cannot be viewed flat
-            (non-contiguous, sparse) take the ``foreach`` path. Opt-in: the first step pays the
-            native build or the compilation (seconds, once per machine or per process and
-            dtype).
+            (non-contiguous, sparse) take the ``foreach`` path.
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: as :class:`L4Mom`.
 """
         + _L4_NOTES
@@ -565,6 +618,12 @@ class L4Adam(_L4):
     """
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "adam_eps": check.positive(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -576,11 +635,12 @@ class L4Adam(_L4):
         eps: float = 1e-12,
         betas: tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-4,
+        lr: float = 1.0,
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded)
+        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded, lr)
         check_betas("betas", betas)
         check_positive("adam_eps", adam_eps)
         fused = check_fused(fused, foreach)
