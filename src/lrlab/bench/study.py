@@ -82,7 +82,7 @@ from lrlab.bench import metrics
 from lrlab.bench._markdown import escape_markdown
 from lrlab.bench._paths import check_study_name
 from lrlab.bench.refinement import second_pass_configs
-from lrlab.bench.spec import Goal, RunRecord, metric_goals, run_label
+from lrlab.bench.spec import Goal, RunRecord, run_label
 from lrlab.bench.studyfile import Study, StudyError, load_study
 from lrlab.bench.tables import format_number, markdown_table
 
@@ -159,27 +159,18 @@ def _split(study: Study) -> bool:
 
 def _goal_of(problem: str, metric: str, records: Sequence[RunRecord] = ()) -> Goal:
     """The direction of ``metric`` on ``problem``: as the runs stored it, else as the problem
-    declares it (:func:`lrlab.bench.spec.metric_goals`); never guessed from the name.
+    declares it (:func:`lrlab.bench.summary.metric_goal`, the one place that decides it); never
+    guessed from the name.
 
     Raises:
-        StudyError: neither the records nor the problem know the metric's direction.
+        StudyError: nothing knows the metric's direction.
     """
-    for record in records:
-        goal = record.goal_of(metric)
-        if goal is not None:
-            return goal
-    from lrlab.bench.problems import get_problem
+    from lrlab.bench.summary import metric_goal
 
     try:
-        known = metric_goals(get_problem(problem).info)
-    except KeyError:
-        known = {}
-    if metric in known:
-        return known[metric]
-    raise StudyError(
-        f"metric {metric!r} of problem {problem!r} has no known direction; metrics with one: "
-        f"{', '.join(sorted(known)) or 'none'}"
-    )
+        return metric_goal(problem, metric, records)
+    except ValueError as error:
+        raise StudyError(str(error)) from None
 
 
 def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:
@@ -304,15 +295,15 @@ def _evaluate_placeholder(
             raise StudyError(f"{where}: stat must be one of {', '.join(_STATS)}")
         if stat in ("seeds", "diverged"):
             return str(getattr(point, stat))
-        value = {"mean": point.mean, "std": point.std, "min": point.minimum, "max": point.maximum}
-        return _format(value[stat], spec)
+        by_stat = {"mean": point.mean, "std": point.std, "min": point.minimum, "max": point.maximum}
+        return _format(by_stat[stat], spec)
     if kind in ("best", "best_lr"):
         best = metrics.best_tuned(selected, metric, goal)
-        key = (options["problem"], options["method"])
-        if key not in best:
+        selection = (options["problem"], options["method"])
+        if selection not in best:
             return "none (every LR diverged)"
-        lr, value = best[key]
-        return _format(value, spec) if kind == "best" else _format(lr, "g")
+        best_lr, best_value = best[selection]
+        return _format(best_value, spec) if kind == "best" else _format(best_lr, "g")
     tolerance = float(part.report.get("tolerance", DEFAULT_TOLERANCE))
     widths = metrics.robustness_width(problem_records, metric, goal, tolerance=tolerance)
     return _format(widths[(options["problem"], options["method"])], "g")
@@ -948,10 +939,10 @@ def run_study(
             errors = summary.errors
             record_timing(summary.wall_time_s, ran, False)
         report_start = time.perf_counter()
-        parts = {part.name: part for part in _parts(study)}
+        part_by_name = {part.name: part for part in _parts(study)}
         records: dict[str, list[RunRecord]] = {}
         missing = 0
-        for part_name, part in parts.items():
+        for part_name, part in part_by_name.items():
             records[part_name], part_missing = _part_records(part, db)
             missing += part_missing
 
@@ -964,7 +955,7 @@ def run_study(
     copied: list[Path] = []
     shown: dict[str, list[tuple[str, str]]] = {}
     report_dirs: list[Path] = []
-    for part_name, part in parts.items():
+    for part_name, part in part_by_name.items():
         if not records[part_name]:
             continue
         out = report_root / part_name if _split(study) else report_root
@@ -1020,7 +1011,9 @@ def run_study(
     ]
     if timing:
         machines = sorted({str(t.get("machine", "?")) for t in timing})
-        loads = [t.get("load_average_at_start") for t in timing if t.get("load_average_at_start")]
+        loads: list[list[float]] = [
+            start_load for t in timing if (start_load := t.get("load_average_at_start"))
+        ]
         invocations = len(timing)
         provenance += [
             f"Measured wall time of the sweep: {sweep_time:.0f} s ({sweep_time / 60:.1f} min) "

@@ -603,7 +603,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         return any(group.get("fused", False) is not False for group in self.param_groups)
 
     @_eager_under_compile
-    def step(  # type: ignore[override]
+    def step(
         self,
         closure: LossClosure | None = None,
         *,
