@@ -419,10 +419,29 @@ class NativeKernel:
         dtype = rows[0][0].dtype
         if dtype not in _NATIVE_DTYPES:
             raise ValueError(f"{self.qualified_name} takes float32 or float64 tensors, got {dtype}")
-        sizes = [
-            self._check_row(index, row, dtype, constants, tensor_constants)
-            for index, row in enumerate(rows)
-        ]
+        if self.array_lengths is None:
+            # the common case, once per tensor of every step: inline and cheap (the detailed
+            # check below only runs to word the error)
+            sizes = []
+            arrays = self.arrays
+            for index, row in enumerate(rows):
+                n = row[0].numel()
+                if len(row) != arrays:
+                    self._check_row(index, row, dtype, constants, tensor_constants)
+                for tensor in row:
+                    if (
+                        tensor.numel() != n
+                        or tensor.dtype is not dtype
+                        or not tensor.is_cpu
+                        or not tensor.is_contiguous()
+                    ):
+                        self._check_row(index, row, dtype, constants, tensor_constants)
+                sizes.append(n)
+        else:
+            sizes = [
+                self._check_row(index, row, dtype, constants, tensor_constants)
+                for index, row in enumerate(rows)
+            ]
         return self._invoke(
             dtype,
             [t.data_ptr() for row in rows for t in row],
@@ -460,8 +479,7 @@ class NativeKernel:
                 tensor.numel() != length
                 or tensor.dtype is not dtype
                 or not tensor.is_cpu
-                or not tensor.is_contiguous()
-                or tensor.layout is not torch.strided
+                or not tensor.is_contiguous()  # a sparse tensor raises here
             ):
                 raise ValueError(
                     f"{self.qualified_name}: array {position} of tensor {index} must be a "
