@@ -96,8 +96,10 @@ class Schema:
 
     def read(self, c: Tensor) -> dict[str, Tensor]:
         """The scalars tensor of a compiled kernel call by name (``c["beta1"]``), as 0-d
-        tensors; traced by torch.compile as plain indexing."""
-        return {name: c[index] for index, name in enumerate(self.scalars)}
+        tensors: the scalars, then the tensor's own tensor scalars; traced by torch.compile
+        as plain indexing."""
+        names = (*self.scalars, *self.tensor_scalars)
+        return {name: c[index] for index, name in enumerate(names)}
 
     def render(self) -> str:
         """The C++ declarations of this schema (see :func:`render_schemas`)."""
@@ -269,9 +271,11 @@ class Plan:
                 continue
             row = self.rows[i]
             like = row[step.arrays[0]]
-            key = (like.device, like.dtype)
+            # a compiled call takes its tensor scalars after the pass's (one tensor per call)
+            own = schema.row(tensor_scalars[i]) if tensor_scalars is not None else ()
+            key = (like.device, like.dtype, own)
             if key not in result._constants:
-                result._constants[key] = scalars(values, like)
+                result._constants[key] = scalars((*values, *own), like)
             out = step.compiled(*(flat(row[name]) for name in step.arrays), result._constants[key])
             names = schema.sums if step.compiled_sums is None else step.compiled_sums
             if names:
@@ -290,7 +294,7 @@ class PassResult:
     native: dict[torch.dtype, Tensor] = field(default_factory=dict)
     compiled: list[dict[str, Tensor]] = field(default_factory=list)
     reference: list[int] = field(default_factory=list)
-    _constants: dict[tuple[torch.device, torch.dtype], Tensor] = field(default_factory=dict)
+    _constants: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
 
     def native_totals(self, combine: Callable[[Callable[[str], Tensor]], Tensor]) -> list[Tensor]:
         """One total per native dtype of a per-tensor combination of the sums, e.g.
