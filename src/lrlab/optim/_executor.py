@@ -118,6 +118,7 @@ class Schema:
 
 
 _SCHEMAS: dict[str, list[Schema]] = {}
+_NATIVE_KERNELS: dict[tuple[str, str], NativeKernel] = {}
 _CHECKED: set[str] = set()
 
 
@@ -142,13 +143,19 @@ class Pass:
 
     def __post_init__(self) -> None:
         if self.native is not None:
-            kernel = NativeKernel(
-                self.family,
-                self.native,
-                arrays=len(self.arrays),
-                sums=len(self.schema.sums),
-                tensor_constants=len(self.schema.tensor_scalars),
-            )
+            # passes that share a native function share its kernel (and its fused_status line)
+            key = (self.family, self.native)
+            kernel = _NATIVE_KERNELS.get(key)
+            if kernel is None:
+                kernel = _NATIVE_KERNELS[key] = NativeKernel(
+                    self.family,
+                    self.native,
+                    arrays=len(self.arrays),
+                    sums=len(self.schema.sums),
+                    tensor_constants=len(self.schema.tensor_scalars),
+                )
+            elif kernel.arrays != len(self.arrays):
+                raise ValueError(f"{kernel.qualified_name}: passes disagree on its arrays")
             object.__setattr__(self, "_kernel", kernel)
         schemas = _SCHEMAS.setdefault(self.family, [])
         if all(s.struct != self.schema.struct for s in schemas):
@@ -318,7 +325,7 @@ class PassResult:
         return parts
 
 
-def route(group: Mapping[str, Any], rows: list[Row], passes: Sequence[Pass]) -> Plan:
+def route(group: Mapping[str, Any], rows: Sequence[Row], passes: Sequence[Pass]) -> Plan:
     """Route the rows of one group between the native kernels (every array of every pass
     eligible, the group allows it, the kernels built), the compiled kernels (``fused=True``
     and every array flat-eligible) and the reference loop."""
@@ -339,4 +346,4 @@ def route(group: Mapping[str, Any], rows: list[Row], passes: Sequence[Pass]) -> 
             compiled.append(index)
         else:
             reference.append(index)
-    return Plan(rows, native, compiled, reference)
+    return Plan(list(rows), native, compiled, reference)

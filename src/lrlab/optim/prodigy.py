@@ -24,6 +24,7 @@ name; ask for it with the algorithm box in hand.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -395,7 +396,7 @@ class Prodigy(_DistanceEstimator):
         return arrays
 
     def _moments_reference(
-        self, group: dict[str, Any], arrays: dict[str, Tensor], c: dict[str, float]
+        self, group: dict[str, Any], arrays: Mapping[str, Tensor], c: dict[str, float]
     ) -> tuple[Tensor, Tensor]:
         """The moments pass of one parameter (the package's operations); returns its
         increments of r and of ||s||_1."""
@@ -411,7 +412,7 @@ class Prodigy(_DistanceEstimator):
         return distance, _l1(arrays["s"], _fast(group))
 
     def _move_reference(
-        self, group: dict[str, Any], arrays: dict[str, Tensor], c: dict[str, float]
+        self, group: dict[str, Any], arrays: Mapping[str, Tensor], c: dict[str, float]
     ) -> None:
         """The update of one parameter (the package's operations)."""
         p, direction = arrays["p"], arrays["direction"]
