@@ -1,6 +1,6 @@
 r"""Refined schedules in the lab: from a stored run's gradient norms, and two-pass methods.
 
-Spec: ``shared/specs/defazio_family.md`` section 8 (Defazio, Cutkosky, Mehta, Mishchenko, "When,
+Method page: ``docs/methods/schedules.md`` (Defazio, Cutkosky, Mehta, Mishchenko, "When,
 Why and How Much? Adaptive Learning Rate Scheduling by Refinement", arXiv:2310.07831).
 
 Every run of the lab logs, per step, the L2 and L1 norms of the mini-batch gradient
@@ -42,7 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lrlab.bench.spec import JSONScalar, KwargValue, RunConfig, RunRecord, RunStatus
+from lrlab.bench.spec import (
+    JSONScalar,
+    KwargValue,
+    RunConfig,
+    RunRecord,
+    RunStatus,
+    variant_label,
+)
 from lrlab.schedules import refine
 
 if TYPE_CHECKING:
@@ -281,8 +288,6 @@ class TwoPassMethod:
     ) -> tuple[str, dict[str, Any]]:
         """The label and tags of the pass-1 runs of a study entry (``label``: the entry's own
         label with its variant suffix, or None)."""
-        from lrlab.bench.sweep import variant_label
-
         second = label or variant_label(self.name, kwargs)
         first = f"{label} (pass 1)" if label else f"{variant_label(self.base, kwargs)}+linear-decay"
         return first, {**tags, "pass": 1, "two_pass": self.name, "refined_label": second}
@@ -367,8 +372,8 @@ def second_pass_configs(
     ids = list(dict.fromkeys(c.run_id for c in firsts))
     records: dict[str, RunRecord] = {}
     for start in range(0, len(ids), chunk):
-        for record in store.load_records(run_id=ids[start : start + chunk]):
-            records[record.run_id] = record
+        for loaded in store.load_records(run_id=ids[start : start + chunk]):
+            records[loaded.run_id] = loaded
     built: list[RunConfig] = []
     not_built: list[str] = []
     for run_id in ids:

@@ -36,6 +36,10 @@ executes inside ``torch.random.fork_rng`` with the global generator seeded from 
 third-party code that uses the global RNG is deterministic too, and the caller's global RNG state is
 left untouched. Bit-identical records need the same torch thread count (sweep workers use one).
 
+The record also carries the problem's headline ``metric`` and the direction of every metric it
+reports (``goals``: ``test_accuracy`` -> max, ``test_loss`` -> min), from the problem's
+declaration (:func:`lrlab.bench.spec.metric_goals`).
+
 A run never raises: an exception becomes a ``failed`` record carrying the message and traceback;
 a non-finite loss, or one above ``divergence_threshold * max(1, |first loss|)``, or non-finite
 parameters at the end, ends the run as ``diverged``.
@@ -53,14 +57,22 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 import lrlab
 import lrlab.optim as lo
-from lrlab.bench.spec import Batch, ProblemInstance, RunConfig, RunRecord, RunStatus
+from lrlab.bench.spec import (
+    Batch,
+    Goal,
+    ProblemInstance,
+    RunConfig,
+    RunRecord,
+    RunStatus,
+    metric_goals,
+)
 
 __all__ = [
     "derive_seed",
@@ -164,7 +176,7 @@ def make_schedule(
 
 def _create_optimizer(
     config: RunConfig, params: list[Tensor], instance: ProblemInstance
-) -> torch.optim.Optimizer:
+) -> lo.AdaptiveOptimizer:
     spec = lo.spec(config.method)
     kwargs = dict(config.method_kwargs)
     if config.lr is not None:
@@ -194,14 +206,15 @@ def _evaluate(
 ) -> dict[str, float]:
     model = instance.model
     model.eval()
+    modes = cast(lo.EvalModeOptimizer, optimizer)  # declared by spec.has_eval_mode
     if has_eval_mode:
-        optimizer.eval()  # type: ignore[attr-defined]  # declared by spec.has_eval_mode
+        modes.eval()
     try:
         with torch.no_grad():
             metrics = instance.evaluate()
     finally:
         if has_eval_mode:
-            optimizer.train()  # type: ignore[attr-defined]
+            modes.train()
         model.train()
     return {"step": step, **{key: float(value) for key, value in metrics.items()}}
 
@@ -225,7 +238,7 @@ def _train(config: RunConfig, log: _Log) -> tuple[RunStatus, int | None, dict[st
         torch.Generator().manual_seed(derive_seed(config.seed, "batches")), batch_size
     )
     if spec.has_eval_mode:
-        optimizer.train()  # type: ignore[attr-defined]
+        cast(lo.EvalModeOptimizer, optimizer).train()
     log.evals.append(_evaluate(instance, optimizer, spec.has_eval_mode, 0))
 
     limit = math.inf
@@ -251,7 +264,7 @@ def _train(config: RunConfig, log: _Log) -> tuple[RunStatus, int | None, dict[st
             raise RuntimeError(f"method {config.method!r} did not call the closure in step()")
         # cost note: one host synchronisation per step, here (free on CPU)
         loss_value, grad_l2, grad_l1 = closure.measured.tolist()
-        stats = optimizer.statistics()  # type: ignore[attr-defined]  # the lrlab contract
+        stats = optimizer.statistics()
         row: dict[str, float] = {
             "step": step,
             "loss": loss_value,
@@ -283,6 +296,20 @@ def _train(config: RunConfig, log: _Log) -> tuple[RunStatus, int | None, dict[st
     return RunStatus.FINISHED, None, {**last, "final_loss": loss_value, "final_lr": final_lr}
 
 
+def _directions(
+    config: RunConfig, log: _Log, final: dict[str, float]
+) -> tuple[str | None, dict[str, Goal]]:
+    """The problem's headline metric and the direction of every metric the run reported (for
+    the record: readers never guess a direction from a metric's name)."""
+    try:
+        info = _get_problem(config.problem).info
+    except KeyError:  # an unknown problem is a failed run; it has no metrics either
+        return None, {}
+    known = metric_goals(info)
+    names = dict.fromkeys([info.metric, *final, *(k for row in log.evals for k in row)])
+    return info.metric, {name: known[name] for name in names if name in known}
+
+
 def run(config: RunConfig) -> RunRecord:
     """Train once as ``config`` says and return what happened. Never raises for a bad run."""
     start = time.perf_counter()
@@ -296,6 +323,7 @@ def run(config: RunConfig) -> RunRecord:
         status, diverged_at, final = RunStatus.FAILED, None, {}
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         error += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    metric, goals = _directions(config, log, final)
     return RunRecord(
         run_id=config.run_id,
         config=config,
@@ -307,4 +335,6 @@ def run(config: RunConfig) -> RunRecord:
         error=error,
         wall_time_s=time.perf_counter() - start,
         versions=library_versions(),
+        metric=metric,
+        goals=goals,
     )

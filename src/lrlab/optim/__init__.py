@@ -9,7 +9,11 @@ import. Use the registry to discover and build them::
     optimizer = lo.create("clara-adam", model.parameters(), lr=1e-3)
 
 The contract every optimizer follows (closures, ``effective_lr``, ``statistics()``, the
-non-finite policy, checkpoints) is documented once, in :mod:`lrlab.optim._base`.
+non-finite policy, checkpoints) is documented once, in :mod:`lrlab.optim._base`. Inside a
+framework that calls ``optimizer.step()`` itself (accelerate, HF Trainer, Lightning), hand the
+optimizer its loss and example indices with :func:`feed` (it finds the lrlab optimizer inside
+wrappers) and read :func:`statistics` through them too; :mod:`lrlab.integrations` has callbacks
+that do this for Lightning and transformers.
 """
 
 from lrlab.optim._base import (
@@ -18,8 +22,10 @@ from lrlab.optim._base import (
     evaluate_without_backward,
     make_closure,
 )
+from lrlab.optim._feed import discard_fed, feed, statistics
 from lrlab.optim._fused import fused_status
 from lrlab.optim._registry import (
+    EvalModeOptimizer,
     InvalidKwargs,
     MethodSpec,
     UnknownNameError,
@@ -33,6 +39,7 @@ from lrlab.optim._registry import (
 from lrlab.optim.alera import AgAdam, ALeRA, SALeRA, SPALeRA, layer_param_groups
 from lrlab.optim.baselines import SGD, Adam, AdamW
 from lrlab.optim.clara import ClaraAdam, ClaraSGD
+from lrlab.optim.clara_auto import ClaraAuto
 from lrlab.optim.dadaptation import DAdaptAdaGrad, DAdaptAdam, DAdaptSGD
 from lrlab.optim.dog import DoG, DoWG, LDoG
 from lrlab.optim.gradagrad import GradaGrad
@@ -59,12 +66,14 @@ __all__ = [
     "AdaptiveOptimizer",
     "AgAdam",
     "ClaraAdam",
+    "ClaraAuto",
     "ClaraSGD",
     "DAdaptAdaGrad",
     "DAdaptAdam",
     "DAdaptSGD",
     "DoG",
     "DoWG",
+    "EvalModeOptimizer",
     "GradaGrad",
     "InvalidKwargs",
     "L4Adam",
@@ -84,7 +93,9 @@ __all__ = [
     "WNAdam",
     "WNGrad",
     "create",
+    "discard_fed",
     "evaluate_without_backward",
+    "feed",
     "fused_status",
     "layer_param_groups",
     "make_closure",
@@ -93,4 +104,5 @@ __all__ = [
     "recalibrate_batchnorm",
     "register",
     "spec",
+    "statistics",
 ]

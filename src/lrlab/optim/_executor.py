@@ -44,7 +44,7 @@ from lrlab.optim._fused import (
     native_requested,
     scalars,
 )
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._native import ArrayLengths, NativeKernel, native_eligible
 
 __all__ = ["Pass", "Plan", "Schema", "check_schemas", "render_schemas", "route", "write_schemas"]
 
@@ -139,6 +139,9 @@ class Pass:
     native: str | None = None
     compiled: FusedKernel | None = None
     compiled_sums: tuple[str, ...] | None = None
+    #: element count of each array when the first has ``n`` (see ``NativeKernel``); None: all
+    #: arrays have the first one's count. The native call checks every buffer against it.
+    array_lengths: ArrayLengths | None = None
     _kernel: NativeKernel | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -153,6 +156,7 @@ class Pass:
                     arrays=len(self.arrays),
                     sums=len(self.schema.sums),
                     tensor_constants=len(self.schema.tensor_scalars),
+                    array_lengths=self.array_lengths,
                 )
             elif kernel.arrays != len(self.arrays):
                 raise ValueError(f"{kernel.qualified_name}: passes disagree on its arrays")
@@ -233,7 +237,7 @@ class Plan:
     loop. Made by :func:`route`.
     """
 
-    rows: list[Row]
+    rows: Sequence[Row]
     native: dict[torch.dtype, list[int]]
     compiled: list[int]
     reference: list[int]

@@ -15,6 +15,13 @@ number of tensors.
   source, the compiler, the flags and the CPU, so a build is paid once per machine (~1 s per
   family) and never per step. Concurrent processes (sweep workers) build into temporary files and
   rename atomically.
+* NOTE [a private, verified kernel cache]: loading a library runs its code, so the cache must be
+  the user's own. The directory is created private (0700); one owned by another user or
+  writable by group or others is refused: no native kernel is loaded from it (one warning) and
+  ``fused=True`` takes the compiled or eager kernels. Each build writes the SHA-256 of the
+  library next to it (``<library>.sha256``); before loading, the file is checked (owned by the
+  user, not group/world-writable, the digest matches), and a library that fails is removed and
+  rebuilt, never loaded.
 * The arithmetic is the compiled kernels' (the same order of operations in the tensors' dtype;
   float32 sums run in float32 over runs of 1024 elements, then in double). Per-tensor sums are
   added block by block in a fixed order: results do not depend on the number of threads.
@@ -30,23 +37,26 @@ number of tensors.
 from __future__ import annotations
 
 import array
+import bisect
 import ctypes
 import hashlib
 import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-__all__ = ["NativeKernel", "native_eligible", "native_status"]
+__all__ = ["NativeKernel", "last_array_scalar", "native_eligible", "native_status"]
 
 _LOG = logging.getLogger(__name__)
 _SOURCES = Path(__file__).with_name("native")
@@ -73,6 +83,69 @@ def _cache_dir() -> Path:
         return Path(os.environ["LRLAB_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "lrlab"
+
+
+class UnsafeCacheError(RuntimeError):
+    """The kernel cache directory is not private to this user (see NOTE [a private, verified
+    kernel cache])."""
+
+
+_REFUSED_CACHES: dict[str, str] = {}  # directory -> why it was refused (warned once each)
+
+
+def _private_cache_dir() -> Path:
+    """The cache directory, created private (0700); refused unless this user owns it and no
+    one else may write to it."""
+    directory = _cache_dir()
+    if str(directory) in _REFUSED_CACHES:
+        raise UnsafeCacheError(_REFUSED_CACHES[str(directory)])
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = directory.stat()
+    except OSError as error:
+        # not a security refusal: reported like any other failed build
+        raise RuntimeError(f"the kernel cache {directory} cannot be created: {error}") from None
+    problem = None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory"
+    elif hasattr(os, "getuid") and info.st_uid != os.getuid():
+        problem = f"is owned by another user (uid {info.st_uid})"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
+    if problem is not None:
+        reason = f"the kernel cache {directory} {problem}"
+        _REFUSED_CACHES[str(directory)] = reason
+        warnings.warn(
+            f"lrlab: {reason}; no native kernels are loaded from it (fused=True uses the "
+            "compiled or eager kernels). Make it private (chmod 700, owned by you) or set "
+            "LRLAB_CACHE_DIR to a private directory.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        raise UnsafeCacheError(reason)
+    return directory
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _digest_file(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _verified(library: Path) -> bool:
+    """The library is this user's, not writable by others, and matches the digest recorded
+    when it was built."""
+    try:
+        info = library.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            return False
+        return _digest_file(library).read_text().strip() == _digest(library)
+    except OSError:
+        return False
 
 
 def _compiler() -> str | None:
@@ -110,6 +183,8 @@ class _Library:
             if self._handle is None and self.failure is None:
                 try:
                     self._handle = ctypes.CDLL(str(self._build()))
+                except UnsafeCacheError as error:  # warned once for the directory
+                    self.failure = f"{type(error).__name__}: {error}".splitlines()[0][:300]
                 except Exception as error:  # no compiler, read-only cache, broken toolchain
                     self.failure = f"{type(error).__name__}: {error}".splitlines()[0][:300]
                     # not a warning: the default path takes these kernels where it can, and a
@@ -133,16 +208,19 @@ class _Library:
             [compiler, "--version"], capture_output=True, text=True, check=False
         ).stdout
         errors = []
+        cache = _private_cache_dir()
         for flags in _FLAG_SETS:
             key = hashlib.sha256(
                 b"\0".join(
                     [text, version.encode(), " ".join(flags).encode(), _cpu_identity().encode()]
                 )
             ).hexdigest()[:16]
-            target = _cache_dir() / f"{self.family}-{key}.so"
-            if target.exists():
+            target = cache / f"{self.family}-{key}.so"
+            if _verified(target):
                 return target
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists() or target.is_symlink():
+                # not what this user built (planted, replaced or damaged): never load it
+                target.unlink()
             # build next to the target and rename: concurrent builders never see a partial file
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
                 partial = Path(scratch) / target.name
@@ -161,7 +239,12 @@ class _Library:
                     check=False,
                 )
                 if result.returncode == 0:
+                    digest = Path(scratch) / (target.name + ".sha256")
+                    digest.write_text(_digest(partial) + "\n")
+                    os.replace(digest, _digest_file(target))
                     os.replace(partial, target)
+                    if not _verified(target):  # another process renamed its build in between
+                        raise RuntimeError(f"{target.name} changed while it was installed")
                     return target
                 errors.append(result.stderr.strip().splitlines()[-1:] or ["failed"])
         raise RuntimeError(f"{compiler} could not build {source.name}: {errors[-1][0]}")
@@ -199,6 +282,58 @@ def native_eligible(*tensors: Tensor) -> bool:
     return True
 
 
+ArrayLengths = Callable[[int, Sequence[float], Sequence[float]], Sequence[int]]
+"""``(n, constants, tensor_constants_row) -> element count of each array of a tensor``."""
+
+
+def _check_extents(
+    kernel: str,
+    pointers: Sequence[int],
+    sizes: Sequence[int],
+    arrays: int,
+    dtype: torch.dtype,
+    buffers: Sequence[Tensor],
+) -> None:
+    """Every run ``[pointer, pointer + size elements)`` lies inside one buffer's storage."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    spans = sorted(
+        (
+            t.untyped_storage().data_ptr(),
+            t.untyped_storage().data_ptr() + t.untyped_storage().nbytes(),
+        )
+        for t in buffers
+        if t.is_cpu and t.layout is torch.strided
+    )
+    starts = [start for start, _ in spans]
+    for index, pointer in enumerate(pointers):
+        size = sizes[index // arrays]
+        if size < 0:
+            raise ValueError(f"{kernel}: negative element count {size}")
+        end = pointer + size * itemsize
+        where = bisect.bisect_right(starts, pointer) - 1
+        # storages may overlap (views of one tensor): any span that starts at or before the
+        # pointer may hold the run, so look back over those that do
+        while where >= 0:
+            if end <= spans[where][1]:
+                break
+            where -= 1
+        else:
+            if size > 0:
+                raise ValueError(
+                    f"{kernel}: array {index % arrays} of run {index // arrays} ({size} elements "
+                    "at its address) is not inside any of the tensors handed to the kernel"
+                )
+
+
+def last_array_scalar(arrays: int) -> ArrayLengths:
+    """``array_lengths`` of a kernel whose last array is one element (a 0-d per-tensor scalar)."""
+
+    def lengths(n: int, constants: Sequence[float], row: Sequence[float]) -> tuple[int, ...]:
+        return (n,) * (arrays - 1) + (1,)
+
+    return lengths
+
+
 class NativeKernel:
     """A multi-tensor kernel of one family's native library.
 
@@ -206,13 +341,28 @@ class NativeKernel:
     per parameter (the arrays the kernel reads and writes, in its order), all of one dtype, and
     returns the per-tensor sums as a float64 tensor of shape ``(len(rows), sums)``; ``None`` if
     the native kernels are unavailable (the caller then takes its other path, nothing written).
+
+    The kernel writes through raw pointers, so every buffer is checked before the call (per
+    tensor, not per element): one dtype, on the CPU, contiguous, and exactly as many elements as
+    the kernel will touch. That count is the first array's for every array, unless the kernel
+    declares ``array_lengths(n, constants, tensor_constants_row)``, the element count of each of
+    a tensor's arrays when its first array has ``n`` (Prodigy's sliced and broadcast ``x0``).
+    A mismatch raises :class:`ValueError` instead of writing out of bounds.
     """
 
     def __init__(
-        self, family: str, name: str, *, arrays: int, sums: int = 0, tensor_constants: int = 0
+        self,
+        family: str,
+        name: str,
+        *,
+        arrays: int,
+        sums: int = 0,
+        tensor_constants: int = 0,
+        array_lengths: ArrayLengths | None = None,
     ) -> None:
         self.family, self.name = family, name
         self.arrays, self.sums, self.tensor_constants = arrays, sums, tensor_constants
+        self.array_lengths = array_lengths
         self.used = False
         self._functions: dict[torch.dtype, object] = {}
         _LIBRARIES.setdefault(family, _Library(family))
@@ -248,22 +398,71 @@ class NativeKernel:
     ) -> Tensor | None:
         if not rows or not self.available():
             return None
-        for row in rows:
-            if len(row) != self.arrays:
-                raise ValueError(f"{self.qualified_name} takes {self.arrays} arrays per tensor")
         per_tensor = None
         if self.tensor_constants:
             if tensor_constants is None or len(tensor_constants) != len(rows):
                 raise ValueError(f"{self.qualified_name} needs one row of constants per tensor")
+            for row_constants in tensor_constants:
+                if len(row_constants) != self.tensor_constants:
+                    raise ValueError(
+                        f"{self.qualified_name} takes {self.tensor_constants} constants per "
+                        f"tensor, got {len(row_constants)}"
+                    )
             per_tensor = array.array("d", [float(v) for row in tensor_constants for v in row])
-        return self.call_addresses(
-            rows[0][0].dtype,
+        dtype = rows[0][0].dtype
+        if dtype not in _NATIVE_DTYPES:
+            raise ValueError(f"{self.qualified_name} takes float32 or float64 tensors, got {dtype}")
+        sizes = [
+            self._check_row(index, row, dtype, constants, tensor_constants)
+            for index, row in enumerate(rows)
+        ]
+        return self._invoke(
+            dtype,
             [t.data_ptr() for row in rows for t in row],
-            [row[0].numel() for row in rows],
+            sizes,
             constants,
             per_tensor,
             [tensor for row in rows for tensor in row],
         )
+
+    def _check_row(
+        self,
+        index: int,
+        row: Sequence[Tensor],
+        dtype: torch.dtype,
+        constants: Sequence[float],
+        tensor_constants: Sequence[Sequence[float]] | None,
+    ) -> int:
+        """The element count the kernel uses for this tensor, after checking every buffer of
+        the row against it (the kernel trusts these counts: a short buffer would be written
+        past its end)."""
+        if len(row) != self.arrays:
+            raise ValueError(
+                f"{self.qualified_name} takes {self.arrays} arrays per tensor, got {len(row)} "
+                f"for tensor {index}"
+            )
+        n = row[0].numel()
+        if self.array_lengths is None:
+            lengths: Sequence[int] = (n,) * self.arrays
+        else:
+            lengths = self.array_lengths(
+                n, constants, tensor_constants[index] if tensor_constants is not None else ()
+            )
+        for position, (tensor, length) in enumerate(zip(row, lengths, strict=True)):
+            if (
+                tensor.numel() != length
+                or tensor.dtype is not dtype
+                or not tensor.is_cpu
+                or not tensor.is_contiguous()
+                or tensor.layout is not torch.strided
+            ):
+                raise ValueError(
+                    f"{self.qualified_name}: array {position} of tensor {index} must be a "
+                    f"contiguous {dtype} CPU tensor of {length} elements, got "
+                    f"{tensor.numel()} elements, {tensor.dtype}, {tensor.device}"
+                    f"{'' if tensor.is_contiguous() else ', not contiguous'}"
+                )
+        return n
 
     def call_addresses(
         self,
@@ -273,17 +472,51 @@ class NativeKernel:
         constants: Sequence[float],
         tensor_constants: Tensor | array.array | None,
         written: Sequence[Tensor],
+        *,
+        buffers: Sequence[Tensor],
     ) -> Tensor:
         """The kernel on arrays given by address: ``pointers`` holds ``arrays`` addresses per
         "tensor" (any contiguous run of ``sizes[i]`` elements of ``dtype``, e.g. one row of a
         matrix for a per-row statistic), ``tensor_constants`` one row of float64 per run (an
         ``array('d')`` or a contiguous float64 CPU tensor, e.g. a previous call's sums), and
         ``written`` the tensors whose memory the kernel writes (their autograd version counters
-        are bumped). The caller guarantees that the addresses are valid; call
-        :meth:`available` first. Returns the per-run sums, shape ``(len(sizes), max(sums, 1))``.
+        are bumped), and ``buffers`` every tensor the runs lie in: each run is checked to lie
+        inside one of them, so a wrong address or count raises :class:`ValueError` instead of
+        writing out of bounds.
+        Call :meth:`available` first. Returns the per-run sums, shape
+        ``(len(sizes), max(sums, 1))``.
         """
         if len(pointers) != self.arrays * len(sizes):
             raise ValueError(f"{self.qualified_name} takes {self.arrays} arrays per tensor")
+        if dtype not in _NATIVE_DTYPES:
+            raise ValueError(f"{self.qualified_name} takes float32 or float64 arrays, got {dtype}")
+        _check_extents(self.qualified_name, pointers, sizes, self.arrays, dtype, buffers)
+        if isinstance(tensor_constants, Tensor):
+            needed = len(sizes) * self.tensor_constants
+            if tensor_constants.numel() < needed or not tensor_constants.is_cpu:
+                raise ValueError(
+                    f"{self.qualified_name} needs {needed} float64 tensor constants on the CPU, "
+                    f"got {tensor_constants.numel()} on {tensor_constants.device}"
+                )
+        elif (
+            tensor_constants is not None
+            and len(tensor_constants) < len(sizes) * self.tensor_constants
+        ):
+            raise ValueError(
+                f"{self.qualified_name} needs {len(sizes) * self.tensor_constants} tensor "
+                f"constants, got {len(tensor_constants)}"
+            )
+        return self._invoke(dtype, pointers, sizes, constants, tensor_constants, written)
+
+    def _invoke(
+        self,
+        dtype: torch.dtype,
+        pointers: Sequence[int],
+        sizes: Sequence[int],
+        constants: Sequence[float],
+        tensor_constants: Tensor | array.array | None,
+        written: Sequence[Tensor],
+    ) -> Tensor:
         if isinstance(tensor_constants, Tensor):
             if tensor_constants.dtype != torch.float64 or not tensor_constants.is_contiguous():
                 raise ValueError("tensor_constants must be a contiguous float64 tensor")

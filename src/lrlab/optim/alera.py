@@ -2,7 +2,7 @@ r"""ALeRA, SALeRA, SPALeRA and Ag-Adam: the 2017 cumulative path-length learning
 
 Paper: A. Schoenauer-Sebag, M. Schoenauer, M. Sebag, "Stochastic Gradient Descent: Going As Fast
 As Possible But Not Faster", arXiv:1709.01427 (2017). Official code: the Lua/Torch7 repository
-``aschoenauer-sebag/salera``. Spec: ``shared/specs/path_and_loss_methods.md`` section 2.
+``aschoenauer-sebag/salera``. Method page: ``docs/methods/cumulative-path.md``.
 
 Every layer keeps an exponentially discounted sum ("path") of its *normalised raw gradients* and
 compares the squared path length with its expectation when the unit directions are independent
@@ -58,7 +58,7 @@ within the same step; all paths feed the same sums.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -68,6 +68,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._distributed import is_distributed
 from lrlab.optim._fused import (
@@ -252,6 +253,18 @@ class _PathLearningRates(AdaptiveOptimizer):
     _fused_state_keys: ClassVar[tuple[str, ...]] = ("path",)
 
     # -- hooks ----------------------------------------------------------------------------------
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "alpha": check.in_range(0.0, 1.0, "(]"),
+        "adapt_constant": check.nonnegative(),
+        "weight_decay": check.nonnegative(),
+        # SALeRA's and SPALeRA's catastrophe detector
+        "mbratio": check.in_range(0.0, 1.0, "(]"),
+        "ph_lambda_rel": check.nonnegative(),
+        "ph_lambda": check.optional(check.nonnegative()),
+    }
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["path"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -456,6 +469,9 @@ def _tensor_statistics(
 class _LayerPathLearningRates(_PathLearningRates):
     """ALeRA's per-block rates (blocks: tensors or param groups); subclasses choose the move."""
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"block": check.one_of(*_BLOCKS)}
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -567,6 +583,9 @@ class _LayerPathLearningRates(_PathLearningRates):
         size: int,
     ) -> tuple[float, float]:
         """Update one block's rate from its statistics; return (its eta, 1/||g_l|| or 0)."""
+        if size == 0:
+            # an empty tensor has no path and no gradient: its rate stays as it is
+            return float(group["lr"]) * self._rate_scale() * holder["lr_factor"], 0.0
         alpha = group["alpha"]
         grad_norm = math.sqrt(grad_sq)
         inverse_norm = 1.0 / grad_norm if grad_norm > GRADIENT_FLOOR else 0.0
@@ -1079,6 +1098,12 @@ class AgAdam(_LayerPathLearningRates):
         decay is coupled and enters both the path and the moments, as in the Lua code.
     """
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "eps": check.positive(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -1437,7 +1462,8 @@ class SPALeRA(_PathLearningRates):
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
-                if state and "lr_multiplier" in state:
+                # an empty tensor has no multipliers (min/max of nothing is undefined)
+                if state and "lr_multiplier" in state and state["lr_multiplier"].numel():
                     multiplier = state["lr_multiplier"].detach().reshape(-1).to(torch.float64)
                     rows.append(torch.stack([multiplier.min(), multiplier.sum(), multiplier.max()]))
                     count += multiplier.numel()

@@ -1,7 +1,7 @@
 """CLARA: cumulative path-length learning-rate adaptation for SGD and Adam.
 
 Paper: "Cumulative Learning Rate Adaptation: Revisiting Path-Based Schedules for SGD and Adam",
-arXiv:2508.05408 (2025). Spec: ``shared/specs/path_and_loss_methods.md`` section 1.
+arXiv:2508.05408 (2025). Method page: ``docs/methods/cumulative-path.md``.
 
 The learning rate is multiplied after every step by ``exp(d (S / M - 1))``, where ``S`` is the
 squared length of an exponentially discounted path of *normalised* steps and ``M`` its expected
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._fused import (
     check_fused,
@@ -110,6 +112,18 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
     has_global_statistics: ClassVar[bool] = True
     #: the state tensors the fused kernel takes after (grad, param), in its argument order
     _fused_state_keys: ClassVar[tuple[str, ...]] = ("path",)
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "c": check.in_range(0.0, 1.0, "(]"),
+        "d": check.nonnegative(),
+        "mu": check.optional(check.positive()),
+        "reference_sum": check.one_of("per-tensor", "total"),
+        "unit_step": check.boolean(),
+        "transient_correction": check.boolean(),
+        "weight_decay": check.nonnegative(),
+    }
 
     def _directions(
         self,
@@ -564,6 +578,12 @@ class ClaraAdam(_CumulativePathAdaptation):
         default ``lr`` is 1e-3 (the official class uses 1.0) so that the class is a drop-in for
         ``torch.optim.Adam``; the default ``d`` is 1e-3 (the benchmark setting).
     """
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "eps": check.positive(),
+    }
 
     def __init__(
         self,

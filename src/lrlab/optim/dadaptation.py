@@ -1,7 +1,7 @@
 r"""D-Adaptation: learning-rate-free SGD, Adam and AdaGrad.
 
 Paper: Defazio & Mishchenko, "Learning-Rate-Free Learning by D-Adaptation", ICML 2023,
-arXiv:2301.07733. Spec: ``shared/specs/defazio_family.md`` sections 1.0-1.3 and 1.7. The released
+arXiv:2301.07733. Method page: ``docs/methods/d-adaptation.md``. The released
 package ``dadaptation==3.2`` is the numerical oracle; the constructors take its arguments, in its
 order, with its defaults, so that ``lrlab.optim.DAdaptAdam`` is a drop-in replacement.
 
@@ -48,7 +48,7 @@ checks both paths against each other in float64 to rtol 1e-12).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -56,6 +56,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._executor import Pass, Plan, Schema, route
 from lrlab.optim._fused import check_fused, kernel
@@ -109,6 +110,17 @@ class _DistanceEstimator(AdaptiveOptimizer):
     #: settings read from the first group only; every group must carry the same value
     global_settings: ClassVar[tuple[str, ...]] = ("growth_rate", "d_coef", "d0", "sharded")
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        # a group may set lr = 0 to opt out of the shared estimate
+        "lr": check.nonnegative(),
+        "weight_decay": check.nonnegative(),
+        "eps": check.positive(),
+        "d0": check.positive(),
+        "growth_rate": check.in_range(1.0, math.inf, "[]"),
+        "d_coef": check.positive(),
+    }
+
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
         self._set_global("d", float(defaults["d0"]))
@@ -118,7 +130,7 @@ class _DistanceEstimator(AdaptiveOptimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group after checking its settings (per-group ranges, shared global settings)."""
         merged = {**self.defaults, **param_group}
-        self._check_group(merged)
+        self.check_hyperparameters(merged)
         if self.param_groups:
             first = self.param_groups[0]
             for key in self.global_settings:
@@ -129,13 +141,6 @@ class _DistanceEstimator(AdaptiveOptimizer):
                         "first group"
                     )
         super().add_param_group(param_group)
-
-    def _check_group(self, group: dict[str, Any]) -> None:
-        """Range checks of the per-group settings (a group may set lr = 0 to opt out)."""
-        check_nonnegative("lr", group["lr"])
-        check_nonnegative("weight_decay", group["weight_decay"])
-        if "eps" in group:
-            check_positive("eps", group["eps"])
 
     # -- the step helpers ---------------------------------------------------------------------
 
@@ -354,6 +359,11 @@ class DAdaptSGD(_DistanceEstimator):
         "momentum",
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "momentum": check.in_range(0.0, 1.0, "[)")
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -385,10 +395,6 @@ class DAdaptSGD(_DistanceEstimator):
             "fused": fused,
         }
         super().__init__(params, defaults)
-
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        check_range("momentum", group["momentum"], 0.0, 1.0, "[)")
 
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
@@ -617,6 +623,14 @@ class DAdaptAdam(_DistanceEstimator):
         "use_bias_correction",
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "decouple": check.boolean(),
+        "use_bias_correction": check.boolean(),
+        "layer_scale": check.nonnegative(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -658,10 +672,6 @@ class DAdaptAdam(_DistanceEstimator):
             "fused": fused,
         }
         super().__init__(params, defaults)
-
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        check_nonnegative("layer_scale", group["layer_scale"])
 
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
@@ -1029,6 +1039,11 @@ class DAdaptAdaGrad(_DistanceEstimator):
         "momentum",
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "momentum": check.in_range(0.0, 1.0, "[)")
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -1060,10 +1075,6 @@ class DAdaptAdaGrad(_DistanceEstimator):
             "fused": check_fused(fused, None),
         }
         super().__init__(params, defaults)
-
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        check_range("momentum", group["momentum"], 0.0, 1.0, "[)")
 
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()

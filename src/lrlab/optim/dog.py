@@ -3,7 +3,7 @@
 Papers: Ivgi, Hinder & Carmon, "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size
 Schedule", ICML 2023, arXiv:2302.12022 (DoG, L-DoG, polynomial iterate averaging); Khaled,
 Mishchenko & Jin, "DoWG Unleashed: An Efficient Universal Parameter-Free Gradient Descent Method",
-NeurIPS 2023, arXiv:2305.16284 (DoWG). Spec: ``shared/specs/path_and_loss_methods.md`` section 7.
+NeurIPS 2023, arXiv:2305.16284 (DoWG). Method page: ``docs/methods/distance-over-gradients.md``.
 
 All three are SGD whose step size is "distance from the start so far" over "gradient energy so
 far": no learning rate to tune, only a tiny initial distance that the method then grows.
@@ -28,7 +28,8 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim import _validation as check
+from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._fused import (
     check_fused,
     compiled_requested,
@@ -55,6 +56,29 @@ class _DistanceOverGradients(AdaptiveOptimizer):
 
     #: per-group bookkeeping, see NOTE [per-group scalars]
     group_defaults: ClassVar[Mapping[str, float | int]] = {"k": 0}
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "weight_decay": check.nonnegative(),
+        "eps": check.nonnegative(),
+        "reps_rel": check.nonnegative(),
+        "init_eta": check.optional(check.positive()),
+        "averaging_gamma": check.optional(check.nonnegative()),
+        "init_estim_sq_dist": check.optional(check.positive()),
+    }
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        # init_eta sets the first step and replaces reps_rel, which must be positive without it
+        if "reps_rel" in group and group.get("init_eta") is None:
+            check_positive("reps_rel", group["reps_rel"])
+        # DoWG's initial squared distance defaults to eps: zero would never move
+        if (
+            "init_estim_sq_dist" in group
+            and group["init_estim_sq_dist"] is None
+            and (group.get("eps") == 0)
+        ):
+            raise ValueError("init_estim_sq_dist must be in (0, inf) when eps is 0, got None")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; it starts its own distance and sums at its first step."""
@@ -661,6 +685,13 @@ class LDoG(_DistanceOverGradients):
         >>> loss_fn(model(x), y).backward()
         >>> optimizer.step()
     """
+
+    #: the per-tensor scalars of the layer-wise rule
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {
+        "r_bar": SCALAR_STATE,
+        "G": SCALAR_STATE,
+        "eta": SCALAR_STATE,
+    }
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 Paper: A. Defazio, B. Zhou, L. Xiao, "Grad-GradaGrad? A Non-Monotone Adaptive Stochastic Gradient
 Method", arXiv:2206.06900 (2022). No official code exists.
-Spec: ``shared/specs/path_and_loss_methods.md`` section 6, confidence **LOW**.
+Method page: ``docs/methods/accumulator.md``, confidence **LOW**.
 
 RECONSTRUCTED, NOT VERIFIED AGAINST THE PAPER'S ALGORITHM 1. The paper's body could not be read;
 this module implements the spec's reconstruction, which follows a third-party "simplified scalar
@@ -14,6 +14,7 @@ the numerator grows (consecutive gradients agree).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._executor import Pass, Plan, Schema, route
 from lrlab.optim._fused import check_fused, kernel
@@ -136,6 +138,13 @@ class GradaGrad(AdaptiveOptimizer):
 
     has_global_statistics: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {"lr_factor": 1.0, "alpha_acc": 0.0, "v": 0.0}
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "rho": check.nonnegative(),
+        "r": check.in_range(0.0, 1.0, "[]"),
+    }
 
     def __init__(
         self,

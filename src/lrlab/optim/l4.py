@@ -2,7 +2,7 @@
 
 Paper: M. Rolinek, G. Martius, "L4: Practical loss-based stepsize adaptation for deep learning",
 NeurIPS 2018, arXiv:1802.05074. Official code: ``martius-lab/l4-optimizer`` (TensorFlow 1),
-PyTorch port ``iovdin/l4-pytorch``. Spec: ``shared/specs/path_and_loss_methods.md`` section 5.
+PyTorch port ``iovdin/l4-pytorch``. Method page: ``docs/methods/loss-based.md``.
 
 With the update ``x <- x - eta v`` the linearised loss decreases by ``eta <g_hat, v>``. L4 picks
 ``eta`` so that this predicted decrease is ``alpha`` times the gap between the current loss and
@@ -21,9 +21,11 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._executor import Pass, Plan, Schema, route
 from lrlab.optim._fused import check_fused, kernel
+from lrlab.optim._names import resolve_alias
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_betas, check_bool, check_positive, check_range
 
@@ -53,9 +55,27 @@ class _L4(AdaptiveOptimizer):
         "nonpositive_gap_steps": 0,
     }
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.nonnegative(),
+        "alpha": check.positive(),
+        "gamma": check.in_range(0.0, 1.0, "[]"),
+        "gamma0": check.in_range(0.0, 1.0, "[]"),
+        "tau": check.positive(),
+        "eps": check.in_range(0.0, math.inf, "[)"),
+    }
+
     def _l4_defaults(
-        self, alpha: float, gamma: float, gamma0: float, tau: float, eps: float, sharded: bool
+        self,
+        alpha: float,
+        gamma: float,
+        gamma0: float,
+        tau: float,
+        eps: float,
+        sharded: bool,
+        lr: float = 1.0,
     ) -> dict[str, Any]:
+        check_range("lr", lr, 0.0, math.inf, "[)")
         check_positive("alpha", alpha)
         check_range("gamma", gamma, 0.0, 1.0, "[]")
         check_range("gamma0", gamma0, 0.0, 1.0, "[]")
@@ -63,6 +83,7 @@ class _L4(AdaptiveOptimizer):
         check_range("eps", eps, 0.0, math.inf, "[)")
         check_bool("sharded", sharded)
         return {
+            "lr": lr,
             "alpha": alpha,
             "gamma": gamma,
             "gamma0": gamma0,
@@ -173,7 +194,8 @@ class _L4(AdaptiveOptimizer):
             self._set_global("nonpositive_gap_steps", self._get_global("nonpositive_gap_steps") + 1)
         else:
             for group, params, directions, foreach in pending:
-                eta = group["alpha"] * gap / (grad_dot_direction + first["eps"])
+                # lr (default 1) multiplies the step, so torch's schedulers can scale it
+                eta = group["lr"] * group["alpha"] * gap / (grad_dot_direction + first["eps"])
                 group["effective_lr"] = eta
                 if foreach:
                     torch._foreach_add_(params, directions, alpha=-eta)
@@ -181,7 +203,7 @@ class _L4(AdaptiveOptimizer):
                     for p, direction in zip(params, directions, strict=True):
                         p.add_(direction, alpha=-eta)
             for group, plan, biases in fused_pending:
-                eta = group["alpha"] * gap / (grad_dot_direction + first["eps"])
+                eta = group["lr"] * group["alpha"] * gap / (grad_dot_direction + first["eps"])
                 group["effective_lr"] = eta
                 plan.run(self._move, self._move_scalars(group, eta), tensor_scalars=biases)
         # slow forgetting, so that the estimate can rise again
@@ -277,6 +299,8 @@ _L4_NOTES = r"""
     group_kwargs={"alpha": 0.05},
 )
 class L4Mom(_L4):
+    torch_names: ClassVar[dict[str, str]] = {"momentum": "beta"}
+
     __doc__ = (
         r"""L4 applied to momentum SGD (L4Mom).
 """
@@ -301,7 +325,12 @@ class L4Mom(_L4):
         gamma0: initial :math:`L_{\min} / L_1`, in [0, 1]. Default 0.75.
         tau: forgetting time of :math:`L_{\min}` in steps, in (0, inf). Default 1000.
         eps: added to :math:`\langle \hat g, v\rangle`, in [0, inf). Default 1e-12.
-        beta: momentum of the gradient estimate, in [0, 1). Default 0.9 (time scale 10).
+        momentum: momentum :math:`\beta` of the gradient estimate, in [0, 1). Default 0.9
+            (time scale 10). ``beta`` (the paper's name) is accepted as an alias; the param
+            group carries both, schedulers write ``momentum`` (``OneCycleLR(cycle_momentum=
+            True)`` cycles it).
+        lr: multiplier of the step size :math:`\eta_t`, in [0, inf). Default 1 (the paper's
+            L4). A torch scheduler scales it; L4 has no learning rate of its own.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
         fused: True runs the work in two passes over memory: the momentum with
             :math:`\langle \hat g, v\rangle = \lVert \hat g\rVert^2`, then, once the step
@@ -327,6 +356,9 @@ class L4Mom(_L4):
     """
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"beta": check.in_range(0.0, 1.0, "[)")}
+
     def __init__(
         self,
         params: ParamsT,
@@ -336,15 +368,19 @@ class L4Mom(_L4):
         gamma0: float = 0.75,
         tau: float = 1000.0,
         eps: float = 1e-12,
-        beta: float = 0.9,
+        momentum: float | None = None,
+        beta: float | None = None,
+        lr: float = 1.0,
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded)
+        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded, lr)
+        beta = resolve_alias("momentum", momentum, "beta", beta, 0.9)
         check_range("beta", beta, 0.0, 1.0, "[)")
         fused = check_fused(fused, foreach)
-        defaults.update({"beta": beta, "foreach": foreach, "fused": fused})
+        # the update reads "beta"; schedulers write "momentum" (NOTE in _names.py)
+        defaults.update({"momentum": beta, "beta": beta, "foreach": foreach, "fused": fused})
         super().__init__(params, defaults)
 
     def _estimates(
@@ -419,6 +455,8 @@ class L4Adam(_L4):
             and 1000, the paper's).
         adam_eps: :math:`\delta`, in (0, inf). Default 1e-4, the official code's value (not
             Adam's usual 1e-8).
+        lr: multiplier of the step size :math:`\eta_t`, in [0, inf). Default 1 (the paper's
+            L4). A torch scheduler scales it; L4 has no learning rate of its own.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
         fused: True runs the work in two passes over memory: the moments with
             :math:`\langle \hat g, v\rangle`, then, once the step size is known (it needs that
@@ -449,6 +487,12 @@ class L4Adam(_L4):
     """
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "adam_eps": check.positive(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -460,11 +504,12 @@ class L4Adam(_L4):
         eps: float = 1e-12,
         betas: tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-4,
+        lr: float = 1.0,
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded)
+        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded, lr)
         check_betas("betas", betas)
         check_positive("adam_eps", adam_eps)
         fused = check_fused(fused, foreach)

@@ -1,7 +1,7 @@
 """MDA: Modernized Dual Averaging (Jelassi & Defazio, 2020). MEDIUM confidence.
 
 Paper: "Dual Averaging is Surprisingly Effective for Deep Learning Optimization",
-arXiv:2010.10502. Spec: ``shared/specs/defazio_family.md`` section 6 (and 0, 12). No official
+arXiv:2010.10502. Method page: ``docs/methods/dual-averaging.md``. No official
 code exists; the structure of the update is certain, and the constants the paper's text could
 not confirm are taken from MADGRAD (Defazio & Jelassi, arXiv:2101.11075,
 ``facebookresearch/madgrad``), which is MDA with an AdaGrad-style denominator.
@@ -14,6 +14,7 @@ as ``sqrt(k)``; momentum is an average of those dual-averaged points.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._executor import Pass, Schema, route
 from lrlab.optim._fused import check_fused, kernel
@@ -120,6 +122,13 @@ class MDA(AdaptiveOptimizer):
     """
 
     global_defaults: ClassVar[dict[str, float | int]] = {"k": 0}
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "momentum": check.in_range(0.0, 1.0, "[)"),
+        "weight_decay": check.nonnegative(),
+    }
 
     def __init__(
         self,

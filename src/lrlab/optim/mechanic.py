@@ -1,7 +1,7 @@
 """Mechanic: a learning-rate tuner that learns the scale of any base optimizer's updates.
 
 Paper: Cutkosky, Defazio & Mehta, "Mechanic: A Learning Rate Tuner", NeurIPS 2023,
-arXiv:2306.00144. Spec: ``shared/specs/defazio_family.md`` section 3 (the released PyTorch
+arXiv:2306.00144. Method page: ``docs/methods/learning-rate-free.md`` (the released PyTorch
 package ``mechanic-pytorch==0.0.1`` is the numerical oracle).
 
 The base optimizer proposes updates; Mechanic keeps their running sum :math:`\\Delta` and plays
@@ -20,7 +20,15 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
+from lrlab.optim import _validation as check
+from lrlab.optim._base import (
+    SCALAR_STATE,
+    AdaptiveOptimizer,
+    LossClosure,
+    StateEntry,
+    StepContext,
+    check_state_dict,
+)
 from lrlab.optim._fused import (
     cached_scalars,
     check_fused,
@@ -86,6 +94,7 @@ class _FirstCallReturnsLoss:
 
 
 def _resolve_base_class(base: object) -> type[torch.optim.Optimizer]:
+    cls: type[torch.optim.Optimizer]
     if isinstance(base, str):
         cls = spec(base).cls  # raises UnknownNameError (a KeyError) naming the closest names
     elif isinstance(base, type) and issubclass(base, torch.optim.Optimizer):
@@ -107,6 +116,25 @@ def _resolve_base_class(base: object) -> type[torch.optim.Optimizer]:
     return cls
 
 
+# torch's elementwise optimizers: every state tensor is shaped like its parameter but "step"
+_ELEMENTWISE_TORCH = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adagrad,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+)
+
+
+def _foreign_layout(base: torch.optim.Optimizer) -> Mapping[str, StateEntry] | None:
+    """The state layout of a torch optimizer used as the base; None where it is not known
+    (only the structure of its checkpoint is checked then)."""
+    return {"step": SCALAR_STATE} if type(base) in _ELEMENTWISE_TORCH else None
+
+
 def _state_dtype(p: Tensor) -> torch.dtype:
     """float32 for ``ref`` and ``delta`` of low-precision parameters, else the parameter's dtype."""
     if p.is_floating_point() and torch.finfo(p.dtype).bits < 32:
@@ -114,10 +142,10 @@ def _state_dtype(p: Tensor) -> torch.dtype:
     return p.dtype
 
 
-def _check_betas(betas: object) -> tuple[float, ...]:
+def _check_betas(betas: object, name: str = "betas") -> tuple[float, ...]:
     if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) == 0:
-        raise ValueError(f"betas must be a non-empty sequence of numbers, got {betas!r}")
-    return tuple(check_range(f"betas[{i}]", b, 0.0, 1.0, "[]") for i, b in enumerate(betas))
+        raise ValueError(f"{name} must be a non-empty sequence of numbers, got {betas!r}")
+    return tuple(check_range(f"{name}[{i}]", b, 0.0, 1.0, "[]") for i, b in enumerate(betas))
 
 
 @register(
@@ -284,6 +312,16 @@ class Mechanic(AdaptiveOptimizer):
         "mechanic_h": 0.0,
     }
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "mechanic_s_decay": check.nonnegative(),
+        "mechanic_betas": lambda name, value: _check_betas(value, name),
+        "mechanic_s_init": check.positive(),
+        "mechanic_eps": check.positive(),
+        "mechanic_store_delta": check.boolean(),
+        "mechanic_fused": check.optional_bool(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -355,6 +393,9 @@ class Mechanic(AdaptiveOptimizer):
         # one list of group dicts, shared (NOTE [Mechanic param groups])
         self.param_groups = base_optimizer.param_groups
         self.base = base_optimizer
+        # torch's schedulers look up the base's hyperparameters in ``defaults``
+        # (OneCycleLR(cycle_momentum=True) needs "momentum" or "betas" there)
+        self.defaults = {**base_optimizer.defaults, **self.defaults}
 
     def _adopt_instance(
         self, base: torch.optim.Optimizer, kwargs: dict[str, Any]
@@ -376,7 +417,13 @@ class Mechanic(AdaptiveOptimizer):
         return base
 
     def _own_keys(self) -> set[str]:
-        return {*self.defaults, *self._all_global_defaults(), "effective_lr"}
+        return {*self._settings(), *self._all_global_defaults(), "effective_lr"}
+
+    def _settings(self) -> dict[str, Any]:
+        """Mechanic's own settings (``defaults`` also holds the base's, for schedulers)."""
+        return {
+            k: v for k, v in self.defaults.items() if k.startswith("mechanic_") or k == "sharded"
+        }
 
     def _all_global_defaults(self) -> dict[str, Any]:
         n = len(self.defaults["mechanic_betas"])
@@ -396,9 +443,17 @@ class Mechanic(AdaptiveOptimizer):
             super().add_param_group(param_group)
             return
         own_keys = self._own_keys()
+        self.check_hyperparameters({**self.defaults, **param_group})
+        overridden = [
+            k for k in _SETTINGS if k in param_group and param_group[k] != self.defaults[k]
+        ]
+        if overridden:
+            raise ValueError(
+                f"Mechanic's settings are global and cannot be set per group: {overridden}"
+            )
         self.base.add_param_group({k: v for k, v in param_group.items() if k not in own_keys})
         group = self.param_groups[-1]  # the list is shared with the base
-        group.update(self.defaults)
+        group.update(self._settings())
         for key in self._all_global_defaults():
             group[key] = self.param_groups[0][key]  # the current global tuner state
         group["effective_lr"] = 0.0
@@ -421,8 +476,17 @@ class Mechanic(AdaptiveOptimizer):
                 "not a Mechanic state dict: the key 'base_state' (the base optimizer's state) "
                 "is missing"
             )
-        base_state = state_dict.pop("base_state")
-        self.base.load_state_dict({"state": base_state, "param_groups": state_dict["param_groups"]})
+        base_dict = {
+            "state": state_dict.pop("base_state"),
+            "param_groups": state_dict["param_groups"],
+        }
+        # both parts are checked before either is loaded: a bad checkpoint changes nothing
+        if isinstance(self.base, AdaptiveOptimizer):
+            self.base.check_state_dict(base_dict)
+        else:
+            check_state_dict(self.base, base_dict, _foreign_layout(self.base))
+        self.check_state_dict(state_dict)
+        self.base.load_state_dict(base_dict)
         super().load_state_dict(state_dict)
         # torch casts floating state to the parameter's dtype; ref and delta of low-precision
         # parameters are float32 on purpose, so take them again from the checkpoint, uncast

@@ -2,7 +2,7 @@
 
 Paper: F. Schaipp, R. Ohana, M. Eickenberg, A. Defazio, R. M. Gower, "MoMo: Momentum Models for
 Adaptive Learning Rates", ICML 2024, arXiv:2305.07583. Official code: ``fabian-sp/MoMo``, PyPI
-``momo-opt`` 0.1.0 (our numerical oracle). Spec: ``shared/specs/defazio_family.md`` section 4.
+``momo-opt`` 0.1.0 (our numerical oracle). Method page: ``docs/methods/loss-based.md``.
 
 Averages of past losses :math:`\\bar f`, gradients :math:`d` and inner products
 :math:`\\gamma = \\mathrm{avg}\\,\\langle g_j, x_j\\rangle` give a model of the loss,
@@ -22,7 +22,8 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim import _validation as check
+from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._fused import (
     check_fused,
     compiled_requested,
@@ -32,7 +33,8 @@ from lrlab.optim._fused import (
     native_requested,
     scalars,
 )
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._names import resolve_alias
+from lrlab.optim._native import NativeKernel, last_array_scalar, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -90,12 +92,24 @@ def _group_sums(
 # -- native kernels (native/momo.cpp; see lrlab.optim._native) --------------------------------
 # The first passes take (grad, p, *averages, gamma) with gamma the tensor's 0-d average of
 # <g, x>, which they update; their sums per tensor are (the new gamma, <x, d>, ||d||^2_{D^-1}).
-_NATIVE_MOMO_AVERAGES = NativeKernel("momo", "momo_averages", arrays=4, sums=3, tensor_constants=1)
+_NATIVE_MOMO_AVERAGES = NativeKernel(
+    "momo",
+    "momo_averages",
+    arrays=4,
+    sums=3,
+    tensor_constants=1,
+    array_lengths=last_array_scalar(4),
+)
 # Momo's per-tensor constant: 1 where gamma starts at this step's <g, x>
 _STARTS_AT_GRAD_DOT, _CONTINUES = (1.0,), (0.0,)
 _NATIVE_MOMO_MOVE = NativeKernel("momo", "momo_move", arrays=2)
 _NATIVE_ADAM_MOMENTS = NativeKernel(
-    "momo", "momo_adam_moments", arrays=5, sums=3, tensor_constants=1
+    "momo",
+    "momo_adam_moments",
+    arrays=5,
+    sums=3,
+    tensor_constants=1,
+    array_lengths=last_array_scalar(5),
 )
 _NATIVE_ADAM_MOVE = NativeKernel("momo", "momo_adam_move", arrays=3, tensor_constants=1)
 
@@ -142,11 +156,21 @@ class _MomentumModel(AdaptiveOptimizer):
 
     needs_loss: ClassVar[bool] = True
     has_global_statistics: ClassVar[bool] = True
+    #: the per-tensor average of <g, x>
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {"grad_dot_w": SCALAR_STATE}
     global_defaults: ClassVar[dict[str, float | int]] = {
         "step": 0,
         "loss_avg": 0.0,
         "lower_bound": 0.0,
         "d_norm_sq": 0.0,
+    }
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "weight_decay": check.nonnegative(),
+        "lb": check.real(),
+        "use_fstar": check.boolean(),
     }
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
@@ -360,6 +384,8 @@ _MOMO_NOTES = r"""
     group_kwargs={"lr": 0.05},
 )
 class Momo(_MomentumModel):
+    torch_names: ClassVar[dict[str, str]] = {"momentum": "beta"}
+
     __doc__ = (
         r"""MoMo: SGD with momentum and a Polyak-type adaptive step size (Momo).
 
@@ -399,6 +425,8 @@ class Momo(_MomentumModel):
         weight_decay: :math:`\lambda`, proximal L2 (divides by :math:`1 + \eta\lambda`), in
             [0, inf). Default 0.
         beta: momentum of all averages, in [0, 1). Default 0.9. Global (the first group's).
+            ``momentum`` is torch's name for it (the param group carries both; schedulers
+            such as ``OneCycleLR(cycle_momentum=True)`` write ``momentum``).
         lb: known lower bound :math:`f^*` of the loss (0 for non-negative losses), finite.
             Default 0. With ``use_fstar`` it is the initial estimate and a floor. Global.
         bias_correction: start the averages at 0 and divide by :math:`\rho_k = 1 - \beta^k`.
@@ -428,22 +456,30 @@ class Momo(_MomentumModel):
     """
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "beta": check.in_range(0.0, 1.0, "[)"),
+        "bias_correction": check.boolean(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
         lr: float = 1.0,
         weight_decay: float = 0.0,
-        beta: float = 0.9,
+        beta: float | None = None,
         lb: float = 0.0,
         bias_correction: bool = False,
         use_fstar: bool = False,
         *,
+        momentum: float | None = None,
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
         check_positive("lr", lr)
         check_nonnegative("weight_decay", weight_decay)
+        beta = resolve_alias("momentum", momentum, "beta", beta, 0.9)
         check_range("beta", beta, 0.0, 1.0, "[)")
         check_range("lb", lb, -math.inf, math.inf, "()")
         check_bool("bias_correction", bias_correction)
@@ -453,6 +489,8 @@ class Momo(_MomentumModel):
         defaults = {
             "lr": lr,
             "weight_decay": weight_decay,
+            # the update reads "beta"; schedulers write "momentum" (NOTE in _names.py)
+            "momentum": beta,
             "beta": beta,
             "lb": float(lb),
             "bias_correction": bias_correction,
@@ -694,6 +732,13 @@ class MomoAdam(_MomentumModel):
         >>> optimizer.step(loss=loss)
     """
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "eps": check.positive(),
+        "divide": check.boolean(),
+    }
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 SPS: N. Loizou, S. Vaswani, I. Laradji, S. Lacoste-Julien, "Stochastic Polyak Step-size for SGD:
 An Adaptive Learning Rate for Fast Convergence", AISTATS 2021, arXiv:2002.10542. Official code:
-``IssamLaradji/sps`` (not on PyPI; no oracle). Spec: ``shared/specs/defazio_family.md`` 5.1.
+``IssamLaradji/sps`` (not on PyPI; no oracle). Method page: ``docs/methods/loss-based.md``.
 
 TAPS / MOTAPS: R. M. Gower, A. Defazio, M. Rabbat, "Stochastic Polyak Stepsize with a Moving
 Target", arXiv:2106.11851 (2021). No public code, and the paper's full text was not available to
@@ -16,6 +16,7 @@ also need the training-set index of every example of the batch
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -167,6 +169,9 @@ class SPS(AdaptiveOptimizer):
         fstar: :math:`f^*`, the loss's lower bound (minimum under interpolation), finite.
             Default 0.
         eps: added to the denominator, in [0, inf). Default 1e-8.
+        lr: multiplier of the step :math:`\gamma_k`, in [0, inf). Default 1 (the paper's
+            SPS); torch's schedulers scale it. ``effective_lr`` is ``lr`` times
+            :math:`\gamma_k`; the smoothing reference keeps :math:`\gamma_k` itself.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
         sharded: each rank owns a disjoint part of the parameters, so :math:`\lVert g\rVert^2`
             is a partial sum to be reduced over ranks (not needed for DDP or DTensor).
@@ -197,6 +202,19 @@ class SPS(AdaptiveOptimizer):
     has_global_statistics: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {"grad_norm": 0.0, "polyak_step": 0.0}
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.nonnegative(),
+        "n_batches_per_epoch": check.integer(1),
+        "init_step_size": check.positive(),
+        "c": check.positive(),
+        "gamma": check.in_range(1.0, math.inf, "[)"),
+        "eta_max": check.optional(check.positive()),
+        "adapt_flag": check.one_of("smooth_iter", "constant"),
+        "fstar": check.real(),
+        "eps": check.nonnegative(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -209,9 +227,11 @@ class SPS(AdaptiveOptimizer):
         fstar: float = 0.0,
         eps: float = 1e-8,
         *,
+        lr: float = 1.0,
         foreach: bool | None = None,
         sharded: bool = False,
     ) -> None:
+        check_range("lr", lr, 0.0, math.inf, "[)")
         check_int("n_batches_per_epoch", n_batches_per_epoch, 1)
         check_positive("init_step_size", init_step_size)
         check_positive("c", c)
@@ -223,6 +243,7 @@ class SPS(AdaptiveOptimizer):
         check_nonnegative("eps", eps)
         check_bool("sharded", sharded)
         defaults = {
+            "lr": lr,
             "n_batches_per_epoch": n_batches_per_epoch,
             "init_step_size": float(init_step_size),
             "c": c,
@@ -271,8 +292,10 @@ class SPS(AdaptiveOptimizer):
             if id(group) not in moving:
                 continue
             params, grads, foreach = moving[id(group)]
-            _sgd_move(params, grads, step, foreach)
-            group["effective_lr"] = step
+            # lr (default 1) scales the move, not the smoothing reference: a scheduled lr
+            # multiplies the adapted step
+            _sgd_move(params, grads, group["lr"] * step, foreach)
+            group["effective_lr"] = group["lr"] * step
         self._set_global("grad_norm", grad_norm)
 
     def _statistics(self) -> dict[str, float]:
@@ -311,6 +334,20 @@ def _check_indices(indices: object, name: str) -> Tensor:
     return indices
 
 
+#: default cap on |r_k / q_k|, the Polyak step before relaxation (see the class docstrings)
+_TAPS_ETA_MAX = 10.0
+
+
+def _eta_max(group: dict[str, Any]) -> float:
+    # .get: checkpoints written before the cap existed resume with the default cap
+    return float(group.get("eta_max", _TAPS_ETA_MAX))
+
+
+def _capped(step: float, cap: float) -> float:
+    """``step`` with its magnitude capped at ``cap`` (the sign kept; TAPS steps may be < 0)."""
+    return step if abs(step) <= cap else math.copysign(cap, step)
+
+
 class _MovingTargetPolyak(AdaptiveOptimizer):
     """Shared machinery of TAPS and MOTAPS: the slack table and the projection step."""
 
@@ -323,6 +360,38 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
         "step_size": 0.0,
         "grad_norm": 0.0,
     }
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "num_examples": check.integer(1),
+        "lr": check.positive(),
+        "fstar": check.real(),
+        "lmbda": check.in_range(0.0, 1.0, "[]"),
+        "push": check.in_range(0.0, 1.0, "[)"),
+        "lb": check.real(),
+        "eta_max": check.positive(),
+    }
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        table = group.get(EXAMPLE_TABLE_KEY)
+        if table is None:
+            return
+        # a table of the wrong length would be indexed past its end by example_indices
+        n = group.get("num_examples")
+        if not (
+            isinstance(table, Tensor)
+            and table.dtype == torch.float64
+            and tuple(table.shape) == (n,)
+        ):
+            found = (
+                f"{tuple(table.shape)} {table.dtype}"
+                if isinstance(table, Tensor)
+                else type(table).__name__
+            )
+            raise ValueError(
+                f"{EXAMPLE_TABLE_KEY} must be a float64 tensor of shape ({n},) (num_examples), "
+                f"got {found}"
+            )
 
     def __init__(
         self, params: ParamsT, defaults: dict[str, Any], num_examples: int, initial: float
@@ -379,11 +448,11 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
         moving = {id(group): (params, grads, foreach) for group, params, grads, foreach in pending}
         for group in self.param_groups:
             if id(group) in moving:
-                step = group["lr"] * residual / q
+                step = _capped(group["lr"] * residual / q, group["lr"] * _eta_max(group))
                 params, grads, foreach = moving[id(group)]
                 _sgd_move(params, grads, step, foreach)
                 group["effective_lr"] = abs(step)
-        step0 = first["lr"] * residual / q
+        step0 = _capped(first["lr"] * residual / q, first["lr"] * _eta_max(first))
         # each occurrence of example i in the batch adds step0 / b to alpha_i
         table.index_add_(0, indices, torch.full((b,), step0 / b, dtype=table.dtype, device=device))
         target = self._next_target(float(self._get_global("target")), step0 / n)
@@ -415,6 +484,13 @@ _TAPS_MATH = r"""
         &\quad \alpha \leftarrow \alpha - (\bar\alpha - \tau_{k+1})\,\mathbf 1, \qquad
               \bar\alpha = \tfrac1n \textstyle\sum_{i=1}^n \alpha_i
         \end{aligned}
+
+    **Cap.** :math:`s_k` is clipped to :math:`[-\gamma\eta_{\max}, \gamma\eta_{\max}]` (``eta_max``,
+    default 10; as SPS_max caps the stochastic Polyak step). Without it a small
+    :math:`\lVert g_k\rVert` (gradient clipping, a flat region) leaves only
+    :math:`\sum_i c_i^2/b^2 \ge 1/b` in :math:`q_k`, so :math:`s_k` reaches :math:`b\, r_k` and
+    the move :math:`s_k g_k` overshoots (measured: losses of 1e28 under clipping). The table
+    update uses the capped :math:`s_k`, so the projection stays consistent.
 
     Step 2 is the relaxed (factor :math:`\gamma`) projection of :math:`(x, \alpha)` onto the
     linearised equation :math:`L_B(x) = \tfrac1b \sum_{j\in B} \alpha_j` (a Kaczmarz /
@@ -496,6 +572,7 @@ class TAPS(_MovingTargetPolyak):
             integer in [1, inf]. Required.
         lr: relaxation :math:`\gamma` of the projection, in (0, inf); (0, 1] is the usual range,
             1 the exact projection. Default 1.
+        eta_max: cap :math:`\eta_{\max}` on :math:`|r_k / q_k|`, in (0, inf). Default 10.
         fstar: the optimal value :math:`f^* = \min_x \frac1n\sum_i f_i(x)` (the mean-loss
             target), finite. Default 0. The slacks start at :math:`\alpha_i = f^*`.
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
@@ -526,17 +603,20 @@ class TAPS(_MovingTargetPolyak):
         lr: float = 1.0,
         fstar: float = 0.0,
         *,
+        eta_max: float = _TAPS_ETA_MAX,
         foreach: bool | None = None,
         sharded: bool = False,
     ) -> None:
         check_int("num_examples", num_examples, 1)
         check_positive("lr", lr)
+        check_positive("eta_max", eta_max)
         check_range("fstar", fstar, -math.inf, math.inf, "()")
         check_bool("sharded", sharded)
         defaults = {
             "num_examples": num_examples,
             "lr": lr,
             "fstar": float(fstar),
+            "eta_max": float(eta_max),
             "foreach": foreach,
             "sharded": sharded,
         }
@@ -602,6 +682,7 @@ class MOTAPS(_MovingTargetPolyak):
         params: parameters or param groups.
         num_examples: :math:`n`, the size of the training set, integer in [1, inf]. Required.
         lr: relaxation :math:`\gamma` of the projection, in (0, inf). Default 1.
+        eta_max: cap :math:`\eta_{\max}` on :math:`|r_k / q_k|`, in (0, inf). Default 10.
         lmbda: fraction :math:`\lambda` of the slack mean's rise the target follows, in
             [0, 1]. Default 0.5.
         push: pull :math:`\nu` of the target back toward ``lb`` per step, in [0, 1). Default 0.
@@ -637,11 +718,13 @@ class MOTAPS(_MovingTargetPolyak):
         push: float = 0.0,
         lb: float = 0.0,
         *,
+        eta_max: float = _TAPS_ETA_MAX,
         foreach: bool | None = None,
         sharded: bool = False,
     ) -> None:
         check_int("num_examples", num_examples, 1)
         check_positive("lr", lr)
+        check_positive("eta_max", eta_max)
         check_range("lmbda", lmbda, 0.0, 1.0, "[]")
         check_range("push", push, 0.0, 1.0, "[)")
         check_range("lb", lb, -math.inf, math.inf, "()")
@@ -652,6 +735,7 @@ class MOTAPS(_MovingTargetPolyak):
             "lmbda": lmbda,
             "push": push,
             "lb": float(lb),
+            "eta_max": float(eta_max),
             "foreach": foreach,
             "sharded": sharded,
         }

@@ -1,7 +1,7 @@
 r"""Prodigy: an Adam whose step size is estimated online from the distance travelled.
 
 Paper: Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner",
-ICML 2024, arXiv:2306.06101. Spec: ``shared/specs/defazio_family.md`` section 2. The released
+ICML 2024, arXiv:2306.06101. Method page: ``docs/methods/d-adaptation.md``. The released
 package ``prodigyopt==1.1.2`` is the numerical oracle; :class:`Prodigy` takes its arguments, in
 its order, with its defaults (a drop-in replacement).
 
@@ -24,14 +24,16 @@ name; ask for it with the algorithm box in hand.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from lrlab.optim._base import StepContext
+from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
+from lrlab.optim._base import StateEntry, StepContext
 from lrlab.optim._executor import Pass, Plan, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
@@ -53,6 +55,12 @@ from lrlab.optim.dadaptation import (
 )
 
 __all__ = ["Prodigy"]
+
+
+def _sliced_length(p: Tensor, group: Mapping[str, Any]) -> int:
+    """Entries of ``p.reshape(-1)[::slice_p]``."""
+    slice_p = group.get("slice_p", 1)
+    return -(-p.numel() // slice_p) if isinstance(slice_p, int) and slice_p > 0 else -1
 
 
 @register(
@@ -192,6 +200,18 @@ class Prodigy(_DistanceEstimator):
         >>> scheduler.step()
     """
 
+    #: s and x0 keep every slice_p-th entry of the flattened tensor (x0: 0-d for an all-zero
+    #: tensor)
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {
+        "s": StateEntry(
+            shapes=lambda p, group: ((_sliced_length(p, group),),),
+            dtype=lambda p: _foreach.accumulation_dtype(p.dtype),
+        ),
+        "p0": StateEntry(shapes=lambda p, group: ((_sliced_length(p, group),), ())),
+        # float32 for float16/bfloat16 parameters (see _init_states)
+        "exp_avg": StateEntry(dtype=lambda p: _foreach.accumulation_dtype(p.dtype)),
+        "exp_avg_sq": StateEntry(dtype=lambda p: _foreach.accumulation_dtype(p.dtype)),
+    }
     global_defaults: ClassVar[dict[str, float | int]] = {
         "k": 0,
         "d": 1e-6,
@@ -207,6 +227,16 @@ class Prodigy(_DistanceEstimator):
         "decouple",
         "use_bias_correction",
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "beta3": check.optional(check.in_range(0.0, 1.0, "[)")),
+        "decouple": check.boolean(),
+        "use_bias_correction": check.boolean(),
+        "safeguard_warmup": check.boolean(),
+        "slice_p": check.integer(1),
+    }
 
     def __init__(
         self,
@@ -265,12 +295,6 @@ class Prodigy(_DistanceEstimator):
         super().__init__(params, defaults)
         self._set_global("d_max", float(d0))
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        check_bool("safeguard_warmup", group["safeguard_warmup"])
-        check_int("slice_p", group["slice_p"], 1)
-        group.setdefault("fused", False)
-
     def _init_states(self) -> None:
         """State of the parameters seen for the first time (one host sync, first step only)."""
         beta1 = self.param_groups[0]["betas"][0]
@@ -289,13 +313,21 @@ class Prodigy(_DistanceEstimator):
         for (group, p), any_nonzero in zip(fresh, nonzero, strict=True):
             state = self.state[p]
             sliced = p.detach().reshape(-1)[:: group["slice_p"]]
-            state["s"] = torch.zeros_like(sliced)
+            # float32 statistics for float16/bfloat16 parameters: the moments carry factors d
+            # and d^2 (d0 = 1e-6: 1e-12), which underflow to 0 in float16 and make the first
+            # step divide by zero (the package's NaN after one step)
+            wide = _foreach.accumulation_dtype(p.dtype)
+            state["s"] = torch.zeros_like(sliced, dtype=wide)
             state["p0"] = (
                 sliced.clone() if any_nonzero else torch.zeros((), dtype=p.dtype, device=p.device)
             )
             if beta1 > 0:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=wide, memory_format=torch.preserve_format
+                )
+            state["exp_avg_sq"] = torch.zeros_like(
+                p, dtype=wide, memory_format=torch.preserve_format
+            )
 
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
@@ -490,12 +522,23 @@ def _prodigy_step(p: Tensor, direction: Tensor, v: Tensor, scalars: Tensor) -> N
     p.copy_(p + c["decoupled_decay"] * p + c["step"] * u / (v.sqrt() + c["eps"]))
 
 
+def _moments_lengths(
+    n: int, constants: Sequence[float], broadcast: Sequence[float]
+) -> tuple[int, ...]:
+    """Element counts of (grad, p, x0, s, v[, m]): x0 and s hold every slice_p-th entry
+    (scalar ``slice_p``), x0 one element where it broadcasts (``x0_broadcasts``)."""
+    sliced = -(-n // int(constants[_MOMENTS_SCHEMA.scalars.index("slice_p")]))
+    x0 = 1 if broadcast[0] != 0.0 else sliced
+    return (n, n, x0, sliced, n, n)
+
+
 _MOMENTS = Pass(
     "prodigy",
     ("grad", "p", "p0", "s", "v", "m"),
     _MOMENTS_SCHEMA,
     native="prodigy_moments_momentum",
     compiled=_prodigy_moments,
+    array_lengths=_moments_lengths,
 )
 _MOMENTS_WITHOUT_MOMENTUM = Pass(
     "prodigy",
@@ -503,6 +546,7 @@ _MOMENTS_WITHOUT_MOMENTUM = Pass(
     _MOMENTS_SCHEMA,
     native="prodigy_moments_without_momentum",
     compiled=_prodigy_moments_without_momentum,
+    array_lengths=lambda n, constants, broadcast: _moments_lengths(n, constants, broadcast)[:5],
 )
 _STEP = Pass(
     "prodigy",

@@ -1,7 +1,7 @@
 """Schedule-Free SGD and AdamW: iterate averaging in place of a learning-rate schedule.
 
 Paper: Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled",
-NeurIPS 2024 (arXiv:2405.15682). Spec: ``shared/specs/defazio_family.md`` section 7 (the released
+NeurIPS 2024 (arXiv:2405.15682). Method page: ``docs/methods/schedule-free.md`` (the released
 package ``schedulefree==1.4.1`` is the numerical oracle).
 
 Three sequences: the base iterate ``z`` (plain SGD / AdamW steps), its weighted average ``x`` (the
@@ -13,7 +13,7 @@ How to checkpoint in either mode and how to recalibrate BatchNorm statistics for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
 from lrlab.optim._executor import Pass, Schema, route
 from lrlab.optim._fused import check_fused, kernel
@@ -71,6 +72,22 @@ class _ScheduleFree(AdaptiveOptimizer):
     #: tensors its arrays name after "grad" and "p"
     _step: ClassVar[Pass]
     _state_arrays: ClassVar[Mapping[str, str]] = {"z": "z"}
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.nonnegative(),
+        "weight_decay": check.nonnegative(),
+        "warmup_steps": check.integer(0),
+        "r": check.nonnegative(),
+        "weight_lr_power": check.nonnegative(),
+        # the run's own scalars, kept in the groups: a group may not set them to nonsense
+        "k": check.integer(0),
+        "lr_max": check.real(),
+        "weight_sum": check.nonnegative(),
+        "scheduled_lr": check.nonnegative(),
+        "averaging_weight": check.in_range(0.0, 1.0, "[]"),
+        "train_mode": check.boolean(),
+    }
 
     def _beta(self, group: Mapping[str, Any]) -> float:
         raise NotImplementedError
@@ -240,6 +257,13 @@ class _ScheduleFree(AdaptiveOptimizer):
         }
 
 
+def _check_schedule_free_betas(name: str, betas: object) -> None:
+    """Two coefficients in [0, 1), the first in (0, 1): beta1 = 0 would never average."""
+    check_betas(name, betas)
+    assert isinstance(betas, Sequence)
+    check_range(f"{name}[0]", betas[0], 0.0, 1.0, "()")
+
+
 def _check_common(
     lr: float, weight_decay: float, warmup_steps: int, r: float, power: float
 ) -> None:
@@ -364,6 +388,11 @@ class SGDScheduleFree(_ScheduleFree):
         ...     optimizer.step()
         >>> optimizer.eval()  # parameters now hold x: evaluate, save
     """
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "momentum": check.in_range(0.0, 1.0, "()")
+    }
 
     def __init__(
         self,
@@ -511,6 +540,12 @@ class AdamWScheduleFree(_ScheduleFree):
         >>> optimizer.step()
         >>> optimizer.eval(); evaluate(model); optimizer.train()
     """
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": _check_schedule_free_betas,
+        "eps": check.positive(),
+    }
 
     def __init__(
         self,
