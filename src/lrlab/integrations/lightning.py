@@ -125,7 +125,9 @@ class LrlabCallback(pl.Callback):
     def _first_of_step(trainer: pl.Trainer, batch_idx: int) -> bool:
         return batch_idx % trainer.accumulate_grad_batches == 0
 
-    def _unscaled_loss(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor):
+    def _unscaled_loss(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
+    ) -> Tensor:
         value = loss.detach()
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and scaler.is_enabled():
