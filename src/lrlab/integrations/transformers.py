@@ -100,6 +100,7 @@ class LrlabCallback(transformers.TrainerCallback):
         self._indices: list[Tensor] = []
         self._inputs: list[tuple[tuple[Any, ...], dict[str, Any], RngState]] = []
         self._shares = False  # the losses are shares of the step's mean (num_items_in_batch)
+        self._pending_rng: RngState | None = None  # where the current forward's RNG started
 
     # -- forward hooks ----------------------------------------------------------------------
 
@@ -126,7 +127,7 @@ class LrlabCallback(transformers.TrainerCallback):
         if loss is not None:
             self._losses.append(loss.detach())
         self._shares = kwargs.get("num_items_in_batch") is not None
-        if needs_any(self._optimizers, "needs_closure"):
+        if needs_any(self._optimizers, "needs_closure") and self._pending_rng is not None:
             # the random state this forward started from was recorded by the pre-hook
             self._inputs.append((args, dict(kwargs), self._pending_rng))
 
