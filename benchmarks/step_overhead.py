@@ -95,12 +95,13 @@ def _lrlab_candidates() -> list[Candidate]:
             )
         )
         if spec.supports_fused:
-            # compiled on the warm-up steps, outside the timed rounds
+            # the label alone is the default path (native kernels on this CPU, built on the
+            # warm-up steps); fused=False is the path without them (the default before)
             candidates.append(
                 Candidate(
-                    label=f"{name} (fused)",
+                    label=f"{name} (fused=False)",
                     factory=lambda params, spec=spec, kwargs=kwargs: lo.create(
-                        spec.name, params, **{**kwargs, "fused": True}
+                        spec.name, params, **{**kwargs, "fused": False}
                     ),
                     kind="lrlab",
                     step_kwargs=step_kwargs,
@@ -338,9 +339,10 @@ def _format(rows: list[dict], bandwidth: float, workload: str) -> str:
 
 
 def _summary(results: dict[str, list[dict]]) -> str:
-    """Per lrlab method: its ratio to Adam(fused) on every workload, the ratio of its official
-    package, and whether it meets the target (within 2x of Adam(fused) on every workload and
-    faster than its official package on every workload)."""
+    """Per lrlab method: the ratio to Adam(fused) of its default path (what ``lo.create(name,
+    params)`` gives) and of its fastest measured path on every workload, the ratio of its
+    official package, and whether the DEFAULT path meets the target (within 2x of Adam(fused)
+    on every workload and faster than its official package on every workload)."""
     ratios: dict[str, dict[str, float]] = {}
     for workload, rows in results.items():
         for row in rows:
@@ -349,16 +351,21 @@ def _summary(results: dict[str, list[dict]]) -> str:
     lines = [
         "### Target: within 2x of Adam(fused) on both workloads, faster than the official package",
         "",
-        "Each method on its fastest path per workload: the default (`foreach`) path or, for the "
-        "methods that offer one, `fused=True` (on this CPU: the native multi-tensor kernels "
-        "of `lrlab/optim/native/`).",
+        "The target is judged on each method's **default** path: what `lo.create(name, "
+        "params)` gives with nothing set (on this CPU the native multi-tensor kernels of "
+        "`lrlab/optim/native/` for the methods that have them). Next to it, the fastest path "
+        "measured (the default or `fused=False`, the `foreach` path).",
         "",
-        "| method | path | "
-        + " | ".join(f"ratio ({w})" for w in workloads)
+        "| method | "
+        + " | ".join(f"default ({w})" for w in workloads)
+        + " | fastest path | "
+        + " | ".join(f"fastest ({w})" for w in workloads)
         + " | official package | "
-        + " | ".join(f"official ratio ({w})" for w in workloads)
-        + " | within 2x | faster than official | target |",
-        "| --- | --- | "
+        + " | ".join(f"official ({w})" for w in workloads)
+        + " | within 2x | faster than official | target (default path) |",
+        "| --- | "
+        + " | ".join("---:" for _ in workloads)
+        + " | --- | "
         + " | ".join("---:" for _ in workloads)
         + " | --- | "
         + " | ".join("---:" for _ in workloads)
@@ -367,27 +374,30 @@ def _summary(results: dict[str, list[dict]]) -> str:
     for name in lo.names():
         if name not in ratios:
             continue
-        paths = {"default": ratios[name], "fused": ratios.get(f"{name} (fused)", {})}
-        ours = {w: min(path.get(w, math.inf) for path in paths.values()) for w in workloads}
+        paths = {"default": ratios[name], "fused=False": ratios.get(f"{name} (fused=False)", {})}
+        default = paths["default"]
+        fastest = {w: min(path.get(w, math.inf) for path in paths.values()) for w in workloads}
         chosen = sorted(
             {
                 label
                 for w in workloads
                 for label, path in paths.items()
-                if path.get(w, math.inf) == ours[w]
+                if path.get(w, math.inf) == fastest[w]
             }
         )
         oracle = lo.spec(name).oracle
         official = ratios.get(f"{oracle} (official)", {}) if oracle else {}
-        within = all(ours.get(w, math.inf) <= 2.0 for w in workloads)
+        within = all(default.get(w, math.inf) <= 2.0 for w in workloads)
         if oracle and official:
-            faster = all(ours.get(w, math.inf) < official.get(w, 0.0) for w in workloads)
+            faster = all(default.get(w, math.inf) < official.get(w, 0.0) for w in workloads)
             faster_text = "yes" if faster else "no"
         else:
             faster, faster_text = True, "n/a"
         lines.append(
-            f"| {name} | {' / '.join(chosen)} | "
-            + " | ".join(f"{ours.get(w, math.nan):.2f}" for w in workloads)
+            f"| {name} | "
+            + " | ".join(f"{default.get(w, math.nan):.2f}" for w in workloads)
+            + f" | {' / '.join(chosen)} | "
+            + " | ".join(f"{fastest.get(w, math.nan):.2f}" for w in workloads)
             + f" | {oracle or '-'} | "
             + " | ".join(f"{official[w]:.2f}" if w in official else "-" for w in workloads)
             + f" | {'yes' if within else 'no'} | {faster_text} | "

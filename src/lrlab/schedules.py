@@ -1,6 +1,6 @@
 r"""Learning-rate schedules: linear decay, cosine, step, trapezoid, and refinement from a run.
 
-Spec: ``shared/specs/defazio_family.md`` section 8. Paper for linear decay and refinement:
+Method page: ``docs/methods/schedules.md``. Paper for linear decay and refinement:
 A. Defazio, A. Cutkosky, H. Mehta, K. Mishchenko, "When, Why and How Much? Adaptive Learning Rate
 Scheduling by Refinement", arXiv:2310.07831 (2023).
 
@@ -413,7 +413,7 @@ def refine(
     if length is not None:
         check_int("length", length, MIN_REFINE_LENGTH)
     as_tensor = isinstance(grad_norms, Tensor)
-    if as_tensor:
+    if isinstance(grad_norms, Tensor):
         values = grad_norms.detach().to("cpu", torch.float64).numpy()
     else:
         values = np.asarray(grad_norms, dtype=np.float64)

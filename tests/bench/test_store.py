@@ -213,5 +213,5 @@ def test_readonly_store_reads_while_a_writer_is_open(tmp_path, records):
             assert reader.run_ids() == {records[0].run_id}
             writer.write(records[3])
             assert reader.count() == 2
-            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            with pytest.raises(StoreError, match="open read-only"):
                 reader.write(records[1])

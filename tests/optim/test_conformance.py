@@ -184,8 +184,12 @@ def kernels_for_small_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _reference_path(name: str) -> dict:
-    """The for-loop path: ``foreach=False`` where the method has a multi-tensor path too."""
-    return {"foreach": False} if lo.spec(name).supports_foreach else {}
+    """The for-loop path: ``foreach=False`` where the method has a multi-tensor path too,
+    ``fused=False`` where it has fused kernels (the default path takes them)."""
+    spec = lo.spec(name)
+    if spec.supports_foreach:
+        return {"foreach": False}
+    return {"fused": False} if spec.supports_fused else {}
 
 
 def _cpp_compiler() -> str | None:
@@ -346,6 +350,26 @@ def test_native_kernels_match_forloop_in_float64(name: str, native_kernels) -> N
 
 
 @pytest.mark.parametrize("name", FUSED)
+def test_default_path_is_native_and_fused_false_is_not(name: str, native_kernels) -> None:
+    # fast by default: a user who sets nothing gets the native kernels (same numbers as the
+    # for-loop path); fused=False, or an explicit foreach, takes none of them
+    _assert_paths_agree(name, _reference_path(name), {}, rtol=FUSED_RTOL)
+    ran = _native_ran(native_kernels)
+    assert any(kernel != "native:core.nonfinite_probe" for kernel in ran), ran
+    assert all(how == "native" for how in ran.values()), ran
+    opted_out = [{"fused": False}]
+    if lo.spec(name).supports_foreach:
+        opted_out += [{"foreach": True}, {"foreach": False}]
+    for kwargs in opted_out:
+        for kernel in native_kernels._KERNELS:
+            kernel.used = False
+        params = make_params()
+        optimizer = lo.create(name, params, **{**dict(lo.spec(name).sample_kwargs[0]), **kwargs})
+        run(optimizer, params, lo.spec(name), range(3))
+        assert not _native_ran(native_kernels), kwargs
+
+
+@pytest.mark.parametrize("name", FUSED)
 def test_native_float32_follows_the_reference_path(name: str, native_kernels) -> None:
     spec = lo.spec(name)
     kwargs = dict(spec.sample_kwargs[0])
@@ -435,8 +459,11 @@ def test_native_kernels_fall_back_without_a_compiler(
     monkeypatch.setattr(_native, "_compiler", lambda: None)
     for family in list(_native._LIBRARIES):  # fresh, unbuilt libraries for this test
         monkeypatch.setitem(_native._LIBRARIES, family, _native._Library(family))
-    with pytest.warns(RuntimeWarning, match="building the native kernels"):
+    # silently: the default path takes these kernels, and no compiler is not a user error
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*native kernels", category=RuntimeWarning)
         _assert_paths_agree(name, _reference_path(name), {"fused": True}, rtol=FUSED_RTOL)
+        _assert_paths_agree(name, _reference_path(name), {}, rtol=FUSED_RTOL)
     failed = [how for how in _native.native_status().values() if how.startswith("unavailable")]
     assert failed and all("no C++ compiler found" in how for how in failed)
 

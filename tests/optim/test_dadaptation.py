@@ -1,6 +1,6 @@
 """D-Adaptation (SGD, Adam, AdaGrad): spec vectors, the official package as oracle, deviations.
 
-Spec: ``shared/specs/defazio_family.md`` sections 1.1-1.3, 1.7 and 11 (toy problem: scalar
+Method page: ``docs/methods/d-adaptation.md`` (toy problem: scalar
 ``x0 = 0``, ``f(x) = 0.5 (x - 3)^2``, so ``g0 = -3``, float64). The oracle is ``dadaptation==3.2``;
 where lrlab deliberately differs (a bug or quirk the spec names), a test below pins the
 difference.
@@ -181,9 +181,10 @@ def _compare(ours_cls, oracle_cls, kwargs, problem, groups) -> float:
     built: list[torch.optim.Optimizer] = []
 
     def make_ours(params):
-        # the reference path (foreach=False) performs the package's operations in its order;
-        # the fast path differs by float rounding (checked against it by the conformance suite)
-        extra = {} if ours_cls is DAdaptAdaGrad else {"foreach": False}
+        # the reference path (foreach=False; AdaGrad: fused=False, its default is the native
+        # kernels) performs the package's operations in its order; the fast path differs by
+        # float rounding (checked against it by the conformance suite)
+        extra = {"fused": False} if ours_cls is DAdaptAdaGrad else {"foreach": False}
         built.append(ours_cls(params, **kwargs, **extra))
         return built[-1]
 

@@ -1,6 +1,6 @@
 """DoG, L-DoG and DoWG: spec vectors, the official ``dog`` package as oracle, averaging.
 
-Spec: ``shared/specs/path_and_loss_methods.md`` sections 7 and 9 (problem P:
+Method page: ``docs/methods/distance-over-gradients.md`` (problem P:
 ``f(x) = 0.5 (x1^2 + 10 x2^2)``, ``x0 = (1, 1)``). The L-DoG two-tensor values and the DoWG
 reference trajectory are derived here from the section 7 formulas (see each test's docstring).
 """

@@ -1,6 +1,6 @@
 """MDA (Modernized Dual Averaging): hand-derived vectors and closed forms. No oracle exists.
 
-How the vectors were derived (spec ``shared/specs/defazio_family.md`` section 6):
+How the vectors were derived (method page ``docs/methods/dual-averaging.md``):
 ``lam_k = lr sqrt(k+1)``, ``s_{k+1} = s_k + lam_k g_k``, ``z_{k+1} = x0 - s_{k+1} / sqrt(k+1)``,
 ``x_{k+1} = (1-c) x_k + c z_{k+1}``, ``c = 1 - momentum``. Unrolled,
 ``z_{k+1} = x0 - lr / sqrt(k+1) * sum_{i<=k} sqrt(i+1) g_i``.

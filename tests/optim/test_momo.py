@@ -1,6 +1,6 @@
 """MoMo and MoMo-Adam: spec vectors, derived vectors, the ``momo-opt`` oracle and resume.
 
-Spec: ``shared/specs/defazio_family.md`` sections 4 and 11 (toy: scalar ``x0 = 0``,
+Method page: ``docs/methods/loss-based.md`` (toy: scalar ``x0 = 0``,
 ``f(x) = 0.5 (x - 3)^2``, so ``g0 = -3``, ``L0 = 4.5``). The vectors marked "derived" are worked
 out by hand from the section 4 formulas in each test's docstring.
 """

@@ -2,7 +2,7 @@
 
 No oracle exists (the official SPS code is not on PyPI; TAPS/MOTAPS have no public code), and
 spec section 11 has no SPS vector, so every vector here is worked out by hand from the formulas
-of ``shared/specs/defazio_family.md`` 5.1 and 5.3 (and, for MOTAPS's target, from the class
+of ``docs/methods/loss-based.md`` (and, for MOTAPS's target, from the class
 docstring), as each test's docstring shows. Toy problem unless stated: scalar ``x0 = 0``,
 ``f(x) = 0.5 (x - 3)^2``, so ``L0 = 4.5``, ``g0 = -3``, ``||g0||^2 = 9``.
 """

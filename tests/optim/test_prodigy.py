@@ -1,6 +1,6 @@
 """Prodigy: the spec vector, the official ``prodigyopt`` package as oracle, deviations.
 
-Spec: ``shared/specs/defazio_family.md`` sections 2.2 and 11 (toy problem: scalar ``x0 = 0``,
+Method page: ``docs/methods/d-adaptation.md`` (toy problem: scalar ``x0 = 0``,
 ``f(x) = 0.5 (x - 3)^2``, float64). The oracle is ``prodigyopt==1.1.2``.
 """
 

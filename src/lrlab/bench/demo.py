@@ -48,17 +48,19 @@ def run_demo(
         model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 3))
         kwargs = {"d": d} if lo.spec(method).family == "cumulative-path" else {}
         optimizer = lo.create(method, model.parameters(), lr=initial_lr, **kwargs)
-        closure = lo.make_closure(
-            optimizer, lambda model=model: nn.functional.cross_entropy(model(inputs), targets)
-        )
-        loss = torch.tensor(float("nan"))
+
+        def compute_loss(model: nn.Module = model) -> torch.Tensor:
+            return nn.functional.cross_entropy(model(inputs), targets)
+
+        closure = lo.make_closure(optimizer, compute_loss)
+        loss: torch.Tensor | None = None
         for _ in range(steps):
             loss = optimizer.step(closure)
         results.append(
             DemoResult(
                 method=method,
                 initial_lr=initial_lr,
-                final_loss=float(loss.detach()),
+                final_loss=float(loss.detach()) if loss is not None else float("nan"),
                 final_lr=optimizer.statistics().get("eta", optimizer.statistics()["effective_lr"]),
             )
         )

@@ -11,16 +11,30 @@ Both executors are :class:`concurrent.futures.Executor`\\ s: ``submit(fn, *args)
 * ``ray`` (``pip install 'lrlab[ray]'``): one Ray task per run with ``num_cpus=1``, on a running
   cluster (``address``: ``"auto"``, ``"host:port"`` or ``"ray://host:10001"``) or on a local
   instance started here with ``workers`` CPUs. Every node needs the same lrlab installed.
+
+Nothing outlives the driver: a killed driver (``kill -9`` included) leaves no process behind.
+On Linux each local worker asks the kernel for SIGKILL when its parent dies
+(``prctl(PR_SET_PDEATHSIG)``) and also watches its parent's pid once a second (the fallback
+where ``prctl`` is missing, and on other platforms). A local Ray instance's processes (raylet,
+agents, workers) are killed by a small watchdog process (``_reaper.py``) started beside it,
+which records the driver's descendants and kills them once the driver is gone.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import importlib
 import multiprocessing
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lrlab.bench.spec import RunConfig, RunRecord
@@ -28,6 +42,7 @@ from lrlab.bench.spec import RunConfig, RunRecord
 __all__ = [
     "BACKENDS",
     "ExecutorError",
+    "LocalExecutor",
     "RayExecutor",
     "check_backend",
     "default_workers",
@@ -56,6 +71,65 @@ def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+PARENT_POLL_S = 1.0
+"""How often a worker checks that its parent (the driver) is alive."""
+
+
+def _die_with_parent(parent_pid: int, use_deathsig: bool) -> None:
+    """Make this process exit when ``parent_pid`` (the driver) dies, however it dies.
+
+    ``use_deathsig``: ask the kernel for SIGKILL at the parent's death (Linux). The kernel ties
+    that to the parent *thread* that started this process, so the driver only asks for it when
+    that thread is its main thread. A daemon thread checking the parent pid every
+    :data:`PARENT_POLL_S` seconds is the fallback everywhere.
+    """
+    if use_deathsig and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog thread below still works
+    if os.getppid() != parent_pid:  # the driver died before the request took effect
+        os._exit(1)
+    threading.Thread(
+        target=_watch_parent, args=(parent_pid,), name="lrlab-parent-watch", daemon=True
+    ).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)  # orphaned: the driver is gone, nobody will collect this result
+
+
+def _worker_start(parent_pid: int, use_deathsig: bool) -> None:
+    """Local pool worker start-up: follow the driver, one torch thread."""
+    _die_with_parent(parent_pid, use_deathsig)
+    _one_thread()
+
+
+def start_reaper() -> subprocess.Popen[bytes] | None:
+    """Start the watchdog that kills this process's descendants once it is gone (Linux; None
+    elsewhere). Stop it with :func:`stop_reaper` when they have been shut down normally."""
+    if not sys.platform.startswith("linux"):
+        return None
+    script = Path(__file__).with_name("_reaper.py")
+    return subprocess.Popen(
+        [sys.executable, "-I", str(script), str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the driver's terminal does not stop it
+    )
+
+
+def stop_reaper(reaper: subprocess.Popen[bytes] | None) -> None:
+    if reaper is not None and reaper.poll() is None:
+        reaper.kill()
+        reaper.wait()
 
 
 def execute(config: RunConfig, imports: tuple[str, ...] = ()) -> RunRecord:
@@ -88,6 +162,7 @@ class RayExecutor(concurrent.futures.Executor):
             raise ExecutorError("the ray backend needs Ray: pip install 'lrlab[ray]'") from error
         self._ray = ray
         self._owns_runtime = False
+        self._reaper: subprocess.Popen[bytes] | None = None
         if not ray.is_initialized():
             options: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
             if address is not None:
@@ -97,6 +172,9 @@ class RayExecutor(concurrent.futures.Executor):
                 except (ConnectionError, RuntimeError, ValueError) as error:
                     raise ExecutorError(f"cannot connect to Ray at {address!r}: {error}") from None
             else:
+                # the local instance's processes are the driver's descendants: the reaper kills
+                # them if the driver is killed (Ray's own clean-up runs only at a normal exit)
+                self._reaper = start_reaper()
                 ray.init(num_cpus=num_cpus, include_dashboard=False, **options)
             self._owns_runtime = True
         self._task = ray.remote(num_cpus=1)(_ray_call)
@@ -122,6 +200,8 @@ class RayExecutor(concurrent.futures.Executor):
         if self._owns_runtime:
             self._ray.shutdown()
             self._owns_runtime = False
+        stop_reaper(self._reaper)
+        self._reaper = None
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -170,8 +250,32 @@ def make_executor(
         return RayExecutor(address=address, num_cpus=workers)
     if address is not None:
         raise ExecutorError("an address is only meaningful with the ray backend")
-    return concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers or default_workers(),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_one_thread,
-    )
+    return LocalExecutor(workers or default_workers())
+
+
+class LocalExecutor(concurrent.futures.ProcessPoolExecutor):
+    """A ``spawn`` process pool whose workers die with the driver (see the module docstring):
+    each worker follows its parent, and a reaper process catches what is left (a worker killed
+    while starting up, multiprocessing's resource tracker)."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_start,
+            # workers are started by the thread that submits (this one, in run_sweep)
+            initargs=(os.getpid(), threading.current_thread() is threading.main_thread()),
+        )
+        self._reaper = start_reaper()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        reaper, self._reaper = self._reaper, None
+        if wait:
+            stop_reaper(reaper)
+        elif reaper is not None:  # the workers finish their current run first
+            threading.Thread(target=self._stop_after_workers, args=(reaper,), daemon=True).start()
+
+    def _stop_after_workers(self, reaper: subprocess.Popen[bytes]) -> None:
+        super().shutdown(wait=True)  # returns once every worker has exited
+        stop_reaper(reaper)

@@ -1,6 +1,6 @@
 r"""Refined schedules in the lab: from a stored run's gradient norms, and two-pass methods.
 
-Spec: ``shared/specs/defazio_family.md`` section 8 (Defazio, Cutkosky, Mehta, Mishchenko, "When,
+Method page: ``docs/methods/schedules.md`` (Defazio, Cutkosky, Mehta, Mishchenko, "When,
 Why and How Much? Adaptive Learning Rate Scheduling by Refinement", arXiv:2310.07831).
 
 Every run of the lab logs, per step, the L2 and L1 norms of the mini-batch gradient
@@ -367,8 +367,8 @@ def second_pass_configs(
     ids = list(dict.fromkeys(c.run_id for c in firsts))
     records: dict[str, RunRecord] = {}
     for start in range(0, len(ids), chunk):
-        for record in store.load_records(run_id=ids[start : start + chunk]):
-            records[record.run_id] = record
+        for loaded in store.load_records(run_id=ids[start : start + chunk]):
+            records[loaded.run_id] = loaded
     built: list[RunConfig] = []
     not_built: list[str] = []
     for run_id in ids:

@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from lrlab.bench import metrics
+from lrlab.bench._markdown import escape_markdown
+from lrlab.bench._paths import confined, safe_file_stem
 from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json
 
 __all__ = ["MetricChoice", "ReportFiles", "build_report", "default_metric_choice"]
@@ -461,8 +463,9 @@ def _default_targets(
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, str]:
-    markdown = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    markdown += ["| " + " | ".join(row) + " |" for row in rows]
+    markdown = ["| " + " | ".join(map(escape_markdown, header)) + " |"]
+    markdown += ["|" + " --- |" * len(header)]
+    markdown += ["| " + " | ".join(map(escape_markdown, row)) + " |" for row in rows]
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
@@ -535,10 +538,18 @@ def build_report(
     def emit(figure: _Figure | None) -> None:
         if figure is None:
             return
-        path = figures_dir / f"{figure.name}.png"
+        # the name holds a problem name from the store: never a path out of figures/
+        path = confined(figures_dir, f"{safe_file_stem(figure.name)}.png")
         path.write_bytes(figure.png)
         written.append(path)
-        md.extend([f"![{figure.name}](figures/{path.name})", "", f"*{figure.caption}*", ""])
+        md.extend(
+            [
+                f"![{escape_markdown(figure.name)}](figures/{path.name})",
+                "",
+                f"*{escape_markdown(figure.caption)}*",
+                "",
+            ]
+        )
         encoded = base64.b64encode(figure.png).decode()
         body.append(
             f'<figure><img alt="{html.escape(figure.name)}" '
@@ -550,7 +561,7 @@ def build_report(
     for problem, problem_records in sorted(by_problem.items()):
         choice = choices[problem]
         md += [
-            f"## {problem}",
+            f"## {escape_markdown(problem)}",
             "",
             f"Headline metric: `{choice.metric}` ({choice.goal.value}).",
             "",

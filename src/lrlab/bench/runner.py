@@ -53,7 +53,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -164,7 +164,7 @@ def make_schedule(
 
 def _create_optimizer(
     config: RunConfig, params: list[Tensor], instance: ProblemInstance
-) -> torch.optim.Optimizer:
+) -> lo.AdaptiveOptimizer:
     spec = lo.spec(config.method)
     kwargs = dict(config.method_kwargs)
     if config.lr is not None:
@@ -194,14 +194,15 @@ def _evaluate(
 ) -> dict[str, float]:
     model = instance.model
     model.eval()
+    modes = cast(lo.EvalModeOptimizer, optimizer)  # declared by spec.has_eval_mode
     if has_eval_mode:
-        optimizer.eval()  # type: ignore[attr-defined]  # declared by spec.has_eval_mode
+        modes.eval()
     try:
         with torch.no_grad():
             metrics = instance.evaluate()
     finally:
         if has_eval_mode:
-            optimizer.train()  # type: ignore[attr-defined]
+            modes.train()
         model.train()
     return {"step": step, **{key: float(value) for key, value in metrics.items()}}
 
@@ -225,7 +226,7 @@ def _train(config: RunConfig, log: _Log) -> tuple[RunStatus, int | None, dict[st
         torch.Generator().manual_seed(derive_seed(config.seed, "batches")), batch_size
     )
     if spec.has_eval_mode:
-        optimizer.train()  # type: ignore[attr-defined]
+        cast(lo.EvalModeOptimizer, optimizer).train()
     log.evals.append(_evaluate(instance, optimizer, spec.has_eval_mode, 0))
 
     limit = math.inf
@@ -251,7 +252,7 @@ def _train(config: RunConfig, log: _Log) -> tuple[RunStatus, int | None, dict[st
             raise RuntimeError(f"method {config.method!r} did not call the closure in step()")
         # cost note: one host synchronisation per step, here (free on CPU)
         loss_value, grad_l2, grad_l1 = closure.measured.tolist()
-        stats = optimizer.statistics()  # type: ignore[attr-defined]  # the lrlab contract
+        stats = optimizer.statistics()
         row: dict[str, float] = {
             "step": step,
             "loss": loss_value,

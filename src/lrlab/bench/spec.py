@@ -105,8 +105,11 @@ class Batch:
 class ProblemInstance(Protocol):
     """One built problem: a model and its data, for one seed."""
 
-    model: nn.Module
-    """Holds every trainable parameter (a synthetic problem wraps its point ``x`` in a module)."""
+    @property
+    def model(self) -> nn.Module:
+        """Holds every trainable parameter (a synthetic problem wraps its point ``x`` in a
+        module)."""
+        ...
 
     def batches(self, generator: torch.Generator, batch_size: int | None) -> Iterator[Batch]:
         """An endless, deterministic stream of training batches drawn with ``generator``."""
@@ -134,7 +137,10 @@ class ProblemInstance(Protocol):
 class Problem(Protocol):
     """A registered problem recipe."""
 
-    info: ProblemInfo
+    @property
+    def info(self) -> ProblemInfo:
+        """The problem's static facts."""
+        ...
 
     def build(self, seed: int, **kwargs: KwargValue) -> ProblemInstance:
         """A fresh instance; the same ``seed`` and ``kwargs`` give identical instances."""

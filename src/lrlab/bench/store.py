@@ -28,22 +28,36 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
+import functools
 import json
 import math
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from lrlab.bench.spec import RunConfig, RunRecord, RunStatus
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreError", "load_records", "record_to_dict"]
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "Store",
+    "StoreError",
+    "load_records",
+    "record_to_dict",
+]
 
 SCHEMA_VERSION = "1"
 TABLES = ("runs", "steps", "evals")
+APPLICATION_ID = 0x4C524C42
+"""SQLite ``application_id`` of an lrlab store (the bytes ``LRLB``, offset 68 of the header)."""
+APPLICATION_MARKER = "lrlab"
+"""``meta.application`` of an lrlab store (the schema marker beside the application id)."""
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,7 +102,103 @@ _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 class StoreError(RuntimeError):
-    """A store that cannot be used (other schema version, bad filter, missing optional package)."""
+    """A store that cannot be used: not an lrlab store, damaged, full, unwritable, another schema
+    version, a bad filter or a missing optional package. The message names the file."""
+
+
+def _reason(error: BaseException) -> str:
+    """The cause of an SQLite or OS error in words (no exception class names)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return " ".join(str(error).split()) or type(error).__name__  # one line
+
+
+def _recognise(path: Path) -> bool:
+    """Check, without writing anything, that ``path`` may be opened as a store: missing or
+    empty (a new store: returns True), an lrlab store (its application id, or an earlier
+    lrlab's tables with no id), or else raise :class:`StoreError`. Another application's SQLite
+    database is refused untouched."""
+    name = repr(str(path))
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(100)
+    except FileNotFoundError:
+        return True
+    except OSError as error:
+        raise StoreError(f"cannot read store {name}: {_reason(error)}") from None
+    if not header:
+        return True
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise StoreError(f"{name} is not an lrlab store (not an SQLite database)")
+    application_id = int.from_bytes(header[68:72], "big")
+    if application_id == APPLICATION_ID:
+        return False
+    if application_id != 0:
+        raise StoreError(
+            f"{name} is not an lrlab store: it is another application's SQLite database "
+            f"(application_id 0x{application_id:08x}); refusing to touch it"
+        )
+    # no id: an empty database, a store of an earlier lrlab, or someone else's database. Look
+    # at its tables read-only; a WAL database with no WAL file is opened immutable, so not even
+    # the -shm/-wal side files get created.
+    wal_mode = header[18] == 2 and header[19] == 2
+    immutable = "&immutable=1" if wal_mode and not Path(f"{path}-wal").exists() else ""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro{immutable}", uri=True)
+        try:
+            tables = {
+                row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            marked = (
+                "meta" in tables
+                and db.execute("SELECT count(*) FROM meta WHERE key = 'schema_version'").fetchone()[
+                    0
+                ]
+            )
+        finally:
+            db.close()
+    except (sqlite3.DatabaseError, ValueError) as error:  # ValueError: text that is not UTF-8
+        raise StoreError(f"{name} is not an lrlab store or is damaged ({_reason(error)})") from None
+    if not tables:
+        return True
+    if tables == {"meta", *TABLES} and marked:
+        return False
+    raise StoreError(
+        f"{name} is not an lrlab store: it is an SQLite database with other tables "
+        f"({', '.join(sorted(tables)[:8])}{', ...' if len(tables) > 8 else ''}); refusing to "
+        "touch it"
+    )
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _translated(action: str) -> Callable[[_Method], _Method]:
+    """Turn the SQLite and decoding errors of a :class:`Store` method into one
+    :class:`StoreError` naming the file and the cause ("database or disk is full", "database
+    disk image is malformed", ...)."""
+
+    def wrap(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def translated(self: Store, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as error:
+                cause = _reason(error)
+                if "readonly" in cause and self.readonly:
+                    cause = "the store is open read-only"
+                raise StoreError(f"cannot {action} store {str(self.path)!r}: {cause}") from error
+            except (ValueError, TypeError, KeyError, AttributeError) as error:
+                if action == "write to":
+                    raise  # the record given, not the store, is at fault
+                raise StoreError(
+                    f"cannot {action} store {str(self.path)!r}: a stored run is damaged "
+                    f"({type(error).__name__}: {error})"
+                ) from error
+
+        return translated  # type: ignore[return-value]
+
+    return wrap
 
 
 def _encode_metrics(row: Mapping[str, Any]) -> str:
@@ -128,6 +238,15 @@ def record_to_dict(record: RunRecord) -> dict[str, Any]:
     }
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already done it: after "database or
+    disk is full" it has, and a second ROLLBACK would replace the real cause by "cannot
+    rollback - no transaction is active"."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):  # the error being raised says what went wrong
+            db.execute("ROLLBACK")
+
+
 def _label(config: RunConfig) -> str:
     label = config.tags.get("label") if config.tags else None
     return str(label) if label else config.method
@@ -143,40 +262,68 @@ class Store:
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        if readonly:
-            if not self.path.is_file():
-                raise StoreError(f"store {str(self.path)!r} does not exist")
-            uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        self.readonly = readonly
+        name = repr(str(self.path))
+        if "\x00" in str(self.path):
+            raise StoreError(f"store {name}: a path cannot contain a NUL character")
+        if self.path.is_dir():
+            raise StoreError(f"store {name} is a directory, not a store file")
+        if self.path.exists() and not self.path.is_file():
+            raise StoreError(f"store {name} is not a regular file")
+        if readonly and not self.path.is_file():
+            raise StoreError(f"store {name} does not exist")
+        # Recognise the file BEFORE connecting for writing: opening another application's
+        # database read-write (even the WAL pragma) would already change its bytes.
+        new = _recognise(self.path)
         try:
-            found = self._open(readonly)
-        except sqlite3.DatabaseError as error:
+            if readonly:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        except (OSError, sqlite3.Error) as error:
+            raise StoreError(f"cannot open store {name}: {_reason(error)}") from None
+        try:
+            found = self._open(readonly, new)
+        except (sqlite3.DatabaseError, ValueError) as error:  # ValueError: text not UTF-8
             self._db.close()
-            raise StoreError(f"{str(self.path)!r} is not an lrlab store ({error})") from error
+            raise StoreError(
+                f"{name} is not an lrlab store or is damaged ({_reason(error)})"
+            ) from None
         if found != SCHEMA_VERSION:
             self._db.close()
             raise StoreError(
-                f"store {str(self.path)!r} has schema version {found!r}; this lrlab reads "
+                f"store {name} has schema version {found!r}; this lrlab reads "
                 f"version {SCHEMA_VERSION!r}"
             )
 
-    def _open(self, readonly: bool) -> str | None:
-        """Set the pragmas, create the tables if writable; returns the schema version found."""
+    def _open(self, readonly: bool, new: bool) -> str | None:
+        """Set the pragmas, create the tables if writable, check the pages; returns the schema
+        version found."""
         if not readonly:
+            if new:  # in the file header before WAL mode, so a reader sees it at once
+                self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             # WAL: readers never block the writer; synchronous=NORMAL keeps every committed
             # transaction across a killed process (a power cut may lose the last few).
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # a damaged page is found here, with one clear error, not half-way through a sweep or
+        # after a run was computed (a linear scan: well under a second for stores of 100 MB)
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            found = [line for text in problems for line in str(text).splitlines()]
+            details = "; ".join(line for line in found if not line.startswith("***"))
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {details}")
         if not readonly:
             self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (SCHEMA_VERSION,),
+            self._db.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                (("schema_version", SCHEMA_VERSION), ("application", APPLICATION_MARKER)),
             )
+            # a store written by an lrlab without the id gets it (recognised by its tables)
+            self._db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         found = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return found[0] if found else None
 
@@ -198,6 +345,7 @@ class Store:
 
     # -- writing ----------------------------------------------------------------------------
 
+    @_translated("write to")
     def write(self, record: RunRecord) -> None:
         """Store one finished run (replacing a stored run with the same id), in one transaction."""
         config = record.config
@@ -234,9 +382,10 @@ class Store:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
 
+    @_translated("delete from")
     def delete(self, run_ids: Iterable[str]) -> int:
         """Remove runs (with their step and eval rows); returns how many were removed."""
         ids = list(run_ids)
@@ -245,7 +394,7 @@ class Store:
             removed = self._db.executemany("DELETE FROM runs WHERE run_id = ?", ((i,) for i in ids))
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            _rollback(self._db)
             raise
         return removed.rowcount
 
@@ -277,21 +426,25 @@ class Store:
             clauses.append("(" + " OR ".join(parts) + ")" if parts else "0")
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), values
 
+    @_translated("read")
     def run_ids(self, **filters: Any) -> set[str]:
         """The ids of the stored runs that match ``filters`` (see :meth:`query`)."""
         where, values = self._where(filters)
         return {r[0] for r in self._db.execute(f"SELECT run_id FROM runs{where}", values)}
 
+    @_translated("read")
     def count(self, **filters: Any) -> int:
         where, values = self._where(filters)
         return int(self._db.execute(f"SELECT count(*) FROM runs{where}", values).fetchone()[0])
 
+    @_translated("read")
     def status_counts(self, **filters: Any) -> dict[str, int]:
         """``{status: number of runs}`` over the runs matching ``filters``."""
         where, values = self._where(filters)
         sql = f"SELECT status, count(*) FROM runs{where} GROUP BY status ORDER BY status"
         return dict(self._db.execute(sql, values))
 
+    @_translated("read")
     def query(self, **filters: Any) -> list[dict[str, Any]]:
         """Summary rows of the runs matching ``filters``, ordered by problem, method, lr, seed.
 
@@ -319,6 +472,7 @@ class Store:
         )
         return [_decode_metrics(text) for (text,) in cursor]
 
+    @_translated("read")
     def load_records(self, **filters: Any) -> list[RunRecord]:
         """The full :class:`RunRecord` of every run matching ``filters`` (see :meth:`query`)."""
         records = []
@@ -341,6 +495,7 @@ class Store:
 
     # -- tables for analysis ----------------------------------------------------------------
 
+    @_translated("read")
     def table(self, name: str, **filters: Any) -> list[dict[str, Any]]:
         """One flat row per run (``runs``), per step (``steps``) or per evaluation (``evals``).
 
@@ -400,6 +555,7 @@ class Store:
             ) from error
         return pd.DataFrame.from_records(self.table(name, **filters))
 
+    @_translated("export from")
     def export(
         self,
         path: str | Path,

@@ -78,6 +78,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lrlab.bench import metrics
+from lrlab.bench._markdown import escape_markdown
+from lrlab.bench._paths import check_study_name
 from lrlab.bench.spec import Goal, RunRecord
 from lrlab.bench.sweep import Study, StudyError, load_study
 
@@ -383,8 +385,8 @@ def fill_placeholders(
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(escape_markdown, header)) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(map(escape_markdown, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -505,7 +507,8 @@ def part_tables(part: Study, records: Sequence[RunRecord]) -> str:
             rows.append([label, *[_cell(c) if c is not None else "-" for c in cells]])
         blocks += [
             "",
-            f"*{problem}*: final `{choice.metric}` ({choice.goal.value}) by initial LR.",
+            f"*{escape_markdown(problem)}*: final `{choice.metric}` ({choice.goal.value}) by "
+            "initial LR.",
             "",
             _md_table(["method", *[f"lr {_lr_text(lr)}" for lr in lrs]], rows),
         ]
@@ -682,6 +685,7 @@ def run_study(
 
     source = load_study_source(name)
     study = source.study
+    check_study_name(study.name)  # it names files under results/ and the docs directory
     problems = check_commentary(source)
     if problems:  # fail before hours of running, not after
         raise StudyError(

@@ -74,14 +74,16 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import math
+import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from lrlab.bench._paths import STUDY_NAME_PATTERN, OutputPathError, check_study_name
 from lrlab.bench.executors import execute, make_executor
 from lrlab.bench.refinement import PASS_ONE_SCHEDULE, second_pass_configs, two_pass_method
 from lrlab.bench.spec import KwargValue, ProblemInfo, RunConfig, RunRecord, RunStatus
@@ -415,7 +417,7 @@ class Study:
         else:
             raise StudyError(f"{source}: 'seeds' must be a count or a list of integers")
         return cls(
-            name=_typed(data, "name", str, source),
+            name=_study_name(data, source),
             description=_typed(data, "description", str, source, ""),
             problems=tuple(_problem_entry(e, source) for e in _entries(data, "problems", source)),
             methods=tuple(_method_entry(e, source) for e in _entries(data, "methods", source)),
@@ -443,7 +445,7 @@ class Study:
             or not all(isinstance(p, dict) for p in parts_data)
         ):
             raise StudyError(f"{source}: 'parts' must be a non-empty array of tables ([[parts]])")
-        name = _typed(data, "name", str, source)
+        name = _study_name(data, source)
         shared = {
             k: v for k, v in data.items() if k not in ("name", "title", "description", "parts")
         }
@@ -453,7 +455,7 @@ class Study:
         for index, part in enumerate(parts_data):
             here = f"{source}: part {part.get('name', index)!r}"
             part_name = _typed(part, "name", str, here)
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", part_name):
+            if not re.fullmatch(STUDY_NAME_PATTERN, part_name):
                 raise StudyError(f"{here}: a part name is letters, digits, '_', '.' or '-'")
             if part_name in {p.name for p in parts}:
                 raise StudyError(f"{here}: two parts are named {part_name!r}")
@@ -521,6 +523,14 @@ def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
         raise StudyError(
             f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}"
         )
+
+
+def _study_name(data: Mapping[str, Any], where: str) -> str:
+    """The ``name`` of a study: it names files (``results/NAME.sqlite``), so a strict token."""
+    try:
+        return check_study_name(_typed(data, "name", str, where))
+    except OutputPathError as error:
+        raise StudyError(f"{where}: {error}") from None
 
 
 def _typed(data: Mapping[str, Any], key: str, kind: Any, where: str, default: Any = ...) -> Any:
@@ -626,27 +636,57 @@ class Progress:
 
     On a terminal the line is redrawn in place (at most 5 times a second); otherwise a line is
     printed every ``interval`` seconds and at the end.
+
+    The ETA is the remaining runs at the rate measured since the first ``workers`` runs finished:
+    that leaves out the start-up (worker processes importing torch, loading data, the first
+    run of each worker), which is paid once, not per run, and counts the runs in flight in
+    parallel. Until a second round of runs has finished it is unknown (``ETA ?``); off a
+    terminal the first line is printed after ``interval`` seconds, when it usually is known.
     """
 
-    def __init__(self, total: int, *, stream: TextIO | None = None, interval: float = 10.0):
+    def __init__(
+        self,
+        total: int,
+        *,
+        stream: TextIO | None = None,
+        interval: float = 10.0,
+        workers: int = 1,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.total = total
         self.counts = {status.value: 0 for status in RunStatus}
         self.lost = 0
+        self.workers = max(1, workers)
+        self._clock = clock
         self._stream = stream if stream is not None else sys.stderr
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
         self._interval = 0.2 if self._tty else interval
-        self._start = time.perf_counter()
-        self._last = -math.inf
+        self._start = clock()
+        self._last = -math.inf if self._tty else self._start
+        self._round_done: float | None = None  # when the first `workers` runs had finished
 
     @property
     def done(self) -> int:
         return sum(self.counts.values()) + self.lost
 
+    def eta(self) -> float:
+        """Seconds until the last run finishes (inf while it cannot be estimated yet)."""
+        remaining = self.total - self.done
+        if remaining <= 0:
+            return 0.0
+        first_round = min(self.workers, self.total)
+        if self._round_done is None or self.done < 2 * first_round:
+            return math.inf
+        elapsed = self._clock() - self._round_done
+        if elapsed <= 0:
+            return math.inf
+        return remaining * elapsed / (self.done - first_round)
+
     def line(self) -> str:
-        elapsed = time.perf_counter() - self._start
+        elapsed = self._clock() - self._start
         done = self.done
         fraction = done / self.total if self.total else 1.0
-        eta = elapsed / done * (self.total - done) if done else math.inf
+        eta = self.eta()
         width = 24
         filled = int(width * fraction)
         counts = (
@@ -667,7 +707,9 @@ class Progress:
             self.lost += 1
         else:
             self.counts[status.value] += 1
-        now = time.perf_counter()
+        now = self._clock()
+        if self._round_done is None and self.done >= min(self.workers, self.total):
+            self._round_done = now
         if now - self._last >= self._interval or self.done == self.total:
             self._last = now
             self._draw()
@@ -751,7 +793,8 @@ def run_sweep(
         stored -= store.run_ids(status=RunStatus.FAILED)
     todo = [c for c in unique if c.run_id not in stored]
     stream = progress if progress is not None else sys.stderr
-    bar = Progress(len(todo), stream=stream) if show_progress else None
+    parallel = workers or os.cpu_count() or 1
+    bar = Progress(len(todo), stream=stream, workers=parallel) if show_progress else None
     if show_progress:
         stream.write(
             f"{len(unique)} runs: {len(unique) - len(todo)} already in {store.path}, "
@@ -781,7 +824,8 @@ def run_sweep(
                 if record.error:
                     errors.append(
                         f"{record.config.problem} {record.config.method} "
-                        f"lr={record.config.lr} seed={record.config.seed}: "
+                        f"lr={record.config.lr if record.config.lr is not None else 'default'} "
+                        f"seed={record.config.seed}: "
                         f"{record.error.splitlines()[0]}"
                     )
                 if bar is not None:

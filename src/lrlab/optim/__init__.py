@@ -25,6 +25,7 @@ from lrlab.optim._base import (
 from lrlab.optim._feed import discard_fed, feed, statistics
 from lrlab.optim._fused import fused_status
 from lrlab.optim._registry import (
+    EvalModeOptimizer,
     InvalidKwargs,
     MethodSpec,
     UnknownNameError,
@@ -70,6 +71,7 @@ __all__ = [
     "DAdaptSGD",
     "DoG",
     "DoWG",
+    "EvalModeOptimizer",
     "GradaGrad",
     "InvalidKwargs",
     "L4Adam",

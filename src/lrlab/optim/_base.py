@@ -21,24 +21,37 @@ Every lrlab optimizer is a :class:`torch.optim.Optimizer` and adds:
   applied to that group in that step (0.0 for a skipped step).
 * ``statistics() -> dict[str, float]``: ``effective_lr`` of the first group, the count of
   skipped non-finite steps, and the method's own internals. Optimizers never print or log.
-* NOTE [non-finite policy]: a step whose loss (when known) or any gradient is NaN or infinite is
-  skipped: parameters and every piece of optimizer state stay exactly as they were, every group's
-  ``effective_lr`` is set to 0.0 and ``statistics()["nonfinite_steps"]`` grows by one. So a run
-  that meets a bad batch continues exactly as if that batch had not been drawn.
+* NOTE [non-finite policy]: a step whose loss (when known) or any gradient is NaN or infinite, or
+  whose gradient is so large that its squares overflow (the sum of the squares of a tensor is
+  not finite in its dtype: the second moments and squared norms every method keeps would turn
+  inf), is skipped: parameters and every piece of optimizer state stay exactly as they were,
+  every group's ``effective_lr`` is set to 0.0 and ``statistics()["nonfinite_steps"]`` grows by
+  one. So a run that meets a bad batch continues exactly as if that batch had not been drawn.
 * NOTE [global scalars live in param_groups]: method-global scalars (D-Adaptation's ``d``, the
   CLARA learning-rate factor, step counters) are stored as plain Python numbers in *every* param
   group and kept identical, so ``state_dict()`` / ``load_state_dict()`` checkpoint them and a
   resumed run continues bit for bit. Per-parameter tensors live in ``self.state[p]``. No run
   state lives in instance attributes.
 * Bad hyperparameters raise :class:`ValueError` naming the argument, the value and the allowed
-  range (see :mod:`lrlab.optim._validation`).
+  range (see :mod:`lrlab.optim._validation`). Each class declares the check of every per-group
+  setting once (``hyperparameters``), and it is applied at construction, in
+  ``add_param_group`` (group overrides) and on ``load_state_dict`` (see NOTE [one validation for
+  hyperparameters] in ``_validation.py``).
+* NOTE [checked checkpoints]: ``load_state_dict`` checks the whole state dict before anything is
+  assigned: the number of groups and of parameters per group, that every state entry belongs to
+  a listed parameter, and the shape of every state tensor against its parameter (a class
+  declares the entries that are not shaped like their parameter in ``state_layout``). A
+  mismatch raises :class:`ValueError` naming the parameter index, the state key and both
+  shapes, and leaves the optimizer exactly as it was. The native kernels write through raw
+  pointers, so a state tensor of the wrong length must never reach them.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,13 +64,17 @@ from lrlab.optim._distributed import all_reduce_scalars, params_are_sharded
 from lrlab.optim._foreach import group_by_device_and_dtype
 from lrlab.optim._names import sync_paper_names, torch_name_from_alias
 from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._validation import Rule, boolean, check_hyperparameters, optional_bool
 
 _NONFINITE_PROBE = NativeKernel("core", "nonfinite_probe", arrays=1, sums=1)
 
 __all__ = [
+    "SCALAR_STATE",
     "AdaptiveOptimizer",
     "LossClosure",
+    "StateEntry",
     "StepContext",
+    "check_state_dict",
     "evaluate_without_backward",
     "make_closure",
 ]
@@ -137,23 +154,29 @@ def make_closure(
     return closure
 
 
-def _all_finite(tensors: list[Tensor]) -> Tensor:
-    """0-d bool tensor: every entry of every tensor (one device, one dtype) is finite.
+def _squares_fit(tensors: list[Tensor]) -> Tensor:
+    """0-d bool tensor: every entry of every tensor (one device, one dtype) is finite and the
+    sum of the squares of each tensor is finite in its dtype (float32 for lower precisions).
 
-    Fast path: a plain sum is finite only if every entry is (an inf or NaN entry makes any sum
-    inf or NaN), and ``sum`` is the fastest full reduction torch has (on CPU the max-abs norm
-    is about 15x and ``isfinite(t).all()`` about 30x slower per element, measured in
-    ``benchmarks/step_overhead.py``). A non-finite sum is either a bad entry or an overflow of
-    the sum itself, so only then the exact (slow) check decides. No host synchronisation here.
+    One pass over each tensor: ``dot(g, g)`` is a BLAS reduction, about as fast as a plain sum
+    (measured in ``benchmarks/step_overhead.py`` and the notes of issue 13). A NaN or infinite
+    entry makes it NaN or inf, and so does an entry whose square overflows: such a gradient would
+    put inf into every second-moment or squared-norm statistic (Adam's ``v``, D-Adaptation's and
+    DoG's sums, ...), so the step is skipped like a NaN one (NOTE [non-finite policy]). No host
+    synchronisation here.
     """
     if not tensors:
         return torch.ones((), dtype=torch.bool)
-    fast = torch.isfinite(torch.stack([t.sum() for t in tensors])).all()
-    # deciding whether the exact check is needed reads the flag on the host: one
-    # synchronisation per (device, dtype) bucket, which the caller makes anyway
-    if bool(fast):
-        return fast
-    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+    squares = []
+    for t in tensors:
+        if t.dtype in (torch.float32, torch.float64):
+            flat = t.reshape(-1)
+            squares.append(torch.dot(flat, flat))
+        else:
+            # float16/bfloat16 statistics are kept in float32 where a method needs them; the
+            # norm is computed in float32 without a full-size copy
+            squares.append(torch.linalg.vector_norm(t, dtype=torch.float32).square())
+    return torch.isfinite(torch.stack(squares)).all()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +193,127 @@ class StepContext:
         if self.closure is None:
             raise ValueError("this method needs step(closure) to evaluate the loss again")
         return evaluate_without_backward(self.closure, self.params)
+
+
+ShapeRule = Callable[[Tensor, Mapping[str, Any]], Sequence[tuple[int, ...]]]
+"""``(parameter, its param group) -> the shapes a state entry may have``."""
+
+
+def _shaped_like_parameter(param: Tensor, group: Mapping[str, Any]) -> Sequence[tuple[int, ...]]:
+    return (tuple(param.shape),)
+
+
+@dataclass(frozen=True, slots=True)
+class StateEntry:
+    """The layout of one per-parameter state entry (see NOTE [checked checkpoints]).
+
+    Attributes:
+        shapes: the shapes the entry's tensor may have, from the parameter and its group
+            (default: the parameter's shape).
+        dtype: the dtype the entry is kept in, from the parameter; None: the parameter's dtype
+            (torch casts floating state to it on load). An entry kept wider on purpose (float32
+            statistics of a float16 parameter) declares it and is loaded uncast.
+    """
+
+    shapes: ShapeRule = _shaped_like_parameter
+    dtype: Callable[[Tensor], torch.dtype] | None = None
+
+
+SCALAR_STATE = StateEntry(shapes=lambda param, group: ((),))
+"""A 0-d tensor per parameter (a step count, a per-tensor scalar)."""
+
+_DEFAULT_ENTRY = StateEntry()
+
+
+def _shape_text(shapes: Sequence[tuple[int, ...]]) -> str:
+    return " or ".join(str(tuple(shape)) for shape in shapes)
+
+
+def check_state_dict(
+    optimizer: torch.optim.Optimizer,
+    state_dict: Mapping[str, Any],
+    layout: Mapping[str, StateEntry] | None,
+    check_group: Callable[[Mapping[str, Any], int], None] | None = None,
+) -> None:
+    """Check a state dict against ``optimizer`` before it is loaded; raise ValueError if it does
+    not fit (see NOTE [checked checkpoints]).
+
+    ``layout`` names the state entries not shaped like their parameter; None checks only the
+    structure (groups, parameter counts, state keys), for a foreign optimizer whose layout is
+    unknown. ``check_group(saved_group, index)`` validates each saved group's settings.
+    """
+    name = type(optimizer).__name__
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(
+            f"{name}.load_state_dict: expected a mapping, got {type(state_dict).__name__}"
+        )
+    for key in ("state", "param_groups"):
+        if key not in state_dict:
+            raise ValueError(f"{name}.load_state_dict: the state dict has no {key!r} entry")
+    saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(saved_state, Mapping):
+        raise ValueError(f"{name}.load_state_dict: 'state' must be a mapping")
+    if not isinstance(saved_groups, Sequence) or isinstance(saved_groups, (str, bytes)):
+        raise ValueError(f"{name}.load_state_dict: 'param_groups' must be a list")
+    groups = optimizer.param_groups
+    if len(saved_groups) != len(groups):
+        raise ValueError(
+            f"{name}.load_state_dict: the state dict has {len(saved_groups)} param groups, "
+            f"the optimizer {len(groups)}"
+        )
+    # saved parameter id -> (flat index, parameter, current group, saved group)
+    where: dict[Any, tuple[int, Tensor, Mapping[str, Any], Mapping[str, Any]]] = {}
+    flat = 0
+    for group_index, (group, saved) in enumerate(zip(groups, saved_groups, strict=True)):
+        ids = saved.get("params") if isinstance(saved, Mapping) else None
+        if not isinstance(ids, Sequence) or isinstance(ids, (str, bytes)):
+            raise ValueError(
+                f"{name}.load_state_dict: param group {group_index} has no list of parameters"
+            )
+        if len(ids) != len(group["params"]):
+            raise ValueError(
+                f"{name}.load_state_dict: param group {group_index} has {len(ids)} parameters "
+                f"in the state dict, {len(group['params'])} in the optimizer"
+            )
+        if check_group is not None:
+            check_group(saved, group_index)
+        for saved_id, param in zip(ids, group["params"], strict=True):
+            if saved_id in where:
+                raise ValueError(
+                    f"{name}.load_state_dict: parameter id {saved_id!r} is listed twice"
+                )
+            where[saved_id] = (flat, param, group, saved)
+            flat += 1
+    for saved_id, entries in saved_state.items():
+        if saved_id not in where:
+            raise ValueError(
+                f"{name}.load_state_dict: state for parameter id {saved_id!r}, which no param "
+                "group lists"
+            )
+        index, param, _, saved = where[saved_id]
+        if not isinstance(entries, Mapping):
+            raise ValueError(
+                f"{name}.load_state_dict: the state of parameter {index} must be a mapping, "
+                f"got {type(entries).__name__}"
+            )
+        for key, value in entries.items():
+            if not isinstance(value, Tensor):
+                continue
+            if value.layout is not torch.strided or (value.is_complex() and not param.is_complex()):
+                raise ValueError(
+                    f"{name}.load_state_dict: parameter {index}, state {key!r}: a dense real "
+                    f"tensor is needed, got {value.dtype} ({value.layout})"
+                )
+            if layout is None:
+                continue
+            # the group as it will be after loading: the saved settings win
+            shapes = [tuple(s) for s in layout.get(key, _DEFAULT_ENTRY).shapes(param, saved)]
+            if tuple(value.shape) not in shapes:
+                raise ValueError(
+                    f"{name}.load_state_dict: parameter {index}, state {key!r}: saved shape "
+                    f"{tuple(value.shape)}, expected {_shape_text(shapes)} (the parameter's "
+                    f"shape is {tuple(param.shape)})"
+                )
 
 
 def _eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
@@ -221,6 +365,19 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     #: (see NOTE [global scalars live in param_groups])
     global_defaults: ClassVar[Mapping[str, float | int | bool]] = {}
 
+    #: per-parameter state entries that are not shaped like their parameter, or not kept in
+    #: its dtype (see NOTE [checked checkpoints]); any other state tensor must have the
+    #: parameter's shape
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {}
+
+    #: the check of each per-group setting (NOTE [one validation for hyperparameters]); a class
+    #: declares its own keys, the rules of its bases apply too
+    hyperparameters: ClassVar[Mapping[str, Rule]] = {
+        "foreach": optional_bool(),
+        "fused": optional_bool(),
+        "sharded": boolean(),
+    }
+
     #: torch's name -> the paper's name of a hyperparameter the update reads under the paper's
     #: name (``{"momentum": "beta"}``); see NOTE [torch names of hyperparameters]
     torch_names: ClassVar[Mapping[str, str]] = {}
@@ -240,9 +397,30 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     def _all_global_defaults(self) -> dict[str, Any]:
         return {**self._base_global_defaults, **self.global_defaults}
 
+    @classmethod
+    def hyperparameter_rules(cls) -> dict[str, Rule]:
+        """Every declared hyperparameter check of this class and its bases (subclasses win)."""
+        rules: dict[str, Rule] = {}
+        for klass in reversed(cls.__mro__):
+            rules.update(vars(klass).get("hyperparameters", {}))
+        return rules
+
+    def check_hyperparameters(self, group: Mapping[str, Any]) -> None:
+        """Raise ValueError if a setting of ``group`` is not allowed (the declared rules, then
+        the relations between settings, :meth:`_check_group`)."""
+        check_hyperparameters(group, self.hyperparameter_rules())
+        self._check_group(group)
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        """Checks that relate several settings of one group (a hook; the default has none)."""
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; it receives the current method-global scalars of the first group."""
+        """Add a group after checking its settings (the optimizer's defaults completed by the
+        group's overrides, a paper's name of a setting read as torch's name); it receives the
+        current method-global scalars of the first group."""
         torch_name_from_alias(param_group, self.torch_names)
+        if isinstance(param_group, Mapping):
+            self.check_hyperparameters({**self.defaults, **param_group})
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         template = self.param_groups[0] if len(self.param_groups) > 1 else None
@@ -257,6 +435,56 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             for key, default in self._all_global_defaults().items():
                 group.setdefault(key, default)
             group.setdefault("effective_lr", 0.0)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _check_loaded_group(self, saved: Mapping[str, Any], index: int) -> None:
+        """Validate the settings of a saved param group: they replace the current ones."""
+        try:
+            self.check_hyperparameters(saved)
+        except ValueError as error:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: param group {index}: {error}"
+            ) from None
+
+    def check_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Raise ValueError if ``state_dict`` does not fit this optimizer; change nothing."""
+        check_state_dict(self, state_dict, self.state_layout, self._check_loaded_group)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # type: ignore[override]
+        """Load a checkpoint after checking all of it (see NOTE [checked checkpoints]).
+
+        Load-state-dict pre-hooks run first, as in torch; the checked dict is then loaded by
+        torch's ``load_state_dict``. Entries declared with their own dtype in ``state_layout``
+        are taken again from the checkpoint, uncast.
+        """
+        hooks = self._optimizer_load_state_dict_pre_hooks
+        state_dict = dict(state_dict) if isinstance(state_dict, Mapping) else state_dict
+        for hook in hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self.check_state_dict(state_dict)
+        # the hooks already ran on the dict that was checked: do not let torch run them again
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        try:
+            super().load_state_dict(state_dict)  # type: ignore[arg-type]
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = hooks
+        self._restore_declared_dtypes(state_dict)
+
+    def _restore_declared_dtypes(self, state_dict: Mapping[str, Any]) -> None:
+        wide = {key: entry.dtype for key, entry in self.state_layout.items() if entry.dtype}
+        if not wide:
+            return
+        ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        param_of = dict(zip(ids, self._params(), strict=True))
+        for saved_id, entries in state_dict["state"].items():
+            p = param_of[saved_id]
+            for key, dtype_of in wide.items():
+                value = entries.get(key)
+                if isinstance(value, Tensor) and dtype_of(p) != p.dtype:
+                    self.state[p][key] = value.to(device=p.device, dtype=dtype_of(p), copy=True)
 
     def _get_global(self, key: str) -> Any:
         return self.param_groups[0][key]
@@ -309,14 +537,15 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
                     native.setdefault(grad.dtype, []).append((grad,))
                 else:
                     others.append(grad)
-            for rows in native.values():
+            for dtype, rows in native.items():
                 probe = _NONFINITE_PROBE(rows, ())
                 assert probe is not None
-                flags.append(torch.isfinite(probe).all())
+                # the per-tensor sums of squares, in the gradients' dtype: inf where they overflow
+                flags.append(torch.isfinite(probe.to(dtype)).all())
             grads = others
         for (_, _), (bucket,) in group_by_device_and_dtype([grads]).items():
             dense = [g.coalesce().values() if g.is_sparse else g for g in bucket]
-            flags.append(_all_finite(dense))
+            flags.append(_squares_fit(dense))
         device = flags[0].device if flags else None
         bad = (
             (~torch.stack([f.to(device) for f in flags]).all()).to(torch.float32)
@@ -328,11 +557,9 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         return bool(bad > 0)
 
     def _uses_native_kernels(self) -> bool:
-        """Whether a group asked for the fused path, whose CPU kernels are native."""
-        return any(
-            group.get("fused", False) is True or group.get("mechanic_fused", False) is True
-            for group in self.param_groups
-        )
+        """Whether a group takes the native CPU kernels: ``fused`` None (the default) or True
+        (a group without the key, or torch's own ``fused`` of plain SGD/Adam, does not)."""
+        return any(group.get("fused", False) is not False for group in self.param_groups)
 
     @_eager_under_compile
     def step(  # type: ignore[override]

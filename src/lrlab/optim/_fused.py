@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -49,10 +49,12 @@ __all__ = [
     "FusedKernel",
     "cached_scalars",
     "check_fused",
+    "compiled_requested",
     "flat",
     "flat_eligible",
     "fused_status",
     "kernel",
+    "native_requested",
     "scalars",
 ]
 
@@ -142,15 +144,36 @@ def _compile_disabled() -> bool:
     return os.environ.get("LRLAB_DISABLE_COMPILE", "") not in ("", "0")
 
 
-def check_fused(fused: bool | None, foreach: bool | None) -> bool:
-    """Validate the ``fused`` argument; ``None`` means False (compilation is opt-in)."""
-    if fused is None:
-        return False
-    if not isinstance(fused, bool):
+def check_fused(fused: bool | None, foreach: bool | None) -> bool | None:
+    """Validate the ``fused`` argument and resolve the default.
+
+    ``None`` (the default) asks for the fastest correct path that needs no opt-in: the native
+    CPU kernels where they are available (see :func:`native_requested`), else the ``foreach``
+    path. It resolves to ``False`` when ``foreach`` is set, so that ``foreach=False`` stays the
+    reference for-loop and ``foreach=True`` the multi-tensor torch path. ``True`` also allows
+    the compiled kernels (CUDA, low precision; the first step pays the compilation); ``False``
+    never takes a fused kernel.
+    """
+    if fused is not None and not isinstance(fused, bool):
         raise ValueError(f"fused must be True, False or None, got {fused!r}")
     if fused and foreach:
         raise ValueError("fused=True and foreach=True cannot be set together: choose one path")
+    if fused is None and foreach is not None:
+        return False
     return fused
+
+
+def native_requested(group: Mapping[str, Any]) -> bool:
+    """Whether ``group`` lets CPU float32/float64 tensors take the native kernels: ``fused`` is
+    None (the default) or True. A group saved before the fused path existed has no ``fused``
+    key and keeps its old path."""
+    return group.get("fused", False) is not False
+
+
+def compiled_requested(group: Mapping[str, Any]) -> bool:
+    """Whether ``group`` lets the other tensors take the compiled kernels: only an explicit
+    ``fused=True`` (compiling costs seconds on the first step, which a default must not)."""
+    return group.get("fused", False) is True
 
 
 MIN_ELEMENTS = 131_072

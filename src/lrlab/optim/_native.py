@@ -20,31 +20,36 @@ number of tensors.
   added block by block in a fixed order: results do not depend on the number of threads.
 * Only plain, dense, contiguous float32/float64 CPU tensors take it. Everything else (CUDA,
   bfloat16, sharded tensor subclasses, ...) takes the compiled or eager path as before.
+* These kernels are the default step path (``fused=None``) of every method that has them;
+  ``fused=False`` or an explicit ``foreach`` turns them off.
 * Without a compiler, or with ``LRLAB_DISABLE_NATIVE=1`` (or ``LRLAB_DISABLE_COMPILE=1``), every
-  call falls through to those paths; :func:`lrlab.optim.fused_status` says how each kernel runs.
+  call falls through to those paths, silently (one ``logging.debug`` record per family, no
+  warning); :func:`lrlab.optim.fused_status` says how each kernel runs.
 """
 
 from __future__ import annotations
 
 import array
+import bisect
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
 import threading
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-__all__ = ["NativeKernel", "native_eligible", "native_status"]
+__all__ = ["NativeKernel", "last_array_scalar", "native_eligible", "native_status"]
 
+_LOG = logging.getLogger(__name__)
 _SOURCES = Path(__file__).with_name("native")
 _FLAG_SETS = (
     ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp"],
@@ -108,11 +113,14 @@ class _Library:
                     self._handle = ctypes.CDLL(str(self._build()))
                 except Exception as error:  # no compiler, read-only cache, broken toolchain
                     self.failure = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-                    warnings.warn(
-                        f"lrlab: building the native kernels of {self.family} failed "
-                        f"({self.failure}); fused=True uses the compiled or eager kernels",
-                        RuntimeWarning,
-                        stacklevel=4,
+                    # not a warning: the default path takes these kernels where it can, and a
+                    # machine without a compiler is not the user's mistake; fused_status() and
+                    # this one debug record say why the other paths run
+                    _LOG.debug(
+                        "building the native kernels of %s failed (%s); the foreach path (or "
+                        "with fused=True the compiled kernels) runs instead",
+                        self.family,
+                        self.failure,
                     )
         return self._handle
 
@@ -192,6 +200,58 @@ def native_eligible(*tensors: Tensor) -> bool:
     return True
 
 
+ArrayLengths = Callable[[int, Sequence[float], Sequence[float]], Sequence[int]]
+"""``(n, constants, tensor_constants_row) -> element count of each array of a tensor``."""
+
+
+def _check_extents(
+    kernel: str,
+    pointers: Sequence[int],
+    sizes: Sequence[int],
+    arrays: int,
+    dtype: torch.dtype,
+    buffers: Sequence[Tensor],
+) -> None:
+    """Every run ``[pointer, pointer + size elements)`` lies inside one buffer's storage."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    spans = sorted(
+        (
+            t.untyped_storage().data_ptr(),
+            t.untyped_storage().data_ptr() + t.untyped_storage().nbytes(),
+        )
+        for t in buffers
+        if t.is_cpu and t.layout is torch.strided
+    )
+    starts = [start for start, _ in spans]
+    for index, pointer in enumerate(pointers):
+        size = sizes[index // arrays]
+        if size < 0:
+            raise ValueError(f"{kernel}: negative element count {size}")
+        end = pointer + size * itemsize
+        where = bisect.bisect_right(starts, pointer) - 1
+        # storages may overlap (views of one tensor): any span that starts at or before the
+        # pointer may hold the run, so look back over those that do
+        while where >= 0:
+            if end <= spans[where][1]:
+                break
+            where -= 1
+        else:
+            if size > 0:
+                raise ValueError(
+                    f"{kernel}: array {index % arrays} of run {index // arrays} ({size} elements "
+                    "at its address) is not inside any of the tensors handed to the kernel"
+                )
+
+
+def last_array_scalar(arrays: int) -> ArrayLengths:
+    """``array_lengths`` of a kernel whose last array is one element (a 0-d per-tensor scalar)."""
+
+    def lengths(n: int, constants: Sequence[float], row: Sequence[float]) -> tuple[int, ...]:
+        return (n,) * (arrays - 1) + (1,)
+
+    return lengths
+
+
 class NativeKernel:
     """A multi-tensor kernel of one family's native library.
 
@@ -199,13 +259,28 @@ class NativeKernel:
     per parameter (the arrays the kernel reads and writes, in its order), all of one dtype, and
     returns the per-tensor sums as a float64 tensor of shape ``(len(rows), sums)``; ``None`` if
     the native kernels are unavailable (the caller then takes its other path, nothing written).
+
+    The kernel writes through raw pointers, so every buffer is checked before the call (per
+    tensor, not per element): one dtype, on the CPU, contiguous, and exactly as many elements as
+    the kernel will touch. That count is the first array's for every array, unless the kernel
+    declares ``array_lengths(n, constants, tensor_constants_row)``, the element count of each of
+    a tensor's arrays when its first array has ``n`` (Prodigy's sliced and broadcast ``x0``).
+    A mismatch raises :class:`ValueError` instead of writing out of bounds.
     """
 
     def __init__(
-        self, family: str, name: str, *, arrays: int, sums: int = 0, tensor_constants: int = 0
+        self,
+        family: str,
+        name: str,
+        *,
+        arrays: int,
+        sums: int = 0,
+        tensor_constants: int = 0,
+        array_lengths: ArrayLengths | None = None,
     ) -> None:
         self.family, self.name = family, name
         self.arrays, self.sums, self.tensor_constants = arrays, sums, tensor_constants
+        self.array_lengths = array_lengths
         self.used = False
         self._functions: dict[torch.dtype, object] = {}
         _LIBRARIES.setdefault(family, _Library(family))
@@ -241,22 +316,71 @@ class NativeKernel:
     ) -> Tensor | None:
         if not rows or not self.available():
             return None
-        for row in rows:
-            if len(row) != self.arrays:
-                raise ValueError(f"{self.qualified_name} takes {self.arrays} arrays per tensor")
         per_tensor = None
         if self.tensor_constants:
             if tensor_constants is None or len(tensor_constants) != len(rows):
                 raise ValueError(f"{self.qualified_name} needs one row of constants per tensor")
+            for row_constants in tensor_constants:
+                if len(row_constants) != self.tensor_constants:
+                    raise ValueError(
+                        f"{self.qualified_name} takes {self.tensor_constants} constants per "
+                        f"tensor, got {len(row_constants)}"
+                    )
             per_tensor = array.array("d", [float(v) for row in tensor_constants for v in row])
-        return self.call_addresses(
-            rows[0][0].dtype,
+        dtype = rows[0][0].dtype
+        if dtype not in _NATIVE_DTYPES:
+            raise ValueError(f"{self.qualified_name} takes float32 or float64 tensors, got {dtype}")
+        sizes = [
+            self._check_row(index, row, dtype, constants, tensor_constants)
+            for index, row in enumerate(rows)
+        ]
+        return self._invoke(
+            dtype,
             [t.data_ptr() for row in rows for t in row],
-            [row[0].numel() for row in rows],
+            sizes,
             constants,
             per_tensor,
             [tensor for row in rows for tensor in row],
         )
+
+    def _check_row(
+        self,
+        index: int,
+        row: Sequence[Tensor],
+        dtype: torch.dtype,
+        constants: Sequence[float],
+        tensor_constants: Sequence[Sequence[float]] | None,
+    ) -> int:
+        """The element count the kernel uses for this tensor, after checking every buffer of
+        the row against it (the kernel trusts these counts: a short buffer would be written
+        past its end)."""
+        if len(row) != self.arrays:
+            raise ValueError(
+                f"{self.qualified_name} takes {self.arrays} arrays per tensor, got {len(row)} "
+                f"for tensor {index}"
+            )
+        n = row[0].numel()
+        if self.array_lengths is None:
+            lengths: Sequence[int] = (n,) * self.arrays
+        else:
+            lengths = self.array_lengths(
+                n, constants, tensor_constants[index] if tensor_constants is not None else ()
+            )
+        for position, (tensor, length) in enumerate(zip(row, lengths, strict=True)):
+            if (
+                tensor.numel() != length
+                or tensor.dtype is not dtype
+                or not tensor.is_cpu
+                or not tensor.is_contiguous()
+                or tensor.layout is not torch.strided
+            ):
+                raise ValueError(
+                    f"{self.qualified_name}: array {position} of tensor {index} must be a "
+                    f"contiguous {dtype} CPU tensor of {length} elements, got "
+                    f"{tensor.numel()} elements, {tensor.dtype}, {tensor.device}"
+                    f"{'' if tensor.is_contiguous() else ', not contiguous'}"
+                )
+        return n
 
     def call_addresses(
         self,
@@ -266,17 +390,51 @@ class NativeKernel:
         constants: Sequence[float],
         tensor_constants: Tensor | array.array | None,
         written: Sequence[Tensor],
+        *,
+        buffers: Sequence[Tensor],
     ) -> Tensor:
         """The kernel on arrays given by address: ``pointers`` holds ``arrays`` addresses per
         "tensor" (any contiguous run of ``sizes[i]`` elements of ``dtype``, e.g. one row of a
         matrix for a per-row statistic), ``tensor_constants`` one row of float64 per run (an
         ``array('d')`` or a contiguous float64 CPU tensor, e.g. a previous call's sums), and
         ``written`` the tensors whose memory the kernel writes (their autograd version counters
-        are bumped). The caller guarantees that the addresses are valid; call
-        :meth:`available` first. Returns the per-run sums, shape ``(len(sizes), max(sums, 1))``.
+        are bumped), and ``buffers`` every tensor the runs lie in: each run is checked to lie
+        inside one of them, so a wrong address or count raises :class:`ValueError` instead of
+        writing out of bounds.
+        Call :meth:`available` first. Returns the per-run sums, shape
+        ``(len(sizes), max(sums, 1))``.
         """
         if len(pointers) != self.arrays * len(sizes):
             raise ValueError(f"{self.qualified_name} takes {self.arrays} arrays per tensor")
+        if dtype not in _NATIVE_DTYPES:
+            raise ValueError(f"{self.qualified_name} takes float32 or float64 arrays, got {dtype}")
+        _check_extents(self.qualified_name, pointers, sizes, self.arrays, dtype, buffers)
+        if isinstance(tensor_constants, Tensor):
+            needed = len(sizes) * self.tensor_constants
+            if tensor_constants.numel() < needed or not tensor_constants.is_cpu:
+                raise ValueError(
+                    f"{self.qualified_name} needs {needed} float64 tensor constants on the CPU, "
+                    f"got {tensor_constants.numel()} on {tensor_constants.device}"
+                )
+        elif (
+            tensor_constants is not None
+            and len(tensor_constants) < len(sizes) * self.tensor_constants
+        ):
+            raise ValueError(
+                f"{self.qualified_name} needs {len(sizes) * self.tensor_constants} tensor "
+                f"constants, got {len(tensor_constants)}"
+            )
+        return self._invoke(dtype, pointers, sizes, constants, tensor_constants, written)
+
+    def _invoke(
+        self,
+        dtype: torch.dtype,
+        pointers: Sequence[int],
+        sizes: Sequence[int],
+        constants: Sequence[float],
+        tensor_constants: Tensor | array.array | None,
+        written: Sequence[Tensor],
+    ) -> Tensor:
         if isinstance(tensor_constants, Tensor):
             if tensor_constants.dtype != torch.float64 or not tensor_constants.is_contiguous():
                 raise ValueError("tensor_constants must be a contiguous float64 tensor")

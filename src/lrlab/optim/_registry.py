@@ -4,6 +4,10 @@ A method module registers its class with :func:`register`. The capability flags 
 ``needs_closure``, ...) are read from the class (see :class:`~lrlab.optim._base.AdaptiveOptimizer`);
 everything else is declared in the decorator. The conformance suite, the runner and the CLI branch
 on these declarations only, never on a method's name.
+
+Every registered class is an :class:`~lrlab.optim._base.AdaptiveOptimizer` (the baselines too), so
+``create(name, ...)`` is typed as one and ``create("clara-adam", ...).statistics()`` type-checks.
+Methods with ``has_eval_mode`` also follow :class:`EvalModeOptimizer`.
 """
 
 from __future__ import annotations
@@ -11,14 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
-import torch
 from torch.optim.optimizer import ParamsT
 
 from lrlab._registry import Registry, UnknownNameError
+from lrlab.optim._base import AdaptiveOptimizer
 
 __all__ = [
+    "EvalModeOptimizer",
     "InvalidKwargs",
     "MethodSpec",
     "UnknownNameError",
@@ -29,6 +34,16 @@ __all__ = [
 ]
 
 Confidence = Literal["high", "medium", "low"]
+
+
+@runtime_checkable
+class EvalModeOptimizer(Protocol):
+    """An optimizer whose parameters differ between training and evaluation (Schedule-Free):
+    call ``eval()`` before evaluating and ``train()`` before training again."""
+
+    def train(self) -> None: ...
+
+    def eval(self) -> None: ...
 
 
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -53,7 +68,7 @@ class MethodSpec:
     """The declared capabilities of one registered method."""
 
     name: str
-    cls: type[torch.optim.Optimizer]
+    cls: type[AdaptiveOptimizer]
     family: str
     paper: str
     """Citation of the paper the update follows (title, venue or arXiv id)."""
@@ -96,7 +111,7 @@ class MethodSpec:
 
 _METHODS: Registry[MethodSpec] = Registry("method", r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 
-OptimizerT = TypeVar("OptimizerT", bound=type[torch.optim.Optimizer])
+OptimizerT = TypeVar("OptimizerT", bound=type[AdaptiveOptimizer])
 
 
 def register(
@@ -161,6 +176,10 @@ def spec(name: str) -> MethodSpec:
     return _METHODS.get(name)
 
 
-def create(name: str, params: ParamsT, **kwargs: Any) -> torch.optim.Optimizer:
-    """Construct the optimizer registered as ``name`` over ``params``."""
+def create(name: str, params: ParamsT, **kwargs: Any) -> AdaptiveOptimizer:
+    """Construct the optimizer registered as ``name`` over ``params``.
+
+    The result is a ``torch.optim.Optimizer`` with the lrlab contract (``statistics()``,
+    ``effective_lr``); narrow it with ``isinstance`` for a method's own extras.
+    """
     return spec(name).cls(params, **kwargs)

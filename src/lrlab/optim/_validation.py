@@ -2,21 +2,43 @@
 
 Every check raises :class:`ValueError` whose message names the argument, the value received and the
 allowed range, e.g. ``"c must be in (0, 1], got 1.5"``. NaN never passes a range check.
+
+NOTE [one validation for hyperparameters]
+A hyperparameter reaches an optimizer four ways: the constructor, ``add_param_group``, a param
+group that overrides it (``[{"params": b, "lr": nan}]``) and ``load_state_dict``. Each optimizer
+class therefore *declares* the check of every per-group setting once, as a mapping from the key to
+a :data:`Rule` built from the helpers below (``hyperparameters`` in
+:class:`~lrlab.optim.AdaptiveOptimizer`; subclasses add to their bases' declarations), and the base
+class applies it at all four entry points with :func:`check_hyperparameters`. The rules call the
+same functions as the constructors, so the messages are the same.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from functools import partial
 
 __all__ = [
+    "Rule",
+    "betas",
+    "boolean",
     "check_betas",
     "check_bool",
     "check_choice",
+    "check_hyperparameters",
     "check_int",
     "check_nonnegative",
     "check_positive",
     "check_range",
+    "in_range",
+    "integer",
+    "nonnegative",
+    "one_of",
+    "optional",
+    "optional_bool",
+    "positive",
+    "real",
 ]
 
 _BRACKETS = {"[]", "[)", "(]", "()"}
@@ -108,3 +130,79 @@ def check_betas(
     return tuple(
         check_range(f"{name}[{index}]", beta, 0.0, 1.0, closed) for index, beta in enumerate(betas)
     )
+
+
+# -- declarative rules (NOTE [one validation for hyperparameters]) ----------------------------
+
+Rule = Callable[[str, object], object]
+"""``rule(name, value)`` raises :class:`ValueError` if ``value`` is not allowed for ``name``."""
+
+
+def positive(*, allow_inf: bool = False) -> Rule:
+    """``0 < value < inf``."""
+    return partial(check_positive, allow_inf=allow_inf)
+
+
+def nonnegative() -> Rule:
+    """``0 <= value < inf``."""
+    return check_nonnegative
+
+
+def in_range(low: float, high: float, closed: str = "[]") -> Rule:
+    """``low <= value <= high`` with the bracket style ``closed``."""
+    return partial(check_range, low=low, high=high, closed=closed)
+
+
+def real() -> Rule:
+    """Any finite real number."""
+    return in_range(-math.inf, math.inf, "()")
+
+
+def integer(low: int, high: float = math.inf) -> Rule:
+    """An integer in ``[low, high]``."""
+    return partial(check_int, low=low, high=high)
+
+
+def boolean() -> Rule:
+    """``True`` or ``False`` (not merely truthy: ``"False"`` is rejected)."""
+    return check_bool
+
+
+def _check_optional_bool(name: str, value: object) -> object:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(
+            f"{name} must be True, False or None, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def optional_bool() -> Rule:
+    """``True``, ``False`` or ``None`` (the ``foreach`` / ``fused`` switches)."""
+    return _check_optional_bool
+
+
+def one_of(*choices: object) -> Rule:
+    """One of ``choices``."""
+    return partial(check_choice, choices=choices)
+
+
+def betas(count: int = 2, *, allow_zero: bool = True) -> Rule:
+    """A sequence of ``count`` coefficients, each in ``[0, 1)`` (``(0, 1)``)."""
+    return partial(check_betas, count=count, allow_zero=allow_zero)
+
+
+def optional(rule: Rule) -> Rule:
+    """``None`` or a value that passes ``rule``."""
+
+    def check(name: str, value: object) -> object:
+        return None if value is None else rule(name, value)
+
+    return check
+
+
+def check_hyperparameters(group: Mapping[str, object], rules: Mapping[str, Rule]) -> None:
+    """Apply ``rules`` to the entries of ``group`` that have one (a missing key is not checked:
+    it takes the optimizer's default, which was checked at construction)."""
+    for key, rule in rules.items():
+        if key in group:
+            rule(key, group[key])

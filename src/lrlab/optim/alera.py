@@ -2,7 +2,7 @@ r"""ALeRA, SALeRA, SPALeRA and Ag-Adam: the 2017 cumulative path-length learning
 
 Paper: A. Schoenauer-Sebag, M. Schoenauer, M. Sebag, "Stochastic Gradient Descent: Going As Fast
 As Possible But Not Faster", arXiv:1709.01427 (2017). Official code: the Lua/Torch7 repository
-``aschoenauer-sebag/salera``. Spec: ``shared/specs/path_and_loss_methods.md`` section 2.
+``aschoenauer-sebag/salera``. Method page: ``docs/methods/cumulative-path.md``.
 
 Every layer keeps an exponentially discounted sum ("path") of its *normalised raw gradients* and
 compares the squared path length with its expectation when the unit directions are independent
@@ -58,7 +58,7 @@ within the same step; all paths feed the same sums.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -68,9 +68,18 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._distributed import is_distributed
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -245,6 +254,18 @@ class _PathLearningRates(AdaptiveOptimizer):
 
     # -- hooks ----------------------------------------------------------------------------------
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "alpha": check.in_range(0.0, 1.0, "(]"),
+        "adapt_constant": check.nonnegative(),
+        "weight_decay": check.nonnegative(),
+        # SALeRA's and SPALeRA's catastrophe detector
+        "mbratio": check.in_range(0.0, 1.0, "(]"),
+        "ph_lambda_rel": check.nonnegative(),
+        "ph_lambda": check.optional(check.nonnegative()),
+    }
+
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         state["path"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if self.needs_loss:
@@ -304,7 +325,7 @@ class _PathLearningRates(AdaptiveOptimizer):
             fused = [False] * len(params)
             native = [False] * len(params)
             # .get: checkpoints written before the fused path existed have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 # CPU float32/float64 tensors take the native kernels, the others the compiled
                 # ones where they can be viewed flat
                 native_available = _NATIVE_ALERA_MOVE.available()
@@ -313,7 +334,7 @@ class _PathLearningRates(AdaptiveOptimizer):
                     if native_available and native_eligible(g, p, *tensors):
                         native[index] = fused[index] = True
                     else:
-                        fused[index] = flat_eligible(g, p, *tensors)
+                        fused[index] = compiled_requested(group) and flat_eligible(g, p, *tensors)
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             weight_decay = group["weight_decay"]
             # a fused tensor's kernels add the decay themselves (no full-size temporary)
@@ -447,6 +468,9 @@ def _tensor_statistics(
 
 class _LayerPathLearningRates(_PathLearningRates):
     """ALeRA's per-block rates (blocks: tensors or param groups); subclasses choose the move."""
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"block": check.one_of(*_BLOCKS)}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -788,8 +812,10 @@ class ALeRA(_LayerPathLearningRates):
             tensors each pass is a native multi-tensor kernel, one call for all tensors of a
             dtype (see :mod:`lrlab.optim._native`); elsewhere each tensor's pass is a compiled
             kernel, and tensors that are small or cannot be viewed flat take the ``foreach``
-            path (see :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build or
-            compilation.
+            path (see :mod:`lrlab.optim._fused`).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the model; group blocks are then reduced over
             ranks (NOTE [the 2017 scheme across ranks]).
 
@@ -1069,6 +1095,12 @@ class AgAdam(_LayerPathLearningRates):
         decay is coupled and enters both the path and the moments, as in the Lua code.
     """
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "eps": check.positive(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -1251,7 +1283,10 @@ class SPALeRA(_PathLearningRates):
             kernel, one call for all tensors of a group and dtype (see
             :mod:`lrlab.optim._native`); elsewhere each tensor's pass is a compiled kernel, and
             tensors that are small or cannot be viewed flat take the ``foreach`` path (see
-            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build or compilation.
+            :mod:`lrlab.optim._fused`).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the model: the gradient norm, :math:`D` and
             the loss are reduced over ranks.
 

@@ -7,13 +7,14 @@ non-finite policy (see NOTE [the lrlab optimizer contract] in ``_base.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch.optim.optimizer import ParamsT
 
-from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim import _validation as check
+from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._foreach import resolve_foreach
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_betas, check_bool, check_nonnegative, check_positive
@@ -25,15 +26,27 @@ def _torch_step(function: Callable[..., Any]) -> Callable[..., Any]:
     # torch wraps an Optimizer subclass's step with its hook runner once per class
     # (Optimizer._patch_step_function). Our own step is already wrapped, so call torch's
     # unwrapped update to run the step hooks once, not twice.
-    return function.__wrapped__ if getattr(function, "hooked", False) else function
+    unwrapped: Callable[..., Any] = getattr(function, "__wrapped__", function)
+    return unwrapped if getattr(function, "hooked", False) else function
 
 
 class _TorchBaseline(AdaptiveOptimizer):
     """Shared ``_update`` for thin subclasses of a torch optimizer."""
 
     _torch_class: type[torch.optim.Optimizer]
+    #: torch keeps a 0-d step count per parameter
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {"step": SCALAR_STATE}
     #: take torch's fused kernel (not only foreach) when the caller chose neither
     _fused_by_default: bool = False
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "weight_decay": check.nonnegative(),
+        "maximize": check.boolean(),
+        "differentiable": check.boolean(),
+        "capturable": check.boolean(),
+    }
 
     def _uses_native_kernels(self) -> bool:
         # "fused" here is torch's own kernel, chosen by default: plain SGD/Adam users get no
@@ -115,6 +128,21 @@ class SGD(_TorchBaseline, torch.optim.SGD):
 
     _torch_class = torch.optim.SGD
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "momentum": check.in_range(0.0, 1.0, "[]"),
+        "dampening": check.in_range(0.0, 1.0, "[]"),
+        "nesterov": check.boolean(),
+    }
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        momentum, dampening = group.get("momentum", 0.0), group.get("dampening", 0.0)
+        if group.get("nesterov") and (momentum <= 0 or dampening != 0):
+            raise ValueError(
+                f"nesterov=True needs momentum in (0, 1] and dampening 0, got momentum={momentum}, "
+                f"dampening={dampening}"
+            )
+
     def __init__(
         self,
         params: ParamsT,
@@ -161,6 +189,14 @@ _ADAM_INVALID = (
 )
 
 
+_ADAM_RULES: Mapping[str, check.Rule] = {
+    "betas": check.betas(),
+    "eps": check.positive(),
+    "amsgrad": check.boolean(),
+    "decoupled_weight_decay": check.boolean(),
+}
+
+
 def _check_adam(lr: float, betas: Any, eps: float, weight_decay: float, amsgrad: bool) -> None:
     check_positive("lr", lr)
     check_betas("betas", betas)
@@ -204,6 +240,9 @@ class Adam(_TorchBaseline, torch.optim.Adam):
 
     _torch_class = torch.optim.Adam
     _fused_by_default = True
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = _ADAM_RULES
 
     def __init__(
         self,
@@ -253,6 +292,9 @@ class AdamW(_TorchBaseline, torch.optim.AdamW):
 
     _torch_class = torch.optim.AdamW
     _fused_by_default = True
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = _ADAM_RULES
 
     def __init__(
         self,

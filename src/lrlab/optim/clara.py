@@ -1,7 +1,7 @@
 """CLARA: cumulative path-length learning-rate adaptation for SGD and Adam.
 
 Paper: "Cumulative Learning Rate Adaptation: Revisiting Path-Based Schedules for SGD and Adam",
-arXiv:2508.05408 (2025). Spec: ``shared/specs/path_and_loss_methods.md`` section 1.
+arXiv:2508.05408 (2025). Method page: ``docs/methods/cumulative-path.md``.
 
 The learning rate is multiplied after every step by ``exp(d (S / M - 1))``, where ``S`` is the
 squared length of an exponentially discounted path of *normalised* steps and ``M`` its expected
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -20,8 +21,17 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -103,6 +113,18 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
     #: the state tensors the fused kernel takes after (grad, param), in its argument order
     _fused_state_keys: ClassVar[tuple[str, ...]] = ("path",)
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "c": check.in_range(0.0, 1.0, "(]"),
+        "d": check.nonnegative(),
+        "mu": check.optional(check.positive()),
+        "reference_sum": check.one_of("per-tensor", "total"),
+        "unit_step": check.boolean(),
+        "transient_correction": check.boolean(),
+        "weight_decay": check.nonnegative(),
+    }
+
     def _directions(
         self,
         group: dict[str, Any],
@@ -157,7 +179,7 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
             steps = [int(state["step"]) for state in states]
             updated.extend((group, p.numel(), step) for p, step in zip(params, steps, strict=True))
             # .get: checkpoints written before the fused path existed have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 # the per-tensor norm of the direction is internal to a tensor, so one compiled
                 # call does the whole step; only ||path||^2 leaves it, for the next step's LR.
                 # CPU float32/float64 tensors take two native calls per dtype instead (the
@@ -175,7 +197,7 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
                         rows.append(tuple(tensors))
                         row_steps.append(step)
                         continue
-                    if not flat_eligible(*tensors):
+                    if not (compiled_requested(group) and flat_eligible(*tensors)):
                         rest.append(index)
                         continue
                     key = (p.device, p.dtype, step)
@@ -556,6 +578,12 @@ class ClaraAdam(_CumulativePathAdaptation):
         default ``lr`` is 1e-3 (the official class uses 1.0) so that the class is a drop-in for
         ``torch.optim.Adam``; the default ``d`` is 1e-3 (the benchmark setting).
     """
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "eps": check.positive(),
+    }
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 r"""D-Adaptation: learning-rate-free SGD, Adam and AdaGrad.
 
 Paper: Defazio & Mishchenko, "Learning-Rate-Free Learning by D-Adaptation", ICML 2023,
-arXiv:2301.07733. Spec: ``shared/specs/defazio_family.md`` sections 1.0-1.3 and 1.7. The released
+arXiv:2301.07733. Method page: ``docs/methods/d-adaptation.md``. The released
 package ``dadaptation==3.2`` is the numerical oracle; the constructors take its arguments, in its
 order, with its defaults, so that ``lrlab.optim.DAdaptAdam`` is a drop-in replacement.
 
@@ -48,7 +48,7 @@ checks both paths against each other in float64 to rtol 1e-12).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -56,16 +56,10 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import (
-    cached_scalars,
-    check_fused,
-    flat,
-    flat_eligible,
-    kernel,
-    scalars,
-)
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._executor import Pass, Plan, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -116,6 +110,17 @@ class _DistanceEstimator(AdaptiveOptimizer):
     #: settings read from the first group only; every group must carry the same value
     global_settings: ClassVar[tuple[str, ...]] = ("growth_rate", "d_coef", "d0", "sharded")
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        # a group may set lr = 0 to opt out of the shared estimate
+        "lr": check.nonnegative(),
+        "weight_decay": check.nonnegative(),
+        "eps": check.positive(),
+        "d0": check.positive(),
+        "growth_rate": check.in_range(1.0, math.inf, "[]"),
+        "d_coef": check.positive(),
+    }
+
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
         self._set_global("d", float(defaults["d0"]))
@@ -125,7 +130,7 @@ class _DistanceEstimator(AdaptiveOptimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group after checking its settings (per-group ranges, shared global settings)."""
         merged = {**self.defaults, **param_group}
-        self._check_group(merged)
+        self.check_hyperparameters(merged)
         if self.param_groups:
             first = self.param_groups[0]
             for key in self.global_settings:
@@ -136,13 +141,6 @@ class _DistanceEstimator(AdaptiveOptimizer):
                         "first group"
                     )
         super().add_param_group(param_group)
-
-    def _check_group(self, group: dict[str, Any]) -> None:
-        """Range checks of the per-group settings (a group may set lr = 0 to opt out)."""
-        check_nonnegative("lr", group["lr"])
-        check_nonnegative("weight_decay", group["weight_decay"])
-        if "eps" in group:
-            check_positive("eps", group["eps"])
 
     # -- the step helpers ---------------------------------------------------------------------
 
@@ -361,6 +359,11 @@ class DAdaptSGD(_DistanceEstimator):
         "momentum",
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "momentum": check.in_range(0.0, 1.0, "[)")
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -393,51 +396,31 @@ class DAdaptSGD(_DistanceEstimator):
         }
         super().__init__(params, defaults)
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        check_range("momentum", group["momentum"], 0.0, 1.0, "[)")
-
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
         first = self.param_groups[0]
         k, d = int(first["k"]), float(first["d"])
         numerator = float(first["numerator_weighted"])
-        # per group: the rows of the native kernels by dtype (grad, p, s, x0), the other pairs
-        split: list[tuple[dict[str, Any], dict[torch.dtype, list[tuple[Tensor, ...]]], list]] = []
-        for group in self.param_groups:
-            native = group.get("fused", False) and _NATIVE_SGD_DUAL.available()
-            native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
-            eager_pairs = []
-            for p, grad in self._with_grads(group):
-                state = self.state[p]
-                if len(state) == 0:
-                    state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
-                if native and native_eligible(grad, p, state["s"], state["x0"]):
-                    native_rows.setdefault(p.dtype, []).append((grad, p, state["s"], state["x0"]))
-                else:
-                    eager_pairs.append((p, grad))
-            split.append((group, native_rows, eager_pairs))
-        live = [entry for entry in split if entry[0]["lr"] > 0]
+        plans = [
+            (group, route(group, self._rows(group), _SGD_PASSES)) for group in self.param_groups
+        ]
+        live = [(group, plan) for group, plan in plans if group["lr"] > 0]
 
         if k == 0:
             # ||g0|| is needed before the first gradient enters s: reduce it with the squared
             # norm of the (decayed) gradient, from which ||s_1||^2 = lambda_0^2 ||g'_0||^2
-            raw = [grad for _, _, pairs in live for _, grad in pairs]
+            raw = [plan.rows[i]["grad"] for _, plan in live for i in plan.reference]
             decayed = [
-                _weight_decayed(grad, p, group["weight_decay"])
-                for group, _, pairs in live
-                for p, grad in pairs
+                _weight_decayed(plan.rows[i]["grad"], plan.rows[i]["p"], group["weight_decay"])
+                for group, plan in live
+                for i in plan.reference
             ]
             raw_sq = [(g * g).sum() for g in raw]
             decayed_sq = [(g * g).sum() for g in decayed]
-            for group, native_rows, _ in live:
-                for dtype, rows in native_rows.items():
-                    sums = _NATIVE_SGD_NORMS([row[:2] for row in rows], (group["weight_decay"],))
-                    assert sums is not None  # available() was checked above
-                    raw_total, decayed_total = sums.sum(0).to(_foreach.accumulation_dtype(dtype))
-                    raw_sq.append(raw_total)
-                    decayed_sq.append(decayed_total)
+            for group, plan in live:
+                norms = plan.run(_SGD_NORMS, {"weight_decay": group["weight_decay"]})
+                raw_sq += norms.parts("raw_sq")
+                decayed_sq += norms.parts("decayed_sq")
             g0_sq, decayed_sq_total = self._global_floats(
                 [self._total(raw_sq), self._total(decayed_sq)]
             )
@@ -450,34 +433,30 @@ class DAdaptSGD(_DistanceEstimator):
             if s_sq == 0.0:
                 self._skip_step()
                 return
-            sums = [self.state[p]["s"] for _, _, pairs in live for p, _ in pairs]
+            sums = [plan.rows[i]["s"] for _, plan in live for i in plan.reference]
             for s, g in zip(sums, decayed, strict=True):
                 s.add_(g, alpha=lam)
-            for group, native_rows, _ in live:
-                for rows in native_rows.values():
-                    # s is zero: its sums are not needed, s_1 = lam g'_0 is
-                    _NATIVE_SGD_DUAL([row[:3] for row in rows], (group["weight_decay"], lam))
+            for group, plan in live:
+                # s is zero: its sums are not needed, s_1 = lam g'_0 is
+                plan.run(_SGD_DUAL, {"weight_decay": group["weight_decay"], "lam": lam})
             # s_0 = 0, so the numerator gets no increment and d_hat = 0 at the first step
             self._set_global("g0_norm", g0_norm)
         else:
             g0_norm = float(first["g0_norm"])
             lam = d * lr / g0_norm
             dots, squares = [], []
-            for group, native_rows, pairs in live:
+            for group, plan in live:
                 fast = _fast(group)
-                for p, grad in pairs:
+                for i in plan.reference:
+                    p, grad, s = plan.rows[i]["p"], plan.rows[i]["grad"], plan.rows[i]["s"]
                     g = _weight_decayed(grad, p, group["weight_decay"])
-                    s = self.state[p]["s"]
                     dots.append(_foreach.total_dot([g], [s]) * lam)
                     s.add_(g, alpha=lam)
                     flat = s.reshape(-1)
                     squares.append(torch.dot(flat, flat) if fast else (s * s).sum())
-                for dtype, rows in native_rows.items():
-                    sums = _NATIVE_SGD_DUAL([row[:3] for row in rows], (group["weight_decay"], lam))
-                    assert sums is not None  # available() was checked above
-                    dot, square = sums.sum(0).to(_foreach.accumulation_dtype(dtype))
-                    dots.append(dot)
-                    squares.append(square)
+                dual = plan.run(_SGD_DUAL, {"weight_decay": group["weight_decay"], "lam": lam})
+                dots += dual.parts("dot")
+                squares += dual.parts("s_sq")
             increment, s_sq = self._global_floats([self._total(dots), self._total(squares)])
             if s_sq == 0.0:  # nothing took part (lr 0 everywhere, or zero gradients)
                 self._skip_step()
@@ -489,27 +468,38 @@ class DAdaptSGD(_DistanceEstimator):
             d_hat = float(first["d_coef"]) * 2.0 * numerator / math.sqrt(s_sq)
             d = _grow(d, d_hat, float(first["growth_rate"]))
 
+        # x = (1 - c) x + c z, z = x0 - s
         c = 1.0 - float(first["momentum"])
-        for group, native_rows, pairs in split:
-            for rows in native_rows.values():
-                _NATIVE_SGD_STEP([(row[1], row[3], row[2]) for row in rows], (c,))
+        for group, plan in plans:
+            plan.run(_SGD_STEP, {"c": c})
             fast = _fast(group)
-            for p, _ in pairs:
-                state = self.state[p]
+            for i in plan.reference:
+                p, x0, s = plan.rows[i]["p"], plan.rows[i]["x0"], plan.rows[i]["s"]
                 if fast and c == 1.0:
                     # x = z = x0 - s written in place: no temporary, no pass over the old x
-                    torch.sub(state["x0"], state["s"], out=p)
+                    torch.sub(x0, s, out=p)
                 elif fast:
-                    p.mul_(1.0 - c).add_(state["x0"], alpha=c).sub_(state["s"], alpha=c)
+                    p.mul_(1.0 - c).add_(x0, alpha=c).sub_(s, alpha=c)
                 else:
-                    z = state["x0"] - state["s"]
-                    p.mul_(1.0 - c).add_(z, alpha=c)
+                    p.mul_(1.0 - c).add_(x0 - s, alpha=c)
             group["effective_lr"] = lam if group["lr"] > 0 else 0.0
         self._set_global("numerator_weighted", numerator)
         self._set_global("s_norm", math.sqrt(s_sq))
         self._set_global("d_hat", d_hat)
         self._set_global("d", d)
         self._set_global("k", k + 1)
+
+    def _rows(self, group: dict[str, Any]) -> list[dict[str, Tensor]]:
+        """The named arrays of the group's parameters with a gradient (state made on first
+        sight)."""
+        rows = []
+        for p, grad in self._with_grads(group):
+            state = self.state[p]
+            if len(state) == 0:
+                state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
+            rows.append({"grad": grad, "p": p, "s": state["s"], "x0": state["x0"]})
+        return rows
 
     def _statistics(self) -> dict[str, float]:
         first = self.param_groups[0]
@@ -599,7 +589,9 @@ class DAdaptAdam(_DistanceEstimator):
         fused: True runs the per-tensor work as one compiled kernel (moments, statistics and the
             parameter update in one pass over memory; two passes with decoupled weight decay,
             whose update must wait for the step's skip decision; see :mod:`lrlab.optim._fused`).
-            Opt-in: the first step pays the compilation (seconds, once per process and dtype).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.2, 1.7): ``p.grad`` is never modified (the
@@ -630,6 +622,14 @@ class DAdaptAdam(_DistanceEstimator):
         "decouple",
         "use_bias_correction",
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "decouple": check.boolean(),
+        "use_bias_correction": check.boolean(),
+        "layer_scale": check.nonnegative(),
+    }
 
     def __init__(
         self,
@@ -673,10 +673,6 @@ class DAdaptAdam(_DistanceEstimator):
         }
         super().__init__(params, defaults)
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        check_nonnegative("layer_scale", group["layer_scale"])
-
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
         first = self.param_groups[0]
@@ -691,51 +687,36 @@ class DAdaptAdam(_DistanceEstimator):
         lam = d * lr * correction
         root_beta2 = math.sqrt(beta2)
 
-        inner, l1 = [], []
-        # parameters whose fused kernel did the first pass only, or the whole step
-        fused_moments_only: set[Tensor] = set()
-        fused_complete: set[Tensor] = set()
-        # parameters the native kernels took, and per group its second pass's rows by dtype
-        native_params: set[Tensor] = set()
-        native_steps: list[dict[torch.dtype, list[tuple[Tensor, ...]]]] = []
+        # m, v, s and the increments of the numerator and of ||s||_1; with decoupled decay the
+        # update must wait for the skip decision (s_l1 == 0), without it the first pass also
+        # moves x (the skip changes nothing then: s_l1 == 0 means every m is zero)
+        inner: list[Tensor] = []
+        l1: list[Tensor] = []
+        plans: list[tuple[dict[str, Any], Plan, bool]] = []
         for group in self.param_groups:
             r, eps, weight_decay = group["layer_scale"], group["eps"], group["weight_decay"]
-            fast = _fast(group)
-            constants: dict[torch.dtype, Tensor] = {}
             two_passes = decouple and weight_decay != 0
-            native = group.get("fused", False) and _NATIVE_ADAM_MOMENTS.available()
-            native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
-            for p, grad in self._with_grads(group):
-                state = self.state[p]
-                if len(state) == 0:
-                    for key in ("s", "exp_avg", "exp_avg_sq"):
-                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if group["lr"] == 0:
-                    continue
-                s, m, v = state["s"], state["exp_avg"], state["exp_avg_sq"]
-                if native and native_eligible(grad, p, s, m, v):
-                    native_rows.setdefault(p.dtype, []).append((grad, p, s, m, v))
-                    native_params.add(p)
-                    continue
-                # .get: checkpoints written before the fused path have no "fused" key
-                if group.get("fused", False) and flat_eligible(p, grad, s, m, v):
-                    if p.dtype not in constants:
-                        coupled = 0.0 if decouple else weight_decay
-                        constants[p.dtype] = scalars(
-                            (r * lam, coupled, eps, beta1, beta2, root_beta2, lam, r), p
-                        )
-                    flat_tensors = [flat(t) for t in (grad, p, s, m, v)]
-                    if two_passes:
-                        # the decay must wait for the skip decision (s_l1 == 0): two passes
-                        dot, norm = _dadapt_adam_moments(*flat_tensors, constants[p.dtype])
-                        fused_moments_only.add(p)
-                    else:
-                        # the parameter update needs no global scalar: one pass does it all
-                        dot, norm = _dadapt_adam_moments_and_step(*flat_tensors, constants[p.dtype])
-                        fused_complete.add(p)
-                    inner.append(dot)
-                    l1.append(norm)
-                    continue
+            moments = _ADAM_MOMENTS if two_passes else _ADAM_MOMENTS_AND_STEP
+            rows = self._rows(group)
+            # a group with lr 0 takes no part: the reference update only
+            plan = route(group if group["lr"] != 0 else {}, rows, (moments, _ADAM_STEP))
+            plans.append((group, plan, two_passes))
+            if group["lr"] == 0:
+                continue
+            scalars = {
+                "r_lam": r * lam,
+                "coupled_decay": 0.0 if decouple else weight_decay,
+                "eps": eps,
+                "beta1": beta1,
+                "beta2": beta2,
+                "root_beta2": root_beta2,
+                "lam": lam,
+                "r": r,
+                "move": 0.0 if two_passes else 1.0,
+            }
+            fast = _fast(group)
+            for i in plan.reference:
+                p, grad, s, m, v = (plan.rows[i][key] for key in ("p", "grad", "s", "m", "v"))
                 g = grad if decouple else _weight_decayed(grad, p, weight_decay)
                 # s / (sqrt(v) + eps): the same operations in both paths; the fast path writes
                 # the quotient into the temporary that sqrt allocated (one temporary, not two)
@@ -747,24 +728,9 @@ class DAdaptAdam(_DistanceEstimator):
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 s.mul_(root_beta2).add_(g, alpha=lam * (1 - root_beta2))
                 l1.append(_l1(s, fast) * r)
-            coupled = 0.0 if decouple else weight_decay
-            for dtype, rows in native_rows.items():
-                sums = _NATIVE_ADAM_MOMENTS(
-                    rows,
-                    (r * lam, coupled, eps, beta1, beta2, root_beta2, lam, r, not two_passes),
-                )
-                assert sums is not None  # available() was checked above
-                dot, norm = sums.sum(0).to(_foreach.accumulation_dtype(dtype))
-                inner.append(dot)
-                l1.append(norm)
-            native_steps.append(
-                {
-                    dtype: [(row[1], row[3], row[4]) for row in rows]
-                    for dtype, rows in native_rows.items()
-                }
-                if two_passes
-                else {}
-            )
+            result = plan.run(moments, scalars)
+            inner += result.parts("dot")
+            l1 += result.parts("s_l1")
 
         increment, s_l1 = self._global_floats([self._total(inner), self._total(l1)])
         if s_l1 == 0.0:  # no progress: the package returns here, before its collective
@@ -776,28 +742,17 @@ class DAdaptAdam(_DistanceEstimator):
             d_hat = float(first["d_coef"]) * numerator / ((1 - root_beta2) * s_l1)
             d = _grow(d, d_hat, float(first["growth_rate"]))
 
-        for group, native_step in zip(self.param_groups, native_steps, strict=True):
+        # x -= omega lam x [decouple] + m / (sqrt(v) + eps)
+        for group, plan, two_passes in plans:
             eps, weight_decay = group["eps"], group["weight_decay"]
-            decay = weight_decay * lam if decouple else 0.0
-            for rows in native_step.values():
-                _NATIVE_ADAM_STEP(rows, (decay, eps))
-            step_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-            for p, _ in self._with_grads(group):
-                if p in fused_complete or p in native_params:
-                    continue
-                state = self.state[p]
-                if p in fused_moments_only:
-                    _dadapt_adam_step(
-                        flat(p),
-                        flat(state["exp_avg"]),
-                        flat(state["exp_avg_sq"]),
-                        cached_scalars(step_constants, (decay, eps), p),
-                    )
-                    continue
-                denominator = state["exp_avg_sq"].sqrt().add_(eps)
+            if two_passes:
+                plan.run(_ADAM_STEP, {"decay": weight_decay * lam, "eps": eps})
+            for i in plan.reference:
+                p, m, v = plan.rows[i]["p"], plan.rows[i]["m"], plan.rows[i]["v"]
+                denominator = v.sqrt().add_(eps)
                 if weight_decay != 0 and decouple:
                     p.add_(p, alpha=-weight_decay * lam)
-                p.addcdiv_(state["exp_avg"], denominator, value=-1)
+                p.addcdiv_(m, denominator, value=-1)
             group["effective_lr"] = float(group["layer_scale"]) * lam if group["lr"] > 0 else 0.0
         self._set_global("numerator_weighted", numerator)
         self._set_global("s_l1", s_l1)
@@ -805,41 +760,78 @@ class DAdaptAdam(_DistanceEstimator):
         self._set_global("d", d)
         self._set_global("k", k + 1)
 
+    def _rows(self, group: dict[str, Any]) -> list[dict[str, Tensor]]:
+        """The named arrays of the group's parameters with a gradient (state made on first
+        sight)."""
+        rows = []
+        for p, grad in self._with_grads(group):
+            state = self.state[p]
+            if len(state) == 0:
+                for key in ("s", "exp_avg", "exp_avg_sq"):
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            s, m, v = state["s"], state["exp_avg"], state["exp_avg_sq"]
+            rows.append({"grad": grad, "p": p, "s": s, "m": m, "v": v})
+        return rows
+
     def _statistics(self) -> dict[str, float]:
         first = self.param_groups[0]
         return {key: float(first[key]) for key in ("d", "d_hat", "numerator_weighted", "s_l1", "k")}
 
 
-_NATIVE_SGD_NORMS = NativeKernel("dadaptation", "dadapt_sgd_norms", arrays=2, sums=2)
-_NATIVE_SGD_DUAL = NativeKernel("dadaptation", "dadapt_sgd_dual", arrays=3, sums=2)
-_NATIVE_SGD_STEP = NativeKernel("dadaptation", "dadapt_sgd_step", arrays=3)
-_NATIVE_ADAM_MOMENTS = NativeKernel("dadaptation", "dadapt_adam_moments", arrays=5, sums=2)
-_NATIVE_ADAM_STEP = NativeKernel("dadaptation", "dadapt_adam_step", arrays=3)
-_NATIVE_ADAGRAD_ACCUMULATE = NativeKernel(
-    "dadaptation", "dadapt_adagrad_accumulate", arrays=4, sums=5
+# -- the passes' kernels (see :mod:`lrlab.optim._executor`) -------------------------------------
+
+_SGD_NORMS = Pass(
+    "dadaptation",
+    ("grad", "p"),
+    # the package's g0 norm is taken without decay
+    Schema("DAdaptSgdNorms", scalars=("weight_decay",), sums=("raw_sq", "decayed_sq")),
+    native="dadapt_sgd_norms",
 )
-_NATIVE_ADAGRAD_MOVE = NativeKernel("dadaptation", "dadapt_adagrad_move", arrays=4)
+_SGD_DUAL = Pass(
+    "dadaptation",
+    ("grad", "p", "s"),
+    # dot: lam <g, s> with the old s
+    Schema("DAdaptSgdDual", scalars=("weight_decay", "lam"), sums=("dot", "s_sq")),
+    native="dadapt_sgd_dual",
+)
+_SGD_STEP = Pass(
+    "dadaptation",
+    ("p", "x0", "s"),
+    Schema("DAdaptSgdStep", scalars=("c",)),
+    native="dadapt_sgd_step",
+)
+_SGD_PASSES = (_SGD_NORMS, _SGD_DUAL, _SGD_STEP)
+
+_ADAM_MOMENTS_SCHEMA = Schema(
+    "DAdaptAdamMoments",
+    # move: 1 to also update x (no decoupled decay), else 0
+    scalars=("r_lam", "coupled_decay", "eps", "beta1", "beta2", "root_beta2", "lam", "r", "move"),
+    # dot: r lam <g, s / (sqrt(v) + eps)>; s_l1: r ||s_new||_1
+    sums=("dot", "s_l1"),
+)
+_ADAM_STEP_SCHEMA = Schema("DAdaptAdamStep", scalars=("decay", "eps"))
 
 
 @kernel
 def _dadapt_adam_moments(
-    grad: Tensor, p: Tensor, s: Tensor, m: Tensor, v: Tensor, c: Tensor
+    grad: Tensor, p: Tensor, s: Tensor, m: Tensor, v: Tensor, scalars: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """DAdaptAdam's first pass in one sweep; ``c`` = (r lam, coupled decay, eps, beta1, beta2,
-    sqrt(beta2), lam, r). Returns (r lam <g, s / (sqrt(v) + eps)>, r ||s_new||_1)."""
-    g = grad + c[1] * p
+    """DAdaptAdam's first pass in one sweep (the ``move`` scalar is not read: see
+    :func:`_dadapt_adam_moments_and_step`)."""
+    c = _ADAM_MOMENTS_SCHEMA.read(scalars)
+    g = grad + c["coupled_decay"] * p
     # sums in the scalars' dtype (float32 for low-precision parameters), as the reference path
-    dot = (g * (s / (v.sqrt() + c[2]))).to(c.dtype).sum() * c[0]
-    m.copy_(m * c[3] + g * (c[0] * (1 - c[3])))
-    v.copy_(v * c[4] + (1 - c[4]) * g * g)
-    s_new = s * c[5] + g * (c[6] * (1 - c[5]))
+    dot = (g * (s / (v.sqrt() + c["eps"]))).to(scalars.dtype).sum() * c["r_lam"]
+    m.copy_(m * c["beta1"] + g * (c["r_lam"] * (1 - c["beta1"])))
+    v.copy_(v * c["beta2"] + (1 - c["beta2"]) * g * g)
+    s_new = s * c["root_beta2"] + g * (c["lam"] * (1 - c["root_beta2"]))
     s.copy_(s_new)
-    return dot, s_new.abs().to(c.dtype).sum() * c[7]
+    return dot, s_new.abs().to(scalars.dtype).sum() * c["r"]
 
 
 @kernel
 def _dadapt_adam_moments_and_step(
-    grad: Tensor, p: Tensor, s: Tensor, m: Tensor, v: Tensor, c: Tensor
+    grad: Tensor, p: Tensor, s: Tensor, m: Tensor, v: Tensor, scalars: Tensor
 ) -> tuple[Tensor, Tensor]:
     """:func:`_dadapt_adam_moments` and the parameter update (no decoupled decay) in one sweep.
 
@@ -847,51 +839,107 @@ def _dadapt_adam_moments_and_step(
     happened, which changes nothing: ``s_l1 == 0`` means every ``s`` is zero, so every gradient
     seen so far was zero (or its group's ``layer_scale`` is 0) and so is every ``m``.
     """
-    g = grad + c[1] * p
+    c = _ADAM_MOMENTS_SCHEMA.read(scalars)
+    g = grad + c["coupled_decay"] * p
     # sums in the scalars' dtype (float32 for low-precision parameters), as the reference path
-    dot = (g * (s / (v.sqrt() + c[2]))).to(c.dtype).sum() * c[0]
-    m_new = m * c[3] + g * (c[0] * (1 - c[3]))
-    v_new = v * c[4] + (1 - c[4]) * g * g
-    s_new = s * c[5] + g * (c[6] * (1 - c[5]))
+    dot = (g * (s / (v.sqrt() + c["eps"]))).to(scalars.dtype).sum() * c["r_lam"]
+    m_new = m * c["beta1"] + g * (c["r_lam"] * (1 - c["beta1"]))
+    v_new = v * c["beta2"] + (1 - c["beta2"]) * g * g
+    s_new = s * c["root_beta2"] + g * (c["lam"] * (1 - c["root_beta2"]))
     m.copy_(m_new)
     v.copy_(v_new)
     s.copy_(s_new)
-    p.copy_(p - m_new / (v_new.sqrt() + c[2]))
-    return dot, s_new.abs().to(c.dtype).sum() * c[7]
+    p.copy_(p - m_new / (v_new.sqrt() + c["eps"]))
+    return dot, s_new.abs().to(scalars.dtype).sum() * c["r"]
 
 
 @kernel
-def _dadapt_adam_step(p: Tensor, m: Tensor, v: Tensor, c: Tensor) -> None:
-    """DAdaptAdam's parameter update; ``c`` = (decoupled decay times lam, eps)."""
-    p.copy_(p - c[0] * p - m / (v.sqrt() + c[1]))
+def _dadapt_adam_step(p: Tensor, m: Tensor, v: Tensor, scalars: Tensor) -> None:
+    """DAdaptAdam's parameter update with decoupled decay (``decay``: weight decay times lam)."""
+    c = _ADAM_STEP_SCHEMA.read(scalars)
+    p.copy_(p - c["decay"] * p - m / (v.sqrt() + c["eps"]))
+
+
+_ADAM_ARRAYS = ("grad", "p", "s", "m", "v")
+# one native function for both: its "move" scalar says whether it also updates x
+_ADAM_MOMENTS = Pass(
+    "dadaptation",
+    _ADAM_ARRAYS,
+    _ADAM_MOMENTS_SCHEMA,
+    native="dadapt_adam_moments",
+    compiled=_dadapt_adam_moments,
+)
+_ADAM_MOMENTS_AND_STEP = Pass(
+    "dadaptation",
+    _ADAM_ARRAYS,
+    _ADAM_MOMENTS_SCHEMA,
+    native="dadapt_adam_moments",
+    compiled=_dadapt_adam_moments_and_step,
+)
+_ADAM_STEP = Pass(
+    "dadaptation",
+    ("p", "m", "v"),
+    _ADAM_STEP_SCHEMA,
+    native="dadapt_adam_step",
+    compiled=_dadapt_adam_step,
+)
+
+_ADAGRAD_ACCUMULATE_SCHEMA = Schema(
+    "DAdaptAdaGradAccumulate",
+    scalars=("weight_decay", "eps", "lam"),
+    # sum s^2 / (sqrt(a) + eps) and ||s||_1 before and after the update, and
+    # sum g^2 / (sqrt(a_new) + eps): the caller subtracts each tensor's old sums from its new
+    sums=("old_s_sq", "old_l1", "weighted", "new_s_sq", "new_l1"),
+)
+_ADAGRAD_MOVE_SCHEMA = Schema("DAdaptAdaGradMove", scalars=("eps", "c"))
 
 
 @kernel
 def _dadapt_adagrad_accumulate(
-    grad: Tensor, p: Tensor, alpha: Tensor, s: Tensor, c: Tensor
+    grad: Tensor, p: Tensor, alpha: Tensor, s: Tensor, scalars: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """DAdaptAdaGrad's statistics and accumulators of one tensor in one sweep; ``c`` = (weight
-    decay, eps, lam). Returns (sum g^2 / (sqrt(a_new) + eps), the change of
-    sum s^2 / (sqrt(a) + eps), the change of ||s||_1), as the reference path."""
-    g = grad + c[0] * p
-    old_s_sq = (s * s / (alpha.sqrt() + c[1])).to(c.dtype).sum()
-    old_l1 = s.abs().to(c.dtype).sum()
+    """DAdaptAdaGrad's statistics and accumulators of one tensor in one sweep. Returns
+    (sum g^2 / (sqrt(a_new) + eps), the change of sum s^2 / (sqrt(a) + eps), the change of
+    ||s||_1), as the reference path."""
+    c = _ADAGRAD_ACCUMULATE_SCHEMA.read(scalars)
+    dtype = scalars.dtype
+    g = grad + c["weight_decay"] * p
+    old_s_sq = (s * s / (alpha.sqrt() + c["eps"])).to(dtype).sum()
+    old_l1 = s.abs().to(dtype).sum()
     alpha_new = alpha + g * g
-    metric = alpha_new.sqrt() + c[1]
-    weighted = (g * g / metric).to(c.dtype).sum()
-    s_new = s + g * c[2]
+    metric = alpha_new.sqrt() + c["eps"]
+    weighted = (g * g / metric).to(dtype).sum()
+    s_new = s + g * c["lam"]
     alpha.copy_(alpha_new)
     s.copy_(s_new)
-    change_s = (s_new * s_new / metric).to(c.dtype).sum() - old_s_sq
-    return weighted, change_s, s_new.abs().to(c.dtype).sum() - old_l1
+    change_s = (s_new * s_new / metric).to(dtype).sum() - old_s_sq
+    return weighted, change_s, s_new.abs().to(dtype).sum() - old_l1
 
 
 @kernel
-def _dadapt_adagrad_move(p: Tensor, x0: Tensor, s: Tensor, alpha: Tensor, c: Tensor) -> None:
-    """``x = (1 - c) x + c (x0 - s / (sqrt(a) + eps))``; ``c`` = (eps, c). With c = 1 (no
-    momentum) ``0 * x + z`` is ``z`` exactly, as the reference's copy."""
-    z = x0 - s / (alpha.sqrt() + c[0])
-    p.copy_(p * (1.0 - c[1]) + z * c[1])
+def _dadapt_adagrad_move(p: Tensor, x0: Tensor, s: Tensor, alpha: Tensor, scalars: Tensor) -> None:
+    """``x = (1 - c) x + c (x0 - s / (sqrt(a) + eps))``. With c = 1 (no momentum)
+    ``0 * x + z`` is ``z`` exactly, as the reference's copy."""
+    c = _ADAGRAD_MOVE_SCHEMA.read(scalars)
+    z = x0 - s / (alpha.sqrt() + c["eps"])
+    p.copy_(p * (1.0 - c["c"]) + z * c["c"])
+
+
+_ADAGRAD_ACCUMULATE = Pass(
+    "dadaptation",
+    ("grad", "p", "alpha", "s"),
+    _ADAGRAD_ACCUMULATE_SCHEMA,
+    native="dadapt_adagrad_accumulate",
+    compiled=_dadapt_adagrad_accumulate,
+    compiled_sums=("weighted", "change_s_sq", "change_l1"),
+)
+_ADAGRAD_MOVE = Pass(
+    "dadaptation",
+    ("p", "x0", "s", "alpha"),
+    _ADAGRAD_MOVE_SCHEMA,
+    native="dadapt_adagrad_move",
+    compiled=_dadapt_adagrad_move,
+)
 
 
 # -- DAdaptAdaGrad ----------------------------------------------------------------------------
@@ -958,8 +1006,10 @@ class DAdaptAdaGrad(_DistanceEstimator):
             CPU float32/float64 tensors each pass is a native multi-tensor kernel, one call for
             all tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere each tensor's
             pass is a compiled kernel, and tensors under 128k elements and non-contiguous ones
-            stay eager (see :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build
-            or compilation.
+            stay eager (see :mod:`lrlab.optim._fused`).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.3): the package reads ``lr`` from the first
@@ -988,6 +1038,11 @@ class DAdaptAdaGrad(_DistanceEstimator):
         *_DistanceEstimator.global_settings,
         "momentum",
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "momentum": check.in_range(0.0, 1.0, "[)")
+    }
 
     def __init__(
         self,
@@ -1021,59 +1076,27 @@ class DAdaptAdaGrad(_DistanceEstimator):
         }
         super().__init__(params, defaults)
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        check_range("momentum", group["momentum"], 0.0, 1.0, "[)")
-
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
         first = self.param_groups[0]
         k, d = int(first["k"]), float(first["d"])
         lam = d * lr
 
-        changes_s, changes_l1, weighted_g = [], [], []
-        fused_params: set[Tensor] = set()
-        # parameters the native kernels took, and per group the update's rows by dtype
-        native_params: set[Tensor] = set()
-        native_moves: list[dict[torch.dtype, list[tuple[Tensor, ...]]]] = []
+        # the accumulators and the changes of the three sums behind d_hat; the package lets
+        # every group take part (with the first group's lr); a group with lr 0 below the largest
+        # lr opts out (NOTE [... learning rates across groups])
+        changes_s: list[Tensor] = []
+        changes_l1: list[Tensor] = []
+        weighted_g: list[Tensor] = []
+        plans: list[tuple[dict[str, Any], Plan]] = []
         for group in self.param_groups:
             eps, weight_decay = group["eps"], group["weight_decay"]
-            constants: dict[torch.dtype, Tensor] = {}
-            native = group.get("fused", False) and _NATIVE_ADAGRAD_ACCUMULATE.available()
-            native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
-            native_move: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
-            for p, grad in self._with_grads(group):
-                state = self.state[p]
-                if len(state) == 0:
-                    state["alphak"] = torch.full_like(
-                        p, ADAGRAD_ALPHA_INIT, memory_format=torch.preserve_format
-                    )
-                    state["sk"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
-                # the package lets every group take part (with the first group's lr); a group
-                # with lr 0 below the largest lr opts out (NOTE [... learning rates across groups])
-                alpha, s = state["alphak"], state["sk"]
-                if native and native_eligible(grad, p, alpha, s, state["x0"]):
-                    native_params.add(p)
-                    native_move.setdefault(p.dtype, []).append((p, state["x0"], s, alpha))
-                    if group["lr"] == lr:
-                        native_rows.setdefault(p.dtype, []).append((grad, p, alpha, s))
-                    continue
-                fused = group.get("fused", False) and flat_eligible(p, grad, alpha, s, state["x0"])
-                if fused:
-                    fused_params.add(p)
-                if group["lr"] != lr:
-                    continue
-                if fused:
-                    if p.dtype not in constants:
-                        constants[p.dtype] = scalars((weight_decay, eps, lam), p)
-                    weighted, change_s, change_l1 = _dadapt_adagrad_accumulate(
-                        flat(grad), flat(p), flat(alpha), flat(s), constants[p.dtype]
-                    )
-                    weighted_g.append(weighted)
-                    changes_s.append(change_s)
-                    changes_l1.append(change_l1)
-                    continue
+            plan = route(group, self._rows(group), (_ADAGRAD_ACCUMULATE, _ADAGRAD_MOVE))
+            plans.append((group, plan))
+            if group["lr"] != lr:
+                continue
+            for i in plan.reference:
+                p, grad, alpha, s = (plan.rows[i][key] for key in ("p", "grad", "alpha", "s"))
                 g = _weight_decayed(grad, p, weight_decay)
                 old_s_sq = (s * s).div_(alpha.sqrt().add_(eps)).sum()
                 old_l1 = s.abs().sum()
@@ -1083,16 +1106,15 @@ class DAdaptAdaGrad(_DistanceEstimator):
                 s.add_(g, alpha=lam)
                 changes_s.append((s * s).div_(metric).sum() - old_s_sq)
                 changes_l1.append(s.abs().sum() - old_l1)
-            for dtype, rows in native_rows.items():
-                sums = _NATIVE_ADAGRAD_ACCUMULATE(rows, (weight_decay, eps, lam))
-                assert sums is not None  # available() was checked above
-                # each tensor's change is its new sum minus its old one, as the reference path
-                old_s_sq, old_l1, weighted, new_s_sq, new_l1 = sums.unbind(1)
-                accumulation = _foreach.accumulation_dtype(dtype)
-                weighted_g.append(weighted.sum().to(accumulation))
-                changes_s.append((new_s_sq - old_s_sq).sum().to(accumulation))
-                changes_l1.append((new_l1 - old_l1).sum().to(accumulation))
-            native_moves.append(native_move)
+            scalars = {"weight_decay": weight_decay, "eps": eps, "lam": lam}
+            result = plan.run(_ADAGRAD_ACCUMULATE, scalars)
+            weighted_g += [sums["weighted"] for sums in result.compiled]
+            changes_s += [sums["change_s_sq"] for sums in result.compiled]
+            changes_l1 += [sums["change_l1"] for sums in result.compiled]
+            # each tensor's change is its new sum minus its old one, as the reference path
+            weighted_g += result.native_totals(lambda sum: sum("weighted"))
+            changes_s += result.native_totals(lambda sum: sum("new_s_sq") - sum("old_s_sq"))
+            changes_l1 += result.native_totals(lambda sum: sum("new_l1") - sum("old_l1"))
 
         change_s, change_l1, g_sq = self._global_floats(
             [self._total(changes_s), self._total(changes_l1), self._total(weighted_g)]
@@ -1108,27 +1130,15 @@ class DAdaptAdaGrad(_DistanceEstimator):
             d_hat = float(first["d_coef"]) * (s_sq - g_weighted) / l1
             d = _grow(d, d_hat, float(first["growth_rate"]))
 
+        # x = (1 - c) x + c z, z = x0 - s / (sqrt(alpha) + eps)
         momentum = float(first["momentum"])
         c = 1.0 - momentum
-        for group, native_move in zip(self.param_groups, native_moves, strict=True):
+        for group, plan in plans:
             eps = group["eps"]
-            for rows in native_move.values():
-                _NATIVE_ADAGRAD_MOVE(rows, (eps, c))
-            move_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-            for p, _ in self._with_grads(group):
-                if p in native_params:
-                    continue
-                state = self.state[p]
-                if p in fused_params:
-                    _dadapt_adagrad_move(
-                        flat(p),
-                        flat(state["x0"]),
-                        flat(state["sk"]),
-                        flat(state["alphak"]),
-                        cached_scalars(move_constants, (eps, c), p),
-                    )
-                    continue
-                z = state["x0"] - state["sk"].div(state["alphak"].sqrt().add_(eps))
+            plan.run(_ADAGRAD_MOVE, {"eps": eps, "c": c})
+            for i in plan.reference:
+                p, x0, s, alpha = (plan.rows[i][key] for key in ("p", "x0", "s", "alpha"))
+                z = x0 - s.div(alpha.sqrt().add_(eps))
                 if momentum != 0:
                     p.mul_(1.0 - c).add_(z, alpha=c)
                 else:
@@ -1140,6 +1150,22 @@ class DAdaptAdaGrad(_DistanceEstimator):
         self._set_global("d_hat", d_hat)
         self._set_global("d", d)
         self._set_global("k", k + 1)
+
+    def _rows(self, group: dict[str, Any]) -> list[dict[str, Tensor]]:
+        """The named arrays of the group's parameters with a gradient (state made on first
+        sight)."""
+        rows = []
+        for p, grad in self._with_grads(group):
+            state = self.state[p]
+            if len(state) == 0:
+                state["alphak"] = torch.full_like(
+                    p, ADAGRAD_ALPHA_INIT, memory_format=torch.preserve_format
+                )
+                state["sk"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
+            arrays = {"grad": grad, "p": p, "alpha": state["alphak"], "s": state["sk"]}
+            rows.append({**arrays, "x0": state["x0"]})
+        return rows
 
     def _statistics(self) -> dict[str, float]:
         first = self.param_groups[0]

@@ -3,7 +3,7 @@
 Papers: Ivgi, Hinder & Carmon, "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size
 Schedule", ICML 2023, arXiv:2302.12022 (DoG, L-DoG, polynomial iterate averaging); Khaled,
 Mishchenko & Jin, "DoWG Unleashed: An Efficient Universal Parameter-Free Gradient Descent Method",
-NeurIPS 2023, arXiv:2305.16284 (DoWG). Spec: ``shared/specs/path_and_loss_methods.md`` section 7.
+NeurIPS 2023, arXiv:2305.16284 (DoWG). Method page: ``docs/methods/distance-over-gradients.md``.
 
 All three are SGD whose step size is "distance from the start so far" over "gradient energy so
 far": no learning rate to tune, only a tiny initial distance that the method then grows.
@@ -28,8 +28,17 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim import _validation as check
+from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive
@@ -47,6 +56,29 @@ class _DistanceOverGradients(AdaptiveOptimizer):
 
     #: per-group bookkeeping, see NOTE [per-group scalars]
     group_defaults: ClassVar[Mapping[str, float | int]] = {"k": 0}
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "weight_decay": check.nonnegative(),
+        "eps": check.nonnegative(),
+        "reps_rel": check.nonnegative(),
+        "init_eta": check.optional(check.positive()),
+        "averaging_gamma": check.optional(check.nonnegative()),
+        "init_estim_sq_dist": check.optional(check.positive()),
+    }
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        # init_eta sets the first step and replaces reps_rel, which must be positive without it
+        if "reps_rel" in group and group.get("init_eta") is None:
+            check_positive("reps_rel", group["reps_rel"])
+        # DoWG's initial squared distance defaults to eps: zero would never move
+        if (
+            "init_estim_sq_dist" in group
+            and group["init_estim_sq_dist"] is None
+            and (group.get("eps") == 0)
+        ):
+            raise ValueError("init_estim_sq_dist must be in (0, inf) when eps is 0, got None")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; it starts its own distance and sums at its first step."""
@@ -127,11 +159,11 @@ class _DistanceOverGradients(AdaptiveOptimizer):
             sums[dtype] = result
         return sums
 
-    def _kernel_takes(self, p: Tensor) -> bool:
+    def _kernel_takes(self, group: dict[str, Any], p: Tensor) -> bool:
         """Whether the compiled kernels step ``p`` now: it has a gradient and it and every
         state tensor the kernels read are flat-eligible (an average not created yet will be a
         contiguous copy of ``p``)."""
-        if p.grad is None:
+        if p.grad is None or not compiled_requested(group):
             return False
         state = self.state[p]
         extra = [state[key] for key in ("averaged", "r_bar", "G") if key in state]
@@ -168,7 +200,7 @@ class _DistanceOverGradients(AdaptiveOptimizer):
                 else:
                     native.setdefault(p.dtype, []).append(p)
                 continue
-            if not self._kernel_takes(p):
+            if not self._kernel_takes(group, p):
                 rest_all.append(p)
                 continue
             if p.dtype not in constants:
@@ -443,9 +475,9 @@ class DoG(_DistanceOverGradients):
             pass. On CPU float32/float64 tensors each pass is a native multi-tensor kernel,
             one call for all tensors of a dtype (tensors without a gradient too, for the
             distance; see :mod:`lrlab.optim._native`); elsewhere each tensor's pass is a
-            compiled kernel (see :mod:`lrlab.optim._fused`: opt-in, the first step pays the
-            compilation, seconds once per process and dtype), and tensors without a gradient,
-            non-contiguous or small ones take the ``foreach`` path.
+            compiled kernel (see :mod:`lrlab.optim._fused`;
+            only with ``fused=True``: the first step pays the compilation), and tensors
+            without a gradient, non-contiguous or small ones take the ``foreach`` path.
         sharded: each rank owns a disjoint part of the parameters, so the norms are partial
             sums reduced over ranks (not needed for DDP; DTensor is detected). Every rank must
             build the same number of param groups, in the same order.
@@ -524,7 +556,7 @@ class DoG(_DistanceOverGradients):
             foreach = _foreach.resolve_foreach(group["foreach"], all_params)
             # this rank's part of ||x0||^2 (first step) or ||x_t - x0||^2, and of ||g_t||^2;
             # .get: checkpoints written before the fused path have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 # params, directions: the tensors left to the eager path
                 radius_sq, gradient_sq, native, fused, params, directions = self._fused_sums(
                     group, all_params, foreach, anchor=0.0 if first else 1.0
@@ -632,8 +664,8 @@ class LDoG(_DistanceOverGradients):
             On CPU float32/float64 tensors each pass is a native multi-tensor kernel, one call
             for all tensors of a dtype (see :mod:`lrlab.optim._native`), and the per-tensor
             scalars are updated as one vector per dtype; elsewhere each tensor's whole step is
-            one compiled kernel (see :mod:`lrlab.optim._fused`: opt-in, the first step pays
-            the compilation, seconds once per process and dtype), and non-contiguous or small
+            one compiled kernel (see :mod:`lrlab.optim._fused`; only with ``fused=True``:
+            the first step pays the compilation), and non-contiguous or small
             tensors take the ``foreach`` path.
 
     .. note::
@@ -653,6 +685,13 @@ class LDoG(_DistanceOverGradients):
         >>> loss_fn(model(x), y).backward()
         >>> optimizer.step()
     """
+
+    #: the per-tensor scalars of the layer-wise rule
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {
+        "r_bar": SCALAR_STATE,
+        "G": SCALAR_STATE,
+        "eta": SCALAR_STATE,
+    }
 
     def __init__(
         self,
@@ -708,9 +747,9 @@ class LDoG(_DistanceOverGradients):
             native: dict[torch.dtype, list[Tensor]] = {}
             fused: list[Tensor] = []
             # .get: checkpoints written before the fused path have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 native, params = self._native_split(params)
-                fused = [p for p in params if self._kernel_takes(p)]
+                fused = [p for p in params if self._kernel_takes(group, p)]
                 taken = {id(p) for p in fused}
                 params = [p for p in params if id(p) not in taken]
             # the step sizes: 1-d per native dtype, 0-d per other tensor
@@ -1005,7 +1044,7 @@ class DoWG(_DistanceOverGradients):
                 self._start_group(group)
             foreach = _foreach.resolve_foreach(group["foreach"], all_params)
             # .get: checkpoints written before the fused path have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 # x = x0 at the first step: the kernel's distance is exactly 0 there too;
                 # params, directions: the tensors left to the eager path
                 distance_sq, gradient_sq, native, fused, params, directions = self._fused_sums(

@@ -2,7 +2,7 @@
 
 Paper: A. Defazio, B. Zhou, L. Xiao, "Grad-GradaGrad? A Non-Monotone Adaptive Stochastic Gradient
 Method", arXiv:2206.06900 (2022). No official code exists.
-Spec: ``shared/specs/path_and_loss_methods.md`` section 6, confidence **LOW**.
+Method page: ``docs/methods/accumulator.md``, confidence **LOW**.
 
 RECONSTRUCTED, NOT VERIFIED AGAINST THE PAPER'S ALGORITHM 1. The paper's body could not be read;
 this module implements the spec's reconstruction, which follows a third-party "simplified scalar
@@ -14,6 +14,7 @@ the numerator grows (consecutive gradients agree).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -21,9 +22,18 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._foreach import accumulation_dtype
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive, check_range
@@ -114,8 +124,8 @@ class GradaGrad(AdaptiveOptimizer):
             needs those global sums), the move (none while :math:`A = 0`). On CPU
             float32/float64 tensors each pass is a native multi-tensor kernel, one call for all
             tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere each tensor's pass
-            is a compiled kernel (see :mod:`lrlab.optim._fused`: opt-in, the first step pays
-            the compilation, seconds once per process and dtype), and tensors that cannot be
+            is a compiled kernel (see :mod:`lrlab.optim._fused`; only with ``fused=True``:
+            the first step pays the compilation), and tensors that cannot be
             viewed flat (non-contiguous, sparse) or are small take the ``foreach`` path.
         sharded: each rank owns a disjoint part of the parameters, so the norms and inner
             products are partial sums to be reduced over ranks (DTensor is detected).
@@ -137,6 +147,13 @@ class GradaGrad(AdaptiveOptimizer):
 
     has_global_statistics: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {"lr_factor": 1.0, "alpha_acc": 0.0, "v": 0.0}
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "rho": check.nonnegative(),
+        "r": check.in_range(0.0, 1.0, "[]"),
+    }
 
     def __init__(
         self,
@@ -193,11 +210,13 @@ class GradaGrad(AdaptiveOptimizer):
                 if len(state) == 0:
                     state["prev_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             # .get: checkpoints written before the fused path existed have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 native, params = self._native_sums(params, square_parts, dot_parts)
                 if native:
                     native_pending.append((group, native))
-                fused, params = self._fused_sums(params, square_parts, dot_parts)
+                fused: list[Tensor] = []
+                if compiled_requested(group):
+                    fused, params = self._fused_sums(params, square_parts, dot_parts)
                 fused_pending.append((group, fused))
                 if not params:
                     continue

@@ -2,7 +2,7 @@
 
 Paper: M. Rolinek, G. Martius, "L4: Practical loss-based stepsize adaptation for deep learning",
 NeurIPS 2018, arXiv:1802.05074. Official code: ``martius-lab/l4-optimizer`` (TensorFlow 1),
-PyTorch port ``iovdin/l4-pytorch``. Spec: ``shared/specs/path_and_loss_methods.md`` section 5.
+PyTorch port ``iovdin/l4-pytorch``. Method page: ``docs/methods/loss-based.md``.
 
 With the update ``x <- x - eta v`` the linearised loss decreases by ``eta <g_hat, v>``. L4 picks
 ``eta`` so that this predicted decrease is ``alpha`` times the gap between the current loss and
@@ -13,6 +13,7 @@ torch optimizer), so any direction and its gradient estimate are computed in one
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -20,8 +21,17 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._names import resolve_alias
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
@@ -75,6 +85,16 @@ class _L4(AdaptiveOptimizer):
     # the native kernels of the subclass's two passes
     _native_moments: ClassVar[NativeKernel]
     _native_move: ClassVar[NativeKernel]
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.nonnegative(),
+        "alpha": check.positive(),
+        "gamma": check.in_range(0.0, 1.0, "[]"),
+        "gamma0": check.in_range(0.0, 1.0, "[]"),
+        "tau": check.positive(),
+        "eps": check.in_range(0.0, math.inf, "[)"),
+    }
 
     def _l4_defaults(
         self,
@@ -186,7 +206,7 @@ class _L4(AdaptiveOptimizer):
                 state["step"] += 1
             steps = [int(state["step"]) for state in states]
             # .get: checkpoints written before the fused path existed have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 fused: list[tuple[Tensor, int]] = []
                 rest: list[int] = []
                 constants: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
@@ -209,7 +229,11 @@ class _L4(AdaptiveOptimizer):
                             rows.moves.append((p, *arrays[1:]))
                             rows.biases.append(biases[step])
                             continue
-                    dot_part = self._fused_moments(group, p, grad, step, constants)
+                    dot_part = (
+                        self._fused_moments(group, p, grad, step, constants)
+                        if compiled_requested(group)
+                        else None
+                    )
                     if dot_part is None:
                         rest.append(index)
                         continue
@@ -409,8 +433,9 @@ class L4Mom(_L4):
             tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere the compiled kernels,
             one call per tensor (see :mod:`lrlab.optim._fused`), and tensors that cannot be
             viewed flat (non-contiguous, sparse) or are small take the ``foreach`` path.
-            Opt-in: the first step pays the native build or the compilation (seconds, once per
-            machine or per process and dtype).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the parameters, so
             :math:`\langle \hat g, v\rangle` is a partial sum to be reduced over ranks.
 """
@@ -423,6 +448,9 @@ class L4Mom(_L4):
         >>> optimizer.step(loss=loss)
     """
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"beta": check.in_range(0.0, 1.0, "[)")}
 
     def __init__(
         self,
@@ -568,9 +596,10 @@ class L4Adam(_L4):
             pass is one native multi-tensor kernel call for all tensors of a dtype (see
             :mod:`lrlab.optim._native`); elsewhere the compiled kernels, one call per tensor
             (see :mod:`lrlab.optim._fused`), and tensors that cannot be viewed flat
-            (non-contiguous, sparse) take the ``foreach`` path. Opt-in: the first step pays the
-            native build or the compilation (seconds, once per machine or per process and
-            dtype).
+            (non-contiguous, sparse) take the ``foreach`` path.
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: as :class:`L4Mom`.
 """
         + _L4_NOTES
@@ -588,6 +617,12 @@ class L4Adam(_L4):
         >>> optimizer.step(loss=loss)
     """
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "adam_eps": check.positive(),
+    }
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 Paper: B. Wojcik, L. Maziarka, J. Tabor, "LOSSGRAD: automatic learning rate in gradient descent",
 Schedae Informaticae 27 (2018) 47-57, arXiv:1902.07656. Official code: ``bartwojcik/lossgrad``.
-Spec: ``shared/specs/path_and_loss_methods.md`` section 3.
+Method page: ``docs/methods/loss-based.md``.
 
 After an SGD step of size ``h`` the loss is evaluated again on the *same* mini-batch (forward only).
 The parabola through the old loss, its slope and the new loss has its minimiser beyond ``h``
@@ -13,7 +13,7 @@ exactly when the relative excess of the new loss over the linear prediction is b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_bool, check_positive, check_range
@@ -141,6 +142,12 @@ class Lossgrad(AdaptiveOptimizer):
         "rel_err": 0.0,
         "nonfinite_checks": 0,
         "zero_gradient_steps": 0,
+    }
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "c": check.in_range(1.0, math.inf, "()"),
     }
 
     def __init__(

@@ -1,7 +1,7 @@
 """MDA: Modernized Dual Averaging (Jelassi & Defazio, 2020). MEDIUM confidence.
 
 Paper: "Dual Averaging is Surprisingly Effective for Deep Learning Optimization",
-arXiv:2010.10502. Spec: ``shared/specs/defazio_family.md`` section 6 (and 0, 12). No official
+arXiv:2010.10502. Method page: ``docs/methods/dual-averaging.md``. No official
 code exists; the structure of the update is certain, and the constants the paper's text could
 not confirm are taken from MADGRAD (Defazio & Jelassi, arXiv:2101.11075,
 ``facebookresearch/madgrad``), which is MDA with an AdaGrad-style denominator.
@@ -14,6 +14,7 @@ as ``sqrt(k)``; momentum is an average of those dual-averaged points.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -21,8 +22,17 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_nonnegative, check_positive, check_range
@@ -121,6 +131,13 @@ class MDA(AdaptiveOptimizer):
 
     global_defaults: ClassVar[dict[str, float | int]] = {"k": 0}
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "momentum": check.in_range(0.0, 1.0, "[)"),
+        "weight_decay": check.nonnegative(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -159,7 +176,7 @@ class MDA(AdaptiveOptimizer):
                     state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
             # .get: checkpoints written before the fused path existed have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 # every scalar of the step is known before the pass (no global reduction), so
                 # one compiled call per tensor does the whole step
                 params = self._fused_step(group, params, lam=lam, beta=beta)
@@ -196,7 +213,7 @@ class MDA(AdaptiveOptimizer):
             if native and native_eligible(grad, p, s, x0):
                 native_rows.setdefault(p.dtype, []).append((grad, p, s, x0))
                 continue
-            if not flat_eligible(p, grad, s, x0):
+            if not (compiled_requested(group) and flat_eligible(p, grad, s, x0)):
                 rest.append(p)
                 continue
             key = (p.device, p.dtype)

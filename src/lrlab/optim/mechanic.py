@@ -1,7 +1,7 @@
 """Mechanic: a learning-rate tuner that learns the scale of any base optimizer's updates.
 
 Paper: Cutkosky, Defazio & Mehta, "Mechanic: A Learning Rate Tuner", NeurIPS 2023,
-arXiv:2306.00144. Spec: ``shared/specs/defazio_family.md`` section 3 (the released PyTorch
+arXiv:2306.00144. Method page: ``docs/methods/learning-rate-free.md`` (the released PyTorch
 package ``mechanic-pytorch==0.0.1`` is the numerical oracle).
 
 The base optimizer proposes updates; Mechanic keeps their running sum :math:`\\Delta` and plays
@@ -12,7 +12,7 @@ coin-betting tuner run for several horizons ``betas`` and summed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -20,7 +20,15 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
+from lrlab.optim import _validation as check
+from lrlab.optim._base import (
+    SCALAR_STATE,
+    AdaptiveOptimizer,
+    LossClosure,
+    StateEntry,
+    StepContext,
+    check_state_dict,
+)
 from lrlab.optim._fused import (
     cached_scalars,
     check_fused,
@@ -107,6 +115,25 @@ def _resolve_base_class(base: object) -> type[torch.optim.Optimizer]:
     return cls
 
 
+# torch's elementwise optimizers: every state tensor is shaped like its parameter but "step"
+_ELEMENTWISE_TORCH = (
+    torch.optim.SGD,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.Adagrad,
+    torch.optim.Adamax,
+    torch.optim.NAdam,
+    torch.optim.RAdam,
+    torch.optim.RMSprop,
+)
+
+
+def _foreign_layout(base: torch.optim.Optimizer) -> Mapping[str, StateEntry] | None:
+    """The state layout of a torch optimizer used as the base; None where it is not known
+    (only the structure of its checkpoint is checked then)."""
+    return {"step": SCALAR_STATE} if type(base) in _ELEMENTWISE_TORCH else None
+
+
 def _state_dtype(p: Tensor) -> torch.dtype:
     """float32 for ``ref`` and ``delta`` of low-precision parameters, else the parameter's dtype."""
     if p.is_floating_point() and torch.finfo(p.dtype).bits < 32:
@@ -114,10 +141,10 @@ def _state_dtype(p: Tensor) -> torch.dtype:
     return p.dtype
 
 
-def _check_betas(betas: object) -> tuple[float, ...]:
+def _check_betas(betas: object, name: str = "betas") -> tuple[float, ...]:
     if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) == 0:
-        raise ValueError(f"betas must be a non-empty sequence of numbers, got {betas!r}")
-    return tuple(check_range(f"betas[{i}]", b, 0.0, 1.0, "[]") for i, b in enumerate(betas))
+        raise ValueError(f"{name} must be a non-empty sequence of numbers, got {betas!r}")
+    return tuple(check_range(f"{name}[{i}]", b, 0.0, 1.0, "[]") for i, b in enumerate(betas))
 
 
 @register(
@@ -220,8 +247,10 @@ class Mechanic(AdaptiveOptimizer):
             ``store_delta`` recompute Delta from x and ``ref`` instead of writing it out: one
             temporary copy of the parameters per step (x before the base step) instead of two.
             Elsewhere the compiled kernels (tensors under 128k elements, non-contiguous or
-            low-precision ones stay eager; see :mod:`lrlab.optim._fused`). Opt-in: the first
-            step pays the build or the compilation.
+            low-precision ones stay eager; see :mod:`lrlab.optim._fused`).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
 
     Example:
         >>> optimizer = Mechanic(model.parameters(), base="adamw", base_kwargs={"lr": 1e-3})
@@ -280,6 +309,16 @@ class Mechanic(AdaptiveOptimizer):
     global_defaults: ClassVar[Mapping[str, float | int | bool]] = {
         "mechanic_steps": 0,
         "mechanic_h": 0.0,
+    }
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "mechanic_s_decay": check.nonnegative(),
+        "mechanic_betas": lambda name, value: _check_betas(value, name),
+        "mechanic_s_init": check.positive(),
+        "mechanic_eps": check.positive(),
+        "mechanic_store_delta": check.boolean(),
+        "mechanic_fused": check.optional_bool(),
     }
 
     def __init__(
@@ -403,6 +442,14 @@ class Mechanic(AdaptiveOptimizer):
             super().add_param_group(param_group)
             return
         own_keys = self._own_keys()
+        self.check_hyperparameters({**self.defaults, **param_group})
+        overridden = [
+            k for k in _SETTINGS if k in param_group and param_group[k] != self.defaults[k]
+        ]
+        if overridden:
+            raise ValueError(
+                f"Mechanic's settings are global and cannot be set per group: {overridden}"
+            )
         self.base.add_param_group({k: v for k, v in param_group.items() if k not in own_keys})
         group = self.param_groups[-1]  # the list is shared with the base
         group.update(self._settings())
@@ -428,8 +475,17 @@ class Mechanic(AdaptiveOptimizer):
                 "not a Mechanic state dict: the key 'base_state' (the base optimizer's state) "
                 "is missing"
             )
-        base_state = state_dict.pop("base_state")
-        self.base.load_state_dict({"state": base_state, "param_groups": state_dict["param_groups"]})
+        base_dict = {
+            "state": state_dict.pop("base_state"),
+            "param_groups": state_dict["param_groups"],
+        }
+        # both parts are checked before either is loaded: a bad checkpoint changes nothing
+        if isinstance(self.base, AdaptiveOptimizer):
+            self.base.check_state_dict(base_dict)
+        else:
+            check_state_dict(self.base, base_dict, _foreign_layout(self.base))
+        self.check_state_dict(state_dict)
+        self.base.load_state_dict(base_dict)
         super().load_state_dict(state_dict)
         # torch casts floating state to the parameter's dtype; ref and delta of low-precision
         # parameters are float32 on purpose, so take them again from the checkpoint, uncast
@@ -444,6 +500,21 @@ class Mechanic(AdaptiveOptimizer):
             for key, value in theirs.items():
                 ours.setdefault(key, value)
         self.base.param_groups = self.param_groups
+
+    def _uses_native_kernels(self) -> bool:
+        # the groups' "fused" is the base's (torch's Adam, say); Mechanic's own is apart
+        return self.param_groups[0].get("mechanic_fused", False) is not False
+
+    def _scratch_buffer(self, key: tuple[Any, ...], size: int, dtype: torch.dtype) -> Tensor:
+        """A CPU buffer of ``size`` elements for ``key``, the same one from step to step while
+        the size holds. Not optimizer state: never saved, copied or pickled (torch's
+        ``__getstate__`` keeps only defaults, state and groups), and its contents do not
+        outlive a step."""
+        buffers: dict[tuple[Any, ...], Tensor] = self.__dict__.setdefault("_scratch", {})
+        buffer = buffers.get(key)
+        if buffer is None or buffer.numel() != size:
+            buffer = buffers[key] = torch.empty(size, dtype=dtype)
+        return buffer
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -508,8 +579,12 @@ class Mechanic(AdaptiveOptimizer):
         refs: list[Tensor] = []
         deltas: list[Tensor] = []
         previous: list[Tensor] = []
-        fused = bool(first.get("mechanic_fused", False))
-        native = fused and _NATIVE_BEFORE_RECOMPUTED.available()
+        # None (the default): native kernels where they can run; True: compiled ones too
+        fused = first.get("mechanic_fused", False) is True
+        native = (
+            first.get("mechanic_fused", False) is not False
+            and _NATIVE_BEFORE_RECOMPUTED.available()
+        )
         # the tensors the native kernels take, by (dtype, Delta stored)
         batches: dict[tuple[torch.dtype, bool], _NativeBatch] = {}
         # per parameter: its fused-kernel outputs (<Delta, g>, <g, g>), or None for the eager path
@@ -572,7 +647,7 @@ class Mechanic(AdaptiveOptimizer):
         # per-tensor sums of the compiled kernels, then one total per native call
         before_parts = list(done)
         for batch in batches.values():
-            before_parts.append(batch.before(S + eps))
+            before_parts.append(batch.before(S + eps, self._scratch_buffer))
         if before_parts:
             delta_dot_grad = _sum_with(delta_dot_grad, [dots[0] for dots in before_parts])
             grad_sq = _sum_with(grad_sq, [dots[1] for dots in before_parts])
@@ -672,8 +747,10 @@ class Mechanic(AdaptiveOptimizer):
 class _NativeBatch:
     """Mechanic's passes over the parameters of one dtype that the native kernels take.
 
-    ``prev`` (x before the base step) is one buffer for all of them, made per step: one
-    allocation rather than one per tensor. It is the only full-size temporary: without
+    ``prev`` (x before the base step) is one buffer for all of them, kept by the optimizer
+    between steps (see :meth:`Mechanic._scratch_buffer`): a fresh full-size buffer per step cost
+    its page faults every step (~15-20 ms per 40 MB, more than the passes themselves). It is
+    the only full-size temporary: without
     ``store_delta`` the kernels recompute Delta from ``prev`` and ``ref`` (see
     ``native/mechanic.cpp``) rather than writing it out as the other paths do, and nothing is
     kept between steps (Mechanic's memory contract: ``ref`` only, plus ``delta`` if stored).
@@ -692,10 +769,14 @@ class _NativeBatch:
         else:
             self.rows.append((p, grad, state["ref"]))
 
-    def before(self, divisor: float) -> tuple[Tensor, Tensor]:
-        """Keep x in ``prev``; return the totals (<Delta, g>, <g, g>)."""
+    def before(
+        self, divisor: float, scratch: Callable[[tuple[Any, ...], int, torch.dtype], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Keep x in ``prev`` (a buffer from ``scratch``); return the totals
+        (<Delta, g>, <g, g>)."""
         p = self.rows[0][0]
-        buffer = torch.empty(sum(row[0].numel() for row in self.rows), dtype=p.dtype)
+        size = sum(row[0].numel() for row in self.rows)
+        buffer = scratch((p.dtype, self.stored), size, p.dtype)
         self.prev = list(buffer.split([row[0].numel() for row in self.rows]))
         if self.stored:
             rows = [(p, g, d, x) for (p, g, _, d), x in zip(self.rows, self.prev, strict=True)]

@@ -2,7 +2,7 @@
 
 Paper: F. Schaipp, R. Ohana, M. Eickenberg, A. Defazio, R. M. Gower, "MoMo: Momentum Models for
 Adaptive Learning Rates", ICML 2024, arXiv:2305.07583. Official code: ``fabian-sp/MoMo``, PyPI
-``momo-opt`` 0.1.0 (our numerical oracle). Spec: ``shared/specs/defazio_family.md`` section 4.
+``momo-opt`` 0.1.0 (our numerical oracle). Method page: ``docs/methods/loss-based.md``.
 
 Averages of past losses :math:`\\bar f`, gradients :math:`d` and inner products
 :math:`\\gamma = \\mathrm{avg}\\,\\langle g_j, x_j\\rangle` give a model of the loss,
@@ -22,10 +22,19 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim import _validation as check
+from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._names import resolve_alias
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._native import NativeKernel, last_array_scalar, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -83,12 +92,24 @@ def _group_sums(
 # -- native kernels (native/momo.cpp; see lrlab.optim._native) --------------------------------
 # The first passes take (grad, p, *averages, gamma) with gamma the tensor's 0-d average of
 # <g, x>, which they update; their sums per tensor are (the new gamma, <x, d>, ||d||^2_{D^-1}).
-_NATIVE_MOMO_AVERAGES = NativeKernel("momo", "momo_averages", arrays=4, sums=3, tensor_constants=1)
+_NATIVE_MOMO_AVERAGES = NativeKernel(
+    "momo",
+    "momo_averages",
+    arrays=4,
+    sums=3,
+    tensor_constants=1,
+    array_lengths=last_array_scalar(4),
+)
 # Momo's per-tensor constant: 1 where gamma starts at this step's <g, x>
 _STARTS_AT_GRAD_DOT, _CONTINUES = (1.0,), (0.0,)
 _NATIVE_MOMO_MOVE = NativeKernel("momo", "momo_move", arrays=2)
 _NATIVE_ADAM_MOMENTS = NativeKernel(
-    "momo", "momo_adam_moments", arrays=5, sums=3, tensor_constants=1
+    "momo",
+    "momo_adam_moments",
+    arrays=5,
+    sums=3,
+    tensor_constants=1,
+    array_lengths=last_array_scalar(5),
 )
 _NATIVE_ADAM_MOVE = NativeKernel("momo", "momo_adam_move", arrays=3, tensor_constants=1)
 
@@ -135,11 +156,21 @@ class _MomentumModel(AdaptiveOptimizer):
 
     needs_loss: ClassVar[bool] = True
     has_global_statistics: ClassVar[bool] = True
+    #: the per-tensor average of <g, x>
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {"grad_dot_w": SCALAR_STATE}
     global_defaults: ClassVar[dict[str, float | int]] = {
         "step": 0,
         "loss_avg": 0.0,
         "lower_bound": 0.0,
         "d_norm_sq": 0.0,
+    }
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "weight_decay": check.nonnegative(),
+        "lb": check.real(),
+        "use_fstar": check.boolean(),
     }
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
@@ -212,7 +243,7 @@ class _MomentumModel(AdaptiveOptimizer):
             _check_no_sparse(grads, name)
             # a fused group resolves it (a loop over every tensor) only for the tensors its
             # kernels leave: None here (fused=True allows no explicit foreach=True)
-            fused = group.get("fused", False)
+            fused = native_requested(group)
             foreach = (
                 group["foreach"] if fused else _foreach.resolve_foreach(group["foreach"], params)
             )
@@ -408,8 +439,10 @@ class Momo(_MomentumModel):
             float32/float64 tensors each pass is one native multi-tensor kernel call for all
             tensors of a dtype (see :mod:`lrlab.optim._native`); elsewhere the compiled kernels,
             one call per tensor (see :mod:`lrlab.optim._fused`), and non-contiguous tensors take
-            the ``foreach`` path. Opt-in: the first step pays the native build or the
-            compilation (seconds, once per machine or per process and dtype).
+            the ``foreach`` path.
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the parameters, so the sums are partial and
             reduced over ranks (not needed for DDP or DTensor, which is detected).
 """
@@ -422,6 +455,12 @@ class Momo(_MomentumModel):
         >>> optimizer.step(loss=loss)
     """
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "beta": check.in_range(0.0, 1.0, "[)"),
+        "bias_correction": check.boolean(),
+    }
 
     def __init__(
         self,
@@ -479,7 +518,7 @@ class Momo(_MomentumModel):
         grads: list[Tensor],
         foreach: bool | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        if not group.get("fused", False):
+        if not native_requested(group):
             return self._accumulate_eager(
                 group, params, grads, _foreach.resolve_foreach(foreach, params)
             )
@@ -508,7 +547,7 @@ class Momo(_MomentumModel):
                 rows.moves.append((p, d))
                 rows.constants.append(starts)
                 continue
-            if not flat_eligible(p, g, d, gamma):
+            if not (compiled_requested(group) and flat_eligible(p, g, d, gamma)):
                 rest.append((p, g))
                 continue
             if p.dtype not in constants:
@@ -568,7 +607,7 @@ class Momo(_MomentumModel):
         self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool | None
     ) -> None:
         lr, wd = group["lr"], group["weight_decay"]
-        if group.get("fused", False):
+        if native_requested(group):
             rest = self._move_fused(group, params, (-tau, 1 + lr * wd if wd > 0 else 1.0))
             if not rest:
                 return
@@ -595,7 +634,7 @@ class Momo(_MomentumModel):
         constants: dict[torch.dtype, Tensor] = {}
         for p in params:
             d = self.state[p]["grad_avg"]
-            if not flat_eligible(p, d):
+            if not (compiled_requested(group) and flat_eligible(p, d)):
                 rest.append(p)
                 continue
             if p.dtype not in constants:
@@ -670,9 +709,10 @@ class MomoAdam(_MomentumModel):
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
         fused: True runs the work in two passes over memory (the moments and the tensors'
             sums, then the move): native multi-tensor kernels on CPU float32/float64 tensors,
-            elsewhere the compiled kernels, as in :class:`Momo`. Opt-in: the first step pays the
-            native build or the compilation (seconds, once per machine or per process and
-            dtype).
+            elsewhere the compiled kernels, as in :class:`Momo`.
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: as :class:`Momo`.
 """
         + _MOMO_NOTES
@@ -692,6 +732,13 @@ class MomoAdam(_MomentumModel):
         >>> optimizer.step(loss=loss)
     """
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "eps": check.positive(),
+        "divide": check.boolean(),
+    }
 
     def __init__(
         self,
@@ -763,7 +810,7 @@ class MomoAdam(_MomentumModel):
         grads: list[Tensor],
         foreach: bool | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        if not group.get("fused", False):
+        if not native_requested(group):
             return self._accumulate_eager(
                 group, params, grads, _foreach.resolve_foreach(foreach, params)
             )
@@ -790,7 +837,7 @@ class MomoAdam(_MomentumModel):
                 rows.moves.append((p, m, v))
                 rows.constants.append(biases[step])
                 continue
-            if not flat_eligible(p, g, m, v, gamma):
+            if not (compiled_requested(group) and flat_eligible(p, g, m, v, gamma)):
                 rest.append((p, g))  # the eager path counts its step
                 continue
             state["step"] += 1
@@ -868,7 +915,7 @@ class MomoAdam(_MomentumModel):
         self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool | None
     ) -> None:
         lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
-        if group.get("fused", False):
+        if native_requested(group):
             rest = self._move_fused(group, params, tau)
             if not rest:
                 return
@@ -905,7 +952,7 @@ class MomoAdam(_MomentumModel):
         for p in params:
             state = self.state[p]
             m, v = state["grad_avg"], state["grad_avg_sq"]
-            if not flat_eligible(p, m, v):
+            if not (compiled_requested(group) and flat_eligible(p, m, v)):
                 rest.append(p)
                 continue
             key = (p.dtype, int(state["step"]))

@@ -2,7 +2,7 @@
 
 SPS: N. Loizou, S. Vaswani, I. Laradji, S. Lacoste-Julien, "Stochastic Polyak Step-size for SGD:
 An Adaptive Learning Rate for Fast Convergence", AISTATS 2021, arXiv:2002.10542. Official code:
-``IssamLaradji/sps`` (not on PyPI; no oracle). Spec: ``shared/specs/defazio_family.md`` 5.1.
+``IssamLaradji/sps`` (not on PyPI; no oracle). Method page: ``docs/methods/loss-based.md``.
 
 TAPS / MOTAPS: R. M. Gower, A. Defazio, M. Rabbat, "Stochastic Polyak Stepsize with a Moving
 Target", arXiv:2106.11851 (2021). No public code, and the paper's full text was not available to
@@ -16,6 +16,7 @@ also need the training-set index of every example of the batch
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -200,6 +202,19 @@ class SPS(AdaptiveOptimizer):
     has_global_statistics: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {"grad_norm": 0.0, "polyak_step": 0.0}
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.nonnegative(),
+        "n_batches_per_epoch": check.integer(1),
+        "init_step_size": check.positive(),
+        "c": check.positive(),
+        "gamma": check.in_range(1.0, math.inf, "[)"),
+        "eta_max": check.optional(check.positive()),
+        "adapt_flag": check.one_of("smooth_iter", "constant"),
+        "fstar": check.real(),
+        "eps": check.nonnegative(),
+    }
+
     def __init__(
         self,
         params: ParamsT,
@@ -345,6 +360,37 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
         "step_size": 0.0,
         "grad_norm": 0.0,
     }
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "num_examples": check.integer(1),
+        "lr": check.positive(),
+        "fstar": check.real(),
+        "lmbda": check.in_range(0.0, 1.0, "[]"),
+        "push": check.in_range(0.0, 1.0, "[)"),
+        "lb": check.real(),
+    }
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        table = group.get(EXAMPLE_TABLE_KEY)
+        if table is None:
+            return
+        # a table of the wrong length would be indexed past its end by example_indices
+        n = group.get("num_examples")
+        if not (
+            isinstance(table, Tensor)
+            and table.dtype == torch.float64
+            and tuple(table.shape) == (n,)
+        ):
+            found = (
+                f"{tuple(table.shape)} {table.dtype}"
+                if isinstance(table, Tensor)
+                else type(table).__name__
+            )
+            raise ValueError(
+                f"{EXAMPLE_TABLE_KEY} must be a float64 tensor of shape ({n},) (num_examples), "
+                f"got {found}"
+            )
 
     def __init__(
         self, params: ParamsT, defaults: dict[str, Any], num_examples: int, initial: float

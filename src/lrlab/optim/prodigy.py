@@ -1,7 +1,7 @@
 r"""Prodigy: an Adam whose step size is estimated online from the distance travelled.
 
 Paper: Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner",
-ICML 2024, arXiv:2306.06101. Spec: ``shared/specs/defazio_family.md`` section 2. The released
+ICML 2024, arXiv:2306.06101. Method page: ``docs/methods/d-adaptation.md``. The released
 package ``prodigyopt==1.1.2`` is the numerical oracle; :class:`Prodigy` takes its arguments, in
 its order, with its defaults (a drop-in replacement).
 
@@ -24,6 +24,7 @@ name; ask for it with the algorithm box in hand.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -31,9 +32,10 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim import _validation as check
+from lrlab.optim._base import StateEntry, StepContext
+from lrlab.optim._executor import Pass, Plan, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -53,6 +55,12 @@ from lrlab.optim.dadaptation import (
 )
 
 __all__ = ["Prodigy"]
+
+
+def _sliced_length(p: Tensor, group: Mapping[str, Any]) -> int:
+    """Entries of ``p.reshape(-1)[::slice_p]``."""
+    slice_p = group.get("slice_p", 1)
+    return -(-p.numel() // slice_p) if isinstance(slice_p, int) and slice_p > 0 else -1
 
 
 @register(
@@ -161,7 +169,10 @@ class Prodigy(_DistanceEstimator):
             ``slice_p`` (see :mod:`lrlab.optim._native`); elsewhere each tensor's pass is a
             compiled kernel, except the first pass with ``slice_p > 1`` (the ``foreach=False``
             path), and a non-contiguous tensor takes the eager path (see
-            :mod:`lrlab.optim._fused`). Opt-in: the first step pays the build or compilation.
+            :mod:`lrlab.optim._fused`).
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
 
     .. note::
         Deviations from ``prodigyopt==1.1.2`` (spec 2.2), identical numbers otherwise:
@@ -189,6 +200,18 @@ class Prodigy(_DistanceEstimator):
         >>> scheduler.step()
     """
 
+    #: s and x0 keep every slice_p-th entry of the flattened tensor (x0: 0-d for an all-zero
+    #: tensor)
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {
+        "s": StateEntry(
+            shapes=lambda p, group: ((_sliced_length(p, group),),),
+            dtype=lambda p: _foreach.accumulation_dtype(p.dtype),
+        ),
+        "p0": StateEntry(shapes=lambda p, group: ((_sliced_length(p, group),), ())),
+        # float32 for float16/bfloat16 parameters (see _init_states)
+        "exp_avg": StateEntry(dtype=lambda p: _foreach.accumulation_dtype(p.dtype)),
+        "exp_avg_sq": StateEntry(dtype=lambda p: _foreach.accumulation_dtype(p.dtype)),
+    }
     global_defaults: ClassVar[dict[str, float | int]] = {
         "k": 0,
         "d": 1e-6,
@@ -204,6 +227,16 @@ class Prodigy(_DistanceEstimator):
         "decouple",
         "use_bias_correction",
     )
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": check.betas(),
+        "beta3": check.optional(check.in_range(0.0, 1.0, "[)")),
+        "decouple": check.boolean(),
+        "use_bias_correction": check.boolean(),
+        "safeguard_warmup": check.boolean(),
+        "slice_p": check.integer(1),
+    }
 
     def __init__(
         self,
@@ -262,12 +295,6 @@ class Prodigy(_DistanceEstimator):
         super().__init__(params, defaults)
         self._set_global("d_max", float(d0))
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        super()._check_group(group)
-        check_bool("safeguard_warmup", group["safeguard_warmup"])
-        check_int("slice_p", group["slice_p"], 1)
-        group.setdefault("fused", False)
-
     def _init_states(self) -> None:
         """State of the parameters seen for the first time (one host sync, first step only)."""
         beta1 = self.param_groups[0]["betas"][0]
@@ -286,13 +313,21 @@ class Prodigy(_DistanceEstimator):
         for (group, p), any_nonzero in zip(fresh, nonzero, strict=True):
             state = self.state[p]
             sliced = p.detach().reshape(-1)[:: group["slice_p"]]
-            state["s"] = torch.zeros_like(sliced)
+            # float32 statistics for float16/bfloat16 parameters: the moments carry factors d
+            # and d^2 (d0 = 1e-6: 1e-12), which underflow to 0 in float16 and make the first
+            # step divide by zero (the package's NaN after one step)
+            wide = _foreach.accumulation_dtype(p.dtype)
+            state["s"] = torch.zeros_like(sliced, dtype=wide)
             state["p0"] = (
                 sliced.clone() if any_nonzero else torch.zeros((), dtype=p.dtype, device=p.device)
             )
             if beta1 > 0:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=wide, memory_format=torch.preserve_format
+                )
+            state["exp_avg_sq"] = torch.zeros_like(
+                p, dtype=wide, memory_format=torch.preserve_format
+            )
 
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
@@ -307,106 +342,44 @@ class Prodigy(_DistanceEstimator):
             if first["use_bias_correction"]
             else 1.0
         )
-        lam = d * lr * correction
+        lam = d * lr * correction  # lambda_k
         self._init_states()
+        moments = _MOMENTS if beta1 > 0 else _MOMENTS_WITHOUT_MOMENTUM
 
-        # (group, p, grad, g, fused update) of every parameter with a gradient; g includes
-        # coupled decay, and is None where no eager pass needs it
-        entries: list[tuple[dict[str, Any], Tensor, Tensor, Tensor | None, bool]] = []
-        distances, l1 = [], []
-        # per group, the update's rows of the native kernel by dtype: (p, direction, v)
-        native_steps: list[dict[torch.dtype, list[tuple[Tensor, ...]]]] = []
-        native_moments = _NATIVE_MOMENTS if beta1 > 0 else _NATIVE_MOMENTS_WITHOUT_MOMENTUM
+        # m, v, s, and this step's increments of r (the distance) and of ||s||_1
+        plans: list[tuple[dict[str, Any], Plan]] = []
+        distances: list[Tensor] = []
+        l1: list[Tensor] = []
         for group in self.param_groups:
-            weight_decay, slice_p = group["weight_decay"], group["slice_p"]
-            fast = _fast(group)
-            fused = bool(group.get("fused", False))
+            rows = [self._arrays(p, grad, beta1) for p, grad in self._with_grads(group)]
+            plan = route(group, rows, (moments, _STEP))
+            plans.append((group, plan))
+            if group["lr"] == 0:  # takes no part in the estimate
+                continue
             weight = d if group["safeguard_warmup"] else lam
-            constants: dict[torch.dtype, Tensor] = {}
-            native = fused and native_moments.available()
-            native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
-            # per row: 1 where x0 is the one element of an all-zero tensor's 0-d x0
-            native_broadcast: dict[torch.dtype, list[tuple[float]]] = {}
-            native_step: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
-            for p, grad in self._with_grads(group):
-                state = self.state[p]
-                moments = [state["exp_avg_sq"], *([state["exp_avg"]] if beta1 > 0 else [])]
-                if native and native_eligible(grad, p, state["s"], state["p0"], *moments):
-                    direction = moments[1] if beta1 > 0 else grad
-                    native_step.setdefault(p.dtype, []).append((p, direction, moments[0]))
-                    if group["lr"] != 0:
-                        row = (grad, p, state["p0"], state["s"], *moments)
-                        native_rows.setdefault(p.dtype, []).append(row)
-                        broadcast = (1.0 if state["p0"].dim() == 0 else 0.0,)
-                        native_broadcast.setdefault(p.dtype, []).append(broadcast)
-                    continue
-                fused_update = fused and flat_eligible(p, grad, *moments)
-                # the kernel reads s and x0 flat: every slice_p-th entry is not a flat view
-                fused_statistics = (
-                    fused_update and slice_p == 1 and flat_eligible(state["s"], state["p0"])
-                )
-                g = None
-                if not fused_update or (group["lr"] != 0 and not fused_statistics):
-                    g = grad if decouple else _weight_decayed(grad, p, weight_decay)
-                entries.append((group, p, grad, g, fused_update))
-                if group["lr"] == 0:
-                    continue
-                if fused_statistics:
-                    if p.dtype not in constants:
-                        constants[p.dtype] = scalars(
-                            (
-                                0.0 if decouple else weight_decay,
-                                (d / d0) * lam,
-                                beta1,
-                                d * (1 - beta1),
-                                beta2,
-                                d * d * (1 - beta2),
-                                beta3,
-                                (d / d0) * weight,
-                            ),
-                            p,
-                        )
-                    # a 0-d x0 (an all-zero tensor) views as one element and broadcasts
-                    flat_tensors = [flat(t) for t in (grad, p, state["p0"], state["s"], *moments)]
-                    if beta1 > 0:
-                        distance, norm = _prodigy_moments(*flat_tensors, constants[p.dtype])
-                    else:
-                        distance, norm = _prodigy_moments_without_momentum(
-                            *flat_tensors, constants[p.dtype]
-                        )
-                    distances.append(distance)
-                    l1.append(norm)
-                    continue
-                assert g is not None
-                g_hat = g.reshape(-1)[::slice_p]
-                x_hat = p.detach().reshape(-1)[::slice_p]
-                distances.append(torch.dot(g_hat, state["p0"] - x_hat) * ((d / d0) * lam))
-                if beta1 > 0:
-                    state["exp_avg"].mul_(beta1).add_(g, alpha=d * (1 - beta1))
-                state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=d * d * (1 - beta2))
-                state["s"].mul_(beta3).add_(g_hat, alpha=(d / d0) * weight)
-                l1.append(_l1(state["s"], fast))
-            for dtype, rows in native_rows.items():
-                sums = native_moments(
-                    rows,
-                    (
-                        0.0 if decouple else weight_decay,
-                        (d / d0) * lam,
-                        beta1,
-                        d * (1 - beta1),
-                        beta2,
-                        d * d * (1 - beta2),
-                        beta3,
-                        (d / d0) * weight,
-                        slice_p,
-                    ),
-                    native_broadcast[dtype],
-                )
-                assert sums is not None  # available() was checked above
-                distance, norm = sums.sum(0).to(_foreach.accumulation_dtype(dtype))
+            scalars = {
+                "coupled_decay": 0.0 if decouple else group["weight_decay"],
+                "distance_scale": (d / d0) * lam,
+                "beta1": beta1,
+                "m_scale": d * (1 - beta1),
+                "beta2": beta2,
+                "v_scale": d * d * (1 - beta2),
+                "beta3": beta3,
+                "s_scale": (d / d0) * weight,
+                "slice_p": group["slice_p"],
+            }
+            # a 0-d x0 (an all-zero tensor's) is one element that broadcasts
+            x0_scalars = [{"x0_broadcasts": float(row["p0"].dim() == 0)} for row in rows]
+            # the compiled kernel reads s and x0 flat: every slice_p-th entry is not flat
+            fast = plan.run(
+                moments, scalars, tensor_scalars=x0_scalars, compiled=group["slice_p"] == 1
+            )
+            for index in plan.reference + fast.reference:
+                distance, norm = self._moments_reference(group, rows[index], scalars)
                 distances.append(distance)
                 l1.append(norm)
-            native_steps.append(native_step)
+            distances += fast.parts("distance")
+            l1 += fast.parts("l1")
 
         increment, denominator = self._global_floats([self._total(distances), self._total(l1)])
         if denominator == 0.0:  # no progress: skip on every rank, after the collective
@@ -421,50 +394,19 @@ class Prodigy(_DistanceEstimator):
             d_max = max(d_max, d_hat)
             d = min(d_max, d * float(first["growth_rate"]))
 
-        for group, native_step in zip(self.param_groups, native_steps, strict=True):
-            for rows in native_step.values():
-                weight_decay = group["weight_decay"]
-                _NATIVE_STEP(
-                    rows,
-                    (
-                        -weight_decay * lam if decouple else 0.0,
-                        # the raw gradient (beta1 = 0) is the one with coupled decay
-                        weight_decay if beta1 == 0 and not decouple else 0.0,
-                        -lam if beta1 > 0 else -lam * d,
-                        d * group["eps"],
-                    ),
-                )
-        # scalars of the update kernel, per (group, dtype)
-        step_constants: dict[tuple[int, torch.dtype], Tensor] = {}
-        for group, p, grad, g, fused_update in entries:
-            state = self.state[p]
-            if fused_update:
-                key = (id(group), p.dtype)
-                if key not in step_constants:
-                    weight_decay = group["weight_decay"]
-                    step_constants[key] = scalars(
-                        (
-                            -weight_decay * lam if decouple else 0.0,
-                            # the raw gradient (beta1 = 0) is the one with coupled decay
-                            weight_decay if beta1 == 0 and not decouple else 0.0,
-                            -lam if beta1 > 0 else -lam * d,
-                            d * group["eps"],
-                        ),
-                        p,
-                    )
-                direction = state["exp_avg"] if beta1 > 0 else grad
-                _prodigy_step(
-                    flat(p), flat(direction), flat(state["exp_avg_sq"]), step_constants[key]
-                )
-                continue
-            assert g is not None
-            denom = state["exp_avg_sq"].sqrt().add_(d * group["eps"])
-            if group["weight_decay"] != 0 and decouple:
-                p.add_(p, alpha=-group["weight_decay"] * lam)
-            if beta1 > 0:
-                p.addcdiv_(state["exp_avg"], denom, value=-lam)
-            else:
-                p.addcdiv_(g, denom, value=-lam * d)
+        # x -= omega lam x [decouple] + lam m / (sqrt(v) + d_{k+1} eps)
+        for group, plan in plans:
+            weight_decay = group["weight_decay"]
+            scalars = {
+                "decoupled_decay": -weight_decay * lam if decouple else 0.0,
+                # the raw gradient (beta1 = 0) is the one with coupled decay
+                "coupled_decay": weight_decay if beta1 == 0 and not decouple else 0.0,
+                "step": -lam if beta1 > 0 else -lam * d,
+                "eps": d * group["eps"],
+            }
+            plan.run(_STEP, scalars)
+            for index in plan.reference:
+                self._move_reference(group, plan.rows[index], scalars)
         for group in self.param_groups:
             group["effective_lr"] = lam if group["lr"] > 0 else 0.0
         self._set_global("d_numerator", numerator)
@@ -474,6 +416,45 @@ class Prodigy(_DistanceEstimator):
         self._set_global("d", d)
         self._set_global("k", k + 1)
 
+    def _arrays(self, p: Tensor, grad: Tensor, beta1: float) -> dict[str, Tensor]:
+        """The named arrays of one parameter that the passes read and write."""
+        state = self.state[p]
+        arrays = {"grad": grad, "p": p, "p0": state["p0"], "s": state["s"]}
+        arrays["v"] = state["exp_avg_sq"]
+        if beta1 > 0:
+            arrays["m"] = state["exp_avg"]
+        # the update's direction: m, or the raw gradient without momentum
+        arrays["direction"] = arrays["m"] if beta1 > 0 else grad
+        return arrays
+
+    def _moments_reference(
+        self, group: dict[str, Any], arrays: dict[str, Tensor], c: dict[str, float]
+    ) -> tuple[Tensor, Tensor]:
+        """The moments pass of one parameter (the package's operations); returns its
+        increments of r and of ||s||_1."""
+        grad, p, slice_p = arrays["grad"], arrays["p"], group["slice_p"]
+        g = grad if c["coupled_decay"] == 0 else _weight_decayed(grad, p, c["coupled_decay"])
+        g_hat = g.reshape(-1)[::slice_p]
+        x_hat = p.detach().reshape(-1)[::slice_p]
+        distance = torch.dot(g_hat, arrays["p0"] - x_hat) * c["distance_scale"]
+        if "m" in arrays:
+            arrays["m"].mul_(c["beta1"]).add_(g, alpha=c["m_scale"])
+        arrays["v"].mul_(c["beta2"]).addcmul_(g, g, value=c["v_scale"])
+        arrays["s"].mul_(c["beta3"]).add_(g_hat, alpha=c["s_scale"])
+        return distance, _l1(arrays["s"], _fast(group))
+
+    def _move_reference(
+        self, group: dict[str, Any], arrays: dict[str, Tensor], c: dict[str, float]
+    ) -> None:
+        """The update of one parameter (the package's operations)."""
+        p, direction = arrays["p"], arrays["direction"]
+        if c["coupled_decay"] != 0:
+            direction = _weight_decayed(direction, p, c["coupled_decay"])
+        denom = arrays["v"].sqrt().add_(c["eps"])
+        if c["decoupled_decay"] != 0:
+            p.add_(p, alpha=c["decoupled_decay"])
+        p.addcdiv_(direction, denom, value=c["step"])
+
     def _statistics(self) -> dict[str, float]:
         first = self.param_groups[0]
         return {
@@ -481,54 +462,96 @@ class Prodigy(_DistanceEstimator):
         }
 
 
-# -- native kernels (see :mod:`lrlab.optim._native`) -----------------------------------------
+# -- the passes' kernels (see :mod:`lrlab.optim._executor`) -------------------------------------
 
-_NATIVE_MOMENTS = NativeKernel(
-    "prodigy", "prodigy_moments_momentum", arrays=6, sums=2, tensor_constants=1
+_MOMENTS_SCHEMA = Schema(
+    "ProdigyMoments",
+    scalars=(
+        "coupled_decay",
+        "distance_scale",  # (d / d0) lam
+        "beta1",
+        "m_scale",  # d (1 - beta1)
+        "beta2",
+        "v_scale",  # d^2 (1 - beta2)
+        "beta3",
+        "s_scale",  # (d / d0) w
+        "slice_p",
+    ),
+    tensor_scalars=("x0_broadcasts",),
+    sums=("distance", "l1"),  # (d / d0) lam <g_hat, x0 - x_hat>, ||s_new||_1
 )
-_NATIVE_MOMENTS_WITHOUT_MOMENTUM = NativeKernel(
-    "prodigy", "prodigy_moments_without_momentum", arrays=5, sums=2, tensor_constants=1
-)
-_NATIVE_STEP = NativeKernel("prodigy", "prodigy_step", arrays=3)
-
-
-# -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------
+_STEP_SCHEMA = Schema("ProdigyStep", scalars=("decoupled_decay", "coupled_decay", "step", "eps"))
 
 
 def _second_moment_and_sums(
-    g: Tensor, p: Tensor, p0: Tensor, s: Tensor, v: Tensor, c: Tensor
+    g: Tensor, p: Tensor, p0: Tensor, s: Tensor, v: Tensor, c: dict[str, Tensor]
 ) -> tuple[Tensor, Tensor]:
-    """What both first-pass kernels share (inlined into each when compiled)."""
-    distance = (g * (p0 - p)).sum() * c[1]
-    v.copy_(v * c[4] + c[5] * g * g)
-    s_new = s * c[6] + g * c[7]
+    """What both compiled first-pass kernels share (inlined into each when compiled)."""
+    distance = (g * (p0 - p)).sum() * c["distance_scale"]
+    v.copy_(v * c["beta2"] + c["v_scale"] * g * g)
+    s_new = s * c["beta3"] + g * c["s_scale"]
     s.copy_(s_new)
     return distance, s_new.abs().sum()
 
 
 @kernel
 def _prodigy_moments(
-    grad: Tensor, p: Tensor, p0: Tensor, s: Tensor, v: Tensor, m: Tensor, c: Tensor
+    grad: Tensor, p: Tensor, p0: Tensor, s: Tensor, v: Tensor, m: Tensor, scalars: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Prodigy's first pass in one sweep; ``c`` = (coupled decay, (d / d0) lam, beta1,
-    d (1 - beta1), beta2, d^2 (1 - beta2), beta3, (d / d0) w). Returns the tensor's
-    (d / d0) lam <g, x0 - x> and ||s_new||_1."""
-    g = grad + c[0] * p
-    m.copy_(m * c[2] + g * c[3])
+    """Prodigy's first pass in one sweep (slice_p = 1)."""
+    c = _MOMENTS_SCHEMA.read(scalars)
+    g = grad + c["coupled_decay"] * p
+    m.copy_(m * c["beta1"] + g * c["m_scale"])
     return _second_moment_and_sums(g, p, p0, s, v, c)
 
 
 @kernel
 def _prodigy_moments_without_momentum(
-    grad: Tensor, p: Tensor, p0: Tensor, s: Tensor, v: Tensor, c: Tensor
+    grad: Tensor, p: Tensor, p0: Tensor, s: Tensor, v: Tensor, scalars: Tensor
 ) -> tuple[Tensor, Tensor]:
     """:func:`_prodigy_moments` for beta1 = 0, which keeps no momentum buffer."""
-    return _second_moment_and_sums(grad + c[0] * p, p, p0, s, v, c)
+    c = _MOMENTS_SCHEMA.read(scalars)
+    return _second_moment_and_sums(grad + c["coupled_decay"] * p, p, p0, s, v, c)
 
 
 @kernel
-def _prodigy_step(p: Tensor, direction: Tensor, v: Tensor, c: Tensor) -> None:
-    """Prodigy's parameter update; ``c`` = (-decoupled decay times lam, coupled decay of a raw
-    gradient direction, -lam (or -lam d_new with beta1 = 0), d_new eps)."""
-    u = direction + c[1] * p
-    p.copy_(p + c[0] * p + c[2] * u / (v.sqrt() + c[3]))
+def _prodigy_step(p: Tensor, direction: Tensor, v: Tensor, scalars: Tensor) -> None:
+    """Prodigy's parameter update."""
+    c = _STEP_SCHEMA.read(scalars)
+    u = direction + c["coupled_decay"] * p
+    p.copy_(p + c["decoupled_decay"] * p + c["step"] * u / (v.sqrt() + c["eps"]))
+
+
+def _moments_lengths(
+    n: int, constants: Sequence[float], broadcast: Sequence[float]
+) -> tuple[int, ...]:
+    """Element counts of (grad, p, x0, s, v[, m]): x0 and s hold every slice_p-th entry
+    (scalar ``slice_p``), x0 one element where it broadcasts (``x0_broadcasts``)."""
+    sliced = -(-n // int(constants[_MOMENTS_SCHEMA.scalars.index("slice_p")]))
+    x0 = 1 if broadcast[0] != 0.0 else sliced
+    return (n, n, x0, sliced, n, n)
+
+
+_MOMENTS = Pass(
+    "prodigy",
+    ("grad", "p", "p0", "s", "v", "m"),
+    _MOMENTS_SCHEMA,
+    native="prodigy_moments_momentum",
+    compiled=_prodigy_moments,
+    array_lengths=_moments_lengths,
+)
+_MOMENTS_WITHOUT_MOMENTUM = Pass(
+    "prodigy",
+    ("grad", "p", "p0", "s", "v"),
+    _MOMENTS_SCHEMA,
+    native="prodigy_moments_without_momentum",
+    compiled=_prodigy_moments_without_momentum,
+    array_lengths=lambda n, constants, broadcast: _moments_lengths(n, constants, broadcast)[:5],
+)
+_STEP = Pass(
+    "prodigy",
+    ("p", "direction", "v"),
+    _STEP_SCHEMA,
+    native="prodigy_step",
+    compiled=_prodigy_step,
+)

@@ -1,7 +1,7 @@
 """Schedule-Free SGD and AdamW: iterate averaging in place of a learning-rate schedule.
 
 Paper: Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky, "The Road Less Scheduled",
-NeurIPS 2024 (arXiv:2405.15682). Spec: ``shared/specs/defazio_family.md`` section 7 (the released
+NeurIPS 2024 (arXiv:2405.15682). Method page: ``docs/methods/schedule-free.md`` (the released
 package ``schedulefree==1.4.1`` is the numerical oracle).
 
 Three sequences: the base iterate ``z`` (plain SGD / AdamW steps), its weighted average ``x`` (the
@@ -13,7 +13,7 @@ How to checkpoint in either mode and how to recalibrate BatchNorm statistics for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -21,8 +21,17 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -66,6 +75,15 @@ class _ScheduleFree(AdaptiveOptimizer):
     #: the native kernel of the whole step and the state tensors it takes after (grad, param)
     _native_step: ClassVar[NativeKernel]
     _native_state_keys: ClassVar[tuple[str, ...]] = ("z",)
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.nonnegative(),
+        "weight_decay": check.nonnegative(),
+        "warmup_steps": check.integer(0),
+        "r": check.nonnegative(),
+        "weight_lr_power": check.nonnegative(),
+    }
 
     def _beta(self, group: Mapping[str, Any]) -> float:
         raise NotImplementedError
@@ -136,7 +154,7 @@ class _ScheduleFree(AdaptiveOptimizer):
     def _interpolate(self, group: dict[str, Any], weight: float) -> None:
         """``p = lerp(p, z, weight)`` for every parameter of ``group`` that has a ``z``; with
         ``fused=True``, CPU float32/float64 tensors in one native call per dtype."""
-        native = group.get("fused", False) and _NATIVE_INTERPOLATE.available()
+        native = native_requested(group) and _NATIVE_INTERPOLATE.available()
         native_rows: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}
         for p in group["params"]:
             state = self.state[p]
@@ -200,7 +218,7 @@ class _ScheduleFree(AdaptiveOptimizer):
             # y_{k+1} = (1 - c) y + c z - lr (1 - beta (1 - c)) d  ==  spec 7.1 in y only
             y_step = lr * (beta * (1 - c) - 1)
             # .get: checkpoints written before the fused path existed have no "fused" key
-            if group.get("fused", False):
+            if native_requested(group):
                 # every scalar of the step is known before the pass (no global reduction), so
                 # one native call per dtype (CPU float32/float64 tensors) or one compiled call
                 # per tensor does the whole step
@@ -216,7 +234,9 @@ class _ScheduleFree(AdaptiveOptimizer):
                         if native_eligible(*row):
                             native_rows.setdefault(p.dtype, []).append(row)
                             continue
-                    if not self._fused_step(group, p, grad, k, (lr, c, y_step), constants):
+                    if not compiled_requested(group) or not self._fused_step(
+                        group, p, grad, k, (lr, c, y_step), constants
+                    ):
                         rest.append(index)
                 if native_rows:
                     values = self._native_constants(group, k, (lr, c, y_step))
@@ -266,6 +286,13 @@ class _ScheduleFree(AdaptiveOptimizer):
             "k": float(group["k"]),
             "train_mode": 1.0 if self.training else 0.0,
         }
+
+
+def _check_schedule_free_betas(name: str, betas: object) -> None:
+    """Two coefficients in [0, 1), the first in (0, 1): beta1 = 0 would never average."""
+    check_betas(name, betas)
+    assert isinstance(betas, Sequence)
+    check_range(f"{name}[0]", betas[0], 0.0, 1.0, "()")
 
 
 def _check_common(
@@ -392,6 +419,11 @@ class SGDScheduleFree(_ScheduleFree):
         ...     optimizer.step()
         >>> optimizer.eval()  # parameters now hold x: evaluate, save
     """
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "momentum": check.in_range(0.0, 1.0, "()")
+    }
 
     def __init__(
         self,
@@ -547,6 +579,12 @@ class AdamWScheduleFree(_ScheduleFree):
         >>> optimizer.step()
         >>> optimizer.eval(); evaluate(model); optimizer.train()
     """
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "betas": _check_schedule_free_betas,
+        "eps": check.positive(),
+    }
 
     def __init__(
         self,

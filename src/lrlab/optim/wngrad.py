@@ -3,7 +3,7 @@
 Paper: X. Wu, R. Ward, L. Bottou, "WNGrad: Learn the Learning Rate in Gradient Descent",
 arXiv:1803.02865 (2018). Code: the first author's PyTorch fork ``xwuShirley/pytorch``
 (``torch/optim/wngrad.py``, ``wnadam.py``) and ``mlpack/ensmallen`` (WNGrad).
-Spec: ``shared/specs/path_and_loss_methods.md`` section 4.
+Method page: ``docs/methods/accumulator.md``.
 
 ``b`` only grows, so the step size only shrinks; a too-small ``b0`` (too-large learning rate)
 makes the first increment of ``b`` large, which corrects the step size after one step.
@@ -12,6 +12,7 @@ makes the first increment of ``b`` large, which corrects the step size after one
 from __future__ import annotations
 
 import array
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -20,8 +21,17 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
-from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import check_fused, flat, flat_eligible, kernel, scalars
+from lrlab.optim import _validation as check
+from lrlab.optim._base import AdaptiveOptimizer, StateEntry, StepContext
+from lrlab.optim._fused import (
+    check_fused,
+    compiled_requested,
+    flat,
+    flat_eligible,
+    kernel,
+    native_requested,
+    scalars,
+)
 from lrlab.optim._names import resolve_alias
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
@@ -58,6 +68,12 @@ def _row_dims(p: Tensor) -> tuple[int, ...] | None:
     return tuple(range(2, p.dim()))
 
 
+def _b_shape(p: Tensor, granularity: str) -> tuple[int, ...]:
+    """The shape of a tensor's ``b`` at ``granularity`` "tensor" or "row"."""
+    dims = _row_dims(p) if granularity == "row" else None
+    return () if dims is None else tuple(1 if d in dims else size for d, size in enumerate(p.shape))
+
+
 class _WeightNormAccumulator(AdaptiveOptimizer):
     """Shared machinery of WNGrad and WN-Adam: the ``b`` accumulators at every granularity.
 
@@ -67,6 +83,18 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
 
     has_global_statistics: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {"b": 1.0}
+    #: b per tensor (0-d) or per row (keepdim shape; 0-d for a tensor that is not adapted)
+    state_layout: ClassVar[Mapping[str, StateEntry]] = {
+        "b": StateEntry(shapes=lambda p, group: (_b_shape(p, group["granularity"]),))
+    }
+
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "b0": check.positive(),
+        "granularity": check.one_of(*GRANULARITIES),
+        "weight_decay": check.nonnegative(),
+    }
 
     def _common_defaults(
         self, lr: float, b0: float, granularity: str, weight_decay: float, sharded: bool
@@ -135,7 +163,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
     ) -> tuple[list[Tensor], list[Tensor]]:
         """(tensors the kernels step, the others) of a group; all others without fused."""
         # .get: checkpoints written before the fused path have no "fused" key
-        if not group.get("fused", False):
+        if not compiled_requested(group):
             return [], params
         fused, rest = [], []
         for p in params:
@@ -239,7 +267,14 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
             for dtype, batch in native.items():
                 sums = self._native_first_pass(group, dtype, batch)
                 b_new = _run_native(
-                    _NATIVE_ACCUMULATE, dtype, batch.b, [1] * len(batch.sizes), (), sums, []
+                    _NATIVE_ACCUMULATE,
+                    dtype,
+                    batch.b,
+                    [1] * len(batch.sizes),
+                    (),
+                    sums,
+                    [],
+                    batch.buffers,
                 )
                 self._native_move_pass(group, dtype, batch, lr, b_new)
                 sizes = torch.tensor(batch.sizes, dtype=torch.float64)
@@ -303,7 +338,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
     ) -> tuple[dict[torch.dtype, _NativeBatch], list[Tensor]]:
         """(the native kernels' blocks of the group by dtype, the tensors they do not take)."""
         # .get: checkpoints written before the fused path have no "fused" key
-        if not group.get("fused", False) or not _NATIVE_ACCUMULATE.available():
+        if not native_requested(group) or not _NATIVE_ACCUMULATE.available():
             return {}, params
         batches: dict[torch.dtype, _NativeBatch] = {}
         rest: list[Tensor] = []
@@ -355,6 +390,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
             batch.written.extend(
                 [p, *self._fused_state(p)] if b is None else [p, *self._fused_state(p), b]
             )
+            batch.buffers.extend(tensors)
         return batches, rest
 
     def _update_blocks(
@@ -485,9 +521,10 @@ class WNGrad(_WeightNormAccumulator):
             ``"tensor"`` and ``"row"``, the blocks' sums, :math:`b` (one element per block) and
             the move. Elsewhere (CUDA, bfloat16, non-contiguous) the compiled kernels of
             :mod:`lrlab.optim._fused`: ``"global"`` as above, ``"tensor"`` and ``"row"`` one
-            kernel per tensor; small tensors there take the ``foreach`` path. Opt-in: the first
-            step pays the build (native, once per machine) or the compilation (seconds, once
-            per process and dtype).
+            kernel per tensor; small tensors there take the ``foreach`` path.
+            Default None: the native kernels wherever they run (built once per machine,
+            cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
+            first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the parameters, so the global
             :math:`\lVert g\rVert^2` is a partial sum to be reduced over ranks (DTensor is
             detected; per-tensor and per-row blocks need no reduction).
@@ -553,6 +590,7 @@ class WNGrad(_WeightNormAccumulator):
             (group["weight_decay"],),
             array.array("d", batch.factors),
             [],
+            batch.buffers,
         )
 
     def _native_move_pass(
@@ -568,7 +606,14 @@ class WNGrad(_WeightNormAccumulator):
         per_block = array.array("d", [1.0]) * len(batch.sizes) if b_new is None else b_new
         constants = (group["weight_decay"], -step_size * 1.0)
         _run_native(
-            _NATIVE_WNGRAD_MOVE, dtype, batch.move, batch.sizes, constants, per_block, batch.written
+            _NATIVE_WNGRAD_MOVE,
+            dtype,
+            batch.move,
+            batch.sizes,
+            constants,
+            per_block,
+            batch.written,
+            batch.buffers,
         )
 
     def _fused_sums(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
@@ -662,6 +707,9 @@ class WNAdam(_WeightNormAccumulator):
     """
     )
 
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"beta": check.in_range(0.0, 1.0, "[)")}
+
     def __init__(
         self,
         params: ParamsT,
@@ -733,6 +781,7 @@ class WNAdam(_WeightNormAccumulator):
             (group["weight_decay"], 1 - group["beta"]),
             array.array("d", batch.factors),
             [],
+            batch.buffers,
         )
 
     def _native_move_pass(
@@ -751,7 +800,14 @@ class WNAdam(_WeightNormAccumulator):
         else:
             per_block = torch.stack((b_new[:, 0], torch.tensor(scales, dtype=torch.float64)), 1)
         _run_native(
-            _NATIVE_WNADAM_MOVE, dtype, batch.move, batch.sizes, (), per_block, batch.written
+            _NATIVE_WNADAM_MOVE,
+            dtype,
+            batch.move,
+            batch.sizes,
+            (),
+            per_block,
+            batch.written,
+            batch.buffers,
         )
 
     def _fused_sums(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
@@ -808,6 +864,8 @@ class _NativeBatch:
     factors: list[float] = field(default_factory=list)  # of each block's sum (lr^2, 0 or 1)
     step_factors: list[float] = field(default_factory=list)  # 1, or WN-Adam's bias correction
     written: list[Tensor] = field(default_factory=list)  # what the kernels write or read
+    # every tensor a block's arrays lie in (the kernels check each address against them)
+    buffers: list[Tensor] = field(default_factory=list)
 
 
 def _run_native(
@@ -818,11 +876,14 @@ def _run_native(
     constants: tuple[float, ...],
     tensor_constants: Tensor | array.array | None,
     written: list[Tensor],
+    buffers: list[Tensor],
 ) -> Tensor:
     """``native`` on arrays given by address (rows of a tensor as blocks of their own); returns
     the per-block sums, shape (blocks, max(sums, 1)). ``tensor_constants``: float64, row-major,
     one row per block."""
-    return native.call_addresses(dtype, pointers, sizes, constants, tensor_constants, written)
+    return native.call_addresses(
+        dtype, pointers, sizes, constants, tensor_constants, written, buffers=buffers
+    )
 
 
 _NATIVE_ACCUMULATE = NativeKernel(

@@ -318,6 +318,7 @@ class SupervisedInstance:
 
     def _criterion(self, outputs: Tensor, inputs: Tensor, targets: Tensor | None) -> Tensor:
         if self._task == "classification":
+            assert targets is not None  # batches() gives a classification batch its targets
             return nn.functional.cross_entropy(outputs, targets)
         return nn.functional.mse_loss(outputs, inputs)
 

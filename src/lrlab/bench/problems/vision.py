@@ -70,6 +70,7 @@ from lrlab.bench.problems._common import (
     MissingDataError,
     Recipe,
     SupervisedInstance,
+    Task,
     check_choice,
     check_int,
     check_real,
@@ -409,7 +410,7 @@ def _build(
         network = _materialise(
             lambda: autoencoder(in_features, width), seed, torch_dtype, 0.05, 0.2
         )
-        task = "reconstruction"
+        task: Task = "reconstruction"
     else:
         hidden, weight_std, mean, std = _MLP_ARCHS[arch]
 

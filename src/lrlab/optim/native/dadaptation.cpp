@@ -2,22 +2,77 @@
 // as the compiled kernels there, one call for all CPU tensors of one dtype.
 #include "driver.h"
 
+// BEGIN lrlab schema: generated from the Python schemas by lrlab.optim._executor (do not edit)
+struct DAdaptSgdNormsScalars {
+  double weight_decay;
+  static constexpr int kCount = 1;
+};
+struct DAdaptSgdNormsSums {
+  enum : int { raw_sq, decayed_sq, kCount };
+};
+struct DAdaptSgdDualScalars {
+  double weight_decay;
+  double lam;
+  static constexpr int kCount = 2;
+};
+struct DAdaptSgdDualSums {
+  enum : int { dot, s_sq, kCount };
+};
+struct DAdaptSgdStepScalars {
+  double c;
+  static constexpr int kCount = 1;
+};
+struct DAdaptAdamMomentsScalars {
+  double r_lam;
+  double coupled_decay;
+  double eps;
+  double beta1;
+  double beta2;
+  double root_beta2;
+  double lam;
+  double r;
+  double move;
+  static constexpr int kCount = 9;
+};
+struct DAdaptAdamMomentsSums {
+  enum : int { dot, s_l1, kCount };
+};
+struct DAdaptAdamStepScalars {
+  double decay;
+  double eps;
+  static constexpr int kCount = 2;
+};
+struct DAdaptAdaGradAccumulateScalars {
+  double weight_decay;
+  double eps;
+  double lam;
+  static constexpr int kCount = 3;
+};
+struct DAdaptAdaGradAccumulateSums {
+  enum : int { old_s_sq, old_l1, weighted, new_s_sq, new_l1, kCount };
+};
+struct DAdaptAdaGradMoveScalars {
+  double eps;
+  double c;
+  static constexpr int kCount = 2;
+};
+// END lrlab schema
+
 namespace {
 
 using lrlab::Call;
 
-// DAdaptAdam's first pass. Arrays: grad, p, s, m, v. Constants: r lam, coupled decay, eps,
-// beta1, beta2, sqrt(beta2), lam, r, and 1 to also move p (no decoupled decay) or 0.
-// Sums: r lam <g, s / (sqrt(v) + eps)>, r ||s_new||_1.
+// DAdaptAdam's first pass. Arrays: grad, p, s, m, v. Scalars and sums: DAdaptAdamMoments above
+// (move: also update p, when there is no decoupled decay).
 template <typename T>
 void dadapt_adam_moments(const Call& call) {
-  const double* c = call.constants;
-  const T r_lam = T(c[0]), coupled = T(c[1]), eps = T(c[2]), beta1 = T(c[3]), beta2 = T(c[4]),
-          root_beta2 = T(c[5]), lam = T(c[6]);
+  const auto c = lrlab::scalars<DAdaptAdamMomentsScalars>(call);
+  const T r_lam = T(c.r_lam), coupled = T(c.coupled_decay), eps = T(c.eps), beta1 = T(c.beta1),
+          beta2 = T(c.beta2), root_beta2 = T(c.root_beta2), lam = T(c.lam);
   const T m_scale = r_lam * (T(1) - beta1), v_scale = T(1) - beta2,
           s_scale = lam * (T(1) - root_beta2);
-  const double r_lam_sum = c[0], r_sum = c[7];
-  const bool move = c[8] != 0.0;
+  const double r_lam_sum = c.r_lam, r_sum = c.r;
+  const bool move = c.move != 0.0;
   lrlab::for_each_block<T, 5, 2>(call, [=](int64_t, const lrlab::Arrays<T, 5>& a, int64_t n,
                                            double* sums) {
     T* __restrict grad = a[0];
@@ -50,16 +105,16 @@ void dadapt_adam_moments(const Call& call) {
         l1 += std::fabs(s_new);
       });
     }
-    sums[0] = local[0] * r_lam_sum;
-    sums[1] = local[1] * r_sum;
+    sums[DAdaptAdamMomentsSums::dot] = local[DAdaptAdamMomentsSums::dot] * r_lam_sum;
+    sums[DAdaptAdamMomentsSums::s_l1] = local[DAdaptAdamMomentsSums::s_l1] * r_sum;
   });
 }
 
-// DAdaptAdam's parameter update with decoupled decay. Arrays: p, m, v. Constants: decay times
-// lam, eps.
+// DAdaptAdam's parameter update with decoupled decay. Arrays: p, m, v. Scalars: DAdaptAdamStep.
 template <typename T>
 void dadapt_adam_step(const Call& call) {
-  const T decay = T(call.constants[0]), eps = T(call.constants[1]);
+  const auto c = lrlab::scalars<DAdaptAdamStepScalars>(call);
+  const T decay = T(c.decay), eps = T(c.eps);
   lrlab::for_each_block<T, 3, 0>(call, [=](int64_t, const lrlab::Arrays<T, 3>& a, int64_t n,
                                            double*) {
     T* __restrict p = a[0];
@@ -72,11 +127,11 @@ void dadapt_adam_step(const Call& call) {
 }
 
 
-// DAdaptSGD's first-step norms. Arrays: grad, p. Constants: weight decay. Sums: ||grad||^2 (the
-// package's g0 norm is taken without decay), ||grad + decay p||^2.
+// DAdaptSGD's first-step norms. Arrays: grad, p. Scalars and sums: DAdaptSgdNorms (raw_sq:
+// ||grad||^2, the package's g0 norm is taken without decay; decayed_sq: ||grad + decay p||^2).
 template <typename T>
 void dadapt_sgd_norms(const Call& call) {
-  const T decay = T(call.constants[0]);
+  const T decay = T(lrlab::scalars<DAdaptSgdNormsScalars>(call).weight_decay);
   lrlab::for_each_block<T, 2, 2>(call, [=](int64_t, const lrlab::Arrays<T, 2>& a, int64_t n,
                                            double* sums) {
     T* __restrict grad = a[0];
@@ -89,12 +144,13 @@ void dadapt_sgd_norms(const Call& call) {
   });
 }
 
-// DAdaptSGD's dual step. Arrays: grad, p, s. Constants: weight decay, lam. Sums:
-// lam <g, s> (old s), ||s_new||^2.
+// DAdaptSGD's dual step. Arrays: grad, p, s. Scalars and sums: DAdaptSgdDual (dot: lam <g, s>
+// with the old s; s_sq: ||s_new||^2).
 template <typename T>
 void dadapt_sgd_dual(const Call& call) {
-  const T decay = T(call.constants[0]), lam = T(call.constants[1]);
-  const double lam_sum = call.constants[1];
+  const auto c = lrlab::scalars<DAdaptSgdDualScalars>(call);
+  const T decay = T(c.weight_decay), lam = T(c.lam);
+  const double lam_sum = c.lam;
   lrlab::for_each_block<T, 3, 2>(call, [=](int64_t, const lrlab::Arrays<T, 3>& a, int64_t n,
                                            double* sums) {
     T* __restrict grad = a[0];
@@ -108,17 +164,18 @@ void dadapt_sgd_dual(const Call& call) {
       s[i] = s_new;
       square += s_new * s_new;
     });
-    sums[0] = local[0] * lam_sum;
-    sums[1] = local[1];
+    sums[DAdaptSgdDualSums::dot] = local[DAdaptSgdDualSums::dot] * lam_sum;
+    sums[DAdaptSgdDualSums::s_sq] = local[DAdaptSgdDualSums::s_sq];
   });
 }
 
-// DAdaptSGD's parameter update x = (1 - c) x + c (x0 - s). Arrays: p, x0, s. Constants: c;
-// c = 1 (no momentum) writes x0 - s, as the reference, without reading the old x.
+// DAdaptSGD's parameter update x = (1 - c) x + c (x0 - s). Arrays: p, x0, s. Scalars:
+// DAdaptSgdStep; c = 1 (no momentum) writes x0 - s, as the reference, without reading the old x.
 template <typename T>
 void dadapt_sgd_step(const Call& call) {
-  const bool averaging = call.constants[0] != 1.0;
-  const T c = T(call.constants[0]), keep = T(1.0 - call.constants[0]);
+  const double weight = lrlab::scalars<DAdaptSgdStepScalars>(call).c;
+  const bool averaging = weight != 1.0;
+  const T c = T(weight), keep = T(1.0 - weight);
   lrlab::for_each_block<T, 3, 0>(call, [=](int64_t, const lrlab::Arrays<T, 3>& a, int64_t n,
                                            double*) {
     T* __restrict p = a[0];
@@ -148,13 +205,20 @@ inline void elementwise_sum5(int64_t length, double* sums, Element element) {
   }
 }
 
-// DAdaptAdaGrad's statistics and accumulators. Arrays: grad, p, alpha, s. Constants: weight
-// decay, eps, lam. Sums: sum s^2 / (sqrt(a) + eps) and ||s||_1 before the update,
+// DAdaptAdaGrad's statistics and accumulators. Arrays: grad, p, alpha, s. Scalars and sums:
+// DAdaptAdaGradAccumulate (sum s^2 / (sqrt(a) + eps) and ||s||_1 before the update,
 // sum g^2 / (sqrt(a_new) + eps), and sum s^2 / (sqrt(a_new) + eps) and ||s||_1 after it: the
-// reference path subtracts each tensor's old sums from its new ones, so the caller does too.
+// reference path subtracts each tensor's old sums from its new ones, so the caller does too).
+// The sums' order in the loop below is the schema's (old_s_sq, old_l1, weighted, new_s_sq,
+// new_l1): elementwise_sum5 fills them by position.
 template <typename T>
 void dadapt_adagrad_accumulate(const Call& call) {
-  const T decay = T(call.constants[0]), eps = T(call.constants[1]), lam = T(call.constants[2]);
+  using Sums = DAdaptAdaGradAccumulateSums;
+  static_assert(Sums::old_s_sq == 0 && Sums::old_l1 == 1 && Sums::weighted == 2 &&
+                    Sums::new_s_sq == 3 && Sums::new_l1 == 4,
+                "the loop below fills the sums in the schema's order");
+  const auto c = lrlab::scalars<DAdaptAdaGradAccumulateScalars>(call);
+  const T decay = T(c.weight_decay), eps = T(c.eps), lam = T(c.lam);
   lrlab::for_each_block<T, 4, 5>(call, [=](int64_t, const lrlab::Arrays<T, 4>& a, int64_t n,
                                            double* sums) {
     T* __restrict grad = a[0];
@@ -179,12 +243,12 @@ void dadapt_adagrad_accumulate(const Call& call) {
 }
 
 // DAdaptAdaGrad's parameter update x = (1 - c) x + c z, z = x0 - s / (sqrt(a) + eps). Arrays:
-// p, x0, s, alpha. Constants: eps, c; c = 1 (no momentum) writes z, as the reference.
+// p, x0, s, alpha. Scalars: DAdaptAdaGradMove; c = 1 (no momentum) writes z, as the reference.
 template <typename T>
 void dadapt_adagrad_move(const Call& call) {
-  const T eps = T(call.constants[0]), c = T(call.constants[1]),
-          keep = T(1.0 - call.constants[1]);
-  const bool averaging = call.constants[1] != 1.0;
+  const auto scalars = lrlab::scalars<DAdaptAdaGradMoveScalars>(call);
+  const T eps = T(scalars.eps), c = T(scalars.c), keep = T(1.0 - scalars.c);
+  const bool averaging = scalars.c != 1.0;
   lrlab::for_each_block<T, 4, 0>(call, [=](int64_t, const lrlab::Arrays<T, 4>& a, int64_t n,
                                            double*) {
     T* __restrict p = a[0];

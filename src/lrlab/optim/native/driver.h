@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -64,6 +65,26 @@ struct Arrays {
   T* data[NARRAYS];
   T* __restrict operator[](int index) const { return data[index]; }
 };
+
+// A call's scalars as the struct that lrlab/optim/_executor.py generates from the Python
+// schema (between the "lrlab schema" markers of a family's source): fields by name, no index
+// to keep in sync. Copied, not cast, so that no aliasing rule is bent.
+template <typename S>
+inline S scalars(const Call& call) {
+  static_assert(sizeof(S) == S::kCount * sizeof(double), "a schema struct holds doubles only");
+  S values;
+  std::memcpy(&values, call.constants, sizeof(S));
+  return values;
+}
+
+// One tensor's row of per-tensor scalars, as the generated struct.
+template <typename S>
+inline S tensor_scalars(const Call& call, int64_t tensor) {
+  static_assert(sizeof(S) == S::kCount * sizeof(double), "a schema struct holds doubles only");
+  S values;
+  std::memcpy(&values, call.tensor_constants + tensor * S::kCount, sizeof(S));
+  return values;
+}
 
 // Run body(tensor, arrays, length, sums) over every block; sums (NSUMS doubles per tensor) are
 // summed over a tensor's blocks in block order.

@@ -2,14 +2,42 @@
 // compiled kernels there, one call for all CPU tensors of one dtype.
 #include "driver.h"
 
+// BEGIN lrlab schema: generated from the Python schemas by lrlab.optim._executor (do not edit)
+struct ProdigyMomentsScalars {
+  double coupled_decay;
+  double distance_scale;
+  double beta1;
+  double m_scale;
+  double beta2;
+  double v_scale;
+  double beta3;
+  double s_scale;
+  double slice_p;
+  static constexpr int kCount = 9;
+};
+struct ProdigyMomentsTensorScalars {
+  double x0_broadcasts;
+  static constexpr int kCount = 1;
+};
+struct ProdigyMomentsSums {
+  enum : int { distance, l1, kCount };
+};
+struct ProdigyStepScalars {
+  double decoupled_decay;
+  double coupled_decay;
+  double step;
+  double eps;
+  static constexpr int kCount = 4;
+};
+// END lrlab schema
+
 namespace {
 
 using lrlab::Call;
 
-// Prodigy's first pass. Arrays: grad, p, x0, s, v and, with MOMENTUM, m. Constants: coupled
-// decay, (d / d0) lam, beta1, d (1 - beta1), beta2, d^2 (1 - beta2), beta3, (d / d0) w,
-// slice_p. Tensor constants: 1 if x0 is one element that broadcasts (the 0-d x0 of an all-zero
-// tensor), else 0. Sums: (d / d0) lam <g_hat, x0 - x_hat>, ||s_new||_1.
+// Prodigy's first pass. Arrays: grad, p, x0, s, v and, with MOMENTUM, m. Scalars, tensor
+// scalars and sums: the ProdigyMoments structs above (x0_broadcasts: 1 if x0 is one element
+// that broadcasts, the 0-d x0 of an all-zero tensor).
 //
 // x0 and s hold every slice_p-th entry of the flattened tensor, so they are not cut into blocks
 // like the other arrays: their pointers are taken from the call, not from the block, and a
@@ -17,21 +45,23 @@ using lrlab::Call;
 template <typename T, bool MOMENTUM>
 void prodigy_moments(const Call& call) {
   constexpr int N = MOMENTUM ? 6 : 5;
-  const double* c = call.constants;
-  const T coupled = T(c[0]), beta1 = T(c[2]), m_scale = T(c[3]), beta2 = T(c[4]),
-          v_scale = T(c[5]), beta3 = T(c[6]), s_scale = T(c[7]);
-  const double distance_scale = c[1];
-  const int64_t slice = static_cast<int64_t>(c[8]);
-  lrlab::for_each_block<T, N, 2>(call, [&](int64_t tensor, const lrlab::Arrays<T, N>& a,
-                                           int64_t n, double* sums) {
+  const auto c = lrlab::scalars<ProdigyMomentsScalars>(call);
+  const T coupled = T(c.coupled_decay), beta1 = T(c.beta1), m_scale = T(c.m_scale),
+          beta2 = T(c.beta2), v_scale = T(c.v_scale), beta3 = T(c.beta3), s_scale = T(c.s_scale);
+  const double distance_scale = c.distance_scale;
+  const int64_t slice = static_cast<int64_t>(c.slice_p);
+  using Sums = ProdigyMomentsSums;
+  lrlab::for_each_block<T, N, Sums::kCount>(call, [&](int64_t tensor, const lrlab::Arrays<T, N>& a,
+                                                      int64_t n, double* sums) {
     T* __restrict grad = a[0];
     T* __restrict p = a[1];
     T* __restrict v = a[4];
     T* __restrict m = MOMENTUM ? a[N - 1] : nullptr;
     T* __restrict x0_all = reinterpret_cast<T*>(call.pointers[tensor * N + 2]);
     T* __restrict s_all = reinterpret_cast<T*>(call.pointers[tensor * N + 3]);
-    const bool broadcast = call.tensor_constants[tensor] != 0.0;
-    double local[2] = {0.0, 0.0};
+    const bool broadcast =
+        lrlab::tensor_scalars<ProdigyMomentsTensorScalars>(call, tensor).x0_broadcasts != 0.0;
+    double local[Sums::kCount] = {0.0, 0.0};
     if (slice == 1) {
       T* __restrict s = a[3];
       if (broadcast) {
@@ -81,8 +111,8 @@ void prodigy_moments(const Call& call) {
         v[i] = v[i] * beta2 + v_scale * g * g;
       });
     }
-    sums[0] = local[0] * distance_scale;
-    sums[1] = local[1];
+    sums[Sums::distance] = local[Sums::distance] * distance_scale;
+    sums[Sums::l1] = local[Sums::l1];
   });
 }
 
@@ -97,12 +127,12 @@ void prodigy_moments_without_momentum(const Call& call) {
 }
 
 // Prodigy's parameter update. Arrays: p, direction (m, or the raw gradient with beta1 = 0), v.
-// Constants: -decoupled decay times lam, coupled decay of a raw gradient direction, -lam (or
-// -lam d_new with beta1 = 0), d_new eps.
+// Scalars: ProdigyStepScalars above.
 template <typename T>
 void prodigy_step(const Call& call) {
-  const double* c = call.constants;
-  const T decay = T(c[0]), coupled = T(c[1]), scale = T(c[2]), eps = T(c[3]);
+  const auto c = lrlab::scalars<ProdigyStepScalars>(call);
+  const T decay = T(c.decoupled_decay), coupled = T(c.coupled_decay), scale = T(c.step),
+          eps = T(c.eps);
   lrlab::for_each_block<T, 3, 0>(call, [&](int64_t, const lrlab::Arrays<T, 3>& a, int64_t n,
                                            double*) {
     T* __restrict p = a[0];
