@@ -183,7 +183,7 @@ class LrlabCallback(transformers.TrainerCallback):
             model.register_forward_pre_hook(self._record_rng, with_kwargs=True),
             model.register_forward_hook(self._after_forward, with_kwargs=True),
         ]
-        if self.log_statistics and not self._injected:
+        if self.log_statistics:
             self._inject_logger()
 
     def _inject_logger(self) -> None:
@@ -198,9 +198,15 @@ class LrlabCallback(transformers.TrainerCallback):
                 handler = frame.f_locals.get("self")
                 callbacks = getattr(handler, "callbacks", None)
                 if isinstance(callbacks, list) and self in callbacks:
-                    callbacks.insert(0, _LogInjector(self))
+                    # once per Trainer (the callback may be reused by another Trainer)
+                    if not any(
+                        isinstance(callback, _LogInjector) and callback.owner is self
+                        for callback in callbacks
+                    ):
+                        callbacks.insert(0, _LogInjector(self))
                     self._injected = True
                     return
+            self._injected = False  # not found: add the values in this callback's own on_log
         finally:
             del frame
 
