@@ -204,7 +204,7 @@ def test_bash_completion(capsys, tmp_path):
     assert _complete(script, "lrlab", "rep") == ["report"]
     assert _complete(script, "lrlab", "--ve") == ["--version"]
     assert _complete(script, "lrlab", "sweep", "--meth") == ["--methods"]
-    assert _complete(script, "lrlab", "sweep", "--methods", "clara-a") == ["clara-adam"]
+    assert _complete(script, "lrlab", "sweep", "--methods", "clara-ad") == ["clara-adam"]
     # a multi-valued flag keeps completing its values, also after a comma
     assert _complete(script, "lrlab", "sweep", "--methods", "sgd", "clara-s") == ["clara-sgd"]
     assert _complete(script, "lrlab", "sweep", "--methods", "sgd,clara-s") == ["sgd,clara-sgd"]

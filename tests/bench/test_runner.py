@@ -10,7 +10,7 @@ import torch
 
 import lrlab.optim as lo
 from lrlab.bench.runner import derive_seed, run
-from lrlab.bench.spec import RunConfig, RunStatus
+from lrlab.bench.spec import Goal, RunConfig, RunStatus, metric_goals, run_label
 from tests.bench._tiny import TinyInstance, TinyProblem, use_tiny
 
 
@@ -271,3 +271,39 @@ def test_real_problems_of_every_kind_are_deterministic(kind):
     assert first.status is RunStatus.FINISHED, first.error
     assert _untimed(first) == _untimed(second)
     assert [e["step"] for e in first.evals] == [0, 3, 6]
+
+
+def test_the_record_stores_each_metric_direction_the_problem_declares(monkeypatch):
+    # a problem's own declaration wins over the shared table, and the headline over both
+    info = dataclasses.replace(
+        TinyProblem.info,
+        metric="train_loss",
+        goal=Goal.MAXIMIZE,  # deliberately odd: the record must follow the problem, not the name
+        metric_goals={"distance_to_optimum": Goal.MAXIMIZE},
+    )
+    monkeypatch.setattr(TinyProblem, "info", info)
+    record = run(_config())
+    assert record.status is RunStatus.FINISHED
+    assert record.metric == "train_loss"
+    assert record.goals == {
+        "train_loss": Goal.MAXIMIZE,
+        "distance_to_optimum": Goal.MAXIMIZE,
+        "final_loss": Goal.MINIMIZE,
+    }
+    assert "final_lr" not in record.goals  # no direction: not guessed
+    assert record.goal_of("test_accuracy") is None
+    assert metric_goals(info)["test_accuracy"] is Goal.MAXIMIZE
+
+
+def test_a_diverged_or_failed_run_still_knows_its_directions():
+    diverged = run(_config(lr=1e6))
+    assert diverged.status is RunStatus.DIVERGED
+    assert diverged.goals["distance_to_optimum"] is Goal.MINIMIZE  # from the step-0 evaluation
+    failed = run(dataclasses.replace(_config(), problem="no_such_problem"))
+    assert failed.status is RunStatus.FAILED and failed.metric is None and failed.goals == {}
+
+
+def test_run_label_is_the_label_tag_or_the_method():
+    assert run_label(_config()) == "sgd"
+    assert run_label(_config(tags={"label": "sgd(momentum=0.9)"})) == "sgd(momentum=0.9)"
+    assert run_label(_config(tags={"label": ""})) == "sgd"

@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from lrlab.bench.runner import run
-from lrlab.bench.spec import RunConfig, RunStatus
-from lrlab.bench.store import Store, StoreError, load_records, record_to_dict
+from lrlab.bench.spec import Goal, RunConfig, RunStatus
+from lrlab.bench.store import _SCHEMA, Store, StoreError, load_records, record_to_dict
 from tests.bench._tiny import use_tiny
 
 
@@ -215,3 +215,54 @@ def test_readonly_store_reads_while_a_writer_is_open(tmp_path, records):
             assert reader.count() == 2
             with pytest.raises(StoreError, match="open read-only"):
                 reader.write(records[1])
+
+
+def test_metric_directions_round_trip(tmp_path, records):
+    finished = records[0]
+    assert finished.metric == "distance_to_optimum"
+    assert finished.goals == {
+        "distance_to_optimum": Goal.MINIMIZE,
+        "train_loss": Goal.MINIMIZE,
+        "final_loss": Goal.MINIMIZE,
+    }
+    with Store(tmp_path / "s.sqlite") as store:
+        store.write(finished)
+        (back,) = store.load_records()
+        (row,) = store.table("runs")
+    assert back.metric == finished.metric and back.goals == finished.goals
+    assert all(isinstance(goal, Goal) for goal in back.goals.values())
+    assert row["metric"] == "distance_to_optimum" and row["goals.train_loss"] == "min"
+    assert record_to_dict(finished)["goals"]["distance_to_optimum"] == "min"
+
+
+def test_a_store_written_before_directions_gains_them(tmp_path, records):
+    new = tmp_path / "new.sqlite"
+    with Store(new) as store:
+        store.write(records[0])
+    # a store as schema version 1 shipped it: `runs` without the metric and goals columns
+    path = tmp_path / "old.sqlite"
+    old_schema = "".join(
+        line for line in _SCHEMA.splitlines(keepends=True) if "metric TEXT" not in line
+    ).replace(
+        "versions TEXT NOT NULL,\n    goals TEXT NOT NULL DEFAULT '{}'", "versions TEXT NOT NULL"
+    )
+    db = sqlite3.connect(path)
+    db.executescript(old_schema)
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute("ATTACH DATABASE ? AS new", (str(new),))
+    columns = [r[1] for r in db.execute("PRAGMA table_info(runs)")]
+    assert "goals" not in columns and "metric" not in columns
+    db.execute(f"INSERT INTO runs SELECT {', '.join(columns)} FROM new.runs")
+    for table in ("steps", "evals"):
+        db.execute(f"INSERT INTO {table} SELECT * FROM new.{table}")
+    db.commit()
+    db.close()
+    with Store(path, readonly=True) as store:
+        (old,) = store.load_records()
+    assert old.metric is None and old.goals == {} and old.goal_of("train_loss") is None
+    assert old.steps == records[0].steps
+    with Store(path) as store:  # writable: the columns are added in place
+        store.write(records[3])
+        loaded = {r.run_id: r for r in store.load_records()}
+    assert loaded[records[3].run_id].goals == records[3].goals
+    assert loaded[records[0].run_id].goals == {}

@@ -323,9 +323,9 @@ def test_a_dying_worker_loses_only_its_own_run(tmp_path):
 
 
 def test_the_documented_study_format_loads(tmp_path):
-    import lrlab.bench.sweep as sweep
+    import lrlab.bench.studyfile as studyfile
 
-    doc = sweep.__doc__
+    doc = studyfile.__doc__
     example = doc.split("format)::\n\n", 1)[1].split("\n\n", 1)[0]
     path = tmp_path / "doc.toml"
     path.write_text("\n".join(line[4:] for line in example.splitlines()))
@@ -339,3 +339,40 @@ def test_the_documented_study_format_loads(tmp_path):
         64,
         {"width": 0.5},
     )
+
+
+def test_the_study_schema_lives_in_studyfile_and_sweep_re_exports_it():
+    import lrlab.bench.studyfile as studyfile
+    import lrlab.bench.sweep as sweep
+    from lrlab.bench.spec import variant_label
+
+    for name in ("Study", "StudyError", "MethodEntry", "ProblemEntry", "load_study", "make_config"):
+        assert getattr(sweep, name) is getattr(studyfile, name)
+    assert sweep.variant_label is studyfile.variant_label is variant_label
+    assert variant_label("clara-sgd", {"d": 0.02, "c": [1, 2.5]}) == "clara-sgd(c=[1,2.5],d=0.02)"
+
+
+def test_refinement_no_longer_imports_the_sweep_driver():
+    import inspect
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import lrlab
+    import lrlab.bench.refinement as refinement
+
+    script = (
+        "import sys, lrlab.bench.refinement\n"
+        "bad = [m for m in ('lrlab.bench.sweep', 'lrlab.bench.studyfile') if m in sys.modules]\n"
+        "print(bad)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(lrlab.__file__).parents[1])}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    # and nothing in refinement's source imports them lazily either
+    text = inspect.getsource(refinement)
+    assert "bench.sweep" not in text and "bench.studyfile" not in text

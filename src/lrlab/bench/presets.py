@@ -1,6 +1,6 @@
 """Named studies shipped with lrlab: data in ``lrlab/bench/presets/<name>.toml``, not code.
 
-Each file is a study in the format of :mod:`lrlab.bench.sweep`. ``smoke`` covers one problem of
+Each file is a study in the format of :mod:`lrlab.bench.studyfile`. ``smoke`` covers one problem of
 each kind (synthetic, logistic, vision) and finishes in under a minute on 2 cores; it is what
 ``make demo`` runs.
 """
@@ -11,7 +11,7 @@ import sys
 from importlib import resources
 from typing import TYPE_CHECKING
 
-from lrlab.bench.sweep import Study, StudyError
+from lrlab.bench.studyfile import Study, StudyError
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable

@@ -42,7 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from lrlab.bench.spec import JSONScalar, KwargValue, RunConfig, RunRecord, RunStatus
+from lrlab.bench.spec import (
+    JSONScalar,
+    KwargValue,
+    RunConfig,
+    RunRecord,
+    RunStatus,
+    variant_label,
+)
 from lrlab.schedules import refine
 
 if TYPE_CHECKING:
@@ -281,8 +288,6 @@ class TwoPassMethod:
     ) -> tuple[str, dict[str, Any]]:
         """The label and tags of the pass-1 runs of a study entry (``label``: the entry's own
         label with its variant suffix, or None)."""
-        from lrlab.bench.sweep import variant_label
-
         second = label or variant_label(self.name, kwargs)
         first = f"{label} (pass 1)" if label else f"{variant_label(self.base, kwargs)}+linear-decay"
         return first, {**tags, "pass": 1, "two_pass": self.name, "refined_label": second}

@@ -36,6 +36,10 @@ executes inside ``torch.random.fork_rng`` with the global generator seeded from 
 third-party code that uses the global RNG is deterministic too, and the caller's global RNG state is
 left untouched. Bit-identical records need the same torch thread count (sweep workers use one).
 
+The record also carries the problem's headline ``metric`` and the direction of every metric it
+reports (``goals``: ``test_accuracy`` -> max, ``test_loss`` -> min), from the problem's
+declaration (:func:`lrlab.bench.spec.metric_goals`).
+
 A run never raises: an exception becomes a ``failed`` record carrying the message and traceback;
 a non-finite loss, or one above ``divergence_threshold * max(1, |first loss|)``, or non-finite
 parameters at the end, ends the run as ``diverged``.
@@ -60,7 +64,15 @@ from torch import Tensor
 
 import lrlab
 import lrlab.optim as lo
-from lrlab.bench.spec import Batch, ProblemInstance, RunConfig, RunRecord, RunStatus
+from lrlab.bench.spec import (
+    Batch,
+    Goal,
+    ProblemInstance,
+    RunConfig,
+    RunRecord,
+    RunStatus,
+    metric_goals,
+)
 
 __all__ = [
     "derive_seed",
@@ -284,6 +296,20 @@ def _train(config: RunConfig, log: _Log) -> tuple[RunStatus, int | None, dict[st
     return RunStatus.FINISHED, None, {**last, "final_loss": loss_value, "final_lr": final_lr}
 
 
+def _directions(
+    config: RunConfig, log: _Log, final: dict[str, float]
+) -> tuple[str | None, dict[str, Goal]]:
+    """The problem's headline metric and the direction of every metric the run reported (for
+    the record: readers never guess a direction from a metric's name)."""
+    try:
+        info = _get_problem(config.problem).info
+    except KeyError:  # an unknown problem is a failed run; it has no metrics either
+        return None, {}
+    known = metric_goals(info)
+    names = dict.fromkeys([info.metric, *final, *(k for row in log.evals for k in row)])
+    return info.metric, {name: known[name] for name in names if name in known}
+
+
 def run(config: RunConfig) -> RunRecord:
     """Train once as ``config`` says and return what happened. Never raises for a bad run."""
     start = time.perf_counter()
@@ -297,6 +323,7 @@ def run(config: RunConfig) -> RunRecord:
         status, diverged_at, final = RunStatus.FAILED, None, {}
         error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         error += "\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    metric, goals = _directions(config, log, final)
     return RunRecord(
         run_id=config.run_id,
         config=config,
@@ -308,4 +335,6 @@ def run(config: RunConfig) -> RunRecord:
         error=error,
         wall_time_s=time.perf_counter() - start,
         versions=library_versions(),
+        metric=metric,
+        goals=goals,
     )

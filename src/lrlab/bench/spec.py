@@ -28,12 +28,14 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "METRIC_GOALS",
     "Batch",
     "Goal",
     "JSONScalar",
@@ -44,6 +46,9 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "canonical_json",
+    "metric_goals",
+    "run_label",
+    "variant_label",
 ]
 
 JSONScalar = str | int | float | bool | None
@@ -56,6 +61,25 @@ class Goal(str, Enum):
 
     MINIMIZE = "min"
     MAXIMIZE = "max"
+
+
+METRIC_GOALS: Mapping[str, Goal] = MappingProxyType(
+    {
+        "loss": Goal.MINIMIZE,
+        "suboptimality": Goal.MINIMIZE,
+        "distance_to_optimum": Goal.MINIMIZE,
+        "distance_to_nearest_optimum": Goal.MINIMIZE,
+        "train_loss": Goal.MINIMIZE,
+        "test_loss": Goal.MINIMIZE,
+        "train_accuracy": Goal.MAXIMIZE,
+        "test_accuracy": Goal.MAXIMIZE,
+        "train_bits_per_byte": Goal.MINIMIZE,
+        "test_bits_per_byte": Goal.MINIMIZE,
+        "final_loss": Goal.MINIMIZE,
+    }
+)
+"""The direction of the evaluation metrics the shipped problems report, by exact name (a
+problem declares any other in :attr:`ProblemInfo.metric_goals`). ``final_lr`` has none."""
 
 
 class RunStatus(str, Enum):
@@ -75,7 +99,7 @@ class ProblemInfo:
     name: str
     """``dataset_model`` in snake case: ``synthetic_rosenbrock``, ``digits_mlp``."""
     kind: str
-    """``synthetic``, ``logistic`` or ``vision``."""
+    """``synthetic``, ``logistic``, ``vision`` or ``language``."""
     summary: str
     metric: str
     """The headline final metric, a key of :meth:`ProblemInstance.evaluate`'s result
@@ -86,6 +110,15 @@ class ProblemInfo:
     """None: the gradient is deterministic or the batch is defined by the problem (synthetic)."""
     source: str = ""
     """Where the setup comes from (paper, spec section)."""
+    metric_goals: Mapping[str, Goal] = field(default_factory=dict)
+    """Directions of this problem's evaluation metrics beyond :data:`METRIC_GOALS` (and
+    overriding it); the headline ``metric`` always has ``goal``."""
+
+
+def metric_goals(info: ProblemInfo) -> dict[str, Goal]:
+    """Every metric direction a problem declares: :data:`METRIC_GOALS`, then its own
+    ``metric_goals``, then ``metric -> goal`` (the headline wins)."""
+    return {**METRIC_GOALS, **info.metric_goals, info.metric: Goal(info.goal)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,3 +286,36 @@ class RunRecord:
     wall_time_s: float = 0.0
     versions: dict[str, str] = field(default_factory=dict)
     """``lrlab``, ``torch``, ``python`` versions that produced the record."""
+    metric: str | None = None
+    """The problem's headline metric (``ProblemInfo.metric``) when the run was made; None in
+    records written before it was stored, or when the problem is unknown."""
+    goals: dict[str, Goal] = field(default_factory=dict)
+    """The direction (:class:`Goal`) of every metric of ``final`` and ``evals`` that has one,
+    as the problem declared it (:func:`metric_goals`), so readers never guess it from a name.
+    Empty in records written before it was stored."""
+
+    def goal_of(self, metric: str) -> Goal | None:
+        """The stored direction of ``metric``, or None when the record does not know it."""
+        return self.goals.get(metric)
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_format_value(v) for v in value) + "]"
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def variant_label(method: str, kwargs: Mapping[str, object]) -> str:
+    """``clara-sgd(d=0.02)``: the method name and its non-default kwargs, sorted (the ``label``
+    a study gives a method entry with kwargs)."""
+    if not kwargs:
+        return method
+    inner = ",".join(f"{k}={_format_value(v)}" for k, v in sorted(kwargs.items()))
+    return f"{method}({inner})"
+
+
+def run_label(config: RunConfig) -> str:
+    """The name a run's method goes by in tables and figures: its ``label`` tag (a variant
+    ``clara-sgd(d=0.02)``, a preset's own label) or else the method name."""
+    label = config.tags.get("label") if config.tags else None
+    return str(label) if label else config.method

@@ -4,7 +4,8 @@ Tables::
 
     runs   run_id PRIMARY KEY (= RunConfig.run_id, the SHA-256 of the canonical config),
            problem, method, label, lr, seed, steps, status, diverged_at_step, error,
-           wall_time_s, stored_at, config (JSON), final (JSON), versions (JSON)
+           wall_time_s, stored_at, config (JSON), final (JSON), versions (JSON),
+           metric (the problem's headline metric), goals (JSON: metric -> "min"/"max")
     steps  (run_id, idx) -> step, metrics (JSON object: one RunRecord.steps row)
     evals  (run_id, idx) -> step, metrics (JSON object: one RunRecord.evals row)
     meta   key -> value (schema_version)
@@ -13,6 +14,14 @@ Each record is written in ONE transaction (its runs row and all its step and eva
 process killed at any point, SIGKILL included, leaves either the whole run or nothing of it; a
 resumed sweep skips the ``run_id``\\ s present and loses or duplicates none. Only the sweep's
 driver writes; any number of readers (reports) may read at the same time (WAL).
+
+A store is recognised before anything is written to it: its SQLite header carries the
+application id :data:`APPLICATION_ID` and ``meta`` the marker ``application = lrlab``. A store of
+an earlier lrlab (the same tables, no id) opens and gets both; any other file (another
+application's database, a non-SQLite file) is refused with its bytes untouched. Opening checks
+the pages (``PRAGMA quick_check``), so a damaged store is reported at once, as one
+:class:`StoreError` naming the file, and every later SQLite failure (a full disk included: "database
+or disk is full") is a :class:`StoreError` too.
 
 Metric rows are JSON objects; non-finite floats are written as the strings ``"nan"``, ``"inf"``
 and ``"-inf"`` (valid JSON, readable with SQLite's ``json_extract``) and read back as floats, so
@@ -40,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from lrlab.bench.spec import RunConfig, RunRecord, RunStatus
+from lrlab.bench.spec import Goal, RunConfig, RunRecord, RunStatus, run_label
 
 __all__ = [
     "APPLICATION_ID",
@@ -76,7 +85,9 @@ CREATE TABLE IF NOT EXISTS runs (
     stored_at TEXT NOT NULL,
     config TEXT NOT NULL,
     final TEXT NOT NULL,
-    versions TEXT NOT NULL
+    versions TEXT NOT NULL,
+    metric TEXT,
+    goals TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS runs_by_problem ON runs (problem, method, lr, seed);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
@@ -98,6 +109,23 @@ CREATE TABLE IF NOT EXISTS evals (
 
 # columns of `runs` that `query` / `load_records` filter on directly
 _FILTER_COLUMNS = ("run_id", "problem", "method", "label", "lr", "seed", "steps", "status")
+_RUN_COLUMNS = (
+    "run_id",
+    "problem",
+    "method",
+    "label",
+    "lr",
+    "seed",
+    "steps",
+    "status",
+    "diverged_at_step",
+    "error",
+    "wall_time_s",
+    "stored_at",
+    "config",
+    "final",
+    "versions",
+)
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -235,6 +263,8 @@ def record_to_dict(record: RunRecord) -> dict[str, Any]:
         "final": _finite_json(record.final),
         "steps": _finite_json(record.steps),
         "evals": _finite_json(record.evals),
+        "metric": record.metric,
+        "goals": {k: Goal(v).value for k, v in record.goals.items()},
     }
 
 
@@ -247,9 +277,8 @@ def _rollback(db: sqlite3.Connection) -> None:
             db.execute("ROLLBACK")
 
 
-def _label(config: RunConfig) -> str:
-    label = config.tags.get("label") if config.tags else None
-    return str(label) if label else config.method
+# columns added to `runs` after schema version 1 shipped: added in place to an older store
+_ADDED_COLUMNS = {"metric": "TEXT", "goals": "TEXT NOT NULL DEFAULT '{}'"}
 
 
 class Store:
@@ -318,6 +347,10 @@ class Store:
             raise sqlite3.DatabaseError(f"database disk image is malformed: {details}")
         if not readonly:
             self._db.executescript(_SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
             self._db.executemany(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                 (("schema_version", SCHEMA_VERSION), ("application", APPLICATION_MARKER)),
@@ -353,7 +386,7 @@ class Store:
             record.run_id,
             config.problem,
             config.method,
-            _label(config),
+            run_label(config),
             config.lr,
             config.seed,
             config.steps,
@@ -365,13 +398,19 @@ class Store:
             json.dumps(config.to_dict(), separators=(",", ":")),
             _encode_metrics(record.final),
             json.dumps(record.versions, separators=(",", ":")),
+            record.metric,
+            json.dumps({k: Goal(v).value for k, v in record.goals.items()}, separators=(",", ":")),
         )
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             # the cascade removes an older version's step and eval rows
             db.execute("DELETE FROM runs WHERE run_id = ?", (record.run_id,))
-            db.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(row))})", row)
+            columns = (*_RUN_COLUMNS, *_ADDED_COLUMNS)
+            db.execute(
+                f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(row))})",
+                row,
+            )
             for table, rows in (("steps", record.steps), ("evals", record.evals)):
                 db.executemany(
                     f"INSERT INTO {table} (run_id, idx, step, metrics) VALUES (?, ?, ?, ?)",
@@ -463,6 +502,8 @@ class Store:
             row["config"] = json.loads(row["config"])
             row["final"] = _decode_metrics(row["final"])
             row["versions"] = json.loads(row["versions"])
+            row["goals"] = json.loads(row.get("goals") or "{}")  # absent in an older store
+            row.setdefault("metric", None)
             rows.append(row)
         return rows
 
@@ -489,6 +530,8 @@ class Store:
                     error=row["error"],
                     wall_time_s=row["wall_time_s"],
                     versions=row["versions"],
+                    metric=row["metric"],
+                    goals={k: Goal(v) for k, v in row["goals"].items()},
                 )
             )
         return records
@@ -537,6 +580,8 @@ class Store:
                 row.update({f"tags.{k}": v for k, v in config.get("tags", {}).items()})
                 row.update({f"final.{k}": v for k, v in run["final"].items()})
                 row.update({f"versions.{k}": v for k, v in run["versions"].items()})
+                row["metric"] = run["metric"]
+                row.update({f"goals.{k}": v for k, v in run["goals"].items()})
                 rows.append(row)
         else:
             for run in runs:

@@ -16,7 +16,7 @@ One command runs a study end to end::
 **Files of a study** (``NAME`` may also be a path ``FILE.toml``; its commentary is then
 ``FILE.md`` beside it):
 
-* ``src/lrlab/bench/presets/NAME.toml``: the study, in the format of :mod:`lrlab.bench.sweep`
+* ``src/lrlab/bench/presets/NAME.toml``: the study, in the format of :mod:`lrlab.bench.studyfile`
   (problems, methods, grids; ``[[parts]]`` for sub-studies with their own grids; per-method
   ``lr_argument``, ``lrs``, ``schedule``; per-problem ``steps``/``kwargs``) plus optional
   ``title`` and ``[report]`` options: ``metric`` (a name, or a table problem -> name; default:
@@ -61,6 +61,7 @@ pipelines.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -80,8 +81,10 @@ from typing import Any, TextIO
 from lrlab.bench import metrics
 from lrlab.bench._markdown import escape_markdown
 from lrlab.bench._paths import check_study_name
-from lrlab.bench.spec import Goal, RunRecord
-from lrlab.bench.sweep import Study, StudyError, load_study
+from lrlab.bench.refinement import second_pass_configs
+from lrlab.bench.spec import Goal, RunRecord, run_label
+from lrlab.bench.studyfile import Study, StudyError, load_study
+from lrlab.bench.tables import format_number, markdown_table
 
 __all__ = [
     "StudyOutcome",
@@ -135,23 +138,39 @@ def load_study_source(name: str) -> StudySource:
 
 
 def _parts(study: Study) -> list[Study]:
-    """The parts of a study; a study without parts is its own single part."""
-    return list(study.parts) if study.parts else [study]
+    """The parts of a study as its report shows them: its parts; itself when it has none, or
+    when ``report.combine_parts`` asks for one report over all of them (then its problems are
+    its parts' problems, in order)."""
+    if not study.parts:
+        return [study]
+    if study.report.get("combine_parts"):
+        problems = {p.name: p for part in study.parts for p in part.problems}
+        return [dataclasses.replace(study, problems=tuple(problems.values()))]
+    return list(study.parts)
+
+
+def _split(study: Study) -> bool:
+    """Whether the report has a section per part."""
+    return bool(study.parts) and not study.report.get("combine_parts")
 
 
 # -- metric choice ------------------------------------------------------------------------------
 
 
-def _goal_of(problem: str, metric: str) -> Goal:
-    try:
-        from lrlab.bench.problems import get_problem
+def _goal_of(problem: str, metric: str, records: Sequence[RunRecord] = ()) -> Goal:
+    """The direction of ``metric`` on ``problem``: as the runs stored it, else as the problem
+    declares it (:func:`lrlab.bench.summary.metric_goal`, the one place that decides it); never
+    guessed from the name.
 
-        info = get_problem(problem).info
-        if info.metric == metric:
-            return Goal(info.goal)
-    except KeyError:
-        pass
-    return Goal.MAXIMIZE if "accuracy" in metric else Goal.MINIMIZE
+    Raises:
+        StudyError: nothing knows the metric's direction.
+    """
+    from lrlab.bench.summary import metric_goal
+
+    try:
+        return metric_goal(problem, metric, records)
+    except ValueError as error:
+        raise StudyError(str(error)) from None
 
 
 def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:
@@ -164,7 +183,7 @@ def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:
         metric = option.get(problem) if isinstance(option, Mapping) else option
         if metric is None:
             return default_metric_choice(problem, records)
-        return MetricChoice(metric, _goal_of(problem, metric))
+        return MetricChoice(metric, _goal_of(problem, metric, records))
 
     return choose
 
@@ -177,12 +196,7 @@ def _part_records(part: Study, store: Any) -> tuple[list[RunRecord], int]:
     the part expects that are not stored."""
     configs = part.configs()
     ids = list(dict.fromkeys(c.run_id for c in configs))
-    try:
-        from lrlab.bench.refinement import second_pass_configs
-    except ImportError:  # pragma: no cover - refinement is part of lrlab
-        second = []
-    else:
-        second = second_pass_configs(configs, store).configs
+    second = second_pass_configs(configs, store).configs
     ids += [c.run_id for c in second if c.run_id not in set(ids)]
     records: list[RunRecord] = []
     for start in range(0, len(ids), 500):
@@ -191,8 +205,7 @@ def _part_records(part: Study, store: Any) -> tuple[list[RunRecord], int]:
 
 
 def _label(record: RunRecord) -> str:
-    label = record.config.tags.get("label") if record.config.tags else None
-    return str(label) if label else record.config.method
+    return run_label(record.config)
 
 
 # -- placeholders -------------------------------------------------------------------------------
@@ -210,11 +223,7 @@ def _same_lr(a: float | None, b: float | None) -> bool:
 
 
 def _format(value: float | None, spec: str) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return format(value, spec)
+    return format_number(value, spec)
 
 
 def _evaluate_placeholder(
@@ -269,7 +278,7 @@ def _evaluate_placeholder(
         )
     choice = _metric_choice(part)(options["problem"], problem_records)
     metric = options.get("metric", choice.metric)
-    goal = _goal_of(options["problem"], metric) if "metric" in options else choice.goal
+    goal = _goal_of(options["problem"], metric, selected) if "metric" in options else choice.goal
     spec = options.get("fmt", ".3g")
     if kind == "value":
         lrs = sorted({r.config.lr for r in selected}, key=lambda v: (v is not None, v or 0.0))
@@ -286,15 +295,15 @@ def _evaluate_placeholder(
             raise StudyError(f"{where}: stat must be one of {', '.join(_STATS)}")
         if stat in ("seeds", "diverged"):
             return str(getattr(point, stat))
-        value = {"mean": point.mean, "std": point.std, "min": point.minimum, "max": point.maximum}
-        return _format(value[stat], spec)
+        by_stat = {"mean": point.mean, "std": point.std, "min": point.minimum, "max": point.maximum}
+        return _format(by_stat[stat], spec)
     if kind in ("best", "best_lr"):
         best = metrics.best_tuned(selected, metric, goal)
-        key = (options["problem"], options["method"])
-        if key not in best:
+        selection = (options["problem"], options["method"])
+        if selection not in best:
             return "none (every LR diverged)"
-        lr, value = best[key]
-        return _format(value, spec) if kind == "best" else _format(lr, "g")
+        best_lr, best_value = best[selection]
+        return _format(best_value, spec) if kind == "best" else _format(best_lr, "g")
     tolerance = float(part.report.get("tolerance", DEFAULT_TOLERANCE))
     widths = metrics.robustness_width(problem_records, metric, goal, tolerance=tolerance)
     return _format(widths[(options["problem"], options["method"])], "g")
@@ -309,7 +318,7 @@ def check_commentary(source: StudySource) -> list[str]:
             (c.problem, str(label))
             for c in part.configs()
             # a two-pass method's pass 1 names the label its pass 2 will have
-            for label in (c.tags.get("label") or c.method, c.tags.get("refined_label"))
+            for label in (run_label(c), c.tags.get("refined_label"))
             if label
         }
         for name, part in parts.items()
@@ -385,9 +394,7 @@ def fill_placeholders(
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(map(escape_markdown, header)) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(map(escape_markdown, row)) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(header, rows)
 
 
 def _cell(point: metrics.SensitivityPoint) -> str:
@@ -406,13 +413,135 @@ def _lr_text(lr: float | None) -> str:
     return "default" if lr is None else format(lr, "g")
 
 
+def _mean_rank(ranks: Sequence[int | None]) -> float:
+    present = [r for r in ranks if r is not None]
+    return sum(present) / len(present) if present else math.inf
+
+
+def leaderboard_tables(part: Study, records: Sequence[RunRecord]) -> str:
+    """The leaderboard tables of a part (``report.leaderboard``): per method and problem the
+    best-tuned result and rank, the result and rank at the defaults, the robustness width and
+    divergence rate, and the time to target (:mod:`lrlab.bench.leaderboard`)."""
+    from lrlab.bench.leaderboard import entries
+
+    choose = _metric_choice(part)
+
+    def metric_choice(problem: str, problem_records: Sequence[RunRecord]) -> tuple[str, Goal]:
+        choice = choose(problem, problem_records)
+        return choice.metric, choice.goal
+
+    tolerance = float(part.report.get("tolerance", DEFAULT_TOLERANCE))
+    found = entries(
+        records,
+        metric_choice=metric_choice,
+        tolerance=tolerance,
+        targets=part.report.get("targets") or None,
+    )
+    problems = [e.name for e in part.problems if any(x.problem == e.name for x in found)]
+    problems += sorted({x.problem for x in found} - set(problems))
+    cell = {(x.problem, x.method): x for x in found}
+    methods = sorted(
+        {x.method for x in found},
+        key=lambda m: (_mean_rank([cell[(p, m)].rank for p in problems if (p, m) in cell]), m),
+    )
+    metric_of = {x.problem: f"{x.metric} ({x.goal.value})" for x in found}
+
+    def row(method: str, text: Callable[[Any], str], rank: Callable[[Any], Any]) -> list[str]:
+        cells = [text(cell[(p, method)]) if (p, method) in cell else "-" for p in problems]
+        mean = _mean_rank([rank(cell[(p, method)]) for p in problems if (p, method) in cell])
+        return [method, *cells, _format(mean, ".1f") if math.isfinite(mean) else "-"]
+
+    def ranked(value: float | None, place: int | None, diverged: bool = False) -> str:
+        if value is None:
+            return "diverged" if diverged else "-"
+        return f"{_format(value, '.3g')} ({place})"
+
+    def seconds(x: Any) -> str:
+        if not math.isfinite(x.steps_to_target):
+            return "not reached"
+        return f"{x.steps_to_target:.0f} ({x.seconds_to_target:.1f} s)"
+
+    header = ["method", *problems, "mean rank"]
+    best_rows = [row(m, lambda x: ranked(x.best, x.rank), lambda x: x.rank) for m in methods]
+    default_methods = sorted(
+        methods,
+        key=lambda m: (
+            _mean_rank([cell[(p, m)].default_rank for p in problems if (p, m) in cell]),
+            m,
+        ),
+    )
+    default_rows = [
+        row(
+            m,
+            lambda x: ranked(x.default, x.default_rank, x.default_diverged),
+            lambda x: x.default_rank,
+        )
+        for m in default_methods
+    ]
+    width_rows = []
+    for method in methods:
+        here = [cell[(p, method)] for p in problems if (p, method) in cell]
+        runs = sum(x.runs for x in here)
+        diverged = sum(x.divergence_rate * x.runs for x in here)
+        width_rows.append(
+            [method]
+            + [
+                _format(cell[(p, method)].width, "g") if (p, method) in cell else "-"
+                for p in problems
+            ]
+            + [f"{diverged / runs:.0%}" if runs else "-"]
+        )
+    time_rows = [
+        [method] + [seconds(cell[(p, method)]) if (p, method) in cell else "-" for p in problems]
+        for method in methods
+    ]
+    targets = {x.problem: x.target for x in found}
+    return "\n".join(
+        [
+            "**Leaderboard, tuned**: per problem the best mean final metric over every setting "
+            "a method was run at (initial LRs; for learning-rate-free methods their initial "
+            "estimate; and the defaults) at which no seed diverged, and the method's rank on "
+            "the problem (1 = best; equal values share a rank). Methods are sorted by their mean "
+            "rank. Metrics: " + "; ".join(f"{p}: {metric_of[p]}" for p in problems) + ".",
+            "",
+            _md_table(header, best_rows),
+            "",
+            "**With no tuning**: the mean final metric at the method's defaults (its "
+            "constructor's own learning rate or initial estimate) and its rank among the "
+            "defaults; `diverged`: a seed diverged there.",
+            "",
+            _md_table(header, default_rows),
+            "",
+            f"**Robustness**: the width in decades of the longest run of consecutive grid "
+            f"settings whose mean final metric is within {tolerance:.0%} of the best run of any "
+            "method on the problem (no seed diverged), and the share of all the method's runs "
+            "that diverged or failed.",
+            "",
+            _md_table(["method", *problems, "diverged runs"], width_rows),
+            "",
+            "**Time to target** at the best setting: the median over seeds of the first step "
+            "whose mini-batch training loss reaches the problem's target, and that share of the "
+            "run's wall time; `not reached`: a seed never got there. Targets (training loss): "
+            + ", ".join(f"{p} {_format(targets[p], '.3g')}" for p in problems)
+            + ".",
+            "",
+            _md_table(["method", *problems], time_rows),
+        ]
+    )
+
+
 def part_tables(part: Study, records: Sequence[RunRecord]) -> str:
     """The generated Markdown tables of one part.
+
+    With ``report.leaderboard``: the leaderboard tables (:func:`leaderboard_tables`) only; the
+    per-LR tables of every method are in the HTML report.
 
     A part with one initial LR per method gets one table (problems x methods, final metric).
     A part with an LR grid gets, across problems, the best-tuned result (best initial LR) and
     the robustness width per method, then per problem the full method x LR table.
     """
+    if part.report.get("leaderboard"):
+        return leaderboard_tables(part, records)
     by_problem: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
         by_problem[record.config.problem].append(record)
@@ -424,8 +553,7 @@ def part_tables(part: Study, records: Sequence[RunRecord]) -> str:
     labels = [
         label
         for label in dict.fromkeys(
-            [str(c.tags.get("label") or c.method) for c in part.configs()]
-            + [_label(r) for r in records]
+            [run_label(c) for c in part.configs()] + [_label(r) for r in records]
         )
         if any(_label(r) == label for r in records)
     ]
@@ -567,6 +695,34 @@ def _read_timing(store_path: Path) -> list[dict[str, Any]]:
         return []
 
 
+def _timing_key(entry: Mapping[str, Any]) -> str:
+    return json.dumps({k: v for k, v in entry.items() if k != "merged_from"}, sort_keys=True)
+
+
+def merge_stores(target: Any, sources: Sequence[str | Path]) -> int:
+    """Copy into the open store ``target`` every run of the ``sources`` (store files) that it
+    does not hold yet, and append their sweep timings to ``target``'s; returns how many runs
+    were copied. Runs are identified by ``run_id``, so merging twice copies nothing new."""
+    from lrlab.bench.store import Store
+
+    copied = 0
+    timing = _read_timing(Path(target.path))
+    for source in sources:
+        with Store(source, readonly=True) as other:
+            missing = sorted(other.run_ids() - target.run_ids())
+            for start in range(0, len(missing), 200):
+                for record in other.load_records(run_id=missing[start : start + 200]):
+                    target.write(record)
+                    copied += 1
+        seen = {_timing_key(t) for t in timing}
+        for entry in _read_timing(Path(source)):
+            if _timing_key(entry) not in seen:
+                timing.append({**entry, "merged_from": str(source)})
+    if timing:
+        _timing_path(Path(target.path)).write_text(json.dumps({"sweeps": timing}, indent=1))
+    return copied
+
+
 # -- the command --------------------------------------------------------------------------------
 
 
@@ -574,7 +730,9 @@ def _read_timing(store_path: Path) -> list[dict[str, Any]]:
 class StudyOutcome:
     """What :func:`run_study` did and wrote."""
 
-    doc: Path
+    doc: Path | None
+    """The docs page; None when only some parts ran (``parts``) and the store lacks runs of the
+    others: the page is written once the store holds them all (run the rest, or ``merge``)."""
     figures: list[Path]
     report_dirs: list[Path]
     store: Path
@@ -625,7 +783,7 @@ def render_doc(
     parts = {part.name: part for part in _parts(study)}
     results: list[str] = ["## Results", ""]
     for name, part in parts.items():
-        if study.parts:
+        if _split(study):
             title = part.title or part.description or name
             results += [f"### Part {name}: {title}", ""]
             if part.title and part.description:
@@ -664,6 +822,11 @@ def run_study(
     show_progress: bool = True,
     progress: TextIO | None = None,
     command: str | None = None,
+    quick: bool = False,
+    parts: Sequence[str] = (),
+    backend: str = "local",
+    address: str | None = None,
+    merge: Sequence[str | Path] = (),
 ) -> StudyOutcome:
     """Run the study ``name`` (preset or ``FILE.toml``) into the store, build its report and
     write its docs page (see the module docstring).
@@ -678,14 +841,33 @@ def run_study(
         show_progress: print the sweep's progress bar.
         progress: stream of the progress bar (default stderr).
         command: the command line to quote in the docs (default: rebuilt from the arguments).
+        quick: run the study's quick variant (its ``[quick]`` table) instead; its store and
+            reports default to ``results/<name>-quick.sqlite`` / ``results/<name>-quick-report``
+            (the docs page keeps the study's name).
+        parts: run only these parts (names); the report and the page still cover every part,
+            saying which runs are missing. Parts run apart (on other machines, into other
+            stores) come together with ``merge``.
+        backend: ``local`` (process pool) or ``ray``; ``address``: the Ray cluster's address.
+        merge: stores whose runs (and sweep timings) are copied into the store first, e.g.
+            the stores of parts run elsewhere; runs already there are kept.
+
+    Raises:
+        StudyError: no quick variant, an unknown part, a commentary placeholder that matches no
+            run, or a merge source that does not exist.
     """
+    from lrlab.bench.executors import check_backend
     from lrlab.bench.report import build_report
     from lrlab.bench.store import Store
     from lrlab.bench.sweep import run_sweep
 
     source = load_study_source(name)
+    if quick:
+        if source.study.quick is None:
+            raise StudyError(f"study {source.study.name!r} has no quick variant ([quick] table)")
+        source = dataclasses.replace(source, study=source.study.quick)
     study = source.study
     check_study_name(study.name)  # it names files under results/ and the docs directory
+    selected = [study.part(part) for part in parts]  # unknown names fail before anything runs
     problems = check_commentary(source)
     if problems:  # fail before hours of running, not after
         raise StudyError(
@@ -693,62 +875,90 @@ def run_study(
             + "; ".join(problems[:5])
             + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
         )
-    store_path = Path(store) if store is not None else Path("results") / f"{study.name}.sqlite"
-    report_root = (
-        Path(report_dir) if report_dir is not None else Path("results") / f"{study.name}-report"
-    )
+    stem = f"{study.name}-quick" if quick else study.name
+    store_path = Path(store) if store is not None else Path("results") / f"{stem}.sqlite"
+    report_root = Path(report_dir) if report_dir is not None else Path("results") / f"{stem}-report"
     docs_dir = Path(docs)
     if command is None:
         command = f"lrlab study {name}" + (f" --workers {workers}" if workers else "")
-    configs = study.configs()
+    configs = [c for part in selected for c in part.configs()] if selected else study.configs()
+    if run:
+        check_backend(backend, address)  # before anything runs (Ray missing, bad address)
+    for source_path in merge:
+        if not Path(source_path).is_file():
+            raise StudyError(f"merge: store {str(source_path)!r} does not exist")
     new_store = not store_path.exists()
     store_path.parent.mkdir(parents=True, exist_ok=True)
     ran = lost = 0
     errors: list[str] = []
     with Store(store_path) as db:
+        if merge:
+            merge_stores(db, merge)
+            new_store = False
         if run:
             timing = [] if new_store else _read_timing(store_path)
             started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             load = os.getloadavg() if hasattr(os, "getloadavg") else ()
-            summary = run_sweep(
-                configs, db, workers=workers, show_progress=show_progress, progress=progress
-            )
+            stored_before = db.count()
+            sweep_start = time.perf_counter()
+
+            def record_timing(wall_time_s: float, runs: int, interrupted: bool) -> None:
+                if not (runs or new_store):
+                    return
+                entry: dict[str, Any] = {
+                    "started": started,
+                    "wall_time_s": wall_time_s,
+                    "runs": runs,
+                    "workers": workers or os.cpu_count(),
+                    "load_average_at_start": list(load),
+                    "command": command,
+                    "machine": machine_description(),
+                    "parts": list(parts),
+                }
+                if interrupted:
+                    entry["interrupted"] = True
+                timing.append(entry)
+                _timing_path(store_path).write_text(json.dumps({"sweeps": timing}, indent=1))
+
+            try:
+                summary = run_sweep(
+                    configs,
+                    db,
+                    backend=backend,
+                    workers=workers,
+                    address=address,
+                    show_progress=show_progress,
+                    progress=progress,
+                )
+            except KeyboardInterrupt:
+                # the runs stored so far took this long: keep the measured time for the page
+                record_timing(time.perf_counter() - sweep_start, db.count() - stored_before, True)
+                raise
             ran = sum(summary.counts.values())
             lost = len(summary.lost)
             errors = summary.errors
-            if ran or new_store:
-                timing.append(
-                    {
-                        "started": started,
-                        "wall_time_s": summary.wall_time_s,
-                        "runs": ran,
-                        "workers": workers or os.cpu_count(),
-                        "load_average_at_start": list(load),
-                        "command": command,
-                        "machine": machine_description(),
-                    }
-                )
-                _timing_path(store_path).write_text(json.dumps({"sweeps": timing}, indent=1))
+            record_timing(summary.wall_time_s, ran, False)
         report_start = time.perf_counter()
-        parts = {part.name: part for part in _parts(study)}
+        part_by_name = {part.name: part for part in _parts(study)}
         records: dict[str, list[RunRecord]] = {}
         missing = 0
-        for part_name, part in parts.items():
+        for part_name, part in part_by_name.items():
             records[part_name], part_missing = _part_records(part, db)
             missing += part_missing
 
+    # a part run alone leaves the page as it is until the store holds every part's runs
+    partial = bool(selected) and missing > 0
     figure_dir = docs_dir / study.name
-    if figure_dir.is_dir():
+    if figure_dir.is_dir() and not partial:
         for old in figure_dir.glob("*.png"):
             old.unlink()
-    figure_dir.mkdir(parents=True, exist_ok=True)
     copied: list[Path] = []
     shown: dict[str, list[tuple[str, str]]] = {}
     report_dirs: list[Path] = []
-    for part_name, part in parts.items():
+    for part_name, part in part_by_name.items():
         if not records[part_name]:
             continue
-        out = report_root / part_name if study.parts else report_root
+        out = report_root / part_name if _split(study) else report_root
         files = build_report(
             records[part_name],
             out,
@@ -762,9 +972,10 @@ def run_study(
         wanted = part.report.get("figures", ["sensitivity", "lr-trajectories", "curves"])
         shown[part_name] = []
         for path in files.figures:
-            if _figure_kind(path.stem) not in wanted:
+            if partial or _figure_kind(path.stem) not in wanted:
                 continue
-            target = figure_dir / (f"{part_name}-{path.name}" if study.parts else path.name)
+            figure_dir.mkdir(parents=True, exist_ok=True)
+            target = figure_dir / (f"{part_name}-{path.name}" if _split(study) else path.name)
             shutil.copyfile(path, target)
             copied.append(target)
             shown[part_name].append(
@@ -800,14 +1011,22 @@ def run_study(
     ]
     if timing:
         machines = sorted({str(t.get("machine", "?")) for t in timing})
-        loads = [t.get("load_average_at_start") for t in timing if t.get("load_average_at_start")]
+        loads: list[list[float]] = [
+            start_load for t in timing if (start_load := t.get("load_average_at_start"))
+        ]
         invocations = len(timing)
         provenance += [
             f"Measured wall time of the sweep: {sweep_time:.0f} s ({sweep_time / 60:.1f} min) "
             + (
                 f"in one invocation with {timing[0].get('workers')} worker process(es)"
                 if invocations == 1
-                else f"summed over {invocations} invocations (the study was resumed)"
+                else f"summed over {invocations} invocations (the study was resumed"
+                + (
+                    f"; {sum(bool(t.get('interrupted')) for t in timing)} of them interrupted"
+                    if any(t.get("interrupted") for t in timing)
+                    else ""
+                )
+                + ")"
             )
             + f"; the runs themselves took {run_time:.0f} s of worker time in total. Building "
             f"the reports and this page took {report_time:.0f} s.",
@@ -834,11 +1053,13 @@ def run_study(
         "Every number on this page is computed from the stored runs by `lrlab study`; the "
         "exact config of every run (and its id) is in the HTML reports' provenance tables.",
     ]
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    doc_path = docs_dir / f"{study.name}.md"
-    doc_path.write_text(
-        render_doc(source, records, figures=shown, provenance=provenance, command=command)
-    )
+    doc_path: Path | None = None
+    if not partial:
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        doc_path = docs_dir / f"{study.name}.md"
+        doc_path.write_text(
+            render_doc(source, records, figures=shown, provenance=provenance, command=command)
+        )
     return StudyOutcome(
         doc=doc_path,
         figures=copied,

@@ -39,6 +39,7 @@ from lrlab.optim._registry import (
 from lrlab.optim.alera import AgAdam, ALeRA, SALeRA, SPALeRA, layer_param_groups
 from lrlab.optim.baselines import SGD, Adam, AdamW
 from lrlab.optim.clara import ClaraAdam, ClaraSGD
+from lrlab.optim.clara_auto import ClaraAuto
 from lrlab.optim.dadaptation import DAdaptAdaGrad, DAdaptAdam, DAdaptSGD
 from lrlab.optim.dog import DoG, DoWG, LDoG
 from lrlab.optim.gradagrad import GradaGrad
@@ -65,6 +66,7 @@ __all__ = [
     "AdaptiveOptimizer",
     "AgAdam",
     "ClaraAdam",
+    "ClaraAuto",
     "ClaraSGD",
     "DAdaptAdaGrad",
     "DAdaptAdam",

@@ -228,7 +228,7 @@ class Plan:
     loop. Made by :func:`route`.
     """
 
-    rows: list[Row]
+    rows: Sequence[Row]
     native: dict[torch.dtype, list[int]]
     compiled: list[int]
     reference: list[int]
@@ -318,7 +318,7 @@ class PassResult:
         return parts
 
 
-def route(group: Mapping[str, Any], rows: list[Row], passes: Sequence[Pass]) -> Plan:
+def route(group: Mapping[str, Any], rows: Sequence[Row], passes: Sequence[Pass]) -> Plan:
     """Route the rows of one group between the native kernels (every array of every pass
     eligible, the group allows it, the kernels built), the compiled kernels (``fused=True``
     and every array flat-eligible) and the reference loop."""

@@ -94,6 +94,7 @@ class _FirstCallReturnsLoss:
 
 
 def _resolve_base_class(base: object) -> type[torch.optim.Optimizer]:
+    cls: type[torch.optim.Optimizer]
     if isinstance(base, str):
         cls = spec(base).cls  # raises UnknownNameError (a KeyError) naming the closest names
     elif isinstance(base, type) and issubclass(base, torch.optim.Optimizer):

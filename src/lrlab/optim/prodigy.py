@@ -444,7 +444,7 @@ class Prodigy(_DistanceEstimator):
         return distance, _l1(arrays["s"], _fast(group))
 
     def _move_reference(
-        self, group: dict[str, Any], arrays: dict[str, Tensor], c: dict[str, float]
+        self, group: dict[str, Any], arrays: Mapping[str, Tensor], c: dict[str, float]
     ) -> None:
         """The update of one parameter (the package's operations)."""
         p, direction = arrays["p"], arrays["direction"]

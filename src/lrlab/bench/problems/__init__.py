@@ -68,7 +68,7 @@ def build(name: str, seed: int, **kwargs: KwargValue) -> ProblemInstance:
 
 
 # Importing the modules registers their problems (they import nothing heavy at module level),
-# in this order: synthetic, logistic, vision.
+# in this order: synthetic, logistic, vision, then the leaderboard's convnets and language.
 from lrlab.bench.problems import synthetic  # noqa: E402, F401
 
 # isort: split
@@ -76,3 +76,6 @@ from lrlab.bench.problems import logistic  # noqa: E402, F401
 
 # isort: split
 from lrlab.bench.problems import vision  # noqa: E402, F401
+
+# isort: split
+from lrlab.bench.problems import convnets, language  # noqa: E402, F401

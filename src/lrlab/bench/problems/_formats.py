@@ -31,9 +31,9 @@ import io
 import lzma
 import pickle
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -54,8 +54,13 @@ PathLike = str | Path
 
 # -- compression --------------------------------------------------------------------------------
 
-_MAGIC = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
-_SUFFIX = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# the three openers return binary file objects in "rb"/"wb" mode
+_MAGIC: tuple[tuple[bytes, Callable[..., Any]], ...] = (
+    (b"\x1f\x8b", gzip.open),
+    (b"BZh", bz2.open),
+    (b"\xfd7zXZ\x00", lzma.open),
+)
+_SUFFIX: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
 def _open_read(path: PathLike) -> IO[bytes]:
@@ -64,14 +69,14 @@ def _open_read(path: PathLike) -> IO[bytes]:
         head = raw.read(6)
     for magic, opener in _MAGIC:
         if head.startswith(magic):
-            return opener(path, "rb")  # type: ignore[return-value]  # all are binary file objects
+            return cast(IO[bytes], opener(path, "rb"))
     return open(path, "rb")
 
 
 def _open_write(path: PathLike) -> IO[bytes]:
     """Open ``path`` for binary writing, compressing by suffix (``.gz``, ``.bz2``, ``.xz``)."""
     opener = _SUFFIX.get(Path(path).suffix)
-    return opener(path, "wb") if opener else open(path, "wb")  # type: ignore[return-value]
+    return cast(IO[bytes], opener(path, "wb")) if opener else open(path, "wb")
 
 
 # -- IDX ----------------------------------------------------------------------------------------

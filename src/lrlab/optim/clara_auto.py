@@ -1,0 +1,377 @@
+r"""CLARA-auto: a cumulative path-length learning rate that sets its own damping, with brakes.
+
+lrlab's own method (no paper of its own; write-up and measurements in
+``docs/methods/clara_auto.md``). It answers the open problem the CLARA paper ends with
+(Atamna et al., "Cumulative Learning Rate Adaptation: Revisiting Path-Based Schedules for SGD
+and Adam", arXiv:2508.05408, 2025): set the damping automatically, so that the method is
+started from any learning rate and left alone. It combines three published ideas:
+
+* the *path statistic* of CLARA / cumulative step-size adaptation (CSA) in CMA-ES (Hansen &
+  Ostermeier, 2001), in CSA's logarithmic form, so that growing and shrinking are equally fast;
+* a damping set from the observed dimension of the statistic, as CSA sets its damping from the
+  search-space dimension;
+* two safeguards against runaway growth: a *distance bound* in the style of DoG (Ivgi et al.,
+  ICML 2023) and D-Adaptation (Defazio & Mishchenko, ICML 2023), and a Page-Hinkley / CUSUM
+  *brake* on the gradient norm (the 2017 scheme's Page-Hinkley test, SALeRA, arXiv:1709.01427,
+  watched the loss; here the gradient norm, so no loss is needed).
+
+The algorithm, for every step :math:`t` (tensors :math:`i` with a gradient, :math:`D_i` elements,
+:math:`K` of them; :math:`c` the path memory, :math:`\mu = c / (2 - c)`,
+:math:`L = \log((2 - c)/c)`, :math:`a = (1 - c)^2`)::
+
+    eta    = lr * f                                           f: the global LR factor
+    eta    = min(eta, r + r_eps)             [distance bound; r_eps = 1e-4 (1 + rms(x_0))]
+    for every tensor i:
+        m_i = b1 m_i + (1 - b1) g_i ;   v_i = b2 v_i + (1 - b2) g_i^2      (Adam moments)
+        h_i = sqrt(v_i / (1 - b2^t_i)) + eps                              (preconditioner)
+        x_i = x_i - eta (m_i / (1 - b1^t_i)) / h_i                         (the Adam move)
+        q_i = g_i / h_i ;  p_i = (1 - c) p_i + c q_i / ||q_i||     (path of preconditioned
+                                                                    gradient directions)
+    S = sum_i ||p_i||^2 ;   M = sum_i mu (1 - (1 - c)^(2 t_i))  (E[S] for independent directions)
+    l = clip(log(S / M), -L, L)                       (log form: +-L at full (dis)agreement)
+    sigma = sqrt(4 a / (1 + a) * sum_i 1/D_i) / K       (std of S/M under pure noise)
+    d = c / (L (1 + sigma))                                           (automatic damping)
+    f = f exp(d l)
+    r = max(r, rms(x - x_0))                                          (distance travelled)
+    z = log ||g|| ; C = max(0, C + z - z_bar - delta) ; z_bar = (1 - c) z_bar + c z  [brake]
+    if C > lambda:  f = f * exp(-L), C = 0                   (delta = 0.05, lambda = log 10)
+
+Why each piece (measured in ``docs/methods/clara_auto.md``):
+
+* The path is built from the *preconditioned gradient* ``g / h`` rather than from the Adam step:
+  consecutive gradient directions under pure noise are independent, so the reference is
+  CLARA-SGD's exact ``mu (1 - (1-c)^(2t))`` for every step, including the first (where
+  ``S / M = 1``); the path of momentum steps is correlated under noise (its reference is 6 times
+  larger and only known in the stationary regime).
+* ``log(S/M)`` lies in ``[-L, L]`` when the directions (anti-)agree fully: an LR that is too small
+  grows as fast as a too-large one shrinks. CLARA's ``S/M - 1`` lies in ``[-1, 1/mu - 1]``.
+* ``d L = c / (1 + sigma)``: the LR may change by at most a factor ``e^c`` per step, about what
+  the path (memory ``1/c`` steps) can follow without overshooting; a noisier statistic (small
+  tensors) moves it more slowly.
+* The distance bound limits the first steps, before the path knows anything: an initial LR of
+  100 would otherwise throw the parameters 100 units away in the first step. It lets the LR at
+  most double the distance travelled per step (DoG's geometric growth).
+* The brake catches what the path cannot see: a divergence whose gradients keep their direction
+  (the norm explodes while the path says "agree, grow").
+
+Safeguard activity is visible in :meth:`statistics` (``capped_steps``, ``brake_events``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
+from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._validation import (
+    check_betas,
+    check_bool,
+    check_nonnegative,
+    check_positive,
+    check_range,
+)
+
+__all__ = ["ClaraAuto", "auto_damping", "noise_std_of_ratio"]
+
+# a normalised direction of a zero gradient is 0, not NaN
+_NORM_FLOOR = 1e-12
+# the brake's tolerated drift of log ||g|| per step, and its alarm level (a tenfold rise)
+BRAKE_DRIFT = 0.05
+BRAKE_THRESHOLD = math.log(10.0)
+
+
+def noise_std_of_ratio(c: float, inverse_dimensions: float, tensors: float) -> float:
+    r"""Standard deviation of ``S / M`` for independent isotropic unit directions (stationary).
+
+    With :math:`a = (1-c)^2`, one tensor of dimension :math:`D` gives
+    :math:`\mathrm{Var}(S/M) = 4a / ((1+a) D)`; :math:`K` tensors sum their variances:
+    :math:`\sigma = \sqrt{4a/(1+a) \sum_i 1/D_i} / K`.
+    """
+    a = (1.0 - c) ** 2
+    return math.sqrt(4.0 * a / (1.0 + a) * inverse_dimensions) / tensors
+
+
+def auto_damping(c: float, inverse_dimensions: float, tensors: float) -> float:
+    """``d = c / (L (1 + sigma))``: at most a factor ``exp(c / (1 + sigma))`` per step."""
+    bound = math.log((2.0 - c) / c)
+    return c / (bound * (1.0 + noise_std_of_ratio(c, inverse_dimensions, tensors)))
+
+
+_INVALID = (
+    InvalidKwargs({"lr": 0.0}, r"lr must be in \(0, inf\), got 0\.0"),
+    InvalidKwargs({"betas": (0.9, 1.0)}, r"betas\[1\] must be in \[0, 1\), got 1\.0"),
+    InvalidKwargs({"eps": 0.0}, r"eps must be in \(0, inf\), got 0\.0"),
+    InvalidKwargs({"c": 1.0}, r"c must be in \(0, 1\), got 1\.0"),
+    InvalidKwargs({"damping": -0.1}, r"damping must be in \[0, inf\), got -0\.1"),
+    InvalidKwargs({"distance_bound": 1}, r"distance_bound must be True or False, got 1"),
+    InvalidKwargs({"brake": "yes"}, r"brake must be True or False, got 'yes'"),
+    InvalidKwargs({"initial_distance": 0.0}, r"initial_distance must be in \(0, inf\), got 0\.0"),
+)
+
+
+@register(
+    "clara-auto",
+    family="cumulative-path",
+    paper=(
+        "lrlab's own: CLARA (Atamna et al., arXiv:2508.05408) with CSA-style automatic damping, "
+        "a DoG-style distance bound and a Page-Hinkley brake"
+    ),
+    summary="Adam whose LR follows a log path-length ratio with automatic damping and safeguards",
+    sample_kwargs=(
+        {"lr": 0.05},
+        {"lr": 10.0, "betas": (0.8, 0.99), "c": 0.3},
+        {"lr": 0.05, "damping": 0.05, "distance_bound": False, "brake": False},
+    ),
+    invalid_kwargs=_INVALID,
+    group_kwargs={"lr": 0.01},
+)
+class ClaraAuto(AdaptiveOptimizer):
+    r"""CLARA-auto: Adam with a self-damped cumulative path-length LR and two safeguards.
+
+    The update is the algorithm box of the module docstring (:mod:`lrlab.optim.clara_auto`).
+
+    Symbols: :math:`f` ``lr_factor``, :math:`\eta` ``effective_lr``, :math:`m_i, v_i, p_i`
+    ``state["exp_avg"], state["exp_avg_sq"], state["path"]``,
+    :math:`x - x_0` ``state["displacement"]``, :math:`S/M` ``statistics()["path_ratio"]``,
+    :math:`d` ``statistics()["damping"]``, :math:`r` ``statistics()["distance"]``,
+    :math:`C` ``statistics()["brake_cusum"]``.
+
+    Args:
+        params: parameters or param groups.
+        lr: initial learning rate, in (0, inf). Any value works; values above the distance bound
+            (``initial_distance * (1 + rms(x_0))`` at the first step) start at the bound.
+        betas: Adam's :math:`(\beta_1, \beta_2)`, each in [0, 1).
+        eps: Adam's :math:`\epsilon`, in (0, inf).
+        c: path memory, in (0, 1). Default 0.2 (CLARA's).
+        damping: None (default) for the automatic damping ``c / (L (1 + sigma))``; a number in
+            [0, inf) fixes :math:`d` (for ablations; 0 keeps the LR fixed up to the safeguards).
+        distance_bound: cap the LR by the distance travelled plus ``r_eps`` (default True).
+        brake: the Page-Hinkley brake on the gradient norm (default True).
+        initial_distance: :math:`r_\epsilon / (1 + \mathrm{rms}(x_0))`, in (0, inf). Default 1e-4
+            (DoG's).
+        sharded: each rank owns a disjoint part of the parameters, so the sums are reduced over
+            ranks (not needed for DDP or DTensor, which is detected).
+
+    The factor is global: every group's ``lr`` is multiplied by the same ``f``. Memory: four
+    tensors per parameter (the Adam moments, the path and the displacement from the start).
+
+    Example:
+        >>> optimizer = ClaraAuto(model.parameters(), lr=1.0)  # any initial LR
+        >>> loss_fn(model(x), y).backward()
+        >>> optimizer.step()
+    """
+
+    has_global_statistics: ClassVar[bool] = True
+    global_defaults: ClassVar[dict[str, float]] = {
+        "lr_factor": 1.0,
+        "path_ratio": 1.0,
+        "damping_used": 0.0,
+        "distance": 0.0,
+        "distance_floor": 0.0,
+        "capped_steps": 0,
+        "brake_mean": 0.0,
+        "brake_cusum": 0.0,
+        "brake_events": 0,
+        "global_step": 0,
+    }
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "betas": check.betas(),
+        "eps": check.positive(),
+        "c": check.in_range(0.0, 1.0, "()"),
+        "damping": check.optional(check.nonnegative()),
+        "distance_bound": check.boolean(),
+        "brake": check.boolean(),
+        "initial_distance": check.positive(),
+    }
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        *,
+        c: float = 0.2,
+        damping: float | None = None,
+        distance_bound: bool = True,
+        brake: bool = True,
+        initial_distance: float = 1e-4,
+        sharded: bool = False,
+    ) -> None:
+        check_positive("lr", lr)
+        check_betas("betas", betas)
+        check_positive("eps", eps)
+        check_range("c", c, 0.0, 1.0, "()")
+        if damping is not None:
+            check_nonnegative("damping", damping)
+        check_bool("distance_bound", distance_bound)
+        check_bool("brake", brake)
+        check_positive("initial_distance", initial_distance)
+        check_bool("sharded", sharded)
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "c": c,
+            "damping": damping,
+            "distance_bound": distance_bound,
+            "brake": brake,
+            "initial_distance": initial_distance,
+            "sharded": sharded,
+        }
+        super().__init__(params, defaults)
+
+    def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["path"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        # the sum of the moves, in the accumulation dtype: x - x_0 in exact arithmetic, but a
+        # low-precision parameter that rounds a small move away still counts it (else the
+        # distance bound could stay at r_eps forever)
+        state["displacement"] = torch.zeros_like(
+            p, dtype=_foreach.accumulation_dtype(p.dtype), memory_format=torch.preserve_format
+        )
+
+    def _update(self, context: StepContext) -> None:
+        settings = self.param_groups[0]
+        c = float(settings["c"])
+        first_step = int(self._get_global("global_step")) == 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and len(self.state[p]) == 0:
+                    self._init_state(p, self.state[p])
+        if first_step:
+            self._set_distance_floor(context)
+        factor = float(self._get_global("lr_factor"))
+        capped = False
+        if settings["distance_bound"]:
+            bound = float(self._get_global("distance")) + float(self._get_global("distance_floor"))
+            largest_lr = max(float(group["lr"]) for group in self.param_groups)
+            if largest_lr * factor > bound:
+                factor, capped = bound / largest_lr, True
+
+        device = context.params[0].device
+        sums: dict[str, list[Tensor]] = {
+            key: [] for key in ("path", "reference", "distance", "numel", "grad")
+        }
+        inverse_dimensions = tensors = 0.0
+        for group in self.param_groups:
+            eta = float(group["lr"]) * factor
+            group["effective_lr"] = eta
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] += 1
+                step = int(state["step"])
+                grad = p.grad
+                m, v, path = state["exp_avg"], state["exp_avg_sq"], state["path"]
+                m.lerp_(grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denominator = (v / (1 - beta2**step)).sqrt_().add_(group["eps"])
+                move = m / denominator
+                p.add_(move, alpha=-eta / (1 - beta1**step))
+                displacement = state["displacement"]
+                displacement.add_(move.to(displacement.dtype), alpha=-eta / (1 - beta1**step))
+                preconditioned = grad / denominator
+                norm = torch.linalg.vector_norm(
+                    preconditioned, dtype=_foreach.accumulation_dtype(p.dtype)
+                )
+                path.lerp_(preconditioned / norm.clamp_min(_NORM_FLOOR).to(p.dtype), c)
+                accumulate = _foreach.accumulation_dtype(p.dtype)
+                sums["path"].append(path.square().sum(dtype=accumulate))
+                sums["distance"].append(displacement.square().sum())
+                sums["grad"].append(grad.square().sum(dtype=accumulate))
+                reference = (c / (2 - c)) * (1 - (1 - c) ** (2 * step))
+                sums["reference"].append(torch.tensor(reference, dtype=torch.float64))
+                sums["numel"].append(torch.tensor(float(p.numel()), dtype=torch.float64))
+                inverse_dimensions += 1.0 / max(p.numel(), 1)
+                tensors += 1.0
+        totals = [
+            torch.stack([part.to(device, torch.float64) for part in parts]).sum()
+            if parts
+            else torch.zeros((), dtype=torch.float64, device=device)
+            for parts in sums.values()
+        ]
+        counts = torch.tensor([inverse_dimensions, tensors], dtype=torch.float64, device=device)
+        # every rank reaches the reduction, even one without gradients this step
+        reduced = self._reduce_global([*totals, counts[0], counts[1]])
+        path_sq, reference, distance_sq, numel, grad_sq, inverse_dimensions_t, tensors_t = (
+            float(value) for value in reduced
+        )
+        if reference == 0.0:  # no tensor had a gradient on any rank
+            return
+        self._set_global("global_step", int(self._get_global("global_step")) + 1)
+        if capped:
+            self._set_global("capped_steps", int(self._get_global("capped_steps")) + 1)
+
+        bound = math.log((2.0 - c) / c)
+        ratio = path_sq / reference
+        log_ratio = min(max(math.log(max(ratio, 1e-300)), -bound), bound)
+        damping = settings["damping"]
+        if damping is None:
+            damping = auto_damping(c, inverse_dimensions_t, tensors_t)
+        factor *= math.exp(float(damping) * log_ratio)
+        self._set_global("path_ratio", ratio)
+        self._set_global("damping_used", float(damping))
+        distance = math.sqrt(distance_sq / max(numel, 1.0))
+        self._set_global("distance", max(float(self._get_global("distance")), distance))
+        if settings["brake"]:
+            factor = self._brake(factor, 0.5 * math.log(max(grad_sq, 1e-300)), c, bound)
+        self._set_global("lr_factor", factor)
+
+    def _set_distance_floor(self, context: StepContext) -> None:
+        """``r_eps = initial_distance (1 + rms(x_0))`` over every parameter, at the first step."""
+        squares: list[Tensor] = []
+        count = 0.0
+        for p in context.params:
+            squares.append(p.detach().square().sum(dtype=_foreach.accumulation_dtype(p.dtype)))
+            count += p.numel()
+        device = context.params[0].device
+        total = torch.stack([s.to(device, torch.float64) for s in squares]).sum()
+        numel = torch.tensor(count, dtype=torch.float64, device=device)
+        total, numel = self._reduce_global([total, numel])
+        rms = math.sqrt(float(total) / max(float(numel), 1.0))
+        floor = float(self.param_groups[0]["initial_distance"]) * (1.0 + rms)
+        self._set_global("distance_floor", floor)
+
+    def _brake(self, factor: float, log_norm: float, c: float, shrink: float) -> float:
+        """One-sided CUSUM (Page-Hinkley) on ``log ||g||``; on alarm shrink ``f`` by ``e^-L``."""
+        if int(self._get_global("global_step")) == 1:
+            self._set_global("brake_mean", log_norm)
+            return factor
+        mean = float(self._get_global("brake_mean"))
+        cusum = max(0.0, float(self._get_global("brake_cusum")) + log_norm - mean - BRAKE_DRIFT)
+        self._set_global("brake_mean", (1 - c) * mean + c * log_norm)
+        if cusum > BRAKE_THRESHOLD:
+            self._set_global("brake_events", int(self._get_global("brake_events")) + 1)
+            cusum = 0.0
+            factor *= math.exp(-shrink)
+        self._set_global("brake_cusum", cusum)
+        return factor
+
+    def _statistics(self) -> dict[str, float]:
+        factor = float(self._get_global("lr_factor"))
+        return {
+            "lr_factor": factor,
+            "path_ratio": float(self._get_global("path_ratio")),
+            "damping": float(self._get_global("damping_used")),
+            "distance": float(self._get_global("distance")),
+            "distance_bound": float(self._get_global("distance"))
+            + float(self._get_global("distance_floor")),
+            "capped_steps": float(self._get_global("capped_steps")),
+            "brake_events": float(self._get_global("brake_events")),
+            "brake_cusum": float(self._get_global("brake_cusum")),
+        }
