@@ -450,10 +450,7 @@ class L4Mom(_L4):
     )
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
-    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
-        "beta": check.in_range(0.0, 1.0, "[)"),
-        "momentum": check.in_range(0.0, 1.0, "[)"),  # torch's name of beta (_names.py)
-    }
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"beta": check.in_range(0.0, 1.0, "[)")}
 
     def __init__(
         self,

@@ -459,7 +459,6 @@ class Momo(_MomentumModel):
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
         "beta": check.in_range(0.0, 1.0, "[)"),
-        "momentum": check.in_range(0.0, 1.0, "[)"),  # torch's name of beta (_names.py)
         "bias_correction": check.boolean(),
     }
 

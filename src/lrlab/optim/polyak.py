@@ -365,7 +365,6 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
         "num_examples": check.integer(1),
         "lr": check.positive(),
-        "eta_max": check.positive(),
         "fstar": check.real(),
         "lmbda": check.in_range(0.0, 1.0, "[]"),
         "push": check.in_range(0.0, 1.0, "[)"),
