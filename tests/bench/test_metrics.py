@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from lrlab.bench.metrics import (
     best_tuned,
+    bootstrap_interval,
+    default_lr,
+    divergence_rate,
     final_value,
+    final_values,
+    intervals_overlap,
+    is_default_run,
     performance_profile,
     robustness_width,
     sensitivity,
@@ -104,3 +111,78 @@ def test_performance_profile_by_hand() -> None:
     # a problem nobody solves counts against everyone
     profile = performance_profile({"a": {"p": math.inf}, "b": {}}, [1.0, 100.0])
     assert profile == {"a": [0.0, 0.0], "b": [0.0, 0.0]}
+
+
+def test_bootstrap_interval_matches_numpy_with_the_same_seed() -> None:
+    values = [0.91, 0.95, 0.97, 0.88, 0.93]
+    # the percentile bootstrap written out independently: resample indices, means, percentiles
+    draws = np.random.default_rng(7).integers(0, 5, size=(4000, 5))
+    means = np.array(values)[draws].mean(axis=1)
+    expected = np.percentile(means, [5.0, 95.0])
+    got = bootstrap_interval(values, level=0.9, resamples=4000, seed=7)
+    assert got == pytest.approx(tuple(expected), abs=1e-12)
+    # seeded: the same every time; another seed moves it by little
+    assert bootstrap_interval(values, level=0.9, resamples=4000, seed=7) == got
+    other = bootstrap_interval(values, level=0.9, resamples=4000, seed=8)
+    assert other == pytest.approx(got, abs=0.01)
+    # wider at a higher level, always inside [min, max], around the mean
+    low, high = bootstrap_interval(values)
+    assert min(values) <= low <= got[0] <= np.mean(values) <= got[1] <= high <= max(values)
+
+
+def test_bootstrap_interval_coverage_is_near_its_level() -> None:
+    """Over many normal samples of 30, the 95 % interval holds the true mean about 95 % of the
+    time (the percentile bootstrap under-covers slightly at this size)."""
+    generator = np.random.default_rng(0)
+    trials, hits = 300, 0
+    for trial in range(trials):
+        sample = generator.normal(loc=2.0, scale=1.0, size=30)
+        low, high = bootstrap_interval(sample.tolist(), resamples=1000, seed=trial)
+        hits += low <= 2.0 <= high
+    assert 0.88 <= hits / trials <= 0.99
+
+
+def test_bootstrap_interval_edge_cases_and_bad_input() -> None:
+    assert bootstrap_interval([3.0]) == (3.0, 3.0)
+    assert bootstrap_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    for bad, match in (([], "non-empty"), ([1.0, math.nan], "finite"), ([1.0, math.inf], "finite")):
+        with pytest.raises(ValueError, match=match):
+            bootstrap_interval(bad)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_interval([1.0, 2.0], level=1.0)
+    with pytest.raises(ValueError, match="resamples"):
+        bootstrap_interval([1.0, 2.0], resamples=0)
+
+
+def test_intervals_overlap() -> None:
+    assert intervals_overlap((0.0, 1.0), (1.0, 2.0))  # a shared end point counts
+    assert intervals_overlap((0.0, 3.0), (1.0, 2.0))
+    assert not intervals_overlap((0.0, 0.9), (1.0, 2.0))
+    assert not intervals_overlap((1.1, 2.0), (0.0, 1.0))
+
+
+def test_final_values_and_divergence_rate() -> None:
+    records = [
+        record("p", "a", 0.1, 1, 3.0),
+        record("p", "a", 0.1, 0, 1.0),
+        record("p", "a", 0.1, 2, 0.0, status=RunStatus.DIVERGED),
+        record("p", "a", 1.0, 0, 0.0, status=RunStatus.FAILED),
+    ]
+    values = final_values(records, "loss")
+    assert values[("p", "a", 0.1)][:2] == [1.0, 3.0]  # by seed
+    assert math.isnan(values[("p", "a", 0.1)][2])
+    assert divergence_rate(records) == {("p", "a"): 0.5}  # 2 of 4 did not finish
+
+
+def test_default_runs() -> None:
+    assert default_lr("adam") == 1e-3 and default_lr("dadapt-adam") == 1.0
+    assert default_lr("sps") is None and default_lr("not-a-method") is None
+    assert is_default_run(record("p", "adam", 1e-3, 0, 1.0))
+    assert not is_default_run(record("p", "adam", 1e-2, 0, 1.0))
+    assert is_default_run(record("p", "anything", None, 0, 1.0))
+    assert not is_default_run(record("p", "not-a-method", 1e-3, 0, 1.0))
+    # an LR given to another argument (D-Adaptation's d0) is not the method's default step
+    config = RunConfig(problem="p", method="dadapt-adam", lr=1.0, seed=0, steps=1, lr_argument="d0")
+    run = RunRecord(run_id=config.run_id, config=config, status=RunStatus.FINISHED, steps=[],
+                    evals=[], final={})  # fmt: skip
+    assert not is_default_run(run)

@@ -12,13 +12,14 @@ import pytest
 
 from lrlab.bench import sweep as sweep_module
 from lrlab.bench.cli import main
+from lrlab.bench.figures import refinement_figure
 from lrlab.bench.refinement import (
     TWO_PASS_METHODS,
     pass_two_config,
     refined_schedule_from_record,
     smoothed_norms,
 )
-from lrlab.bench.report import _refinement_figure, build_report, default_metric_choice
+from lrlab.bench.report import build_report, default_metric_choice
 from lrlab.bench.runner import run
 from lrlab.bench.spec import RunConfig, RunRecord, RunStatus
 from lrlab.bench.store import Store
@@ -245,7 +246,7 @@ def test_the_report_shows_norms_and_the_derived_schedule(tmp_path: Path, inline:
     # no two-pass runs, no figure
     choice = default_metric_choice("tiny_lsq", records)
     plain = [r for r in records if r.config.tags.get("pass") != 2]
-    assert _refinement_figure("tiny_lsq", plain, choice) is None
+    assert refinement_figure("tiny_lsq", plain, choice) is None
 
 
 def test_the_cli_prints_and_saves_a_stored_runs_refined_schedule(

@@ -76,3 +76,26 @@ def test_a_huge_sweep_grid_is_refused_before_it_is_built(monkeypatch):
     monkeypatch.setenv("LRLAB_MAX_RUNS", "lots")
     code, _, err = cli(*base)
     assert clean_failure(code, err, "sweep") and "LRLAB_MAX_RUNS='lots'" in err
+
+
+@pytest.mark.parametrize(
+    ("lrs", "seeds", "message"),
+    [
+        ('"1e-6:1:1000000000000"', "1", "has 1,000,000,000,000 values, more than 1,000,000"),
+        ('"1e-3"', "1000000000000", "seeds '1000000000000' has 1,000,000,000,000 values"),
+        ('"1e-6:1:1000"', "1000", "has 2,000,000 runs, more than the cap of 100,000"),
+    ],
+)
+def test_a_huge_study_file_is_refused_before_it_is_built(tmp_path, lrs, seeds, message):
+    study = tmp_path / "huge.toml"
+    study.write_text(
+        f'name = "huge"\nproblems = ["synthetic_sphere"]\nmethods = ["sgd", "adam"]\n'
+        f"lrs = {lrs}\nseeds = {seeds}\nsteps = 2\n"
+    )
+    for argv in (
+        ("sweep", "--study", str(study), "--dry-run"),
+        ("study", str(study), "--no-run", "--docs", str(tmp_path / "docs")),
+    ):
+        code, _, err = cli(*argv)
+        assert clean_failure(code, err, argv[0]), err
+        assert message in err, err

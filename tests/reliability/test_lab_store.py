@@ -4,12 +4,21 @@ stores give one clear error and never cost a computed run."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
 import lrlab.bench.runner
 from lrlab.bench.store import APPLICATION_ID, SCHEMA_VERSION, Store, StoreError
-from tests.reliability._lab import clean_failure, cli, make_store, record, sweep_args
+from tests.reliability._lab import (
+    child_env,
+    clean_failure,
+    cli,
+    make_store,
+    record,
+    sweep_args,
+)
 
 # the tables of a store written by lrlab before it stamped an application id
 _OLD_SCHEMA = """
@@ -170,3 +179,28 @@ def test_a_write_that_fails_after_computing_prints_the_record(tmp_path, monkeypa
     code, out, err = cli(*argv, "--store", str(path))
     assert clean_failure(code, err, "run") and "database or disk is full" in err
     assert '"run_id"' in out and '"steps"' in out  # the computed record is not lost
+
+
+def test_the_console_command_prints_one_line_not_a_traceback(tmp_path):
+    """The real entry point (``python -m lrlab``), for a damaged store and a foreign database."""
+    good = make_store(tmp_path / "good.sqlite", runs=2)
+    damaged = tmp_path / "damaged.sqlite"
+    data = bytearray(good.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page : 2 * page] = bytes(range(256)) * (page // 256)  # page 2: the runs table's root
+    damaged.write_bytes(bytes(data))
+    foreign = _foreign(tmp_path / "app.db")
+    for store in (damaged, foreign):
+        done = subprocess.run(
+            [sys.executable, "-m", "lrlab", "report", "--store", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=child_env(),
+            cwd=tmp_path,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("lrlab report: error: argument --store: ") and store.name in line

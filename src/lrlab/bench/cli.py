@@ -8,6 +8,13 @@ Conventions: every list option takes its values space- or comma-separated (``--m
 is ``--methods sgd adam``); a concept has one flag name in every subcommand (a renamed flag keeps
 its old spelling as a hidden alias); ``lrlab --version`` prints the version; ``lrlab completion
 bash|zsh`` prints a shell completion script.
+
+Errors are one line, never a traceback: stores and output paths are checked before any run is
+computed (a directory where a file is needed, a file where a directory is needed, an unwritable
+place, a damaged store or another application's database); numbers are checked by argparse
+(finite, in range). A sweep or study larger than ``$LRLAB_MAX_RUNS`` runs (default 100,000) is
+refused before its grid is built. An unexpected error prints one ``internal error`` line;
+``LRLAB_TRACEBACK=1`` shows its traceback instead.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 DEFAULT_LRS = "1e-6:1:7"
+REPORT_TOLERANCE = 0.1
+"""Relative tolerance of ``lrlab report``'s robustness widths and verdict."""
 MAX_RUNS_ENV = "LRLAB_MAX_RUNS"
 DEFAULT_MAX_RUNS = 100_000
 """The largest sweep (number of runs) started without raising the cap (``$LRLAB_MAX_RUNS``)."""
@@ -675,6 +684,9 @@ def report_table(records: Sequence[Any], metric: str | None = None) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from lrlab._registry import UnknownNameError
+    from lrlab.bench import summary
+
     if args.report_dir:
         _output_dir(args.report_dir, "--report-dir")
     filters = {}
@@ -682,15 +694,55 @@ def _cmd_report(args: argparse.Namespace) -> int:
         filters["problem"] = args.problems
     with _open_store(args.store) as store:
         records = store.load_records(**filters)
+        if args.problems:
+            stored = sorted({row["problem"] for row in store.query()})
+            missing = [p for p in args.problems if p not in stored]
+            if missing:
+                raise _UsageError(
+                    f"argument --problems: no runs of {', '.join(map(repr, missing))} in "
+                    f"{args.store!r}; its problems are: {', '.join(stored) or '(none)'}"
+                )
     if not records:
         raise _UsageError(f"argument --store: no runs in {args.store!r} match")
+    records = summary.group_variants(records)  # a d0 sweep and its defaults: one method
+    if args.metric:
+        try:
+            summary.check_metric(records, args.metric)
+        except UnknownNameError as error:
+            raise _UsageError(f"argument --metric: {error}") from None
+    choose = _report_metric_choice(args.metric)
+    problems = sorted({r.config.problem for r in records})
+    try:
+        choices = {p: choose(p, [r for r in records if r.config.problem == p]) for p in problems}
+    except ValueError as error:  # a metric whose direction nothing knows
+        raise _UsageError(f"argument --metric: {error}") from None
     print(report_table(records, args.metric))
+    board, _, verdict = summary.summarize(records, choices, tolerance=REPORT_TOLERANCE)
+    print("\nLeaderboard (rank: mean [95 % bootstrap interval]; * best; = tied with the best):")
+    print(summary.leaderboard_table(board).text())
     if args.report_dir:
         from lrlab.bench.report import build_report
 
-        files = build_report(records, args.report_dir)
+        files = build_report(
+            records, args.report_dir, metric_choice=choose, tolerance=REPORT_TOLERANCE
+        )
         print(f"\nReport: {files.html} and {files.markdown}")
+    # last, so that `make demo` ends with the answer
+    print(f"\nVerdict: {verdict.text}")
     return 0
+
+
+def _report_metric_choice(metric: str | None) -> Any:
+    """The report's metric per problem: ``metric`` for every problem, else the headline."""
+    from lrlab.bench.summary import MetricChoice, default_metric_choice, metric_goal
+
+    if metric is None:
+        return default_metric_choice
+
+    def choose(problem: str, records: Sequence[Any]) -> MetricChoice:
+        return MetricChoice(metric, metric_goal(problem, metric, records))
+
+    return choose
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -733,7 +785,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from lrlab.bench.executors import ExecutorError
     from lrlab.bench.store import StoreError
-    from lrlab.bench.study import run_study
+    from lrlab.bench.study import load_study_source, run_study
     from lrlab.bench.sweep import StudyError
 
     if args.store:
@@ -741,6 +793,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
     _output_dir(args.docs, "--docs")
     if args.report_dir:
         _output_dir(args.report_dir, "--report-dir")
+    try:  # the grid cap (of the whole study, its quick variant is smaller), before run_study
+        size = 0 if args.quick else _grid_size(load_study_source(args.name).study)
+    except StudyError:
+        size = 0  # reported by run_study
+    if size > max_runs():
+        raise _UsageError(_too_many_runs(size, f"the study {args.name!r}"))
     command = f"lrlab study {args.name}" + (" --quick" if args.quick else "")
     for option, value in (
         *(("--part", part) for part in args.part or ()),

@@ -269,13 +269,17 @@ class LocalExecutor(concurrent.futures.ProcessPoolExecutor):
         self._reaper = start_reaper()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        # the worker processes (the pool forgets them on shutdown)
+        workers = list((getattr(self, "_processes", None) or {}).values())
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
         reaper, self._reaper = self._reaper, None
-        if wait:
+        if wait or reaper is None:
             stop_reaper(reaper)
-        elif reaper is not None:  # the workers finish their current run first
-            threading.Thread(target=self._stop_after_workers, args=(reaper,), daemon=True).start()
+        else:  # the workers finish their current run first: keep the reaper until they exit
+            threading.Thread(target=_stop_reaper_after, args=(workers, reaper), daemon=True).start()
 
-    def _stop_after_workers(self, reaper: subprocess.Popen[bytes]) -> None:
-        super().shutdown(wait=True)  # returns once every worker has exited
-        stop_reaper(reaper)
+
+def _stop_reaper_after(workers: list[Any], reaper: subprocess.Popen[bytes]) -> None:
+    for worker in workers:
+        worker.join()
+    stop_reaper(reaper)

@@ -23,10 +23,25 @@ Definitions (each is what the corresponding report table or figure shows):
   and method ``m`` a time ``t_pm`` (the median over seeds); ratio ``r_pm = t_pm / min_m t_pm``;
   ``rho_m(tau)`` = fraction of problems with ``r_pm <= tau``. A problem no method solves counts
   as unsolved for every method.
+* **bootstrap confidence interval** of a mean over seeds (Efron & Tibshirani, 1993, ch. 13, the
+  percentile interval): draw ``B`` resamples of the ``n`` seed values with replacement, take
+  each resample's mean ``m_b``; the interval at level ``1 - alpha`` is the ``alpha/2`` and
+  ``1 - alpha/2`` empirical quantiles of ``m_1..m_B`` (numpy's default linear interpolation).
+  The generator is seeded (:data:`BOOTSTRAP_SEED`), so a report is the same every time it is
+  built. With one seed the interval is the single value; with few seeds it is narrower than the
+  true 95 % interval (it cannot reach beyond the observed minimum and maximum), which the report
+  says next to every table that shows it.
+* **divergence rate** of a method on a problem: the fraction of its runs (every initial LR and
+  seed that was swept) that diverged or failed.
+* **result at defaults**: the runs of a method with no initial LR given (``lr`` None: the
+  method's own default) or with the initial LR equal to the default of the method's LR argument
+  (Adam's 1e-3, D-Adaptation's 1.0); see :func:`is_default_run`.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import math
 import statistics
@@ -34,12 +49,23 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from lrlab.bench.spec import Goal, RunRecord, RunStatus, run_label
 
 __all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "CONFIDENCE_LEVEL",
     "SensitivityPoint",
     "best_tuned",
+    "bootstrap_interval",
+    "default_lr",
+    "divergence_rate",
     "final_value",
+    "final_values",
+    "intervals_overlap",
+    "is_default_run",
     "performance_profile",
     "robustness_width",
     "sensitivity",
@@ -254,3 +280,105 @@ def performance_profile(
                 ratios.append(max(t, 1e-12) / fastest[problem])
         profile[method] = [sum(r <= tau for r in ratios) / len(problems) for tau in taus]
     return profile
+
+
+CONFIDENCE_LEVEL = 0.95
+"""The level of every confidence interval in the reports."""
+BOOTSTRAP_RESAMPLES = 10_000
+"""Resamples per bootstrap interval: enough that the interval's ends move by well under the
+printed precision from one generator seed to another."""
+BOOTSTRAP_SEED = 0
+"""The seed of the bootstrap's generator (``numpy.random.default_rng``)."""
+
+
+def final_values(
+    records: Iterable[RunRecord], metric: str
+) -> dict[tuple[str, str, float | None], list[float]]:
+    """``{(problem, method label, initial LR): [final value per seed, by seed]}``; NaN for a
+    seed that diverged or failed."""
+    grouped: dict[tuple[str, str, float | None], list[tuple[int, float]]] = defaultdict(list)
+    for record in records:
+        key = (record.config.problem, _method_label(record), record.config.lr)
+        grouped[key].append((record.config.seed, final_value(record, metric)))
+    return {key: [value for _, value in sorted(pairs)] for key, pairs in grouped.items()}
+
+
+def bootstrap_interval(
+    values: Sequence[float],
+    *,
+    level: float = CONFIDENCE_LEVEL,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (see the module docstring).
+
+    Raises:
+        ValueError: ``values`` is empty or holds a non-finite value, ``level`` is not in (0, 1),
+            or ``resamples`` is below 1.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples!r}")
+    sample = np.asarray(values, dtype=np.float64)
+    if sample.ndim != 1 or sample.size == 0:
+        raise ValueError(f"values must be a non-empty sequence of numbers, got {values!r}")
+    if not np.all(np.isfinite(sample)):
+        raise ValueError(f"values must be finite (drop diverged seeds first), got {values!r}")
+    if sample.size == 1 or np.all(sample == sample[0]):
+        return float(sample[0]), float(sample[0])
+    generator = np.random.default_rng(seed)
+    indices = generator.integers(0, sample.size, size=(resamples, sample.size))
+    means = sample[indices].mean(axis=1)
+    alpha = 1.0 - level
+    low, high = np.quantile(means, [alpha / 2, 1.0 - alpha / 2])
+    # a mean of resampled values lies in [min, max]; clamp away the summation's rounding
+    # (three times 0.95 averages to 0.9499999999999998)
+    smallest, largest = float(sample.min()), float(sample.max())
+    return min(max(float(low), smallest), largest), min(max(float(high), smallest), largest)
+
+
+def intervals_overlap(first: tuple[float, float], second: tuple[float, float]) -> bool:
+    """Whether two closed intervals ``(low, high)`` share at least one point."""
+    return first[0] <= second[1] and second[0] <= first[1]
+
+
+def divergence_rate(records: Iterable[RunRecord]) -> dict[tuple[str, str], float]:
+    """``{(problem, method label): fraction of its runs that diverged or failed}``."""
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for record in records:
+        entry = counts[(record.config.problem, _method_label(record))]
+        entry[0] += record.status is not RunStatus.FINISHED
+        entry[1] += 1
+    return {key: bad / total for key, (bad, total) in counts.items()}
+
+
+@functools.cache
+def default_lr(method: str) -> float | None:
+    """The default of a registered method's LR argument (Adam: 1e-3); None when the method has
+    no LR argument, its default is None, or ``method`` is not registered."""
+    try:
+        import lrlab.optim as lo
+
+        spec = lo.spec(method)
+    except (KeyError, ValueError):
+        return None
+    if spec.lr_argument is None:
+        return None
+    parameter = inspect.signature(spec.cls.__init__).parameters.get(spec.lr_argument)
+    if parameter is None or not isinstance(parameter.default, (int, float)):
+        return None
+    return float(parameter.default)
+
+
+def is_default_run(record: RunRecord) -> bool:
+    """Whether the run used its method's default step size: no initial LR given, or the initial
+    LR equal (to 1e-9 relative) to the default of the method's own LR argument. A run whose
+    ``lr`` went to another argument (``lr_argument="d0"``) is at defaults only with ``lr`` None."""
+    lr = record.config.lr
+    if lr is None:
+        return True
+    if record.config.lr_argument is not None:
+        return False
+    default = default_lr(record.config.method)
+    return default is not None and math.isclose(lr, default, rel_tol=1e-9)

@@ -1,28 +1,26 @@
-"""Reports built only from stored run records: figures, tables, and where every number came from.
+"""Reports built only from stored run records: the answer first, then figures, tables, and where
+every number came from.
 
 ``build_report(records, out_dir)`` writes
 
-* ``report.html``: one self-contained page (figures embedded as data URIs, no scripts, no
-  external resources), and
-* ``report.md`` with ``figures/*.png`` beside it,
+* ``report.html``: one self-contained page (figures embedded as 100-dpi PNG data URIs, no
+  scripts, no external resources; each caption links the figure's files beside it);
+* ``report.md``, the same content in Markdown (studies take their tables and captions from it);
+* ``figures/NAME.svg``, ``NAME.pdf`` (vector) and ``NAME.png`` (200 dpi) for every figure;
+* ``tables/NAME.csv`` (numbers in long form) and ``NAME.tex`` (booktabs) for every table.
 
-each figure with a caption saying what it shows. The content, per problem:
+The page, in order:
 
-1. sensitivity: the final metric against the initial learning rate (log axis), one line per
-   method, mean over seeds with a min-max band, LRs where a seed diverged marked with x;
-2. learning-rate trajectories: ``effective_lr`` over steps for several initial LRs (seed of
-   lowest number), one panel per method: does the method forget its initial LR?
-3. loss and distance-to-optimum curves over steps at each method's best initial LR;
-   where the records hold two-pass refined runs (:mod:`lrlab.bench.refinement`), pass 1's
-   gradient norms above the schedule pass 2 derived from them;
-
-and across problems:
-
-4. the robustness table (width in decades of the initial-LR range within a tolerance of the best
-   run of any method) and the best-tuned result per method and problem;
-5. time to target (per-problem targets; a run that never reaches it shows as inf) and the
-   performance profile over it;
-6. provenance: every run's id, config, status and the library versions.
+1. **Summary**: the generated verdict, the leaderboard (methods x problems: rank and best-tuned
+   result with a 95 % bootstrap interval over seeds, ties with the best marked) and the
+   robustness table (robust width, divergence rate, result at defaults); the rules are in
+   :mod:`lrlab.bench.summary`;
+2. a table of contents;
+3. per problem (figure conventions in :mod:`lrlab.bench.figures`): sensitivity (final metric
+   against the initial LR), learning-rate trajectories, training curves at each method's best
+   initial LR (and the distance to the optimum where known), two-pass refinement schedules;
+4. best-tuned settings, time to target and the performance profile;
+5. provenance: every run's id, config, status and the library versions.
 
 The report never runs anything: it reads records (see :mod:`lrlab.bench.metrics` for the
 definitions of every number).
@@ -34,412 +32,36 @@ import base64
 import html
 import io
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from lrlab.bench import metrics
+from lrlab.bench import figures as figs
+from lrlab.bench import metrics, summary
 from lrlab.bench._markdown import escape_markdown
-from lrlab.bench._paths import confined, safe_file_stem
-from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json, run_label
-from lrlab.bench.tables import html_table, markdown_table
+from lrlab.bench.spec import Goal, RunRecord, RunStatus, canonical_json
+from lrlab.bench.summary import MetricChoice, default_metric_choice, fmt, method_label
+from lrlab.bench.tables import Table
 
 __all__ = ["MetricChoice", "ReportFiles", "build_report", "default_metric_choice"]
 
 
 @dataclass(frozen=True, slots=True)
-class MetricChoice:
-    """Which final metric a problem is judged by, and in which direction."""
-
-    metric: str
-    goal: Goal
-
-
-@dataclass(frozen=True, slots=True)
 class ReportFiles:
+    """What :func:`build_report` wrote."""
+
     html: Path
     markdown: Path
     figures: list[Path] = field(default_factory=list)
-
-
-def default_metric_choice(problem: str, records: Sequence[RunRecord]) -> MetricChoice:
-    """The registered problem's headline metric if known, else the final training loss."""
-    try:
-        from lrlab.bench.problems import get_problem
-
-        info = get_problem(problem).info
-        if any(info.metric in r.final for r in records):
-            return MetricChoice(info.metric, Goal(info.goal))
-    except Exception:  # an unknown or unimportable problem falls back to the loss
-        pass
-    return MetricChoice("final_loss", Goal.MINIMIZE)
-
-
-@dataclass
-class _Figure:
-    name: str
-    caption: str
-    png: bytes
-
-
-def _label(record: RunRecord) -> str:
-    return run_label(record.config)
-
-
-_LINESTYLES = ("-", "--", "-.", ":")
-_MARKERS = ("o", "s", "^", "D")
-
-
-def _styles(methods: Sequence[str]) -> dict[str, dict[str, str]]:
-    """One look per method, the same in every figure of a report: ten colours, then the same
-    colours with another line style and marker (the default cycle repeats after ten lines, so
-    two of eleven methods would be indistinguishable)."""
-    palette = [f"C{i}" for i in range(10)]
-    return {
-        method: {
-            "color": palette[index % 10],
-            "linestyle": _LINESTYLES[(index // 10) % len(_LINESTYLES)],
-            "marker": _MARKERS[(index // 10) % len(_MARKERS)],
-        }
-        for index, method in enumerate(sorted(methods))
-    }
-
-
-def _legend(axis: Any, entries: int) -> None:
-    """Inside the axes for a few entries; beside it when many would hide the data."""
-    if entries <= 5:
-        axis.legend(fontsize=8)
-    else:
-        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and math.isnan(value):
-        return "nan"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.{digits}g}"
-
-
-def _pyplot():
-    import matplotlib
-
-    # headless: never open a window, whatever the user's default backend
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(figure: object) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")  # type: ignore[attr-defined]
-    _pyplot().close(figure)  # type: ignore[arg-type]
-    return buffer.getvalue()
-
-
-def _log_friendly(values: Sequence[float]) -> bool:
-    finite = [v for v in values if math.isfinite(v)]
-    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 20
-
-
-def _sensitivity_figure(
-    problem: str,
-    records: Sequence[RunRecord],
-    choice: MetricChoice,
-    styles: Mapping[str, Mapping[str, str]],
-) -> _Figure | None:
-    plt = _pyplot()
-
-    all_points = metrics.sensitivity(records, choice.metric)
-    points = [p for p in all_points if p.lr is not None and p.lr > 0]
-    # methods run without an initial LR (learning-rate-free at their defaults): one value each,
-    # drawn across the whole LR axis so the tuned methods' curves can be read against it
-    untuned = [p for p in all_points if p.lr is None]
-    if not points:
-        return None
-    figure, axis = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
-    by_method: dict[str, list[metrics.SensitivityPoint]] = defaultdict(list)
-    for point in points:
-        by_method[point.method].append(point)
-    all_values = [p.mean for p in points]
-    finite_values = [v for v in all_values if math.isfinite(v)]
-    top = max(finite_values) if finite_values else 1.0
-    for method, method_points in sorted(by_method.items()):
-        method_points.sort(key=lambda p: p.lr)  # type: ignore[arg-type, return-value]
-        lrs = [p.lr for p in method_points]
-        means = [p.mean for p in method_points]
-        line = axis.plot(lrs, means, label=method, **styles.get(method, {"marker": "o"}))[0]
-        axis.fill_between(
-            lrs,
-            [p.minimum for p in method_points],
-            [p.maximum for p in method_points],
-            alpha=0.15,
-            color=line.get_color(),
-        )
-        diverged = [p.lr for p in method_points if p.diverged]
-        if diverged:
-            axis.scatter(diverged, [top] * len(diverged), marker="x", s=60, color=line.get_color())
-    for point in untuned:
-        style = dict(styles.get(point.method, {}))
-        style.pop("marker", None)
-        style["linestyle"] = ":"
-        axis.axhline(point.mean, label=f"{point.method} (no LR to tune)", lw=1.4, **style)
-        if math.isfinite(point.minimum) and point.maximum > point.minimum:
-            axis.axhspan(point.minimum, point.maximum, alpha=0.07, color=style.get("color"))
-        all_values.append(point.mean)
-    axis.set_xscale("log")
-    if _log_friendly(all_values):
-        axis.set_yscale("log")
-    axis.set_xlabel("initial learning rate")
-    axis.set_ylabel(
-        f"final {choice.metric} ({'lower' if choice.goal is Goal.MINIMIZE else 'higher'} is better)"
-    )
-    axis.set_title(problem)
-    axis.grid(alpha=0.3, which="both")
-    _legend(axis, len(by_method) + len(untuned))
-    seeds = max(p.seeds for p in points)
-    return _Figure(
-        f"{problem}-sensitivity",
-        f"{problem}: final {choice.metric} against the initial learning rate, mean over up to "
-        f"{seeds} seeds (band: min to max over seeds). x marks an initial LR at which at least "
-        "one seed diverged (plotted at the top of the axis; the mean is over the seeds that "
-        "finished)."
-        + (
-            " Dotted horizontal lines: methods run without an initial LR (their defaults), "
-            "mean and min-max band over seeds."
-            if untuned
-            else ""
-        ),
-        _png(figure),
-    )
-
-
-def _first_seed_runs(records: Sequence[RunRecord]) -> dict[tuple[str, float | None], RunRecord]:
-    chosen: dict[tuple[str, float | None], RunRecord] = {}
-    for record in sorted(records, key=lambda r: r.config.seed):
-        chosen.setdefault((_label(record), record.config.lr), record)
-    return chosen
-
-
-def _trajectory_figure(problem: str, records: Sequence[RunRecord]) -> _Figure | None:
-    plt = _pyplot()
-
-    runs = _first_seed_runs(records)
-    methods = sorted({method for method, _ in runs})
-    if not methods or not any(r.steps for r in runs.values()):
-        return None
-    columns = min(3, len(methods))
-    rows = math.ceil(len(methods) / columns)
-    figure, axes = plt.subplots(
-        rows,
-        columns,
-        figsize=(4.2 * columns, 3.0 * rows),
-        squeeze=False,
-        sharey=True,
-        layout="constrained",  # keeps a row's titles clear of the x labels of the row above
-    )
-    colormap = plt.get_cmap("viridis")
-    # None (a method run at its defaults, without an initial LR) comes first, drawn in black
-    lrs: list[float | None] = sorted({lr for _, lr in runs if lr is not None})
-    if any(lr is None for _, lr in runs):
-        lrs.insert(0, None)
-    for index, method in enumerate(methods):
-        axis = axes[index // columns][index % columns]
-        for lr_index, lr in enumerate(lrs):
-            record = runs.get((method, lr))
-            if record is None or not record.steps:
-                continue
-            steps = [row["step"] for row in record.steps if row.get("effective_lr", 0) > 0]
-            values = [row["effective_lr"] for row in record.steps if row.get("effective_lr", 0) > 0]
-            if lr is None:
-                axis.plot(steps, values, color="black", label="default")
-                continue
-            color = colormap(lr_index / max(1, len(lrs) - 1))
-            axis.plot(steps, values, color=color, label=f"{lr:.3g}")
-        axis.set_yscale("log")
-        axis.set_title(method, fontsize=9)
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
-    for index in range(len(methods), rows * columns):
-        axes[index // columns][index % columns].axis("off")
-    axes[0][0].set_ylabel("effective learning rate")
-    handles: dict[str, object] = {}
-    for axis in axes.flat:  # one legend for all panels: no panel has every initial LR
-        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
-            handles.setdefault(label, handle)
-    figure.legend(
-        list(handles.values()),
-        list(handles),
-        title="initial LR",
-        fontsize=7,
-        title_fontsize=7,
-        loc="outside right upper",
-    )
-    return _Figure(
-        f"{problem}-lr-trajectories",
-        f"{problem}: the step size each method actually applied (effective_lr) over the steps, "
-        "one line per initial LR (lowest-numbered seed). Lines that meet show a method that "
-        "forgets its initial LR; parallel lines show one that keeps it.",
-        _png(figure),
-    )
-
-
-def _curves_figure(
-    problem: str,
-    records: Sequence[RunRecord],
-    choice: MetricChoice,
-    styles: Mapping[str, Mapping[str, str]],
-) -> _Figure | None:
-    plt = _pyplot()
-
-    best = metrics.best_tuned(records, choice.metric, choice.goal)
-    runs = _first_seed_runs(records)
-    chosen = {m: runs.get((m, lr)) for (p, m), (lr, _) in best.items() if p == problem}
-    chosen = {m: r for m, r in chosen.items() if r is not None and r.steps}
-    if not chosen:
-        return None
-    keys = ["loss"] + (
-        ["distance_to_optimum"]
-        if any("distance_to_optimum" in r.steps[0] for r in chosen.values())
-        else []
-    )
-    figure, axes = plt.subplots(
-        1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False, layout="constrained"
-    )
-    for axis, key in zip(axes[0], keys, strict=True):
-        for method, record in sorted(chosen.items()):
-            steps = [row["step"] for row in record.steps if key in row]
-            values = [row[key] for row in record.steps if key in row]
-            style = {k: v for k, v in styles.get(method, {}).items() if k != "marker"}
-            axis.plot(steps, values, label=f"{method} (lr {_fmt(record.config.lr, 2)})", **style)
-        if _log_friendly([row[key] for r in chosen.values() for row in r.steps if key in row]):
-            axis.set_yscale("log")
-        axis.set_xlabel("step")
-        axis.set_ylabel(key.replace("_", " "))
-        axis.grid(alpha=0.3)
-    _legend(axes[0][-1], len(chosen))
-    return _Figure(
-        f"{problem}-curves",
-        f"{problem}: training loss"
-        + (" and distance to the optimum" if len(keys) > 1 else "")
-        + " over steps, each method at its best initial LR (best mean final "
-        f"{choice.metric} over seeds; lowest-numbered seed shown).",
-        _png(figure),
-    )
-
-
-def _refinement_figure(
-    problem: str, records: Sequence[RunRecord], choice: MetricChoice
-) -> _Figure | None:
-    """Two-pass methods (:mod:`lrlab.bench.refinement`): pass 1's gradient norms above the
-    schedule pass 2 derived from them, one column per two-pass method, at its best initial LR."""
-    from lrlab.bench import refinement
-
-    by_id = {r.run_id: r for r in records}
-    pairs: dict[str, list[tuple[RunRecord, RunRecord]]] = defaultdict(list)
-    for record in records:
-        tags = record.config.tags or {}
-        first = by_id.get(str(tags.get("refined_from", "")))
-        multipliers = record.config.schedule_kwargs.get("multipliers")
-        if tags.get("pass") == 2 and first is not None and first.steps and multipliers:
-            pairs[_label(record)].append((first, record))
-    if not pairs:
-        return None
-    best = metrics.best_tuned(records, choice.metric, choice.goal)
-    chosen: dict[str, tuple[RunRecord, RunRecord]] = {}
-    for label, candidates in sorted(pairs.items()):
-        best_lr = best.get((problem, label), (None, math.nan))[0]
-        at_best = [c for c in candidates if c[1].config.lr == best_lr] or candidates
-        chosen[label] = min(at_best, key=lambda c: (c[1].config.seed, c[1].config.lr or 0.0))
-    plt = _pyplot()
-    figure, axes = plt.subplots(
-        2, len(chosen), figsize=(5.2 * len(chosen), 5.8), squeeze=False, sharex="col"
-    )
-    for column, (label, (first, second)) in enumerate(chosen.items()):
-        method = refinement.TWO_PASS_METHODS.get(str(second.config.tags.get("two_pass")))
-        norm = refinement.NORM_OF_KIND[method.kind if method is not None else "sgd"]
-        rows = [row for row in first.steps if math.isfinite(row.get(norm, math.nan))]
-        steps = [row["step"] for row in rows]
-        norms = [row[norm] for row in rows]
-        top = axes[0][column]
-        top.plot(steps, norms, color="0.65", lw=0.7, label=f"pass 1 {norm}")
-        if len(norms) >= 2:
-            top.plot(steps, refinement.smoothed_norms(norms), color="C0", lw=1.6, label="smoothed")
-        if _log_friendly(norms):
-            top.set_yscale("log")
-        top.set_title(
-            f"{label}: lr {_fmt(second.config.lr, 3)}, seed {second.config.seed}", fontsize=9
-        )
-        top.set_ylabel("gradient norm")
-        top.grid(alpha=0.3)
-        top.legend(fontsize=7)
-        bottom = axes[1][column]
-        multipliers = list(second.config.schedule_kwargs["multipliers"])  # type: ignore[arg-type]
-        total = first.config.steps
-        one = metrics.final_value(first, choice.metric)
-        two = metrics.final_value(second, choice.metric)
-        bottom.plot(
-            range(1, len(multipliers) + 1),
-            multipliers,
-            color="C3",
-            label=f"pass 2, refined (final {_fmt(two)})",
-        )
-        bottom.plot(
-            range(1, total + 1),
-            [1 - t / total for t in range(total)],
-            "--",
-            color="0.35",
-            label=f"pass 1, linear decay (final {_fmt(one)})",
-        )
-        bottom.set_xlabel("step")
-        bottom.set_ylabel("multiplier of the peak LR")
-        bottom.set_ylim(-0.03, 1.05)
-        bottom.grid(alpha=0.3)
-        bottom.legend(fontsize=7)
-    return _Figure(
-        f"{problem}-refinement",
-        f"{problem}: schedules refined from a previous run (two-pass methods). Top: the gradient "
-        "norms pass 1 logged under linear decay (grey: per step; blue: median-smoothed, "
-        f"tau = {refinement.DEFAULT_SMOOTHING:g}, what the refinement weighs): L2 norms for "
-        "refined-sgd (weights 1/||g||^2), L1 norms for refined-adam (weights 1/||g||_1). "
-        "Bottom: the schedule pass 2 ran, as a multiplier of the same peak LR, against pass 1's "
-        "linear decay: large norms give small rates, so large early norms make a warm-up emerge. "
-        "Each method at its best initial LR (best mean final "
-        f"{choice.metric} over seeds), lowest-numbered seed; the legend gives both passes' final "
-        f"{choice.metric}.",
-        _png(figure),
-    )
-
-
-def _profile_figure(
-    profile: Mapping[str, list[float]],
-    taus: Sequence[float],
-    styles: Mapping[str, Mapping[str, str]],
-) -> _Figure:
-    plt = _pyplot()
-
-    figure, axis = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
-    for method, values in sorted(profile.items()):
-        style = {k: v for k, v in styles.get(method, {}).items() if k != "marker"}
-        axis.step(taus, values, where="post", label=method, **style)
-    axis.set_xscale("log")
-    axis.set_ylim(-0.02, 1.02)
-    axis.set_xlabel("tau (time relative to the fastest method on each problem)")
-    axis.set_ylabel("fraction of problems")
-    axis.grid(alpha=0.3, which="both")
-    _legend(axis, len(profile))
-    return _Figure(
-        "performance-profile",
-        "Performance profile over time to target (Dolan-Moré): for each method, the fraction of "
-        "problems on which it reaches the problem's target within tau times the steps of the "
-        "fastest method, each method at its best initial LR (median over seeds).",
-        _png(figure),
-    )
+    """The PNG of every figure, in page order."""
+    vector_figures: list[Path] = field(default_factory=list)
+    """The SVG and PDF of every figure."""
+    tables: list[Path] = field(default_factory=list)
+    """The CSV and LaTeX file of every table."""
+    verdict: str = ""
+    """The generated verdict the page opens with."""
 
 
 def _default_targets(
@@ -462,18 +84,125 @@ def _default_targets(
     return targets
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, str]:
-    return markdown_table(header, rows), html_table(header, rows)
+def _anchor(title: str) -> str:
+    """A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces to ``-``."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 74rem; color: #222; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: 0.9rem; color: #444; max-width: 60rem; }
+figcaption, .caption { font-size: 0.9rem; color: #444; max-width: 62rem; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
 th { background: #f3f3f3; } code { font-size: 0.85rem; }
+.verdict { font-size: 1.1rem; background: #f6f8fa; border-left: 4px solid #2c7be5;
+  padding: 0.6rem 1rem; max-width: 62rem; }
+nav ul { columns: 2; }
 """
+
+
+def _screen_png(path: Path) -> bytes:
+    """The figure at 100 pixels per inch for the page (half the 200-dpi file in each direction):
+    a page with many panel grids stays a few megabytes; the full-resolution PNG and the vector
+    files sit beside it, linked from the caption."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").resize(
+            (max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.LANCZOS
+        )
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+class _Page:
+    """The report in both formats at once, so the Markdown and the HTML never disagree."""
+
+    def __init__(self, title: str, figures_dir: Path, tables_dir: Path) -> None:
+        self.md: list[str] = [f"# {title}", ""]
+        self.body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+        self.figures_dir = figures_dir
+        self.tables_dir = tables_dir
+        self.pngs: list[Path] = []
+        self.vectors: list[Path] = []
+        self.table_files: list[Path] = []
+        self.sections: list[tuple[str, str, int]] = []
+        """(anchor, title, level) of every heading after the summary, for the contents."""
+
+    def heading(self, title: str, level: int = 2, *, listed: bool = True) -> None:
+        anchor = _anchor(title)
+        if listed:
+            self.sections.append((anchor, title, level))
+        self.md += ["#" * level + f" {escape_markdown(title)}", ""]
+        self.body.append(f'<h{level} id="{html.escape(anchor)}">{html.escape(title)}</h{level}>')
+
+    def paragraph(self, text: str, css: str = "") -> None:
+        self.md += [escape_markdown(text), ""]
+        attribute = f' class="{css}"' if css else ""
+        self.body.append(f"<p{attribute}>{html.escape(text)}</p>")
+
+    def table(self, table: Table, level: int = 2, *, listed: bool = True) -> None:
+        self.heading(table.title, level, listed=listed)
+        for kind, text in (("csv", table.csv()), ("tex", table.latex())):
+            path = self.tables_dir / f"{table.name}.{kind}"
+            path.write_text(text)
+            self.table_files.append(path)
+        files = f"tables/{table.name}.csv, tables/{table.name}.tex"
+        self.md += [
+            escape_markdown(table.caption),
+            "",
+            table.markdown(),
+            "",
+            f"Files: `{files}`.",
+            "",
+        ]
+        self.body += [
+            f'<p class="caption">{html.escape(table.caption)}</p>',
+            table.html(),
+            f'<p class="caption">Files: <code>{html.escape(files)}</code>.</p>',
+        ]
+
+    def figure(self, figure: figs.Figure | None) -> None:
+        if figure is None:
+            return
+        paths = figs.save(figure, self.figures_dir)
+        self.pngs.append(paths["png"])
+        self.vectors += [paths["svg"], paths["pdf"]]
+        name = paths["png"].stem  # the file stem: safe characters only
+        self.md += [
+            f"![{escape_markdown(name)}](figures/{name}.png)",
+            "",
+            f"*{escape_markdown(figure.caption)}*",
+            "",
+            f"Vector: [SVG](figures/{name}.svg), [PDF](figures/{name}.pdf).",
+            "",
+        ]
+        encoded = base64.b64encode(_screen_png(paths["png"])).decode()
+        links = ", ".join(
+            f'<a href="figures/{html.escape(name)}.{kind}">{kind.upper()}</a>'
+            for kind in ("svg", "pdf", "png")
+        )
+        self.body.append(
+            f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}">'
+            f"<figcaption>{html.escape(figure.caption)} Files: {links} (200 dpi)."
+            "</figcaption></figure>"
+        )
+
+    def contents_at(self, md_index: int, body_index: int) -> None:
+        """Insert the table of contents (of every heading written since) at these positions."""
+        md = ["## Contents", ""] + [
+            "  " * (level - 2) + f"- [{escape_markdown(title)}](#{anchor})"
+            for anchor, title, level in self.sections
+        ]
+        items = "".join(
+            f'<li><a href="#{html.escape(anchor)}">{html.escape(title)}</a></li>'
+            for anchor, title, level in self.sections
+            if level == 2
+        )
+        self.md[md_index:md_index] = [*md, ""]
+        self.body.insert(body_index, f'<nav><h2 id="contents">Contents</h2><ul>{items}</ul></nav>')
 
 
 def build_report(
@@ -486,7 +215,7 @@ def build_report(
     tolerance: float = 0.1,
     taus: Sequence[float] | None = None,
 ) -> ReportFiles:
-    """Write ``report.html``, ``report.md`` and ``figures/`` for ``records`` into ``out_dir``.
+    """Write ``report.html``, ``report.md``, ``figures/`` and ``tables/`` for ``records``.
 
     Args:
         records: the runs (from the store).
@@ -495,137 +224,144 @@ def build_report(
         metric_choice: the headline metric and goal of a problem.
         targets: per-problem targets of the training loss for time to target (default: within
             ``tolerance`` of the best final training loss of any run on that problem).
-        tolerance: relative tolerance of the robustness width and of the default targets.
+        tolerance: relative tolerance of the robustness width, the verdict and the default
+            targets.
         taus: the performance profile's tau grid (default: 1 to 100, log-spaced).
+
+    Raises:
+        ValueError: ``records`` is empty or ``tolerance`` is not a finite number >= 0.
+        lrlab.bench.problems.UnknownNameError: a problem's chosen metric is not among the final
+            metrics its finished runs recorded (the message lists those).
     """
     if not records:
         raise ValueError("records is empty: nothing to report (is the store empty?)")
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    # one row per method: a learning-rate-free method's initial-estimate sweep joins its defaults
+    records = summary.group_variants(records)
     out = Path(out_dir)
     figures_dir = out / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    taus = list(taus) if taus is not None else [10 ** (k / 20) for k in range(41)]
+    tables_dir = out / "tables"
     by_problem: dict[str, list[RunRecord]] = defaultdict(list)
     for record in records:
         by_problem[record.config.problem].append(record)
     choices = {p: metric_choice(p, rs) for p, rs in sorted(by_problem.items())}
+    for problem, choice in choices.items():
+        summary.check_metric(by_problem[problem], choice.metric)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    taus = list(taus) if taus is not None else [10 ** (k / 20) for k in range(41)]
     targets = (
         dict(targets) if targets is not None else _default_targets(records, choices, tolerance)
     )
 
-    md: list[str] = [f"# {title}", ""]
-    body: list[str] = [f"<h1>{html.escape(title)}</h1>"]
-    statuses = defaultdict(int)
+    page = _Page(title, figures_dir, tables_dir)
+    statuses: dict[str, int] = defaultdict(int)
     for record in records:
         statuses[record.status.value] += 1
-    summary = (
+    page.paragraph(
         f"{len(records)} runs on {len(by_problem)} problems: "
         + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
         + ". Every number below is computed from these stored runs (see Provenance)."
     )
-    md += [summary, ""]
-    body.append(f"<p>{html.escape(summary)}</p>")
-    written: list[Path] = []
 
-    def emit(figure: _Figure | None) -> None:
-        if figure is None:
-            return
-        # the name holds a problem name from the store: never a path out of figures/
-        path = confined(figures_dir, f"{safe_file_stem(figure.name)}.png")
-        path.write_bytes(figure.png)
-        written.append(path)
-        md.extend(
+    # 1. the answer: verdict, leaderboard, robustness
+    board, robust, verdict = summary.summarize(records, choices, tolerance=tolerance)
+    page.heading("Summary", listed=False)
+    page.paragraph(verdict.text, css="verdict")
+    page.table(summary.leaderboard_table(board), level=3, listed=False)
+    page.table(
+        summary.robustness_table(robust, choices, board.methods, tolerance=tolerance),
+        level=3,
+        listed=False,
+    )
+    contents_md, contents_body = len(page.md), len(page.body)
+
+    # 2. per problem: the figures
+    styles = figs.method_styles(sorted({method_label(r) for r in records}))
+    for problem, problem_records in sorted(by_problem.items()):
+        choice = choices[problem]
+        page.heading(problem)
+        page.paragraph(f"Headline metric: {choice.metric} ({choice.goal.value}).")
+        page.figure(figs.sensitivity_figure(problem, problem_records, choice, styles))
+        page.figure(figs.trajectory_figure(problem, problem_records))
+        distance = any("distance_to_optimum" in r.steps[0] for r in problem_records if r.steps)
+        keys = ("loss", "distance_to_optimum") if distance else ("loss",)
+        page.figure(figs.curves_figure(problem, problem_records, choice, styles, keys))
+        page.figure(figs.refinement_figure(problem, problem_records, choice))
+
+    # 3. best-tuned settings per problem and method
+    rows, data = [], []
+    for problem, choice in choices.items():
+        for method in board.methods:
+            cell = board.cells.get((problem, method))
+            if cell is None:
+                continue
+            width = robust[(problem, method)].width
+            rows.append(
+                [problem, method, choice.metric, f"{width:g}", fmt(cell.lr, 3), fmt(cell.mean)]
+            )
+            data.append(
+                {
+                    "problem": problem,
+                    "method": method,
+                    "metric": choice.metric,
+                    "goal": choice.goal.value,
+                    "robust_width_decades": width,
+                    "best_lr": cell.lr,
+                    "best_mean": None if cell.rank is None else cell.mean,
+                }
+            )
+    page.table(
+        Table(
+            "best-tuned",
+            "Best-tuned settings",
+            f"Per problem and method: the robust width in decades (initial LRs whose mean final "
+            f"metric stays within {tolerance * 100:.0f} % of the best run of any method, no seed "
+            "diverged), the best initial LR (every seed finished) and its mean final metric "
+            "('-' / nan: no initial LR at which every seed finished).",
             [
-                f"![{escape_markdown(figure.name)}](figures/{path.name})",
-                "",
-                f"*{escape_markdown(figure.caption)}*",
-                "",
-            ]
+                "problem",
+                "method",
+                "metric",
+                "robust width (decades)",
+                "best initial LR",
+                "best mean final",
+            ],
+            rows,
+            data=data,
         )
-        encoded = base64.b64encode(figure.png).decode()
-        body.append(
-            f'<figure><img alt="{html.escape(figure.name)}" '
-            f'src="data:image/png;base64,{encoded}"><figcaption>{html.escape(figure.caption)}'
-            "</figcaption></figure>"
-        )
-
-    styles = _styles(sorted({_label(r) for r in records}))
-    for problem, problem_records in sorted(by_problem.items()):
-        choice = choices[problem]
-        md += [
-            f"## {escape_markdown(problem)}",
-            "",
-            f"Headline metric: `{choice.metric}` ({choice.goal.value}).",
-            "",
-        ]
-        body.append(
-            f"<h2>{html.escape(problem)}</h2><p>Headline metric: "
-            f"<code>{html.escape(choice.metric)}</code> ({choice.goal.value}).</p>"
-        )
-        emit(_sensitivity_figure(problem, problem_records, choice, styles))
-        emit(_trajectory_figure(problem, problem_records))
-        emit(_curves_figure(problem, problem_records, choice, styles))
-        emit(_refinement_figure(problem, problem_records, choice))
-
-    # robustness and best-tuned results
-    rows = []
-    for problem, problem_records in sorted(by_problem.items()):
-        choice = choices[problem]
-        widths = metrics.robustness_width(
-            problem_records, choice.metric, choice.goal, tolerance=tolerance
-        )
-        best = metrics.best_tuned(problem_records, choice.metric, choice.goal)
-        for (p, method), width in sorted(widths.items()):
-            lr, value = best.get((p, method), (None, math.nan))
-            rows.append([p, method, choice.metric, f"{width:g}", _fmt(lr, 3), _fmt(value)])
-    table_md, table_html = _table(
-        [
-            "problem",
-            "method",
-            "metric",
-            "robust width (decades)",
-            "best initial LR",
-            "best mean final",
-        ],
-        rows,
     )
-    caption = (
-        f"Robustness: the width in decades of the initial-LR range over which a method's "
-        f"mean final metric stays within {tolerance:.0%} of the best run of any method "
-        "(no diverged seed allowed), and the best-tuned result."
-    )
-    md += ["## Robustness to the initial learning rate", "", caption, "", table_md, ""]
-    body += [
-        "<h2>Robustness to the initial learning rate</h2>",
-        f"<p>{html.escape(caption)}</p>",
-        table_html,
-    ]
 
-    # time to target and performance profile
+    # 4. time to target and performance profile
     if targets:
         times = metrics.times_to_target(records, "loss", targets, Goal.MINIMIZE)
         methods = sorted(times)
         rows = [
-            [problem, _fmt(targets[problem])]
-            + [_fmt(times[m].get(problem, math.inf)) for m in methods]
+            [problem, fmt(targets[problem])]
+            + [fmt(times[m].get(problem, math.inf)) for m in methods]
             for problem in sorted(targets)
         ]
-        table_md, table_html = _table(["problem", "loss target", *methods], rows)
-        caption = (
-            "Time to target: steps until the training loss first reaches the problem's "
-            "target (median over seeds, best initial LR per method; inf: never)."
+        page.table(
+            Table(
+                "time-to-target",
+                "Time to target",
+                "Steps until the training loss first reaches the problem's target (median over "
+                "seeds, best initial LR per method; inf: never).",
+                ["problem", "loss target", *methods],
+                rows,
+            )
         )
-        md += ["## Time to target", "", caption, "", table_md, ""]
-        body += ["<h2>Time to target</h2>", f"<p>{html.escape(caption)}</p>", table_html]
-        emit(_profile_figure(metrics.performance_profile(times, taus), taus, styles))
+        page.figure(figs.profile_figure(metrics.performance_profile(times, taus), taus, styles))
 
-    # provenance
+    # 5. provenance
     versions = sorted({canonical_json(r.versions) for r in records})
     rows = [
         [
             r.run_id[:12],
             r.config.problem,
-            _label(r),
-            _fmt(r.config.lr, 3),
+            method_label(r),
+            fmt(r.config.lr, 3),
             str(r.config.seed),
             str(r.config.steps),
             r.status.value,
@@ -633,46 +369,45 @@ def build_report(
             f"{r.wall_time_s:.2f}",
         ]
         for r in sorted(
-            records, key=lambda r: (r.config.problem, _label(r), r.config.lr or 0.0, r.config.seed)
+            records,
+            key=lambda r: (r.config.problem, method_label(r), r.config.lr or 0.0, r.config.seed),
         )
     ]
-    table_md, table_html = _table(
-        [
-            "run id",
-            "problem",
-            "method",
-            "initial LR",
-            "seed",
-            "steps",
-            "status",
-            "method kwargs",
-            "wall s",
-        ],
-        rows,
+    page.table(
+        Table(
+            "provenance",
+            "Provenance",
+            "Library versions: " + "; ".join(versions) + ". Every run, its id and config.",
+            [
+                "run id",
+                "problem",
+                "method",
+                "initial LR",
+                "seed",
+                "steps",
+                "status",
+                "method kwargs",
+                "wall s",
+            ],
+            rows,
+        )
     )
-    md += [
-        "## Provenance",
-        "",
-        "Library versions: " + "; ".join(f"`{v}`" for v in versions),
-        "",
-        table_md,
-        "",
-    ]
-    body += [
-        "<h2>Provenance</h2>",
-        "<p>Library versions: "
-        + "; ".join(f"<code>{html.escape(v)}</code>" for v in versions)
-        + "</p>",
-        table_html,
-    ]
+    page.contents_at(contents_md, contents_body)
 
     markdown_path = out / "report.md"
-    markdown_path.write_text("\n".join(md))
+    markdown_path.write_text("\n".join(page.md))
     html_path = out / "report.html"
     html_path.write_text(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        + "\n".join(body)
+        + "\n".join(page.body)
         + "</body></html>\n"
     )
-    return ReportFiles(html=html_path, markdown=markdown_path, figures=written)
+    return ReportFiles(
+        html=html_path,
+        markdown=markdown_path,
+        figures=page.pngs,
+        vector_figures=page.vectors,
+        tables=page.table_files,
+        verdict=verdict.text,
+    )

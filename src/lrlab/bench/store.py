@@ -15,6 +15,14 @@ process killed at any point, SIGKILL included, leaves either the whole run or no
 resumed sweep skips the ``run_id``\\ s present and loses or duplicates none. Only the sweep's
 driver writes; any number of readers (reports) may read at the same time (WAL).
 
+A store is recognised before anything is written to it: its SQLite header carries the
+application id :data:`APPLICATION_ID` and ``meta`` the marker ``application = lrlab``. A store of
+an earlier lrlab (the same tables, no id) opens and gets both; any other file (another
+application's database, a non-SQLite file) is refused with its bytes untouched. Opening checks
+the pages (``PRAGMA quick_check``), so a damaged store is reported at once, as one
+:class:`StoreError` naming the file, and every later SQLite failure (a full disk included: "database
+or disk is full") is a :class:`StoreError` too.
+
 Metric rows are JSON objects; non-finite floats are written as the strings ``"nan"``, ``"inf"``
 and ``"-inf"`` (valid JSON, readable with SQLite's ``json_extract``) and read back as floats, so
 a record read back equals the record written, float for float. Config kwargs come back as lists

@@ -82,7 +82,7 @@ from lrlab.bench import metrics
 from lrlab.bench._markdown import escape_markdown
 from lrlab.bench._paths import check_study_name
 from lrlab.bench.refinement import second_pass_configs
-from lrlab.bench.spec import Goal, RunRecord, metric_goals, run_label
+from lrlab.bench.spec import Goal, RunRecord, run_label
 from lrlab.bench.studyfile import Study, StudyError, load_study
 from lrlab.bench.tables import format_number, markdown_table
 
@@ -159,27 +159,18 @@ def _split(study: Study) -> bool:
 
 def _goal_of(problem: str, metric: str, records: Sequence[RunRecord] = ()) -> Goal:
     """The direction of ``metric`` on ``problem``: as the runs stored it, else as the problem
-    declares it (:func:`lrlab.bench.spec.metric_goals`); never guessed from the name.
+    declares it (:func:`lrlab.bench.summary.metric_goal`, the one place that decides it); never
+    guessed from the name.
 
     Raises:
-        StudyError: neither the records nor the problem know the metric's direction.
+        StudyError: nothing knows the metric's direction.
     """
-    for record in records:
-        goal = record.goal_of(metric)
-        if goal is not None:
-            return goal
-    from lrlab.bench.problems import get_problem
+    from lrlab.bench.summary import metric_goal
 
     try:
-        known = metric_goals(get_problem(problem).info)
-    except KeyError:
-        known = {}
-    if metric in known:
-        return known[metric]
-    raise StudyError(
-        f"metric {metric!r} of problem {problem!r} has no known direction; metrics with one: "
-        f"{', '.join(sorted(known)) or 'none'}"
-    )
+        return metric_goal(problem, metric, records)
+    except ValueError as error:
+        raise StudyError(str(error)) from None
 
 
 def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:

@@ -134,6 +134,15 @@ def _clean(value: float) -> float:
     return float(f"{value:.12g}")
 
 
+MAX_AXIS = 1_000_000
+"""The most values one grid axis (LRs, seeds) may have: checked before it is built."""
+
+
+def _check_axis(count: int, what: str) -> None:
+    if count > MAX_AXIS:
+        raise StudyError(f"{what} has {count:,} values, more than {MAX_AXIS:,}")
+
+
 def parse_lrs(text: str) -> tuple[float, ...]:
     """``"1e-6:1:7"`` -> 7 log-spaced values from 1e-6 to 1 (both included); ``"1e-3,0.1"`` -> a
     list. Every value must be a positive finite number."""
@@ -144,12 +153,15 @@ def parse_lrs(text: str) -> tuple[float, ...]:
             low, high, count = float(low_text), float(high_text), int(count_text)
             if count < 1 or not (0 < low <= high < math.inf):
                 raise ValueError
+            _check_axis(count, f"learning-rate grid {text!r}")
             if count == 1:
                 return (_clean(low),)
             a, b = math.log10(low), math.log10(high)
             values = tuple(_clean(10 ** (a + (b - a) * k / (count - 1))) for k in range(count))
         else:
             values = tuple(_clean(float(part)) for part in text.split(",") if part.strip())
+    except StudyError:
+        raise
     except ValueError:
         values = ()
     if not values or not all(0 < v < math.inf for v in values):
@@ -166,7 +178,10 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         if "," in text:
             seeds = tuple(int(part) for part in text.split(",") if part.strip())
         else:
+            _check_axis(int(text), f"seeds {text!r}")
             seeds = tuple(range(int(text)))
+    except StudyError:
+        raise
     except ValueError:
         seeds = ()
     if not seeds or any(s < 0 for s in seeds):

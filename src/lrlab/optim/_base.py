@@ -365,6 +365,9 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     #: (see NOTE [global scalars live in param_groups])
     global_defaults: ClassVar[Mapping[str, float | int | bool]] = {}
 
+    #: the method computes the right update from sparse gradients (tested); otherwise a sparse
+    #: gradient is refused before the step changes anything
+    supports_sparse_gradients: ClassVar[bool] = False
     #: per-parameter state entries that are not shaped like their parameter, or not kept in
     #: its dtype (see NOTE [checked checkpoints]); any other state tensor must have the
     #: parameter's shape
@@ -403,6 +406,11 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         rules: dict[str, Rule] = {}
         for klass in reversed(cls.__mro__):
             rules.update(vars(klass).get("hyperparameters", {}))
+        # a setting kept under torch's name is checked as its paper name is
+        # (NOTE [torch names of hyperparameters])
+        for torch_name, paper_name in cls.torch_names.items():
+            if paper_name in rules:
+                rules.setdefault(torch_name, rules[paper_name])
         return rules
 
     def check_hyperparameters(self, group: Mapping[str, Any]) -> None:
@@ -416,17 +424,32 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group after checking its settings (the optimizer's defaults completed by the
-        group's overrides, a paper's name of a setting read as torch's name); it receives the
-        current method-global scalars of the first group."""
+        group's overrides, a paper's name of a setting read as torch's name) and its parameters
+        (real floating point: every method's arithmetic assumes it); it receives the current
+        method-global scalars of the first group."""
         torch_name_from_alias(param_group, self.torch_names)
         if isinstance(param_group, Mapping):
             self.check_hyperparameters({**self.defaults, **param_group})
+            params = param_group.get("params")
+            if params is not None and not isinstance(params, (Tensor, list, tuple, set)):
+                param_group["params"] = params = list(params)  # a generator is read once
+            self._check_parameters([params] if isinstance(params, Tensor) else params or [])
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         template = self.param_groups[0] if len(self.param_groups) > 1 else None
         for key, default in self._all_global_defaults().items():
             group[key] = template[key] if template is not None else default
         group.setdefault("effective_lr", 0.0)
+
+    def _check_parameters(self, params: Iterable[Any]) -> None:
+        name = type(self).__name__
+        first = sum(len(group["params"]) for group in getattr(self, "param_groups", []))
+        for offset, p in enumerate(params):
+            if isinstance(p, Tensor) and (not p.is_floating_point() or p.is_complex()):
+                raise ValueError(
+                    f"{name}: parameter {first + offset} is a {p.dtype} tensor; {name} takes "
+                    "real floating-point parameters (float16, bfloat16, float32 or float64)"
+                )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -526,7 +549,20 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         flags: list[Tensor] = []
         if loss is not None:
             flags.append(torch.isfinite(loss.detach()).all())
-        grads = [p.grad for p in self._params() if p.grad is not None]
+        grads = []
+        for index, p in enumerate(self._params()):
+            grad = p.grad
+            if grad is None:
+                continue
+            if grad.layout is not torch.strided and not self.supports_sparse_gradients:
+                # refused before anything moves (a sparse gradient would fail deep inside the
+                # update, after state was created)
+                name = type(self).__name__
+                raise ValueError(
+                    f"{name}: parameter {index} has a sparse gradient ({grad.layout}); {name} "
+                    "supports dense gradients only"
+                )
+            grads.append(grad)
         if self._uses_native_kernels() and _NONFINITE_PROBE.available():
             # one multi-threaded pass over every CPU gradient, where torch needs a sum kernel
             # per tensor (a quarter of Adam(fused)'s step on 200 small tensors)

@@ -15,6 +15,13 @@ number of tensors.
   source, the compiler, the flags and the CPU, so a build is paid once per machine (~1 s per
   family) and never per step. Concurrent processes (sweep workers) build into temporary files and
   rename atomically.
+* NOTE [a private, verified kernel cache]: loading a library runs its code, so the cache must be
+  the user's own. The directory is created private (0700); one owned by another user or
+  writable by group or others is refused: no native kernel is loaded from it (one warning) and
+  ``fused=True`` takes the compiled or eager kernels. Each build writes the SHA-256 of the
+  library next to it (``<library>.sha256``); before loading, the file is checked (owned by the
+  user, not group/world-writable, the digest matches), and a library that fails is removed and
+  rebuilt, never loaded.
 * The arithmetic is the compiled kernels' (the same order of operations in the tensors' dtype;
   float32 sums run in float32 over runs of 1024 elements, then in double). Per-tensor sums are
   added block by block in a fixed order: results do not depend on the number of threads.
@@ -37,9 +44,11 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -74,6 +83,69 @@ def _cache_dir() -> Path:
         return Path(os.environ["LRLAB_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "lrlab"
+
+
+class UnsafeCacheError(RuntimeError):
+    """The kernel cache directory is not private to this user (see NOTE [a private, verified
+    kernel cache])."""
+
+
+_REFUSED_CACHES: dict[str, str] = {}  # directory -> why it was refused (warned once each)
+
+
+def _private_cache_dir() -> Path:
+    """The cache directory, created private (0700); refused unless this user owns it and no
+    one else may write to it."""
+    directory = _cache_dir()
+    if str(directory) in _REFUSED_CACHES:
+        raise UnsafeCacheError(_REFUSED_CACHES[str(directory)])
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = directory.stat()
+    except OSError as error:
+        # not a security refusal: reported like any other failed build
+        raise RuntimeError(f"the kernel cache {directory} cannot be created: {error}") from None
+    problem = None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory"
+    elif hasattr(os, "getuid") and info.st_uid != os.getuid():
+        problem = f"is owned by another user (uid {info.st_uid})"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):o})"
+    if problem is not None:
+        reason = f"the kernel cache {directory} {problem}"
+        _REFUSED_CACHES[str(directory)] = reason
+        warnings.warn(
+            f"lrlab: {reason}; no native kernels are loaded from it (fused=True uses the "
+            "compiled or eager kernels). Make it private (chmod 700, owned by you) or set "
+            "LRLAB_CACHE_DIR to a private directory.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+        raise UnsafeCacheError(reason)
+    return directory
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _digest_file(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _verified(library: Path) -> bool:
+    """The library is this user's, not writable by others, and matches the digest recorded
+    when it was built."""
+    try:
+        info = library.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            return False
+        return _digest_file(library).read_text().strip() == _digest(library)
+    except OSError:
+        return False
 
 
 def _compiler() -> str | None:
@@ -111,6 +183,8 @@ class _Library:
             if self._handle is None and self.failure is None:
                 try:
                     self._handle = ctypes.CDLL(str(self._build()))
+                except UnsafeCacheError as error:  # warned once for the directory
+                    self.failure = f"{type(error).__name__}: {error}".splitlines()[0][:300]
                 except Exception as error:  # no compiler, read-only cache, broken toolchain
                     self.failure = f"{type(error).__name__}: {error}".splitlines()[0][:300]
                     # not a warning: the default path takes these kernels where it can, and a
@@ -134,16 +208,19 @@ class _Library:
             [compiler, "--version"], capture_output=True, text=True, check=False
         ).stdout
         errors = []
+        cache = _private_cache_dir()
         for flags in _FLAG_SETS:
             key = hashlib.sha256(
                 b"\0".join(
                     [text, version.encode(), " ".join(flags).encode(), _cpu_identity().encode()]
                 )
             ).hexdigest()[:16]
-            target = _cache_dir() / f"{self.family}-{key}.so"
-            if target.exists():
+            target = cache / f"{self.family}-{key}.so"
+            if _verified(target):
                 return target
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists() or target.is_symlink():
+                # not what this user built (planted, replaced or damaged): never load it
+                target.unlink()
             # build next to the target and rename: concurrent builders never see a partial file
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
                 partial = Path(scratch) / target.name
@@ -162,7 +239,12 @@ class _Library:
                     check=False,
                 )
                 if result.returncode == 0:
+                    digest = Path(scratch) / (target.name + ".sha256")
+                    digest.write_text(_digest(partial) + "\n")
+                    os.replace(digest, _digest_file(target))
                     os.replace(partial, target)
+                    if not _verified(target):  # another process renamed its build in between
+                        raise RuntimeError(f"{target.name} changed while it was installed")
                     return target
                 errors.append(result.stderr.strip().splitlines()[-1:] or ["failed"])
         raise RuntimeError(f"{compiler} could not build {source.name}: {errors[-1][0]}")

@@ -583,6 +583,9 @@ class _LayerPathLearningRates(_PathLearningRates):
         size: int,
     ) -> tuple[float, float]:
         """Update one block's rate from its statistics; return (its eta, 1/||g_l|| or 0)."""
+        if size == 0:
+            # an empty tensor has no path and no gradient: its rate stays as it is
+            return float(group["lr"]) * self._rate_scale() * holder["lr_factor"], 0.0
         alpha = group["alpha"]
         grad_norm = math.sqrt(grad_sq)
         inverse_norm = 1.0 / grad_norm if grad_norm > GRADIENT_FLOOR else 0.0
@@ -1459,7 +1462,8 @@ class SPALeRA(_PathLearningRates):
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
-                if state and "lr_multiplier" in state:
+                # an empty tensor has no multipliers (min/max of nothing is undefined)
+                if state and "lr_multiplier" in state and state["lr_multiplier"].numel():
                     multiplier = state["lr_multiplier"].detach().reshape(-1).to(torch.float64)
                     rows.append(torch.stack([multiplier.min(), multiplier.sum(), multiplier.max()]))
                     count += multiplier.numel()

@@ -127,6 +127,8 @@ class SGD(_TorchBaseline, torch.optim.SGD):
     """
 
     _torch_class = torch.optim.SGD
+    #: torch's SGD updates from sparse gradients (checked against the densified gradient)
+    supports_sparse_gradients = True
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {

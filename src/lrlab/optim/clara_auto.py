@@ -60,6 +60,7 @@ Safeguard activity is visible in :meth:`statistics` (``capped_steps``, ``brake_e
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -67,6 +68,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
@@ -179,6 +181,17 @@ class ClaraAuto(AdaptiveOptimizer):
         "brake_cusum": 0.0,
         "brake_events": 0,
         "global_step": 0,
+    }
+    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
+    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
+        "lr": check.positive(),
+        "betas": check.betas(),
+        "eps": check.positive(),
+        "c": check.in_range(0.0, 1.0, "()"),
+        "damping": check.optional(check.nonnegative()),
+        "distance_bound": check.boolean(),
+        "brake": check.boolean(),
+        "initial_distance": check.positive(),
     }
 
     def __init__(

@@ -369,6 +369,7 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
         "lmbda": check.in_range(0.0, 1.0, "[]"),
         "push": check.in_range(0.0, 1.0, "[)"),
         "lb": check.real(),
+        "eta_max": check.positive(),
     }
 
     def _check_group(self, group: Mapping[str, Any]) -> None:

@@ -83,6 +83,13 @@ class _ScheduleFree(AdaptiveOptimizer):
         "warmup_steps": check.integer(0),
         "r": check.nonnegative(),
         "weight_lr_power": check.nonnegative(),
+        # the run's own scalars, kept in the groups: a group may not set them to nonsense
+        "k": check.integer(0),
+        "lr_max": check.real(),
+        "weight_sum": check.nonnegative(),
+        "scheduled_lr": check.nonnegative(),
+        "averaging_weight": check.in_range(0.0, 1.0, "[]"),
+        "train_mode": check.boolean(),
     }
 
     def _beta(self, group: Mapping[str, Any]) -> float:
