@@ -206,7 +206,7 @@ class GradaGrad(AdaptiveOptimizer):
                 params = [params[i] for i in plan.reference]
                 if not params:
                     continue
-            grads = [p.grad for p in params]
+            grads = _foreach.grads_of(params)
             previous = [self.state[p]["prev_grad"] for p in params]
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             square_parts.append(_foreach.sum_of_squares(grads, foreach=foreach).to(torch.float64))

@@ -187,7 +187,7 @@ class MDA(AdaptiveOptimizer):
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             _mda_step(
                 params,
-                [p.grad for p in params],
+                _foreach.grads_of(params),
                 [self.state[p]["s"] for p in params],
                 [self.state[p]["x0"] for p in params],
                 group,

@@ -196,7 +196,7 @@ class _ScheduleFree(AdaptiveOptimizer):
                 state = self.state[p]
                 if len(state) == 0:
                     self._init_state(p, state)
-            grads = [p.grad for p in params]
+            grads = _foreach.grads_of(params)
             beta, weight_decay = self._beta(group), group["weight_decay"]
             # y_{k+1} = (1 - c) y + c z - lr (1 - beta (1 - c)) d  ==  spec 7.1 in y only
             y_step = lr * (beta * (1 - c) - 1)
@@ -749,6 +749,6 @@ def recalibrate_batchnorm(
     finally:
         for m, momentum in momenta.items():
             m.momentum = momentum
-        for m, flag in training.items():
-            m.train(flag)
+        for module, flag in training.items():
+            module.train(flag)
     return count
