@@ -468,6 +468,10 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
 
     def _check_loaded_group(self, saved: Mapping[str, Any], index: int) -> None:
         """Validate the settings of a saved param group: they replace the current ones."""
+        if saved.get("lr") == 0.0:
+            # a scheduler's value (the end of a linear decay, the start of a warm-up): torch's
+            # schedulers write it and the run must resume from that checkpoint
+            saved = {key: value for key, value in saved.items() if key != "lr"}
         try:
             self.check_hyperparameters(saved)
         except ValueError as error:
