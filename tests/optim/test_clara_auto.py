@@ -115,8 +115,8 @@ def test_fixed_damping_overrides_the_automatic_one() -> None:
 
 
 def test_distance_bound_caps_the_first_step_and_grows_with_the_distance() -> None:
-    x0 = [3.0, -4.0]  # rms(x0) = sqrt(12.5)
-    floor = 1e-4 * (1 + math.sqrt(12.5))
+    x0 = [3.0, -4.0]
+    floor = 1e-4  # r_eps
     x = torch.tensor(x0, dtype=torch.float64, requires_grad=True)
     optimizer = ClaraAuto([x], lr=100.0, brake=False)
     _step(optimizer, x, [1.0, 1.0])
@@ -137,12 +137,12 @@ def test_distance_bound_caps_the_first_step_and_grows_with_the_distance() -> Non
 
 
 def test_brake_fires_when_the_gradient_norm_explodes_along_a_steady_direction() -> None:
-    """The path sees agreement (grow), the brake sees a tenfold rise of ||g|| (shrink)."""
+    """The path sees agreement (grow); the brake sees ||g|| double every step (shrink)."""
 
     def run(brake: bool) -> dict[str, float]:
         x = torch.zeros(5, dtype=torch.float64, requires_grad=True)
         optimizer = ClaraAuto([x], lr=1e-2, distance_bound=False, brake=brake)
-        for step in range(12):
+        for step in range(30):
             _step(optimizer, x, [2.0**step] * 5)
         return optimizer.statistics()
 
@@ -210,3 +210,31 @@ def test_any_initial_lr_reaches_the_same_region(lr: float) -> None:
             optimizer.step()
         finals.append(float(_ill_conditioned_loss(x).detach()))
     assert finals[0] < 1e-2 and finals[1] < 1e-2
+
+
+def test_brake_cusum_follows_its_formulas() -> None:
+    """mean/variance: exponential (rate c) of log ||g||; from step 11 C = max(0, C + z - 1/2),
+    z = clip((log||g|| - mean) / sqrt(var), -3, 3), alarm when C > 5."""
+    norms = [1.0, 2.0, 0.5, 1.5, 1.0, 3.0, 0.7, 1.2, 2.5, 1.1, 1.8, 4.0, 9.0, 30.0, 100.0]
+    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = ClaraAuto([x], lr=1e-3, distance_bound=False)
+    mean = variance = cusum = 0.0
+    events = 0
+    for step, norm in enumerate(norms, start=1):
+        _step(optimizer, x, [norm])
+        z = math.log(norm)
+        if step == 1:
+            mean = z
+            continue
+        deviation = z - mean
+        standardised = max(-3.0, min(3.0, deviation / math.sqrt(variance + 1e-12)))
+        mean += C * deviation
+        variance = (1 - C) * (variance + C * deviation**2)
+        if step <= 10:
+            continue
+        cusum = max(0.0, cusum + standardised - 0.5)
+        if cusum > 5.0:
+            events, cusum = events + 1, 0.0
+        assert optimizer.statistics()["brake_cusum"] == pytest.approx(cusum, rel=1e-9, abs=1e-12)
+    assert optimizer.statistics()["brake_events"] == events
+    assert events >= 1  # the last steps rise by 3x per step

@@ -176,6 +176,7 @@ def _goal_of(problem: str, metric: str, records: Sequence[RunRecord] = ()) -> Go
 def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:
     """The ``metric_choice`` for :func:`build_report` from the part's ``report.metric``."""
     from lrlab.bench.report import MetricChoice, default_metric_choice
+    from lrlab.bench.summary import check_metric
 
     option = part.report.get("metric")
 
@@ -183,6 +184,10 @@ def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:
         metric = option.get(problem) if isinstance(option, Mapping) else option
         if metric is None:
             return default_metric_choice(problem, records)
+        try:  # a metric the runs did not record: the names they did, not a page of "diverged"
+            check_metric(records, metric)
+        except KeyError as error:
+            raise StudyError(f"report.metric of problem {problem!r}: {error}") from None
         return MetricChoice(metric, _goal_of(problem, metric, records))
 
     return choose
