@@ -248,7 +248,7 @@ def main() -> None:
                 passes[client] += 1
             except Exception as error:  # a failing cell is the measurement
                 line = traceback.format_exception_only(type(error), error)[-1].strip()
-                cells.append(line[:60].replace("|", "/"))
+                cells.append(" ".join(line.split())[:60].replace("|", "/"))
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     total = len(names)
     print("| **passing** | " + " | ".join(f"{passes[c]}/{total}" for c in CLIENTS) + " |")

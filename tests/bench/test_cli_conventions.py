@@ -8,6 +8,7 @@ import io
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -214,11 +215,25 @@ def test_bash_completion(capsys, tmp_path):
     assert "--out" not in _complete(script, "lrlab", "report", "--")  # hidden alias
 
 
-def test_zsh_completion_wraps_the_bash_script(capsys):
+def test_zsh_completion_wraps_the_bash_script(capsys, tmp_path):
     assert main(["completion", "zsh"]) == 0
     script = capsys.readouterr().out
     assert script.startswith("#compdef lrlab\n") and "bashcompinit" in script
     assert "complete -o default -F _lrlab lrlab" in script
+    if shutil.which("zsh") is None:
+        return  # the text checks above still ran; zsh itself is optional here
+    path = tmp_path / "_lrlab.zsh"
+    path.write_text(script)
+    done = subprocess.run(
+        ["zsh", "-f", "-c", f"source {shlex.quote(str(path))} && whence -w _lrlab"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "_lrlab: function"
 
 
 # -- missing extras -----------------------------------------------------------------------------

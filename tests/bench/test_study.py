@@ -217,6 +217,20 @@ def test_placeholders_that_match_nothing_fail(tiny):
     ).startswith("1")
 
 
+def test_a_report_metric_the_runs_did_not_record_lists_the_recorded_ones(tiny):
+    _, _, root = tiny
+    (root / "typo.toml").write_text(TINY.replace("tolerance = 0.05", 'metric = "test_acuracy"'))
+    with pytest.raises(StudyError, match=r"'test_acuracy' \(did you mean 'test_accuracy'\?\)"):
+        run_study(
+            str(root / "typo.toml"),
+            store=root / "tiny.sqlite",
+            docs=root / "typo-docs",
+            report_dir=root / "typo-report",
+            run=False,
+            show_progress=False,
+        )
+
+
 def test_commentary_is_checked_before_running(tmp_path):
     (tmp_path / "s.toml").write_text(TINY)
     (tmp_path / "s.md").write_text("{{value part=b problem=iris_logreg method=SGD}}")

@@ -205,3 +205,33 @@ def test_a_batch_without_indices_is_reported_clearly(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="from the batch entry 'index'"):
         trainer.fit(NoIndex(name), torch.utils.data.DataLoader(data, batch_size=BATCH))
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in NAMES if lo.spec(n).needs_loss and not lo.spec(n).needs_closure]
+)
+def test_manual_optimization_gets_the_loss(name: str) -> None:
+    class Manual(Regression):
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.automatic_optimization = False
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(self.net(batch["x"]), batch["y"])
+            self.step_losses.append(loss.detach())
+            self.manual_backward(loss)
+            optimizer.step()  # LightningOptimizer.step(): no loss argument
+
+    module = Manual(name)
+    trainer = pl.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[LrlabCallback()],
+    )
+    trainer.fit(module, _loaders()[0])
+    assert [c.loss.item() for c in module.contexts] == [v.item() for v in module.step_losses]

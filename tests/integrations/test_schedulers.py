@@ -98,3 +98,19 @@ def test_torch_name_and_paper_name_are_one_hyperparameter(name: str) -> None:
     _train(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0))
     assert torch.equal(flat_params(model), by_torch_name)
     assert optimizer.param_groups[0][paper_name] == 0.5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_checkpoint_taken_at_a_scheduled_lr_of_zero_loads(name: str) -> None:
+    # get_linear_schedule_with_warmup starts at and decays to lr = 0: its checkpoints must load
+    model, optimizer = _two_groups(name)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.0)
+    _train(model, optimizer, scheduler, steps=2)
+    assert all(group["lr"] == 0.0 for group in optimizer.param_groups)
+    state = optimizer.state_dict()
+    _, fresh = _two_groups(name)
+    fresh.load_state_dict(state)
+    assert [group["lr"] for group in fresh.param_groups] == [0.0, 0.0]
+    state["param_groups"][0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="lr must be in"):  # a negative lr is still refused
+        fresh.load_state_dict(state)

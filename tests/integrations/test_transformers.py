@@ -105,3 +105,28 @@ def test_index_methods_need_remove_unused_columns_false(tmp_path: Path) -> None:
     name = next(n for n in NAMES if lo.spec(n).needs_example_index)
     with pytest.raises(ValueError, match=r"remove_unused_columns=False"):
         _train(name, tmp_path, remove_unused_columns=True)
+
+
+def test_reporting_callbacks_before_it_see_the_statistics(tmp_path: Path) -> None:
+    # the reporting integrations (TensorBoard, W&B, MLflow) come before user callbacks
+    class Reporter(transformers.TrainerCallback):
+        def __init__(self) -> None:
+            self.logs: list[dict[str, float]] = []
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any):
+            self.logs.append(dict(logs))
+
+    model = tiny_gpt2()
+    reporter, callback = Reporter(), LrlabCallback()
+    for run in range(2):  # the same callback object in a second Trainer
+        trainer = transformers.Trainer(
+            model=model,
+            args=_args(tmp_path / str(run), max_steps=2, save_steps=10),
+            train_dataset=TokenData(),
+            optimizers=(build(NAMES[0], model.parameters()), None),
+            callbacks=[reporter, callback],
+        )
+        trainer.train()
+    training_logs = [logs for logs in reporter.logs if "loss" in logs]
+    assert len(training_logs) == 4
+    assert all("lrlab/effective_lr" in logs for logs in training_logs)

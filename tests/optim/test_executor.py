@@ -108,3 +108,13 @@ def test_route_sends_large_tensors_to_the_compiled_kernels_only_when_asked(
     rows = _rows(torch.zeros(8))
     assert route({"fused": True}, rows, (step,)).compiled == [0]
     assert route({"fused": None}, rows, (step,)).compiled == []
+
+
+def test_passes_sharing_a_native_function_share_its_kernel() -> None:
+    # DAdaptAdam's two first passes (with and without the move) call one C++ function: one
+    # kernel object, so fused_status() has one line for it that says whether it ran
+    from lrlab.optim import dadaptation
+
+    assert dadaptation._ADAM_MOMENTS._kernel is dadaptation._ADAM_MOMENTS_AND_STEP._kernel
+    names = [kernel.qualified_name for kernel in _native._KERNELS]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)

@@ -450,7 +450,7 @@ def native_only(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(_fused.FusedKernel, "__call__", refuse)
     for native in _native._KERNELS:  # "used" marks of this test only
         monkeypatch.setattr(native, "used", False)
-    if not schedule_free._NATIVE_INTERPOLATE.available():
+    if not schedule_free._INTERPOLATE.native_available():
         raise AssertionError("the native kernels cannot be built (no C++ compiler?)")
     return _native
 

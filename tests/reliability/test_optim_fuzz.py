@@ -319,6 +319,7 @@ for case in range(COUNT):
 """
 
 
+@pytest.mark.slow  # a child interpreter (crash isolation / a fresh build)
 def test_fuzz_mismatched_checkpoints() -> None:
     count = 160
     code = CHILD.replace("SEED", str(SEED + 3)).replace("COUNT", str(count))

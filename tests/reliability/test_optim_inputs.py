@@ -144,6 +144,7 @@ def _load_in_child(cache: Path) -> str:
 
 
 @needs_compiler
+@pytest.mark.slow  # a child interpreter (crash isolation / a fresh build)
 def test_a_planted_library_is_rebuilt_never_executed(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     assert "available True" in _load_in_child(cache)
@@ -186,6 +187,7 @@ def test_a_planted_library_is_rebuilt_never_executed(tmp_path: Path) -> None:
 
 
 @needs_compiler
+@pytest.mark.slow  # a child interpreter (crash isolation / a fresh build)
 def test_a_cache_writable_by_others_is_refused_with_one_warning(tmp_path: Path) -> None:
     cache = tmp_path / "shared"
     cache.mkdir()

@@ -111,3 +111,15 @@ def test_prodigy_low_precision_statistics_survive_a_checkpoint() -> None:
     (state,) = other.state.values()
     assert state["exp_avg_sq"].dtype == torch.float32 and state["s"].dtype == torch.float32
     assert torch.equal(state["exp_avg_sq"], optimizer.state[w]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "clara-adam", "prodigy"])
+def test_float16_entries_whose_square_overflows_are_skipped(name: str) -> None:
+    """300^2 = 90000 overflows float16 (max 65504): an Adam-like v kept in float16 would turn
+    inf, so the step is skipped; 200 (40000) passes."""
+    for value, skipped in ((300.0, 1), (200.0, 0)):
+        params = [torch.nn.Parameter(torch.randn(8).half())]
+        optimizer = build(name, lo.spec(name).sample_kwargs[0], params)
+        step(optimizer, name, params, [torch.full((8,), value).half()])
+        assert optimizer.statistics()["nonfinite_steps"] == skipped, value
+        assert torch.isfinite(params[0]).all()

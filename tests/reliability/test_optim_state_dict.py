@@ -77,6 +77,7 @@ for name, label, kwargs in configurations():
 """
 
 
+@pytest.mark.slow  # a child interpreter (crash isolation / a fresh build)
 def test_mismatched_checkpoints_are_rejected_on_every_path() -> None:
     status, records, stderr = run_child(CHILD)
     started = [r["started"] for r in records if "started" in r]

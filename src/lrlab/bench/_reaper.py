@@ -1,4 +1,4 @@
-"""A watchdog process that kills what a sweep driver started once the driver is gone.
+"""A watchdog process that kills a sweep driver's descendants once the driver is gone.
 
 Run as ``python _reaper.py DRIVER_PID`` (by path, so it imports nothing but the standard
 library). Every half second it records the driver's descendants (from ``/proc``: process id

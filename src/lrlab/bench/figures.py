@@ -256,15 +256,52 @@ def _diverged_handle() -> Any:
     )
 
 
+def _draw_context(axis: Any, series: Sequence[tuple[Sequence[float], Sequence[float]]]) -> None:
+    """The other methods behind a panel, thin and grey, as one collection (thirty separate
+    lines in each of thirty panels cost most of a figure's drawing time)."""
+    from matplotlib.collections import LineCollection
+
+    segments = [list(zip(x, y, strict=True)) for x, y in series if len(x) > 1]
+    if segments:
+        axis.add_collection(
+            LineCollection(segments, colors=_CONTEXT, linewidths=0.7, zorder=1), autolim=True
+        )
+        axis.autoscale_view()
+
+
 def _label_bottoms(axes: Any, label: str) -> None:
-    """The x label and tick labels on the lowest visible panel of every column (shared x axes
-    show them only on the bottom row, which may be an unused, hidden panel)."""
+    """The x label and tick labels on the lowest visible panel of every column only (the panels
+    of a column share their x limits, see :func:`_same_limits`)."""
     for column in range(axes.shape[1]):
         visible = [row for row in range(axes.shape[0]) if axes[row][column].axison]
+        for row in visible:
+            axes[row][column].xaxis.set_tick_params(labelbottom=row == visible[-1])
         if visible:
-            axis = axes[visible[-1]][column]
-            axis.xaxis.set_tick_params(labelbottom=True)
-            axis.set_xlabel(label)
+            axes[visible[-1]][column].set_xlabel(label)
+
+
+def _same_limits(panels: Sequence[Any], *, x: bool, y: bool) -> None:
+    """Give the visible ``panels`` the union of their x and/or y limits, and y tick labels only
+    in the first column. This is what matplotlib's shared axes do, without their cost: a shared
+    axis measures every sibling's tick labels when it places its own, which on a grid of 30
+    panels took most of a figure's drawing time."""
+    visible = [panel for panel in panels if panel.axison]
+    if not visible:
+        return
+    for wanted, get, put in (
+        (x, "get_xlim", "set_xlim"),
+        (y, "get_ylim", "set_ylim"),
+    ):
+        if wanted:
+            limits = [getattr(panel, get)() for panel in visible]
+            low = min(min(a, b) for a, b in limits)
+            high = max(max(a, b) for a, b in limits)
+            for panel in visible:
+                getattr(panel, put)(low, high)
+    if y:
+        for panel in visible:
+            first_column = panel.get_subplotspec().colspan.start == 0
+            panel.yaxis.set_tick_params(labelleft=first_column)
 
 
 def _final(metric: str) -> str:
@@ -316,8 +353,6 @@ def sensitivity_figure(
         columns,
         figsize=(3.3 * columns + (0 if small else 3.2), 2.7 * rows + (0.5 if small else 1.3)),
         squeeze=False,
-        sharex=True,
-        sharey=True,
         layout="constrained",
     )
 
@@ -352,18 +387,12 @@ def sensitivity_figure(
     if small:
         for index, method in enumerate(methods):
             axis = axes[index // columns][index % columns]
+            context: list[tuple[list[float], list[float]]] = []
             for other in methods:
-                if other == method:
-                    continue
                 good = sorted((p for p in tuned.get(other, []) if p.diverged == 0), key=_lr_key)
-                if good:
-                    axis.plot(
-                        [p.lr for p in good],
-                        [p.mean for p in good],
-                        color=_CONTEXT,
-                        lw=0.7,
-                        zorder=1,
-                    )
+                if other != method and good:
+                    context.append(([_lr_key(p) for p in good], [p.mean for p in good]))
+            _draw_context(axis, context)
             draw(axis, method, styles.get(method, _slot_style(0)), 0, label=False)
             axis.set_title(method, fontsize=9, pad=_STRIP_POINTS + _ROW_POINTS + 4)
         for index in range(len(methods), rows * columns):
@@ -408,12 +437,18 @@ def sensitivity_figure(
         axis.set_xscale("log")
         if log:
             axis.set_yscale("log")
-        # minor grid lines only on a single axis: on a grid of panels they cost more than they show
+        # minor ticks and grid lines only on a single axis: on a grid of panels they cost more
+        # than they show
         axis.grid(alpha=0.3, which="major" if small else "both")
+        if small:
+            axis.minorticks_off()
     _label_bottoms(axes, "initial learning rate")
     untuned_values = [p.mean for p in untuned.values() if p.diverged == 0]
-    _set_limits(axes[0][0], values + untuned_values, log)
-    axes[0][0].set_xlim(lrs_all[0] / 1.5, lrs_all[-1] * 1.5)
+    for axis in axes.flat:
+        if axis.axison:
+            _set_limits(axis, values + untuned_values, log)
+            axis.set_xlim(lrs_all[0] / 1.5, lrs_all[-1] * 1.5)
+    _same_limits(list(axes.flat), x=False, y=True)  # the labels; the limits are already equal
     seeds = max(p.seeds for p in points)
     return Figure(
         f"{problem}-sensitivity",
@@ -475,7 +510,6 @@ def trajectory_figure(problem: str, records: Sequence[RunRecord]) -> Figure | No
         columns,
         figsize=(4.2 * columns, 3.0 * rows),
         squeeze=False,
-        sharey=True,
         layout="constrained",  # keeps a row's titles clear of the x labels of the row above
     )
     colormap = plt.get_cmap("viridis")
@@ -504,7 +538,12 @@ def trajectory_figure(problem: str, records: Sequence[RunRecord]) -> Figure | No
         axis.grid(alpha=0.3)
     for index in range(len(methods), rows * columns):
         axes[index // columns][index % columns].axis("off")
-    axes[0][0].set_ylabel("effective learning rate")
+    if len(methods) > 3:
+        for axis in axes.flat:
+            axis.minorticks_off()
+    _same_limits(list(axes.flat), x=False, y=True)
+    for row in axes:
+        row[0].set_ylabel("effective learning rate")
     handles: dict[str, object] = {}
     for axis in axes.flat:  # one legend for all panels: no panel has every initial LR
         for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
@@ -586,14 +625,11 @@ def curves_figure(
         columns,
         figsize=(3.3 * columns, 2.6 * block_rows * len(keys) + 0.6),
         squeeze=False,
-        sharex=True,
         layout="constrained",
     )
     weights = set()
     for block, key in enumerate(keys):
         panels = [axes[block * block_rows + i // columns][i % columns] for i in range(len(methods))]
-        for panel in panels[1:]:
-            panel.sharey(panels[0])
         smoothed: dict[str, tuple[list[float], list[list[float]], list[float]]] = {}
         for method, (steps, matrix) in curves[key].items():
             weight = ema_weight(len(steps))
@@ -604,12 +640,13 @@ def curves_figure(
         values = [v for _, matrix in curves[key].values() for row in matrix for v in row]
         log = _log_friendly(values)
         for method, axis in zip(methods, panels, strict=True):
-            for other, (steps, _, mean) in smoothed.items():
-                if other != method:
-                    axis.plot(steps, mean, color=_CONTEXT, lw=0.7, zorder=1)
-            style = styles.get(method, _slot_style(0))
             if log:
                 axis.set_yscale("log")
+            _draw_context(
+                axis,
+                [(steps, mean) for other, (steps, _, mean) in smoothed.items() if other != method],
+            )
+            style = styles.get(method, _slot_style(0))
             _integer_steps(axis)
             axis.grid(alpha=0.3)
             if method not in smoothed:
@@ -641,14 +678,20 @@ def curves_figure(
             axis.plot(
                 steps, mean, color=style["color"], linestyle=style["linestyle"], lw=1.6, zorder=3
             )
-            lr = runs_of[method][0]
+            lr, runs = runs_of[method]
+            argument = (runs[0].config.lr_argument if runs else None) or "lr"  # d0 for a d0 sweep
             axis.set_title(
-                f"{method} (lr {fmt(lr, 2) if lr is not None else 'default'})", fontsize=9
+                f"{method} ({argument} {fmt(lr, 2) if lr is not None else 'default'})", fontsize=9
             )
         for row in range(block_rows):
             axes[block * block_rows + row][0].set_ylabel(key.replace("_", " "))
         for index in range(len(methods), block_rows * columns):
             axes[block * block_rows + index // columns][index % columns].axis("off")
+        if len(methods) > SINGLE_AXIS_MAX:
+            for panel in panels:
+                panel.minorticks_off()
+        _same_limits(panels, x=False, y=True)
+    _same_limits(list(axes.flat), x=True, y=False)
     _label_bottoms(axes, "step")
     handles = _legend_proxies(
         [

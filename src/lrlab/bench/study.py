@@ -176,6 +176,7 @@ def _goal_of(problem: str, metric: str, records: Sequence[RunRecord] = ()) -> Go
 def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:
     """The ``metric_choice`` for :func:`build_report` from the part's ``report.metric``."""
     from lrlab.bench.report import MetricChoice, default_metric_choice
+    from lrlab.bench.summary import check_metric
 
     option = part.report.get("metric")
 
@@ -183,6 +184,10 @@ def _metric_choice(part: Study) -> Callable[[str, Sequence[RunRecord]], Any]:
         metric = option.get(problem) if isinstance(option, Mapping) else option
         if metric is None:
             return default_metric_choice(problem, records)
+        try:  # a metric the runs did not record: the names they did, not a page of "diverged"
+            check_metric(records, metric)
+        except KeyError as error:
+            raise StudyError(f"report.metric of problem {problem!r}: {error}") from None
         return MetricChoice(metric, _goal_of(problem, metric, records))
 
     return choose
@@ -418,6 +423,10 @@ def _mean_rank(ranks: Sequence[int | None]) -> float:
     return sum(present) / len(present) if present else math.inf
 
 
+def _of(records: Sequence[RunRecord], problem: str) -> list[RunRecord]:
+    return [r for r in records if r.config.problem == problem]
+
+
 def leaderboard_tables(part: Study, records: Sequence[RunRecord]) -> str:
     """The leaderboard tables of a part (``report.leaderboard``): per method and problem the
     best-tuned result and rank, the result and rank at the defaults, the robustness width and
@@ -496,8 +505,22 @@ def leaderboard_tables(part: Study, records: Sequence[RunRecord]) -> str:
         for method in methods
     ]
     targets = {x.problem: x.target for x in found}
+    # the report's summary (lrlab.bench.summary): its generated verdict and the leaderboard with
+    # bootstrap intervals over seeds and ties, on the same records, metrics and tolerance
+    from lrlab.bench import summary
+
+    grouped = summary.group_variants(records)
+    choices = {p: summary.MetricChoice(*metric_choice(p, _of(grouped, p))) for p in problems}
+    board, _, verdict = summary.summarize(grouped, choices, tolerance=tolerance)
+    table = summary.leaderboard_table(board)
     return "\n".join(
         [
+            f"**Verdict** (generated from the runs): {verdict.text}",
+            "",
+            f"**{table.title}** with intervals: {table.caption}",
+            "",
+            table.markdown(),
+            "",
             "**Leaderboard, tuned**: per problem the best mean final metric over every setting "
             "a method was run at (initial LRs; for learning-rate-free methods their initial "
             "estimate; and the defaults) at which no seed diverged, and the method's rank on "

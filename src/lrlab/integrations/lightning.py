@@ -19,7 +19,9 @@ What the callback does, hook by hook (Lightning 2.x):
   value per training example, and, for a method that checks the loss again after moving
   (LOSSGRAD), a forward-only function that calls ``training_step`` on the remembered batch
   with logging silenced and without any Lightning hook (Lightning's closure would run the
-  whole training step again, hooks and logging included).
+  whole training step again, hooks and logging included). Under manual optimization the
+  callback feeds the loss and indices of a single lrlab optimizer; with several optimizers, or
+  for LOSSGRAD's check, call :func:`lrlab.optim.feed` / pass a closure in ``training_step``.
 * ``on_validation_start`` (sanity check included): Schedule-Free optimizers switch to their
   evaluation weights; ``on_train_end`` leaves them there (the model after ``fit`` is the
   averaged one).
@@ -125,7 +127,9 @@ class LrlabCallback(pl.Callback):
     def _first_of_step(trainer: pl.Trainer, batch_idx: int) -> bool:
         return batch_idx % trainer.accumulate_grad_batches == 0
 
-    def _unscaled_loss(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor):
+    def _unscaled_loss(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
+    ) -> Tensor:
         value = loss.detach()
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and scaler.is_enabled():
@@ -184,6 +188,11 @@ class LrlabCallback(pl.Callback):
         optimizers = self._optimizers(trainer)
         if not optimizers or not self._window:
             return
+        automatic = pl_module.automatic_optimization
+        if not automatic and len(optimizers) > 1:
+            # manual optimization with several optimizers (a GAN): which one this backward
+            # serves is the user's code's business; feed them with lrlab.optim.feed there
+            return
         # data-parallel ranks must agree on the loss and see the global batch's indices
         value = mean_over_ranks(self._unscaled_loss(trainer, pl_module, loss))
         batch = self._window[-1][0]
@@ -193,8 +202,11 @@ class LrlabCallback(pl.Callback):
                 if optimizer.needs_example_index
                 else None
             )
+            # under manual optimization training_step steps itself: it cannot be the check
             forward_only = (
-                self._forward_only(trainer, pl_module) if optimizer.needs_closure else None
+                self._forward_only(trainer, pl_module)
+                if optimizer.needs_closure and automatic
+                else None
             )
             feed(optimizer, loss=value, example_indices=indices, forward_only=forward_only)
 

@@ -100,6 +100,7 @@ class LrlabCallback(transformers.TrainerCallback):
         self._indices: list[Tensor] = []
         self._inputs: list[tuple[tuple[Any, ...], dict[str, Any], RngState]] = []
         self._shares = False  # the losses are shares of the step's mean (num_items_in_batch)
+        self._pending_rng: RngState | None = None  # where the current forward's RNG started
 
     # -- forward hooks ----------------------------------------------------------------------
 
@@ -126,7 +127,7 @@ class LrlabCallback(transformers.TrainerCallback):
         if loss is not None:
             self._losses.append(loss.detach())
         self._shares = kwargs.get("num_items_in_batch") is not None
-        if needs_any(self._optimizers, "needs_closure"):
+        if needs_any(self._optimizers, "needs_closure") and self._pending_rng is not None:
             # the random state this forward started from was recorded by the pre-hook
             self._inputs.append((args, dict(kwargs), self._pending_rng))
 
@@ -182,7 +183,7 @@ class LrlabCallback(transformers.TrainerCallback):
             model.register_forward_pre_hook(self._record_rng, with_kwargs=True),
             model.register_forward_hook(self._after_forward, with_kwargs=True),
         ]
-        if self.log_statistics and not self._injected:
+        if self.log_statistics:
             self._inject_logger()
 
     def _inject_logger(self) -> None:
@@ -197,9 +198,15 @@ class LrlabCallback(transformers.TrainerCallback):
                 handler = frame.f_locals.get("self")
                 callbacks = getattr(handler, "callbacks", None)
                 if isinstance(callbacks, list) and self in callbacks:
-                    callbacks.insert(0, _LogInjector(self))
+                    # once per Trainer (the callback may be reused by another Trainer)
+                    if not any(
+                        isinstance(callback, _LogInjector) and callback.owner is self
+                        for callback in callbacks
+                    ):
+                        callbacks.insert(0, _LogInjector(self))
                     self._injected = True
                     return
+            self._injected = False  # not found: add the values in this callback's own on_log
         finally:
             del frame
 

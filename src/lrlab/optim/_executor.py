@@ -96,8 +96,10 @@ class Schema:
 
     def read(self, c: Tensor) -> dict[str, Tensor]:
         """The scalars tensor of a compiled kernel call by name (``c["beta1"]``), as 0-d
-        tensors; traced by torch.compile as plain indexing."""
-        return {name: c[index] for index, name in enumerate(self.scalars)}
+        tensors: the scalars, then the tensor's own tensor scalars; traced by torch.compile
+        as plain indexing."""
+        names = (*self.scalars, *self.tensor_scalars)
+        return {name: c[index] for index, name in enumerate(names)}
 
     def render(self) -> str:
         """The C++ declarations of this schema (see :func:`render_schemas`)."""
@@ -116,6 +118,7 @@ class Schema:
 
 
 _SCHEMAS: dict[str, list[Schema]] = {}
+_NATIVE_KERNELS: dict[tuple[str, str], NativeKernel] = {}
 _CHECKED: set[str] = set()
 
 
@@ -143,14 +146,20 @@ class Pass:
 
     def __post_init__(self) -> None:
         if self.native is not None:
-            kernel = NativeKernel(
-                self.family,
-                self.native,
-                arrays=len(self.arrays),
-                sums=len(self.schema.sums),
-                tensor_constants=len(self.schema.tensor_scalars),
-                array_lengths=self.array_lengths,
-            )
+            # passes that share a native function share its kernel (and its fused_status line)
+            key = (self.family, self.native)
+            kernel = _NATIVE_KERNELS.get(key)
+            if kernel is None:
+                kernel = _NATIVE_KERNELS[key] = NativeKernel(
+                    self.family,
+                    self.native,
+                    arrays=len(self.arrays),
+                    sums=len(self.schema.sums),
+                    tensor_constants=len(self.schema.tensor_scalars),
+                    array_lengths=self.array_lengths,
+                )
+            elif kernel.arrays != len(self.arrays):
+                raise ValueError(f"{kernel.qualified_name}: passes disagree on its arrays")
             object.__setattr__(self, "_kernel", kernel)
         schemas = _SCHEMAS.setdefault(self.family, [])
         if all(s.struct != self.schema.struct for s in schemas):
@@ -273,9 +282,11 @@ class Plan:
                 continue
             row = self.rows[i]
             like = row[step.arrays[0]]
-            key = (like.device, like.dtype)
+            # a compiled call takes its tensor scalars after the pass's (one tensor per call)
+            own = schema.row(tensor_scalars[i]) if tensor_scalars is not None else ()
+            key = (like.device, like.dtype, own)
             if key not in result._constants:
-                result._constants[key] = scalars(values, like)
+                result._constants[key] = scalars((*values, *own), like)
             out = step.compiled(*(flat(row[name]) for name in step.arrays), result._constants[key])
             names = schema.sums if step.compiled_sums is None else step.compiled_sums
             if names:
@@ -294,7 +305,7 @@ class PassResult:
     native: dict[torch.dtype, Tensor] = field(default_factory=dict)
     compiled: list[dict[str, Tensor]] = field(default_factory=list)
     reference: list[int] = field(default_factory=list)
-    _constants: dict[tuple[torch.device, torch.dtype], Tensor] = field(default_factory=dict)
+    _constants: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
 
     def native_totals(self, combine: Callable[[Callable[[str], Tensor]], Tensor]) -> list[Tensor]:
         """One total per native dtype of a per-tensor combination of the sums, e.g.
@@ -339,4 +350,4 @@ def route(group: Mapping[str, Any], rows: Sequence[Row], passes: Sequence[Pass])
             compiled.append(index)
         else:
             reference.append(index)
-    return Plan(rows, native, compiled, reference)
+    return Plan(list(rows), native, compiled, reference)

@@ -16,6 +16,8 @@ from torch import Tensor
 
 __all__ = [
     "accumulation_dtype",
+    "grad_of",
+    "grads_of",
     "group_by_device_and_dtype",
     "norms",
     "resolve_foreach",
@@ -23,6 +25,20 @@ __all__ = [
     "total_dot",
     "total_l1",
 ]
+
+
+def grad_of(param: Tensor) -> Tensor:
+    """``param.grad`` of a parameter the step already selected for having one (typed as a
+    Tensor, so the update code needs no casts)."""
+    grad = param.grad
+    if grad is None:
+        raise RuntimeError("internal error: a parameter without a gradient reached the update")
+    return grad
+
+
+def grads_of(params: Sequence[Tensor]) -> list[Tensor]:
+    """:func:`grad_of` of every tensor of ``params``."""
+    return [grad_of(p) for p in params]
 
 
 def resolve_foreach(foreach: bool | None, tensors: Sequence[Tensor]) -> bool:

@@ -37,7 +37,6 @@ number of tensors.
 from __future__ import annotations
 
 import array
-import bisect
 import ctypes
 import hashlib
 import logging
@@ -286,6 +285,10 @@ ArrayLengths = Callable[[int, Sequence[float], Sequence[float]], Sequence[int]]
 """``(n, constants, tensor_constants_row) -> element count of each array of a tensor``."""
 
 
+def _as_int64(values: Sequence[int]) -> array.array:
+    return values if isinstance(values, array.array) else array.array("q", values)
+
+
 def _check_extents(
     kernel: str,
     pointers: Sequence[int],
@@ -294,35 +297,39 @@ def _check_extents(
     dtype: torch.dtype,
     buffers: Sequence[Tensor],
 ) -> None:
-    """Every run ``[pointer, pointer + size elements)`` lies inside one buffer's storage."""
+    """Every run ``[pointer, pointer + size elements)`` lies inside one buffer's storage.
+
+    Vectorised (one ``searchsorted`` over the storages' start addresses): WNGrad's per-row
+    blocks hand thousands of runs per call, and a Python loop over them doubled its step.
+    Distinct storages never overlap and views share their storage's span, so the storage that
+    starts last at or before a run's address is the only one that can hold it.
+    """
+    if not pointers:
+        return
     itemsize = torch.empty((), dtype=dtype).element_size()
     spans = sorted(
-        (
-            t.untyped_storage().data_ptr(),
-            t.untyped_storage().data_ptr() + t.untyped_storage().nbytes(),
-        )
-        for t in buffers
-        if t.is_cpu and t.layout is torch.strided
+        {
+            (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            for t in buffers
+            if t.is_cpu and t.layout is torch.strided
+        }
     )
-    starts = [start for start, _ in spans]
-    for index, pointer in enumerate(pointers):
-        size = sizes[index // arrays]
-        if size < 0:
-            raise ValueError(f"{kernel}: negative element count {size}")
-        end = pointer + size * itemsize
-        where = bisect.bisect_right(starts, pointer) - 1
-        # storages may overlap (views of one tensor): any span that starts at or before the
-        # pointer may hold the run, so look back over those that do
-        while where >= 0:
-            if end <= spans[where][1]:
-                break
-            where -= 1
-        else:
-            if size > 0:
-                raise ValueError(
-                    f"{kernel}: array {index % arrays} of run {index // arrays} ({size} elements "
-                    "at its address) is not inside any of the tensors handed to the kernel"
-                )
+    starts = torch.tensor([start for start, _ in spans] or [0], dtype=torch.int64)
+    ends = torch.tensor([start + nbytes for start, nbytes in spans] or [0], dtype=torch.int64)
+    addresses = torch.frombuffer(_as_int64(pointers), dtype=torch.int64)
+    counts = torch.frombuffer(_as_int64(sizes), dtype=torch.int64)
+    counts = counts.repeat_interleave(arrays) if arrays > 1 else counts
+    if len(counts) != len(addresses):
+        raise ValueError(f"{kernel} takes {arrays} arrays per run")
+    where = torch.searchsorted(starts, addresses, right=True) - 1
+    inside = (where >= 0) & (addresses + counts * itemsize <= ends[where.clamp(min=0)])
+    bad = (counts < 0) | ~(inside | (counts == 0)) if spans else counts != 0
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{kernel}: array {index % arrays} of run {index // arrays} ({int(counts[index])} "
+            "elements at its address) is not inside any of the tensors handed to the kernel"
+        )
 
 
 def last_array_scalar(arrays: int) -> ArrayLengths:
@@ -412,10 +419,29 @@ class NativeKernel:
         dtype = rows[0][0].dtype
         if dtype not in _NATIVE_DTYPES:
             raise ValueError(f"{self.qualified_name} takes float32 or float64 tensors, got {dtype}")
-        sizes = [
-            self._check_row(index, row, dtype, constants, tensor_constants)
-            for index, row in enumerate(rows)
-        ]
+        if self.array_lengths is None:
+            # the common case, once per tensor of every step: inline and cheap (the detailed
+            # check below only runs to word the error)
+            sizes = []
+            arrays = self.arrays
+            for index, row in enumerate(rows):
+                n = row[0].numel()
+                if len(row) != arrays:
+                    self._check_row(index, row, dtype, constants, tensor_constants)
+                for tensor in row:
+                    if (
+                        tensor.numel() != n
+                        or tensor.dtype is not dtype
+                        or not tensor.is_cpu
+                        or not tensor.is_contiguous()
+                    ):
+                        self._check_row(index, row, dtype, constants, tensor_constants)
+                sizes.append(n)
+        else:
+            sizes = [
+                self._check_row(index, row, dtype, constants, tensor_constants)
+                for index, row in enumerate(rows)
+            ]
         return self._invoke(
             dtype,
             [t.data_ptr() for row in rows for t in row],
@@ -453,8 +479,7 @@ class NativeKernel:
                 tensor.numel() != length
                 or tensor.dtype is not dtype
                 or not tensor.is_cpu
-                or not tensor.is_contiguous()
-                or tensor.layout is not torch.strided
+                or not tensor.is_contiguous()  # a sparse tensor raises here
             ):
                 raise ValueError(
                     f"{self.qualified_name}: array {position} of tensor {index} must be a "
@@ -490,6 +515,8 @@ class NativeKernel:
             raise ValueError(f"{self.qualified_name} takes {self.arrays} arrays per tensor")
         if dtype not in _NATIVE_DTYPES:
             raise ValueError(f"{self.qualified_name} takes float32 or float64 arrays, got {dtype}")
+        # built once for the check and the call (thousands of runs for per-row blocks)
+        pointers, sizes = array.array("q", pointers), array.array("q", sizes)
         _check_extents(self.qualified_name, pointers, sizes, self.arrays, dtype, buffers)
         if isinstance(tensor_constants, Tensor):
             needed = len(sizes) * self.tensor_constants
@@ -527,8 +554,8 @@ class NativeKernel:
             per_tensor = None
         if self.tensor_constants and per_tensor is None:
             raise ValueError(f"{self.qualified_name} needs one row of constants per tensor")
-        addresses = array.array("q", pointers)
-        counts = array.array("q", sizes)
+        addresses = pointers if isinstance(pointers, array.array) else array.array("q", pointers)
+        counts = sizes if isinstance(sizes, array.array) else array.array("q", sizes)
         values = array.array("d", [float(value) for value in constants])
         sums = torch.zeros((len(sizes), max(self.sums, 1)), dtype=torch.float64)
         self.used = True

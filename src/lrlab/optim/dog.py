@@ -97,10 +97,10 @@ class _DistanceOverGradients(AdaptiveOptimizer):
     def _directions(group: dict[str, Any], params: list[Tensor], foreach: bool) -> list[Tensor]:
         """``g + weight_decay * x`` (coupled L2, as the official packages), without touching
         ``.grad``."""
-        grads = [p.grad for p in params]
+        grads = _foreach.grads_of(params)
         weight_decay = group["weight_decay"]
         if weight_decay == 0:
-            return grads  # type: ignore[return-value]
+            return grads
         if foreach:
             return list(torch._foreach_add(grads, params, alpha=weight_decay))
         return [g.add(p, alpha=weight_decay) for g, p in zip(grads, params, strict=True)]
@@ -153,7 +153,7 @@ class _DistanceOverGradients(AdaptiveOptimizer):
         ``||g + wd x||^2``."""
         sums = {}
         for dtype, params in native.items():
-            rows = [(p.grad, p, self.state[p]["x0"]) for p in params]
+            rows = [(_foreach.grad_of(p), p, self.state[p]["x0"]) for p in params]
             result = _NATIVE_SUMS(rows, (group["weight_decay"], anchor))
             assert result is not None  # available() was checked by _native_split
             sums[dtype] = result
@@ -216,9 +216,9 @@ class _DistanceOverGradients(AdaptiveOptimizer):
             radius_parts.append(radius)
             gradient_parts.append(gradient)
         for dtype, rows in native_idle.items():
-            sums = _NATIVE_DISTANCE(rows, (anchor,))
-            assert sums is not None  # available() was checked above
-            radius_parts.append(sums.sum(0)[0].to(_foreach.accumulation_dtype(dtype)))
+            distances = _NATIVE_DISTANCE(rows, (anchor,))
+            assert distances is not None  # available() was checked above
+            radius_parts.append(distances.sum(0)[0].to(_foreach.accumulation_dtype(dtype)))
         rest = [p for p in rest_all if p.grad is not None]
         # torch._foreach_add refuses an empty list
         directions = self._directions(group, rest, foreach) if rest else []
@@ -254,7 +254,9 @@ class _DistanceOverGradients(AdaptiveOptimizer):
         for dtype, params in native.items():
             if gamma is None:
                 moved = _NATIVE_MOVE(
-                    [(p.grad, p) for p in params], decay, [(eta,) for eta in etas[dtype]]
+                    [(_foreach.grad_of(p), p) for p in params],
+                    decay,
+                    [(eta,) for eta in etas[dtype]],
                 )
                 assert moved is not None  # available() was checked by the first pass
                 continue
@@ -271,7 +273,7 @@ class _DistanceOverGradients(AdaptiveOptimizer):
                     per_tensor.append((eta, 1.0))
                 else:
                     per_tensor.append((eta, weight))
-                rows.append((p.grad, p, average))
+                rows.append((_foreach.grad_of(p), p, average))
             moved = _NATIVE_MOVE_AVERAGE(rows, decay, per_tensor)
             assert moved is not None  # available() was checked by the first pass
 

@@ -24,17 +24,8 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._foreach import accumulation_dtype
-from lrlab.optim._fused import (
-    check_fused,
-    compiled_requested,
-    flat,
-    flat_eligible,
-    kernel,
-    native_requested,
-    scalars,
-)
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._executor import Pass, Plan, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive, check_range
 
@@ -185,14 +176,9 @@ class GradaGrad(AdaptiveOptimizer):
         first = self.param_groups[0]
         # (group, params, grads, previous gradients, foreach) of every group with gradients
         pending: list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[Tensor], bool]] = []
-        # (group, params) of the tensors whose first pass ran fused: the step size needs the
-        # global sums, so their move is a second compiled pass
-        fused_pending: list[tuple[dict[str, Any], list[Tensor]]] = []
-        # (group, rows (p, grad) by dtype) of the tensors whose first pass ran native: their
-        # move is a second native pass, one call per dtype
-        native_pending: list[
-            tuple[dict[str, Any], dict[torch.dtype, list[tuple[Tensor, Tensor]]]]
-        ] = []
+        # (group, plan) of the tensors whose first pass ran on the kernels: the step size needs
+        # the global sums, so their move is a second pass (their g_prev already holds g)
+        kernel_pending: list[tuple[dict[str, Any], Plan]] = []
         square_parts: list[Tensor] = []
         dot_parts: list[Tensor] = []
         for group in self.param_groups:
@@ -209,18 +195,18 @@ class GradaGrad(AdaptiveOptimizer):
                 state = self.state[p]
                 if len(state) == 0:
                     state["prev_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            # .get: checkpoints written before the fused path existed have no "fused" key
-            if native_requested(group):
-                native, params = self._native_sums(params, square_parts, dot_parts)
-                if native:
-                    native_pending.append((group, native))
-                fused: list[Tensor] = []
-                if compiled_requested(group):
-                    fused, params = self._fused_sums(params, square_parts, dot_parts)
-                fused_pending.append((group, fused))
+            rows = [{"grad": p.grad, "p": p, "g_prev": self.state[p]["prev_grad"]} for p in params]
+            plan = route(group, rows, (_SUMS, _MOVE))
+            if plan.native or plan.compiled:
+                # sums in the accumulation dtype, totals in float64, as the reference path
+                sums = plan.run(_SUMS, {})
+                square_parts += [part.to(torch.float64) for part in sums.parts("square")]
+                dot_parts += [part.to(torch.float64) for part in sums.parts("dot")]
+                kernel_pending.append((group, plan))
+                params = [params[i] for i in plan.reference]
                 if not params:
                     continue
-            grads = [p.grad for p in params]
+            grads = _foreach.grads_of(params)
             previous = [self.state[p]["prev_grad"] for p in params]
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             square_parts.append(_foreach.sum_of_squares(grads, foreach=foreach).to(torch.float64))
@@ -256,77 +242,14 @@ class GradaGrad(AdaptiveOptimizer):
                     if step_size > 0:
                         p.add_(g, alpha=-step_size)
                     prev.copy_(g)
-        for group, native in native_pending:
+        for group, plan in kernel_pending:
             step_size = group["lr"] * factor * scale
             group["effective_lr"] = step_size
             if step_size > 0:
-                # their g_prev already holds g (first pass): only the move is left
-                for rows in native.values():
-                    _NATIVE_MOVE(rows, (step_size,))
-        for group, fused in fused_pending:
-            step_size = group["lr"] * factor * scale
-            group["effective_lr"] = step_size
-            if step_size > 0 and fused:
-                # their g_prev already holds g (first pass): only the move is left
-                constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-                for p in fused:
-                    key = (p.device, p.dtype)
-                    if key not in constants:
-                        constants[key] = scalars((step_size,), p)
-                    assert p.grad is not None  # fused holds tensors with gradients only
-                    _gradagrad_move(flat(p), flat(p.grad), constants[key])
+                plan.run(_MOVE, {"step_size": step_size})
         self._set_global("lr_factor", factor)
         self._set_global("alpha_acc", alpha_acc)
         self._set_global("v", v)
-
-    def _native_sums(
-        self, params: list[Tensor], square_parts: list[Tensor], dot_parts: list[Tensor]
-    ) -> tuple[dict[torch.dtype, list[tuple[Tensor, Tensor]]], list[Tensor]]:
-        """The native first pass, one call per dtype: append the ``||g||^2`` and
-        ``<g, g_prev>`` (float64) of the tensors it takes to the parts and set ``g_prev = g``.
-        Returns (the (p, grad) rows of the second pass by dtype, the other tensors)."""
-        if not _NATIVE_SUMS.available():
-            return {}, params
-        moves: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}
-        rows: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}
-        rest = []
-        for p in params:
-            grad, previous = p.grad, self.state[p]["prev_grad"]
-            assert grad is not None  # params holds the tensors with gradients only
-            # p is checked too, so that a tensor takes the same path in both passes
-            if native_eligible(grad, p, previous):
-                rows.setdefault(p.dtype, []).append((grad, previous))
-                moves.setdefault(p.dtype, []).append((p, grad))
-            else:
-                rest.append(p)
-        for dtype, dtype_rows in rows.items():
-            sums = _NATIVE_SUMS(dtype_rows, ())
-            assert sums is not None  # available() was checked above
-            # totals in the accumulation dtype, as the for-loop path's sums
-            square, dot = sums.sum(0).to(accumulation_dtype(dtype)).to(torch.float64)
-            square_parts.append(square)
-            dot_parts.append(dot)
-        return moves, rest
-
-    def _fused_sums(
-        self, params: list[Tensor], square_parts: list[Tensor], dot_parts: list[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """The fused first pass: for every tensor the kernel takes, append its
-        ``||g||^2`` and ``<g, g_prev>`` (float64) to the parts and set ``g_prev = g``. Returns
-        (the tensors it took, the others, which must take the reference path)."""
-        fused, rest = [], []
-        for p in params:
-            grad, previous = p.grad, self.state[p]["prev_grad"]
-            assert grad is not None  # params holds the tensors with gradients only
-            # p is checked too, so that a tensor takes the same path in both passes
-            if not flat_eligible(p, grad, previous):
-                rest.append(p)
-                continue
-            square, dot = _gradagrad_sums(flat(grad), flat(previous))
-            square_parts.append(square.to(torch.float64))
-            dot_parts.append(dot.to(torch.float64))
-            fused.append(p)
-        return fused, rest
 
     def _statistics(self) -> dict[str, float]:
         factor = float(self._get_global("lr_factor"))
@@ -338,30 +261,35 @@ class GradaGrad(AdaptiveOptimizer):
         }
 
 
-# -- the native kernels (native/gradagrad.cpp; see lrlab.optim._native) -----------------------
+# -- the passes' kernels (see :mod:`lrlab.optim._executor`) -------------------------------------
 
-_NATIVE_SUMS = NativeKernel("gradagrad", "gradagrad_sums", arrays=2, sums=2)
-_NATIVE_MOVE = NativeKernel("gradagrad", "gradagrad_move", arrays=2)
-
-
-# -- the fused kernels (NOTE [fused kernels] in lrlab.optim._fused) ---------------------------
+_SUMS_SCHEMA = Schema("GradaGradSums", scalars=(), sums=("square", "dot"))
+_MOVE_SCHEMA = Schema("GradaGradMove", scalars=("step_size",))
 
 
 @kernel
-def _gradagrad_sums(grad: Tensor, previous: Tensor) -> tuple[Tensor, Tensor]:
-    """GradaGrad's first pass over one tensor: returns ``||g||^2`` and ``<g, g_prev>`` (float32
-    sums for low-precision tensors) and then sets ``g_prev = g`` in the same sweep (the move
-    reads ``g`` itself, so the old ``g_prev`` is not needed after this pass)."""
-    # no scalars tensor to take the dtype from: the accumulation dtype of the gradient's
-    acc = accumulation_dtype(grad.dtype)
-    g = grad.to(acc)
+def _gradagrad_sums(grad: Tensor, previous: Tensor, scalars: Tensor) -> tuple[Tensor, Tensor]:
+    """GradaGrad's first pass over one tensor: returns ``||g||^2`` and ``<g, g_prev>`` (in the
+    scalars' dtype: float32 sums for low-precision tensors) and then sets ``g_prev = g`` in the
+    same sweep (the move reads ``g`` itself, so the old ``g_prev`` is not needed after this
+    pass)."""
+    g = grad.to(scalars.dtype)
     square = (g * g).sum()
-    dot = (g * previous.to(acc)).sum()
+    dot = (g * previous.to(scalars.dtype)).sum()
     previous.copy_(grad)
     return square, dot
 
 
 @kernel
-def _gradagrad_move(p: Tensor, grad: Tensor, c: Tensor) -> None:
-    """GradaGrad's second pass: ``x -= step_size g``; ``c`` = (step_size,)."""
-    p.copy_(p.to(c.dtype) - c[0] * grad.to(c.dtype))
+def _gradagrad_move(p: Tensor, grad: Tensor, scalars: Tensor) -> None:
+    """GradaGrad's second pass: ``x -= step_size g``."""
+    c = _MOVE_SCHEMA.read(scalars)
+    p.copy_(p.to(scalars.dtype) - c["step_size"] * grad.to(scalars.dtype))
+
+
+_SUMS = Pass(
+    "gradagrad", ("grad", "g_prev"), _SUMS_SCHEMA, native="gradagrad_sums", compiled=_gradagrad_sums
+)
+_MOVE = Pass(
+    "gradagrad", ("p", "grad"), _MOVE_SCHEMA, native="gradagrad_move", compiled=_gradagrad_move
+)

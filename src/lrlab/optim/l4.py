@@ -23,17 +23,9 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import (
-    check_fused,
-    compiled_requested,
-    flat,
-    flat_eligible,
-    kernel,
-    native_requested,
-    scalars,
-)
+from lrlab.optim._executor import Pass, Plan, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._names import resolve_alias
-from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_betas, check_bool, check_positive, check_range
 
@@ -43,26 +35,6 @@ _PAPER = (
     "Rolinek & Martius, L4: Practical loss-based stepsize adaptation for deep learning, "
     "NeurIPS 2018; arXiv:1802.05074"
 )
-
-# -- native kernels (native/l4.cpp; see lrlab.optim._native) ----------------------------------
-# Each method's first pass takes (grad, *moments) and returns <g_hat, v> per tensor, its move
-# takes (p, *moments); both take the tensor's bias corrections as per-tensor constants.
-_NATIVE_MOM_MOMENTS = NativeKernel("l4", "l4_mom_moments", arrays=2, sums=1, tensor_constants=1)
-_NATIVE_MOM_MOVE = NativeKernel("l4", "l4_mom_move", arrays=2, tensor_constants=1)
-_NATIVE_ADAM_MOMENTS = NativeKernel("l4", "l4_adam_moments", arrays=3, sums=1, tensor_constants=2)
-_NATIVE_ADAM_MOVE = NativeKernel("l4", "l4_adam_move", arrays=3, tensor_constants=2)
-
-
-class _NativeRows:
-    """The tensors of one group and dtype that the native kernels take: the rows of the first
-    pass (grad, *moments), of the move (p, *moments), and their bias corrections."""
-
-    __slots__ = ("biases", "moments", "moves")
-
-    def __init__(self) -> None:
-        self.moments: list[tuple[Tensor, ...]] = []
-        self.moves: list[tuple[Tensor, ...]] = []
-        self.biases: list[tuple[float, ...]] = []
 
 
 class _L4(AdaptiveOptimizer):
@@ -82,9 +54,6 @@ class _L4(AdaptiveOptimizer):
         "nondescent_steps": 0,
         "nonpositive_gap_steps": 0,
     }
-    # the native kernels of the subclass's two passes
-    _native_moments: ClassVar[NativeKernel]
-    _native_move: ClassVar[NativeKernel]
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -138,60 +107,32 @@ class _L4(AdaptiveOptimizer):
         """Update the moments; return the gradient estimates and the directions."""
         raise NotImplementedError
 
-    def _native_arrays(self, grad: Tensor, state: dict[str, Any]) -> tuple[Tensor, ...]:
-        """The native first pass's arrays of one tensor: the gradient, then the moments (the
-        move takes the parameter, then the same moments)."""
+    #: the two passes (the moments with <g_hat, v>, then the move) and the state tensors their
+    #: arrays name besides "grad" and "p"
+    _moments: ClassVar[Pass]
+    _move: ClassVar[Pass]
+    _state_arrays: ClassVar[Mapping[str, str]] = {"m": "exp_avg"}
+
+    def _moment_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        """The moments pass's scalars of a group."""
         raise NotImplementedError
 
-    def _native_constants(self, group: dict[str, Any]) -> tuple[float, ...]:
-        """The native first pass's scalars of a group."""
+    def _bias_scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
+        """The bias corrections of a tensor at its step ``step`` (tensor scalars of both
+        passes), in Python double as the reference path has them."""
         raise NotImplementedError
 
-    def _native_biases(self, group: dict[str, Any], step: int) -> tuple[float, ...]:
-        """The bias corrections of a tensor at its step ``step`` (per-tensor constants of both
-        native passes), in Python double as the reference path has them."""
-        raise NotImplementedError
-
-    def _native_move_constants(self, group: dict[str, Any], eta: float) -> tuple[float, ...]:
-        """The native move's scalars of a group."""
-        raise NotImplementedError
-
-    def _fused_moments(
-        self,
-        group: dict[str, Any],
-        p: Tensor,
-        grad: Tensor,
-        step: int,
-        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
-    ) -> Tensor | None:
-        """The fused first pass of one tensor: update the moments and return its 0-d
-        ``<g_hat, v>``; None when the tensor must take the reference path instead.
-
-        ``constants`` caches the scalars tensors of this group and pass (one host-to-device copy
-        per device, dtype and step, not one per tensor).
-        """
-        raise NotImplementedError
-
-    def _fused_move(
-        self,
-        group: dict[str, Any],
-        p: Tensor,
-        step: int,
-        eta: float,
-        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
-    ) -> None:
-        """The fused second pass of a tensor that :meth:`_fused_moments` took: ``x -= eta v``."""
+    def _move_scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
+        """The move's scalars of a group."""
         raise NotImplementedError
 
     def _update(self, context: StepContext) -> None:
         first = self.param_groups[0]
         # (group, params, directions, foreach) of every group with gradients
         pending: list[tuple[dict[str, Any], list[Tensor], list[Tensor], bool]] = []
-        # (group, [(param, step)], native rows by dtype) of the tensors whose first pass ran
-        # fused: eta needs the global <g_hat, v> and the loss, so their move is a second pass
-        fused_pending: list[
-            tuple[dict[str, Any], list[tuple[Tensor, int]], dict[torch.dtype, _NativeRows]]
-        ] = []
+        # (group, plan, bias corrections) of the tensors whose first pass ran on the kernels:
+        # eta needs the global <g_hat, v> and the loss, so their move is a second pass
+        fused_pending: list[tuple[dict[str, Any], Plan, list[dict[str, float]]]] = []
         dot_parts: list[Tensor] = []
         for group in self.param_groups:
             group["effective_lr"] = 0.0
@@ -205,53 +146,25 @@ class _L4(AdaptiveOptimizer):
                     self._init_state(p, state)
                 state["step"] += 1
             steps = [int(state["step"]) for state in states]
-            # .get: checkpoints written before the fused path existed have no "fused" key
-            if native_requested(group):
-                fused: list[tuple[Tensor, int]] = []
-                rest: list[int] = []
-                constants: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
-                native = self._native_moments.available()
-                native_rows: dict[torch.dtype, _NativeRows] = {}
-                biases: dict[int, tuple[float, ...]] = {}  # most tensors share their step
-                for index, (p, grad, state, step) in enumerate(
-                    zip(params, grads, states, steps, strict=True)
-                ):
-                    if native:
-                        arrays = self._native_arrays(grad, state)
-                        # p is checked too, so that the move can take the same path
-                        if native_eligible(p, *arrays):
-                            if step not in biases:
-                                biases[step] = self._native_biases(group, step)
-                            rows = native_rows.get(p.dtype)
-                            if rows is None:
-                                rows = native_rows[p.dtype] = _NativeRows()
-                            rows.moments.append(arrays)
-                            rows.moves.append((p, *arrays[1:]))
-                            rows.biases.append(biases[step])
-                            continue
-                    dot_part = (
-                        self._fused_moments(group, p, grad, step, constants)
-                        if compiled_requested(group)
-                        else None
-                    )
-                    if dot_part is None:
-                        rest.append(index)
-                        continue
-                    dot_parts.append(dot_part)
-                    fused.append((p, step))
-                for dtype, rows in native_rows.items():
-                    sums = self._native_moments(
-                        rows.moments, self._native_constants(group), rows.biases
-                    )
-                    assert sums is not None  # available() was checked above
-                    # the dtype of the reference path's total_dot of these tensors
-                    dot_parts.append(sums.sum().to(_foreach.accumulation_dtype(dtype)))
-                fused_pending.append((group, fused, native_rows))
-                if not rest:
+            rows = [
+                {
+                    "grad": grad,
+                    "p": p,
+                    **{name: state[key] for name, key in self._state_arrays.items()},
+                }
+                for p, grad, state in zip(params, grads, states, strict=True)
+            ]
+            plan = route(group, rows, (self._moments, self._move))
+            if plan.native or plan.compiled:
+                biases = [self._bias_scalars(group, step) for step in steps]
+                result = plan.run(self._moments, self._moment_scalars(group), tensor_scalars=biases)
+                dot_parts += result.parts("dot")
+                fused_pending.append((group, plan, biases))
+                if not plan.reference:
                     continue
-                params = [params[i] for i in rest]
-                grads = [grads[i] for i in rest]
-                steps = [steps[i] for i in rest]
+                params = [params[i] for i in plan.reference]
+                grads = [grads[i] for i in plan.reference]
+                steps = [steps[i] for i in plan.reference]
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             estimates, directions = self._estimates(group, params, grads, steps, foreach)
             dot_parts.append(_foreach.total_dot(estimates, directions))
@@ -289,16 +202,10 @@ class _L4(AdaptiveOptimizer):
                 else:
                     for p, direction in zip(params, directions, strict=True):
                         p.add_(direction, alpha=-eta)
-            for group, fused, native_rows in fused_pending:
+            for group, plan, biases in fused_pending:
                 eta = group["lr"] * group["alpha"] * gap / (grad_dot_direction + first["eps"])
                 group["effective_lr"] = eta
-                for rows in native_rows.values():
-                    self._native_move(
-                        rows.moves, self._native_move_constants(group, eta), rows.biases
-                    )
-                constants = {}
-                for p, step in fused:
-                    self._fused_move(group, p, step, eta, constants)
+                plan.run(self._move, self._move_scalars(group, eta), tensor_scalars=biases)
         # slow forgetting, so that the estimate can rise again
         l_min *= 1.0 + 1.0 / first["tau"]
         self._set_global("step", t)
@@ -497,52 +404,14 @@ class L4Mom(_L4):
                 estimates.append(m / b)
         return estimates, estimates
 
-    _native_moments = _NATIVE_MOM_MOMENTS
-    _native_move = _NATIVE_MOM_MOVE
+    def _moment_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        return {"weight": 1 - group["beta"]}
 
-    def _native_arrays(self, grad: Tensor, state: dict[str, Any]) -> tuple[Tensor, ...]:
-        return (grad, state["exp_avg"])
+    def _bias_scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
+        return {"bias": 1 - group["beta"] ** step}
 
-    def _native_constants(self, group: dict[str, Any]) -> tuple[float, ...]:
-        return (1 - group["beta"],)
-
-    def _native_biases(self, group: dict[str, Any], step: int) -> tuple[float, ...]:
-        return (1 - group["beta"] ** step,)
-
-    def _native_move_constants(self, group: dict[str, Any], eta: float) -> tuple[float, ...]:
-        return (eta,)
-
-    def _fused_moments(
-        self,
-        group: dict[str, Any],
-        p: Tensor,
-        grad: Tensor,
-        step: int,
-        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
-    ) -> Tensor | None:
-        m = self.state[p]["exp_avg"]
-        # p is checked too, so that a tensor takes the same path in both passes
-        if not flat_eligible(p, grad, m):
-            return None
-        key = (p.device, p.dtype, step)
-        if key not in constants:
-            beta = group["beta"]
-            # 1 - beta and the bias correction in Python double, as the reference path has them
-            constants[key] = scalars((1 - beta, 1 - beta**step), p)
-        return _l4_mom_moments(flat(grad), flat(m), constants[key])
-
-    def _fused_move(
-        self,
-        group: dict[str, Any],
-        p: Tensor,
-        step: int,
-        eta: float,
-        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
-    ) -> None:
-        key = (p.device, p.dtype, step)
-        if key not in constants:
-            constants[key] = scalars((eta, 1 - group["beta"] ** step), p)
-        _l4_mom_move(flat(p), flat(self.state[p]["exp_avg"]), constants[key])
+    def _move_scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
+        return {"eta": eta}
 
 
 @register(
@@ -690,98 +559,93 @@ class L4Adam(_L4):
             directions.append(estimate / (s / b2).sqrt_().add_(adam_eps))
         return estimates, directions
 
-    _native_moments = _NATIVE_ADAM_MOMENTS
-    _native_move = _NATIVE_ADAM_MOVE
+    _state_arrays: ClassVar[Mapping[str, str]] = {"m": "exp_avg", "s": "exp_avg_sq"}
 
-    def _native_arrays(self, grad: Tensor, state: dict[str, Any]) -> tuple[Tensor, ...]:
-        return (grad, state["exp_avg"], state["exp_avg_sq"])
-
-    def _native_constants(self, group: dict[str, Any]) -> tuple[float, ...]:
+    def _moment_scalars(self, group: dict[str, Any]) -> dict[str, float]:
         beta1, beta2 = group["betas"]
-        return (1 - beta1, beta2, 1 - beta2, group["adam_eps"])
+        return {
+            "weight1": 1 - beta1,
+            "beta2": beta2,
+            "weight2": 1 - beta2,
+            "adam_eps": group["adam_eps"],
+        }
 
-    def _native_biases(self, group: dict[str, Any], step: int) -> tuple[float, ...]:
+    def _bias_scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
         beta1, beta2 = group["betas"]
-        return (1 - beta1**step, 1 - beta2**step)
+        return {"bias1": 1 - beta1**step, "bias2": 1 - beta2**step}
 
-    def _native_move_constants(self, group: dict[str, Any], eta: float) -> tuple[float, ...]:
-        return (eta, group["adam_eps"])
-
-    def _fused_moments(
-        self,
-        group: dict[str, Any],
-        p: Tensor,
-        grad: Tensor,
-        step: int,
-        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
-    ) -> Tensor | None:
-        m, s = self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"]
-        # p is checked too, so that a tensor takes the same path in both passes
-        if not flat_eligible(p, grad, m, s):
-            return None
-        key = (p.device, p.dtype, step)
-        if key not in constants:
-            beta1, beta2 = group["betas"]
-            # 1 - beta and the bias corrections in Python double, as the reference path has them
-            values = (1 - beta1, beta2, 1 - beta2, 1 - beta1**step, 1 - beta2**step)
-            constants[key] = scalars((*values, group["adam_eps"]), p)
-        return _l4_adam_moments(flat(grad), flat(m), flat(s), constants[key])
-
-    def _fused_move(
-        self,
-        group: dict[str, Any],
-        p: Tensor,
-        step: int,
-        eta: float,
-        constants: dict[tuple[torch.device, torch.dtype, int], Tensor],
-    ) -> None:
-        key = (p.device, p.dtype, step)
-        if key not in constants:
-            beta1, beta2 = group["betas"]
-            values = (eta, 1 - beta1**step, 1 - beta2**step, group["adam_eps"])
-            constants[key] = scalars(values, p)
-        state = self.state[p]
-        m, s = flat(state["exp_avg"]), flat(state["exp_avg_sq"])
-        _l4_adam_move(flat(p), m, s, constants[key])
+    def _move_scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
+        return {"eta": eta, "adam_eps": group["adam_eps"]}
 
 
-# -- the fused kernels (NOTE [fused kernels] in lrlab.optim._fused) ---------------------------
+# -- the passes' kernels (see :mod:`lrlab.optim._executor`) -------------------------------------
+
+_ADAM_BIASES = ("bias1", "bias2")  # 1 - beta1^t, 1 - beta2^t of the tensor's step t
+_ADAM_MOMENTS_SCHEMA = Schema(
+    "L4AdamMoments",
+    scalars=("weight1", "beta2", "weight2", "adam_eps"),  # weight: 1 - beta
+    tensor_scalars=_ADAM_BIASES,
+    sums=("dot",),  # <g_hat, v>
+)
+_ADAM_MOVE_SCHEMA = Schema("L4AdamMove", ("eta", "adam_eps"), tensor_scalars=_ADAM_BIASES)
+# weight: 1 - beta; bias: 1 - beta^t; dot: <g_hat, v> = ||g_hat||^2
+_MOM_MOMENTS_SCHEMA = Schema("L4MomMoments", ("weight",), tensor_scalars=("bias",), sums=("dot",))
+_MOM_MOVE_SCHEMA = Schema("L4MomMove", ("eta",), tensor_scalars=("bias",))
 
 
 @kernel
-def _l4_adam_moments(grad: Tensor, m: Tensor, s: Tensor, c: Tensor) -> Tensor:
-    """L4Adam's first pass over one tensor; ``c`` = (1 - beta1, beta2, 1 - beta2, 1 - beta1^t,
-    1 - beta2^t, adam_eps). Returns ``<g_hat, v>`` in ``c``'s dtype (float32 sums for
-    low-precision tensors)."""
-    g = grad.to(c.dtype)
-    m_new = torch.lerp(m.to(c.dtype), g, c[0])
-    s_new = s.to(c.dtype) * c[1] + c[2] * g * g
+def _l4_adam_moments(grad: Tensor, m: Tensor, s: Tensor, scalars: Tensor) -> Tensor:
+    """L4Adam's first pass over one tensor. Returns ``<g_hat, v>`` in the scalars' dtype
+    (float32 sums for low-precision tensors)."""
+    c, dtype = _ADAM_MOMENTS_SCHEMA.read(scalars), scalars.dtype
+    g = grad.to(dtype)
+    m_new = torch.lerp(m.to(dtype), g, c["weight1"])
+    s_new = s.to(dtype) * c["beta2"] + c["weight2"] * g * g
     m.copy_(m_new)
     s.copy_(s_new)
-    estimate = m_new / c[3]
-    return (estimate * (estimate / ((s_new / c[4]).sqrt() + c[5]))).sum()
+    estimate = m_new / c["bias1"]
+    return (estimate * (estimate / ((s_new / c["bias2"]).sqrt() + c["adam_eps"]))).sum()
 
 
 @kernel
-def _l4_adam_move(p: Tensor, m: Tensor, s: Tensor, c: Tensor) -> None:
+def _l4_adam_move(p: Tensor, m: Tensor, s: Tensor, scalars: Tensor) -> None:
     """L4Adam's second pass: ``x -= eta v`` with ``v`` recomputed from the updated moments as
-    the first pass formed it; ``c`` = (eta, 1 - beta1^t, 1 - beta2^t, adam_eps)."""
-    direction = (m.to(c.dtype) / c[1]) / ((s.to(c.dtype) / c[2]).sqrt() + c[3])
-    p.copy_(p.to(c.dtype) - c[0] * direction)
+    the first pass formed it."""
+    c, dtype = _ADAM_MOVE_SCHEMA.read(scalars), scalars.dtype
+    direction = (m.to(dtype) / c["bias1"]) / ((s.to(dtype) / c["bias2"]).sqrt() + c["adam_eps"])
+    p.copy_(p.to(dtype) - c["eta"] * direction)
 
 
 @kernel
-def _l4_mom_moments(grad: Tensor, m: Tensor, c: Tensor) -> Tensor:
-    """L4Mom's first pass over one tensor; ``c`` = (1 - beta, 1 - beta^t). Returns
-    ``<g_hat, v> = ||g_hat||^2`` in ``c``'s dtype (float32 sums for low-precision tensors)."""
-    m_new = torch.lerp(m.to(c.dtype), grad.to(c.dtype), c[0])
+def _l4_mom_moments(grad: Tensor, m: Tensor, scalars: Tensor) -> Tensor:
+    """L4Mom's first pass over one tensor. Returns ``<g_hat, v> = ||g_hat||^2`` in the scalars'
+    dtype (float32 sums for low-precision tensors)."""
+    c, dtype = _MOM_MOMENTS_SCHEMA.read(scalars), scalars.dtype
+    m_new = torch.lerp(m.to(dtype), grad.to(dtype), c["weight"])
     m.copy_(m_new)
-    estimate = m_new / c[1]
+    estimate = m_new / c["bias"]
     return (estimate * estimate).sum()
 
 
 @kernel
-def _l4_mom_move(p: Tensor, m: Tensor, c: Tensor) -> None:
+def _l4_mom_move(p: Tensor, m: Tensor, scalars: Tensor) -> None:
     """L4Mom's second pass: ``x -= eta g_hat`` with ``g_hat`` recomputed from the updated
-    momentum as the first pass formed it; ``c`` = (eta, 1 - beta^t)."""
-    p.copy_(p.to(c.dtype) - c[0] * (m.to(c.dtype) / c[1]))
+    momentum as the first pass formed it."""
+    c, dtype = _MOM_MOVE_SCHEMA.read(scalars), scalars.dtype
+    p.copy_(p.to(dtype) - c["eta"] * (m.to(dtype) / c["bias"]))
+
+
+L4Mom._moments = Pass(
+    "l4", ("grad", "m"), _MOM_MOMENTS_SCHEMA, native="l4_mom_moments", compiled=_l4_mom_moments
+)
+L4Mom._move = Pass("l4", ("p", "m"), _MOM_MOVE_SCHEMA, native="l4_mom_move", compiled=_l4_mom_move)
+L4Adam._moments = Pass(
+    "l4",
+    ("grad", "m", "s"),
+    _ADAM_MOMENTS_SCHEMA,
+    native="l4_adam_moments",
+    compiled=_l4_adam_moments,
+)
+L4Adam._move = Pass(
+    "l4", ("p", "m", "s"), _ADAM_MOVE_SCHEMA, native="l4_adam_move", compiled=_l4_adam_move
+)

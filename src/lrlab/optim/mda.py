@@ -24,16 +24,8 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import (
-    check_fused,
-    compiled_requested,
-    flat,
-    flat_eligible,
-    kernel,
-    native_requested,
-    scalars,
-)
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._executor import Pass, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_nonnegative, check_positive, check_range
 
@@ -175,17 +167,27 @@ class MDA(AdaptiveOptimizer):
                 if len(state) == 0:
                     state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
-            # .get: checkpoints written before the fused path existed have no "fused" key
-            if native_requested(group):
-                # every scalar of the step is known before the pass (no global reduction), so
-                # one compiled call per tensor does the whole step
-                params = self._fused_step(group, params, lam=lam, beta=beta)
-                if not params:
-                    continue
+            # every scalar of the step is known before it (no global reduction): one pass
+            rows = [
+                {"grad": p.grad, "p": p, "s": self.state[p]["s"], "x0": self.state[p]["x0"]}
+                for p in params
+            ]
+            plan = route(group, rows, (_STEP,))
+            scalars = {
+                "weight_decay": group["weight_decay"],
+                "lam": lam,
+                # -1 / beta in Python double, as the reference path has it
+                "inverse_beta": -1.0 / beta,
+                "c": 1.0 - group["momentum"],
+            }
+            plan.run(_STEP, scalars)
+            params = [params[i] for i in plan.reference]
+            if not params:
+                continue
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             _mda_step(
                 params,
-                [p.grad for p in params],
+                _foreach.grads_of(params),
                 [self.state[p]["s"] for p in params],
                 [self.state[p]["x0"] for p in params],
                 group,
@@ -194,40 +196,6 @@ class MDA(AdaptiveOptimizer):
                 foreach=foreach,
             )
         self._set_global("k", k + 1)
-
-    def _fused_step(
-        self, group: dict[str, Any], params: list[Tensor], *, lam: float, beta: float
-    ) -> list[Tensor]:
-        """Step every tensor of ``params`` that the native or compiled kernels take; return
-        the others, which must take the reference path."""
-        rest = []
-        # the scalars tensor of each device and dtype: one host-to-device copy, not one per tensor
-        constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-        # CPU float32/float64 tensors: the rows (grad, p, s, x0) of one native call per dtype
-        native = _NATIVE_MDA_STEP.available()
-        native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
-        for p in params:
-            grad, state = p.grad, self.state[p]
-            assert grad is not None  # params holds the tensors with gradients only
-            s, x0 = state["s"], state["x0"]
-            if native and native_eligible(grad, p, s, x0):
-                native_rows.setdefault(p.dtype, []).append((grad, p, s, x0))
-                continue
-            if not (compiled_requested(group) and flat_eligible(p, grad, s, x0)):
-                rest.append(p)
-                continue
-            key = (p.device, p.dtype)
-            if key not in constants:
-                # weight decay 0.0 rather than a branch, and lerp with weight 1 (momentum 0)
-                # is exactly z, so the graph depends on neither setting; -1 / beta in Python
-                # double, as the reference path has it
-                values = (group["weight_decay"], lam, -1.0 / beta, 1.0 - group["momentum"])
-                constants[key] = scalars(values, p)
-            _mda_fused_step(flat(grad), flat(p), flat(s), flat(x0), constants[key])
-        step = (group["weight_decay"], lam, -1.0 / beta, 1.0 - group["momentum"])
-        for rows in native_rows.values():
-            _NATIVE_MDA_STEP(rows, step)
-        return rest
 
     def _statistics(self) -> dict[str, float]:
         k = int(self._get_global("k"))
@@ -270,19 +238,26 @@ def _mda_step(
             p.lerp_(z, c)
 
 
-_NATIVE_MDA_STEP = NativeKernel("mda", "mda_step", arrays=4)
+_STEP_SCHEMA = Schema("MdaStep", scalars=("weight_decay", "lam", "inverse_beta", "c"))
 
 
 @kernel
-def _mda_fused_step(grad: Tensor, p: Tensor, s: Tensor, x0: Tensor, c: Tensor) -> None:
-    """One MDA step of one tensor (NOTE [fused kernels] in lrlab.optim._fused); ``c`` =
-    (weight decay, lambda_k, -1 / beta_{k+1}, 1 - momentum).
+def _mda_step_kernel(grad: Tensor, p: Tensor, s: Tensor, x0: Tensor, scalars: Tensor) -> None:
+    """One MDA step of one tensor (NOTE [fused kernels] in lrlab.optim._fused).
 
-    Low-precision tensors are computed in ``c``'s float32 and stored back in their dtype.
+    Low-precision tensors are computed in the scalars' float32 and stored back in their dtype.
+    Weight decay 0.0 rather than a branch, and lerp with weight 1 (momentum 0) is exactly z, so
+    the graph depends on neither setting.
     """
-    p_old = p.to(c.dtype)
-    g = grad.to(c.dtype) + c[0] * p_old
-    s_new = s.to(c.dtype) + c[1] * g
+    c = _STEP_SCHEMA.read(scalars)
+    p_old = p.to(scalars.dtype)
+    g = grad.to(scalars.dtype) + c["weight_decay"] * p_old
+    s_new = s.to(scalars.dtype) + c["lam"] * g
     s.copy_(s_new)
-    z = x0.to(c.dtype) + c[2] * s_new  # z = x0 - s / beta
-    p.copy_(torch.lerp(p_old, z, c[3]))
+    z = x0.to(scalars.dtype) + c["inverse_beta"] * s_new  # z = x0 - s / beta
+    p.copy_(torch.lerp(p_old, z, c["c"]))
+
+
+_STEP = Pass(
+    "mda", ("grad", "p", "s", "x0"), _STEP_SCHEMA, native="mda_step", compiled=_mda_step_kernel
+)

@@ -86,7 +86,8 @@ class _FirstCallReturnsLoss:
         self.loss = loss
         self.calls = 0
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Tensor | float | None:
+    # Any: the loss as the closure returns it (torch types a closure as returning a float)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
         if self.calls == 1 and not args and not kwargs:
             return self.loss
@@ -640,7 +641,7 @@ class Mechanic(AdaptiveOptimizer):
             )
             previous.append(prev)
         # the gradients as given to the base (it may change p.grad in place)
-        grads = [p.grad for p in eager_params]
+        grads = _foreach.grads_of(eager_params)
         eager = [i for i, dots in enumerate(fused_dots) if dots is None]
         done = [dots for dots in fused_dots if dots is not None]
         delta_dot_grad = _foreach.total_dot([deltas[i] for i in eager], [grads[i] for i in eager])

@@ -239,7 +239,7 @@ class _MomentumModel(AdaptiveOptimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
+            grads = _foreach.grads_of(params)
             _check_no_sparse(grads, name)
             # a fused group resolves it (a loop over every tensor) only for the tensors its
             # kernels leave: None here (fused=True allows no explicit foreach=True)
@@ -922,7 +922,7 @@ class MomoAdam(_MomentumModel):
             foreach, params = _foreach.resolve_foreach(foreach, params), rest
         averages = [self.state[p]["grad_avg"] for p in params]
         # recomputed rather than kept from _accumulate: no second copy of v alive across groups
-        denominators = self._denominators(group, params, foreach)
+        denominators = self._denominators(group, params, bool(foreach))
         if foreach:
             if wd > 0 and not divide:
                 torch._foreach_mul_(params, 1 - wd * lr)

@@ -428,7 +428,7 @@ class Prodigy(_DistanceEstimator):
         return arrays
 
     def _moments_reference(
-        self, group: dict[str, Any], arrays: dict[str, Tensor], c: dict[str, float]
+        self, group: dict[str, Any], arrays: Mapping[str, Tensor], c: dict[str, float]
     ) -> tuple[Tensor, Tensor]:
         """The moments pass of one parameter (the package's operations); returns its
         increments of r and of ||s||_1."""

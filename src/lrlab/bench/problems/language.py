@@ -250,7 +250,7 @@ class LanguageModelInstance:
     def __init__(
         self, model: TransformerLM, train: Tensor, test: Tensor, eval_limit: int | None
     ) -> None:
-        self.model = model
+        self.model: nn.Module = model
         self._train = train
         self._test = test
         self._eval_limit = eval_limit

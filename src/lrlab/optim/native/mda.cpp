@@ -3,22 +3,32 @@
 // before it, so the whole step is one pass over memory.
 #include "driver.h"
 
+// BEGIN lrlab schema: generated from the Python schemas by lrlab.optim._executor (do not edit)
+struct MdaStepScalars {
+  double weight_decay;
+  double lam;
+  double inverse_beta;
+  double c;
+  static constexpr int kCount = 4;
+};
+// END lrlab schema
+
 namespace {
 
 using lrlab::Call;
 using lrlab::lerp;
 using lrlab::with_flag;
 
-// One MDA step. Arrays: grad, p, s, x0. Constants: weight decay, lambda_k, -1 / beta_{k+1},
-// c = 1 - momentum. g = grad + decay p, s += lambda g, z = x0 - s / beta, p = lerp(p, z, c);
+// One MDA step. Arrays: grad, p, s, x0. Scalars: MdaStepScalars (inverse_beta: -1 / beta_{k+1};
+// c = 1 - momentum). g = grad + decay p, s += lambda g, z = x0 - s / beta, p = lerp(p, z, c);
 // c = 1 (no momentum) writes z, as the reference path, without reading the old p.
 template <typename T>
 void mda_step(const Call& call) {
-  const double* constants = call.constants;
-  const T decay = T(constants[0]), lam = T(constants[1]), inverse_beta = T(constants[2]),
-          c = T(constants[3]);
-  const bool decayed = constants[0] != 0.0, small = std::fabs(constants[3]) < 0.5,
-             averaging = constants[3] != 1.0;
+  const auto scalars = lrlab::scalars<MdaStepScalars>(call);
+  const T decay = T(scalars.weight_decay), lam = T(scalars.lam),
+          inverse_beta = T(scalars.inverse_beta), c = T(scalars.c);
+  const bool decayed = scalars.weight_decay != 0.0, small = std::fabs(scalars.c) < 0.5,
+             averaging = scalars.c != 1.0;
   with_flag(decayed, [&](auto has_decay) {
    with_flag(averaging, [&](auto has_averaging) {
     with_flag(small, [&](auto small_weight) {

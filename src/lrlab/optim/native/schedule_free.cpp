@@ -4,21 +4,46 @@
 // between train and eval mode.
 #include "driver.h"
 
+// BEGIN lrlab schema: generated from the Python schemas by lrlab.optim._executor (do not edit)
+struct ScheduleFreeInterpolateScalars {
+  double weight;
+  static constexpr int kCount = 1;
+};
+struct ScheduleFreeSgdStepScalars {
+  double weight_decay;
+  double lr;
+  double c;
+  double y_step;
+  static constexpr int kCount = 4;
+};
+struct ScheduleFreeAdamwStepScalars {
+  double beta2;
+  double one_minus_beta2;
+  double bias_correction2;
+  double eps;
+  double weight_decay;
+  double lr;
+  double c;
+  double y_step;
+  static constexpr int kCount = 8;
+};
+// END lrlab schema
+
 namespace {
 
 using lrlab::Call;
 using lrlab::lerp;
 using lrlab::with_flag;
 
-// One SGDScheduleFree step. Arrays: grad, y, z. Constants: weight decay, lr, c, y_step.
+// One SGDScheduleFree step. Arrays: grad, y, z. Scalars: ScheduleFreeSgdStepScalars.
 // d = grad + decay y, y = lerp(y, z, c) + y_step d, z = z - lr d.
 template <typename T>
 void schedule_free_sgd_step(const Call& call) {
-  const double* constants = call.constants;
-  const T decay = T(constants[0]), lr = T(constants[1]), c = T(constants[2]),
-          y_step = T(constants[3]);
-  with_flag(constants[0] != 0.0, [&](auto has_decay) {
-    with_flag(std::fabs(constants[2]) < 0.5, [&](auto small_weight) {
+  const auto scalars = lrlab::scalars<ScheduleFreeSgdStepScalars>(call);
+  const T decay = T(scalars.weight_decay), lr = T(scalars.lr), c = T(scalars.c),
+          y_step = T(scalars.y_step);
+  with_flag(scalars.weight_decay != 0.0, [&](auto has_decay) {
+    with_flag(std::fabs(scalars.c) < 0.5, [&](auto small_weight) {
       lrlab::for_each_block<T, 3, 0>(call, [&](int64_t, const lrlab::Arrays<T, 3>& a,
                                                int64_t n, double*) {
         T* __restrict grad = a[0];
@@ -37,17 +62,18 @@ void schedule_free_sgd_step(const Call& call) {
   });
 }
 
-// One AdamWScheduleFree step. Arrays: grad, y, z, v. Constants: beta2, 1 - beta2,
-// 1 - beta2^(k+1), eps, weight decay, lr, c, y_step. v = beta2 v + (1 - beta2) g^2,
-// d = g / (sqrt(v / bias2) + eps) + decay y, then y and z as in the SGD step.
+// One AdamWScheduleFree step. Arrays: grad, y, z, v. Scalars: ScheduleFreeAdamwStepScalars.
+// v = beta2 v + (1 - beta2) g^2, d = g / (sqrt(v / bias2) + eps) + decay y, then y and z as in
+// the SGD step.
 template <typename T>
 void schedule_free_adamw_step(const Call& call) {
-  const double* constants = call.constants;
-  const T beta2 = T(constants[0]), one_minus_beta2 = T(constants[1]), bias2 = T(constants[2]),
-          eps = T(constants[3]), decay = T(constants[4]), lr = T(constants[5]),
-          c = T(constants[6]), y_step = T(constants[7]);
-  with_flag(constants[4] != 0.0, [&](auto has_decay) {
-    with_flag(std::fabs(constants[6]) < 0.5, [&](auto small_weight) {
+  const auto scalars = lrlab::scalars<ScheduleFreeAdamwStepScalars>(call);
+  const T beta2 = T(scalars.beta2), one_minus_beta2 = T(scalars.one_minus_beta2),
+          bias2 = T(scalars.bias_correction2), eps = T(scalars.eps),
+          decay = T(scalars.weight_decay), lr = T(scalars.lr), c = T(scalars.c),
+          y_step = T(scalars.y_step);
+  with_flag(scalars.weight_decay != 0.0, [&](auto has_decay) {
+    with_flag(std::fabs(scalars.c) < 0.5, [&](auto small_weight) {
       lrlab::for_each_block<T, 4, 0>(call, [&](int64_t, const lrlab::Arrays<T, 4>& a,
                                                int64_t n, double*) {
         T* __restrict grad = a[0];
@@ -71,11 +97,12 @@ void schedule_free_adamw_step(const Call& call) {
 }
 
 // The switch between modes, p = lerp(p, z, weight): weight 1 - beta to y (train), 1 - 1 / beta
-// to x (eval). Arrays: p, z. Constants: weight.
+// to x (eval). Arrays: p, z. Scalars: ScheduleFreeInterpolateScalars.
 template <typename T>
 void schedule_free_interpolate(const Call& call) {
-  const T weight = T(call.constants[0]);
-  with_flag(std::fabs(call.constants[0]) < 0.5, [&](auto small_weight) {
+  const double value = lrlab::scalars<ScheduleFreeInterpolateScalars>(call).weight;
+  const T weight = T(value);
+  with_flag(std::fabs(value) < 0.5, [&](auto small_weight) {
     lrlab::for_each_block<T, 2, 0>(call, [&](int64_t, const lrlab::Arrays<T, 2>& a, int64_t n,
                                              double*) {
       T* __restrict p = a[0];
