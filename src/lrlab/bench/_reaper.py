@@ -63,6 +63,11 @@ def watch(driver: int) -> None:
         seen.update(descendants(driver))
         seen.pop(me, None)
         time.sleep(POLL_S)
+    # the tree as it is now, before anything is killed: a process started since the last poll
+    # (a Ray worker the raylet just spawned) is found under its still-living parent here, while
+    # once that parent is killed it would be re-parented out of reach
+    for pid in list(seen):
+        seen.update(descendants(pid))
     for _ in range(3):  # processes started while the driver died get a second look
         for pid, start in list(seen.items()):
             found = _stat(pid)
