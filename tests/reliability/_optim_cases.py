@@ -5,6 +5,7 @@ method added to the registry is tested without editing these files."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -134,3 +135,19 @@ def run_child(code: str, timeout: float = 240.0) -> tuple[int, list[dict[str, An
     )
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     return result.returncode, records, result.stderr[-2000:]
+
+
+def stayed_finite(before: Any, after: Any) -> bool:
+    """Every entry that was finite before is finite after (a setting may be inf on purpose,
+    e.g. D-Adaptation's growth_rate)."""
+    if isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor):
+        if not before.is_floating_point() or before.shape != after.shape:
+            return True
+        return bool((torch.isfinite(after) | ~torch.isfinite(before)).all())
+    if isinstance(before, float) and isinstance(after, (float, int)):
+        return math.isfinite(after) or not math.isfinite(before)
+    if isinstance(before, dict) and isinstance(after, dict):
+        return all(stayed_finite(before[k], after[k]) for k in before if k in after)
+    if isinstance(before, list) and isinstance(after, list):
+        return all(stayed_finite(a, b) for a, b in zip(before, after, strict=False))
+    return True

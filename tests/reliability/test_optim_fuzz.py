@@ -26,6 +26,7 @@ from tests.reliability._optim_cases import (
     run_child,
     same,
     snapshot,
+    stayed_finite,
     step,
 )
 
@@ -33,20 +34,6 @@ SEED = 20261207
 CONFIGURATIONS = list(configurations())
 # values no hyperparameter accepts
 BAD_VALUES: tuple[Any, ...] = (math.nan, "yes", "False", [1.0], b"1", object())
-
-
-def _stayed_finite(before: Any, after: Any) -> bool:
-    if isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor):
-        if not before.is_floating_point() or before.shape != after.shape:
-            return True
-        return bool((torch.isfinite(after) | ~torch.isfinite(before)).all())
-    if isinstance(before, float) and isinstance(after, (float, int)):
-        return math.isfinite(after) or not math.isfinite(before)
-    if isinstance(before, dict) and isinstance(after, dict):
-        return all(_stayed_finite(before[k], after[k]) for k in before if k in after)
-    if isinstance(before, list) and isinstance(after, list):
-        return all(_stayed_finite(a, b) for a, b in zip(before, after, strict=False))
-    return True
 
 
 def _params(shapes: list[tuple[int, ...]], seed: int) -> list[torch.nn.Parameter]:
@@ -162,7 +149,7 @@ def _gradient_case(rng: random.Random) -> tuple[str, bool]:
         step(optimizer, name, params, seed=2)
     except Exception as error:
         return f"{case} raised {type(error).__name__}", False
-    return case, _stayed_finite(before, snapshot(optimizer, params))
+    return case, stayed_finite(before, snapshot(optimizer, params))
 
 
 def test_fuzz_huge_finite_gradients() -> None:

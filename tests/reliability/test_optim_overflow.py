@@ -4,32 +4,22 @@ or parameter turns inf or NaN. Low-precision Prodigy keeps its statistics in flo
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
 import torch
 
 import lrlab.optim as lo
-from tests.reliability._optim_cases import build, configurations, same, snapshot, step
+from tests.reliability._optim_cases import (
+    build,
+    configurations,
+    same,
+    snapshot,
+    stayed_finite,
+    step,
+)
 
 CASES = list(configurations())
-
-
-def _stayed_finite(before: Any, after: Any) -> bool:
-    """Every entry that was finite before is finite after (a setting may be inf on purpose,
-    e.g. D-Adaptation's growth_rate)."""
-    if isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor):
-        if not before.is_floating_point() or before.shape != after.shape:
-            return True
-        return bool((torch.isfinite(after) | ~torch.isfinite(before)).all())
-    if isinstance(before, float) and isinstance(after, (float, int)):
-        return math.isfinite(after) or not math.isfinite(before)
-    if isinstance(before, dict) and isinstance(after, dict):
-        return all(_stayed_finite(before[k], after[k]) for k in before if k in after)
-    if isinstance(before, list) and isinstance(after, list):
-        return all(_stayed_finite(a, b) for a, b in zip(before, after, strict=False))
-    return True
 
 
 @pytest.mark.parametrize(("name", "label", "kwargs"), CASES, ids=[f"{n}-{p}" for n, p, _ in CASES])
@@ -66,7 +56,7 @@ def test_large_gradients_never_leave_inf_or_nan(
         signs = [torch.randn(p.shape).sign() for p in params]
         step(optimizer, name, params, [magnitude * s for s in signs])
         step(optimizer, name, params, seed=2)
-        assert _stayed_finite(before, snapshot(optimizer, params)), magnitude
+        assert stayed_finite(before, snapshot(optimizer, params)), magnitude
 
 
 def test_the_guard_counts_the_sum_of_squares_not_single_entries() -> None:
