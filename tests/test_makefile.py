@@ -4,6 +4,7 @@ installs the dev extras and announces a system install before running it."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,8 +19,17 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 def _dry_run(tmp_path: Path, target: str) -> list[str]:
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(REPOSITORY / name, tmp_path / name)
+    # run from `make test` (as CI does), make's own variables would make this a sub-make that
+    # prints "Entering/Leaving directory" lines: start it as a top-level make
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True
+        ["make", "--no-print-directory", "-n", target],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
     )
     return done.stdout.splitlines()
 

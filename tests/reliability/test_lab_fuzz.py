@@ -283,20 +283,23 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 def test_fuzz_killed_driver_leaves_nothing(tmp_path):
+    # long runs and a fresh store for every kill: a driver that finished (or found every run
+    # already stored) before the kill would leave nothing to check
     code = textwrap.dedent(
-        f"""
+        """
         import sys
         from lrlab.bench.cli import main
         if __name__ == "__main__":
             sys.exit(main(["sweep", "--problems", "synthetic_sphere", "--methods", "sgd", "adam",
-                "--lrs", "1e-3:1:4", "--steps", "3000", "--workers", "2", "--quiet",
-                "--store", {str(tmp_path / "s.sqlite")!r}]))
+                "--lrs", "1e-3:1:4", "--steps", "100000", "--workers", "2", "--quiet",
+                "--store", sys.argv[1]]))
         """
     )
     rng = random.Random(SEED)
     results = []
     for kill in range(3):
-        driver = subprocess.Popen([sys.executable, "-c", code], env=child_env())
+        store = str(tmp_path / f"s{kill}.sqlite")
+        driver = subprocess.Popen([sys.executable, "-c", code, store], env=child_env())
         seen: dict[int, str] = {}
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and driver.poll() is None:
