@@ -78,6 +78,27 @@ def test_robustness_width_in_decades() -> None:
     assert widths_max[("p", "a")] == 1.0
 
 
+def test_robustness_width_against_tuned_reference_methods() -> None:
+    # reference: the best tuned result of "ref" = 1.5 (its 1e-2 mean over two seeds: (1 + 2)/2;
+    # its lucky single run 1.0 does not count). 10 % relative -> <= 1.65 qualifies.
+    records = [
+        record("p", "ref", 1e-2, 0, 1.0),
+        record("p", "ref", 1e-2, 1, 2.0),
+        record("p", "ref", 1e-1, 0, 3.0),
+        record("p", "ref", 1e-1, 1, 3.0),
+        *_grid("a", [5.0, 1.6, 1.2, 1.64, 1.7]),  # 1e-3 .. 1e-1 qualify: 3 decades
+    ]
+    widths = robustness_width(
+        records, "loss", Goal.MINIMIZE, tolerance=0.1, reference_methods=["ref"]
+    )
+    assert widths[("p", "a")] == 3.0
+    assert widths[("p", "ref")] == 1.0
+    # against the best single run (1.0, <= 1.1) nothing of "a" qualifies
+    assert robustness_width(records, "loss", Goal.MINIMIZE, tolerance=0.1)[("p", "a")] == 0.0
+    with pytest.raises(ValueError, match=r"none of \['sgd'\] has a finished setting on 'p'"):
+        robustness_width(records, "loss", Goal.MINIMIZE, tolerance=0.1, reference_methods=["sgd"])
+
+
 def test_best_tuned_skips_diverged_lrs() -> None:
     records = _grid("b", [1.05, 2.0, 1.0, 1.08, 0.5], diverged_at=(1.0,))
     assert best_tuned(records, "loss", Goal.MINIMIZE) == {("p", "b"): (1e-2, 1.0)}

@@ -264,6 +264,8 @@ def test_parts_inherit_and_override():
         ("[report]\nmetrics = 'x'\n", "unknown key 'metrics'"),
         ("[report]\nfigures = ['pie']\n", "unknown figure 'pie'"),
         ("[report]\ntolerance = -1\n", "'tolerance' must be >= 0"),
+        ("[report]\nwidth_reference = []\n", "'width_reference' must be a non-empty list"),
+        ("[report]\nwidth_reference = ['sgd', 3]\n", "'width_reference' must be a non-empty"),
     ],
 )
 def test_bad_study_files_say_what_is_wrong(change, message):

@@ -154,21 +154,46 @@ def robustness_width(
     *,
     tolerance: float,
     relative: bool = True,
+    reference_methods: Sequence[str] | None = None,
 ) -> dict[tuple[str, str], float]:
-    """Width in decades of the initial-LR range within ``tolerance`` of the best run.
+    """Width in decades of the initial-LR range within ``tolerance`` of a reference value.
+
+    The reference of a problem is the best final value of any run on it, or, with
+    ``reference_methods`` (method labels, e.g. ``("sgd", "adam")``), the best *tuned* result
+    of those methods: the best mean over seeds at one initial LR at which no seed diverged
+    (:func:`best_tuned`), so "as good as tuned SGD/Adam" rather than "as good as the luckiest
+    run of any method".
 
     Returns ``{(problem, method): width}``. Methods without an initial LR (``lr`` None) get 0.
+
+    Raises:
+        ValueError: ``reference_methods`` is given but none of them has a finished setting on
+            a problem (the message names the problem and the methods it holds).
     """
     records = list(records)
     points = sensitivity(records, metric)
     best: dict[str, float] = {}
-    for record in records:
-        value = final_value(record, metric)
-        if not math.isfinite(value):
-            continue
-        problem = record.config.problem
-        if problem not in best or _is_better_or_equal(value, best[problem], goal):
-            best[problem] = value
+    if reference_methods is None:
+        for record in records:
+            value = final_value(record, metric)
+            if not math.isfinite(value):
+                continue
+            problem = record.config.problem
+            if problem not in best or _is_better_or_equal(value, best[problem], goal):
+                best[problem] = value
+    else:
+        wanted = set(reference_methods)
+        for (problem, method), (_, value) in best_tuned(records, metric, goal).items():
+            if method in wanted and (
+                problem not in best or _is_better_or_equal(value, best[problem], goal)
+            ):
+                best[problem] = value
+        for problem in sorted({point.problem for point in points} - set(best)):
+            held = sorted({point.method for point in points if point.problem == problem})
+            raise ValueError(
+                f"robustness reference: none of {sorted(wanted)} has a finished setting on "
+                f"{problem!r}; methods there: {held}"
+            )
     by_method: dict[tuple[str, str], list[SensitivityPoint]] = defaultdict(list)
     for point in points:
         by_method[(point.problem, point.method)].append(point)

@@ -310,7 +310,13 @@ def _evaluate_placeholder(
         best_lr, best_value = best[selection]
         return _format(best_value, spec) if kind == "best" else _format(best_lr, "g")
     tolerance = float(part.report.get("tolerance", DEFAULT_TOLERANCE))
-    widths = metrics.robustness_width(problem_records, metric, goal, tolerance=tolerance)
+    widths = metrics.robustness_width(
+        problem_records,
+        metric,
+        goal,
+        tolerance=tolerance,
+        reference_methods=part.report.get("width_reference"),
+    )
     return _format(widths[(options["problem"], options["method"])], "g")
 
 
@@ -614,6 +620,14 @@ def part_tables(part: Study, records: Sequence[RunRecord]) -> str:
         return "\n".join(blocks)
 
     tolerance = float(part.report.get("tolerance", DEFAULT_TOLERANCE))
+    reference = part.report.get("width_reference")
+    reference_text = (
+        "the best run of any method on the problem"
+        if reference is None
+        else "the best-tuned result of "
+        + " or ".join(f"`{m}`" for m in reference)
+        + " on the problem (its best mean over seeds at one initial LR)"
+    )
     best_rows, width_rows = [], []
     for label in labels:
         best_row, width_row = [label], [label]
@@ -621,7 +635,11 @@ def part_tables(part: Study, records: Sequence[RunRecord]) -> str:
             choice = choices[problem]
             best = metrics.best_tuned(by_problem[problem], choice.metric, choice.goal)
             widths = metrics.robustness_width(
-                by_problem[problem], choice.metric, choice.goal, tolerance=tolerance
+                by_problem[problem],
+                choice.metric,
+                choice.goal,
+                tolerance=tolerance,
+                reference_methods=reference,
             )
             if (problem, label) in best:
                 lr, value = best[(problem, label)]
@@ -641,7 +659,7 @@ def part_tables(part: Study, records: Sequence[RunRecord]) -> str:
         _md_table(["method", *problems], best_rows),
         "",
         f"**Robustness width** (decades of initial LR whose mean final metric is within "
-        f"{tolerance:.0%} of the best run of any method on the problem, no seed diverged).",
+        f"{tolerance:.0%} of {reference_text}, no seed diverged).",
         "",
         _md_table(["method", *problems], width_rows),
         "",

@@ -62,8 +62,10 @@ table is merged key by key)::
 
 **Report options** (``[report]`` at the top or per part; read by :mod:`lrlab.bench.study`):
 ``metric`` (a name, or a table problem -> name), ``tolerance`` (relative, of the robustness
-width and default targets), ``targets`` (problem -> training-loss target of time to target),
-``figures`` (a subset of :data:`FIGURE_KINDS` to show in the study's docs page),
+width and default targets), ``width_reference`` (method labels, e.g. ``["sgd", "adam"]``: the
+robustness width counts initial LRs within ``tolerance`` of the best *tuned* result of these
+methods instead of the best run of any method), ``targets`` (problem -> training-loss target
+of time to target), ``figures`` (a subset of :data:`FIGURE_KINDS` to show in the study's docs page),
 ``combine_parts`` (true: one report and one set of tables over all parts, for a study whose
 parts only split the work so that they can run apart), ``leaderboard`` (true: the tables open
 with the per-(method, problem) leaderboard of :mod:`lrlab.bench.leaderboard`).
@@ -118,7 +120,15 @@ __all__ = [
     "variant_label",
 ]
 
-REPORT_KEYS = ("metric", "tolerance", "targets", "figures", "combine_parts", "leaderboard")
+REPORT_KEYS = (
+    "metric",
+    "tolerance",
+    "width_reference",
+    "targets",
+    "figures",
+    "combine_parts",
+    "leaderboard",
+)
 """Keys of a study's ``report`` table, read by :mod:`lrlab.bench.study`."""
 
 
@@ -546,6 +556,14 @@ def _report_options(data: Mapping[str, Any], where: str) -> dict[str, Any]:
         tolerance = _typed(options, "tolerance", (int, float), here)
         if not 0 <= tolerance < math.inf:
             raise StudyError(f"{here}: 'tolerance' must be >= 0, got {tolerance!r}")
+    reference = _typed(options, "width_reference", list, here, [])
+    if "width_reference" in options and (
+        not reference or not all(isinstance(m, str) and m for m in reference)
+    ):
+        raise StudyError(
+            f"{here}: 'width_reference' must be a non-empty list of method labels, "
+            f"got {reference!r}"
+        )
     _typed(options, "combine_parts", bool, here, False)
     _typed(options, "leaderboard", bool, here, False)
     targets = _typed(options, "targets", dict, here, {})
