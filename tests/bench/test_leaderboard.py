@@ -467,3 +467,14 @@ def test_an_interrupted_study_keeps_the_time_it_ran(tmp_path, monkeypatch) -> No
         run_study(str(study), store=tmp_path / "cut.sqlite", docs=tmp_path / "docs")
     (entry,) = json.loads((tmp_path / "cut.sqlite.timing.json").read_text())["sweeps"]
     assert entry["runs"] == 1 and entry["interrupted"] is True and entry["wall_time_s"] > 0
+
+
+def test_ranks_treat_means_equal_up_to_rounding_as_equal() -> None:
+    from lrlab.bench.leaderboard import _ranks
+
+    same_a = (0.975 + 0.9777777777777777) / 2
+    same_b = (0.9666666666666667 + 0.9861111111111112) / 2
+    assert same_a != same_b  # the same 1406 / 1440, rounded differently
+    values = {"a": same_a, "b": same_b, "c": 0.5, "d": None}
+    assert _ranks(values, Goal.MAXIMIZE) == {"a": 1, "b": 1, "c": 3, "d": None}
+    assert _ranks(values, Goal.MINIMIZE) == {"a": 2, "b": 2, "c": 1, "d": None}

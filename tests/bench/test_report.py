@@ -165,6 +165,21 @@ def test_equal_means_share_a_rank(tmp_path) -> None:
     assert [board.cells[("toy_min", m)].rank for m in "abc"] == [1, 1, 3]
 
 
+def test_means_equal_up_to_rounding_share_a_rank() -> None:
+    # two seeds each, both means 1406 / 1440 in exact arithmetic, two different floats: the
+    # report showed rank 1 and rank 2 for the same result (0.9764)
+    a, b = (0.975, 0.9777777777777777), (0.9666666666666667, 0.9861111111111112)
+    assert sum(a) / 2 != sum(b) / 2
+    runs = [
+        _record("toy_acc", method, 1e-2, seed, value)
+        for method, values in (("a", a), ("b", b), ("c", (0.5, 0.5)))
+        for seed, value in enumerate(values)
+    ]
+    board = summary.leaderboard(runs, CHOICES)
+    assert [board.cells[("toy_acc", m)].rank for m in "abc"] == [1, 1, 3]
+    assert not board.cells[("toy_acc", "a")].tied and not board.cells[("toy_acc", "b")].tied
+
+
 def _numpy_interval(values, level=0.95, resamples=10_000, seed=0):
     """The percentile bootstrap written out again with numpy, for the comparison."""
     sample = np.array(values, dtype=float)

@@ -121,14 +121,17 @@ def targets_from_records(records: Sequence[RunRecord], tolerance: float = 0.1) -
 
 
 def _ranks(values: Mapping[str, float | None], goal: Goal) -> dict[str, int | None]:
-    """1 + the number of methods strictly better; None without a value."""
+    """1 + the number of methods strictly better (beyond rounding, so equal means computed in
+    another order share a rank); None without a value."""
     present = {m: v for m, v in values.items() if v is not None and math.isfinite(v)}
-    sign = 1.0 if goal is Goal.MINIMIZE else -1.0
     return {
         method: (
             None
             if method not in present
-            else 1 + sum(sign * other < sign * present[method] for other in present.values())
+            else 1
+            + sum(
+                metrics.strictly_better(other, present[method], goal) for other in present.values()
+            )
         )
         for method in values
     }

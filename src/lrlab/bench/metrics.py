@@ -86,6 +86,24 @@ def _is_better_or_equal(value: float, reference: float, goal: Goal) -> bool:
     return value <= reference if goal is Goal.MINIMIZE else value >= reference
 
 
+#: two means closer than this (relative) are the same result: the mean of the same seed values
+#: summed in another order differs in the last bits ((0.975 + 0.9778) / 2 against
+#: (0.9667 + 0.9861) / 2: both 1406 / 1440, two different floats)
+SAME_VALUE_RTOL = 1e-12
+
+
+def same_value(a: float, b: float) -> bool:
+    """``a`` and ``b`` are the same result up to rounding (:data:`SAME_VALUE_RTOL`)."""
+    return abs(a - b) <= SAME_VALUE_RTOL * max(1.0, abs(a), abs(b))
+
+
+def strictly_better(value: float, reference: float, goal: Goal) -> bool:
+    """``value`` beats ``reference`` by more than rounding."""
+    if same_value(value, reference):
+        return False
+    return value < reference if goal is Goal.MINIMIZE else value > reference
+
+
 @dataclass(frozen=True, slots=True)
 class SensitivityPoint:
     """Final-value statistics of one (problem, method, initial LR) over seeds."""
@@ -228,9 +246,7 @@ def best_tuned(
         if point.diverged or not math.isfinite(point.mean):
             continue
         key = (point.problem, point.method)
-        if key not in chosen or (
-            point.mean != chosen[key][1] and _is_better_or_equal(point.mean, chosen[key][1], goal)
-        ):
+        if key not in chosen or strictly_better(point.mean, chosen[key][1], goal):
             chosen[key] = (point.lr, point.mean)
     return chosen
 

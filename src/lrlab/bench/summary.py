@@ -290,14 +290,17 @@ def leaderboard(
                 seeds, level=level, resamples=resamples, seed=seed
             )
             scored[method] = (lr, seeds, mean, low, high)
-        order = sorted(
-            scored, key=lambda m: (scored[m][2] * (1 if choice.goal is Goal.MINIMIZE else -1), m)
-        )
-        ranks: dict[str, int] = {}
-        for position, method in enumerate(order):
-            previous = order[position - 1] if position else None
-            same = previous is not None and scored[previous][2] == scored[method][2]
-            ranks[method] = ranks[previous] if same and previous else position + 1
+        # rank = 1 + the number of methods strictly better (beyond rounding: the same seed
+        # values summed in another order give means that differ in the last bits)
+        ranks: dict[str, int] = {
+            method: 1
+            + sum(
+                metrics.strictly_better(scored[other][2], scored[method][2], choice.goal)
+                for other in scored
+            )
+            for method in scored
+        }
+        order = sorted(scored, key=lambda m: (ranks[m], m))
         leaders = [m for m in order if ranks[m] == 1]
         for method in methods:
             if method in scored:
