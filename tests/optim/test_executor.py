@@ -118,3 +118,40 @@ def test_passes_sharing_a_native_function_share_its_kernel() -> None:
     assert dadaptation._ADAM_MOMENTS._kernel is dadaptation._ADAM_MOMENTS_AND_STEP._kernel
     names = [kernel.qualified_name for kernel in _native._KERNELS]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+def test_a_folded_pass_skips_the_compiled_rows_and_native_sums_come_by_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # CLARA-auto's path pass: its compiled kernel is folded into the move pass's (which does the
+    # whole step of a tensor), so the compiled rows must not be touched again
+    from lrlab.optim import _fused, clara_auto
+
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
+    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
+    move, path = clara_auto._MOVE, clara_auto._PATH
+    assert path.native_available(), _native.native_status()
+
+    def row(n: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        ones = torch.ones(n, dtype=dtype)
+        return {
+            "grad": ones,
+            "p": ones.clone(),
+            "m": ones.clone(),
+            "v": ones.clone(),
+            "displacement": torch.zeros(n),
+            "path": torch.zeros(n, dtype=dtype),
+        }
+
+    rows = [row(3, torch.float64), row(4, torch.bfloat16), row(5, torch.float32)]
+    rows[0]["displacement"] = rows[0]["displacement"].double()
+    plan = route({"fused": True}, rows, (move, path))
+    assert plan.native == {torch.float64: [0], torch.float32: [2]} and plan.compiled == [1]
+    own = [{"bias_correction2": 1.0, "norm": 2.0}] * 3
+    result = plan.run(path, {"eps": 0.0, "c": 0.5}, tensor_scalars=own)
+    assert result.compiled == [] and result.reference == []
+    assert torch.equal(rows[1]["path"], torch.zeros(4, dtype=torch.bfloat16))
+    # q = g / sqrt(v) = 1, path = 0.5 q / 2 = 0.25 per element
+    assert result.native_by_row("path") == {0: 3 * 0.0625, 2: 5 * 0.0625}
+    torch.testing.assert_close(rows[2]["path"], torch.full((5,), 0.25))

@@ -142,6 +142,13 @@ class Pass:
     #: element count of each array when the first has ``n`` (see ``NativeKernel``); None: all
     #: arrays have the first one's count. The native call checks every buffer against it.
     array_lengths: ArrayLengths | None = None
+    #: the compiled kernel of an earlier pass does this pass's work too (one compiled call holds
+    #: a whole tensor, so e.g. a per-tensor norm needs no second sweep): no compiled kernel of
+    #: its own, and :meth:`Plan.run` skips the compiled rows
+    compiled_folded: bool = False
+    #: the compiled kernel's arrays where they differ from ``arrays`` (one that folds a later
+    #: pass in reads that pass's arrays too); None: ``arrays``
+    compiled_arrays: tuple[str, ...] | None = None
     _kernel: NativeKernel | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -274,20 +281,22 @@ class Plan:
             sums = step._kernel(rows, values, per_tensor)
             assert sums is not None  # plan() checked that the kernel is available
             result.native[dtype] = sums
+            result.native_rows[dtype] = chosen
         for i in self.compiled:
-            if keep is not None and i not in keep:
+            if (keep is not None and i not in keep) or step.compiled_folded:
                 continue
             if not compiled or step.compiled is None:
                 result.reference.append(i)
                 continue
             row = self.rows[i]
-            like = row[step.arrays[0]]
+            names = step.arrays if step.compiled_arrays is None else step.compiled_arrays
+            like = row[names[0]]
             # a compiled call takes its tensor scalars after the pass's (one tensor per call)
             own = schema.row(tensor_scalars[i]) if tensor_scalars is not None else ()
             key = (like.device, like.dtype, own)
             if key not in result._constants:
                 result._constants[key] = scalars((*values, *own), like)
-            out = step.compiled(*(flat(row[name]) for name in step.arrays), result._constants[key])
+            out = step.compiled(*(flat(row[name]) for name in names), result._constants[key])
             names = schema.sums if step.compiled_sums is None else step.compiled_sums
             if names:
                 parts = out if isinstance(out, tuple) else (out,)
@@ -305,6 +314,8 @@ class PassResult:
     native: dict[torch.dtype, Tensor] = field(default_factory=dict)
     compiled: list[dict[str, Tensor]] = field(default_factory=list)
     reference: list[int] = field(default_factory=list)
+    #: the row indices of each native dtype's sums, in their order
+    native_rows: dict[torch.dtype, list[int]] = field(default_factory=dict)
     _constants: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
 
     def native_totals(self, combine: Callable[[Callable[[str], Tensor]], Tensor]) -> list[Tensor]:
@@ -318,6 +329,16 @@ class PassResult:
 
             totals.append(combine(column).sum().to(accumulation_dtype(dtype)))
         return totals
+
+    def native_by_row(self, name: str) -> dict[int, float]:
+        """The sum ``name`` of every native row, by row index, as Python floats (one transfer
+        per dtype): e.g. a per-tensor norm that the next pass takes as a tensor scalar."""
+        index = self.schema.sums.index(name)
+        return {
+            row: value
+            for dtype, sums in self.native.items()
+            for row, value in zip(self.native_rows[dtype], sums[:, index].tolist(), strict=True)
+        }
 
     def parts(self, name: str) -> list[Tensor]:
         """The sum ``name`` as 0-d parts: each compiled row's (its dtype), then one total per
@@ -341,7 +362,9 @@ def route(group: Mapping[str, Any], rows: Sequence[Row], passes: Sequence[Pass])
     )
     has_native = any(step.native is not None for step in passes)
     # a tensor the compiled kernels take must find one for every pass
-    use_compiled = compiled_requested(group) and all(step.compiled is not None for step in passes)
+    use_compiled = compiled_requested(group) and all(
+        step.compiled is not None or step.compiled_folded for step in passes
+    )
     for index, row in enumerate(rows):
         tensors = list(row.values())
         if use_native and has_native and native_eligible(*tensors):

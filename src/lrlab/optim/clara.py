@@ -23,16 +23,8 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
-from lrlab.optim._fused import (
-    check_fused,
-    compiled_requested,
-    flat,
-    flat_eligible,
-    kernel,
-    native_requested,
-    scalars,
-)
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._executor import Pass, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -104,14 +96,20 @@ def _monte_carlo_adam_reference(
 class _CumulativePathAdaptation(AdaptiveOptimizer):
     """Shared machinery of the CLARA variants: the path, the reference and the LR factor.
 
-    Subclasses compute the (unnormalised) step direction of every tensor, and for the
-    ``fused=True`` path name the state tensors of their kernel and its scalars.
+    Subclasses compute the (unnormalised) step direction ``s_i`` of every tensor, and name the
+    arrays and scalars of their two passes (see :mod:`lrlab.optim._executor`): (1) ``s_i`` and
+    ``||s_i||^2`` (ClaraAdam updates its moments there), (2) once the norm is known, the move
+    and the path with the new ``||p_i||^2``. A compiled kernel holds a whole tensor, so it does
+    both in one call (pass (2) is folded into it).
     """
 
     global_defaults: ClassVar[dict[str, float]] = {"lr_factor": 1.0, "path_ratio": 0.0}
     has_global_statistics: ClassVar[bool] = True
-    #: the state tensors the fused kernel takes after (grad, param), in its argument order
-    _fused_state_keys: ClassVar[tuple[str, ...]] = ("path",)
+    #: the passes (set below the kernels) and the state tensors their arrays name besides
+    #: "grad" and "p"
+    _norms: ClassVar[Pass]
+    _move: ClassVar[Pass]
+    _state_arrays: ClassVar[Mapping[str, str]] = {"path": "path"}
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -138,25 +136,14 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
     def _stationary_reference(self, group: dict[str, Any], dimension: int) -> float:
         raise NotImplementedError
 
-    def _fused_constants(self, group: dict[str, Any], eta: float, step: int) -> tuple[float, ...]:
-        """The scalars tensor of the fused kernel for one group, learning rate and step."""
+    def _scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
+        """The scalars of both passes for one group and learning rate."""
         raise NotImplementedError
 
-    def _fused_kernel(self, flat_tensors: list[Tensor], c: Tensor) -> Tensor:
-        """Run the whole step of one tensor (flat views); return its new ``||path||^2``."""
-        raise NotImplementedError
-
-    def _native_available(self) -> bool:
-        """Whether the native kernels of :meth:`_native_step` can run."""
-        raise NotImplementedError
-
-    def _native_step(
-        self, group: dict[str, Any], eta: float, rows: list[tuple[Tensor, ...]], steps: list[int]
-    ) -> Tensor:
-        """The whole step of the tensors of ``rows`` (grad, param and the state tensors of
-        :attr:`_fused_state_keys`, all CPU tensors of one dtype) with their ``steps``, in two
-        native calls; return the sum of their new ``||path||^2``."""
-        raise NotImplementedError
+    def _tensor_scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
+        """A tensor's scalars at its step ``step`` (ClaraAdam: the bias corrections, in Python
+        double as the reference path has them)."""
+        return {}
 
     def _update(self, context: StepContext) -> None:
         factor = float(self._get_global("lr_factor"))
@@ -170,7 +157,6 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
             states = [self.state[p] for p in params]
             for p, state in zip(params, states, strict=True):
                 if len(state) == 0:
@@ -178,42 +164,37 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
                 state["step"] += 1
             steps = [int(state["step"]) for state in states]
             updated.extend((group, p.numel(), step) for p, step in zip(params, steps, strict=True))
-            # .get: checkpoints written before the fused path existed have no "fused" key
-            if native_requested(group):
-                # the per-tensor norm of the direction is internal to a tensor, so one compiled
-                # call does the whole step; only ||path||^2 leaves it, for the next step's LR.
-                # CPU float32/float64 tensors take two native calls per dtype instead (the
-                # norms, then the move), whatever the number of tensors
-                rest: list[int] = []
-                constants: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
-                native = self._native_available()
-                native_rows: dict[torch.dtype, tuple[list[tuple[Tensor, ...]], list[int]]] = {}
-                for index, (p, grad, state, step) in enumerate(
-                    zip(params, grads, states, steps, strict=True)
-                ):
-                    tensors = [grad, p, *(state[key] for key in self._fused_state_keys)]
-                    if native and native_eligible(*tensors):
-                        rows, row_steps = native_rows.setdefault(p.dtype, ([], []))
-                        rows.append(tuple(tensors))
-                        row_steps.append(step)
-                        continue
-                    if not (compiled_requested(group) and flat_eligible(*tensors)):
-                        rest.append(index)
-                        continue
-                    key = (p.device, p.dtype, step)
-                    if key not in constants:
-                        constants[key] = scalars(self._fused_constants(group, eta, step), p)
-                    flat_tensors = [flat(t) for t in tensors]
-                    path_sq_parts.append(self._fused_kernel(flat_tensors, constants[key]))
-                for rows, row_steps in native_rows.values():
-                    path_sq_parts.append(self._native_step(group, eta, rows, row_steps))
-                if not rest:
-                    continue
-                params = [params[i] for i in rest]
-                grads = [grads[i] for i in rest]
-                states = [states[i] for i in rest]
-                steps = [steps[i] for i in rest]
-            paths = [state["path"] for state in states]
+            rows = [
+                {
+                    "grad": p.grad,
+                    "p": p,
+                    **{name: state[key] for name, key in self._state_arrays.items()},
+                }
+                for p, state in zip(params, states, strict=True)
+            ]
+            plan = route(group, rows, (self._norms, self._move))
+            if plan.native or plan.compiled:
+                scalars = self._scalars(group, eta)
+                own = [self._tensor_scalars(group, step) for step in steps]
+                # (1) s_i and ||s_i||^2 (the compiled kernel: the whole step)
+                norms = plan.run(self._norms, scalars, tensor_scalars=own)
+                squares = norms.native_by_row("direction")
+                # (2) u_i = s_i / max(||s_i||, 1e-12), x_i -= eta (u_i or s_i),
+                # p_i = (1 - c) p_i + c u_i, and ||p_i||^2
+                unit = [
+                    # max keeps a NaN, as clamp_min does
+                    {**row, "norm": max(math.sqrt(squares.get(index, 0.0)), _NORM_FLOOR)}
+                    for index, row in enumerate(own)
+                ]
+                moved = plan.run(self._move, scalars, tensor_scalars=unit)
+                path_sq_parts += [sums["path"] for sums in norms.compiled]
+                path_sq_parts += moved.parts("path")
+            if not plan.reference:
+                continue
+            params = [params[i] for i in plan.reference]
+            grads = [p.grad for p in params]
+            steps = [steps[i] for i in plan.reference]
+            paths = [self.state[p]["path"] for p in params]
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             directions = self._directions(group, params, grads, steps, foreach)
             c = group["c"]
@@ -222,9 +203,9 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
             else:
                 units = _normalise(directions, foreach=False)
                 moves = units if group["unit_step"] else directions
-                for p, move, path, unit in zip(params, moves, paths, units, strict=True):
+                for p, move, path, u in zip(params, moves, paths, units, strict=True):
                     p.add_(move, alpha=-eta)
-                    path.lerp_(unit, c)
+                    path.lerp_(u, c)
             path_sq_parts.append(_foreach.sum_of_squares(paths, foreach=foreach))
 
         # every rank reaches the reduction, even one without gradients this step
@@ -478,29 +459,13 @@ class ClaraSGD(_CumulativePathAdaptation):
     def _stationary_reference(self, group: dict[str, Any], dimension: int) -> float:
         return sgd_noise_reference(group["c"])
 
-    def _fused_constants(self, group: dict[str, Any], eta: float, step: int) -> tuple[float, ...]:
-        # weight decay 0.0 rather than a branch: the compiled graph does not depend on settings
-        unit_step = 1.0 if group["unit_step"] else 0.0
-        return (group["weight_decay"], eta, group["c"], unit_step)
-
-    def _fused_kernel(self, flat_tensors: list[Tensor], c: Tensor) -> Tensor:
-        return _clara_sgd_step(*flat_tensors, c)
-
-    def _native_available(self) -> bool:
-        return _NATIVE_SGD_MOVE.available()
-
-    def _native_step(
-        self, group: dict[str, Any], eta: float, rows: list[tuple[Tensor, ...]], steps: list[int]
-    ) -> Tensor:
-        weight_decay = group["weight_decay"]
-        squares = _NATIVE_SGD_NORMS([row[:2] for row in rows], (weight_decay,))
-        assert squares is not None  # _native_available() was checked
-        unit_step = 1.0 if group["unit_step"] else 0.0
-        path_sq = _NATIVE_SGD_MOVE(
-            rows, (weight_decay, eta, group["c"], unit_step), _clamped_norms(squares)
-        )
-        assert path_sq is not None
-        return path_sq.sum().to(_foreach.accumulation_dtype(rows[0][0].dtype))
+    def _scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
+        return {
+            "weight_decay": group["weight_decay"],
+            "eta": eta,
+            "c": group["c"],
+            "unit_step": 1.0 if group["unit_step"] else 0.0,
+        }
 
 
 @register(
@@ -625,7 +590,7 @@ class ClaraAdam(_CumulativePathAdaptation):
         }
         super().__init__(params, defaults)
 
-    _fused_state_keys: ClassVar[tuple[str, ...]] = ("exp_avg", "exp_avg_sq", "path")
+    _state_arrays: ClassVar[Mapping[str, str]] = {"m": "exp_avg", "v": "exp_avg_sq", "path": "path"}
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(p, state)
@@ -675,107 +640,116 @@ class ClaraAdam(_CumulativePathAdaptation):
     def _stationary_reference(self, group: dict[str, Any], dimension: int) -> float:
         return adam_noise_reference(dimension, group["c"], group["betas"], group["eps"])
 
-    def _fused_constants(self, group: dict[str, Any], eta: float, step: int) -> tuple[float, ...]:
+    def _scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
         beta1, beta2 = group["betas"]
-        unit_step = 1.0 if group["unit_step"] else 0.0
-        # 1 - beta and the bias corrections in Python double, as the reference path has them
-        return (
-            group["weight_decay"],
-            1 - beta1,
-            beta2,
-            1 - beta2,
-            1 - beta1**step,
-            1 - beta2**step,
-            group["eps"],
-            eta,
-            group["c"],
-            unit_step,
-        )
+        # 1 - beta in Python double, as the reference path has them
+        return {
+            "weight_decay": group["weight_decay"],
+            "one_minus_beta1": 1 - beta1,
+            "beta2": beta2,
+            "one_minus_beta2": 1 - beta2,
+            "eps": group["eps"],
+            "eta": eta,
+            "c": group["c"],
+            "unit_step": 1.0 if group["unit_step"] else 0.0,
+        }
 
-    def _fused_kernel(self, flat_tensors: list[Tensor], c: Tensor) -> Tensor:
-        return _clara_adam_step(*flat_tensors, c)
-
-    def _native_available(self) -> bool:
-        return _NATIVE_ADAM_MOVE.available()
-
-    def _native_step(
-        self, group: dict[str, Any], eta: float, rows: list[tuple[Tensor, ...]], steps: list[int]
-    ) -> Tensor:
+    def _tensor_scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
         beta1, beta2 = group["betas"]
-        eps = group["eps"]
-        # the bias corrections of every distinct step (usually one), in Python double as the
-        # reference path has them
-        corrections = {step: (1 - beta1**step, 1 - beta2**step) for step in set(steps)}
-        per_tensor = [corrections[step] for step in steps]
-        moments = (group["weight_decay"], 1 - beta1, beta2, 1 - beta2, eps)
-        squares = _NATIVE_ADAM_MOMENTS([row[:4] for row in rows], moments, per_tensor)
-        assert squares is not None  # _native_available() was checked
-        norms = _clamped_norms(squares)
-        unit_step = 1.0 if group["unit_step"] else 0.0
-        path_sq = _NATIVE_ADAM_MOVE(
-            [row[1:] for row in rows],
-            (eps, eta, group["c"], unit_step),
-            [(*bias, norm) for bias, (norm,) in zip(per_tensor, norms, strict=True)],
-        )
-        assert path_sq is not None
-        return path_sq.sum().to(_foreach.accumulation_dtype(rows[0][0].dtype))
+        return {"bias1": 1 - beta1**step, "bias2": 1 - beta2**step}
 
 
-# -- the native kernels (lrlab.optim._native; native/clara.cpp) -------------------------------
+# -- the passes' kernels (see :mod:`lrlab.optim._executor`; native/clara.cpp) -----------------
 
-_NATIVE_SGD_NORMS = NativeKernel("clara", "clara_sgd_norms", arrays=2, sums=1)
-_NATIVE_SGD_MOVE = NativeKernel("clara", "clara_sgd_move", arrays=3, sums=1, tensor_constants=1)
-_NATIVE_ADAM_MOMENTS = NativeKernel(
-    "clara", "clara_adam_moments", arrays=4, sums=1, tensor_constants=2
+# the scalars of both passes of a variant (unit_step: 1 or 0); the second pass's tensor scalars
+# add the norm max(||s||, 1e-12) that the first pass's sum gives
+_SGD_SCALARS = ("weight_decay", "eta", "c", "unit_step")
+_ADAM_SCALARS = (
+    "weight_decay",
+    "one_minus_beta1",
+    "beta2",
+    "one_minus_beta2",
+    "eps",
+    *_SGD_SCALARS[1:],
 )
-_NATIVE_ADAM_MOVE = NativeKernel("clara", "clara_adam_move", arrays=4, sums=1, tensor_constants=3)
+_SGD_NORMS_SCHEMA = Schema("ClaraSgdNorms", _SGD_SCALARS, sums=("direction",))  # ||s||^2
+_SGD_MOVE_SCHEMA = Schema("ClaraSgdMove", _SGD_SCALARS, tensor_scalars=("norm",), sums=("path",))
+_ADAM_MOMENTS_SCHEMA = Schema(
+    "ClaraAdamMoments",
+    _ADAM_SCALARS,
+    tensor_scalars=("bias1", "bias2"),  # 1 - beta1^t, 1 - beta2^t
+    sums=("direction",),
+)
+_ADAM_MOVE_SCHEMA = Schema(
+    "ClaraAdamMove", _ADAM_SCALARS, tensor_scalars=("bias1", "bias2", "norm"), sums=("path",)
+)
 
 
-def _clamped_norms(squares: Tensor) -> list[list[float]]:
-    """``max(||s||, 1e-12)`` of every tensor from its ``||s||^2`` (a ``(tensors, 1)`` tensor
-    of a native kernel), one row per tensor: the tensor constants of a move pass. In Python
-    floats: torch's sqrt of a small tensor can wake its thread pool (milliseconds on a busy
-    machine), and math.sqrt rounds the same way (max keeps a NaN, as clamp_min does)."""
-    return [[max(math.sqrt(square), _NORM_FLOOR)] for (square,) in squares.tolist()]
-
-
-# -- the fused kernels (NOTE [fused kernels] in lrlab.optim._fused) ---------------------------
-
-
-def _clara_move_and_path(
-    p: Tensor, path: Tensor, s: Tensor, eta: Tensor, c: Tensor, unit_step: Tensor
-) -> Tensor:
-    """The common tail of both kernels (inlined into each): normalise ``s``, move ``p`` and the
-    path, return the new ``||path||^2``. ``s`` and the scalars are in the accumulation dtype."""
+def _clara_move_and_path(p: Tensor, path: Tensor, s: Tensor, c: dict[str, Tensor]) -> Tensor:
+    """The common tail of both compiled kernels (inlined into each): normalise ``s``, move
+    ``p`` and the path, return the new ``||path||^2``. ``s`` and the scalars are in the
+    accumulation dtype."""
     unit = s / s.square().sum().sqrt().clamp_min(_NORM_FLOOR)
     # a select on a 0-d flag, not a Python branch: one graph serves both settings
-    move = torch.where(unit_step != 0, unit, s)
-    new_path = torch.lerp(path.to(s.dtype), unit, c)
-    p.copy_(p.to(s.dtype) - eta * move)
+    move = torch.where(c["unit_step"] != 0, unit, s)
+    new_path = torch.lerp(path.to(s.dtype), unit, c["c"])
+    p.copy_(p.to(s.dtype) - c["eta"] * move)
     path.copy_(new_path)
     return new_path.square().sum()
 
 
 @kernel
-def _clara_sgd_step(grad: Tensor, p: Tensor, path: Tensor, c: Tensor) -> Tensor:
-    """One ClaraSGD step of one tensor; ``c`` = (weight decay, eta, c, unit_step as 0/1).
+def _clara_sgd_step(grad: Tensor, p: Tensor, path: Tensor, scalars: Tensor) -> Tensor:
+    """One ClaraSGD step of one tensor, both passes (``s = g + weight_decay x``).
 
-    Low-precision tensors are computed in ``c``'s float32, so the norms are float32 sums.
+    Low-precision tensors are computed in the scalars' float32, so the norms are float32 sums.
     """
-    s = grad.to(c.dtype) + c[0] * p.to(c.dtype)
-    return _clara_move_and_path(p, path, s, c[1], c[2], c[3])
+    c, dtype = _SGD_NORMS_SCHEMA.read(scalars), scalars.dtype
+    s = grad.to(dtype) + c["weight_decay"] * p.to(dtype)
+    return _clara_move_and_path(p, path, s, c)
 
 
 @kernel
 def _clara_adam_step(
-    grad: Tensor, p: Tensor, m: Tensor, v: Tensor, path: Tensor, c: Tensor
+    grad: Tensor, p: Tensor, m: Tensor, v: Tensor, path: Tensor, scalars: Tensor
 ) -> Tensor:
-    """One ClaraAdam step of one tensor; ``c`` = (weight decay, 1 - beta1, beta2, 1 - beta2,
-    1 - beta1^t, 1 - beta2^t, eps, eta, c, unit_step as 0/1)."""
-    g = grad.to(c.dtype) + c[0] * p.to(c.dtype)
-    m_new = torch.lerp(m.to(c.dtype), g, c[1])
-    v_new = v.to(c.dtype) * c[2] + c[3] * g * g
+    """One ClaraAdam step of one tensor, both passes: the moments, the Adam direction
+    ``s = (m / bias1) / (sqrt(v / bias2) + eps)``, the move and the path."""
+    c, dtype = _ADAM_MOMENTS_SCHEMA.read(scalars), scalars.dtype
+    g = grad.to(dtype) + c["weight_decay"] * p.to(dtype)
+    m_new = torch.lerp(m.to(dtype), g, c["one_minus_beta1"])
+    v_new = v.to(dtype) * c["beta2"] + c["one_minus_beta2"] * g * g
     m.copy_(m_new)
     v.copy_(v_new)
-    s = (m_new / c[4]) / ((v_new / c[5]).sqrt() + c[6])
-    return _clara_move_and_path(p, path, s, c[7], c[8], c[9])
+    s = (m_new / c["bias1"]) / ((v_new / c["bias2"]).sqrt() + c["eps"])
+    return _clara_move_and_path(p, path, s, c)
+
+
+ClaraSGD._norms = Pass(
+    "clara",
+    ("grad", "p"),
+    _SGD_NORMS_SCHEMA,
+    native="clara_sgd_norms",
+    compiled=_clara_sgd_step,
+    compiled_arrays=("grad", "p", "path"),
+    compiled_sums=("path",),
+)
+ClaraSGD._move = Pass(
+    "clara", ("grad", "p", "path"), _SGD_MOVE_SCHEMA, native="clara_sgd_move", compiled_folded=True
+)
+ClaraAdam._norms = Pass(
+    "clara",
+    ("grad", "p", "m", "v"),
+    _ADAM_MOMENTS_SCHEMA,
+    native="clara_adam_moments",
+    compiled=_clara_adam_step,
+    compiled_arrays=("grad", "p", "m", "v", "path"),
+    compiled_sums=("path",),
+)
+ClaraAdam._move = Pass(
+    "clara",
+    ("p", "m", "v", "path"),
+    _ADAM_MOVE_SCHEMA,
+    native="clara_adam_move",
+    compiled_folded=True,
+)

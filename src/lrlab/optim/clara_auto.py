@@ -71,6 +71,8 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._executor import Pass, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -118,6 +120,7 @@ _INVALID = (
     InvalidKwargs({"distance_bound": 1}, r"distance_bound must be True or False, got 1"),
     InvalidKwargs({"brake": "yes"}, r"brake must be True or False, got 'yes'"),
     InvalidKwargs({"initial_distance": 0.0}, r"initial_distance must be in \(0, inf\), got 0\.0"),
+    InvalidKwargs({"fused": "yes"}, r"fused must be True, False or None, got 'yes'"),
 )
 
 
@@ -129,6 +132,7 @@ _INVALID = (
         "a DoG-style distance bound and a Page-Hinkley brake"
     ),
     summary="Adam whose LR follows a log path-length ratio with automatic damping and safeguards",
+    supports_fused=True,
     # the first sample starts at a larger r_eps: with the default 1e-4 the first steps of a
     # bfloat16 parameter of size ~1 round away (as plain Adam's would at lr 1e-4), and the
     # conformance suite checks that 5 steps move every dtype
@@ -169,6 +173,15 @@ class ClaraAuto(AdaptiveOptimizer):
             without a collective).
         sharded: each rank owns a disjoint part of the parameters, so the sums are reduced over
             ranks (not needed for DDP or DTensor, which is detected).
+        fused: the step's path. None (default): CPU float32/float64 tensors take the native
+            multi-tensor kernels (``native/clara_auto.cpp``, built once per machine), two passes
+            over memory, one call per pass for all tensors of a dtype: (1) the moments, the
+            move and the displacement with ``||q||^2``, (2) the path once ``||q||`` is known;
+            the other tensors take the reference loop. True also sends the tensors the native
+            kernels cannot take (CUDA, low precision) to one compiled kernel per tensor, which
+            does the whole step in one sweep (see :mod:`lrlab.optim._fused`; the first step
+            pays the compilation). False: the reference loop only. The numbers are the same up
+            to float rounding (checked in float64 by the conformance suite).
 
     The factor is global: every group's ``lr`` is multiplied by the same ``f``. Memory: four
     tensors per parameter (the Adam moments, the path and the displacement from the start).
@@ -217,6 +230,7 @@ class ClaraAuto(AdaptiveOptimizer):
         brake: bool = True,
         initial_distance: float = 1e-4,
         sharded: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_positive("lr", lr)
         check_betas("betas", betas)
@@ -228,6 +242,7 @@ class ClaraAuto(AdaptiveOptimizer):
         check_bool("brake", brake)
         check_positive("initial_distance", initial_distance)
         check_bool("sharded", sharded)
+        fused = check_fused(fused, None)
         defaults = {
             "lr": lr,
             "betas": tuple(betas),
@@ -238,6 +253,7 @@ class ClaraAuto(AdaptiveOptimizer):
             "brake": brake,
             "initial_distance": initial_distance,
             "sharded": sharded,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
@@ -256,66 +272,90 @@ class ClaraAuto(AdaptiveOptimizer):
     def _update(self, context: StepContext) -> None:
         settings = self.param_groups[0]
         c = float(settings["c"])
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None and len(self.state[p]) == 0:
-                    self._init_state(p, self.state[p])
+        mu = c / (2 - c)
         factor = float(self._get_global("lr_factor"))
         capped = False
-        if settings["distance_bound"]:
+        if settings["distance_bound"]:  # eta = min(eta, r + r_eps)
             bound = float(self._get_global("distance")) + float(settings["initial_distance"])
             largest_lr = max(float(group["lr"]) for group in self.param_groups)
             if largest_lr * factor > bound:
                 factor, capped = bound / largest_lr, True
 
-        device = context.params[0].device
-        sums: dict[str, list[Tensor]] = {
-            key: [] for key in ("path", "reference", "distance", "numel", "grad")
-        }
+        # the per-tensor sums S = sum ||p_i||^2, ||x - x_0||^2 and ||g||^2, as 0-d parts
+        path_sq: list[Tensor] = []
+        distance_sq: list[Tensor] = []
+        grad_sq: list[Tensor] = []
+        # M = sum_i mu (1 - (1-c)^(2 t_i)), the element counts, sum_i 1/D_i and K
+        references: list[float] = []
+        numels: list[float] = []
         inverse_dimensions = tensors = 0.0
         for group in self.param_groups:
             eta = float(group["lr"]) * factor
             group["effective_lr"] = eta
             beta1, beta2 = group["betas"]
+            rows, biases = [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p]
+                if len(state) == 0:
+                    self._init_state(p, state)
                 state["step"] += 1
                 step = int(state["step"])
-                grad = p.grad
-                m, v, path = state["exp_avg"], state["exp_avg_sq"], state["path"]
-                m.lerp_(grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denominator = (v / (1 - beta2**step)).sqrt_().add_(group["eps"])
-                move = m / denominator
-                p.add_(move, alpha=-eta / (1 - beta1**step))
-                displacement = state["displacement"]
-                displacement.add_(move.to(displacement.dtype), alpha=-eta / (1 - beta1**step))
-                preconditioned = grad / denominator
-                norm = torch.linalg.vector_norm(
-                    preconditioned, dtype=_foreach.accumulation_dtype(p.dtype)
+                rows.append(self._arrays(p, state))
+                # per tensor, in Python double: 1 - beta2^t and the move's -eta / (1 - beta1^t)
+                biases.append(
+                    {"bias_correction2": 1 - beta2**step, "step_size": -eta / (1 - beta1**step)}
                 )
-                path.lerp_(preconditioned / norm.clamp_min(_NORM_FLOOR).to(p.dtype), c)
-                accumulate = _foreach.accumulation_dtype(p.dtype)
-                sums["path"].append(path.square().sum(dtype=accumulate))
-                sums["distance"].append(displacement.square().sum())
-                sums["grad"].append(grad.square().sum(dtype=accumulate))
-                reference = (c / (2 - c)) * (1 - (1 - c) ** (2 * step))
-                sums["reference"].append(torch.tensor(reference, dtype=torch.float64))
-                sums["numel"].append(torch.tensor(float(p.numel()), dtype=torch.float64))
+                references.append(mu * (1 - (1 - c) ** (2 * step)))
+                numels.append(float(p.numel()))
                 inverse_dimensions += 1.0 / max(p.numel(), 1)
                 tensors += 1.0
+            plan = route(group, rows, (_MOVE, _PATH))
+            scalars = {
+                "one_minus_beta1": 1 - beta1,
+                "beta2": beta2,
+                "one_minus_beta2": 1 - beta2,
+                "eps": group["eps"],
+                "c": c,
+            }
+            # (1) the Adam moments and move, x - x_0, and ||q||^2 (the compiled kernel: all of it)
+            moved = plan.run(_MOVE, scalars, tensor_scalars=biases)
+            # (2) p = (1 - c) p + c q / ||q||, once ||q|| is known
+            squares = moved.native_by_row("preconditioned")
+            path_scalars = [
+                {
+                    "bias_correction2": bias["bias_correction2"],
+                    # max keeps a NaN, as clamp_min does
+                    "norm": max(math.sqrt(squares.get(index, 0.0)), _NORM_FLOOR),
+                }
+                for index, bias in enumerate(biases)
+            ]
+            extended = plan.run(_PATH, {"eps": group["eps"], "c": c}, tensor_scalars=path_scalars)
+            path_sq += [sums["path"] for sums in moved.compiled] + extended.parts("path")
+            grad_sq += moved.parts("grad")
+            distance_sq += moved.parts("distance")
+            for index in plan.reference:
+                sums = self._step_reference(rows[index], scalars, biases[index])
+                path_sq.append(sums[0])
+                grad_sq.append(sums[1])
+                distance_sq.append(sums[2])
+
+        device = context.params[0].device
         totals = [
             torch.stack([part.to(device, torch.float64) for part in parts]).sum()
             if parts
             else torch.zeros((), dtype=torch.float64, device=device)
-            for parts in sums.values()
+            for parts in (path_sq, distance_sq, grad_sq)
         ]
-        counts = torch.tensor([inverse_dimensions, tensors], dtype=torch.float64, device=device)
+        counts = torch.tensor(
+            [sum(references), sum(numels), inverse_dimensions, tensors],
+            dtype=torch.float64,
+            device=device,
+        )
         # every rank reaches the reduction, even one without gradients this step
-        reduced = self._reduce_global([*totals, counts[0], counts[1]])
-        path_sq, reference, distance_sq, numel, grad_sq, inverse_dimensions_t, tensors_t = (
+        reduced = self._reduce_global([*totals, *counts.unbind()])
+        path_sq_total, distance_sq_total, grad_sq_total, reference, numel, inverse_d, k = (
             float(value) for value in reduced
         )
         if reference == 0.0:  # no tensor had a gradient on any rank
@@ -325,19 +365,53 @@ class ClaraAuto(AdaptiveOptimizer):
             self._set_global("capped_steps", int(self._get_global("capped_steps")) + 1)
 
         bound = math.log((2.0 - c) / c)
-        ratio = path_sq / reference
+        ratio = path_sq_total / reference
         log_ratio = min(max(math.log(max(ratio, 1e-300)), -bound), bound)
         damping = settings["damping"]
         if damping is None:
-            damping = auto_damping(c, inverse_dimensions_t, tensors_t)
-        factor *= math.exp(float(damping) * log_ratio)
+            damping = auto_damping(c, inverse_d, k)
+        factor *= math.exp(float(damping) * log_ratio)  # f = f exp(d l)
         self._set_global("path_ratio", ratio)
         self._set_global("damping_used", float(damping))
-        distance = math.sqrt(distance_sq / max(numel, 1.0))
+        distance = math.sqrt(distance_sq_total / max(numel, 1.0))
         self._set_global("distance", max(float(self._get_global("distance")), distance))
         if settings["brake"]:
-            factor = self._brake(factor, 0.5 * math.log(max(grad_sq, 1e-300)), c, bound)
+            factor = self._brake(factor, 0.5 * math.log(max(grad_sq_total, 1e-300)), c, bound)
         self._set_global("lr_factor", factor)
+
+    def _arrays(self, p: Tensor, state: dict[str, Any]) -> dict[str, Tensor]:
+        """The named arrays of one parameter that the passes read and write."""
+        return {
+            "grad": p.grad,
+            "p": p,
+            "m": state["exp_avg"],
+            "v": state["exp_avg_sq"],
+            "displacement": state["displacement"],
+            "path": state["path"],
+        }
+
+    def _step_reference(
+        self, arrays: Mapping[str, Tensor], scalars: Mapping[str, float], own: Mapping[str, float]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The step of one tensor in eager torch operations (both passes; the ground truth of
+        the conformance suite). Returns its ``||p||^2``, ``||g||^2`` and ``||x - x_0||^2``."""
+        grad, p, m, v = arrays["grad"], arrays["p"], arrays["m"], arrays["v"]
+        displacement, path = arrays["displacement"], arrays["path"]
+        accumulate = _foreach.accumulation_dtype(p.dtype)
+        m.lerp_(grad, scalars["one_minus_beta1"])
+        v.mul_(scalars["beta2"]).addcmul_(grad, grad, value=scalars["one_minus_beta2"])
+        denominator = (v / own["bias_correction2"]).sqrt_().add_(scalars["eps"])
+        move = m / denominator
+        p.add_(move, alpha=own["step_size"])
+        displacement.add_(move.to(displacement.dtype), alpha=own["step_size"])
+        preconditioned = grad / denominator
+        norm = torch.linalg.vector_norm(preconditioned, dtype=accumulate)
+        path.lerp_(preconditioned / norm.clamp_min(_NORM_FLOOR).to(p.dtype), scalars["c"])
+        return (
+            path.square().sum(dtype=accumulate),
+            grad.square().sum(dtype=accumulate),
+            displacement.square().sum(),
+        )
 
     def _brake(self, factor: float, log_norm: float, c: float, shrink: float) -> float:
         """CUSUM (Page-Hinkley) on the standardised ``log ||g||``; on alarm ``f *= e^-L``.
@@ -381,3 +455,73 @@ class ClaraAuto(AdaptiveOptimizer):
             "brake_events": float(self._get_global("brake_events")),
             "brake_cusum": float(self._get_global("brake_cusum")),
         }
+
+
+# -- the passes' kernels (see :mod:`lrlab.optim._executor`; native/clara_auto.cpp) -------------
+
+_MOVE_SCHEMA = Schema(
+    "ClaraAutoMove",
+    # c: only the compiled kernel's, which folds the path pass into this one
+    scalars=("one_minus_beta1", "beta2", "one_minus_beta2", "eps", "c"),
+    tensor_scalars=("bias_correction2", "step_size"),  # 1 - beta2^t, -eta / (1 - beta1^t)
+    sums=("preconditioned", "grad", "distance"),  # ||q||^2, ||g||^2, ||x - x_0||^2
+)
+_PATH_SCHEMA = Schema(
+    "ClaraAutoPath",
+    scalars=("eps", "c"),
+    tensor_scalars=("bias_correction2", "norm"),  # norm: max(||q||, 1e-12)
+    sums=("path",),
+)
+
+
+@kernel
+def _clara_auto_step(
+    grad: Tensor,
+    p: Tensor,
+    m: Tensor,
+    v: Tensor,
+    displacement: Tensor,
+    path: Tensor,
+    scalars: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The whole step of one tensor (one call holds the tensor, so ``||q||`` needs no second
+    sweep), in the scalars' dtype (float32 for low-precision tensors). Returns ``||p||^2``,
+    ``||g||^2`` and ``||x - x_0||^2``."""
+    c, dtype = _MOVE_SCHEMA.read(scalars), scalars.dtype
+    g = grad.to(dtype)
+    m_new = torch.lerp(m.to(dtype), g, c["one_minus_beta1"])
+    v_new = v.to(dtype) * c["beta2"] + c["one_minus_beta2"] * g * g
+    m.copy_(m_new)
+    v.copy_(v_new)
+    denominator = (v_new / c["bias_correction2"]).sqrt() + c["eps"]
+    move = m_new / denominator
+    p.copy_(p.to(dtype) + c["step_size"] * move)
+    displacement_new = displacement.to(dtype) + c["step_size"] * move
+    displacement.copy_(displacement_new)
+    preconditioned = g / denominator
+    norm = preconditioned.square().sum().sqrt().clamp_min(_NORM_FLOOR)
+    path_new = torch.lerp(path.to(dtype), preconditioned / norm, c["c"])
+    path.copy_(path_new)
+    return (
+        path_new.square().sum(),
+        (g * g).sum(),
+        displacement_new.square().sum(),
+    )
+
+
+_MOVE = Pass(
+    "clara_auto",
+    ("grad", "p", "m", "v", "displacement"),
+    _MOVE_SCHEMA,
+    native="clara_auto_move",
+    compiled=_clara_auto_step,
+    compiled_arrays=("grad", "p", "m", "v", "displacement", "path"),
+    compiled_sums=("path", "grad", "distance"),
+)
+_PATH = Pass(
+    "clara_auto",
+    ("grad", "v", "path"),
+    _PATH_SCHEMA,
+    native="clara_auto_path",
+    compiled_folded=True,
+)

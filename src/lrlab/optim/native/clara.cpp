@@ -5,17 +5,85 @@
 // there), (2) the parameter move and the path, with the path's new squared norm.
 #include "driver.h"
 
+// BEGIN lrlab schema: generated from the Python schemas by lrlab.optim._executor (do not edit)
+struct ClaraSgdNormsScalars {
+  double weight_decay;
+  double eta;
+  double c;
+  double unit_step;
+  static constexpr int kCount = 4;
+};
+struct ClaraSgdNormsSums {
+  enum : int { direction, kCount };
+};
+struct ClaraSgdMoveScalars {
+  double weight_decay;
+  double eta;
+  double c;
+  double unit_step;
+  static constexpr int kCount = 4;
+};
+struct ClaraSgdMoveTensorScalars {
+  double norm;
+  static constexpr int kCount = 1;
+};
+struct ClaraSgdMoveSums {
+  enum : int { path, kCount };
+};
+struct ClaraAdamMomentsScalars {
+  double weight_decay;
+  double one_minus_beta1;
+  double beta2;
+  double one_minus_beta2;
+  double eps;
+  double eta;
+  double c;
+  double unit_step;
+  static constexpr int kCount = 8;
+};
+struct ClaraAdamMomentsTensorScalars {
+  double bias1;
+  double bias2;
+  static constexpr int kCount = 2;
+};
+struct ClaraAdamMomentsSums {
+  enum : int { direction, kCount };
+};
+struct ClaraAdamMoveScalars {
+  double weight_decay;
+  double one_minus_beta1;
+  double beta2;
+  double one_minus_beta2;
+  double eps;
+  double eta;
+  double c;
+  double unit_step;
+  static constexpr int kCount = 8;
+};
+struct ClaraAdamMoveTensorScalars {
+  double bias1;
+  double bias2;
+  double norm;
+  static constexpr int kCount = 3;
+};
+struct ClaraAdamMoveSums {
+  enum : int { path, kCount };
+};
+// END lrlab schema
+
 namespace {
 
 using lrlab::Call;
 using lrlab::lerp;
 using lrlab::with_flag;
 
-// ClaraSGD pass (1). Arrays: grad, p. Constants: weight decay. Sums: ||grad + decay p||^2.
+// ClaraSGD pass (1). Arrays: grad, p. Scalars: ClaraSgdNorms above (only weight_decay is read
+// here; the rest are the compiled kernel's, which does both passes). Sum: ||grad + decay p||^2.
 template <typename T>
 void clara_sgd_norms(const Call& call) {
-  const T decay = T(call.constants[0]);
-  with_flag(call.constants[0] != 0.0, [&](auto has_decay) {
+  const auto c = lrlab::scalars<ClaraSgdNormsScalars>(call);
+  const T decay = T(c.weight_decay);
+  with_flag(c.weight_decay != 0.0, [&](auto has_decay) {
     lrlab::for_each_block<T, 2, 1>(call, [&](int64_t, const lrlab::Arrays<T, 2>& a, int64_t n,
                                              double* sums) {
       T* __restrict grad = a[0];
@@ -29,22 +97,22 @@ void clara_sgd_norms(const Call& call) {
   });
 }
 
-// ClaraSGD pass (2). Arrays: grad, p, path. Constants: weight decay, eta, c, 1 to move along
-// the unit direction (unit_step) or 0. Per tensor: max(||s||, 1e-12). Sums: ||path_new||^2.
-// u = s / ||s||, p = p - eta (u or s), path = lerp(path, u, c).
+// ClaraSGD pass (2). Arrays: grad, p, path. Scalars and tensor scalars: ClaraSgdMove above
+// (unit_step: 1 to move along the unit direction, else 0; norm: max(||s||, 1e-12)). Sum:
+// ||path_new||^2. u = s / ||s||, p = p - eta (u or s), path = lerp(path, u, c).
 template <typename T>
 void clara_sgd_move(const Call& call) {
-  const double* constants = call.constants;
-  const T decay = T(constants[0]), eta = T(constants[1]), c = T(constants[2]);
-  with_flag(constants[0] != 0.0, [&](auto has_decay) {
-    with_flag(constants[3] != 0.0, [&](auto unit_step) {
-      with_flag(std::fabs(constants[2]) < 0.5, [&](auto small_weight) {
+  const auto scalars = lrlab::scalars<ClaraSgdMoveScalars>(call);
+  const T decay = T(scalars.weight_decay), eta = T(scalars.eta), c = T(scalars.c);
+  with_flag(scalars.weight_decay != 0.0, [&](auto has_decay) {
+    with_flag(scalars.unit_step != 0.0, [&](auto unit_step) {
+      with_flag(std::fabs(scalars.c) < 0.5, [&](auto small_weight) {
         lrlab::for_each_block<T, 3, 1>(call, [&](int64_t tensor, const lrlab::Arrays<T, 3>& a,
                                                  int64_t n, double* sums) {
           T* __restrict grad = a[0];
           T* __restrict p = a[1];
           T* __restrict path = a[2];
-          const T norm = T(call.tensor_constants[tensor]);
+          const T norm = T(lrlab::tensor_scalars<ClaraSgdMoveTensorScalars>(call, tensor).norm);
           lrlab::elementwise_sum1<T>(n, sums, [&](int64_t i, T& square) {
             const T s = has_decay.value ? grad[i] + decay * p[i] : grad[i];
             const T unit = s / norm;
@@ -59,24 +127,25 @@ void clara_sgd_move(const Call& call) {
   });
 }
 
-// ClaraAdam pass (1). Arrays: grad, p, m, v. Constants: weight decay, 1 - beta1, beta2,
-// 1 - beta2, eps. Per tensor: 1 - beta1^t, 1 - beta2^t. Sums: ||s||^2 of the Adam direction
+// ClaraAdam pass (1). Arrays: grad, p, m, v. Scalars and tensor scalars: ClaraAdamMoments above
+// (eta, c and unit_step are the compiled kernel's, which does both passes; bias1, bias2:
+// 1 - beta1^t, 1 - beta2^t). Sum: ||s||^2 of the Adam direction
 // s = (m / bias1) / (sqrt(v / bias2) + eps) after the moments' update.
 template <typename T>
 void clara_adam_moments(const Call& call) {
-  const double* constants = call.constants;
-  const T decay = T(constants[0]), one_minus_beta1 = T(constants[1]), beta2 = T(constants[2]),
-          one_minus_beta2 = T(constants[3]), eps = T(constants[4]);
-  with_flag(constants[0] != 0.0, [&](auto has_decay) {
-    with_flag(std::fabs(constants[1]) < 0.5, [&](auto small_weight) {
+  const auto c = lrlab::scalars<ClaraAdamMomentsScalars>(call);
+  const T decay = T(c.weight_decay), one_minus_beta1 = T(c.one_minus_beta1), beta2 = T(c.beta2),
+          one_minus_beta2 = T(c.one_minus_beta2), eps = T(c.eps);
+  with_flag(c.weight_decay != 0.0, [&](auto has_decay) {
+    with_flag(std::fabs(c.one_minus_beta1) < 0.5, [&](auto small_weight) {
       lrlab::for_each_block<T, 4, 1>(call, [&](int64_t tensor, const lrlab::Arrays<T, 4>& a,
                                                int64_t n, double* sums) {
         T* __restrict grad = a[0];
         T* __restrict p = a[1];
         T* __restrict m = a[2];
         T* __restrict v = a[3];
-        const T bias1 = T(call.tensor_constants[2 * tensor]),
-                bias2 = T(call.tensor_constants[2 * tensor + 1]);
+        const auto own = lrlab::tensor_scalars<ClaraAdamMomentsTensorScalars>(call, tensor);
+        const T bias1 = T(own.bias1), bias2 = T(own.bias2);
         lrlab::elementwise_sum1<T>(n, sums, [&](int64_t i, T& square) {
           const T g = has_decay.value ? grad[i] + decay * p[i] : grad[i];
           const T m_new = lerp<small_weight.value>(m[i], g, one_minus_beta1);
@@ -91,25 +160,24 @@ void clara_adam_moments(const Call& call) {
   });
 }
 
-// ClaraAdam pass (2). Arrays: p, m, v, path. Constants: eps, eta, c, unit_step as 1 or 0. Per
-// tensor: 1 - beta1^t, 1 - beta2^t, max(||s||, 1e-12). Sums: ||path_new||^2. The direction s
-// is recomputed from the moments of pass (1) (the same value), then moves p and the path as
-// ClaraSGD's pass (2).
+// ClaraAdam pass (2). Arrays: p, m, v, path. Scalars and tensor scalars: ClaraAdamMove above
+// (the moments' scalars are not read here; norm: max(||s||, 1e-12)). Sum: ||path_new||^2. The
+// direction s is recomputed from the moments of pass (1) (the same value), then moves p and the
+// path as ClaraSGD's pass (2).
 template <typename T>
 void clara_adam_move(const Call& call) {
-  const double* constants = call.constants;
-  const T eps = T(constants[0]), eta = T(constants[1]), c = T(constants[2]);
-  with_flag(constants[3] != 0.0, [&](auto unit_step) {
-    with_flag(std::fabs(constants[2]) < 0.5, [&](auto small_weight) {
+  const auto scalars = lrlab::scalars<ClaraAdamMoveScalars>(call);
+  const T eps = T(scalars.eps), eta = T(scalars.eta), c = T(scalars.c);
+  with_flag(scalars.unit_step != 0.0, [&](auto unit_step) {
+    with_flag(std::fabs(scalars.c) < 0.5, [&](auto small_weight) {
       lrlab::for_each_block<T, 4, 1>(call, [&](int64_t tensor, const lrlab::Arrays<T, 4>& a,
                                                int64_t n, double* sums) {
         T* __restrict p = a[0];
         T* __restrict m = a[1];
         T* __restrict v = a[2];
         T* __restrict path = a[3];
-        const T bias1 = T(call.tensor_constants[3 * tensor]),
-                bias2 = T(call.tensor_constants[3 * tensor + 1]),
-                norm = T(call.tensor_constants[3 * tensor + 2]);
+        const auto own = lrlab::tensor_scalars<ClaraAdamMoveTensorScalars>(call, tensor);
+        const T bias1 = T(own.bias1), bias2 = T(own.bias2), norm = T(own.norm);
         lrlab::elementwise_sum1<T>(n, sums, [&](int64_t i, T& square) {
           const T s = (m[i] / bias1) / (std::sqrt(v[i] / bias2) + eps);
           const T unit = s / norm;
