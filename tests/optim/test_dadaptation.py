@@ -395,6 +395,32 @@ def test_settings_read_from_the_first_group_must_agree() -> None:
         DAdaptAdam([{"params": [x], "layer_scale": -1}])
 
 
+@pytest.mark.parametrize(
+    ("cls", "key", "invalid", "valid", "match"),
+    [
+        (DAdaptSGD, "d0", 0.0, 1e-6, r"d0 must be in \(0, inf\), got 0\.0"),
+        (DAdaptAdam, "eps", 0.0, 1e-8, r"eps must be in \(0, inf\), got 0\.0"),
+        (DAdaptAdaGrad, "momentum", 1.0, 0.0, r"momentum must be in \[0, 1\), got 1\.0"),
+        (lo.Prodigy, "slice_p", 0, 1, r"slice_p must be in \[1, inf\], got 0"),
+    ],
+)
+def test_an_invalid_default_is_rejected_when_every_group_overrides_it(
+    cls: type, key: str, invalid: object, valid: object, match: str
+) -> None:
+    """The constructors leave the group settings to the declared rules, which check the
+    defaults too, although no group uses the invalid one."""
+    with pytest.raises(ValueError, match=match):
+        cls([{"params": [_x0()], key: valid}], **{key: invalid})
+
+
+@pytest.mark.parametrize("cls", [DAdaptSGD, DAdaptAdam, lo.Prodigy])
+def test_fsdp_in_use_does_not_hide_an_invalid_sharded(cls: type) -> None:
+    with pytest.raises(ValueError, match=r"sharded must be True or False, got 1"):
+        cls([_x0()], fsdp_in_use=True, sharded=1)
+    with pytest.raises(ValueError, match=r"fsdp_in_use must be True or False, got 'yes'"):
+        cls([_x0()], fsdp_in_use="yes")
+
+
 def test_group_lrs_must_be_the_largest_or_zero() -> None:
     x, y = _x0(), _x0()
     optimizer = DAdaptAdam([{"params": [x]}, {"params": [y], "lr": 0.0}])

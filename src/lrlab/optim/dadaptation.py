@@ -11,44 +11,18 @@ from a weighted dual sum :math:`s` of past gradients: in the convex case
 :math:`\sum_k \lambda_k \langle g_k, s_k \rangle / \lVert s_{k+1} \rVert \le D`. The step size is
 ``d * lr`` times the variant's normalisation, so ``lr`` is a *multiplier* (leave it at 1.0).
 
-NOTE [D-Adaptation global scalars]
-``d``, the step counter ``k`` and the running sums are method-global: they live as plain Python
-numbers in every param group (see NOTE [global scalars live in param_groups] in ``_base.py``), so
-``state_dict()`` resumes bit for bit. Settings that shape the global estimate (``growth_rate``,
-``d_coef``, ``d0``, the betas, ...) are read from the first group, as in the package; unlike the
-package, a param group that gives a *different* value for one of them is rejected with a
-``ValueError`` instead of being silently ignored. Per-group settings: ``lr`` (the largest or 0),
-``weight_decay``, ``eps`` and, for Adam, ``layer_scale``.
-
-NOTE [D-Adaptation learning rates across groups]
-The step uses ``lr = max(group lr)``; every group's ``lr`` must equal that value or be 0 (else a
-``ValueError``; the package raises ``RuntimeError``). Groups with ``lr == 0`` take no part in the
-statistics. Use ``layer_scale`` (Adam) or ``d_coef`` to scale a part of a model.
-
-NOTE [D-Adaptation across ranks]
-The per-step increments of the sums (never the running values: spec 1.7 "HEAD pattern") are
-reduced with one packed ``_reduce_global`` call, entered by every rank every step, only when the
-statistics are partial (``sharded=True``, ``fsdp_in_use=True``, sharded DTensors, or FSDP-1 flat
-parameters, which the package detects by their ``_fsdp_flattened`` attribute). Under DDP nothing
-is reduced: the package's ``fsdp_in_use=True`` under DDP inflates DAdaptSGD's ``d_hat`` by
-``sqrt(world size)``.
-
-NOTE [D-Adaptation fast path]
-DAdaptSGD, DAdaptAdam and Prodigy take ``foreach`` (None: the fast path for dense CPU/CUDA
-tensors; False: the reference path). The reference path performs the package's operations in the
-package's order, so its float64 trajectories equal the package's bit for bit (the oracle tests
-run it). The fast path computes the same formulas with fewer full-size temporaries, which on CPU
-cost more than a pass over memory (every large allocation page-faults): ``||s||_1`` and
-``||s||^2`` with norm / dot kernels instead of ``abs().sum()`` / ``(s * s).sum()``, quotients
-written into the temporary that ``sqrt`` allocated, and DAdaptSGD's ``x = x0 - s`` written in
-place. Its results differ from the reference path by float rounding only (the conformance suite
-checks both paths against each other in float64 to rtol 1e-12).
+The machinery the variants share with Prodigy (the global scalars, the learning rate across
+groups, the reductions across ranks, the fast path) is described, and lives, in
+:mod:`lrlab.optim._distance`: see NOTE [D-Adaptation global scalars], NOTE [D-Adaptation
+learning rates across groups], NOTE [D-Adaptation across ranks] and NOTE [D-Adaptation fast
+path] there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -57,18 +31,19 @@ from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
-from lrlab.optim._base import AdaptiveOptimizer, StepContext
+from lrlab.optim._base import StepContext
+from lrlab.optim._distance import (
+    DistanceEstimator,
+    bias_correction,
+    fast_path,
+    l1_norm,
+    sharding,
+    weight_decayed,
+)
 from lrlab.optim._executor import Pass, Plan, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
-from lrlab.optim._validation import (
-    check_betas,
-    check_bool,
-    check_int,
-    check_nonnegative,
-    check_positive,
-    check_range,
-)
+from lrlab.optim._validation import check_int, check_positive
 
 __all__ = ["DAdaptAdaGrad", "DAdaptAdam", "DAdaptSGD"]
 
@@ -80,165 +55,39 @@ _PAPER = (
 ADAGRAD_ALPHA_INIT = 1e-6
 
 
-# -- machinery shared by D-Adaptation and Prodigy --------------------------------------------
+class _DAdaptation(DistanceEstimator):
+    """What the three variants share beyond Prodigy: the named per-parameter arrays of their
+    passes and the rule by which d grows."""
 
+    #: each per-parameter array of the passes (besides ``grad`` and ``p``) -> its state key
+    state_arrays: ClassVar[Mapping[str, str]] = {}
 
-def _as_setting(value: Any) -> Any:
-    # betas given as a list in one group and a tuple in another are the same setting
-    return tuple(value) if isinstance(value, list) else value
+    def _initial_state(self, p: Tensor) -> dict[str, Tensor]:
+        """The state of a parameter seen for the first time."""
+        raise NotImplementedError
 
+    def _rows(self, group: dict[str, Any]) -> list[dict[str, Tensor]]:
+        """The named arrays of the group's parameters with a gradient."""
+        rows = []
+        for p, grad in self._with_grads(group):
+            state = self.state[p]
+            if len(state) == 0:
+                state.update(self._initial_state(p))
+            named = {name: state[key] for name, key in self.state_arrays.items()}
+            rows.append({"grad": grad, "p": p, **named})
+        return rows
 
-def _grow(d: float, d_hat: float, growth_rate: float) -> float:
-    """``max(d, min(d_hat, growth_rate * d))``: ``d`` never decreases, nor grows faster."""
-    return max(d, min(d_hat, d * growth_rate))
-
-
-def check_growth_rate(growth_rate: float) -> float:
-    """``growth_rate`` in [1, inf] (inf: no limit); below 1 it would freeze ``d`` for good."""
-    return check_range("growth_rate", growth_rate, 1.0, math.inf, "[]")
-
-
-class _DistanceEstimator(AdaptiveOptimizer):
-    """Shared machinery of D-Adaptation and Prodigy (a private base; not registered).
-
-    Group validation and the global settings check (NOTE [D-Adaptation global scalars]), the
-    learning-rate rule across groups, the detection of partial statistics, and the one reduction
-    plus one host synchronisation per step.
-    """
-
-    has_global_statistics: ClassVar[bool] = True
-    #: settings read from the first group only; every group must carry the same value
-    global_settings: ClassVar[tuple[str, ...]] = ("growth_rate", "d_coef", "d0", "sharded")
-
-    #: per-group settings and their checks (NOTE [one validation for hyperparameters])
-    hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
-        # a group may set lr = 0 to opt out of the shared estimate
-        "lr": check.nonnegative(),
-        "weight_decay": check.nonnegative(),
-        "eps": check.positive(),
-        "d0": check.positive(),
-        "growth_rate": check.in_range(1.0, math.inf, "[]"),
-        "d_coef": check.positive(),
-    }
-
-    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
-        super().__init__(params, defaults)
-        self._set_global("d", float(defaults["d0"]))
-
-    # -- param groups -------------------------------------------------------------------------
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group after checking its settings (per-group ranges, shared global settings)."""
-        merged = {**self.defaults, **param_group}
-        self.check_hyperparameters(merged)
-        if self.param_groups:
-            first = self.param_groups[0]
-            for key in self.global_settings:
-                if _as_setting(merged[key]) != _as_setting(first[key]):
-                    raise ValueError(
-                        f"{key} is shared by all param groups (it shapes the global estimate "
-                        f"of d); got {merged[key]!r} in a new group, but {first[key]!r} in the "
-                        "first group"
-                    )
-        super().add_param_group(param_group)
-
-    # -- the step helpers ---------------------------------------------------------------------
-
-    def _common_lr(self) -> float:
-        """``max(group lr)``; every group's lr must be that value or 0."""
-        lr = max(float(group["lr"]) for group in self.param_groups)
-        for index, group in enumerate(self.param_groups):
-            if group["lr"] not in (lr, 0.0):
-                raise ValueError(
-                    f"lr of param group {index} must equal the largest group lr ({lr}) or be 0, "
-                    f"got {group['lr']!r}: D-Adaptation estimates one d for all groups; scale "
-                    "a group with layer_scale (DAdaptAdam) or the whole estimate with d_coef"
-                )
-        return lr
-
-    def _statistics_are_partial(self) -> bool:
-        # the package's own detection of FSDP-1 flat parameters, in addition to ours
-        return super()._statistics_are_partial() or any(
-            getattr(p, "_fsdp_flattened", False) for p in self._params()
-        )
-
-    def _with_grads(self, group: dict[str, Any]) -> Iterator[tuple[Tensor, Tensor]]:
-        for p in group["params"]:
-            if p.grad is not None:
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                yield p, p.grad
-
-    def _statistic_dtype_and_device(self) -> tuple[torch.dtype, torch.device]:
-        # from ALL parameters, not only those with a gradient now: every rank must pack the
-        # same dtype into the collective
-        params = self._params()
-        dtype = _foreach.accumulation_dtype(params[0].dtype)
-        for p in params[1:]:
-            dtype = torch.promote_types(dtype, _foreach.accumulation_dtype(p.dtype))
-        return dtype, params[0].device
-
-    def _total(self, parts: Sequence[Tensor]) -> Tensor:
-        """Sum of 0-d tensors, in the statistics dtype, on the first parameter's device.
-
-        Added one by one, in parameter order, as the packages add their Python floats: in
-        float64 the sums then agree bit for bit, and the oracle trajectories with them (on a
-        small MLP, a different summation order alone moves DAdaptAdam's iterates by ~1e-10).
-        """
-        dtype, device = self._statistic_dtype_and_device()
-        total = torch.zeros((), dtype=dtype, device=device)
-        for part in parts:
-            total = total + part.to(device=device, dtype=dtype)
-        return total
-
-    def _global_floats(self, partials: list[Tensor]) -> list[float]:
-        """Reduce this step's partial increments (one collective, every rank) and bring them
-        to the host (the one synchronisation of the step)."""
-        dtype, _ = self._statistic_dtype_and_device()
-        reduced = self._reduce_global(partials)
-        return [float(v) for v in torch.stack([v.to(dtype) for v in reduced]).tolist()]
-
-    def _skip_step(self) -> None:
-        for group in self.param_groups:
-            group["effective_lr"] = 0.0
-
-
-def _weight_decayed(grad: Tensor, p: Tensor, weight_decay: float) -> Tensor:
-    """``g + wd * p`` as a new tensor: ``p.grad`` is never modified (the package adds in place)."""
-    return grad.add(p, alpha=weight_decay) if weight_decay != 0 else grad
-
-
-def _check_common(
-    lr: float, weight_decay: float, log_every: int, d0: float, growth_rate: float, d_coef: float
-) -> None:
-    check_positive("lr", lr)
-    check_nonnegative("weight_decay", weight_decay)
-    check_int("log_every", log_every, 0)
-    check_positive("d0", d0)
-    check_growth_rate(growth_rate)
-    check_positive("d_coef", d_coef)
-
-
-def _check_foreach(foreach: bool | None) -> bool | None:
-    if foreach is not None:
-        check_bool("foreach", foreach)
-    return foreach
-
-
-def _fast(group: dict[str, Any]) -> bool:
-    """Whether this group takes the fast path (see NOTE [D-Adaptation fast path])."""
-    return _foreach.resolve_foreach(group.get("foreach", False), group["params"])
-
-
-def _l1(tensor: Tensor, fast: bool) -> Tensor:
-    """``||t||_1``: the package's ``abs().sum()`` (a full-size temporary) or a norm kernel."""
-    return torch.linalg.vector_norm(tensor, 1) if fast else tensor.abs().sum()
-
-
-def _check_sharding(fsdp_in_use: bool, sharded: bool) -> bool:
-    check_bool("fsdp_in_use", fsdp_in_use)
-    check_bool("sharded", sharded)
-    return fsdp_in_use or sharded
+    def _next_d(
+        self, lr: float, d: float, numerator: float, denominator: float
+    ) -> tuple[float, float]:
+        r"""``(d_hat, d)`` after this step: :math:`\hat d = c_d N / D` and
+        :math:`d_{k+1} = \max(d_k, \min(\hat d, \rho\, d_k))`, so ``d`` never decreases nor grows
+        faster than ``growth_rate``; both are kept while every group's lr is 0."""
+        first = self.param_groups[0]
+        if not lr > 0:
+            return float(first["d_hat"]), d
+        d_hat = float(first["d_coef"]) * numerator / denominator
+        return d_hat, max(d, min(d_hat, d * float(first["growth_rate"])))
 
 
 _COMMON_INVALID = (
@@ -276,7 +125,7 @@ _COMMON_INVALID = (
     ),
     group_kwargs={"weight_decay": 0.5},
 )
-class DAdaptSGD(_DistanceEstimator):
+class DAdaptSGD(_DAdaptation):
     r"""SGD with D-Adaptation (dual averaging, the released ``DAdaptSGD``).
 
     .. math::
@@ -347,22 +196,19 @@ class DAdaptSGD(_DistanceEstimator):
     """
 
     global_defaults: ClassVar[dict[str, float | int]] = {
-        "k": 0,
         "d": 1e-6,
         "d_hat": 0.0,
         "numerator_weighted": 0.0,
-        "g0_norm": 0.0,
         "s_norm": 0.0,
+        "g0_norm": 0.0,
+        "k": 0,
     }
-    global_settings: ClassVar[tuple[str, ...]] = (
-        *_DistanceEstimator.global_settings,
-        "momentum",
-    )
-
+    global_settings = (*DistanceEstimator.global_settings, "momentum")
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
         "momentum": check.in_range(0.0, 1.0, "[)")
     }
+    state_arrays: ClassVar[Mapping[str, str]] = {"s": "s", "x0": "x0"}
 
     def __init__(
         self,
@@ -380,9 +226,9 @@ class DAdaptSGD(_DistanceEstimator):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        _check_common(lr, weight_decay, log_every, d0, growth_rate, d_coef)
-        check_range("momentum", momentum, 0.0, 1.0, "[)")
-        fused = check_fused(fused, foreach)
+        # the settings kept in the groups are checked by the declared rules
+        check_positive("lr", lr)
+        check_int("log_every", log_every, 0)
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -390,9 +236,9 @@ class DAdaptSGD(_DistanceEstimator):
             "d0": d0,
             "growth_rate": growth_rate,
             "d_coef": d_coef,
-            "sharded": _check_sharding(fsdp_in_use, sharded),
-            "foreach": _check_foreach(foreach),
-            "fused": fused,
+            "sharded": sharding(fsdp_in_use, sharded),
+            "foreach": foreach,
+            "fused": check_fused(fused, foreach),
         }
         super().__init__(params, defaults)
 
@@ -411,7 +257,7 @@ class DAdaptSGD(_DistanceEstimator):
             # norm of the (decayed) gradient, from which ||s_1||^2 = lambda_0^2 ||g'_0||^2
             raw = [plan.rows[i]["grad"] for _, plan in live for i in plan.reference]
             decayed = [
-                _weight_decayed(plan.rows[i]["grad"], plan.rows[i]["p"], group["weight_decay"])
+                weight_decayed(plan.rows[i]["grad"], plan.rows[i]["p"], group["weight_decay"])
                 for group, plan in live
                 for i in plan.reference
             ]
@@ -421,9 +267,7 @@ class DAdaptSGD(_DistanceEstimator):
                 norms = plan.run(_SGD_NORMS, {"weight_decay": group["weight_decay"]})
                 raw_sq += norms.parts("raw_sq")
                 decayed_sq += norms.parts("decayed_sq")
-            g0_sq, decayed_sq_total = self._global_floats(
-                [self._total(raw_sq), self._total(decayed_sq)]
-            )
+            g0_sq, decayed_sq_total = self._global_floats(raw_sq, decayed_sq)
             g0_norm = math.sqrt(g0_sq)
             if g0_norm == 0.0:  # the package divides by it (ZeroDivisionError)
                 self._skip_step()
@@ -446,10 +290,10 @@ class DAdaptSGD(_DistanceEstimator):
             lam = d * lr / g0_norm
             dots, squares = [], []
             for group, plan in live:
-                fast = _fast(group)
+                fast = fast_path(group)
                 for i in plan.reference:
                     p, grad, s = plan.rows[i]["p"], plan.rows[i]["grad"], plan.rows[i]["s"]
-                    g = _weight_decayed(grad, p, group["weight_decay"])
+                    g = weight_decayed(grad, p, group["weight_decay"])
                     dots.append(_foreach.total_dot([g], [s]) * lam)
                     s.add_(g, alpha=lam)
                     flat = s.reshape(-1)
@@ -457,22 +301,20 @@ class DAdaptSGD(_DistanceEstimator):
                 dual = plan.run(_SGD_DUAL, {"weight_decay": group["weight_decay"], "lam": lam})
                 dots += dual.parts("dot")
                 squares += dual.parts("s_sq")
-            increment, s_sq = self._global_floats([self._total(dots), self._total(squares)])
+            increment, s_sq = self._global_floats(dots, squares)
             if s_sq == 0.0:  # nothing took part (lr 0 everywhere, or zero gradients)
                 self._skip_step()
                 return
             numerator += increment
 
-        d_hat = float(first["d_hat"])
-        if lr > 0:
-            d_hat = float(first["d_coef"]) * 2.0 * numerator / math.sqrt(s_sq)
-            d = _grow(d, d_hat, float(first["growth_rate"]))
+        # twice the paper's bound, as the package since v1 (spec 1.0)
+        d_hat, d = self._next_d(lr, d, 2.0 * numerator, math.sqrt(s_sq))
 
         # x = (1 - c) x + c z, z = x0 - s
         c = 1.0 - float(first["momentum"])
         for group, plan in plans:
             plan.run(_SGD_STEP, {"c": c})
-            fast = _fast(group)
+            fast = fast_path(group)
             for i in plan.reference:
                 p, x0, s = plan.rows[i]["p"], plan.rows[i]["x0"], plan.rows[i]["s"]
                 if fast and c == 1.0:
@@ -483,30 +325,12 @@ class DAdaptSGD(_DistanceEstimator):
                 else:
                     p.mul_(1.0 - c).add_(x0 - s, alpha=c)
             group["effective_lr"] = lam if group["lr"] > 0 else 0.0
-        self._set_global("numerator_weighted", numerator)
-        self._set_global("s_norm", math.sqrt(s_sq))
-        self._set_global("d_hat", d_hat)
-        self._set_global("d", d)
-        self._set_global("k", k + 1)
+        self._set_globals(
+            numerator_weighted=numerator, s_norm=math.sqrt(s_sq), d_hat=d_hat, d=d, k=k + 1
+        )
 
-    def _rows(self, group: dict[str, Any]) -> list[dict[str, Tensor]]:
-        """The named arrays of the group's parameters with a gradient (state made on first
-        sight)."""
-        rows = []
-        for p, grad in self._with_grads(group):
-            state = self.state[p]
-            if len(state) == 0:
-                state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
-            rows.append({"grad": grad, "p": p, "s": state["s"], "x0": state["x0"]})
-        return rows
-
-    def _statistics(self) -> dict[str, float]:
-        first = self.param_groups[0]
-        return {
-            key: float(first[key])
-            for key in ("d", "d_hat", "numerator_weighted", "s_norm", "g0_norm", "k")
-        }
+    def _initial_state(self, p: Tensor) -> dict[str, Tensor]:
+        return {"s": torch.zeros_like(p), "x0": p.detach().clone()}
 
 
 # -- DAdaptAdam -------------------------------------------------------------------------------
@@ -536,7 +360,7 @@ class DAdaptSGD(_DistanceEstimator):
     ),
     group_kwargs={"layer_scale": 0.5},
 )
-class DAdaptAdam(_DistanceEstimator):
+class DAdaptAdam(_DAdaptation):
     r"""Adam with D-Adaptation (the released v3 ``DAdaptAdam``, inner-product estimate).
 
     .. math::
@@ -610,19 +434,18 @@ class DAdaptAdam(_DistanceEstimator):
     """
 
     global_defaults: ClassVar[dict[str, float | int]] = {
-        "k": 0,
         "d": 1e-6,
         "d_hat": 0.0,
         "numerator_weighted": 0.0,
         "s_l1": 0.0,
+        "k": 0,
     }
-    global_settings: ClassVar[tuple[str, ...]] = (
-        *_DistanceEstimator.global_settings,
+    global_settings = (
+        *DistanceEstimator.global_settings,
         "betas",
         "decouple",
         "use_bias_correction",
     )
-
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
         "betas": check.betas(),
@@ -630,6 +453,7 @@ class DAdaptAdam(_DistanceEstimator):
         "use_bias_correction": check.boolean(),
         "layer_scale": check.nonnegative(),
     }
+    state_arrays: ClassVar[Mapping[str, str]] = {"s": "s", "m": "exp_avg", "v": "exp_avg_sq"}
 
     def __init__(
         self,
@@ -650,15 +474,12 @@ class DAdaptAdam(_DistanceEstimator):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        _check_common(lr, weight_decay, log_every, d0, growth_rate, d_coef)
-        check_betas("betas", betas)
-        check_positive("eps", eps)
-        check_bool("decouple", decouple)
-        check_bool("use_bias_correction", use_bias_correction)
-        fused = check_fused(fused, foreach)
+        # the settings kept in the groups are checked by the declared rules
+        check_positive("lr", lr)
+        check_int("log_every", log_every, 0)
         defaults = {
             "lr": lr,
-            "betas": tuple(betas),
+            "betas": betas,
             "eps": eps,
             "weight_decay": weight_decay,
             "layer_scale": 1.0,
@@ -667,9 +488,9 @@ class DAdaptAdam(_DistanceEstimator):
             "d0": d0,
             "growth_rate": growth_rate,
             "d_coef": d_coef,
-            "sharded": _check_sharding(fsdp_in_use, sharded),
-            "foreach": _check_foreach(foreach),
-            "fused": fused,
+            "sharded": sharding(fsdp_in_use, sharded),
+            "foreach": foreach,
+            "fused": check_fused(fused, foreach),
         }
         super().__init__(params, defaults)
 
@@ -679,12 +500,7 @@ class DAdaptAdam(_DistanceEstimator):
         k, d = int(first["k"]), float(first["d"])
         beta1, beta2 = first["betas"]
         decouple = bool(first["decouple"])
-        correction = (
-            math.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1))
-            if first["use_bias_correction"]
-            else 1.0
-        )
-        lam = d * lr * correction
+        lam = d * lr * bias_correction(first, k)
         root_beta2 = math.sqrt(beta2)
 
         # m, v, s and the increments of the numerator and of ||s||_1; with decoupled decay the
@@ -714,10 +530,10 @@ class DAdaptAdam(_DistanceEstimator):
                 "r": r,
                 "move": 0.0 if two_passes else 1.0,
             }
-            fast = _fast(group)
+            fast = fast_path(group)
             for i in plan.reference:
                 p, grad, s, m, v = (plan.rows[i][key] for key in ("p", "grad", "s", "m", "v"))
-                g = grad if decouple else _weight_decayed(grad, p, weight_decay)
+                g = grad if decouple else weight_decayed(grad, p, weight_decay)
                 # s / (sqrt(v) + eps): the same operations in both paths; the fast path writes
                 # the quotient into the temporary that sqrt allocated (one temporary, not two)
                 scaled = v.sqrt().add_(eps)
@@ -727,20 +543,17 @@ class DAdaptAdam(_DistanceEstimator):
                 m.mul_(beta1).add_(g, alpha=r * lam * (1 - beta1))
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 s.mul_(root_beta2).add_(g, alpha=lam * (1 - root_beta2))
-                l1.append(_l1(s, fast) * r)
+                l1.append(l1_norm(s, fast) * r)
             result = plan.run(moments, scalars)
             inner += result.parts("dot")
             l1 += result.parts("s_l1")
 
-        increment, s_l1 = self._global_floats([self._total(inner), self._total(l1)])
+        increment, s_l1 = self._global_floats(inner, l1)
         if s_l1 == 0.0:  # no progress: the package returns here, before its collective
             self._skip_step()
             return
         numerator = root_beta2 * float(first["numerator_weighted"]) + (1 - root_beta2) * increment
-        d_hat = float(first["d_hat"])
-        if lr > 0:
-            d_hat = float(first["d_coef"]) * numerator / ((1 - root_beta2) * s_l1)
-            d = _grow(d, d_hat, float(first["growth_rate"]))
+        d_hat, d = self._next_d(lr, d, numerator, (1 - root_beta2) * s_l1)
 
         # x -= omega lam x [decouple] + m / (sqrt(v) + eps)
         for group, plan, two_passes in plans:
@@ -754,28 +567,10 @@ class DAdaptAdam(_DistanceEstimator):
                     p.add_(p, alpha=-weight_decay * lam)
                 p.addcdiv_(m, denominator, value=-1)
             group["effective_lr"] = float(group["layer_scale"]) * lam if group["lr"] > 0 else 0.0
-        self._set_global("numerator_weighted", numerator)
-        self._set_global("s_l1", s_l1)
-        self._set_global("d_hat", d_hat)
-        self._set_global("d", d)
-        self._set_global("k", k + 1)
+        self._set_globals(numerator_weighted=numerator, s_l1=s_l1, d_hat=d_hat, d=d, k=k + 1)
 
-    def _rows(self, group: dict[str, Any]) -> list[dict[str, Tensor]]:
-        """The named arrays of the group's parameters with a gradient (state made on first
-        sight)."""
-        rows = []
-        for p, grad in self._with_grads(group):
-            state = self.state[p]
-            if len(state) == 0:
-                for key in ("s", "exp_avg", "exp_avg_sq"):
-                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            s, m, v = state["s"], state["exp_avg"], state["exp_avg_sq"]
-            rows.append({"grad": grad, "p": p, "s": s, "m": m, "v": v})
-        return rows
-
-    def _statistics(self) -> dict[str, float]:
-        first = self.param_groups[0]
-        return {key: float(first[key]) for key in ("d", "d_hat", "numerator_weighted", "s_l1", "k")}
+    def _initial_state(self, p: Tensor) -> dict[str, Tensor]:
+        return {key: torch.zeros_like(p) for key in ("s", "exp_avg", "exp_avg_sq")}
 
 
 # -- the passes' kernels (see :mod:`lrlab.optim._executor`) -------------------------------------
@@ -812,21 +607,32 @@ _ADAM_MOMENTS_SCHEMA = Schema(
 _ADAM_STEP_SCHEMA = Schema("DAdaptAdamStep", scalars=("decay", "eps"))
 
 
+def _adam_moments(
+    grad: Tensor, p: Tensor, s: Tensor, m: Tensor, v: Tensor, scalars: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What both compiled first-pass kernels share (inlined into each when compiled): m, v and
+    s updated; returns the two sums, the new m and the new v."""
+    c = _ADAM_MOMENTS_SCHEMA.read(scalars)
+    g = grad + c["coupled_decay"] * p
+    # sums in the scalars' dtype (float32 for low-precision parameters), as the reference path
+    dot = (g * (s / (v.sqrt() + c["eps"]))).to(scalars.dtype).sum() * c["r_lam"]
+    m_new = m * c["beta1"] + g * (c["r_lam"] * (1 - c["beta1"]))
+    v_new = v * c["beta2"] + (1 - c["beta2"]) * g * g
+    s_new = s * c["root_beta2"] + g * (c["lam"] * (1 - c["root_beta2"]))
+    m.copy_(m_new)
+    v.copy_(v_new)
+    s.copy_(s_new)
+    return dot, s_new.abs().to(scalars.dtype).sum() * c["r"], m_new, v_new
+
+
 @kernel
 def _dadapt_adam_moments(
     grad: Tensor, p: Tensor, s: Tensor, m: Tensor, v: Tensor, scalars: Tensor
 ) -> tuple[Tensor, Tensor]:
     """DAdaptAdam's first pass in one sweep (the ``move`` scalar is not read: see
     :func:`_dadapt_adam_moments_and_step`)."""
-    c = _ADAM_MOMENTS_SCHEMA.read(scalars)
-    g = grad + c["coupled_decay"] * p
-    # sums in the scalars' dtype (float32 for low-precision parameters), as the reference path
-    dot = (g * (s / (v.sqrt() + c["eps"]))).to(scalars.dtype).sum() * c["r_lam"]
-    m.copy_(m * c["beta1"] + g * (c["r_lam"] * (1 - c["beta1"])))
-    v.copy_(v * c["beta2"] + (1 - c["beta2"]) * g * g)
-    s_new = s * c["root_beta2"] + g * (c["lam"] * (1 - c["root_beta2"]))
-    s.copy_(s_new)
-    return dot, s_new.abs().to(scalars.dtype).sum() * c["r"]
+    dot, s_l1, _, _ = _adam_moments(grad, p, s, m, v, scalars)
+    return dot, s_l1
 
 
 @kernel
@@ -839,18 +645,9 @@ def _dadapt_adam_moments_and_step(
     happened, which changes nothing: ``s_l1 == 0`` means every ``s`` is zero, so every gradient
     seen so far was zero (or its group's ``layer_scale`` is 0) and so is every ``m``.
     """
-    c = _ADAM_MOMENTS_SCHEMA.read(scalars)
-    g = grad + c["coupled_decay"] * p
-    # sums in the scalars' dtype (float32 for low-precision parameters), as the reference path
-    dot = (g * (s / (v.sqrt() + c["eps"]))).to(scalars.dtype).sum() * c["r_lam"]
-    m_new = m * c["beta1"] + g * (c["r_lam"] * (1 - c["beta1"]))
-    v_new = v * c["beta2"] + (1 - c["beta2"]) * g * g
-    s_new = s * c["root_beta2"] + g * (c["lam"] * (1 - c["root_beta2"]))
-    m.copy_(m_new)
-    v.copy_(v_new)
-    s.copy_(s_new)
-    p.copy_(p - m_new / (v_new.sqrt() + c["eps"]))
-    return dot, s_new.abs().to(scalars.dtype).sum() * c["r"]
+    dot, s_l1, m_new, v_new = _adam_moments(grad, p, s, m, v, scalars)
+    p.copy_(p - m_new / (v_new.sqrt() + _ADAM_MOMENTS_SCHEMA.read(scalars)["eps"]))
+    return dot, s_l1
 
 
 @kernel
@@ -860,22 +657,15 @@ def _dadapt_adam_step(p: Tensor, m: Tensor, v: Tensor, scalars: Tensor) -> None:
     p.copy_(p - c["decay"] * p - m / (v.sqrt() + c["eps"]))
 
 
-_ADAM_ARRAYS = ("grad", "p", "s", "m", "v")
-# one native function for both: its "move" scalar says whether it also updates x
 _ADAM_MOMENTS = Pass(
     "dadaptation",
-    _ADAM_ARRAYS,
+    ("grad", "p", "s", "m", "v"),
     _ADAM_MOMENTS_SCHEMA,
     native="dadapt_adam_moments",
     compiled=_dadapt_adam_moments,
 )
-_ADAM_MOMENTS_AND_STEP = Pass(
-    "dadaptation",
-    _ADAM_ARRAYS,
-    _ADAM_MOMENTS_SCHEMA,
-    native="dadapt_adam_moments",
-    compiled=_dadapt_adam_moments_and_step,
-)
+# the same native function (its "move" scalar says whether it also updates x)
+_ADAM_MOMENTS_AND_STEP = dataclasses.replace(_ADAM_MOMENTS, compiled=_dadapt_adam_moments_and_step)
 _ADAM_STEP = Pass(
     "dadaptation",
     ("p", "m", "v"),
@@ -964,7 +754,7 @@ _ADAGRAD_MOVE = Pass(
     ),
     group_kwargs={"weight_decay": 0.5},
 )
-class DAdaptAdaGrad(_DistanceEstimator):
+class DAdaptAdaGrad(_DAdaptation):
     r"""AdaGrad with D-Adaptation (dual averaging with a diagonal AdaGrad metric).
 
     .. math::
@@ -1027,22 +817,19 @@ class DAdaptAdaGrad(_DistanceEstimator):
     """
 
     global_defaults: ClassVar[dict[str, float | int]] = {
-        "k": 0,
         "d": 1e-6,
         "d_hat": 0.0,
         "gsq_weighted": 0.0,
         "sksq_weighted": 0.0,
         "skl1": 0.0,
+        "k": 0,
     }
-    global_settings: ClassVar[tuple[str, ...]] = (
-        *_DistanceEstimator.global_settings,
-        "momentum",
-    )
-
+    global_settings = (*DistanceEstimator.global_settings, "momentum")
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
         "momentum": check.in_range(0.0, 1.0, "[)")
     }
+    state_arrays: ClassVar[Mapping[str, str]] = {"alpha": "alphak", "s": "sk", "x0": "x0"}
 
     def __init__(
         self,
@@ -1059,10 +846,9 @@ class DAdaptAdaGrad(_DistanceEstimator):
         sharded: bool = False,
         fused: bool | None = None,
     ) -> None:
-        _check_common(lr, weight_decay, log_every, d0, growth_rate, d_coef)
-        check_range("momentum", momentum, 0.0, 1.0, "[)")
-        check_positive("eps", eps)
-        check_bool("sharded", sharded)
+        # the settings kept in the groups are checked by the declared rules
+        check_positive("lr", lr)
+        check_int("log_every", log_every, 0)
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -1097,7 +883,7 @@ class DAdaptAdaGrad(_DistanceEstimator):
                 continue
             for i in plan.reference:
                 p, grad, alpha, s = (plan.rows[i][key] for key in ("p", "grad", "alpha", "s"))
-                g = _weight_decayed(grad, p, weight_decay)
+                g = weight_decayed(grad, p, weight_decay)
                 old_s_sq = (s * s).div_(alpha.sqrt().add_(eps)).sum()
                 old_l1 = s.abs().sum()
                 alpha.add_(g * g)
@@ -1116,19 +902,14 @@ class DAdaptAdaGrad(_DistanceEstimator):
             changes_s += result.native_totals(lambda sum: sum("new_s_sq") - sum("old_s_sq"))
             changes_l1 += result.native_totals(lambda sum: sum("new_l1") - sum("old_l1"))
 
-        change_s, change_l1, g_sq = self._global_floats(
-            [self._total(changes_s), self._total(changes_l1), self._total(weighted_g)]
-        )
+        change_s, change_l1, g_sq = self._global_floats(changes_s, changes_l1, weighted_g)
         s_sq = float(first["sksq_weighted"]) + change_s
         l1 = float(first["skl1"]) + change_l1
         if l1 == 0.0:  # no progress (the package returns here too)
             self._skip_step()
             return
         g_weighted = float(first["gsq_weighted"]) + lam * lam * g_sq
-        d_hat = float(first["d_hat"])
-        if lr > 0:
-            d_hat = float(first["d_coef"]) * (s_sq - g_weighted) / l1
-            d = _grow(d, d_hat, float(first["growth_rate"]))
+        d_hat, d = self._next_d(lr, d, s_sq - g_weighted, l1)
 
         # x = (1 - c) x + c z, z = x0 - s / (sqrt(alpha) + eps)
         momentum = float(first["momentum"])
@@ -1144,32 +925,10 @@ class DAdaptAdaGrad(_DistanceEstimator):
                 else:
                     p.copy_(z)
             group["effective_lr"] = lam if group["lr"] == lr and lr > 0 else 0.0
-        self._set_global("gsq_weighted", g_weighted)
-        self._set_global("sksq_weighted", s_sq)
-        self._set_global("skl1", l1)
-        self._set_global("d_hat", d_hat)
-        self._set_global("d", d)
-        self._set_global("k", k + 1)
+        self._set_globals(
+            gsq_weighted=g_weighted, sksq_weighted=s_sq, skl1=l1, d_hat=d_hat, d=d, k=k + 1
+        )
 
-    def _rows(self, group: dict[str, Any]) -> list[dict[str, Tensor]]:
-        """The named arrays of the group's parameters with a gradient (state made on first
-        sight)."""
-        rows = []
-        for p, grad in self._with_grads(group):
-            state = self.state[p]
-            if len(state) == 0:
-                state["alphak"] = torch.full_like(
-                    p, ADAGRAD_ALPHA_INIT, memory_format=torch.preserve_format
-                )
-                state["sk"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["x0"] = p.detach().clone(memory_format=torch.preserve_format)
-            arrays = {"grad": grad, "p": p, "alpha": state["alphak"], "s": state["sk"]}
-            rows.append({**arrays, "x0": state["x0"]})
-        return rows
-
-    def _statistics(self) -> dict[str, float]:
-        first = self.param_groups[0]
-        return {
-            key: float(first[key])
-            for key in ("d", "d_hat", "gsq_weighted", "sksq_weighted", "skl1", "k")
-        }
+    def _initial_state(self, p: Tensor) -> dict[str, Tensor]:
+        alpha = torch.full_like(p, ADAGRAD_ALPHA_INIT)
+        return {"alphak": alpha, "sk": torch.zeros_like(p), "x0": p.detach().clone()}

@@ -242,7 +242,7 @@ _STEP_SCHEMA = Schema("MdaStep", scalars=("weight_decay", "lam", "inverse_beta",
 
 
 @kernel
-def _mda_step_kernel(grad: Tensor, p: Tensor, s: Tensor, x0: Tensor, scalars: Tensor) -> None:
+def _mda_tensor_step(grad: Tensor, p: Tensor, s: Tensor, x0: Tensor, scalars: Tensor) -> None:
     """One MDA step of one tensor (NOTE [fused kernels] in lrlab.optim._fused).
 
     Low-precision tensors are computed in the scalars' float32 and stored back in their dtype.
@@ -259,5 +259,5 @@ def _mda_step_kernel(grad: Tensor, p: Tensor, s: Tensor, x0: Tensor, scalars: Te
 
 
 _STEP = Pass(
-    "mda", ("grad", "p", "s", "x0"), _STEP_SCHEMA, native="mda_step", compiled=_mda_step_kernel
+    "mda", ("grad", "p", "s", "x0"), _STEP_SCHEMA, native="mda_step", compiled=_mda_tensor_step
 )

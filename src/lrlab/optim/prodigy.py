@@ -5,7 +5,8 @@ ICML 2024, arXiv:2306.06101. Method page: ``docs/methods/d-adaptation.md``. The 
 package ``prodigyopt==1.1.2`` is the numerical oracle; :class:`Prodigy` takes its arguments, in
 its order, with its defaults (a drop-in replacement).
 
-Like D-Adaptation (:mod:`lrlab.optim.dadaptation`, whose shared machinery this module uses), the
+Like D-Adaptation (:mod:`lrlab.optim.dadaptation`; the shared machinery is in
+:mod:`lrlab.optim._distance`), the
 method keeps a global lower bound ``d`` on :math:`\lVert x_0 - x_* \rVert`; it differs by weighting
 new gradients with :math:`d_k^2` instead of :math:`d_k`, by measuring the distance actually
 travelled (:math:`\langle g_k, x_0 - x_k \rangle`) and by scaling Adam's :math:`\epsilon` with
@@ -34,25 +35,18 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import StateEntry, StepContext
+from lrlab.optim._distance import (
+    DistanceEstimator,
+    bias_correction,
+    fast_path,
+    l1_norm,
+    sharding,
+    weight_decayed,
+)
 from lrlab.optim._executor import Pass, Plan, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
-from lrlab.optim._validation import (
-    check_betas,
-    check_bool,
-    check_int,
-    check_nonnegative,
-    check_positive,
-    check_range,
-)
-from lrlab.optim.dadaptation import (
-    _check_foreach,
-    _DistanceEstimator,
-    _fast,
-    _l1,
-    _weight_decayed,
-    check_growth_rate,
-)
+from lrlab.optim._validation import check_positive
 
 __all__ = ["Prodigy"]
 
@@ -97,7 +91,7 @@ def _sliced_length(p: Tensor, group: Mapping[str, Any]) -> int:
     ),
     group_kwargs={"weight_decay": 0.5},
 )
-class Prodigy(_DistanceEstimator):
+class Prodigy(DistanceEstimator):
     r"""Prodigy (the released ``prodigyopt`` update; the paper's Adam form).
 
     .. math::
@@ -161,7 +155,7 @@ class Prodigy(_DistanceEstimator):
             reduced over ranks (not needed under DDP; DTensors and FSDP-1 are detected).
         foreach: None (default) takes the fast path for dense CPU/CUDA tensors (``||s||_1`` by
             a norm kernel, no ``abs()`` temporary), False the package's operations, bit for bit
-            (see NOTE [D-Adaptation fast path] in :mod:`lrlab.optim.dadaptation`).
+            (see NOTE [D-Adaptation fast path] in :mod:`lrlab.optim._distance`).
         fused: True runs the step in two passes over memory: the moments, :math:`s` and the
             two sums, then (once the new :math:`d` is known, which the update's
             :math:`d_{k+1}\epsilon` needs) the parameter update. On CPU float32/float64 tensors
@@ -213,15 +207,15 @@ class Prodigy(_DistanceEstimator):
         "exp_avg_sq": StateEntry(dtype=lambda p: _foreach.accumulation_dtype(p.dtype)),
     }
     global_defaults: ClassVar[dict[str, float | int]] = {
-        "k": 0,
         "d": 1e-6,
-        "d_max": 1e-6,
         "d_hat": 0.0,
+        "d_max": 1e-6,
         "d_numerator": 0.0,
         "d_denom": 0.0,
+        "k": 0,
     }
-    global_settings: ClassVar[tuple[str, ...]] = (
-        *_DistanceEstimator.global_settings,
+    global_settings = (
+        *DistanceEstimator.global_settings,
         "betas",
         "beta3",
         "decouple",
@@ -259,25 +253,11 @@ class Prodigy(_DistanceEstimator):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
+        # the settings kept in the groups are checked by the declared rules
         check_positive("lr", lr)
-        check_betas("betas", betas)
-        if beta3 is not None:
-            check_range("beta3", beta3, 0.0, 1.0, "[)")
-        check_positive("eps", eps)
-        check_nonnegative("weight_decay", weight_decay)
-        check_bool("decouple", decouple)
-        check_bool("use_bias_correction", use_bias_correction)
-        check_bool("safeguard_warmup", safeguard_warmup)
-        check_positive("d0", d0)
-        check_positive("d_coef", d_coef)
-        check_growth_rate(growth_rate)
-        check_bool("fsdp_in_use", fsdp_in_use)
-        check_int("slice_p", slice_p, 1)
-        check_bool("sharded", sharded)
-        fused = check_fused(fused, foreach)
         defaults = {
             "lr": lr,
-            "betas": tuple(betas),
+            "betas": betas,
             "beta3": beta3,
             "eps": eps,
             "weight_decay": weight_decay,
@@ -288,9 +268,9 @@ class Prodigy(_DistanceEstimator):
             "d_coef": d_coef,
             "growth_rate": growth_rate,
             "slice_p": slice_p,
-            "sharded": fsdp_in_use or sharded,
-            "foreach": _check_foreach(foreach),
-            "fused": fused,
+            "sharded": sharding(fsdp_in_use, sharded),
+            "foreach": foreach,
+            "fused": check_fused(fused, foreach),
         }
         super().__init__(params, defaults)
         self._set_global("d_max", float(d0))
@@ -337,12 +317,7 @@ class Prodigy(_DistanceEstimator):
         beta1, beta2 = first["betas"]
         beta3 = math.sqrt(beta2) if first["beta3"] is None else float(first["beta3"])
         decouple = bool(first["decouple"])
-        correction = (
-            math.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1))
-            if first["use_bias_correction"]
-            else 1.0
-        )
-        lam = d * lr * correction  # lambda_k
+        lam = d * lr * bias_correction(first, k)  # lambda_k
         self._init_states()
         moments = _MOMENTS if beta1 > 0 else _MOMENTS_WITHOUT_MOMENTUM
 
@@ -381,7 +356,7 @@ class Prodigy(_DistanceEstimator):
             distances += fast.parts("distance")
             l1 += fast.parts("l1")
 
-        increment, denominator = self._global_floats([self._total(distances), self._total(l1)])
+        increment, denominator = self._global_floats(distances, l1)
         if denominator == 0.0:  # no progress: skip on every rank, after the collective
             self._skip_step()
             return
@@ -409,12 +384,9 @@ class Prodigy(_DistanceEstimator):
                 self._move_reference(group, plan.rows[index], scalars)
         for group in self.param_groups:
             group["effective_lr"] = lam if group["lr"] > 0 else 0.0
-        self._set_global("d_numerator", numerator)
-        self._set_global("d_denom", denominator)
-        self._set_global("d_hat", d_hat)
-        self._set_global("d_max", d_max)
-        self._set_global("d", d)
-        self._set_global("k", k + 1)
+        self._set_globals(
+            d_numerator=numerator, d_denom=denominator, d_hat=d_hat, d_max=d_max, d=d, k=k + 1
+        )
 
     def _arrays(self, p: Tensor, grad: Tensor, beta1: float) -> dict[str, Tensor]:
         """The named arrays of one parameter that the passes read and write."""
@@ -433,7 +405,7 @@ class Prodigy(_DistanceEstimator):
         """The moments pass of one parameter (the package's operations); returns its
         increments of r and of ||s||_1."""
         grad, p, slice_p = arrays["grad"], arrays["p"], group["slice_p"]
-        g = grad if c["coupled_decay"] == 0 else _weight_decayed(grad, p, c["coupled_decay"])
+        g = grad if c["coupled_decay"] == 0 else weight_decayed(grad, p, c["coupled_decay"])
         g_hat = g.reshape(-1)[::slice_p]
         x_hat = p.detach().reshape(-1)[::slice_p]
         distance = torch.dot(g_hat, arrays["p0"] - x_hat) * c["distance_scale"]
@@ -441,7 +413,7 @@ class Prodigy(_DistanceEstimator):
             arrays["m"].mul_(c["beta1"]).add_(g, alpha=c["m_scale"])
         arrays["v"].mul_(c["beta2"]).addcmul_(g, g, value=c["v_scale"])
         arrays["s"].mul_(c["beta3"]).add_(g_hat, alpha=c["s_scale"])
-        return distance, _l1(arrays["s"], _fast(group))
+        return distance, l1_norm(arrays["s"], fast_path(group))
 
     def _move_reference(
         self, group: dict[str, Any], arrays: Mapping[str, Tensor], c: dict[str, float]
@@ -449,17 +421,11 @@ class Prodigy(_DistanceEstimator):
         """The update of one parameter (the package's operations)."""
         p, direction = arrays["p"], arrays["direction"]
         if c["coupled_decay"] != 0:
-            direction = _weight_decayed(direction, p, c["coupled_decay"])
+            direction = weight_decayed(direction, p, c["coupled_decay"])
         denom = arrays["v"].sqrt().add_(c["eps"])
         if c["decoupled_decay"] != 0:
             p.add_(p, alpha=c["decoupled_decay"])
         p.addcdiv_(direction, denom, value=c["step"])
-
-    def _statistics(self) -> dict[str, float]:
-        first = self.param_groups[0]
-        return {
-            key: float(first[key]) for key in ("d", "d_hat", "d_max", "d_numerator", "d_denom", "k")
-        }
 
 
 # -- the passes' kernels (see :mod:`lrlab.optim._executor`) -------------------------------------
