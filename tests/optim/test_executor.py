@@ -118,3 +118,16 @@ def test_passes_sharing_a_native_function_share_its_kernel() -> None:
     assert dadaptation._ADAM_MOMENTS._kernel is dadaptation._ADAM_MOMENTS_AND_STEP._kernel
     names = [kernel.qualified_name for kernel in _native._KERNELS]
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
+
+
+def test_native_totals_take_the_accumulation_dtype_unless_told() -> None:
+    # a float32 tensor's per-tensor sums come back in float64; the reference path adds <a, b>
+    # in float32, but per-tensor state values (MoMo's gammas) in float64
+    schema = Schema("Totals", scalars=(), sums=("dot", "kept"))
+    third = 1.0 / 3.0
+    sums = torch.tensor([[third, third], [third, third]], dtype=torch.float64)
+    result = _executor.PassResult(schema, native={torch.float32: sums})
+    (dot,) = result.parts("dot")
+    (kept,) = result.parts("kept", dtype=torch.float64)
+    assert dot.dtype == torch.float32 and dot.item() == torch.tensor(2 * third).float().item()
+    assert kept.dtype == torch.float64 and kept.item() == 2 * third
