@@ -155,3 +155,16 @@ def test_a_folded_pass_skips_the_compiled_rows_and_native_sums_come_by_row(
     # q = g / sqrt(v) = 1, path = 0.5 q / 2 = 0.25 per element
     assert result.native_by_row("path") == {0: 3 * 0.0625, 2: 5 * 0.0625}
     torch.testing.assert_close(rows[2]["path"], torch.full((5,), 0.25))
+
+
+def test_native_totals_take_the_accumulation_dtype_unless_told() -> None:
+    # a float32 tensor's per-tensor sums come back in float64; the reference path adds <a, b>
+    # in float32, but per-tensor state values (MoMo's gammas) in float64
+    schema = Schema("Totals", scalars=(), sums=("dot", "kept"))
+    third = 1.0 / 3.0
+    sums = torch.tensor([[third, third], [third, third]], dtype=torch.float64)
+    result = _executor.PassResult(schema, native={torch.float32: sums})
+    (dot,) = result.parts("dot")
+    (kept,) = result.parts("kept", dtype=torch.float64)
+    assert dot.dtype == torch.float32 and dot.item() == torch.tensor(2 * third).float().item()
+    assert kept.dtype == torch.float64 and kept.item() == 2 * third

@@ -186,6 +186,23 @@ def test_the_default_construction_takes_the_native_kernels(fresh_libraries: Path
 
 
 @needs_compiler
+def test_mechanic_routes_by_its_own_fused_setting(fresh_libraries: Path) -> None:
+    # the groups' "fused" is the base's (torch's AdamW sets it True): Mechanic's passes and its
+    # non-finite guard follow mechanic_fused alone
+    for kwargs, expected in (({}, True), ({"fused": False}, False)):
+        for kernel in _native._KERNELS:
+            kernel.used = False
+        weight = torch.nn.Parameter(torch.randn(50))
+        weight.grad = torch.randn(50)
+        optimizer = lo.create("mechanic", [weight], base="adamw", lr=0.01, **kwargs)
+        assert optimizer.param_groups[0]["fused"] is True  # the base's own setting
+        optimizer.step()
+        used = {k.qualified_name for k in _native._KERNELS if k.used}
+        for name in ("native:mechanic.mechanic_move_recomputed", "native:core.nonfinite_probe"):
+            assert (name in used) is expected, (kwargs, used)
+
+
+@needs_compiler
 def test_mechanic_reuses_its_scratch_buffer(fresh_libraries: Path) -> None:
     # x before the base step is kept in one buffer that lives from step to step: a fresh
     # full-size buffer per step costs page faults (the most expensive part of the step)

@@ -390,6 +390,10 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     #: name (``{"momentum": "beta"}``); see NOTE [torch names of hyperparameters]
     torch_names: ClassVar[Mapping[str, str]] = {}
 
+    #: the param-group key of the method's own ``fused`` setting (a wrapper whose groups are
+    #: its base optimizer's keeps its own under another name: Mechanic's ``mechanic_fused``)
+    fused_setting: ClassVar[str] = "fused"
+
     _base_global_defaults: ClassVar[Mapping[str, float | int]] = {"nonfinite_steps": 0}
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
@@ -604,7 +608,8 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     def _uses_native_kernels(self) -> bool:
         """Whether a group takes the native CPU kernels: ``fused`` None (the default) or True
         (a group without the key, or torch's own ``fused`` of plain SGD/Adam, does not)."""
-        return any(group.get("fused", False) is not False for group in self.param_groups)
+        setting = self.fused_setting
+        return any(group.get(setting, False) is not False for group in self.param_groups)
 
     @_eager_under_compile
     def step(

@@ -340,13 +340,14 @@ class PassResult:
             for row, value in zip(self.native_rows[dtype], sums[:, index].tolist(), strict=True)
         }
 
-    def parts(self, name: str) -> list[Tensor]:
+    def parts(self, name: str, dtype: torch.dtype | None = None) -> list[Tensor]:
         """The sum ``name`` as 0-d parts: each compiled row's (its dtype), then one total per
-        native dtype, in that dtype's accumulation dtype (as the reference path sums it)."""
+        native dtype, in that dtype's accumulation dtype (as the reference path sums it), or in
+        ``dtype`` (e.g. float64 where the reference path adds per-tensor values in float64)."""
         index = self.schema.sums.index(name)
         parts = [sums[name] for sums in self.compiled]
-        for dtype, sums in self.native.items():
-            parts.append(sums[:, index].sum().to(accumulation_dtype(dtype)))
+        for native, sums in self.native.items():
+            parts.append(sums[:, index].sum().to(dtype or accumulation_dtype(native)))
         return parts
 
 

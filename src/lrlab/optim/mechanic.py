@@ -12,7 +12,7 @@ coin-betting tuner run for several horizons ``betas`` and summed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -29,15 +29,8 @@ from lrlab.optim._base import (
     StepContext,
     check_state_dict,
 )
-from lrlab.optim._fused import (
-    cached_scalars,
-    check_fused,
-    flat,
-    flat_eligible,
-    kernel,
-    scalars,
-)
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._executor import Pass, Plan, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register, spec
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive, check_range
 
@@ -245,11 +238,12 @@ class Mechanic(AdaptiveOptimizer):
             update; then the final move) instead of about a dozen eager kernels; the base keeps
             its own path (pass ``base_kwargs={"fused": True}`` to a base that has one). On CPU
             float32/float64 tensors these are native multi-tensor kernels (one call per pass for
-            all tensors of a dtype; see :mod:`lrlab.optim._native`), which without
-            ``store_delta`` recompute Delta from x and ``ref`` instead of writing it out: one
-            temporary copy of the parameters per step (x before the base step) instead of two.
-            Elsewhere the compiled kernels (tensors under 128k elements, non-contiguous or
-            low-precision ones stay eager; see :mod:`lrlab.optim._fused`).
+            all tensors of a dtype; see :mod:`lrlab.optim._native`), elsewhere the compiled
+            kernels (tensors under 128k elements, non-contiguous, empty or low-precision ones
+            stay eager; see :mod:`lrlab.optim._fused`). Without ``store_delta`` both recompute
+            Delta from x and ``ref`` instead of writing it out: one temporary copy of the
+            parameters per step (x before the base step) instead of two; on the native path
+            that copy is one buffer kept from step to step.
             Default None: the native kernels wherever they run (built once per machine,
             cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
             first step pays the compilation); False takes neither.
@@ -308,6 +302,8 @@ class Mechanic(AdaptiveOptimizer):
 
     wraps_base: ClassVar[bool] = True
     has_global_statistics: ClassVar[bool] = True
+    #: the groups' "fused" is the base's (torch's Adam, say); Mechanic's own is apart
+    fused_setting: ClassVar[str] = "mechanic_fused"
     global_defaults: ClassVar[Mapping[str, float | int | bool]] = {
         "mechanic_steps": 0,
         "mechanic_h": 0.0,
@@ -503,10 +499,6 @@ class Mechanic(AdaptiveOptimizer):
                 ours.setdefault(key, value)
         self.base.param_groups = self.param_groups
 
-    def _uses_native_kernels(self) -> bool:
-        # the groups' "fused" is the base's (torch's Adam, say); Mechanic's own is apart
-        return self.param_groups[0].get("mechanic_fused", False) is not False
-
     def _scratch_buffer(self, key: tuple[Any, ...], size: int, dtype: torch.dtype) -> Tensor:
         """A CPU buffer of ``size`` elements for ``key``, the same one from step to step while
         the size holds. Not optimizer state: never saved, copied or pickled (torch's
@@ -576,106 +568,35 @@ class Mechanic(AdaptiveOptimizer):
         eps, store_delta = first["mechanic_eps"], first["mechanic_store_delta"]
         s: list[float] = list(first["mechanic_s"])
         S = sum(s)
-
         params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-        refs: list[Tensor] = []
-        deltas: list[Tensor] = []
-        previous: list[Tensor] = []
-        # None (the default): native kernels where they can run; True: compiled ones too
-        fused = first.get("mechanic_fused", False) is True
-        native = (
-            first.get("mechanic_fused", False) is not False
-            and _NATIVE_BEFORE_RECOMPUTED.available()
-        )
-        # the tensors the native kernels take, by (dtype, Delta stored)
-        batches: dict[tuple[torch.dtype, bool], _NativeBatch] = {}
-        # per parameter: its fused-kernel outputs (<Delta, g>, <g, g>), or None for the eager path
-        fused_dots: list[tuple[Tensor, Tensor] | None] = []
-        constants: dict[torch.dtype, Tensor] = {}
-        eager_params: list[Tensor] = []  # the parameters of fused_dots (not the native ones)
-        for p in params:
-            state = self.state[p]
-            dtype = _state_dtype(p)
-            if len(state) == 0:
-                # x_ref: the parameter before its first step
-                state["ref"] = p.detach().to(dtype, copy=True)
-                if store_delta or dtype != p.dtype:
-                    state["delta"] = torch.zeros_like(p, dtype=dtype)
-            if native:
-                stored = "delta" in state
-                third = state["delta"] if stored else state["ref"]
-                if native_eligible(p, p.grad, state["ref"], third) and p.numel() > 0:
-                    batch = batches.get((p.dtype, stored))
-                    if batch is None:
-                        batch = batches[(p.dtype, stored)] = _NativeBatch(stored)
-                    batch.add(p, state)
-                    continue
-            eager_params.append(p)
-            if fused and dtype == p.dtype and flat_eligible(p, p.grad, state["ref"]):
-                if dtype not in constants:
-                    constants[dtype] = scalars((S + eps,), p)
-                prev = torch.empty_like(p)
-                delta = state["delta"] if "delta" in state else torch.empty_like(p)
-                fused_dots.append(
-                    _mechanic_before(
-                        flat(p),
-                        flat(p.grad),
-                        flat(state["ref"]),
-                        flat(prev),
-                        flat(delta),
-                        constants[dtype],
-                        stored=store_delta,
-                    )
-                )
-                refs.append(state["ref"])
-                deltas.append(delta)
-                previous.append(prev)
-                continue
-            fused_dots.append(None)
-            prev = p.detach().to(dtype, copy=True)
-            refs.append(state["ref"])
-            # Delta: the sum of the base updates so far (recomputed from x unless stored)
-            # (the division in place: the same numbers with one full-size temporary, not two)
-            deltas.append(
-                state["delta"] if "delta" in state else torch.sub(prev, state["ref"]).div_(S + eps)
-            )
-            previous.append(prev)
-        # the gradients as given to the base (it may change p.grad in place)
-        grads = _foreach.grads_of(eager_params)
-        eager = [i for i, dots in enumerate(fused_dots) if dots is None]
-        done = [dots for dots in fused_dots if dots is not None]
-        delta_dot_grad = _foreach.total_dot([deltas[i] for i in eager], [grads[i] for i in eager])
-        grad_sq = _foreach.total_dot([grads[i] for i in eager], [grads[i] for i in eager])
-        # per-tensor sums of the compiled kernels, then one total per native call
-        before_parts = list(done)
-        for batch in batches.values():
-            before_parts.append(batch.before(S + eps, self._scratch_buffer))
-        if before_parts:
-            delta_dot_grad = _sum_with(delta_dot_grad, [dots[0] for dots in before_parts])
-            grad_sq = _sum_with(grad_sq, [dots[1] for dots in before_parts])
+        # Delta_i: stored, or (x_i - x_ref,i) / (S + eps) formed from x_i and x_ref,i
+        before, after, move = _STORED if store_delta else _RECOMPUTED
+        plan, reference = self._plan(params, store_delta, (before, after, move))
+
+        # 1. before the base step: keep x in prev; <Delta, g> and ||g||^2
+        fast = plan.run(before, {"divisor": S + eps})
+        for row in reference:
+            row["prev"] = prev = row["p"].detach().to(row["ref"].dtype, copy=True)
+            if "delta" not in row:
+                # the division in place: the same numbers with one full-size temporary, not two
+                row["delta"] = torch.sub(prev, row["ref"]).div_(S + eps)
+        deltas = [row["delta"] for row in reference]
+        grads = [row["grad"] for row in reference]
+        delta_dot_grad = _sum_with(_foreach.total_dot(deltas, grads), fast.parts("delta_dot_grad"))
+        grad_sq = _sum_with(_foreach.total_dot(grads, grads), fast.parts("grad_sq"))
 
         self._base_step(context)
 
+        # 2. after it (x+ = x + u): <Delta, x+> and ||x+||^2, then Delta += u
         if params:
-            delta_dot_param = _foreach.total_dot(
-                [deltas[i] for i in eager], [eager_params[i] for i in eager]
+            fast = plan.run(after, {"divisor": S + eps})
+            moved = [row["p"] for row in reference]
+            delta_dot_param = _sum_with(
+                _foreach.total_dot(deltas, moved), fast.parts("delta_dot_param")
             )
-            param_sq = _foreach.total_dot(
-                [eager_params[i] for i in eager], [eager_params[i] for i in eager]
-            )
-            after = []
-            for delta, prev, p, dots in zip(
-                deltas, previous, eager_params, fused_dots, strict=True
-            ):
-                if dots is not None:
-                    after.append(_mechanic_after(flat(p), flat(prev), flat(delta)))
-                else:
-                    delta.add_(prev.neg_().add_(p))  # u = x+ - x, the base's update
-            for batch in batches.values():
-                after.append(batch.after(S + eps))
-            if after:
-                delta_dot_param = _sum_with(delta_dot_param, [dots[0] for dots in after])
-                param_sq = _sum_with(param_sq, [dots[1] for dots in after])
+            param_sq = _sum_with(_foreach.total_dot(moved, moved), fast.parts("param_sq"))
+            for row in reference:
+                row["delta"].add_(row["prev"].neg_().add_(row["p"]))  # u = x+ - x
             partials = [delta_dot_grad, grad_sq, delta_dot_param, param_sq]
         else:
             like = context.params[0]
@@ -688,6 +609,7 @@ class Mechanic(AdaptiveOptimizer):
         # the one host synchronisation of the step
         dg, gg, dp, pp = torch.stack([v.to(reduced[0].dtype) for v in reduced]).tolist()
 
+        # 3. the tuner: h, then m, v, r and s for every beta
         h = dg + s_decay * S * math.sqrt(gg) / (math.sqrt(pp) + eps) * dp
         m = [max(b * m_j, abs(h)) for b, m_j in zip(betas, first["mechanic_m"], strict=True)]
         v = [v_j * (b * b) + h * h for b, v_j in zip(betas, first["mechanic_v"], strict=True)]
@@ -700,16 +622,13 @@ class Mechanic(AdaptiveOptimizer):
             (m_j * s_init / n + r_j) / (math.sqrt(v_j) + eps)
             for m_j, r_j, v_j in zip(m, r, v, strict=True)
         ]
+
+        # 4. x = x_ref + max(sum s, 0) Delta
         scale = max(sum(s), 0.0)
-        for batch in batches.values():
-            batch.move(S + eps, scale)
-        move_constants: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-        for p, ref, delta, dots in zip(eager_params, refs, deltas, fused_dots, strict=True):
-            # x = x_ref + scale * Delta
-            if dots is not None:
-                c = cached_scalars(move_constants, (scale,), p)
-                _mechanic_move(flat(p), flat(ref), flat(delta), c)
-            elif delta.dtype == p.dtype:
+        plan.run(move, {"divisor": S + eps, "scale": scale})
+        for row in reference:
+            p, ref, delta = row["p"], row["ref"], row["delta"]
+            if delta.dtype == p.dtype:
                 p.copy_(delta).mul_(scale).add_(ref)
             else:
                 p.copy_(delta.mul(scale).add_(ref))
@@ -728,6 +647,49 @@ class Mechanic(AdaptiveOptimizer):
         self._set_global("mechanic_h", h)
         self._set_global("mechanic_steps", self._get_global("mechanic_steps") + 1)
 
+    def _plan(
+        self, params: list[Tensor], store_delta: bool, passes: tuple[Pass, Pass, Pass]
+    ) -> tuple[Plan, list[dict[str, Tensor]]]:
+        """Start the state of new parameters and route every parameter's arrays (``p``,
+        ``grad``, ``ref``, and ``delta`` where it is stored) between the kernels and the
+        reference loop; return the plan and the reference loop's rows, in parameter order.
+
+        The kernels' rows get ``prev`` (x before the base step): on the native path a slice of
+        one buffer per dtype that lives from step to step (see :meth:`_scratch_buffer`)."""
+        rows: list[dict[str, Tensor]] = []
+        for p in params:
+            state = self.state[p]
+            dtype = _state_dtype(p)
+            if len(state) == 0:
+                # x_ref: the parameter before its first step
+                state["ref"] = p.detach().to(dtype, copy=True)
+                if store_delta or dtype != p.dtype:
+                    state["delta"] = torch.zeros_like(p, dtype=dtype)
+            row = {"p": p, "grad": _foreach.grad_of(p), "ref": state["ref"]}
+            if "delta" in state:
+                row["delta"] = state["delta"]
+            rows.append(row)
+        # the kernels take the parameters whose state is in their own dtype (low-precision ones
+        # keep a float32 Delta) and has the layout of this setting
+        takes = [
+            row
+            for row in rows
+            if row["ref"].dtype == row["p"].dtype
+            and ("delta" in row) == store_delta
+            and row["p"].numel() > 0
+        ]
+        plan = route({"fused": self.param_groups[0].get(self.fused_setting, False)}, takes, passes)
+        for dtype, indices in plan.native.items():
+            sizes = [takes[i]["p"].numel() for i in indices]
+            buffer = self._scratch_buffer((dtype, store_delta), sum(sizes), dtype)
+            for i, prev in zip(indices, buffer.split(sizes), strict=True):
+                takes[i]["prev"] = prev
+        for i in plan.compiled:
+            takes[i]["prev"] = torch.empty_like(takes[i]["p"])
+        fast = {id(takes[i]) for i in plan.compiled}
+        fast.update(id(takes[i]) for indices in plan.native.values() for i in indices)
+        return plan, [row for row in rows if id(row) not in fast]
+
     # -- observation ------------------------------------------------------------------------
 
     def _statistics(self) -> dict[str, float]:
@@ -743,126 +705,59 @@ class Mechanic(AdaptiveOptimizer):
         return stats
 
 
-# -- native kernels (see :mod:`lrlab.optim._native`) ----------------------------------------
-
-
-class _NativeBatch:
-    """Mechanic's passes over the parameters of one dtype that the native kernels take.
-
-    ``prev`` (x before the base step) is one buffer for all of them, kept by the optimizer
-    between steps (see :meth:`Mechanic._scratch_buffer`): a fresh full-size buffer per step cost
-    its page faults every step (~15-20 ms per 40 MB, more than the passes themselves). It is
-    the only full-size temporary: without
-    ``store_delta`` the kernels recompute Delta from ``prev`` and ``ref`` (see
-    ``native/mechanic.cpp``) rather than writing it out as the other paths do, and nothing is
-    kept between steps (Mechanic's memory contract: ``ref`` only, plus ``delta`` if stored).
-    """
-
-    def __init__(self, stored: bool) -> None:
-        self.stored = stored
-        self.rows: list[tuple[Tensor, ...]] = []  # (p, grad, ref, delta) or (p, grad, ref)
-        self.prev: list[Tensor] = []
-
-    def add(self, p: Tensor, state: dict[str, Any]) -> None:
-        grad = p.grad
-        assert grad is not None
-        if self.stored:
-            self.rows.append((p, grad, state["ref"], state["delta"]))
-        else:
-            self.rows.append((p, grad, state["ref"]))
-
-    def before(
-        self, divisor: float, scratch: Callable[[tuple[Any, ...], int, torch.dtype], Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        """Keep x in ``prev`` (a buffer from ``scratch``); return the totals
-        (<Delta, g>, <g, g>)."""
-        p = self.rows[0][0]
-        size = sum(row[0].numel() for row in self.rows)
-        buffer = scratch((p.dtype, self.stored), size, p.dtype)
-        self.prev = list(buffer.split([row[0].numel() for row in self.rows]))
-        if self.stored:
-            rows = [(p, g, d, x) for (p, g, _, d), x in zip(self.rows, self.prev, strict=True)]
-            sums = _NATIVE_BEFORE_STORED(rows, ())
-        else:
-            rows = [(p, g, r, x) for (p, g, r), x in zip(self.rows, self.prev, strict=True)]
-            sums = _NATIVE_BEFORE_RECOMPUTED(rows, (divisor,))
-        return self._totals(sums)
-
-    def after(self, divisor: float) -> tuple[Tensor, Tensor]:
-        """After the base step: the totals (<Delta, x+>, <x+, x+>), and Delta += x+ - x if
-        stored."""
-        if self.stored:
-            rows = [(row[0], x, row[3]) for row, x in zip(self.rows, self.prev, strict=True)]
-            sums = _NATIVE_AFTER_STORED(rows, ())
-        else:
-            rows = [(row[0], x, row[2]) for row, x in zip(self.rows, self.prev, strict=True)]
-            sums = _NATIVE_AFTER_RECOMPUTED(rows, (divisor,))
-        return self._totals(sums)
-
-    def move(self, divisor: float, scale: float) -> None:
-        """``x = x_ref + scale * Delta`` (Delta after the base's update)."""
-        if self.stored:
-            _NATIVE_MOVE_STORED([(row[0], row[2], row[3]) for row in self.rows], (scale,))
-        else:
-            rows = [(row[0], x, row[2]) for row, x in zip(self.rows, self.prev, strict=True)]
-            _NATIVE_MOVE_RECOMPUTED(rows, (divisor, scale))
-        self.prev = []
-
-    def _totals(self, sums: Tensor | None) -> tuple[Tensor, Tensor]:
-        assert sums is not None  # available() was checked before the batch was made
-        first, second = sums.sum(0).to(_foreach.accumulation_dtype(self.rows[0][0].dtype))
-        return first, second
-
-
-_NATIVE_BEFORE_RECOMPUTED = NativeKernel("mechanic", "mechanic_before_recomputed", arrays=4, sums=2)
-_NATIVE_BEFORE_STORED = NativeKernel("mechanic", "mechanic_before_stored", arrays=4, sums=2)
-_NATIVE_AFTER_RECOMPUTED = NativeKernel("mechanic", "mechanic_after_recomputed", arrays=3, sums=2)
-_NATIVE_AFTER_STORED = NativeKernel("mechanic", "mechanic_after_stored", arrays=3, sums=2)
-_NATIVE_MOVE_RECOMPUTED = NativeKernel("mechanic", "mechanic_move_recomputed", arrays=3)
-_NATIVE_MOVE_STORED = NativeKernel("mechanic", "mechanic_move_stored", arrays=3)
-
-
-# -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------
+# -- the passes' kernels (see :mod:`lrlab.optim._executor`) -------------------------------------
 
 
 def _sum_with(total: Tensor, parts: list[Tensor]) -> Tensor:
-    """``total`` (the eager tensors' sum; a float32 zero when there are none) plus the fused
-    kernels' per-tensor sums, in the wider of the two dtypes."""
+    """``total`` (the reference rows' sum; a float32 zero when there are none) plus the kernels'
+    parts (compiled rows, then one per native dtype), in the wider of the two dtypes."""
+    if not parts:
+        return total
     fused = torch.stack(parts).sum()
     dtype = torch.promote_types(total.dtype, fused.dtype)
     return total.to(device=fused.device, dtype=dtype) + fused.to(dtype)
 
 
-def _mechanic_before(
-    p: Tensor, grad: Tensor, ref: Tensor, prev: Tensor, delta: Tensor, c: Tensor, *, stored: bool
-) -> tuple[Tensor, Tensor]:
-    """Before the base step: keep x in ``prev``, form Delta (unless it is stored) and return
-    (<Delta, g>, <g, g>); ``c`` = (S + eps,)."""
-    if stored:
-        return _mechanic_before_stored(p, grad, delta, prev)
-    return _mechanic_before_recomputed(p, grad, ref, prev, delta, c)
+# divisor: S + eps, by which the passes without a stored Delta form it from x and x_ref
+_BEFORE_SCHEMA = Schema("MechanicBefore", scalars=("divisor",), sums=("delta_dot_grad", "grad_sq"))
+_AFTER_SCHEMA = Schema("MechanicAfter", scalars=("divisor",), sums=("delta_dot_param", "param_sq"))
+_MOVE_SCHEMA = Schema("MechanicMove", scalars=("divisor", "scale"))
 
 
 @kernel
 def _mechanic_before_recomputed(
-    p: Tensor, grad: Tensor, ref: Tensor, prev: Tensor, delta: Tensor, c: Tensor
+    p: Tensor, grad: Tensor, ref: Tensor, prev: Tensor, scalars: Tensor
 ) -> tuple[Tensor, Tensor]:
-    new_delta = (p - ref) / c[0]
+    """Before the base step: keep x in ``prev``; (<Delta, g>, <g, g>) with Delta formed."""
+    c = _BEFORE_SCHEMA.read(scalars)
+    delta = (p - ref) / c["divisor"]
     prev.copy_(p)
-    delta.copy_(new_delta)
-    return (new_delta * grad).to(c.dtype).sum(), (grad * grad).to(c.dtype).sum()
+    return (delta * grad).to(scalars.dtype).sum(), (grad * grad).to(scalars.dtype).sum()
 
 
 @kernel
 def _mechanic_before_stored(
-    p: Tensor, grad: Tensor, delta: Tensor, prev: Tensor
+    p: Tensor, grad: Tensor, delta: Tensor, prev: Tensor, scalars: Tensor
 ) -> tuple[Tensor, Tensor]:
+    """Before the base step: keep x in ``prev``; (<Delta, g>, <g, g>)."""
     prev.copy_(p)
     return (delta * grad).sum(), (grad * grad).sum()
 
 
 @kernel
-def _mechanic_after(p: Tensor, prev: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+def _mechanic_after_recomputed(
+    p: Tensor, prev: Tensor, ref: Tensor, scalars: Tensor
+) -> tuple[Tensor, Tensor]:
+    """After the base step: (<Delta, x+>, <x+, x+>) with Delta formed from x (``prev``)."""
+    c = _AFTER_SCHEMA.read(scalars)
+    delta = (prev - ref) / c["divisor"]
+    return (delta * p).sum(), (p * p).sum()
+
+
+@kernel
+def _mechanic_after_stored(
+    p: Tensor, prev: Tensor, delta: Tensor, scalars: Tensor
+) -> tuple[Tensor, Tensor]:
     """After the base step: (<Delta, x+>, <x+, x+>), then Delta += x+ - x."""
     dot, square = (delta * p).sum(), (p * p).sum()
     delta.copy_(delta + (p - prev))
@@ -870,6 +765,63 @@ def _mechanic_after(p: Tensor, prev: Tensor, delta: Tensor) -> tuple[Tensor, Ten
 
 
 @kernel
-def _mechanic_move(p: Tensor, ref: Tensor, delta: Tensor, c: Tensor) -> None:
-    """``x = x_ref + scale * Delta``; ``c`` = (scale,)."""
-    p.copy_(delta * c[0] + ref)
+def _mechanic_move_recomputed(p: Tensor, prev: Tensor, ref: Tensor, scalars: Tensor) -> None:
+    """``x = x_ref + scale * Delta`` with Delta = (x - x_ref) / divisor + (x+ - x)."""
+    c = _MOVE_SCHEMA.read(scalars)
+    delta = (prev - ref) / c["divisor"] + (p - prev)
+    p.copy_(delta * c["scale"] + ref)
+
+
+@kernel
+def _mechanic_move_stored(p: Tensor, ref: Tensor, delta: Tensor, scalars: Tensor) -> None:
+    """``x = x_ref + scale * Delta``."""
+    p.copy_(delta * _MOVE_SCHEMA.read(scalars)["scale"] + ref)
+
+
+#: (before, after, move) without and with a stored Delta
+_RECOMPUTED = (
+    Pass(
+        "mechanic",
+        ("p", "grad", "ref", "prev"),
+        _BEFORE_SCHEMA,
+        native="mechanic_before_recomputed",
+        compiled=_mechanic_before_recomputed,
+    ),
+    Pass(
+        "mechanic",
+        ("p", "prev", "ref"),
+        _AFTER_SCHEMA,
+        native="mechanic_after_recomputed",
+        compiled=_mechanic_after_recomputed,
+    ),
+    Pass(
+        "mechanic",
+        ("p", "prev", "ref"),
+        _MOVE_SCHEMA,
+        native="mechanic_move_recomputed",
+        compiled=_mechanic_move_recomputed,
+    ),
+)
+_STORED = (
+    Pass(
+        "mechanic",
+        ("p", "grad", "delta", "prev"),
+        _BEFORE_SCHEMA,
+        native="mechanic_before_stored",
+        compiled=_mechanic_before_stored,
+    ),
+    Pass(
+        "mechanic",
+        ("p", "prev", "delta"),
+        _AFTER_SCHEMA,
+        native="mechanic_after_stored",
+        compiled=_mechanic_after_stored,
+    ),
+    Pass(
+        "mechanic",
+        ("p", "ref", "delta"),
+        _MOVE_SCHEMA,
+        native="mechanic_move_stored",
+        compiled=_mechanic_move_stored,
+    ),
+)

@@ -14,7 +14,7 @@ Polyak step along the momentum direction, capped by ``lr``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -24,17 +24,10 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
-from lrlab.optim._fused import (
-    check_fused,
-    compiled_requested,
-    flat,
-    flat_eligible,
-    kernel,
-    native_requested,
-    scalars,
-)
+from lrlab.optim._executor import Pass, Plan, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._names import resolve_alias
-from lrlab.optim._native import NativeKernel, last_array_scalar, native_eligible
+from lrlab.optim._native import last_array_scalar
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_betas,
@@ -50,6 +43,11 @@ _PAPER = (
     "Schaipp, Ohana, Eickenberg, Defazio, Gower, MoMo: Momentum Models for Adaptive Learning "
     "Rates, ICML 2024; arXiv:2305.07583"
 )
+
+#: the named arrays of one parameter that the passes read and write
+Row = Mapping[str, Tensor]
+#: one row's per-tensor scalars (see the passes' schemas at the end of the module)
+TensorScalars = dict[str, float]
 
 
 def scalar_loss(loss: Tensor, name: str) -> Tensor:
@@ -80,78 +78,15 @@ def _check_no_sparse(grads: list[Tensor], name: str) -> None:
         raise RuntimeError(f"{name} does not support sparse gradients")
 
 
-def _group_sums(
-    parts: list[tuple[Tensor, Tensor, Tensor]], device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """A fused group's (dot, gamma, norm) sums, in float64, from per-tensor (or per-subset)
-    parts added in parameter order, as the reference path adds its per-tensor values."""
-    dots, gammas, norms = ([part[i] for part in parts] for i in range(3))
-    return _stack64(dots, device), _stack64(gammas, device), _stack64(norms, device)
-
-
-# -- native kernels (native/momo.cpp; see lrlab.optim._native) --------------------------------
-# The first passes take (grad, p, *averages, gamma) with gamma the tensor's 0-d average of
-# <g, x>, which they update; their sums per tensor are (the new gamma, <x, d>, ||d||^2_{D^-1}).
-_NATIVE_MOMO_AVERAGES = NativeKernel(
-    "momo",
-    "momo_averages",
-    arrays=4,
-    sums=3,
-    tensor_constants=1,
-    array_lengths=last_array_scalar(4),
-)
-# Momo's per-tensor constant: 1 where gamma starts at this step's <g, x>
-_STARTS_AT_GRAD_DOT, _CONTINUES = (1.0,), (0.0,)
-_NATIVE_MOMO_MOVE = NativeKernel("momo", "momo_move", arrays=2)
-_NATIVE_ADAM_MOMENTS = NativeKernel(
-    "momo",
-    "momo_adam_moments",
-    arrays=5,
-    sums=3,
-    tensor_constants=1,
-    array_lengths=last_array_scalar(5),
-)
-_NATIVE_ADAM_MOVE = NativeKernel("momo", "momo_adam_move", arrays=3, tensor_constants=1)
-
-
-class _NativeRows:
-    """The tensors of one group and dtype that the native kernels take: the rows of the first
-    pass (grad, p, *averages, gamma), of the move (p, *averages), and each tensor's constants
-    (Momo: whether gamma starts now; MoMo-Adam: the bias correction 1 - beta2^t, of both
-    passes)."""
-
-    __slots__ = ("constants", "moves", "tensors")
-
-    def __init__(self) -> None:
-        self.tensors: list[tuple[Tensor, ...]] = []
-        self.moves: list[tuple[Tensor, ...]] = []
-        self.constants: list[tuple[float]] = []
-
-
-def _native_rows_for(
-    native_rows: dict[torch.dtype, _NativeRows], dtype: torch.dtype
-) -> _NativeRows:
-    rows = native_rows.get(dtype)
-    if rows is None:
-        rows = native_rows[dtype] = _NativeRows()
-    return rows
-
-
-def _native_group_sums(sums: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(dot, gamma, norm) of the tensors of one native call, from its per-tensor sums (gamma,
-    dot, norm): dot and norm in the accumulation dtype, as the reference path's totals; the
-    gammas (values of that dtype) added in float64, as the reference path adds them."""
-    totals = sums.sum(0)
-    dot, norm = totals[1:].to(_foreach.accumulation_dtype(dtype))
-    return dot, totals[0], norm
-
-
 class _MomentumModel(AdaptiveOptimizer):
     """Shared machinery of MoMo: the model's global scalars, the step size and the lower bound.
 
-    Subclasses update their averages (returning the partial sums :math:`\\langle d, x\\rangle`,
-    :math:`\\sum \\gamma_i`, :math:`\\lVert d\\rVert^2_{D^{-1}}`), define the bias correction
-    :math:`\\rho` and move the parameters.
+    A step is two passes over the tensors (see :mod:`lrlab.optim._executor`): the averages,
+    which also return each tensor's parts of the model's sums (:math:`\\gamma_i`,
+    :math:`\\langle d_i, x_i\\rangle`, :math:`\\lVert d_i\\rVert^2_{D_i^{-1}}`), and, once the
+    global step size :math:`\\tau_k` is known, the move. Subclasses declare both passes (their
+    schemas and kernels), their reference loops, their scalars, the bias correction
+    :math:`\\rho_k` and the loss average :math:`\\bar f_k`.
     """
 
     needs_loss: ClassVar[bool] = True
@@ -173,41 +108,37 @@ class _MomentumModel(AdaptiveOptimizer):
         "use_fstar": check.boolean(),
     }
 
+    #: the averages pass (sums: gamma, dot, norm) and the move pass
+    _averages: ClassVar[Pass]
+    _move: ClassVar[Pass]
+    #: the state tensors that the passes' arrays name, besides "grad" and "p"
+    _state_arrays: ClassVar[Mapping[str, str]]
+
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
         # the running lower bound starts at the user's lb (it only moves with use_fstar)
         self._set_global("lower_bound", float(self.param_groups[0]["lb"]))
-        # per group (by id) during a step: the native rows of its first pass, which its move
-        # takes as they are (no second per-tensor eligibility check)
-        self._native_moves: dict[int, dict[torch.dtype, _NativeRows]] = {}
-
-    def _take_native_moves(
-        self, group: dict[str, Any], params: list[Tensor]
-    ) -> tuple[dict[torch.dtype, _NativeRows], list[Tensor]]:
-        """The native rows of ``group``'s move and the parameters its first pass left to the
-        other paths."""
-        native_rows = self._native_moves.pop(id(group), {})
-        taken = sum(len(rows.moves) for rows in native_rows.values())
-        if taken == 0:
-            return native_rows, params
-        if taken == len(params):
-            return native_rows, []
-        native = {id(row[0]) for rows in native_rows.values() for row in rows.moves}
-        return native_rows, [p for p in params if id(p) not in native]
 
     # -- the method-specific parts ----------------------------------------------------------
 
-    def _accumulate(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        foreach: bool | None,
+    def _init_state(self, p: Tensor, g: Tensor) -> None:
+        """Create the state of a tensor at its first gradient ``g``."""
+        raise NotImplementedError
+
+    def _begin(
+        self, group: dict[str, Any], rows: Sequence[Row], fresh: list[bool], plan: Plan
+    ) -> list[TensorScalars]:
+        """Count the step and finish the state of the tensors seen for the first time
+        (``fresh``) as ``plan`` routes them; return each row's tensor scalars (both passes')."""
+        raise NotImplementedError
+
+    def _average_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _averages_reference(
+        self, group: dict[str, Any], rows: Sequence[Row], foreach: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Update the averages of one group; return its partial dot, gamma and norm sums.
-        ``foreach`` is None for a fused group: resolve it for the tensors left to the eager
-        path (``_foreach.resolve_foreach(foreach, params)``, over all of the group's tensors,
-        as for a group that is not fused)."""
+        """Update the averages of ``rows``; return their float64 sums (dot, gamma, norm)."""
         raise NotImplementedError
 
     def _loss_average(self, loss: float, k: int) -> float:
@@ -216,10 +147,13 @@ class _MomentumModel(AdaptiveOptimizer):
     def _rho(self, group: dict[str, Any], k: int) -> float:
         raise NotImplementedError
 
-    def _move(
-        self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool | None
+    def _move_scalars(self, group: dict[str, Any], tau: float) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _move_reference(
+        self, group: dict[str, Any], rows: Sequence[Row], tau: float, foreach: bool
     ) -> None:
-        """Move a group's parameters by ``tau``; ``foreach`` as in :meth:`_accumulate`."""
+        """Move the parameters of ``rows`` by ``tau``."""
         raise NotImplementedError
 
     # -- the step ---------------------------------------------------------------------------
@@ -227,31 +161,55 @@ class _MomentumModel(AdaptiveOptimizer):
     def _update(self, context: StepContext) -> None:
         name = type(self).__name__
         first = self.param_groups[0]
-        self._native_moves = {}  # nothing left from a step that did not finish
         k = int(self._get_global("step")) + 1
-        # (group index, params with gradients, foreach) of every group that moves
-        pending: list[tuple[int, list[Tensor], bool | None]] = []
+        # 1. the averages d_k (MoMo-Adam: m_k, v_k) and gamma_k of every tensor with a
+        #    gradient, and the model's sums <d_k, x_k>, Gamma_k, ||d_k||^2 over all of them
+        # (group, plan, tensor scalars, foreach of the reference rows) of every group that moves
+        pending: list[tuple[dict[str, Any], Plan, list[TensorScalars], bool]] = []
         dot_parts: list[Tensor] = []
         gamma_parts: list[Tensor] = []
         norm_parts: list[Tensor] = []
-        for index, group in enumerate(self.param_groups):
+        for group in self.param_groups:
             group["effective_lr"] = 0.0
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             grads = _foreach.grads_of(params)
             _check_no_sparse(grads, name)
-            # a fused group resolves it (a loop over every tensor) only for the tensors its
-            # kernels leave: None here (fused=True allows no explicit foreach=True)
-            fused = native_requested(group)
-            foreach = (
-                group["foreach"] if fused else _foreach.resolve_foreach(group["foreach"], params)
-            )
-            dot, gamma, norm = self._accumulate(group, params, grads, foreach)
-            dot_parts.append(dot)
-            gamma_parts.append(gamma)
-            norm_parts.append(norm)
-            pending.append((index, params, foreach))
+            fresh = [len(self.state[p]) == 0 for p in params]
+            for p, g, new in zip(params, grads, fresh, strict=True):
+                if new:
+                    self._init_state(p, g)
+            rows = [
+                {
+                    "grad": g,
+                    "p": p,
+                    **{a: self.state[p][key] for a, key in self._state_arrays.items()},
+                }
+                for p, g in zip(params, grads, strict=True)
+            ]
+            plan = route(group, rows, (self._averages, self._move))
+            own = self._begin(group, rows, fresh, plan)
+            fast = plan.run(self._averages, self._average_scalars(group), tensor_scalars=own)
+            # per group: the kernels' parts (compiled rows, then one per native dtype), then the
+            # reference rows' total. The gammas are values of their tensors' accumulation dtype,
+            # added in float64 on every path.
+            dots, norms = fast.parts("dot"), fast.parts("norm")
+            gammas = fast.parts("gamma", dtype=torch.float64)
+            foreach = False
+            if plan.reference:
+                # resolved over all of the group's tensors, as for a group without kernels
+                foreach = _foreach.resolve_foreach(group["foreach"], params)
+                reference = [rows[i] for i in plan.reference]
+                dot, gamma, norm = self._averages_reference(group, reference, foreach)
+                dots.append(dot)
+                gammas.append(gamma)
+                norms.append(norm)
+            device = params[0].device
+            dot_parts.append(_stack64(dots, device))
+            gamma_parts.append(_stack64(gammas, device))
+            norm_parts.append(_stack64(norms, device))
+            pending.append((group, plan, own, foreach))
 
         # every rank reaches the reduction, even one without gradients this step
         device = context.params[0].device
@@ -263,11 +221,13 @@ class _MomentumModel(AdaptiveOptimizer):
         # the one host synchronisation of the step
         loss, dot, gamma, norm = torch.stack([loss_t, *sums]).tolist()
 
+        # 2. the loss average f_k and, per group, the step tau_k: the proximal step on the
+        #    model truncated at rho_k f^* (with use_fstar, f^* is estimated group after group)
         f_bar = self._loss_average(loss, k)
         lb = float(self._get_global("lower_bound"))
         initial_lb = float(first["lb"])
         use_fstar = bool(first["use_fstar"])
-        taus: list[float] = []
+        taus: dict[int, float] = {}
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             rho = self._rho(group, k)
@@ -283,11 +243,15 @@ class _MomentumModel(AdaptiveOptimizer):
             if use_fstar:
                 h = f_bar + dot - gamma
                 lb = max((h - 0.5 * tau * norm) / rho, initial_lb)
-            taus.append(tau)
-        for index, params, foreach in pending:
-            group = self.param_groups[index]
-            group["effective_lr"] = taus[index]
-            self._move(group, params, taus[index], foreach)
+            taus[id(group)] = tau
+
+        # 3. the move x_{k+1} = (x_k - tau_k d_k) / c (MoMo-Adam: d_k = m_k / D_k)
+        for group, plan, own, foreach in pending:
+            tau = group["effective_lr"] = taus[id(group)]
+            moving = own if self._move.schema.tensor_scalars else None
+            plan.run(self._move, self._move_scalars(group, tau), tensor_scalars=moving)
+            if plan.reference:
+                self._move_reference(group, [plan.rows[i] for i in plan.reference], tau, foreach)
         self._set_global("step", k)
         self._set_global("loss_avg", f_bar)
         self._set_global("lower_bound", lb)
@@ -328,40 +292,6 @@ _COMMON_INVALID = (
     InvalidKwargs({"sharded": "no"}, r"sharded must be True or False, got 'no'"),
 )
 
-_MOMO_STEP = r"""
-        &\quad c = 1 + \eta\lambda \quad (\eta = \texttt{lr},\ \lambda = \texttt{weight\_decay}
-              \text{ of the group})\\
-        &\quad \text{[use\_fstar] if } c \bar f_k + \langle d_k, x_k\rangle - c\Gamma_k
-              < c \rho_k f^*: \quad f^* \leftarrow \max\Big(\frac{c \bar f_k + \langle d_k,
-              x_k\rangle - c \Gamma_k}{2 c \rho_k}, f^*_0\Big)\\
-        &\quad \tau_k = \min\Big(\frac{\eta}{\rho_k}, \frac{\big(c (\bar f_k - \rho_k f^*) +
-              \langle d_k, x_k\rangle - c\,\Gamma_k\big)_+}{\lVert d_k\rVert^2_{D_k^{-1}}}\Big)\\
-        &\quad \text{[use\_fstar]}\quad f^* \leftarrow \max\Big(\frac{\bar f_k + \langle d_k,
-              x_k\rangle - \Gamma_k - \tau_k \lVert d_k\rVert^2_{D_k^{-1}} / 2}{\rho_k},
-              f^*_0\Big)
-"""
-
-_MOMO_NOTES = r"""
-    All sums (:math:`\langle d, x\rangle`, :math:`\Gamma = \sum_i \gamma_i`,
-    :math:`\lVert d\rVert^2`) run over every parameter with a gradient, across groups; each group
-    then takes its own :math:`\tau` from its ``lr`` and ``weight_decay``. With ``use_fstar`` the
-    lower-bound estimate is shared and updated group after group, in order, as in the package.
-
-    The loss must be the scalar mini-batch loss whose gradient is used: ``step(closure)`` or
-    ``loss.backward(); step(loss=loss)``. In data-parallel training pass the loss averaged over
-    ranks (as the gradients are).
-
-    .. note::
-        Deviations from ``momo-opt`` 0.1.0 (spec 4.4): the step counter, :math:`\bar f` and the
-        current lower bound live in the param groups (``step``, ``loss_avg``, ``lower_bound``),
-        so ``state_dict()`` / ``load_state_dict()`` resume a run exactly; the package keeps them in
-        instance attributes and, after a reload, re-initialises its averages as on step 1.
-        Parameters without a gradient are skipped (``Momo`` of the package crashes on them) and
-        their averages are initialised at their first gradient. When every :math:`d` is zero
-        (:math:`\lVert d\rVert^2 = 0`) the package divides by zero; here :math:`\tau = \eta/\rho`
-        (the direction is zero, so only weight decay acts). Sparse gradients are rejected.
-"""
-
 
 @register(
     "momo",
@@ -384,10 +314,7 @@ _MOMO_NOTES = r"""
     group_kwargs={"lr": 0.05},
 )
 class Momo(_MomentumModel):
-    torch_names: ClassVar[dict[str, str]] = {"momentum": "beta"}
-
-    __doc__ = (
-        r"""MoMo: SGD with momentum and a Polyak-type adaptive step size (Momo).
+    r"""MoMo: SGD with momentum and a Polyak-type adaptive step size (Momo).
 
     .. math::
         \begin{aligned}
@@ -402,9 +329,18 @@ class Momo(_MomentumModel):
         &\quad \Gamma_k = \textstyle\sum_i \gamma_{i,k}, \quad
               \langle d_k, x_k\rangle = \sum_i \langle d_{i,k}, x_{i,k}\rangle, \quad
               \lVert d_k\rVert^2_{D_k^{-1}} = \sum_i \lVert d_{i,k}\rVert^2 \ (D_k = I)\\
-        &\textbf{for every group:}\\"""
-        + _MOMO_STEP
-        + r"""        &\quad x_{i,k+1} = (x_{i,k} - \tau_k d_{i,k}) / c
+        &\textbf{for every group:}\\
+        &\quad c = 1 + \eta\lambda \quad (\eta = \texttt{lr},\ \lambda = \texttt{weight\_decay}
+              \text{ of the group})\\
+        &\quad \text{[use\_fstar] if } c \bar f_k + \langle d_k, x_k\rangle - c\Gamma_k
+              < c \rho_k f^*: \quad f^* \leftarrow \max\Big(\frac{c \bar f_k + \langle d_k,
+              x_k\rangle - c \Gamma_k}{2 c \rho_k}, f^*_0\Big)\\
+        &\quad \tau_k = \min\Big(\frac{\eta}{\rho_k}, \frac{\big(c (\bar f_k - \rho_k f^*) +
+              \langle d_k, x_k\rangle - c\,\Gamma_k\big)_+}{\lVert d_k\rVert^2_{D_k^{-1}}}\Big)\\
+        &\quad \text{[use\_fstar]}\quad f^* \leftarrow \max\Big(\frac{\bar f_k + \langle d_k,
+              x_k\rangle - \Gamma_k - \tau_k \lVert d_k\rVert^2_{D_k^{-1}} / 2}{\rho_k},
+              f^*_0\Big)
+        &\quad x_{i,k+1} = (x_{i,k} - \tau_k d_{i,k}) / c
         \end{aligned}
 
     :math:`\tau_k` is the proximal step on the model :math:`\max(\bar f_k + \langle d_k,
@@ -445,16 +381,34 @@ class Momo(_MomentumModel):
             first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the parameters, so the sums are partial and
             reduced over ranks (not needed for DDP or DTensor, which is detected).
-"""
-        + _MOMO_NOTES
-        + r"""
+
+    All sums (:math:`\langle d, x\rangle`, :math:`\Gamma = \sum_i \gamma_i`,
+    :math:`\lVert d\rVert^2`) run over every parameter with a gradient, across groups; each group
+    then takes its own :math:`\tau` from its ``lr`` and ``weight_decay``. With ``use_fstar`` the
+    lower-bound estimate is shared and updated group after group, in order, as in the package.
+
+    The loss must be the scalar mini-batch loss whose gradient is used: ``step(closure)`` or
+    ``loss.backward(); step(loss=loss)``. In data-parallel training pass the loss averaged over
+    ranks (as the gradients are).
+
+    .. note::
+        Deviations from ``momo-opt`` 0.1.0 (spec 4.4): the step counter, :math:`\bar f` and the
+        current lower bound live in the param groups (``step``, ``loss_avg``, ``lower_bound``),
+        so ``state_dict()`` / ``load_state_dict()`` resume a run exactly; the package keeps them in
+        instance attributes and, after a reload, re-initialises its averages as on step 1.
+        Parameters without a gradient are skipped (``Momo`` of the package crashes on them) and
+        their averages are initialised at their first gradient. When every :math:`d` is zero
+        (:math:`\lVert d\rVert^2 = 0`) the package divides by zero; here :math:`\tau = \eta/\rho`
+        (the direction is zero, so only weight decay acts). Sparse gradients are rejected.
+
     Example:
         >>> optimizer = Momo(model.parameters(), lr=1.0)
         >>> loss = loss_fn(model(inputs), targets)
         >>> loss.backward()
         >>> optimizer.step(loss=loss)
     """
-    )
+
+    torch_names: ClassVar[dict[str, str]] = {"momentum": "beta"}
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -501,80 +455,46 @@ class Momo(_MomentumModel):
         }
         super().__init__(params, defaults)
 
-    def _init_state(self, p: Tensor, g: Tensor, grad_dot: Tensor) -> None:
+    _state_arrays: ClassVar[Mapping[str, str]] = {"d": "grad_avg", "gamma": "grad_dot_w"}
+
+    def _init_state(self, p: Tensor, g: Tensor) -> None:
         state = self.state[p]
-        if len(state) == 0:
-            if self.param_groups[0]["bias_correction"]:
-                state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["grad_dot_w"] = torch.zeros_like(grad_dot)
-            else:
-                state["grad_avg"] = g.clone(memory_format=torch.preserve_format)
-                state["grad_dot_w"] = grad_dot.clone()
+        if self.param_groups[0]["bias_correction"]:
+            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        else:
+            state["grad_avg"] = g.clone(memory_format=torch.preserve_format)
+        # 0, or <g, x> where the average starts there (set in _begin, once routed)
+        state["grad_dot_w"] = torch.zeros(
+            (), dtype=_foreach.accumulation_dtype(p.dtype), device=p.device
+        )
 
-    def _accumulate(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        foreach: bool | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        if not native_requested(group):
-            return self._accumulate_eager(
-                group, params, grads, _foreach.resolve_foreach(foreach, params)
-            )
-        beta = self.param_groups[0]["beta"]
-        parts: list[tuple[Tensor, Tensor, Tensor]] = []
-        rest: list[tuple[Tensor, Tensor]] = []
-        constants: dict[torch.dtype, Tensor] = {}
-        native = _NATIVE_MOMO_AVERAGES.available()
-        native_rows: dict[torch.dtype, _NativeRows] = {}
-        for p, g in zip(params, grads, strict=True):
-            state = self.state[p]
-            starts = _CONTINUES
-            if len(state) == 0:  # first gradient only: the initial averages need <g, x>
-                if native and native_eligible(g, p):
-                    # the kernel takes <g, x> from its own sum (torch.dot's may depend on the
-                    # thread count): gamma is a placeholder until then
-                    self._init_state(p, g, p.new_zeros(()))
-                    if not self.param_groups[0]["bias_correction"]:
-                        starts = _STARTS_AT_GRAD_DOT
+    def _begin(
+        self, group: dict[str, Any], rows: Sequence[Row], fresh: list[bool], plan: Plan
+    ) -> list[TensorScalars]:
+        starts = [0.0] * len(rows)
+        if not self.param_groups[0]["bias_correction"]:
+            native = {i for indices in plan.native.values() for i in indices}
+            for i in (i for i, new in enumerate(fresh) if new):
+                if i in native:
+                    # the kernel starts gamma at <g, x> from its own sum (torch.dot's may
+                    # depend on the thread count, the kernel's does not)
+                    starts[i] = 1.0
                 else:
-                    self._init_state(p, g, _dot(p, g))
-            d, gamma = state["grad_avg"], state["grad_dot_w"]
-            if native and native_eligible(g, p, d, gamma):
-                rows = _native_rows_for(native_rows, p.dtype)
-                rows.tensors.append((g, p, d, gamma))
-                rows.moves.append((p, d))
-                rows.constants.append(starts)
-                continue
-            if not (compiled_requested(group) and flat_eligible(p, g, d, gamma)):
-                rest.append((p, g))
-                continue
-            if p.dtype not in constants:
-                constants[p.dtype] = scalars((beta, 1 - beta), p)
-            dot, norm = _momo_averages(flat(g), flat(p), flat(d), flat(gamma), constants[p.dtype])
-            parts.append((dot, gamma, norm))
-        for dtype, rows in native_rows.items():
-            sums = _NATIVE_MOMO_AVERAGES(rows.tensors, (beta, 1 - beta), rows.constants)
-            assert sums is not None  # available() was checked above
-            parts.append(_native_group_sums(sums, dtype))
-        self._native_moves[id(group)] = native_rows
-        if rest:
-            rest_params, rest_grads = (list(column) for column in zip(*rest, strict=True))
-            foreach = _foreach.resolve_foreach(foreach, params)
-            parts.append(self._accumulate_eager(group, rest_params, rest_grads, foreach))
-        return _group_sums(parts, params[0].device)
+                    rows[i]["gamma"].copy_(_dot(rows[i]["p"], rows[i]["grad"]))
+        return [{"starts": value} for value in starts]
 
-    def _accumulate_eager(
-        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    def _average_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        beta = self.param_groups[0]["beta"]
+        return {"beta": beta, "one_minus_beta": 1 - beta}
+
+    def _averages_reference(
+        self, group: dict[str, Any], rows: Sequence[Row], foreach: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         beta = self.param_groups[0]["beta"]
+        params, grads = [row["p"] for row in rows], [row["grad"] for row in rows]
+        averages, gammas = [row["d"] for row in rows], [row["gamma"] for row in rows]
         # <g_i, x_i> at the current point, before the move
         grad_dots = [_dot(p, g) for p, g in zip(params, grads, strict=True)]
-        for p, g, grad_dot in zip(params, grads, grad_dots, strict=True):
-            self._init_state(p, g, grad_dot)
-        averages = [self.state[p]["grad_avg"] for p in params]
-        gammas = [self.state[p]["grad_dot_w"] for p in params]
         if foreach:
             torch._foreach_mul_(averages, beta)
             torch._foreach_add_(averages, grads, alpha=1 - beta)
@@ -584,10 +504,9 @@ class Momo(_MomentumModel):
             for d, g, gamma, grad_dot in zip(averages, grads, gammas, grad_dots, strict=True):
                 d.mul_(beta).add_(g, alpha=1 - beta)
                 gamma.mul_(beta).add_(grad_dot, alpha=1 - beta)
-        device = params[0].device
         return (
             _foreach.total_dot(params, averages).to(torch.float64),
-            _stack64(gammas, device),
+            _stack64(gammas, params[0].device),
             _foreach.sum_of_squares(averages, foreach=foreach).to(torch.float64),
         )
 
@@ -603,16 +522,16 @@ class Momo(_MomentumModel):
         first = self.param_groups[0]
         return 1 - first["beta"] ** k if first["bias_correction"] else 1.0
 
-    def _move(
-        self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool | None
+    def _move_scalars(self, group: dict[str, Any], tau: float) -> dict[str, float]:
+        lr, wd = group["lr"], group["weight_decay"]
+        # 1.0 without weight decay: x / 1 is exact, and the kernels' graph stays the same
+        return {"minus_tau": -tau, "divisor": 1 + lr * wd if wd > 0 else 1.0}
+
+    def _move_reference(
+        self, group: dict[str, Any], rows: Sequence[Row], tau: float, foreach: bool
     ) -> None:
         lr, wd = group["lr"], group["weight_decay"]
-        if native_requested(group):
-            rest = self._move_fused(group, params, (-tau, 1 + lr * wd if wd > 0 else 1.0))
-            if not rest:
-                return
-            foreach, params = _foreach.resolve_foreach(foreach, params), rest
-        averages = [self.state[p]["grad_avg"] for p in params]
+        params, averages = [row["p"] for row in rows], [row["d"] for row in rows]
         if foreach:
             torch._foreach_add_(params, averages, alpha=-tau)
             if wd > 0:
@@ -622,25 +541,6 @@ class Momo(_MomentumModel):
                 p.add_(d, alpha=-tau)
                 if wd > 0:
                     p.div_(1 + lr * wd)
-
-    def _move_fused(
-        self, group: dict[str, Any], params: list[Tensor], values: tuple[float, float]
-    ) -> list[Tensor]:
-        """Move the tensors the kernels take; return the others (for the eager path)."""
-        native_rows, params = self._take_native_moves(group, params)
-        for rows in native_rows.values():
-            _NATIVE_MOMO_MOVE(rows.moves, values)
-        rest = []
-        constants: dict[torch.dtype, Tensor] = {}
-        for p in params:
-            d = self.state[p]["grad_avg"]
-            if not (compiled_requested(group) and flat_eligible(p, d)):
-                rest.append(p)
-                continue
-            if p.dtype not in constants:
-                constants[p.dtype] = scalars(values, p)
-            _momo_move(flat(p), flat(d), constants[p.dtype])
-        return rest
 
 
 @register(
@@ -665,8 +565,7 @@ class Momo(_MomentumModel):
     group_kwargs={"lr": 0.01},
 )
 class MomoAdam(_MomentumModel):
-    __doc__ = (
-        r"""MoMo-Adam: Adam directions with a Polyak-type adaptive step size (MomoAdam).
+    r"""MoMo-Adam: Adam directions with a Polyak-type adaptive step size (MomoAdam).
 
     .. math::
         \begin{aligned}
@@ -680,9 +579,18 @@ class MomoAdam(_MomentumModel):
         &\quad \Gamma_k = \textstyle\sum_i \gamma_i, \quad \langle d_k, x_k\rangle =
               \sum_i \langle m_i, x_i\rangle, \quad \lVert d_k\rVert^2_{D_k^{-1}} =
               \sum_i \langle m_i, m_i / D_i\rangle, \quad \rho_k = 1 - \beta_1^k\\
-        &\textbf{for every group:}\\"""
-        + _MOMO_STEP
-        + r"""        &\quad x_i \leftarrow \begin{cases}
+        &\textbf{for every group:}\\
+        &\quad c = 1 + \eta\lambda \quad (\eta = \texttt{lr},\ \lambda = \texttt{weight\_decay}
+              \text{ of the group})\\
+        &\quad \text{[use\_fstar] if } c \bar f_k + \langle d_k, x_k\rangle - c\Gamma_k
+              < c \rho_k f^*: \quad f^* \leftarrow \max\Big(\frac{c \bar f_k + \langle d_k,
+              x_k\rangle - c \Gamma_k}{2 c \rho_k}, f^*_0\Big)\\
+        &\quad \tau_k = \min\Big(\frac{\eta}{\rho_k}, \frac{\big(c (\bar f_k - \rho_k f^*) +
+              \langle d_k, x_k\rangle - c\,\Gamma_k\big)_+}{\lVert d_k\rVert^2_{D_k^{-1}}}\Big)\\
+        &\quad \text{[use\_fstar]}\quad f^* \leftarrow \max\Big(\frac{\bar f_k + \langle d_k,
+              x_k\rangle - \Gamma_k - \tau_k \lVert d_k\rVert^2_{D_k^{-1}} / 2}{\rho_k},
+              f^*_0\Big)
+        &\quad x_i \leftarrow \begin{cases}
               (x_i - \tau_k\, m_i / D_i) / c & \text{divide}\\
               (1 - \eta\lambda)\, x_i - \tau_k\, m_i / D_i & \text{otherwise (AdamW-style)}
               \end{cases}
@@ -714,9 +622,26 @@ class MomoAdam(_MomentumModel):
             cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
             first step pays the compilation); False takes neither.
         sharded: as :class:`Momo`.
-"""
-        + _MOMO_NOTES
-        + r"""
+
+    All sums (:math:`\langle d, x\rangle`, :math:`\Gamma = \sum_i \gamma_i`,
+    :math:`\lVert d\rVert^2`) run over every parameter with a gradient, across groups; each group
+    then takes its own :math:`\tau` from its ``lr`` and ``weight_decay``. With ``use_fstar`` the
+    lower-bound estimate is shared and updated group after group, in order, as in the package.
+
+    The loss must be the scalar mini-batch loss whose gradient is used: ``step(closure)`` or
+    ``loss.backward(); step(loss=loss)``. In data-parallel training pass the loss averaged over
+    ranks (as the gradients are).
+
+    .. note::
+        Deviations from ``momo-opt`` 0.1.0 (spec 4.4): the step counter, :math:`\bar f` and the
+        current lower bound live in the param groups (``step``, ``loss_avg``, ``lower_bound``),
+        so ``state_dict()`` / ``load_state_dict()`` resume a run exactly; the package keeps them in
+        instance attributes and, after a reload, re-initialises its averages as on step 1.
+        Parameters without a gradient are skipped (``Momo`` of the package crashes on them) and
+        their averages are initialised at their first gradient. When every :math:`d` is zero
+        (:math:`\lVert d\rVert^2 = 0`) the package divides by zero; here :math:`\tau = \eta/\rho`
+        (the direction is zero, so only weight decay acts). Sparse gradients are rejected.
+
     .. note::
         Also different from the package, only visible with param groups that differ in
         ``betas`` or with tensors whose first gradient comes after step 1: the loss average uses
@@ -731,7 +656,6 @@ class MomoAdam(_MomentumModel):
         >>> loss.backward()
         >>> optimizer.step(loss=loss)
     """
-    )
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -792,89 +716,52 @@ class MomoAdam(_MomentumModel):
             return denominators
         return [v.div(b).sqrt_().add_(eps) for v, b in zip(squares, bias2, strict=True)]
 
-    def _init_state(self, p: Tensor) -> None:
+    _state_arrays: ClassVar[Mapping[str, str]] = {
+        "m": "grad_avg",
+        "v": "grad_avg_sq",
+        "gamma": "grad_dot_w",
+    }
+
+    def _init_state(self, p: Tensor, g: Tensor) -> None:
         state = self.state[p]
-        if len(state) == 0:
-            state["step"] = 0
-            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["grad_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            # the dtype and device of <g, x> (see _dot)
-            state["grad_dot_w"] = torch.zeros(
-                (), dtype=_foreach.accumulation_dtype(p.dtype), device=p.device
-            )
+        state["step"] = 0
+        state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["grad_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        # the dtype and device of <g, x> (see _dot)
+        state["grad_dot_w"] = torch.zeros(
+            (), dtype=_foreach.accumulation_dtype(p.dtype), device=p.device
+        )
 
-    def _accumulate(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        foreach: bool | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        if not native_requested(group):
-            return self._accumulate_eager(
-                group, params, grads, _foreach.resolve_foreach(foreach, params)
-            )
-        beta1, beta2 = group["betas"]
-        parts: list[tuple[Tensor, Tensor, Tensor]] = []
-        rest: list[tuple[Tensor, Tensor]] = []
-        # keyed by the step count too: D_i's bias correction is per tensor
-        constants: dict[tuple[torch.dtype, int], Tensor] = {}
-        native = _NATIVE_ADAM_MOMENTS.available()
-        native_rows: dict[torch.dtype, _NativeRows] = {}
-        biases: dict[int, tuple[float]] = {}  # most tensors share their step
-        for p, g in zip(params, grads, strict=True):
-            state = self.state[p]
-            if len(state) == 0:
-                self._init_state(p)
-            m, v, gamma = state["grad_avg"], state["grad_avg_sq"], state["grad_dot_w"]
-            if native and native_eligible(g, p, m, v, gamma):
-                state["step"] += 1
-                step = int(state["step"])
-                if step not in biases:
-                    biases[step] = (1 - beta2**step,)
-                rows = _native_rows_for(native_rows, p.dtype)
-                rows.tensors.append((g, p, m, v, gamma))
-                rows.moves.append((p, m, v))
-                rows.constants.append(biases[step])
-                continue
-            if not (compiled_requested(group) and flat_eligible(p, g, m, v, gamma)):
-                rest.append((p, g))  # the eager path counts its step
-                continue
+    def _begin(
+        self, group: dict[str, Any], rows: Sequence[Row], fresh: list[bool], plan: Plan
+    ) -> list[TensorScalars]:
+        # each tensor counts its own steps t_i (for D_i's bias correction)
+        beta2 = group["betas"][1]
+        biases = []
+        for row in rows:
+            state = self.state[row["p"]]
             state["step"] += 1
-            key = (p.dtype, int(state["step"]))
-            if key not in constants:
-                bias2 = 1 - beta2 ** int(state["step"])
-                constants[key] = scalars(
-                    (beta1, 1 - beta1, beta2, 1 - beta2, bias2, group["eps"]), p
-                )
-            dot, norm = _momo_adam_moments(
-                flat(g), flat(p), flat(m), flat(v), flat(gamma), constants[key]
-            )
-            parts.append((dot, gamma, norm))
-        for dtype, rows in native_rows.items():
-            sums = _NATIVE_ADAM_MOMENTS(
-                rows.tensors, (beta1, 1 - beta1, beta2, 1 - beta2, group["eps"]), rows.constants
-            )
-            assert sums is not None  # available() was checked above
-            parts.append(_native_group_sums(sums, dtype))
-        self._native_moves[id(group)] = native_rows
-        if rest:
-            rest_params, rest_grads = (list(column) for column in zip(*rest, strict=True))
-            foreach = _foreach.resolve_foreach(foreach, params)
-            parts.append(self._accumulate_eager(group, rest_params, rest_grads, foreach))
-        return _group_sums(parts, params[0].device)
+            biases.append({"bias2": 1 - beta2 ** int(state["step"])})
+        return biases
 
-    def _accumulate_eager(
-        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    def _average_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        beta1, beta2 = group["betas"]
+        return {
+            "beta1": beta1,
+            "one_minus_beta1": 1 - beta1,
+            "beta2": beta2,
+            "one_minus_beta2": 1 - beta2,
+            "eps": group["eps"],
+        }
+
+    def _averages_reference(
+        self, group: dict[str, Any], rows: Sequence[Row], foreach: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         beta1, beta2 = group["betas"]
+        params, grads = [row["p"] for row in rows], [row["grad"] for row in rows]
+        averages, squares = [row["m"] for row in rows], [row["v"] for row in rows]
+        gammas = [row["gamma"] for row in rows]
         grad_dots = [_dot(p, g) for p, g in zip(params, grads, strict=True)]
-        for p in params:
-            self._init_state(p)
-            self.state[p]["step"] += 1
-        averages = [self.state[p]["grad_avg"] for p in params]
-        squares = [self.state[p]["grad_avg_sq"] for p in params]
-        gammas = [self.state[p]["grad_dot_w"] for p in params]
         if foreach:
             torch._foreach_mul_(averages, beta1)
             torch._foreach_add_(averages, grads, alpha=1 - beta1)
@@ -897,10 +784,9 @@ class MomoAdam(_MomentumModel):
                 torch.div(m, d, out=d)
         else:
             scaled = [m / d for m, d in zip(averages, denominators, strict=True)]
-        device = params[0].device
         return (
             _foreach.total_dot(params, averages).to(torch.float64),
-            _stack64(gammas, device),
+            _stack64(gammas, params[0].device),
             _foreach.total_dot(averages, scaled).to(torch.float64),
         )
 
@@ -911,18 +797,23 @@ class MomoAdam(_MomentumModel):
     def _rho(self, group: dict[str, Any], k: int) -> float:
         return 1 - group["betas"][0] ** k
 
-    def _move(
-        self, group: dict[str, Any], params: list[Tensor], tau: float, foreach: bool | None
+    def _move_scalars(self, group: dict[str, Any], tau: float) -> dict[str, float]:
+        lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
+        # 1.0 for a factor that is off: x * 1 and x / 1 are exact, and the graph stays the same
+        return {
+            "decay": 1 - wd * lr if wd > 0 and not divide else 1.0,
+            "minus_tau": -tau,
+            "eps": group["eps"],
+            "divisor": 1 + lr * wd if wd > 0 and divide else 1.0,
+        }
+
+    def _move_reference(
+        self, group: dict[str, Any], rows: Sequence[Row], tau: float, foreach: bool
     ) -> None:
         lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
-        if native_requested(group):
-            rest = self._move_fused(group, params, tau)
-            if not rest:
-                return
-            foreach, params = _foreach.resolve_foreach(foreach, params), rest
-        averages = [self.state[p]["grad_avg"] for p in params]
-        # recomputed rather than kept from _accumulate: no second copy of v alive across groups
-        denominators = self._denominators(group, params, bool(foreach))
+        params, averages = [row["p"] for row in rows], [row["m"] for row in rows]
+        # recomputed rather than kept from the averages: no second copy of v alive across groups
+        denominators = self._denominators(group, params, foreach)
         if foreach:
             if wd > 0 and not divide:
                 torch._foreach_mul_(params, 1 - wd * lr)
@@ -937,79 +828,106 @@ class MomoAdam(_MomentumModel):
                 if wd > 0 and divide:
                     p.div_(1 + lr * wd)
 
-    def _move_fused(self, group: dict[str, Any], params: list[Tensor], tau: float) -> list[Tensor]:
-        """Move the tensors the kernels take; return the others (for the eager path)."""
-        lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
-        beta2, eps = group["betas"][1], group["eps"]
-        # 1.0 for a factor that is off: x * 1 and x / 1 are exact, and the graph stays the same
-        decay = 1 - wd * lr if wd > 0 and not divide else 1.0
-        divisor = 1 + lr * wd if wd > 0 and divide else 1.0
-        native_rows, params = self._take_native_moves(group, params)
-        for rows in native_rows.values():
-            _NATIVE_ADAM_MOVE(rows.moves, (decay, -tau, eps, divisor), rows.constants)
-        rest = []
-        constants: dict[tuple[torch.dtype, int], Tensor] = {}
-        for p in params:
-            state = self.state[p]
-            m, v = state["grad_avg"], state["grad_avg_sq"]
-            if not (compiled_requested(group) and flat_eligible(p, m, v)):
-                rest.append(p)
-                continue
-            key = (p.dtype, int(state["step"]))
-            if key not in constants:
-                bias2 = 1 - beta2 ** int(state["step"])
-                constants[key] = scalars((decay, -tau, bias2, eps, divisor), p)
-            _momo_adam_move(flat(p), flat(m), flat(v), constants[key])
-        return rest
 
+# -- the passes' kernels (see :mod:`lrlab.optim._executor`) -------------------------------------
+# The sums are taken in the scalars' dtype, the accumulation dtype of the parameter (as _dot and
+# total_dot cast low-precision tensors to float32). Every first pass returns, per tensor, the
+# new gamma_i, <x_i, d_i> and ||d_i||^2_{D_i^-1} (d_i = m_i for MoMo-Adam).
 
-# -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------
-# The sums are taken in c's dtype, the accumulation dtype of the parameter (as _dot and
-# total_dot cast low-precision tensors to float32).
+_SUMS = ("gamma", "dot", "norm")
+_AVERAGES_SCHEMA = Schema(
+    "MomoAverages",
+    scalars=("beta", "one_minus_beta"),
+    # 1 at a tensor's first step without bias correction, on the native path: gamma starts at
+    # the kernel's own <g, x> (elsewhere _begin has set it)
+    tensor_scalars=("starts",),
+    sums=_SUMS,
+)
+_MOVE_SCHEMA = Schema("MomoMove", scalars=("minus_tau", "divisor"))  # divisor: 1 + lr wd or 1
+_ADAM_MOMENTS_SCHEMA = Schema(
+    "MomoAdamMoments",
+    scalars=("beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "eps"),
+    tensor_scalars=("bias2",),  # 1 - beta2^t of the tensor's step t
+    sums=_SUMS,
+)
+_ADAM_MOVE_SCHEMA = Schema(
+    "MomoAdamMove",
+    # decay: 1 - lr wd (AdamW form) or 1; divisor: 1 + lr wd (divide) or 1
+    scalars=("decay", "minus_tau", "eps", "divisor"),
+    tensor_scalars=("bias2",),
+)
 
 
 @kernel
 def _momo_averages(
-    grad: Tensor, p: Tensor, d: Tensor, gamma: Tensor, c: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Momo's averages of one tensor; ``c`` = (beta, 1 - beta). Updates d and gamma (a 1-element
-    view of the 0-d state); returns <x, d_new> and ||d_new||^2."""
-    acc = c.dtype
+    grad: Tensor, p: Tensor, d: Tensor, gamma: Tensor, scalars: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Momo's averages of one tensor (gamma: a 1-element view of the 0-d state). The compiled
+    rows' gamma was started by _begin: ``starts`` is for the native kernel."""
+    c, acc = _AVERAGES_SCHEMA.read(scalars), scalars.dtype
     x = p.to(acc)
-    d_new = d * c[0] + c[1] * grad
+    d_new = d * c["beta"] + c["one_minus_beta"] * grad
     d.copy_(d_new)
-    gamma.copy_(gamma * c[0] + c[1] * (x * grad.to(acc)).sum())
+    gamma_new = gamma * c["beta"] + c["one_minus_beta"] * (x * grad.to(acc)).sum()
+    gamma.copy_(gamma_new)
     d_acc = d_new.to(acc)
-    return (x * d_acc).sum(), (d_acc * d_acc).sum()
+    return gamma_new.sum(), (x * d_acc).sum(), (d_acc * d_acc).sum()
 
 
 @kernel
-def _momo_move(p: Tensor, d: Tensor, c: Tensor) -> None:
-    """Momo's move; ``c`` = (-tau, 1 + lr wd, or 1 without weight decay)."""
-    p.copy_((p + c[0] * d) / c[1])
+def _momo_move(p: Tensor, d: Tensor, scalars: Tensor) -> None:
+    """Momo's move ``x = (x - tau d) / (1 + lr wd)``."""
+    c = _MOVE_SCHEMA.read(scalars)
+    p.copy_((p + c["minus_tau"] * d) / c["divisor"])
 
 
 @kernel
 def _momo_adam_moments(
-    grad: Tensor, p: Tensor, m: Tensor, v: Tensor, gamma: Tensor, c: Tensor
-) -> tuple[Tensor, Tensor]:
-    """MoMo-Adam's moments of one tensor; ``c`` = (beta1, 1 - beta1, beta2, 1 - beta2,
-    1 - beta2^t, eps). Updates m, v and gamma (a 1-element view of the 0-d state); returns
-    <x, m_new> and <m_new, m_new / D>."""
-    acc = c.dtype
+    grad: Tensor, p: Tensor, m: Tensor, v: Tensor, gamma: Tensor, scalars: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MoMo-Adam's moments of one tensor (gamma: a 1-element view of the 0-d state)."""
+    c, acc = _ADAM_MOMENTS_SCHEMA.read(scalars), scalars.dtype
     x = p.to(acc)
-    m_new = m * c[0] + c[1] * grad
-    v_new = v * c[2] + c[3] * grad * grad
+    m_new = m * c["beta1"] + c["one_minus_beta1"] * grad
+    v_new = v * c["beta2"] + c["one_minus_beta2"] * grad * grad
     m.copy_(m_new)
     v.copy_(v_new)
-    gamma.copy_(gamma * c[0] + c[1] * (x * grad.to(acc)).sum())
-    scaled = m_new / ((v_new / c[4]).sqrt() + c[5])
+    gamma_new = gamma * c["beta1"] + c["one_minus_beta1"] * (x * grad.to(acc)).sum()
+    gamma.copy_(gamma_new)
+    scaled = m_new / ((v_new / c["bias2"]).sqrt() + c["eps"])
     m_acc = m_new.to(acc)
-    return (x * m_acc).sum(), (m_acc * scaled.to(acc)).sum()
+    return gamma_new.sum(), (x * m_acc).sum(), (m_acc * scaled.to(acc)).sum()
 
 
 @kernel
-def _momo_adam_move(p: Tensor, m: Tensor, v: Tensor, c: Tensor) -> None:
-    """MoMo-Adam's move; ``c`` = (1 - lr wd (AdamW form) or 1, -tau, 1 - beta2^t, eps,
-    1 + lr wd (divide) or 1)."""
-    p.copy_((p * c[0] + c[1] * m / ((v / c[2]).sqrt() + c[3])) / c[4])
+def _momo_adam_move(p: Tensor, m: Tensor, v: Tensor, scalars: Tensor) -> None:
+    """MoMo-Adam's move ``x = (decay x - tau m / D) / divisor``."""
+    c = _ADAM_MOVE_SCHEMA.read(scalars)
+    denominator = (v / c["bias2"]).sqrt() + c["eps"]
+    p.copy_((p * c["decay"] + c["minus_tau"] * m / denominator) / c["divisor"])
+
+
+Momo._averages = Pass(
+    "momo",
+    ("grad", "p", "d", "gamma"),
+    _AVERAGES_SCHEMA,
+    native="momo_averages",
+    compiled=_momo_averages,
+    array_lengths=last_array_scalar(4),  # gamma: one element
+)
+Momo._move = Pass("momo", ("p", "d"), _MOVE_SCHEMA, native="momo_move", compiled=_momo_move)
+MomoAdam._averages = Pass(
+    "momo",
+    ("grad", "p", "m", "v", "gamma"),
+    _ADAM_MOMENTS_SCHEMA,
+    native="momo_adam_moments",
+    compiled=_momo_adam_moments,
+    array_lengths=last_array_scalar(5),
+)
+MomoAdam._move = Pass(
+    "momo",
+    ("p", "m", "v"),
+    _ADAM_MOVE_SCHEMA,
+    native="momo_adam_move",
+    compiled=_momo_adam_move,
+)
