@@ -274,6 +274,7 @@ class Plan:
             sums = step._kernel(rows, values, per_tensor)
             assert sums is not None  # plan() checked that the kernel is available
             result.native[dtype] = sums
+            result.native_rows[dtype] = chosen
         for i in self.compiled:
             if keep is not None and i not in keep:
                 continue
@@ -292,6 +293,7 @@ class Plan:
             if names:
                 parts = out if isinstance(out, tuple) else (out,)
                 result.compiled.append(dict(zip(names, parts, strict=True)))
+                result.compiled_rows.append(i)
         return result
 
 
@@ -305,7 +307,22 @@ class PassResult:
     native: dict[torch.dtype, Tensor] = field(default_factory=dict)
     compiled: list[dict[str, Tensor]] = field(default_factory=list)
     reference: list[int] = field(default_factory=list)
+    #: the row indices behind ``native`` (per dtype, in its rows' order) and ``compiled``
+    native_rows: dict[torch.dtype, list[int]] = field(default_factory=dict)
+    compiled_rows: list[int] = field(default_factory=list)
     _constants: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
+
+    def by_row(self) -> dict[int, Tensor]:
+        """Each kernel row's sums as one vector in the schema's order, by row index: a native
+        row's in float64 (on the CPU), a compiled row's in its kernel's dtype. For a method whose
+        per-tensor sums are per-block statistics (a block is one tensor, or the rows are summed
+        in parameter order)."""
+        rows: dict[int, Tensor] = {}
+        for dtype, table in self.native.items():
+            rows.update(zip(self.native_rows[dtype], table.unbind(0), strict=True))
+        for index, sums in zip(self.compiled_rows, self.compiled, strict=True):
+            rows[index] = torch.stack([sums[name] for name in self.schema.sums])
+        return rows
 
     def native_totals(self, combine: Callable[[Callable[[str], Tensor]], Tensor]) -> list[Tensor]:
         """One total per native dtype of a per-tensor combination of the sums, e.g.
