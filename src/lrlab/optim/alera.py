@@ -62,6 +62,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
@@ -76,14 +77,6 @@ from lrlab.optim._distributed import is_distributed
 from lrlab.optim._executor import Pass, Plan, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
-from lrlab.optim._validation import (
-    check_betas,
-    check_bool,
-    check_choice,
-    check_nonnegative,
-    check_positive,
-    check_range,
-)
 from lrlab.optim.clara import sgd_noise_reference
 
 __all__ = [
@@ -106,6 +99,8 @@ GRADIENT_FLOOR = 1e-6
 LR_STOP = 1e-15
 # math.exp overflows above ~709.78; a larger exponent would give an infinite rate anyway
 _MAX_EXPONENT = 700.0
+#: a block's rate factor, step count and last path ratio before its first step
+_NEW_BLOCK: dict[str, Any] = {"lr_factor": 1.0, "block_step": 0, "path_ratio": 0.0}
 
 
 def layer_param_groups(model: nn.Module, **options: Any) -> list[dict[str, Any]]:
@@ -250,6 +245,18 @@ class _PathLearningRates(AdaptiveOptimizer):
             # step has not moved yet, so restoring it to itself is right
             state["prev"] = p.detach().clone(memory_format=torch.preserve_format)
 
+    def _group_defaults(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """A constructor's arguments (its ``locals()``) as the optimizer's defaults: every one
+        but ``params`` is a group setting. Checked here, by the declared rules (NOTE [one
+        validation for hyperparameters]), before ``params`` is read; ``fused`` is resolved
+        against ``foreach``."""
+        defaults = {k: v for k, v in arguments.items() if k not in ("self", "params", "__class__")}
+        defaults["fused"] = check_fused(defaults["fused"], defaults["foreach"])
+        self.check_hyperparameters(defaults)
+        if "betas" in defaults:
+            defaults["betas"] = tuple(defaults["betas"])
+        return defaults
+
     def _block_statistics(self, work: list[_GroupWork]) -> tuple[list[Tensor], list[Tensor]]:
         raise NotImplementedError
 
@@ -276,16 +283,19 @@ class _PathLearningRates(AdaptiveOptimizer):
         local_values = iter(values[len(shared) :])
         if self.needs_loss:
             loss = next(shared_values) / self._loss_ranks()
-            if self._catastrophe(loss):
-                self._restore_previous()
+            if self._catastrophe(loss):  # undo the last step; no step now
+                for p, prev in self._previous():
+                    p.copy_(prev)
                 for group in self.param_groups:
                     group["effective_lr"] = 0.0
                 return
-            # pass (2) of a tensor on the kernels saves its previous value in the same sweep
+            # x_prev <- x; pass (2) of a tensor on the kernels does it in the same sweep
             on_kernels = {id(p) for w in work for p in w.params} - {
                 id(p) for w in work for p in w.reference(w.params)
             }
-            self._remember_previous(skip=on_kernels)
+            for p, prev in self._previous():
+                if id(p) not in on_kernels:
+                    prev.copy_(p)
         self._adapt_and_move(work, shared_values, local_values)
 
     def _gather(self) -> list[_GroupWork]:
@@ -361,27 +371,12 @@ class _PathLearningRates(AdaptiveOptimizer):
             self._set_global(key, value)
         return alarm
 
-    def _previous_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
-        params, previous = [], []
+    def _previous(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(x, x_prev)`` of every tensor that keeps its previous value (SALeRA, SPALeRA)."""
         for group in self.param_groups:
             for p in group["params"]:
-                state = self.state.get(p)
-                if state and "prev" in state:
-                    params.append(p)
-                    previous.append(state["prev"])
-        return params, previous
-
-    def _restore_previous(self) -> None:
-        params, previous = self._previous_pairs()
-        for p, prev in zip(params, previous, strict=True):
-            p.copy_(prev)
-
-    def _remember_previous(self, skip: set[int]) -> None:
-        """``prev <- x`` for every tensor whose ``id`` is not in ``skip``."""
-        params, previous = self._previous_pairs()
-        for prev, p in zip(previous, params, strict=True):
-            if id(p) not in skip:
-                prev.copy_(p)
+                if "prev" in self.state.get(p, {}):
+                    yield p, self.state[p]["prev"]
 
     def _catastrophe_statistics(self) -> dict[str, float]:
         if not self.needs_loss:
@@ -421,26 +416,20 @@ class _LayerPathLearningRates(_PathLearningRates):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        check_choice("block", group["block"], _BLOCKS)
         # a group block keeps its rate factor, step count and last path ratio in the group
-        group.setdefault("lr_factor", 1.0)
-        group.setdefault("block_step", 0)
-        group.setdefault("path_ratio", 0.0)
+        for key, value in _NEW_BLOCK.items():
+            self.param_groups[-1].setdefault(key, value)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
-            group.setdefault("lr_factor", 1.0)
-            group.setdefault("block_step", 0)
-            group.setdefault("path_ratio", 0.0)
+            for key, value in _NEW_BLOCK.items():
+                group.setdefault(key, value)
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(group, p, state)
-        if group["block"] == "tensor":
-            state["lr_factor"] = 1.0
-            state["block_step"] = 0
-            state["path_ratio"] = 0.0
+        if group["block"] == "tensor":  # a tensor block keeps them in its state
+            state.update(_NEW_BLOCK)
 
     def _block_statistics(self, work: list[_GroupWork]) -> tuple[list[Tensor], list[Tensor]]:
         shared: list[Tensor] = []
@@ -477,15 +466,11 @@ class _LayerPathLearningRates(_PathLearningRates):
         return torch.stack([rows[i] for i in range(len(w.params))]).unbind(1)
 
     def _adapt_block(
-        self,
-        group: dict[str, Any],
-        holder: dict[str, Any],
-        path_sq: float,
-        dot: float,
-        grad_sq: float,
-        size: int,
+        self, group: dict[str, Any], holder: dict[str, Any], sums: list[float], size: int
     ) -> tuple[float, float]:
-        """Update one block's rate from its statistics; return (its eta, 1/||g_l|| or 0)."""
+        """Update one block's rate from its statistics ``sums`` (``||p||^2``, ``<p, g>``,
+        ``||g||^2``, of ``size`` elements); return (its eta, 1/||g_l|| or 0)."""
+        path_sq, dot, grad_sq = sums
         if size == 0:
             # an empty tensor has no path and no gradient: its rate stays as it is
             return float(group["lr"]) * self._rate_scale() * holder["lr_factor"], 0.0
@@ -513,31 +498,26 @@ class _LayerPathLearningRates(_PathLearningRates):
     ) -> None:
         for w in work:
             group = w.group
-            etas: list[float] = []
-            inverse_norms: list[float] = []
+            # the blocks' new rates: (eta_l, 1/||g_l||) of every tensor of the group
             if group["block"] == "group":
-                path_sq, dot, grad_sq, size = (next(shared) for _ in range(4))
+                *sums, size = (next(shared) for _ in range(4))
                 if size == 0:  # no tensor of this block has a gradient on any rank
                     group["effective_lr"] = 0.0
                     continue
-                eta, inverse_norm = self._adapt_block(
-                    group, group, path_sq, dot, grad_sq, round(size)
-                )
-                etas = [eta] * len(w.params)
-                inverse_norms = [inverse_norm] * len(w.params)
-                group["effective_lr"] = eta
+                rate = self._adapt_block(group, group, sums, round(size))
+                group["effective_lr"] = rate[0]
+                rates = [rate] * len(w.params)
             else:
-                for p in w.params:
-                    path_sq, dot, grad_sq = next(local), next(local), next(local)
-                    eta, inverse_norm = self._adapt_block(
-                        group, self.state[p], path_sq, dot, grad_sq, p.numel()
-                    )
-                    etas.append(eta)
-                    inverse_norms.append(inverse_norm)
+                rates = [
+                    self._adapt_block(group, self.state[p], list(islice(local, 3)), p.numel())
+                    for p in w.params
+                ]
                 # the mean of the tensors' rates: one number for a group of per-tensor rates
+                etas = [eta for eta, _ in rates]
                 group["effective_lr"] = sum(etas) / len(etas) if etas else 0.0
             if not w.params:
                 continue
+            etas, inverse_norms = [eta for eta, _ in rates], [norm for _, norm in rates]
             if w.on_kernels:
                 # pass (2): the path, the method's state and the parameter in one sweep
                 reference = set(w.plan.reference)
@@ -613,23 +593,6 @@ class _LayerPathLearningRates(_PathLearningRates):
 
 
 # -- validation -----------------------------------------------------------------------------------
-
-
-def _check_path(
-    lr: float, alpha: float, adapt_constant: float, weight_decay: float, sharded: bool
-) -> None:
-    check_positive("lr", lr)
-    check_range("alpha", alpha, 0.0, 1.0, "(]")
-    check_nonnegative("adapt_constant", adapt_constant)
-    check_nonnegative("weight_decay", weight_decay)
-    check_bool("sharded", sharded)
-
-
-def _check_catastrophe(mbratio: float, ph_lambda_rel: float, ph_lambda: float | None) -> None:
-    check_range("mbratio", mbratio, 0.0, 1.0, "(]")
-    check_nonnegative("ph_lambda_rel", ph_lambda_rel)
-    if ph_lambda is not None:
-        check_nonnegative("ph_lambda", ph_lambda)
 
 
 _PATH_INVALID = (
@@ -757,20 +720,7 @@ class ALeRA(_LayerPathLearningRates):
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
-        fused = check_fused(fused, foreach)
-        check_choice("block", block, _BLOCKS)
-        defaults = {
-            "lr": lr,
-            "alpha": alpha,
-            "adapt_constant": adapt_constant,
-            "block": block,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "fused": fused,
-            "sharded": sharded,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, self._group_defaults(locals()))
 
     def _step(
         self,
@@ -892,25 +842,8 @@ class SALeRA(ALeRA):
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
-        fused = check_fused(fused, foreach)
-        check_choice("block", block, _BLOCKS)
-        _check_catastrophe(mbratio, ph_lambda_rel, ph_lambda)
-        defaults = {
-            "lr": lr,
-            "alpha": alpha,
-            "adapt_constant": adapt_constant,
-            "block": block,
-            "mbratio": mbratio,
-            "ph_lambda_rel": ph_lambda_rel,
-            "ph_lambda": ph_lambda,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "fused": fused,
-            "sharded": sharded,
-        }
         # skip ALeRA.__init__ (its signature has no catastrophe-test arguments)
-        _LayerPathLearningRates.__init__(self, params, defaults)
+        _LayerPathLearningRates.__init__(self, params, self._group_defaults(locals()))
 
     def _move_scalars(self, group: dict[str, Any]) -> dict[str, float]:
         # "one": the runtime 1.0 of the compiled kernel's copy x_prev <- x (see _save_previous)
@@ -1004,24 +937,7 @@ class AgAdam(_LayerPathLearningRates):
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
-        fused = check_fused(fused, foreach)
-        check_choice("block", block, _BLOCKS)
-        check_betas("betas", betas)
-        check_positive("eps", eps)
-        defaults = {
-            "lr": lr,
-            "betas": tuple(betas),
-            "eps": eps,
-            "alpha": alpha,
-            "adapt_constant": adapt_constant,
-            "block": block,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "fused": fused,
-            "sharded": sharded,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, self._group_defaults(locals()))
 
     _state_arrays: ClassVar[Mapping[str, str]] = {"path": "path", "m": "exp_avg", "v": "exp_avg_sq"}
 
@@ -1196,22 +1112,7 @@ class SPALeRA(_PathLearningRates):
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
-        fused = check_fused(fused, foreach)
-        _check_catastrophe(mbratio, ph_lambda_rel, ph_lambda)
-        defaults = {
-            "lr": lr,
-            "alpha": alpha,
-            "adapt_constant": adapt_constant,
-            "mbratio": mbratio,
-            "ph_lambda_rel": ph_lambda_rel,
-            "ph_lambda": ph_lambda,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "fused": fused,
-            "sharded": sharded,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, self._group_defaults(locals()))
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(group, p, state)
