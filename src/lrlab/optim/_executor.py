@@ -46,7 +46,16 @@ from lrlab.optim._fused import (
 )
 from lrlab.optim._native import ArrayLengths, NativeKernel, native_eligible
 
-__all__ = ["Pass", "Plan", "Schema", "check_schemas", "render_schemas", "route", "write_schemas"]
+__all__ = [
+    "Pass",
+    "PassResult",
+    "Plan",
+    "Schema",
+    "check_schemas",
+    "render_schemas",
+    "route",
+    "write_schemas",
+]
 
 _SOURCES = Path(__file__).with_name("native")
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -74,7 +74,7 @@ from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._distributed import is_distributed
-from lrlab.optim._executor import Pass, Plan, Schema, route
+from lrlab.optim._executor import Pass, PassResult, Plan, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim.clara import sgd_noise_reference
@@ -331,12 +331,12 @@ class _PathLearningRates(AdaptiveOptimizer):
             work.append(_GroupWork(group, params, grads, plan, foreach))
         return work
 
-    def _first_pass(self, w: _GroupWork) -> dict[int, Tensor]:
-        """Pass (1) of the tensors of ``w`` that the kernels take: their sums, by index."""
+    def _first_pass(self, w: _GroupWork) -> PassResult:
+        """Pass (1) of the tensors of ``w`` that the kernels take."""
         weight_decay = w.group["weight_decay"]
         if weight_decay != 0:
-            return w.plan.run(self._decayed_sums_pass, {"weight_decay": weight_decay}).by_row()
-        return w.plan.run(self._sums_pass, {}).by_row()
+            return w.plan.run(self._decayed_sums_pass, {"weight_decay": weight_decay})
+        return w.plan.run(self._sums_pass, {})
 
     def _rate_scale(self) -> float:
         return float(self.param_groups[0].get("rate_scale", 1.0))
@@ -459,7 +459,11 @@ class _LayerPathLearningRates(_PathLearningRates):
         paths = [self.state[p]["path"] for p in w.reference(w.params)]
         if not w.on_kernels:
             return _tensor_statistics(paths, w.grads, w.foreach, device)
-        rows = {i: r.to(device=device, dtype=torch.float64) for i, r in self._first_pass(w).items()}
+        result = self._first_pass(w)
+        if [list(range(len(w.params)))] == list(result.native_rows.values()):
+            # every tensor native and of one dtype (the usual case): already in order
+            return next(iter(result.native.values())).to(device).unbind(1)
+        rows = {i: r.to(device=device, dtype=torch.float64) for i, r in result.by_row().items()}
         if paths:
             reference = _tensor_statistics(paths, w.reference(w.grads), w.foreach, device)
             rows.update(zip(w.plan.reference, torch.stack(reference, dim=1).unbind(0), strict=True))
@@ -1141,17 +1145,17 @@ class SPALeRA(_PathLearningRates):
         native: list[Tensor] = []
         others: list[Tensor] = []
         for w in work:
-            sums = self._first_pass(w)
-            native_rows = [i for rows in w.plan.native.values() for i in rows]
-            native += [sums[i].to(device) for i in native_rows]
+            result = self._first_pass(w)
+            native += [table.reshape(-1).to(device) for table in result.native.values()]
+            compiled = dict(zip(result.compiled_rows, result.compiled, strict=True))
             norms = iter(_foreach.norms(w.reference(w.grads), foreach=w.foreach))
+            reference = set(w.plan.reference)
             for index in range(len(w.params)):
-                if index not in sums:  # the reference loop's
-                    square = next(norms).to(device=device, dtype=torch.float64).square()
-                    others.append(square.reshape(1))
-                elif index not in native_rows:  # a compiled kernel's
-                    others.append(sums[index].to(device=device, dtype=torch.float64))
-        return torch.cat(native + others).sum()
+                if index in compiled:
+                    others.append(compiled[index]["grad_sq"].to(device=device, dtype=torch.float64))
+                elif index in reference:
+                    others.append(next(norms).to(device=device, dtype=torch.float64).square())
+        return torch.cat([*native, torch.stack(others)] if others else native).sum()
 
     def _adapt_and_move(
         self, work: list[_GroupWork], shared: Iterator[float], local: Iterator[float]
