@@ -46,7 +46,16 @@ from lrlab.optim._fused import (
 )
 from lrlab.optim._native import ArrayLengths, NativeKernel, native_eligible
 
-__all__ = ["Pass", "Plan", "Schema", "check_schemas", "render_schemas", "route", "write_schemas"]
+__all__ = [
+    "Pass",
+    "PassResult",
+    "Plan",
+    "Schema",
+    "check_schemas",
+    "render_schemas",
+    "route",
+    "write_schemas",
+]
 
 _SOURCES = Path(__file__).with_name("native")
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -301,6 +310,7 @@ class Plan:
             if names:
                 parts = out if isinstance(out, tuple) else (out,)
                 result.compiled.append(dict(zip(names, parts, strict=True)))
+                result.compiled_rows.append(i)
         return result
 
 
@@ -314,9 +324,22 @@ class PassResult:
     native: dict[torch.dtype, Tensor] = field(default_factory=dict)
     compiled: list[dict[str, Tensor]] = field(default_factory=list)
     reference: list[int] = field(default_factory=list)
-    #: the row indices of each native dtype's sums, in their order
+    #: the row indices behind ``native`` (per dtype, in its rows' order) and ``compiled``
     native_rows: dict[torch.dtype, list[int]] = field(default_factory=dict)
+    compiled_rows: list[int] = field(default_factory=list)
     _constants: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
+
+    def by_row(self) -> dict[int, Tensor]:
+        """Each kernel row's sums as one vector in the schema's order, by row index: a native
+        row's in float64 (on the CPU), a compiled row's in its kernel's dtype. For a method whose
+        per-tensor sums are per-block statistics (a block is one tensor, or the rows are summed
+        in parameter order)."""
+        rows: dict[int, Tensor] = {}
+        for dtype, table in self.native.items():
+            rows.update(zip(self.native_rows[dtype], table.unbind(0), strict=True))
+        for index, sums in zip(self.compiled_rows, self.compiled, strict=True):
+            rows[index] = torch.stack([sums[name] for name in self.schema.sums])
+        return rows
 
     def native_totals(self, combine: Callable[[Callable[[str], Tensor]], Tensor]) -> list[Tensor]:
         """One total per native dtype of a per-tensor combination of the sums, e.g.

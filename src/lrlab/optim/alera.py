@@ -37,22 +37,24 @@ Tested with disjoint ownership (``sharded=True``, threads standing in for ranks)
 parameters are untested.
 
 NOTE [the 2017 scheme fused]
-With ``fused=True`` (all four methods) the step is two passes over memory: on CPU float32/float64
-tensors two native multi-tensor kernels (:mod:`lrlab.optim._native`, ``native/alera.cpp``), one call
-per pass for all tensors of a group and dtype (a tensor block's rate and :math:`1/\lVert g_l \rVert`
-go in as per-tensor constants); elsewhere two compiled kernels per tensor
-(:mod:`lrlab.optim._fused`), one call each. The passes: (1) the partial sums before anything moves
-(ALeRA, SALeRA, Ag-Adam: path norm, path-gradient inner product, gradient norm; SPALeRA: the
-gradient norm) and (2) the path, the method's state and the parameter. Two passes, not one, because
-pass (2) needs numbers that exist only after every sum of pass (1) is in: a block's new rate and
-:math:`1/\lVert g_l \rVert` (a group block or SPALeRA's global norm spans many tensors, and may be
-reduced over ranks), and for SALeRA and SPALeRA the Page-Hinkley verdict, which must come before any
-parameter moves. The kernels add the weight decay themselves (the gradient plus decay is never
-materialised; pass (1) reads the parameter only when the decay is on), and pass (2) of SALeRA and
-SPALeRA also saves :math:`x_{\text{prev}}`, which the eager path copies in a pass of its own.
-Tensors that neither kernel takes (for the compiled ones: not
-:func:`~lrlab.optim._fused.flat_eligible`, i.e. small, non-contiguous, sparse) take the eager path
-within the same step; all paths feed the same sums.
+The fast path of all four methods is two passes over memory, declared as
+:class:`~lrlab.optim._executor.Pass` es with named scalars (the kernels' schemas at the end of this
+module): on CPU float32/float64 tensors native multi-tensor kernels (:mod:`lrlab.optim._native`,
+``native/alera.cpp``), one call per pass for all tensors of a group and dtype (a tensor block's
+rate and :math:`1/\lVert g_l \rVert` go in as per-tensor scalars); with ``fused=True`` elsewhere
+compiled kernels (:mod:`lrlab.optim._fused`), one call per tensor and pass;
+:func:`~lrlab.optim._executor.route` decides per tensor. The passes: (1) the partial sums before
+anything moves (ALeRA, SALeRA, Ag-Adam: path norm, path-gradient inner product, gradient norm;
+SPALeRA: the gradient norm) and (2) the path, the method's state and the parameter. Two passes,
+not one, because pass (2) needs numbers that exist only after every sum of pass (1) is in: a
+block's new rate and :math:`1/\lVert g_l \rVert` (a group block or SPALeRA's global norm spans
+many tensors, and may be reduced over ranks), and for SALeRA and SPALeRA the Page-Hinkley
+verdict, which must come before any parameter moves. The kernels add the weight decay themselves
+(the gradient plus decay is never materialised; pass (1) reads the parameter only when the decay
+is on), and pass (2) of SALeRA and SPALeRA also saves :math:`x_{\text{prev}}`, which the
+reference loop copies in a pass of its own. Tensors that no kernel takes (for the compiled ones:
+not :func:`~lrlab.optim._fused.flat_eligible`, i.e. small, non-contiguous, sparse) take the
+reference loop (``foreach`` or per tensor) within the same step; all paths feed the same sums.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
@@ -71,25 +74,9 @@ from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._distributed import is_distributed
-from lrlab.optim._fused import (
-    check_fused,
-    compiled_requested,
-    flat,
-    flat_eligible,
-    kernel,
-    native_requested,
-    scalars,
-)
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._executor import Pass, PassResult, Plan, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
-from lrlab.optim._validation import (
-    check_betas,
-    check_bool,
-    check_choice,
-    check_nonnegative,
-    check_positive,
-    check_range,
-)
 from lrlab.optim.clara import sgd_noise_reference
 
 __all__ = [
@@ -112,6 +99,8 @@ GRADIENT_FLOOR = 1e-6
 LR_STOP = 1e-15
 # math.exp overflows above ~709.78; a larger exponent would give an infinite rate anyway
 _MAX_EXPONENT = 700.0
+#: a block's rate factor, step count and last path ratio before its first step
+_NEW_BLOCK: dict[str, Any] = {"lr_factor": 1.0, "block_step": 0, "path_ratio": 0.0}
 
 
 def layer_param_groups(model: nn.Module, **options: Any) -> list[dict[str, Any]]:
@@ -195,48 +184,25 @@ _CATASTROPHE_GLOBALS: dict[str, Any] = {
 
 @dataclass(slots=True)
 class _GroupWork:
-    """The tensors of one param group that take part in this step."""
+    """The tensors of one param group that take part in this step, and where each goes."""
 
     group: dict[str, Any]
     params: list[Tensor]
+    #: the raw gradient of a tensor the kernels take (they add the weight decay themselves), the
+    #: gradient plus the coupled decay of one that the reference loop takes
     grads: list[Tensor]
+    #: which tensors take the native or compiled kernels; ``plan.reference``: the others
+    plan: Plan
     foreach: bool
-    #: per tensor: True when it takes the native or the compiled kernels (``fused=True``); its
-    #: ``grads`` entry is then the raw gradient, because the kernels add the weight decay
-    #: themselves
-    fused: list[bool]
-    #: per tensor: True when it takes the native kernels (then ``fused`` is True too)
-    native: list[bool]
 
-    def split(self) -> tuple[_GroupWork, list[int]]:
-        """The work of the eager path (this object itself when no tensor is fused), and the
-        indices of the tensors that take the compiled kernels (not the native ones: see
-        :meth:`native_by_dtype`)."""
-        if not any(self.fused):
-            return self, []
-        compiled = [
-            index
-            for index, (flag, native) in enumerate(zip(self.fused, self.native, strict=True))
-            if flag and not native
-        ]
-        eager = [index for index, flag in enumerate(self.fused) if not flag]
-        return _GroupWork(
-            self.group,
-            [self.params[i] for i in eager],
-            [self.grads[i] for i in eager],
-            self.foreach,
-            [False] * len(eager),
-            [False] * len(eager),
-        ), compiled
+    @property
+    def on_kernels(self) -> bool:
+        """Whether some tensor of the group takes the kernels."""
+        return len(self.plan.reference) < len(self.params)
 
-    def native_by_dtype(self) -> dict[torch.dtype, list[int]]:
-        """The indices of the tensors that take the native kernels, by dtype (one kernel call
-        each)."""
-        indices: dict[torch.dtype, list[int]] = {}
-        for index, native in enumerate(self.native):
-            if native:
-                indices.setdefault(self.params[index].dtype, []).append(index)
-        return indices
+    def reference(self, values: list[Any]) -> list[Any]:
+        """The entries of ``values`` (one per tensor) of the tensors of the reference loop."""
+        return [values[i] for i in self.plan.reference]
 
 
 class _PathLearningRates(AdaptiveOptimizer):
@@ -249,10 +215,16 @@ class _PathLearningRates(AdaptiveOptimizer):
     """
 
     has_global_statistics: ClassVar[bool] = True
-    #: the state tensors that the move kernel takes after (grad, param), in its argument order
-    _fused_state_keys: ClassVar[tuple[str, ...]] = ("path",)
 
     # -- hooks ----------------------------------------------------------------------------------
+
+    #: pass (1) on the kernels without and with weight decay (without, the parameter is not read
+    #: at all), and pass (2); set with the kernels at the end of the module
+    _sums_pass: ClassVar[Pass]
+    _decayed_sums_pass: ClassVar[Pass]
+    _move: ClassVar[Pass]
+    #: the state arrays of pass (2): the pass's name of each -> its key in ``state[p]``
+    _state_arrays: ClassVar[Mapping[str, str]] = {"path": "path"}
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -272,6 +244,18 @@ class _PathLearningRates(AdaptiveOptimizer):
             # the value to restore on an alarm; a tensor that first gets a gradient on an alarm
             # step has not moved yet, so restoring it to itself is right
             state["prev"] = p.detach().clone(memory_format=torch.preserve_format)
+
+    def _group_defaults(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """A constructor's arguments (its ``locals()``) as the optimizer's defaults: every one
+        but ``params`` is a group setting. Checked here, by the declared rules (NOTE [one
+        validation for hyperparameters]), before ``params`` is read; ``fused`` is resolved
+        against ``foreach``."""
+        defaults = {k: v for k, v in arguments.items() if k not in ("self", "params", "__class__")}
+        defaults["fused"] = check_fused(defaults["fused"], defaults["foreach"])
+        self.check_hyperparameters(defaults)
+        if "betas" in defaults:
+            defaults["betas"] = tuple(defaults["betas"])
+        return defaults
 
     def _block_statistics(self, work: list[_GroupWork]) -> tuple[list[Tensor], list[Tensor]]:
         raise NotImplementedError
@@ -299,63 +283,60 @@ class _PathLearningRates(AdaptiveOptimizer):
         local_values = iter(values[len(shared) :])
         if self.needs_loss:
             loss = next(shared_values) / self._loss_ranks()
-            if self._catastrophe(loss):
-                self._restore_previous()
+            if self._catastrophe(loss):  # undo the last step; no step now
+                for p, prev in self._previous():
+                    p.copy_(prev)
                 for group in self.param_groups:
                     group["effective_lr"] = 0.0
                 return
-            # the move kernel of a fused tensor saves its previous value in the same pass
-            self._remember_previous(
-                skip={id(p) for w in work for p, f in zip(w.params, w.fused, strict=True) if f}
-            )
+            # x_prev <- x; pass (2) of a tensor on the kernels does it in the same sweep
+            on_kernels = {id(p) for w in work for p in w.params} - {
+                id(p) for w in work for p in w.reference(w.params)
+            }
+            for p, prev in self._previous():
+                if id(p) not in on_kernels:
+                    prev.copy_(p)
         self._adapt_and_move(work, shared_values, local_values)
 
     def _gather(self) -> list[_GroupWork]:
         work = []
-        keys = self._fused_state_keys
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             grads = [p.grad for p in params]
-            states = []
-            for p in params:
+            rows = []
+            for p, grad in zip(params, grads, strict=True):
                 state = self.state[p]
                 if len(state) == 0:
                     self._init_state(group, p, state)
-                states.append(state)
-            fused = [False] * len(params)
-            native = [False] * len(params)
-            # .get: checkpoints written before the fused path existed have no "fused" key
-            if native_requested(group):
-                # CPU float32/float64 tensors take the native kernels, the others the compiled
-                # ones where they can be viewed flat
-                native_available = _NATIVE_ALERA_MOVE.available()
-                for index, (p, g, state) in enumerate(zip(params, grads, states, strict=True)):
-                    tensors = [state[key] for key in keys]
-                    if native_available and native_eligible(g, p, *tensors):
-                        native[index] = fused[index] = True
-                    else:
-                        fused[index] = compiled_requested(group) and flat_eligible(g, p, *tensors)
+                arrays = {name: state[key] for name, key in self._state_arrays.items()}
+                rows.append({"grad": grad, "p": p, **arrays})
+            plan = route(group, rows, (self._sums_pass, self._decayed_sums_pass, self._move))
             foreach = _foreach.resolve_foreach(group["foreach"], params)
             weight_decay = group["weight_decay"]
-            # a fused tensor's kernels add the decay themselves (no full-size temporary)
-            eager = [i for i, flag in enumerate(fused) if not flag]
-            if weight_decay != 0 and eager:
-                eager_params = [params[i] for i in eager]
-                eager_grads = [grads[i] for i in eager]
-                # coupled L2, added once (the Lua alera.lua adds it twice) and never in place
+            if weight_decay != 0 and plan.reference:
+                # coupled L2 for the reference loop, added once (the Lua alera.lua adds it
+                # twice) and never in place; the kernels add it themselves (no full-size
+                # temporary)
+                ref_params = [params[i] for i in plan.reference]
+                ref_grads = [grads[i] for i in plan.reference]
                 if foreach:
-                    decayed = list(
-                        torch._foreach_add(eager_grads, eager_params, alpha=weight_decay)
-                    )
+                    decayed = list(torch._foreach_add(ref_grads, ref_params, alpha=weight_decay))
                 else:
                     decayed = [
                         g.add(p, alpha=weight_decay)
-                        for g, p in zip(eager_grads, eager_params, strict=True)
+                        for g, p in zip(ref_grads, ref_params, strict=True)
                     ]
-                for i, g in zip(eager, decayed, strict=True):
+                for i, g in zip(plan.reference, decayed, strict=True):
                     grads[i] = g
-            work.append(_GroupWork(group, params, grads, foreach, fused, native))
+            work.append(_GroupWork(group, params, grads, plan, foreach))
         return work
+
+    def _first_pass(self, w: _GroupWork) -> PassResult:
+        """Pass (1) of the tensors of ``w`` that the kernels take."""
+        weight_decay = w.group["weight_decay"]
+        if weight_decay != 0:
+            return w.plan.run(self._decayed_sums_pass, {"weight_decay": weight_decay})
+        return w.plan.run(self._sums_pass, {})
 
     def _rate_scale(self) -> float:
         return float(self.param_groups[0].get("rate_scale", 1.0))
@@ -390,27 +371,12 @@ class _PathLearningRates(AdaptiveOptimizer):
             self._set_global(key, value)
         return alarm
 
-    def _previous_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
-        params, previous = [], []
+    def _previous(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(x, x_prev)`` of every tensor that keeps its previous value (SALeRA, SPALeRA)."""
         for group in self.param_groups:
             for p in group["params"]:
-                state = self.state.get(p)
-                if state and "prev" in state:
-                    params.append(p)
-                    previous.append(state["prev"])
-        return params, previous
-
-    def _restore_previous(self) -> None:
-        params, previous = self._previous_pairs()
-        for p, prev in zip(params, previous, strict=True):
-            p.copy_(prev)
-
-    def _remember_previous(self, skip: set[int]) -> None:
-        """``prev <- x`` for every tensor whose ``id`` is not in ``skip``."""
-        params, previous = self._previous_pairs()
-        for prev, p in zip(previous, params, strict=True):
-            if id(p) not in skip:
-                prev.copy_(p)
+                if "prev" in self.state.get(p, {}):
+                    yield p, self.state[p]["prev"]
 
     def _catastrophe_statistics(self) -> dict[str, float]:
         if not self.needs_loss:
@@ -420,33 +386,6 @@ class _PathLearningRates(AdaptiveOptimizer):
             "rate_scale": self._rate_scale(),
             "ph_gap": float(self._get_global("ph_gap")),
         }
-
-
-def _cached_scalars(
-    cache: dict[tuple[Any, ...], Tensor], values: tuple[float, ...], like: Tensor
-) -> Tensor:
-    """:func:`~lrlab.optim._fused.scalars` of ``values`` for ``like``, made once per cache:
-    tensors that share their scalars (a group block's) share one host-to-device copy."""
-    key = (like.device, like.dtype, values)
-    c = cache.get(key)
-    if c is None:
-        c = cache[key] = scalars(values, like)
-    return c
-
-
-def _native_rows(
-    optimizer: _PathLearningRates, w: _GroupWork, keys: tuple[str, ...]
-) -> Iterator[tuple[list[int], list[tuple[Tensor, ...]]]]:
-    """Per dtype, the indices of the tensors of ``w`` that take the native kernels and their
-    rows ``(raw gradient, parameter, *state[key] for key in keys)``."""
-    state = optimizer.state
-    for indices in w.native_by_dtype().values():
-        rows = []
-        for index in indices:
-            p = w.params[index]
-            tensor_state = state[p]
-            rows.append((w.grads[index], p, *(tensor_state[key] for key in keys)))
-        yield indices, rows
 
 
 def _to_float64(values: list[Tensor], device: torch.device) -> Tensor:
@@ -469,46 +408,36 @@ def _tensor_statistics(
 class _LayerPathLearningRates(_PathLearningRates):
     """ALeRA's per-block rates (blocks: tensors or param groups); subclasses choose the move."""
 
+    _sums_pass: ClassVar[Pass]
+    _decayed_sums_pass: ClassVar[Pass]
+
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"block": check.one_of(*_BLOCKS)}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        check_choice("block", group["block"], _BLOCKS)
         # a group block keeps its rate factor, step count and last path ratio in the group
-        group.setdefault("lr_factor", 1.0)
-        group.setdefault("block_step", 0)
-        group.setdefault("path_ratio", 0.0)
+        for key, value in _NEW_BLOCK.items():
+            self.param_groups[-1].setdefault(key, value)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
-            group.setdefault("lr_factor", 1.0)
-            group.setdefault("block_step", 0)
-            group.setdefault("path_ratio", 0.0)
+            for key, value in _NEW_BLOCK.items():
+                group.setdefault(key, value)
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(group, p, state)
-        if group["block"] == "tensor":
-            state["lr_factor"] = 1.0
-            state["block_step"] = 0
-            state["path_ratio"] = 0.0
+        if group["block"] == "tensor":  # a tensor block keeps them in its state
+            state.update(_NEW_BLOCK)
 
     def _block_statistics(self, work: list[_GroupWork]) -> tuple[list[Tensor], list[Tensor]]:
         shared: list[Tensor] = []
         local: list[Tensor] = []
         device = self._params()[0].device
         for w in work:
-            rows: Tensor | None = None
             if w.params:
-                if any(w.fused):
-                    # one row (||p||^2, <p, g>, ||g||^2) per tensor, in parameter order
-                    rows = self._mixed_statistics(w, device)
-                    path_sq, dots, grad_sq = rows.unbind(1)
-                else:
-                    paths = [self.state[p]["path"] for p in w.params]
-                    path_sq, dots, grad_sq = _tensor_statistics(paths, w.grads, w.foreach, device)
+                path_sq, dots, grad_sq = self._tensor_sums(w, device)
             if w.group["block"] == "group":
                 # always four entries, even without local gradients: every rank packs the same
                 # layout (NOTE [the 2017 scheme across ranks])
@@ -520,69 +449,32 @@ class _LayerPathLearningRates(_PathLearningRates):
                 else:
                     shared.extend([torch.zeros((), dtype=torch.float64, device=device)] * 4)
             elif w.params:
-                if rows is None:
-                    rows = torch.stack([path_sq, dots, grad_sq], dim=1)
-                local.append(rows.reshape(-1))
+                local.append(torch.stack([path_sq, dots, grad_sq], dim=1).reshape(-1))
         return shared, local
 
-    def _native_statistics(self, w: _GroupWork) -> list[tuple[list[int], Tensor]]:
-        """Pass (1) of the tensors that take the native kernels: per dtype, their indices and
-        their sums ``(||p||^2, <p, g>, ||g||^2)`` (float64, one row per tensor, on the CPU)."""
-        weight_decay = w.group["weight_decay"]
-        parts = []
-        for indices, rows in _native_rows(self, w, ("path",)):
-            if weight_decay != 0:
-                sums = _NATIVE_DECAYED_STATISTICS(rows, (weight_decay,))
-            else:  # the parameter is not read at all
-                sums = _NATIVE_STATISTICS([(grad, path) for grad, _, path in rows], ())
-            assert sums is not None  # _gather checked that the native kernels are available
-            parts.append((indices, sums))
-        return parts
-
-    def _mixed_statistics(self, w: _GroupWork, device: torch.device) -> Tensor:
-        """:func:`_tensor_statistics` of a group some of whose tensors take the kernels, one row
-        per tensor in parameter order (so that a group block sums them in the order the eager
-        path does)."""
-        native = self._native_statistics(w)
-        if len(native) == 1 and len(native[0][0]) == len(w.params):
+    def _tensor_sums(self, w: _GroupWork, device: torch.device) -> tuple[Tensor, ...]:
+        """Per tensor of ``w``, before the update: ``||p||^2``, ``<p, g>``, ``||g||^2`` (float64
+        vectors in parameter order, so that a group block sums them in one order on every
+        path): pass (1) on the kernels, :func:`_tensor_statistics` on the reference loop."""
+        paths = [self.state[p]["path"] for p in w.reference(w.params)]
+        if not w.on_kernels:
+            return _tensor_statistics(paths, w.grads, w.foreach, device)
+        result = self._first_pass(w)
+        if [list(range(len(w.params)))] == list(result.native_rows.values()):
             # every tensor native and of one dtype (the usual case): already in order
-            return native[0][1].to(device)
-        eager, fused = w.split()
-        rows: list[Tensor | None] = [None] * len(w.params)
-        for indices, sums in native:
-            for index, row in zip(indices, sums.to(device).unbind(0), strict=True):
-                rows[index] = row
-        if eager.params:
-            paths = [self.state[p]["path"] for p in eager.params]
-            eager_rows = torch.stack(
-                _tensor_statistics(paths, eager.grads, eager.foreach, device), dim=1
-            ).unbind(0)
-            eager_indices = (i for i, flag in enumerate(w.fused) if not flag)
-            for index, row in zip(eager_indices, eager_rows, strict=True):
-                rows[index] = row
-        weight_decay = w.group["weight_decay"]
-        cache: dict[tuple[Any, ...], Tensor] = {}
-        for index in fused:
-            p, grad = w.params[index], w.grads[index]
-            c = _cached_scalars(cache, (weight_decay,), p)
-            path = flat(self.state[p]["path"])
-            if weight_decay != 0:
-                row = _decayed_path_statistics(flat(grad), flat(p), path, c)
-            else:  # the parameter is not read at all
-                row = _path_statistics(flat(grad), path, c)
-            rows[index] = row.to(device=device, dtype=torch.float64)
-        return torch.stack([r for r in rows if r is not None])
+            return next(iter(result.native.values())).to(device).unbind(1)
+        rows = {i: r.to(device=device, dtype=torch.float64) for i, r in result.by_row().items()}
+        if paths:
+            reference = _tensor_statistics(paths, w.reference(w.grads), w.foreach, device)
+            rows.update(zip(w.plan.reference, torch.stack(reference, dim=1).unbind(0), strict=True))
+        return torch.stack([rows[i] for i in range(len(w.params))]).unbind(1)
 
     def _adapt_block(
-        self,
-        group: dict[str, Any],
-        holder: dict[str, Any],
-        path_sq: float,
-        dot: float,
-        grad_sq: float,
-        size: int,
+        self, group: dict[str, Any], holder: dict[str, Any], sums: list[float], size: int
     ) -> tuple[float, float]:
-        """Update one block's rate from its statistics; return (its eta, 1/||g_l|| or 0)."""
+        """Update one block's rate from its statistics ``sums`` (``||p||^2``, ``<p, g>``,
+        ``||g||^2``, of ``size`` elements); return (its eta, 1/||g_l|| or 0)."""
+        path_sq, dot, grad_sq = sums
         if size == 0:
             # an empty tensor has no path and no gradient: its rate stays as it is
             return float(group["lr"]) * self._rate_scale() * holder["lr_factor"], 0.0
@@ -610,75 +502,67 @@ class _LayerPathLearningRates(_PathLearningRates):
     ) -> None:
         for w in work:
             group = w.group
-            etas: list[float] = []
-            inverse_norms: list[float] = []
+            # the blocks' new rates: (eta_l, 1/||g_l||) of every tensor of the group
             if group["block"] == "group":
-                path_sq, dot, grad_sq, size = (next(shared) for _ in range(4))
+                *sums, size = (next(shared) for _ in range(4))
                 if size == 0:  # no tensor of this block has a gradient on any rank
                     group["effective_lr"] = 0.0
                     continue
-                eta, inverse_norm = self._adapt_block(
-                    group, group, path_sq, dot, grad_sq, round(size)
-                )
-                etas = [eta] * len(w.params)
-                inverse_norms = [inverse_norm] * len(w.params)
-                group["effective_lr"] = eta
+                rate = self._adapt_block(group, group, sums, round(size))
+                group["effective_lr"] = rate[0]
+                rates = [rate] * len(w.params)
             else:
-                for p in w.params:
-                    path_sq, dot, grad_sq = next(local), next(local), next(local)
-                    eta, inverse_norm = self._adapt_block(
-                        group, self.state[p], path_sq, dot, grad_sq, p.numel()
-                    )
-                    etas.append(eta)
-                    inverse_norms.append(inverse_norm)
+                rates = [
+                    self._adapt_block(group, self.state[p], list(islice(local, 3)), p.numel())
+                    for p in w.params
+                ]
                 # the mean of the tensors' rates: one number for a group of per-tensor rates
+                etas = [eta for eta, _ in rates]
                 group["effective_lr"] = sum(etas) / len(etas) if etas else 0.0
             if not w.params:
                 continue
-            eager, fused = w.split()
-            if any(w.native):
-                self._native_move(w, etas, inverse_norms)
-            cache: dict[tuple[Any, ...], Tensor] = {}
-            for index in fused:
-                self._fused_move(
-                    group, w.params[index], w.grads[index], etas[index], inverse_norms[index], cache
-                )
-            if not eager.params:
+            etas, inverse_norms = [eta for eta, _ in rates], [norm for _, norm in rates]
+            if w.on_kernels:
+                # pass (2): the path, the method's state and the parameter in one sweep
+                reference = set(w.plan.reference)
+                tensor_scalars = [
+                    {} if i in reference else self._tensor_scalars(group, p, etas[i], norm)
+                    for i, (p, norm) in enumerate(zip(w.params, inverse_norms, strict=True))
+                ]
+                w.plan.run(self._move, self._move_scalars(group), tensor_scalars=tensor_scalars)
+            if not w.plan.reference:
                 continue
-            if eager is not w:
-                eager_indices = [i for i, flag in enumerate(w.fused) if not flag]
-                etas = [etas[i] for i in eager_indices]
-                inverse_norms = [inverse_norms[i] for i in eager_indices]
-            paths = [self.state[p]["path"] for p in eager.params]
-            alpha = group["alpha"]
-            if eager.foreach:
-                units = torch._foreach_mul(eager.grads, inverse_norms)
-                torch._foreach_lerp_(paths, units, alpha)
+            # the reference loop: p <- lerp(p, g / ||g_l||, alpha), then the method's move
+            paths = [self.state[p]["path"] for p in w.reference(w.params)]
+            grads, inverse_norms = w.reference(w.grads), w.reference(inverse_norms)
+            if w.foreach:
+                torch._foreach_lerp_(
+                    paths, torch._foreach_mul(grads, inverse_norms), group["alpha"]
+                )
             else:
-                for path, g, inverse_norm in zip(paths, eager.grads, inverse_norms, strict=True):
-                    path.lerp_(g * inverse_norm, alpha)
-            self._move(eager, etas)
+                for path, g, inverse_norm in zip(paths, grads, inverse_norms, strict=True):
+                    path.lerp_(g * inverse_norm, group["alpha"])
+            self._step(group, w.reference(w.params), grads, w.reference(etas), w.foreach)
 
-    def _move(self, w: _GroupWork, etas: list[float]) -> None:
-        raise NotImplementedError
+    def _move_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        """The scalars of pass (2) (its schema's) of a group."""
+        return {"weight_decay": group["weight_decay"], "alpha": group["alpha"]}
 
-    def _fused_move(
+    def _tensor_scalars(
+        self, group: dict[str, Any], p: Tensor, eta: float, inverse_norm: float
+    ) -> dict[str, float]:
+        """The per-tensor scalars of pass (2) of ``p`` (its block's rate and 1/||g_l||)."""
+        return {"inverse_norm": inverse_norm, "eta": eta}
+
+    def _step(
         self,
         group: dict[str, Any],
-        p: Tensor,
-        grad: Tensor,
-        eta: float,
-        inverse_norm: float,
-        cache: dict[tuple[Any, ...], Tensor],
+        params: list[Tensor],
+        grads: list[Tensor],
+        etas: list[float],
+        foreach: bool,
     ) -> None:
-        """Pass (2) of a tensor that takes the compiled kernels (NOTE [the 2017 scheme fused]):
-        the path, the method's state and the parameter, from the raw gradient; ``cache`` holds
-        this group's scalars tensors (a group block's tensors share one)."""
-        raise NotImplementedError
-
-    def _native_move(self, w: _GroupWork, etas: list[float], inverse_norms: list[float]) -> None:
-        """Pass (2) of the tensors of ``w`` that take the native kernels, one call per dtype;
-        ``etas`` and ``inverse_norms`` hold every tensor's (in parameter order)."""
+        """The reference loop's move of ``params`` (each with its block's rate)."""
         raise NotImplementedError
 
     def _block_rates(self) -> tuple[list[float], list[float]]:
@@ -713,23 +597,6 @@ class _LayerPathLearningRates(_PathLearningRates):
 
 
 # -- validation -----------------------------------------------------------------------------------
-
-
-def _check_path(
-    lr: float, alpha: float, adapt_constant: float, weight_decay: float, sharded: bool
-) -> None:
-    check_positive("lr", lr)
-    check_range("alpha", alpha, 0.0, 1.0, "(]")
-    check_nonnegative("adapt_constant", adapt_constant)
-    check_nonnegative("weight_decay", weight_decay)
-    check_bool("sharded", sharded)
-
-
-def _check_catastrophe(mbratio: float, ph_lambda_rel: float, ph_lambda: float | None) -> None:
-    check_range("mbratio", mbratio, 0.0, 1.0, "(]")
-    check_nonnegative("ph_lambda_rel", ph_lambda_rel)
-    if ph_lambda is not None:
-        check_nonnegative("ph_lambda", ph_lambda)
 
 
 _PATH_INVALID = (
@@ -857,54 +724,22 @@ class ALeRA(_LayerPathLearningRates):
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
-        fused = check_fused(fused, foreach)
-        check_choice("block", block, _BLOCKS)
-        defaults = {
-            "lr": lr,
-            "alpha": alpha,
-            "adapt_constant": adapt_constant,
-            "block": block,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "fused": fused,
-            "sharded": sharded,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, self._group_defaults(locals()))
 
-    def _move(self, w: _GroupWork, etas: list[float]) -> None:
-        if w.foreach:
-            torch._foreach_add_(w.params, torch._foreach_mul(w.grads, [-eta for eta in etas]))
-        else:
-            for p, g, eta in zip(w.params, w.grads, etas, strict=True):
-                p.add_(g, alpha=-eta)
-
-    def _fused_move(
+    def _step(
         self,
         group: dict[str, Any],
-        p: Tensor,
-        grad: Tensor,
-        eta: float,
-        inverse_norm: float,
-        cache: dict[tuple[Any, ...], Tensor],
+        params: list[Tensor],
+        grads: list[Tensor],
+        etas: list[float],
+        foreach: bool,
     ) -> None:
-        # the trailing 1.0 is SALeRA's (see _save_previous); ALeRA's kernel ignores it
-        values = (group["weight_decay"], inverse_norm, group["alpha"], eta, 1.0)
-        c = _cached_scalars(cache, values, p)
-        tensors = [flat(t) for t in (grad, p, *(self.state[p][k] for k in self._fused_state_keys))]
-        # SALeRA's kernel also saves x_prev (its state keys add "prev"); a separate kernel, not
-        # a flag, so that neither graph carries the other's work
-        move = _salera_move if self.needs_loss else _alera_move
-        move(*tensors, c)
-
-    def _native_move(self, w: _GroupWork, etas: list[float], inverse_norms: list[float]) -> None:
-        group = w.group
-        constants = (group["weight_decay"], group["alpha"])
-        # SALeRA's kernel also saves x_prev (its state keys add "prev")
-        move = _NATIVE_SALERA_MOVE if self.needs_loss else _NATIVE_ALERA_MOVE
-        for indices, rows in _native_rows(self, w, self._fused_state_keys):
-            per_tensor = [(inverse_norms[i], etas[i]) for i in indices]
-            move(rows, constants, per_tensor)
+        # x_l <- x_l - eta_l g_l
+        if foreach:
+            torch._foreach_add_(params, torch._foreach_mul(grads, [-eta for eta in etas]))
+        else:
+            for p, g, eta in zip(params, grads, etas, strict=True):
+                p.add_(g, alpha=-eta)
 
 
 # -- SALeRA ---------------------------------------------------------------------------------------
@@ -993,7 +828,7 @@ class SALeRA(ALeRA):
 
     needs_loss: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, Any]] = _CATASTROPHE_GLOBALS
-    _fused_state_keys: ClassVar[tuple[str, ...]] = ("path", "prev")
+    _state_arrays: ClassVar[Mapping[str, str]] = {"path": "path", "prev": "prev"}
 
     def __init__(
         self,
@@ -1011,25 +846,12 @@ class SALeRA(ALeRA):
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
-        fused = check_fused(fused, foreach)
-        check_choice("block", block, _BLOCKS)
-        _check_catastrophe(mbratio, ph_lambda_rel, ph_lambda)
-        defaults = {
-            "lr": lr,
-            "alpha": alpha,
-            "adapt_constant": adapt_constant,
-            "block": block,
-            "mbratio": mbratio,
-            "ph_lambda_rel": ph_lambda_rel,
-            "ph_lambda": ph_lambda,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "fused": fused,
-            "sharded": sharded,
-        }
         # skip ALeRA.__init__ (its signature has no catastrophe-test arguments)
-        _LayerPathLearningRates.__init__(self, params, defaults)
+        _LayerPathLearningRates.__init__(self, params, self._group_defaults(locals()))
+
+    def _move_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        # "one": the runtime 1.0 of the compiled kernel's copy x_prev <- x (see _save_previous)
+        return {**super()._move_scalars(group), "one": 1.0}
 
 
 # -- Ag-Adam --------------------------------------------------------------------------------------
@@ -1119,26 +941,9 @@ class AgAdam(_LayerPathLearningRates):
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
-        fused = check_fused(fused, foreach)
-        check_choice("block", block, _BLOCKS)
-        check_betas("betas", betas)
-        check_positive("eps", eps)
-        defaults = {
-            "lr": lr,
-            "betas": tuple(betas),
-            "eps": eps,
-            "alpha": alpha,
-            "adapt_constant": adapt_constant,
-            "block": block,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "fused": fused,
-            "sharded": sharded,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, self._group_defaults(locals()))
 
-    _fused_state_keys: ClassVar[tuple[str, ...]] = ("path", "exp_avg", "exp_avg_sq")
+    _state_arrays: ClassVar[Mapping[str, str]] = {"path": "path", "m": "exp_avg", "v": "exp_avg_sq"}
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(group, p, state)
@@ -1146,80 +951,62 @@ class AgAdam(_LayerPathLearningRates):
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _move(self, w: _GroupWork, etas: list[float]) -> None:
-        beta1, beta2 = w.group["betas"]
-        eps = w.group["eps"]
-        states = [self.state[p] for p in w.params]
+    @staticmethod
+    def _step_size(group: dict[str, Any], eta: float, step: int) -> float:
+        """``eta sqrt(1 - beta2^t) / (1 - beta1^t)``, in Python double on every path."""
+        beta1, beta2 = group["betas"]
+        return eta * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+
+    def _move_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        beta1, beta2 = group["betas"]
+        return {
+            **super()._move_scalars(group),
+            "weight1": 1.0 - beta1,
+            "beta2": beta2,
+            "weight2": 1.0 - beta2,
+            "eps": group["eps"],
+        }
+
+    def _tensor_scalars(
+        self, group: dict[str, Any], p: Tensor, eta: float, inverse_norm: float
+    ) -> dict[str, float]:
+        state = self.state[p]
+        state["step"] += 1  # pass (2) is the tensor's Adam step t
+        return {"inverse_norm": inverse_norm, "size": self._step_size(group, eta, state["step"])}
+
+    def _step(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        etas: list[float],
+        foreach: bool,
+    ) -> None:
+        beta1, beta2 = group["betas"]
+        eps = group["eps"]
+        states = [self.state[p] for p in params]
         for state in states:
             state["step"] += 1
         sizes = [
-            eta * math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
+            self._step_size(group, eta, state["step"])
             for eta, state in zip(etas, states, strict=True)
         ]
         exp_avgs = [state["exp_avg"] for state in states]
         exp_avg_sqs = [state["exp_avg_sq"] for state in states]
-        if w.foreach:
-            torch._foreach_lerp_(exp_avgs, w.grads, 1.0 - beta1)
+        # m <- beta1 m + (1 - beta1) g, v <- beta2 v + (1 - beta2) g^2,
+        # x <- x - size m / (sqrt(v) + eps)
+        if foreach:
+            torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
             torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, w.grads, w.grads, value=1.0 - beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
             denominators = torch._foreach_sqrt(exp_avg_sqs)
             torch._foreach_add_(denominators, eps)
-            torch._foreach_addcdiv_(w.params, exp_avgs, denominators, [-s for s in sizes])
+            torch._foreach_addcdiv_(params, exp_avgs, denominators, [-s for s in sizes])
             return
-        for p, g, m, v, size in zip(w.params, w.grads, exp_avgs, exp_avg_sqs, sizes, strict=True):
+        for p, g, m, v, size in zip(params, grads, exp_avgs, exp_avg_sqs, sizes, strict=True):
             m.lerp_(g, 1.0 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
             p.addcdiv_(m, v.sqrt().add_(eps), value=-size)
-
-    def _fused_move(
-        self,
-        group: dict[str, Any],
-        p: Tensor,
-        grad: Tensor,
-        eta: float,
-        inverse_norm: float,
-        cache: dict[tuple[Any, ...], Tensor],
-    ) -> None:
-        beta1, beta2 = group["betas"]
-        state = self.state[p]
-        state["step"] += 1
-        step = state["step"]
-        # the step size and 1 - beta in Python double, as the eager path has them
-        size = eta * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
-        values = (
-            group["weight_decay"],
-            inverse_norm,
-            group["alpha"],
-            1.0 - beta1,
-            beta2,
-            1.0 - beta2,
-            group["eps"],
-            size,
-        )
-        tensors = [flat(t) for t in (grad, p, *(state[k] for k in self._fused_state_keys))]
-        _agadam_move(*tensors, _cached_scalars(cache, values, p))
-
-    def _native_move(self, w: _GroupWork, etas: list[float], inverse_norms: list[float]) -> None:
-        group = w.group
-        beta1, beta2 = group["betas"]
-        constants = (
-            group["weight_decay"],
-            group["alpha"],
-            1.0 - beta1,
-            beta2,
-            1.0 - beta2,
-            group["eps"],
-        )
-        state = self.state
-        for indices, rows in _native_rows(self, w, self._fused_state_keys):
-            per_tensor = []
-            for index in indices:
-                tensor_state = state[w.params[index]]
-                step = tensor_state["step"] = tensor_state["step"] + 1
-                # the step size in Python double, as the eager path has it
-                size = etas[index] * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
-                per_tensor.append((inverse_norms[index], size))
-            _NATIVE_AGADAM_MOVE(rows, constants, per_tensor)
 
 
 # -- SPALeRA --------------------------------------------------------------------------------------
@@ -1308,7 +1095,11 @@ class SPALeRA(_PathLearningRates):
 
     needs_loss: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, Any]] = {**_CATASTROPHE_GLOBALS, "block_step": 0}
-    _fused_state_keys: ClassVar[tuple[str, ...]] = ("path", "lr_multiplier", "prev")
+    _state_arrays: ClassVar[Mapping[str, str]] = {
+        "path": "path",
+        "multiplier": "lr_multiplier",
+        "prev": "prev",
+    }
 
     def __init__(
         self,
@@ -1325,22 +1116,7 @@ class SPALeRA(_PathLearningRates):
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        _check_path(lr, alpha, adapt_constant, weight_decay, sharded)
-        fused = check_fused(fused, foreach)
-        _check_catastrophe(mbratio, ph_lambda_rel, ph_lambda)
-        defaults = {
-            "lr": lr,
-            "alpha": alpha,
-            "adapt_constant": adapt_constant,
-            "mbratio": mbratio,
-            "ph_lambda_rel": ph_lambda_rel,
-            "ph_lambda": ph_lambda,
-            "weight_decay": weight_decay,
-            "foreach": foreach,
-            "fused": fused,
-            "sharded": sharded,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, self._group_defaults(locals()))
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(group, p, state)
@@ -1349,7 +1125,7 @@ class SPALeRA(_PathLearningRates):
     def _block_statistics(self, work: list[_GroupWork]) -> tuple[list[Tensor], list[Tensor]]:
         device = self._params()[0].device
         grads = [g for w in work for g in w.grads]
-        if any(flag for w in work for flag in w.fused):
+        if any(w.on_kernels for w in work):
             grad_sq = self._mixed_grad_sq(work, device)
         else:
             foreach = all(w.foreach for w in work)
@@ -1366,38 +1142,20 @@ class SPALeRA(_PathLearningRates):
     def _mixed_grad_sq(self, work: list[_GroupWork], device: torch.device) -> Tensor:
         """``sum ||g||^2`` over all groups, some of whose tensors take the kernels: the squares
         of every tensor, summed in float64 (those of the native kernels first)."""
-        parts: list[Tensor] = []
-        native_parts: list[Tensor] = []
+        native: list[Tensor] = []
+        others: list[Tensor] = []
         for w in work:
-            weight_decay = w.group["weight_decay"]
-            for _, rows in _native_rows(self, w, ()):
-                if weight_decay != 0:
-                    sums = _NATIVE_DECAYED_GRAD_SQ(rows, (weight_decay,))
-                else:  # the parameter is not read at all
-                    sums = _NATIVE_GRAD_SQ([row[:1] for row in rows], ())
-                assert sums is not None  # _gather checked that the native kernels are available
-                native_parts.append(sums.reshape(-1).to(device))
-            eager, _ = w.split()
-            eager_parts = iter(
-                _foreach.norms(eager.grads, foreach=eager.foreach) if eager.grads else []
-            )
-            cache: dict[tuple[Any, ...], Tensor] = {}
-            for p, grad, flag, native in zip(w.params, w.grads, w.fused, w.native, strict=True):
-                if not flag:
-                    norm = next(eager_parts)
-                    parts.append(norm.to(device=device, dtype=torch.float64).square())
-                    continue
-                if native:
-                    continue
-                c = _cached_scalars(cache, (weight_decay,), p)
-                if weight_decay != 0:
-                    part = _decayed_grad_sq(flat(grad), flat(p), c)
-                else:  # the parameter is not read at all
-                    part = _grad_sq(flat(grad), c)
-                parts.append(part.to(device=device, dtype=torch.float64))
-        if parts:
-            native_parts.append(torch.stack(parts))
-        return torch.cat(native_parts).sum()
+            result = self._first_pass(w)
+            native += [table.reshape(-1).to(device) for table in result.native.values()]
+            compiled = dict(zip(result.compiled_rows, result.compiled, strict=True))
+            norms = iter(_foreach.norms(w.reference(w.grads), foreach=w.foreach))
+            reference = set(w.plan.reference)
+            for index in range(len(w.params)):
+                if index in compiled:
+                    others.append(compiled[index]["grad_sq"].to(device=device, dtype=torch.float64))
+                elif index in reference:
+                    others.append(next(norms).to(device=device, dtype=torch.float64).square())
+        return torch.cat([*native, torch.stack(others)] if others else native).sum()
 
     def _adapt_and_move(
         self, work: list[_GroupWork], shared: Iterator[float], local: Iterator[float]
@@ -1423,35 +1181,30 @@ class SPALeRA(_PathLearningRates):
             # exp(C (p_i^2 - mu_t/D) / (alpha/D)) = exp(C D/alpha p_i^2 - C mu_t/alpha)
             gain = constant * size / alpha
             offset = -constant * mu_t / alpha
-            eager, fused = w.split()
-            values = (group["weight_decay"], inverse_norm, alpha, gain, offset, eta, 1.0)
-            for _, rows in _native_rows(self, w, self._fused_state_keys):
-                _NATIVE_SPALERA_MOVE(rows, values[:6])
-            cache: dict[tuple[Any, ...], Tensor] = {}
-            for index in fused:
-                p = w.params[index]
-                state = self.state[p]
-                tensors = [w.grads[index], p, *(state[k] for k in self._fused_state_keys)]
-                _spalera_move(*(flat(t) for t in tensors), _cached_scalars(cache, values, p))
-            if not eager.params:
+            if w.on_kernels:
+                # pass (2): x_prev, the path, the multipliers and the parameter in one sweep;
+                # "one": the runtime 1.0 of the compiled kernel's copy (see _save_previous)
+                scalars = {"weight_decay": group["weight_decay"], "inverse_norm": inverse_norm}
+                scalars |= {"alpha": alpha, "gain": gain, "offset": offset, "eta": eta, "one": 1.0}
+                w.plan.run(self._move, scalars)
+            if not w.plan.reference:
                 continue
-            states = [self.state[p] for p in eager.params]
+            # the reference loop: p <- lerp(p, g / ||g||, alpha), a <- a exp(gain p^2 + offset),
+            # x <- x - eta a g
+            params, grads = w.reference(w.params), w.reference(w.grads)
+            states = [self.state[p] for p in params]
             paths = [state["path"] for state in states]
             multipliers = [state["lr_multiplier"] for state in states]
-            if eager.foreach:
-                torch._foreach_lerp_(paths, torch._foreach_mul(eager.grads, inverse_norm), alpha)
+            if w.foreach:
+                torch._foreach_lerp_(paths, torch._foreach_mul(grads, inverse_norm), alpha)
                 exponents = torch._foreach_mul(paths, paths)
                 torch._foreach_mul_(exponents, gain)
                 torch._foreach_add_(exponents, offset)
                 torch._foreach_exp_(exponents)
                 torch._foreach_mul_(multipliers, exponents)
-                torch._foreach_add_(
-                    eager.params, torch._foreach_mul(multipliers, eager.grads), alpha=-eta
-                )
+                torch._foreach_add_(params, torch._foreach_mul(multipliers, grads), alpha=-eta)
                 continue
-            for p, g, path, multiplier in zip(
-                eager.params, eager.grads, paths, multipliers, strict=True
-            ):
+            for p, g, path, multiplier in zip(params, grads, paths, multipliers, strict=True):
                 path.lerp_(g * inverse_norm, alpha)
                 multiplier.mul_((path * path).mul_(gain).add_(offset).exp_())
                 p.add_(multiplier * g, alpha=-eta)
@@ -1478,42 +1231,68 @@ class SPALeRA(_PathLearningRates):
         return {**stats, **self._catastrophe_statistics()}
 
 
-# -- the fused kernels (NOTE [fused kernels] in lrlab.optim._fused) ---------------------------
-# Every kernel takes flat tensors and computes in the dtype of its scalars ``c`` (float32 for
-# low-precision tensors), and ``c[0]`` is the weight decay: the decayed gradient
-# ``g = grad + wd x`` is formed inside, never stored. Pass (1) has a plain and a decayed kernel
-# so that without decay it does not read the parameter (one full read less).
+# -- the passes' kernels (see lrlab.optim._executor; native/alera.cpp) ----------------------------
+# A compiled kernel takes flat tensors and computes in the dtype of its scalars (float32 for
+# low-precision tensors); a native kernel is the same pass, one call for all CPU tensors of one
+# dtype. Both add the weight decay themselves: the decayed gradient ``g = grad + wd x`` is formed
+# inside, never stored. Pass (1) has a plain and a decayed kernel so that without decay it does
+# not read the parameter (one full read less).
+
+_PATH_SUMS = ("path_sq", "dot", "grad_sq")  # ||p||^2, <p, g>, ||g||^2 before the update
+_PATH_SUMS_SCHEMA = Schema("AleraPathSums", scalars=(), sums=_PATH_SUMS)
+_DECAYED_PATH_SUMS_SCHEMA = Schema("AleraDecayedPathSums", ("weight_decay",), sums=_PATH_SUMS)
+_GRAD_SQ_SCHEMA = Schema("SpaleraGradSq", scalars=(), sums=("grad_sq",))
+_DECAYED_GRAD_SQ_SCHEMA = Schema("SpaleraDecayedGradSq", ("weight_decay",), sums=("grad_sq",))
+# per tensor: its block's 1/||g_l|| (0 at or below GRADIENT_FLOOR) and rate
+_BLOCK = ("inverse_norm", "eta")
+_ALERA_MOVE_SCHEMA = Schema("AleraMove", ("weight_decay", "alpha"), tensor_scalars=_BLOCK)
+# one: a runtime 1.0 for the compiled kernel's copy x_prev <- x (see _save_previous)
+_SALERA_MOVE_SCHEMA = Schema("SaleraMove", ("weight_decay", "alpha", "one"), tensor_scalars=_BLOCK)
+# weight1, weight2: 1 - beta1, 1 - beta2; size: eta sqrt(1 - beta2^t) / (1 - beta1^t)
+_AGADAM_MOVE_SCHEMA = Schema(
+    "AgAdamMove",
+    ("weight_decay", "alpha", "weight1", "beta2", "weight2", "eps"),
+    tensor_scalars=("inverse_norm", "size"),
+)
+# gain: C D / alpha; offset: -C mu_t / alpha
+_SPALERA_MOVE_SCHEMA = Schema(
+    "SpaleraMove", ("weight_decay", "inverse_norm", "alpha", "gain", "offset", "eta", "one")
+)
 
 
-def _statistics_of(g: Tensor, path: Tensor) -> Tensor:
-    """(||path||^2, <path, g>, ||g||^2), inlined into the two statistics kernels."""
+def _sums_of(g: Tensor, path: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(||path||^2, <path, g>, ||g||^2), inlined into the two path-sums kernels."""
     q = path.to(g.dtype)
-    return torch.stack([(q * q).sum(), (q * g).sum(), (g * g).sum()])
+    return (q * q).sum(), (q * g).sum(), (g * g).sum()
 
 
 @kernel
-def _path_statistics(grad: Tensor, path: Tensor, c: Tensor) -> Tensor:
-    """Pass (1) of ALeRA, SALeRA, Ag-Adam without decay; ``c`` = (0,), for its dtype."""
-    return _statistics_of(grad.to(c.dtype), path)
+def _path_statistics(grad: Tensor, path: Tensor, scalars: Tensor) -> tuple[Tensor, ...]:
+    """Pass (1) of ALeRA, SALeRA, Ag-Adam without decay."""
+    return _sums_of(grad.to(scalars.dtype), path)
 
 
 @kernel
-def _decayed_path_statistics(grad: Tensor, p: Tensor, path: Tensor, c: Tensor) -> Tensor:
-    """Pass (1) of ALeRA, SALeRA, Ag-Adam with decay; ``c`` = (weight decay,)."""
-    return _statistics_of(grad.to(c.dtype) + c[0] * p.to(c.dtype), path)
+def _decayed_path_statistics(
+    grad: Tensor, p: Tensor, path: Tensor, scalars: Tensor
+) -> tuple[Tensor, ...]:
+    """Pass (1) of ALeRA, SALeRA, Ag-Adam with decay."""
+    c, dtype = _DECAYED_PATH_SUMS_SCHEMA.read(scalars), scalars.dtype
+    return _sums_of(grad.to(dtype) + c["weight_decay"] * p.to(dtype), path)
 
 
 @kernel
-def _grad_sq(grad: Tensor, c: Tensor) -> Tensor:
-    """Pass (1) of SPALeRA without decay: ``||g||^2``; ``c`` = (0,), for its dtype."""
-    g = grad.to(c.dtype)
+def _grad_sq(grad: Tensor, scalars: Tensor) -> Tensor:
+    """Pass (1) of SPALeRA without decay: ``||g||^2``."""
+    g = grad.to(scalars.dtype)
     return (g * g).sum()
 
 
 @kernel
-def _decayed_grad_sq(grad: Tensor, p: Tensor, c: Tensor) -> Tensor:
-    """Pass (1) of SPALeRA with decay: ``||g||^2``; ``c`` = (weight decay,)."""
-    g = grad.to(c.dtype) + c[0] * p.to(c.dtype)
+def _decayed_grad_sq(grad: Tensor, p: Tensor, scalars: Tensor) -> Tensor:
+    """Pass (1) of SPALeRA with decay: ``||g||^2``."""
+    c, dtype = _DECAYED_GRAD_SQ_SCHEMA.read(scalars), scalars.dtype
+    g = grad.to(dtype) + c["weight_decay"] * p.to(dtype)
     return (g * g).sum()
 
 
@@ -1526,67 +1305,89 @@ def _save_previous(prev: Tensor, x: Tensor, one: Tensor) -> None:
     prev.copy_(x * one)
 
 
-def _alera_move_body(grad: Tensor, p: Tensor, path: Tensor, c: Tensor) -> None:
-    """``p <- lerp(p, g / ||g_l||, alpha)``, ``x <- x - eta g``; ``c`` = (weight decay,
-    1/||g_l|| or 0, alpha, eta, 1). Inlined into ALeRA's and SALeRA's kernels."""
-    x = p.to(c.dtype)
-    g = grad.to(c.dtype) + c[0] * x
-    path.copy_(torch.lerp(path.to(c.dtype), g * c[1], c[2]))
-    p.copy_(x - c[3] * g)
+def _alera_move_body(grad: Tensor, p: Tensor, path: Tensor, c: dict[str, Tensor]) -> None:
+    """``p <- lerp(p, g / ||g_l||, alpha)``, ``x <- x - eta g``, inlined into ALeRA's and
+    SALeRA's kernels."""
+    dtype = c["alpha"].dtype
+    x = p.to(dtype)
+    g = grad.to(dtype) + c["weight_decay"] * x
+    path.copy_(torch.lerp(path.to(dtype), g * c["inverse_norm"], c["alpha"]))
+    p.copy_(x - c["eta"] * g)
 
 
 @kernel
-def _alera_move(grad: Tensor, p: Tensor, path: Tensor, c: Tensor) -> None:
+def _alera_move(grad: Tensor, p: Tensor, path: Tensor, scalars: Tensor) -> None:
     """Pass (2) of ALeRA (see :func:`_alera_move_body`)."""
-    _alera_move_body(grad, p, path, c)
+    _alera_move_body(grad, p, path, _ALERA_MOVE_SCHEMA.read(scalars))
 
 
 @kernel
-def _salera_move(grad: Tensor, p: Tensor, path: Tensor, prev: Tensor, c: Tensor) -> None:
+def _salera_move(grad: Tensor, p: Tensor, path: Tensor, prev: Tensor, scalars: Tensor) -> None:
     """Pass (2) of SALeRA: save ``x_prev <- x``, then ALeRA's move."""
-    _save_previous(prev, p.to(c.dtype), c[4])
+    c = _SALERA_MOVE_SCHEMA.read(scalars)
+    _save_previous(prev, p.to(scalars.dtype), c["one"])
     _alera_move_body(grad, p, path, c)
 
 
 @kernel
-def _agadam_move(grad: Tensor, p: Tensor, path: Tensor, m: Tensor, v: Tensor, c: Tensor) -> None:
-    """Pass (2) of Ag-Adam; ``c`` = (weight decay, 1/||g_l|| or 0, alpha, 1 - beta1, beta2,
-    1 - beta2, eps, eta sqrt(1 - beta2^t) / (1 - beta1^t))."""
-    x = p.to(c.dtype)
-    g = grad.to(c.dtype) + c[0] * x
-    path.copy_(torch.lerp(path.to(c.dtype), g * c[1], c[2]))
-    m_new = torch.lerp(m.to(c.dtype), g, c[3])
-    v_new = v.to(c.dtype) * c[4] + c[5] * g * g
+def _agadam_move(
+    grad: Tensor, p: Tensor, path: Tensor, m: Tensor, v: Tensor, scalars: Tensor
+) -> None:
+    """Pass (2) of Ag-Adam: the path as ALeRA, Adam's moments, and
+    ``x <- x - size m / (sqrt(v) + eps)``."""
+    c, dtype = _AGADAM_MOVE_SCHEMA.read(scalars), scalars.dtype
+    x = p.to(dtype)
+    g = grad.to(dtype) + c["weight_decay"] * x
+    path.copy_(torch.lerp(path.to(dtype), g * c["inverse_norm"], c["alpha"]))
+    m_new = torch.lerp(m.to(dtype), g, c["weight1"])
+    v_new = v.to(dtype) * c["beta2"] + c["weight2"] * g * g
     m.copy_(m_new)
     v.copy_(v_new)
-    p.copy_(x - c[7] * (m_new / (v_new.sqrt() + c[6])))
+    p.copy_(x - c["size"] * (m_new / (v_new.sqrt() + c["eps"])))
 
 
 @kernel
 def _spalera_move(
-    grad: Tensor, p: Tensor, path: Tensor, multiplier: Tensor, prev: Tensor, c: Tensor
+    grad: Tensor, p: Tensor, path: Tensor, multiplier: Tensor, prev: Tensor, scalars: Tensor
 ) -> None:
-    """Pass (2) of SPALeRA; ``c`` = (weight decay, 1/||g|| or 0, alpha, C D / alpha,
-    -C mu_t / alpha, eta, 1)."""
-    x = p.to(c.dtype)
-    g = grad.to(c.dtype) + c[0] * x
-    new_path = torch.lerp(path.to(c.dtype), g * c[1], c[2])
-    new_multiplier = multiplier.to(c.dtype) * (new_path * new_path * c[3] + c[4]).exp()
-    _save_previous(prev, x, c[6])
+    """Pass (2) of SPALeRA: ``x_prev <- x``, ``p <- lerp(p, g / ||g||, alpha)``,
+    ``a <- a exp(gain p^2 + offset)``, ``x <- x - eta a g``."""
+    c, dtype = _SPALERA_MOVE_SCHEMA.read(scalars), scalars.dtype
+    x = p.to(dtype)
+    g = grad.to(dtype) + c["weight_decay"] * x
+    new_path = torch.lerp(path.to(dtype), g * c["inverse_norm"], c["alpha"])
+    new_multiplier = multiplier.to(dtype) * (new_path * new_path * c["gain"] + c["offset"]).exp()
+    _save_previous(prev, x, c["one"])
     path.copy_(new_path)
     multiplier.copy_(new_multiplier)
-    p.copy_(x - c[5] * (new_multiplier * g))
+    p.copy_(x - c["eta"] * (new_multiplier * g))
 
 
-# -- the native kernels (lrlab.optim._native; native/alera.cpp) --------------------------------
-# The same passes as the compiled kernels above, one call for all CPU tensors of one dtype;
-# per-tensor values (a tensor block's 1/||g_l|| and rate) are tensor constants.
-
-_NATIVE_STATISTICS = NativeKernel("alera", "alera_statistics", arrays=2, sums=3)
-_NATIVE_DECAYED_STATISTICS = NativeKernel("alera", "alera_decayed_statistics", arrays=3, sums=3)
-_NATIVE_GRAD_SQ = NativeKernel("alera", "spalera_grad_sq", arrays=1, sums=1)
-_NATIVE_DECAYED_GRAD_SQ = NativeKernel("alera", "spalera_decayed_grad_sq", arrays=2, sums=1)
-_NATIVE_ALERA_MOVE = NativeKernel("alera", "alera_move", arrays=3, tensor_constants=2)
-_NATIVE_SALERA_MOVE = NativeKernel("alera", "salera_move", arrays=4, tensor_constants=2)
-_NATIVE_AGADAM_MOVE = NativeKernel("alera", "agadam_move", arrays=5, tensor_constants=2)
-_NATIVE_SPALERA_MOVE = NativeKernel("alera", "spalera_move", arrays=5)
+_LayerPathLearningRates._sums_pass = Pass(
+    "alera", ("grad", "path"), _PATH_SUMS_SCHEMA, "alera_statistics", _path_statistics
+)
+_LayerPathLearningRates._decayed_sums_pass = Pass(
+    "alera",
+    ("grad", "p", "path"),
+    _DECAYED_PATH_SUMS_SCHEMA,
+    "alera_decayed_statistics",
+    _decayed_path_statistics,
+)
+ALeRA._move = Pass("alera", ("grad", "p", "path"), _ALERA_MOVE_SCHEMA, "alera_move", _alera_move)
+SALeRA._move = Pass(
+    "alera", ("grad", "p", "path", "prev"), _SALERA_MOVE_SCHEMA, "salera_move", _salera_move
+)
+AgAdam._move = Pass(
+    "alera", ("grad", "p", "path", "m", "v"), _AGADAM_MOVE_SCHEMA, "agadam_move", _agadam_move
+)
+SPALeRA._sums_pass = Pass("alera", ("grad",), _GRAD_SQ_SCHEMA, "spalera_grad_sq", _grad_sq)
+SPALeRA._decayed_sums_pass = Pass(
+    "alera", ("grad", "p"), _DECAYED_GRAD_SQ_SCHEMA, "spalera_decayed_grad_sq", _decayed_grad_sq
+)
+SPALeRA._move = Pass(
+    "alera",
+    ("grad", "p", "path", "multiplier", "prev"),
+    _SPALERA_MOVE_SCHEMA,
+    "spalera_move",
+    _spalera_move,
+)

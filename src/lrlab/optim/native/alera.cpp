@@ -7,6 +7,80 @@
 
 #include "driver.h"
 
+// BEGIN lrlab schema: generated from the Python schemas by lrlab.optim._executor (do not edit)
+struct AleraPathSumsScalars {
+  static constexpr int kCount = 0;
+};
+struct AleraPathSumsSums {
+  enum : int { path_sq, dot, grad_sq, kCount };
+};
+struct AleraDecayedPathSumsScalars {
+  double weight_decay;
+  static constexpr int kCount = 1;
+};
+struct AleraDecayedPathSumsSums {
+  enum : int { path_sq, dot, grad_sq, kCount };
+};
+struct AleraMoveScalars {
+  double weight_decay;
+  double alpha;
+  static constexpr int kCount = 2;
+};
+struct AleraMoveTensorScalars {
+  double inverse_norm;
+  double eta;
+  static constexpr int kCount = 2;
+};
+struct SaleraMoveScalars {
+  double weight_decay;
+  double alpha;
+  double one;
+  static constexpr int kCount = 3;
+};
+struct SaleraMoveTensorScalars {
+  double inverse_norm;
+  double eta;
+  static constexpr int kCount = 2;
+};
+struct AgAdamMoveScalars {
+  double weight_decay;
+  double alpha;
+  double weight1;
+  double beta2;
+  double weight2;
+  double eps;
+  static constexpr int kCount = 6;
+};
+struct AgAdamMoveTensorScalars {
+  double inverse_norm;
+  double size;
+  static constexpr int kCount = 2;
+};
+struct SpaleraGradSqScalars {
+  static constexpr int kCount = 0;
+};
+struct SpaleraGradSqSums {
+  enum : int { grad_sq, kCount };
+};
+struct SpaleraDecayedGradSqScalars {
+  double weight_decay;
+  static constexpr int kCount = 1;
+};
+struct SpaleraDecayedGradSqSums {
+  enum : int { grad_sq, kCount };
+};
+struct SpaleraMoveScalars {
+  double weight_decay;
+  double inverse_norm;
+  double alpha;
+  double gain;
+  double offset;
+  double eta;
+  double one;
+  static constexpr int kCount = 7;
+};
+// END lrlab schema
+
 namespace {
 
 using lrlab::Call;
@@ -86,10 +160,14 @@ inline T vector_exp(T x) {
   return series * power_of_two(half) * power_of_two(whole - half);
 }
 
-// Pass (1) of ALeRA, SALeRA and Ag-Adam without decay. Arrays: grad, path. Sums: ||path||^2,
-// <path, g>, ||g||^2 (before the update).
+// Pass (1) of ALeRA, SALeRA and Ag-Adam without decay. Arrays: grad, path. Scalars:
+// AleraPathSums (none). Sums: path_sq ||path||^2, dot <path, g>, grad_sq ||g||^2 (before the
+// update), in that order.
 template <typename T>
 void alera_statistics(const Call& call) {
+  static_assert(AleraPathSumsSums::path_sq == 0 && AleraPathSumsSums::dot == 1 &&
+                    AleraPathSumsSums::grad_sq == 2,
+                "elementwise_sum3 fills the sums in the schema's order");
   lrlab::for_each_block<T, 2, 3>(call, [&](int64_t, const lrlab::Arrays<T, 2>& a, int64_t n,
                                            double* sums) {
     T* __restrict grad = a[0];
@@ -105,10 +183,13 @@ void alera_statistics(const Call& call) {
 }
 
 // Pass (1) of ALeRA, SALeRA and Ag-Adam with decay (g = grad + decay x). Arrays: grad, p, path.
-// Constants: weight decay. Sums: as alera_statistics.
+// Scalars: AleraDecayedPathSums. Sums: as alera_statistics.
 template <typename T>
 void alera_decayed_statistics(const Call& call) {
-  const T decay = T(call.constants[0]);
+  static_assert(AleraDecayedPathSumsSums::path_sq == 0 && AleraDecayedPathSumsSums::dot == 1 &&
+                    AleraDecayedPathSumsSums::grad_sq == 2,
+                "elementwise_sum3 fills the sums in the schema's order");
+  const T decay = T(lrlab::scalars<AleraDecayedPathSumsScalars>(call).weight_decay);
   lrlab::for_each_block<T, 3, 3>(call, [&](int64_t, const lrlab::Arrays<T, 3>& a, int64_t n,
                                            double* sums) {
     T* __restrict grad = a[0];
@@ -124,7 +205,8 @@ void alera_decayed_statistics(const Call& call) {
   });
 }
 
-// Pass (1) of SPALeRA without decay. Arrays: grad. Sums: ||g||^2.
+// Pass (1) of SPALeRA without decay. Arrays: grad. Scalars: SpaleraGradSq (none). Sums: grad_sq
+// ||g||^2.
 template <typename T>
 void spalera_grad_sq(const Call& call) {
   lrlab::for_each_block<T, 1, 1>(call, [&](int64_t, const lrlab::Arrays<T, 1>& a, int64_t n,
@@ -134,10 +216,11 @@ void spalera_grad_sq(const Call& call) {
   });
 }
 
-// Pass (1) of SPALeRA with decay. Arrays: grad, p. Constants: weight decay. Sums: ||g||^2.
+// Pass (1) of SPALeRA with decay. Arrays: grad, p. Scalars: SpaleraDecayedGradSq. Sums: grad_sq
+// ||g||^2.
 template <typename T>
 void spalera_decayed_grad_sq(const Call& call) {
-  const T decay = T(call.constants[0]);
+  const T decay = T(lrlab::scalars<SpaleraDecayedGradSqScalars>(call).weight_decay);
   lrlab::for_each_block<T, 2, 1>(call, [&](int64_t, const lrlab::Arrays<T, 2>& a, int64_t n,
                                            double* sums) {
     T* __restrict grad = a[0];
@@ -150,15 +233,16 @@ void spalera_decayed_grad_sq(const Call& call) {
 }
 
 // Pass (2) of ALeRA: path <- lerp(path, g / ||g_l||, alpha), x <- x - eta g. Arrays: grad, p,
-// path. Constants: weight decay, alpha. Per tensor: 1/||g_l|| (or 0), eta (its block's).
+// path. Scalars: AleraMove (per tensor: its block's inverse_norm 1/||g_l|| or 0, and eta).
 template <typename T>
 void alera_move(const Call& call) {
-  const T decay = T(call.constants[0]), alpha = T(call.constants[1]);
-  const bool small_alpha = std::fabs(call.constants[1]) < 0.5;
+  const auto c = lrlab::scalars<AleraMoveScalars>(call);
+  const T decay = T(c.weight_decay), alpha = T(c.alpha);
+  const bool small_alpha = std::fabs(c.alpha) < 0.5;
   lrlab::for_each_block<T, 3, 0>(call, [&](int64_t tensor, const lrlab::Arrays<T, 3>& a,
                                            int64_t n, double*) {
-    const T inverse_norm = T(call.tensor_constants[tensor * 2]);
-    const T eta = T(call.tensor_constants[tensor * 2 + 1]);
+    const auto block = lrlab::tensor_scalars<AleraMoveTensorScalars>(call, tensor);
+    const T inverse_norm = T(block.inverse_norm), eta = T(block.eta);
     T* __restrict grad = a[0];
     T* __restrict p = a[1];
     T* __restrict path = a[2];
@@ -174,15 +258,17 @@ void alera_move(const Call& call) {
 }
 
 // Pass (2) of SALeRA: prev <- x (the parameter before this move, restored on an alarm), then
-// ALeRA's move. Arrays: grad, p, path, prev. Constants and per-tensor constants: alera_move's.
+// ALeRA's move. Arrays: grad, p, path, prev. Scalars: SaleraMove (alera_move's; its "one" is the
+// compiled kernel's and is not read here).
 template <typename T>
 void salera_move(const Call& call) {
-  const T decay = T(call.constants[0]), alpha = T(call.constants[1]);
-  const bool small_alpha = std::fabs(call.constants[1]) < 0.5;
+  const auto c = lrlab::scalars<SaleraMoveScalars>(call);
+  const T decay = T(c.weight_decay), alpha = T(c.alpha);
+  const bool small_alpha = std::fabs(c.alpha) < 0.5;
   lrlab::for_each_block<T, 4, 0>(call, [&](int64_t tensor, const lrlab::Arrays<T, 4>& a,
                                            int64_t n, double*) {
-    const T inverse_norm = T(call.tensor_constants[tensor * 2]);
-    const T eta = T(call.tensor_constants[tensor * 2 + 1]);
+    const auto block = lrlab::tensor_scalars<SaleraMoveTensorScalars>(call, tensor);
+    const T inverse_norm = T(block.inverse_norm), eta = T(block.eta);
     T* __restrict grad = a[0];
     T* __restrict p = a[1];
     T* __restrict path = a[2];
@@ -200,18 +286,18 @@ void salera_move(const Call& call) {
 }
 
 // Pass (2) of Ag-Adam: the path as ALeRA, Adam's moments, and x <- x - size m / (sqrt(v) + eps).
-// Arrays: grad, p, path, m, v. Constants: weight decay, alpha, 1 - beta1, beta2, 1 - beta2, eps.
-// Per tensor: 1/||g_l|| (or 0), size = eta sqrt(1 - beta2^t) / (1 - beta1^t).
+// Arrays: grad, p, path, m, v. Scalars: AgAdamMove (weight1: 1 - beta1, weight2: 1 - beta2; per
+// tensor: inverse_norm 1/||g_l|| or 0, size = eta sqrt(1 - beta2^t) / (1 - beta1^t)).
 template <typename T>
 void agadam_move(const Call& call) {
-  const double* c = call.constants;
-  const T decay = T(c[0]), alpha = T(c[1]), one_minus_beta1 = T(c[2]), beta2 = T(c[3]),
-          one_minus_beta2 = T(c[4]), eps = T(c[5]);
-  const bool small_alpha = std::fabs(c[1]) < 0.5, small_momentum = std::fabs(c[2]) < 0.5;
+  const auto c = lrlab::scalars<AgAdamMoveScalars>(call);
+  const T decay = T(c.weight_decay), alpha = T(c.alpha), one_minus_beta1 = T(c.weight1),
+          beta2 = T(c.beta2), one_minus_beta2 = T(c.weight2), eps = T(c.eps);
+  const bool small_alpha = std::fabs(c.alpha) < 0.5, small_momentum = std::fabs(c.weight1) < 0.5;
   lrlab::for_each_block<T, 5, 0>(call, [&](int64_t tensor, const lrlab::Arrays<T, 5>& a,
                                            int64_t n, double*) {
-    const T inverse_norm = T(call.tensor_constants[tensor * 2]);
-    const T size = T(call.tensor_constants[tensor * 2 + 1]);
+    const auto block = lrlab::tensor_scalars<AgAdamMoveTensorScalars>(call, tensor);
+    const T inverse_norm = T(block.inverse_norm), size = T(block.size);
     T* __restrict grad = a[0];
     T* __restrict p = a[1];
     T* __restrict path = a[2];
@@ -236,13 +322,14 @@ void agadam_move(const Call& call) {
 
 // Pass (2) of SPALeRA: prev <- x, path <- lerp(path, g / ||g||, alpha),
 // a <- a exp(gain path^2 + offset), x <- x - eta (a g). Arrays: grad, p, path, multiplier, prev.
-// Constants: weight decay, 1/||g|| (or 0), alpha, gain C D / alpha, offset -C mu_t / alpha, eta.
+// Scalars: SpaleraMove (inverse_norm: 1/||g|| or 0, gain: C D / alpha, offset: -C mu_t / alpha;
+// its "one" is the compiled kernel's and is not read here).
 template <typename T>
 void spalera_move(const Call& call) {
-  const double* c = call.constants;
-  const T decay = T(c[0]), inverse_norm = T(c[1]), alpha = T(c[2]), gain = T(c[3]),
-          offset = T(c[4]), eta = T(c[5]);
-  const bool small_alpha = std::fabs(c[2]) < 0.5;
+  const auto c = lrlab::scalars<SpaleraMoveScalars>(call);
+  const T decay = T(c.weight_decay), inverse_norm = T(c.inverse_norm), alpha = T(c.alpha),
+          gain = T(c.gain), offset = T(c.offset), eta = T(c.eta);
+  const bool small_alpha = std::fabs(c.alpha) < 0.5;
   lrlab::for_each_block<T, 5, 0>(call, [&](int64_t, const lrlab::Arrays<T, 5>& a, int64_t n,
                                            double*) {
     T* __restrict grad = a[0];
