@@ -38,6 +38,9 @@ from lrlab.optim._validation import check_bool, check_nonnegative, check_positiv
 
 __all__ = ["DoG", "DoWG", "LDoG"]
 
+_Row = dict[str, Tensor]  # the named arrays of one tensor (see lrlab.optim._executor)
+_Weights = list[dict[str, float]]  # per row, its per-tensor scalars
+
 _DOG_PAPER = (
     "Ivgi, Hinder & Carmon, DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size "
     "Schedule, ICML 2023, arXiv:2302.12022"
@@ -86,7 +89,7 @@ class _DistanceOverGradients(AdaptiveOptimizer):
         for p in group["params"]:
             self.state[p]["x0"] = p.detach().clone(memory_format=torch.preserve_format)
 
-    def _arrays(self, p: Tensor) -> dict[str, Tensor]:
+    def _arrays(self, p: Tensor) -> _Row:
         """The named arrays of one tensor that the passes read and write (the gradient, the
         average and L-DoG's statistics where the tensor has them)."""
         state = self.state[p]
@@ -122,14 +125,12 @@ class _DistanceOverGradients(AdaptiveOptimizer):
             differences = [p - x0 for p, x0 in zip(params, anchors, strict=True)]
         return _foreach.sum_of_squares(differences, foreach=foreach)
 
-    def _average_weights(
-        self, group: dict[str, Any], rows: list[dict[str, Tensor]], plan: Plan
-    ) -> list[dict[str, float]]:
+    def _average_weights(self, group: dict[str, Any], rows: list[_Row], plan: Plan) -> _Weights:
         """Per row, the iterate average's weight in the kernels' move (``{}`` without averaging
         and for the reference loop's rows; ``group["k"]`` already counts this step). A tensor
         the kernels take that has no average yet gets one now, a copy of x with weight 1: it
         becomes the moved x, as the reference loop's copy of the moved x."""
-        weights: list[dict[str, float]] = [{} for _ in rows]
+        weights: _Weights = [{} for _ in rows]
         gamma = group.get("averaging_gamma")
         if gamma is None:
             return weights
@@ -225,7 +226,7 @@ class _Block:
     group: dict[str, Any]
     first: bool
     foreach: bool
-    rows: list[dict[str, Tensor]]  # the tensors with a gradient
+    rows: list[_Row]  # the tensors with a gradient
     plan: Plan  # where those rows go
     taken: list[Tensor]  # the tensors the kernels moved (and averaged)
     params: list[Tensor]  # the reference loop's tensors with a gradient ...
@@ -251,8 +252,7 @@ class _GroupBlocks(_DistanceOverGradients):
         partials = [part.to(device) for block in blocks for part in block.sums]
         # every rank reaches the one reduction; then one host synchronisation for the step
         reduced = self._reduce_global(partials)
-        dtype = _promoted_dtype(reduced)
-        values = torch.stack([v.to(dtype) for v in reduced]).tolist()
+        values = torch.stack(_promoted(reduced)).tolist()
         for index, block in enumerate(blocks):
             distance_sq, gradient_sq = values[2 * index], values[2 * index + 1]
             eta = self._step_size(block.group, block.first, distance_sq, gradient_sq)
@@ -319,14 +319,17 @@ class _GroupBlocks(_DistanceOverGradients):
         self._average(group, block.foreach, done=block.taken)
 
 
-def _check_dog_arguments(
+def _dog_defaults(
     reps_rel: float,
     lr: float,
     weight_decay: float,
     eps: float,
     init_eta: float | None,
     averaging_gamma: float | None,
-) -> None:
+    foreach: bool | None,
+    fused: bool | None,
+) -> dict[str, Any]:
+    """The checked settings of DoG and L-DoG."""
     check_positive("lr", lr)
     if init_eta is None:
         check_positive("reps_rel", reps_rel)
@@ -338,6 +341,16 @@ def _check_dog_arguments(
     check_nonnegative("eps", eps)
     if averaging_gamma is not None:
         check_nonnegative("averaging_gamma", averaging_gamma)
+    return {
+        "reps_rel": reps_rel,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "eps": eps,
+        "init_eta": init_eta,
+        "averaging_gamma": averaging_gamma,
+        "foreach": foreach,
+        "fused": check_fused(fused, foreach),
+    }
 
 
 _DOG_INVALID = (
@@ -473,21 +486,10 @@ class DoG(_GroupBlocks):
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        _check_dog_arguments(reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma)
+        settings = (reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma, foreach, fused)
+        defaults = _dog_defaults(*settings)
         check_bool("sharded", sharded)
-        fused = check_fused(fused, foreach)
-        defaults = {
-            "reps_rel": reps_rel,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "eps": eps,
-            "init_eta": init_eta,
-            "averaging_gamma": averaging_gamma,
-            "foreach": foreach,
-            "fused": fused,
-            "sharded": sharded,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, {**defaults, "sharded": sharded})
 
     radius_from_origin: ClassVar[bool] = True
 
@@ -606,19 +608,8 @@ class LDoG(_DistanceOverGradients):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        _check_dog_arguments(reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma)
-        fused = check_fused(fused, foreach)
-        defaults = {
-            "reps_rel": reps_rel,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "eps": eps,
-            "init_eta": init_eta,
-            "averaging_gamma": averaging_gamma,
-            "foreach": foreach,
-            "fused": fused,
-        }
-        super().__init__(params, defaults)
+        settings = (reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma, foreach, fused)
+        super().__init__(params, _dog_defaults(*settings))
 
     def _start_group(self, group: dict[str, Any]) -> None:
         super()._start_group(group)
@@ -648,51 +639,38 @@ class LDoG(_DistanceOverGradients):
             plan = route(group, rows, (_SUMS, _move_pass(group), _ldog_pass(group)))
             weights = self._average_weights(group, rows, plan)
             # the step sizes: 1-d per native dtype, 0-d per other tensor
-            eta_vectors = self._step_by_dtype(group, rows, plan, weights)
-            etas = self._step_each(group, rows, plan, weights)
+            eta_vectors = self._step_by_dtype(group, plan, weights)
+            etas = self._step_each(group, plan, weights)
             if plan.reference:
                 reference = [params[i] for i in plan.reference]
                 etas += self._step_tensors(group, reference, first, foreach)
             if etas:
-                dtype = _promoted_dtype(etas)
-                eta_vectors.append(torch.stack([eta.to(dtype) for eta in etas]))
+                eta_vectors.append(torch.stack(_promoted(etas)))
             if eta_vectors:
-                dtype = _promoted_dtype(eta_vectors)
-                means.append(torch.cat([eta.to(dtype) for eta in eta_vectors]).mean())
+                means.append(torch.cat(_promoted(eta_vectors)).mean())
                 stepped.append(group)
             else:
                 group["effective_lr"] = 0.0
             self._average(group, foreach, done=[rows[i]["p"] for i in _fast_rows(plan)])
         if means:  # one host synchronisation for the step
-            dtype = _promoted_dtype(means)
-            device = means[0].device
-            values = torch.stack([m.to(device=device, dtype=dtype) for m in means]).tolist()
+            values = torch.stack(_promoted(means, means[0].device)).tolist()
             for group, value in zip(stepped, values, strict=True):
                 group["effective_lr"] = float(value)
 
-    def _step_by_dtype(
-        self,
-        group: dict[str, Any],
-        rows: list[dict[str, Tensor]],
-        plan: Plan,
-        weights: list[dict[str, float]],
-    ) -> list[Tensor]:
+    def _step_by_dtype(self, group: dict[str, Any], plan: Plan, weights: _Weights) -> list[Tensor]:
         """The rows of the native kernels, two calls per dtype: the tensors' distances and
         gradient norms, then (once each tensor's eta is known) the moves and averages. The
         per-tensor scalars are updated as vectors, in the accumulation dtype as the reference
         loop's 0-d tensors; returns the step sizes, one 1-d tensor per dtype. At the first
         step ``x = x0``, so the distance leaves the initial ``r_bar`` unchanged."""
-        if not plan.native:
-            return []
-        sums = plan.run(
-            _SUMS, {"weight_decay": group["weight_decay"], "anchor": 1.0}, compiled=False
-        )
-        per_tensor: list[dict[str, float]] = [{} for _ in rows]
+        decay = {"weight_decay": group["weight_decay"]}
+        sums = plan.run(_SUMS, {**decay, "anchor": 1.0}, compiled=False)
+        per_tensor: _Weights = [{} for _ in plan.rows]
         vectors = []
         for dtype, totals in sums.native.items():
             indices = plan.native[dtype]
-            r_bars = [rows[i]["r_bar"] for i in indices]
-            Gs = [rows[i]["G"] for i in indices]
+            r_bars = [plan.rows[i]["r_bar"] for i in indices]
+            Gs = [plan.rows[i]["G"] for i in indices]
             totals = totals.to(_foreach.accumulation_dtype(dtype))
             # r_bar = max(r_bar, ||x - x0||), G += ||g||^2, eta = lr r_bar / sqrt(G)
             r_bar = torch.maximum(torch.stack(r_bars), _column(totals, "distance").sqrt())
@@ -702,41 +680,26 @@ class LDoG(_DistanceOverGradients):
             torch._foreach_copy_(r_bars, r_bar.unbind())
             torch._foreach_copy_(Gs, G.unbind())
             for index, value, number in zip(indices, eta.unbind(), eta.tolist(), strict=True):
-                self.state[rows[index]["p"]]["eta"] = value
+                self.state[plan.rows[index]["p"]]["eta"] = value
                 per_tensor[index] = {"eta": number, **weights[index]}
             vectors.append(eta)
-        move = {"weight_decay": group["weight_decay"]}
-        plan.run(_move_pass(group), move, tensor_scalars=per_tensor, compiled=False)
+        plan.run(_move_pass(group), decay, tensor_scalars=per_tensor, compiled=False)
         return vectors
 
-    def _step_each(
-        self,
-        group: dict[str, Any],
-        rows: list[dict[str, Tensor]],
-        plan: Plan,
-        weights: list[dict[str, float]],
-    ) -> list[Tensor]:
+    def _step_each(self, group: dict[str, Any], plan: Plan, weights: _Weights) -> list[Tensor]:
         """The rows of the compiled kernels: every tensor's whole step (and average) in one
         call; its step sizes (0-d)."""
-        if not plan.compiled:
-            return []
         init_eta = group["init_eta"]
         scalars = {
             "weight_decay": group["weight_decay"],
             "lr": group["lr"],
-            "init_eta": 0.0 if init_eta is None else float(init_eta),
-            "has_init_eta": 0.0 if init_eta is None else 1.0,
+            "init_eta": float(init_eta or 0.0),
+            "has_init_eta": float(init_eta is not None),
         }
-        averaging = group.get("averaging_gamma") is not None
-        result = plan.run(
-            _ldog_pass(group),
-            scalars,
-            tensor_scalars=weights if averaging else None,
-            only=plan.compiled,
-        )
+        result = plan.run(_ldog_pass(group), scalars, tensor_scalars=weights, only=plan.compiled)
         etas = [sums["eta"] for sums in result.compiled]
         for index, eta in zip(plan.compiled, etas, strict=True):
-            self.state[rows[index]["p"]]["eta"] = eta
+            self.state[plan.rows[index]["p"]]["eta"] = eta
         return etas
 
     def _step_tensors(
@@ -943,11 +906,12 @@ class DoWG(_GroupBlocks):
         return {"r_bar_sq": group["r_bar_sq"], "v": group["v"], "eta": group["eta"]}
 
 
-def _promoted_dtype(values: list[Tensor]) -> torch.dtype:
+def _promoted(values: list[Tensor], device: torch.device | None = None) -> list[Tensor]:
+    """``values`` in their promoted dtype (and on ``device``), to be stacked."""
     dtype = values[0].dtype
     for value in values[1:]:
         dtype = torch.promote_types(dtype, value.dtype)
-    return dtype
+    return [value.to(device=device, dtype=dtype) for value in values]
 
 
 def _stack_to_host(values: list[Tensor]) -> Tensor:
@@ -960,8 +924,7 @@ def _total(parts: list[Tensor], like: Tensor) -> Tensor:
     if not parts:
         dtype = _foreach.accumulation_dtype(like.dtype)
         return torch.zeros((), dtype=dtype, device=like.device)
-    dtype = _promoted_dtype(parts)
-    return torch.stack([part.to(dtype) for part in parts]).sum()
+    return torch.stack(_promoted(parts)).sum()
 
 
 def _fast_rows(plan: Plan) -> list[int]:
@@ -1000,9 +963,7 @@ _MOVE_AVERAGE_SCHEMA = Schema(
 )
 _LDOG_SCALARS = ("weight_decay", "lr", "init_eta", "has_init_eta")
 _LDOG_STEP_SCHEMA = Schema("LDogStep", scalars=_LDOG_SCALARS)
-_LDOG_STEP_AVERAGE_SCHEMA = Schema(
-    "LDogStepAverage", scalars=_LDOG_SCALARS, tensor_scalars=("weight",)
-)
+_LDOG_AVERAGE_SCHEMA = Schema("LDogStepAverage", scalars=_LDOG_SCALARS, tensor_scalars=("weight",))
 
 
 def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
@@ -1080,7 +1041,7 @@ def _ldog_step_and_average(
     """:func:`_ldog_step` and the average of the moved x."""
     moved, eta = _ldog_moved(grad, p, x0, r_bar, G, c)
     p.copy_(moved)
-    average.copy_(_lerp(average, moved, _LDOG_STEP_AVERAGE_SCHEMA.read(c)["weight"]))
+    average.copy_(_lerp(average, moved, _LDOG_AVERAGE_SCHEMA.read(c)["weight"]))
     return eta
 
 
@@ -1095,17 +1056,12 @@ _MOVE_AVERAGE = Pass(
     compiled=_dog_move_and_average,
 )
 # compiled only: the native kernels take L-DoG's step as _SUMS and _MOVE around vector math
-_LDOG_STEP = Pass(
-    "dog",
-    ("grad", "p", "x0", "r_bar", "G"),
-    _LDOG_STEP_SCHEMA,
-    compiled=_ldog_step,
-    compiled_sums=("eta",),
-)
+_LDOG = ("grad", "p", "x0", "r_bar", "G")
+_LDOG_STEP = Pass("dog", _LDOG, _LDOG_STEP_SCHEMA, compiled=_ldog_step, compiled_sums=("eta",))
 _LDOG_STEP_AVERAGE = Pass(
     "dog",
-    ("grad", "p", "x0", "r_bar", "G", "average"),
-    _LDOG_STEP_AVERAGE_SCHEMA,
+    (*_LDOG, "average"),
+    _LDOG_AVERAGE_SCHEMA,
     compiled=_ldog_step_and_average,
     compiled_sums=("eta",),
 )
