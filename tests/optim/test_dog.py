@@ -325,7 +325,6 @@ def test_groups_are_separate_dog_blocks() -> None:
     assert first["r_bar"] != second["r_bar"] and first["G"] != second["G"]
 
 
-
 @pytest.mark.parametrize(
     ("optimizer_class", "kwargs"),
     [(DoG, {"reps_rel": 1e-2}), (DoWG, {"init_estim_sq_dist": 1e-2}), (LDoG, {"reps_rel": 1e-2})],
@@ -346,6 +345,7 @@ def test_a_group_without_gradients_with_weight_decay(optimizer_class, kwargs: di
     for result in results[1:]:
         for ours, expected in zip(result, results[0], strict=True):
             torch.testing.assert_close(ours, expected, rtol=1e-12, atol=0)
+
 
 def _dowg_reference(
     init: list[torch.Tensor], grads_of, steps: int, lr: float, r0_sq: float, eps: float, wd: float
