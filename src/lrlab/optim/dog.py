@@ -149,8 +149,8 @@ class _DistanceOverGradients(AdaptiveOptimizer):
     def _average(
         self, group: dict[str, Any], foreach: bool, done: list[Tensor] | None = None
     ) -> None:
-        """Step the average of every tensor of ``group`` but those in ``done`` (averaged by a
-        fused kernel already)."""
+        """Step the average of every tensor of ``group`` but those in ``done`` (averaged by the
+        kernels' move already): the reference loop's average."""
         gamma = group.get("averaging_gamma")
         if gamma is None:
             return
