@@ -253,8 +253,7 @@ class _GroupBlocks(_DistanceOverGradients):
         # every rank reaches the one reduction; then one host synchronisation for the step
         reduced = self._reduce_global(partials)
         values = torch.stack(_promoted(reduced)).tolist()
-        for index, block in enumerate(blocks):
-            distance_sq, gradient_sq = values[2 * index], values[2 * index + 1]
+        for block, distance_sq, gradient_sq in zip(blocks, values[::2], values[1::2], strict=True):
             eta = self._step_size(block.group, block.first, distance_sq, gradient_sq)
             block.group["eta"] = block.group["effective_lr"] = eta
             block.group["k"] += 1  # before the move: the average's weight counts this step
