@@ -325,6 +325,28 @@ def test_groups_are_separate_dog_blocks() -> None:
     assert first["r_bar"] != second["r_bar"] and first["G"] != second["G"]
 
 
+@pytest.mark.parametrize(
+    ("optimizer_class", "kwargs"),
+    [(DoG, {"reps_rel": 1e-2}), (DoWG, {"init_estim_sq_dist": 1e-2}), (LDoG, {"reps_rel": 1e-2})],
+)
+def test_a_group_without_gradients_with_weight_decay(optimizer_class, kwargs: dict) -> None:
+    """A group none of whose tensors has a gradient this step, with weight decay: the step
+    leaves it where it is on every path (the multi-tensor path once failed on the empty list
+    of directions), and the paths agree on the other group."""
+    results = []
+    for options in ({"foreach": True}, {"foreach": False}, {}):
+        a, b = _x0(), torch.tensor([3.0], dtype=torch.float64, requires_grad=True)
+        groups = [{"params": [a]}, {"params": [b], "lr": 0.5}]
+        optimizer = optimizer_class(groups, weight_decay=0.1, **kwargs, **options)
+        _p_step(optimizer, [a])  # b has no gradient
+        assert float(b.detach()) == 3.0
+        _p_step(optimizer, [a, b])
+        results.append((a.detach().clone(), b.detach().clone()))
+    for result in results[1:]:
+        for ours, expected in zip(result, results[0], strict=True):
+            torch.testing.assert_close(ours, expected, rtol=1e-12, atol=0)
+
+
 def _dowg_reference(
     init: list[torch.Tensor], grads_of, steps: int, lr: float, r0_sq: float, eps: float, wd: float
 ) -> list[list[torch.Tensor]]:

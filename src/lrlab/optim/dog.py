@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -30,20 +31,15 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
-from lrlab.optim._fused import (
-    check_fused,
-    compiled_requested,
-    flat,
-    flat_eligible,
-    kernel,
-    native_requested,
-    scalars,
-)
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._executor import Pass, Plan, Schema, route
+from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive
 
 __all__ = ["DoG", "DoWG", "LDoG"]
+
+_Row = dict[str, Tensor]  # the named arrays of one tensor (see lrlab.optim._executor)
+_Weights = list[dict[str, float]]  # per row, its per-tensor scalars
 
 _DOG_PAPER = (
     "Ivgi, Hinder & Carmon, DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size "
@@ -93,20 +89,35 @@ class _DistanceOverGradients(AdaptiveOptimizer):
         for p in group["params"]:
             self.state[p]["x0"] = p.detach().clone(memory_format=torch.preserve_format)
 
+    def _arrays(self, p: Tensor) -> _Row:
+        """The named arrays of one tensor that the passes read and write (the gradient, the
+        average and L-DoG's statistics where the tensor has them)."""
+        state = self.state[p]
+        arrays = {"p": p, "x0": state["x0"]}
+        if p.grad is not None:
+            arrays["grad"] = p.grad
+        for name, key in (("average", "averaged"), ("r_bar", "r_bar"), ("G", "G")):
+            if key in state:
+                arrays[name] = state[key]
+        return arrays
+
     @staticmethod
     def _directions(group: dict[str, Any], params: list[Tensor], foreach: bool) -> list[Tensor]:
         """``g + weight_decay * x`` (coupled L2, as the official packages), without touching
         ``.grad``."""
         grads = _foreach.grads_of(params)
         weight_decay = group["weight_decay"]
-        if weight_decay == 0:
+        if weight_decay == 0 or not params:  # torch._foreach_add refuses an empty list
             return grads
         if foreach:
             return list(torch._foreach_add(grads, params, alpha=weight_decay))
         return [g.add(p, alpha=weight_decay) for g, p in zip(grads, params, strict=True)]
 
-    def _distances_squared(self, params: list[Tensor], foreach: bool) -> Tensor:
-        """``sum_i ||x_i - x0_i||^2`` over ``params`` as a 0-d tensor."""
+    def _distances_squared(self, params: list[Tensor], anchor: float, foreach: bool) -> Tensor:
+        """``sum_i ||x_i - anchor x0_i||^2`` over ``params`` as a 0-d tensor (``anchor`` 0:
+        DoG's first radius ``||x||^2``, 1: the distance travelled)."""
+        if anchor == 0.0:
+            return _foreach.sum_of_squares(params, foreach=foreach)
         anchors = [self.state[p]["x0"] for p in params]
         if foreach and params:
             differences = list(torch._foreach_sub(params, anchors))
@@ -114,200 +125,32 @@ class _DistanceOverGradients(AdaptiveOptimizer):
             differences = [p - x0 for p, x0 in zip(params, anchors, strict=True)]
         return _foreach.sum_of_squares(differences, foreach=foreach)
 
-    # -- the fused path (see :mod:`lrlab.optim._fused` and :mod:`lrlab.optim._native`) ------
-
-    def _native_takes(self, p: Tensor, grad: Tensor | None) -> bool:
-        """Whether the native kernels take ``p`` now: it, its gradient (if any) and the state
-        tensors they read are plain contiguous CPU float32/float64 tensors (an average not
-        created yet will be a contiguous copy of ``p``)."""
-        state = self.state[p]
-        tensors = [p, state["x0"]]
-        if grad is not None:
-            tensors.append(grad)
-        average = state.get("averaged")
-        if average is not None:
-            tensors.append(average)
-        return native_eligible(*tensors)
-
-    def _native_split(
-        self, params: list[Tensor]
-    ) -> tuple[dict[torch.dtype, list[Tensor]], list[Tensor]]:
-        """``params`` (tensors with a gradient) split into those the native kernels take, by
-        dtype, and the others."""
-        native: dict[torch.dtype, list[Tensor]] = {}
-        others = []
-        if not _NATIVE_SUMS.available():
-            return native, list(params)
-        for p in params:
-            if self._native_takes(p, p.grad):
-                native.setdefault(p.dtype, []).append(p)
+    def _average_weights(self, group: dict[str, Any], rows: list[_Row], plan: Plan) -> _Weights:
+        """Per row, the iterate average's weight in the kernels' move (``{}`` without averaging
+        and for the reference loop's rows; ``group["k"]`` already counts this step). A tensor
+        the kernels take that has no average yet gets one now, a copy of x with weight 1: it
+        becomes the moved x, as the reference loop's copy of the moved x."""
+        weights: _Weights = [{} for _ in rows]
+        gamma = group.get("averaging_gamma")
+        if gamma is None:
+            return weights
+        for index in _fast_rows(plan):
+            row = rows[index]
+            if "average" in row:
+                weights[index] = {"weight": (1.0 + gamma) / (group["k"] + gamma)}
             else:
-                others.append(p)
-        return native, others
-
-    def _native_sums(
-        self, group: dict[str, Any], native: dict[torch.dtype, list[Tensor]], anchor: float
-    ) -> dict[torch.dtype, Tensor]:
-        """The statistics pass of the native tensors, one call per dtype: per dtype a float64
-        ``(n_tensors, 2)`` tensor of each tensor's ``||x - anchor x0||^2`` and
-        ``||g + wd x||^2``."""
-        sums = {}
-        for dtype, params in native.items():
-            rows = [(_foreach.grad_of(p), p, self.state[p]["x0"]) for p in params]
-            result = _NATIVE_SUMS(rows, (group["weight_decay"], anchor))
-            assert result is not None  # available() was checked by _native_split
-            sums[dtype] = result
-        return sums
-
-    def _kernel_takes(self, group: dict[str, Any], p: Tensor) -> bool:
-        """Whether the compiled kernels step ``p`` now: it has a gradient and it and every
-        state tensor the kernels read are flat-eligible (an average not created yet will be a
-        contiguous copy of ``p``)."""
-        if p.grad is None or not compiled_requested(group):
-            return False
-        state = self.state[p]
-        extra = [state[key] for key in ("averaged", "r_bar", "G") if key in state]
-        return flat_eligible(p, p.grad, state["x0"], *extra)
-
-    def _fused_sums(
-        self, group: dict[str, Any], all_params: list[Tensor], foreach: bool, anchor: float
-    ) -> tuple[
-        Tensor, Tensor, dict[torch.dtype, list[Tensor]], list[Tensor], list[Tensor], list[Tensor]
-    ]:
-        """The fused path's first pass (DoG and DoWG): this rank's ``||x - anchor x0||^2``
-        (``anchor`` 0 gives ``||x||^2``, DoG's first radius) over the group and
-        ``||g + wd x||^2`` over the tensors with a gradient: one native call per dtype for the
-        CPU float32/float64 tensors, one compiled kernel call per tensor for the others.
-
-        Returns the two sums, the tensors with a gradient the native kernels took (by dtype)
-        and the compiled kernels took, and the other tensors with a gradient with their
-        directions, for the eager path.
-        """
-        radius_parts: list[Tensor] = []
-        gradient_parts: list[Tensor] = []
-        native: dict[torch.dtype, list[Tensor]] = {}
-        # tensors without a gradient count in the distance only
-        native_idle: dict[torch.dtype, list[tuple[Tensor, Tensor]]] = {}
-        fused: list[Tensor] = []
-        rest_all: list[Tensor] = []
-        constants: dict[torch.dtype, Tensor] = {}
-        use_native = _NATIVE_SUMS.available()
-        for p in all_params:
-            grad = p.grad
-            if use_native and self._native_takes(p, grad):
-                if grad is None:
-                    native_idle.setdefault(p.dtype, []).append((p, self.state[p]["x0"]))
-                else:
-                    native.setdefault(p.dtype, []).append(p)
-                continue
-            if not self._kernel_takes(group, p):
-                rest_all.append(p)
-                continue
-            if p.dtype not in constants:
-                constants[p.dtype] = scalars((group["weight_decay"], anchor), p)
-            radius, gradient = _dog_sums(
-                flat(_grad(p)), flat(p), flat(self.state[p]["x0"]), constants[p.dtype]
-            )
-            radius_parts.append(radius)
-            gradient_parts.append(gradient)
-            fused.append(p)
-        for dtype, sums in self._native_sums(group, native, anchor).items():
-            radius, gradient = sums.sum(0).to(_foreach.accumulation_dtype(dtype))
-            radius_parts.append(radius)
-            gradient_parts.append(gradient)
-        for dtype, rows in native_idle.items():
-            distances = _NATIVE_DISTANCE(rows, (anchor,))
-            assert distances is not None  # available() was checked above
-            radius_parts.append(distances.sum(0)[0].to(_foreach.accumulation_dtype(dtype)))
-        rest = [p for p in rest_all if p.grad is not None]
-        # torch._foreach_add refuses an empty list
-        directions = self._directions(group, rest, foreach) if rest else []
-        if rest_all:
-            radius_parts.append(
-                _foreach.sum_of_squares(rest_all, foreach=foreach)
-                if anchor == 0.0
-                else self._distances_squared(rest_all, foreach)
-            )
-        if rest:
-            gradient_parts.append(_foreach.sum_of_squares(directions, foreach=foreach))
-        like = all_params[0]
-        return (
-            _total(radius_parts, like),
-            _total(gradient_parts, like),
-            native,
-            fused,
-            rest,
-            directions,
-        )
-
-    def _move_native(
-        self,
-        group: dict[str, Any],
-        native: dict[torch.dtype, list[Tensor]],
-        etas: dict[torch.dtype, list[float]],
-    ) -> None:
-        """The native second pass: ``x <- x - eta (g + wd x)`` with every tensor's ``eta``
-        and, with averaging, the average of the moved ``x`` (``group["k"]`` already counts this
-        step), one call per dtype."""
-        gamma = group.get("averaging_gamma")
-        decay = (group["weight_decay"],)
-        for dtype, params in native.items():
-            if gamma is None:
-                moved = _NATIVE_MOVE(
-                    [(_foreach.grad_of(p), p) for p in params],
-                    decay,
-                    [(eta,) for eta in etas[dtype]],
-                )
-                assert moved is not None  # available() was checked by the first pass
-                continue
-            weight = (1.0 + gamma) / (group["k"] + gamma)
-            rows, per_tensor = [], []
-            for p, eta in zip(params, etas[dtype], strict=True):
-                state = self.state[p]
-                average = state.get("averaged")
-                if average is None:
-                    # a new average is the moved x itself (weight 1), as the eager path's copy
-                    average = state["averaged"] = p.detach().clone(
-                        memory_format=torch.preserve_format
-                    )
-                    per_tensor.append((eta, 1.0))
-                else:
-                    per_tensor.append((eta, weight))
-                rows.append((_foreach.grad_of(p), p, average))
-            moved = _NATIVE_MOVE_AVERAGE(rows, decay, per_tensor)
-            assert moved is not None  # available() was checked by the first pass
-
-    def _move_fused(self, group: dict[str, Any], params: list[Tensor], eta: float) -> None:
-        """The compiled second pass (DoG and DoWG): ``x <- x - eta (g + wd x)`` and, with
-        averaging, the average of the moved ``x`` (``group["k"]`` already counts this step)."""
-        gamma = group.get("averaging_gamma")
-        weight_decay = group["weight_decay"]
-        constants: dict[tuple[torch.dtype, bool], Tensor] = {}
-        for p in params:
-            if gamma is None:
-                key = (p.dtype, False)
-                if key not in constants:
-                    constants[key] = scalars((weight_decay, -eta), p)
-                _dog_move(flat(_grad(p)), flat(p), constants[key])
-                continue
-            state = self.state[p]
-            fresh = "averaged" not in state
-            if fresh:
-                state["averaged"] = p.detach().clone(memory_format=torch.preserve_format)
-            key = (p.dtype, fresh)
-            if key not in constants:
-                # a new average is the moved x itself (weight 1), as the eager path's copy
-                weight = 1.0 if fresh else (1.0 + gamma) / (group["k"] + gamma)
-                constants[key] = scalars((weight_decay, -eta, weight), p)
-            _dog_move_and_average(flat(_grad(p)), flat(p), flat(state["averaged"]), constants[key])
+                average = row["p"].detach().clone(memory_format=torch.preserve_format)
+                row["average"] = self.state[row["p"]]["averaged"] = average
+                weights[index] = {"weight": 1.0}
+        return weights
 
     # -- polynomial-decay iterate averaging (DoG and L-DoG) ---------------------------------
 
     def _average(
         self, group: dict[str, Any], foreach: bool, done: list[Tensor] | None = None
     ) -> None:
-        """Step the average of every tensor of ``group`` but those in ``done`` (averaged by a
-        fused kernel already)."""
+        """Step the average of every tensor of ``group`` but those in ``done`` (averaged by the
+        kernels' move already): the reference loop's average."""
         gamma = group.get("averaging_gamma")
         if gamma is None:
             return
@@ -376,14 +219,116 @@ class _DistanceOverGradients(AdaptiveOptimizer):
                     p.copy_(backup)
 
 
-def _check_dog_arguments(
+@dataclass
+class _Block:
+    """One group's step between its statistics pass and its move (DoG, DoWG)."""
+
+    group: dict[str, Any]
+    first: bool
+    foreach: bool
+    rows: list[_Row]  # the tensors with a gradient
+    plan: Plan  # where those rows go
+    taken: list[Tensor]  # the tensors the kernels moved (and averaged)
+    params: list[Tensor]  # the reference loop's tensors with a gradient ...
+    directions: list[Tensor]  # ... and their g + wd x
+    sums: tuple[Tensor, Tensor]  # this rank's ||x_t - anchor x0||^2 and ||g_t||^2
+
+
+class _GroupBlocks(_DistanceOverGradients):
+    """DoG and DoWG: every param group is one block whose norms run over all its tensors.
+
+    A step is two passes over memory around one reduction: this rank's squared distance and
+    gradient norm of every group (the statistics pass: native kernels, compiled kernels or the
+    reference loop per tensor, see :mod:`lrlab.optim._executor`), their sum over ranks and one
+    host synchronisation, the method's scalar rule (:meth:`_step_size`), then the move.
+    """
+
+    #: DoG's first radius is measured from the origin, ``||x_0||``; DoWG's from ``x_0``
+    radius_from_origin: ClassVar[bool] = False
+
+    def _update(self, context: StepContext) -> None:
+        device = context.params[0].device
+        blocks = [self._statistics_pass(group) for group in self.param_groups]
+        partials = [part.to(device) for block in blocks for part in block.sums]
+        # every rank reaches the one reduction; then one host synchronisation for the step
+        reduced = self._reduce_global(partials)
+        values = torch.stack(_promoted(reduced)).tolist()
+        for block, distance_sq, gradient_sq in zip(blocks, values[::2], values[1::2], strict=True):
+            eta = self._step_size(block.group, block.first, distance_sq, gradient_sq)
+            block.group["eta"] = block.group["effective_lr"] = eta
+            block.group["k"] += 1  # before the move: the average's weight counts this step
+            self._move(block, eta)
+
+    def _step_size(
+        self, group: dict[str, Any], first: bool, distance_sq: float, gradient_sq: float
+    ) -> float:
+        """The method's rule: update the group's scalars from the reduced sums; the step size."""
+        raise NotImplementedError
+
+    def _statistics_pass(self, group: dict[str, Any]) -> _Block:
+        """This rank's ``||x_t - a x_0||^2`` over the group (``a`` = 0 at DoG's first step, the
+        radius ``||x_0||^2``; at DoWG's first step ``x = x_0`` gives 0) and ``||g_t||^2`` over
+        its tensors with a gradient; a tensor without one counts in the distance only."""
+        first = group["k"] == 0
+        if first:
+            self._start_group(group)
+        all_params = list(group["params"])
+        foreach = _foreach.resolve_foreach(group["foreach"], all_params)
+        anchor = 0.0 if first and self.radius_from_origin else 1.0
+        rows = [self._arrays(p) for p in all_params if p.grad is not None]
+        plan = route(group, rows, (_SUMS, _move_pass(group)))
+        sums = plan.run(_SUMS, {"weight_decay": group["weight_decay"], "anchor": anchor})
+        idle_rows = [self._arrays(p) for p in all_params if p.grad is None]
+        idle = route(group, idle_rows, (_DISTANCE,))
+        idle_sums = idle.run(_DISTANCE, {"anchor": anchor})
+        taken = [rows[i]["p"] for i in _fast_rows(plan)]
+        done = {id(p) for p in taken} | {id(idle_rows[i]["p"]) for i in _fast_rows(idle)}
+        # the reference loop: the other tensors, in the group's order (ids: `in` on tensors
+        # would compare values)
+        rest = [p for p in all_params if id(p) not in done]
+        params = [p for p in rest if p.grad is not None]
+        directions = self._directions(group, params, foreach)
+        # the parts in a fixed order: compiled tensors, native dtypes, the reference loop
+        distance = sums.parts("distance") + idle_sums.parts("distance")
+        gradient = sums.parts("gradient")
+        if rest:
+            distance.append(self._distances_squared(rest, anchor, foreach))
+        if params:
+            gradient.append(_foreach.sum_of_squares(directions, foreach=foreach))
+        like = all_params[0]
+        totals = (_total(distance, like), _total(gradient, like))
+        return _Block(group, first, foreach, rows, plan, taken, params, directions, totals)
+
+    def _move(self, block: _Block, eta: float) -> None:
+        """``x_{t+1} = x_t - eta (g_t + wd x_t)``, with the iterate average where the group keeps
+        one."""
+        group = block.group
+        weights = self._average_weights(group, block.rows, block.plan)
+        block.plan.run(
+            _move_pass(group),
+            {"weight_decay": group["weight_decay"]},
+            tensor_scalars=[{"eta": eta, **weight} for weight in weights],
+        )
+        if block.params:
+            if block.foreach:
+                torch._foreach_add_(block.params, block.directions, alpha=-eta)
+            else:
+                for p, direction in zip(block.params, block.directions, strict=True):
+                    p.add_(direction, alpha=-eta)
+        self._average(group, block.foreach, done=block.taken)
+
+
+def _dog_defaults(
     reps_rel: float,
     lr: float,
     weight_decay: float,
     eps: float,
     init_eta: float | None,
     averaging_gamma: float | None,
-) -> None:
+    foreach: bool | None,
+    fused: bool | None,
+) -> dict[str, Any]:
+    """The checked settings of DoG and L-DoG."""
     check_positive("lr", lr)
     if init_eta is None:
         check_positive("reps_rel", reps_rel)
@@ -395,6 +340,16 @@ def _check_dog_arguments(
     check_nonnegative("eps", eps)
     if averaging_gamma is not None:
         check_nonnegative("averaging_gamma", averaging_gamma)
+    return {
+        "reps_rel": reps_rel,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "eps": eps,
+        "init_eta": init_eta,
+        "averaging_gamma": averaging_gamma,
+        "foreach": foreach,
+        "fused": check_fused(fused, foreach),
+    }
 
 
 _DOG_INVALID = (
@@ -426,7 +381,7 @@ _DOG_SAMPLES = (
     invalid_kwargs=_DOG_INVALID,
     group_kwargs={"lr": 0.5},
 )
-class DoG(_DistanceOverGradients):
+class DoG(_GroupBlocks):
     r"""DoG ("Distance over Gradients"): a parameter-free dynamic step size for SGD.
 
     For every param group, treating all its tensors as one vector, at steps
@@ -530,88 +485,32 @@ class DoG(_DistanceOverGradients):
         fused: bool | None = None,
         sharded: bool = False,
     ) -> None:
-        _check_dog_arguments(reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma)
+        settings = (reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma, foreach, fused)
+        defaults = _dog_defaults(*settings)
         check_bool("sharded", sharded)
-        fused = check_fused(fused, foreach)
-        defaults = {
-            "reps_rel": reps_rel,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "eps": eps,
-            "init_eta": init_eta,
-            "averaging_gamma": averaging_gamma,
-            "foreach": foreach,
-            "fused": fused,
-            "sharded": sharded,
-        }
-        super().__init__(params, defaults)
+        super().__init__(params, {**defaults, "sharded": sharded})
 
-    def _update(self, context: StepContext) -> None:
-        device = context.params[0].device
-        plans = []
-        partials: list[Tensor] = []
-        for group in self.param_groups:
-            all_params = list(group["params"])
-            first = group["k"] == 0
-            if first:
-                self._start_group(group)
-            foreach = _foreach.resolve_foreach(group["foreach"], all_params)
-            # this rank's part of ||x0||^2 (first step) or ||x_t - x0||^2, and of ||g_t||^2;
-            # .get: checkpoints written before the fused path have no "fused" key
-            if native_requested(group):
-                # params, directions: the tensors left to the eager path
-                radius_sq, gradient_sq, native, fused, params, directions = self._fused_sums(
-                    group, all_params, foreach, anchor=0.0 if first else 1.0
-                )
-            else:
-                native, fused = {}, []
-                params = [p for p in all_params if p.grad is not None]
-                directions = self._directions(group, params, foreach)
-                if first:
-                    radius_sq = _foreach.sum_of_squares(all_params, foreach=foreach)
-                else:
-                    radius_sq = self._distances_squared(all_params, foreach)
-                gradient_sq = _foreach.sum_of_squares(directions, foreach=foreach)
-            partials += [radius_sq.to(device), gradient_sq.to(device)]
-            plans.append((group, first, params, native, fused, directions, foreach))
+    radius_from_origin: ClassVar[bool] = True
 
-        # every rank reaches the one reduction; then one host synchronisation for the step
-        reduced = self._reduce_global(partials)
-        dtype = _promoted_dtype(reduced)
-        values = torch.stack([v.to(dtype) for v in reduced]).tolist()
-
-        for index, plan in enumerate(plans):
-            group, first, params, native, fused, directions, foreach = plan
-            radius_sq, gradient_sq = values[2 * index], values[2 * index + 1]
-            if first:
-                init_eta = group["init_eta"]
-                r_bar = (
-                    0.0
-                    if init_eta is not None
-                    else group["reps_rel"] * (1.0 + math.sqrt(radius_sq))
-                )
-                G = gradient_sq + group["eps"]
-            else:
-                r_bar = max(group["r_bar"], math.sqrt(radius_sq))
-                G = group["G"] + gradient_sq
-            eta = group["lr"] * r_bar / math.sqrt(G) if G > 0 else 0.0
-            if r_bar == 0.0 and group["init_eta"] is not None:
-                # r_bar starts at 0: init_eta is the step size until the iterate has moved
-                eta = float(group["init_eta"])
-            group["r_bar"], group["G"], group["eta"] = r_bar, G, eta
-            group["effective_lr"] = eta
-            group["k"] += 1  # before the moves: the fused move's average counts this step
-            if native:
-                self._move_native(group, native, _same_eta(native, eta))
-            if fused:
-                self._move_fused(group, fused, eta)
-            if params:
-                if foreach:
-                    torch._foreach_add_(params, directions, alpha=-eta)
-                else:
-                    for p, direction in zip(params, directions, strict=True):
-                        p.add_(direction, alpha=-eta)
-            self._average(group, foreach, done=_taken(native, fused))
+    def _step_size(
+        self, group: dict[str, Any], first: bool, distance_sq: float, gradient_sq: float
+    ) -> float:
+        # Algorithm 1 of the paper; distance_sq is ||x_0||^2 at the first step
+        init_eta = group["init_eta"]
+        if first:
+            r_bar = (
+                0.0 if init_eta is not None else group["reps_rel"] * (1.0 + math.sqrt(distance_sq))
+            )
+            G = gradient_sq + group["eps"]
+        else:
+            r_bar = max(group["r_bar"], math.sqrt(distance_sq))
+            G = group["G"] + gradient_sq
+        eta = group["lr"] * r_bar / math.sqrt(G) if G > 0 else 0.0
+        if r_bar == 0.0 and init_eta is not None:
+            # r_bar starts at 0: init_eta is the step size until the iterate has moved
+            eta = float(init_eta)
+        group["r_bar"], group["G"] = r_bar, G
+        return eta
 
     def _statistics(self) -> dict[str, float]:
         group = self.param_groups[0]
@@ -708,19 +607,8 @@ class LDoG(_DistanceOverGradients):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        _check_dog_arguments(reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma)
-        fused = check_fused(fused, foreach)
-        defaults = {
-            "reps_rel": reps_rel,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "eps": eps,
-            "init_eta": init_eta,
-            "averaging_gamma": averaging_gamma,
-            "foreach": foreach,
-            "fused": fused,
-        }
-        super().__init__(params, defaults)
+        settings = (reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma, foreach, fused)
+        super().__init__(params, _dog_defaults(*settings))
 
     def _start_group(self, group: dict[str, Any]) -> None:
         super()._start_group(group)
@@ -743,107 +631,74 @@ class LDoG(_DistanceOverGradients):
             first = group["k"] == 0
             if first:
                 self._start_group(group)
-            params = [p for p in group["params"] if p.grad is not None]
             group["k"] += 1
             foreach = _foreach.resolve_foreach(group["foreach"], list(group["params"]))
-            native: dict[torch.dtype, list[Tensor]] = {}
-            fused: list[Tensor] = []
-            # .get: checkpoints written before the fused path have no "fused" key
-            if native_requested(group):
-                native, params = self._native_split(params)
-                fused = [p for p in params if self._kernel_takes(group, p)]
-                taken = {id(p) for p in fused}
-                params = [p for p in params if id(p) not in taken]
+            params = [p for p in group["params"] if p.grad is not None]
+            rows = [self._arrays(p) for p in params]
+            plan = route(group, rows, (_SUMS, _move_pass(group), _ldog_pass(group)))
+            weights = self._average_weights(group, rows, plan)
             # the step sizes: 1-d per native dtype, 0-d per other tensor
-            eta_vectors = self._step_native(group, native) if native else []
-            etas = self._step_fused(group, fused) if fused else []
-            if params:
-                etas += self._step_tensors(group, params, first, foreach)
+            eta_vectors = self._step_by_dtype(group, plan, weights)
+            etas = self._step_each(group, plan, weights)
+            if plan.reference:
+                reference = [params[i] for i in plan.reference]
+                etas += self._step_tensors(group, reference, first, foreach)
             if etas:
-                dtype = _promoted_dtype(etas)
-                eta_vectors.append(torch.stack([eta.to(dtype) for eta in etas]))
+                eta_vectors.append(torch.stack(_promoted(etas)))
             if eta_vectors:
-                dtype = _promoted_dtype(eta_vectors)
-                means.append(torch.cat([eta.to(dtype) for eta in eta_vectors]).mean())
+                means.append(torch.cat(_promoted(eta_vectors)).mean())
                 stepped.append(group)
             else:
                 group["effective_lr"] = 0.0
-            self._average(group, foreach, done=_taken(native, fused))
+            self._average(group, foreach, done=[rows[i]["p"] for i in _fast_rows(plan)])
         if means:  # one host synchronisation for the step
-            dtype = _promoted_dtype(means)
-            device = means[0].device
-            values = torch.stack([m.to(device=device, dtype=dtype) for m in means]).tolist()
+            values = torch.stack(_promoted(means, means[0].device)).tolist()
             for group, value in zip(stepped, values, strict=True):
                 group["effective_lr"] = float(value)
 
-    def _step_native(
-        self, group: dict[str, Any], native: dict[torch.dtype, list[Tensor]]
-    ) -> list[Tensor]:
-        """The native path, two calls per dtype: the tensors' distances and gradient norms,
-        then (once each tensor's eta is known) the moves and averages. The per-tensor scalars
-        are updated as vectors, in the accumulation dtype as the for-loop path's 0-d tensors;
-        returns the step sizes, one 1-d tensor per dtype. At the first step ``x = x0``, so the
-        distance leaves the initial ``r_bar`` unchanged without a branch."""
-        lr, init_eta = group["lr"], group["init_eta"]
+    def _step_by_dtype(self, group: dict[str, Any], plan: Plan, weights: _Weights) -> list[Tensor]:
+        """The rows of the native kernels, two calls per dtype: the tensors' distances and
+        gradient norms, then (once each tensor's eta is known) the moves and averages. The
+        per-tensor scalars are updated as vectors, in the accumulation dtype as the reference
+        loop's 0-d tensors; returns the step sizes, one 1-d tensor per dtype. At the first
+        step ``x = x0``, so the distance leaves the initial ``r_bar`` unchanged."""
+        decay = {"weight_decay": group["weight_decay"]}
+        sums = plan.run(_SUMS, {**decay, "anchor": 1.0}, compiled=False)
+        per_tensor: _Weights = [{} for _ in plan.rows]
         vectors = []
-        etas: dict[torch.dtype, list[float]] = {}
-        for dtype, sums in self._native_sums(group, native, anchor=1.0).items():
-            states = [self.state[p] for p in native[dtype]]
-            r_bars = [state["r_bar"] for state in states]
-            Gs = [state["G"] for state in states]
-            totals = sums.to(_foreach.accumulation_dtype(dtype))
-            r_bar = torch.maximum(torch.stack(r_bars), totals[:, 0].sqrt())
-            norm = totals[:, 1].sqrt()
+        for dtype, totals in sums.native.items():
+            indices = plan.native[dtype]
+            r_bars = [plan.rows[i]["r_bar"] for i in indices]
+            Gs = [plan.rows[i]["G"] for i in indices]
+            totals = totals.to(_foreach.accumulation_dtype(dtype))
+            # r_bar = max(r_bar, ||x - x0||), G += ||g||^2, eta = lr r_bar / sqrt(G)
+            r_bar = torch.maximum(torch.stack(r_bars), _column(totals, "distance").sqrt())
+            norm = _column(totals, "gradient").sqrt()
             G = torch.stack(Gs).addcmul_(norm, norm)
-            # a zero G (eps = 0 and zero gradients so far) gives a zero step
-            eta = torch.where(G > 0, lr * r_bar / G.sqrt(), torch.zeros_like(G))
-            if init_eta is not None:
-                # r_bar starts at 0: init_eta is the step size until the tensor has moved
-                eta = torch.where(r_bar > 0, eta, torch.full_like(eta, init_eta))
+            eta = _ldog_step_size(group, r_bar, G)
             torch._foreach_copy_(r_bars, r_bar.unbind())
             torch._foreach_copy_(Gs, G.unbind())
-            for state, value in zip(states, eta.unbind(), strict=True):
-                state["eta"] = value
-            etas[dtype] = eta.tolist()
+            for index, value, number in zip(indices, eta.unbind(), eta.tolist(), strict=True):
+                self.state[plan.rows[index]["p"]]["eta"] = value
+                per_tensor[index] = {"eta": number, **weights[index]}
             vectors.append(eta)
-        self._move_native(group, native, etas)
+        plan.run(_move_pass(group), decay, tensor_scalars=per_tensor, compiled=False)
         return vectors
 
-    def _step_fused(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
-        """The fused path: every tensor's whole step (and average) in one kernel call; its
-        step sizes (0-d). At the first step ``x = x0``, so the distance term leaves the
-        initial ``r_bar`` unchanged without a branch."""
-        gamma = group.get("averaging_gamma")
+    def _step_each(self, group: dict[str, Any], plan: Plan, weights: _Weights) -> list[Tensor]:
+        """The rows of the compiled kernels: every tensor's whole step (and average) in one
+        call; its step sizes (0-d)."""
         init_eta = group["init_eta"]
-        common = (
-            group["weight_decay"],
-            group["lr"],
-            0.0 if init_eta is None else float(init_eta),
-            0.0 if init_eta is None else 1.0,
-        )
-        constants: dict[tuple[torch.dtype, bool], Tensor] = {}
-        etas = []
-        for p in params:
-            state = self.state[p]
-            tensors = [flat(_grad(p)), flat(p), flat(state["x0"]), flat(state["r_bar"])]
-            tensors.append(flat(state["G"]))
-            if gamma is None:
-                key = (p.dtype, False)
-                if key not in constants:
-                    constants[key] = scalars(common, p)
-                eta = _ldog_step(*tensors, constants[key])
-            else:
-                fresh = "averaged" not in state
-                if fresh:
-                    state["averaged"] = p.detach().clone(memory_format=torch.preserve_format)
-                key = (p.dtype, fresh)
-                if key not in constants:
-                    # a new average is the moved x itself (weight 1), as the eager path's copy
-                    weight = 1.0 if fresh else (1.0 + gamma) / (group["k"] + gamma)
-                    constants[key] = scalars((*common, weight), p)
-                eta = _ldog_step_and_average(*tensors, flat(state["averaged"]), constants[key])
-            state["eta"] = eta
-            etas.append(eta)
+        scalars = {
+            "weight_decay": group["weight_decay"],
+            "lr": group["lr"],
+            "init_eta": float(init_eta or 0.0),
+            "has_init_eta": float(init_eta is not None),
+        }
+        result = plan.run(_ldog_pass(group), scalars, tensor_scalars=weights, only=plan.compiled)
+        etas = [sums["eta"] for sums in result.compiled]
+        for index, eta in zip(plan.compiled, etas, strict=True):
+            self.state[plan.rows[index]["p"]]["eta"] = eta
         return etas
 
     def _step_tensors(
@@ -871,15 +726,9 @@ class LDoG(_DistanceOverGradients):
                     )
                     torch.maximum(r_bar, distance, out=r_bar)
                 G.addcmul_(norm, norm)
-        lr, init_eta = group["lr"], group["init_eta"]
         etas = []
         for state, r_bar, G in zip(states, r_bars, Gs, strict=True):
-            # a zero G (eps = 0 and zero gradients so far) gives a zero step
-            eta = torch.where(G > 0, lr * r_bar / G.sqrt(), torch.zeros_like(G))
-            if init_eta is not None:
-                # r_bar starts at 0: init_eta is the step size until the tensor has moved
-                eta = torch.where(r_bar > 0, eta, torch.full_like(eta, init_eta))
-            state["eta"] = eta
+            state["eta"] = eta = _ldog_step_size(group, r_bar, G)
             etas.append(eta)
         if foreach:
             torch._foreach_sub_(params, torch._foreach_mul(directions, etas))
@@ -942,7 +791,7 @@ class LDoG(_DistanceOverGradients):
     ),
     group_kwargs={"lr": 0.5},
 )
-class DoWG(_DistanceOverGradients):
+class DoWG(_GroupBlocks):
     r"""DoWG ("Distance over Weighted Gradients"): DoG with distance-weighted gradient sums.
 
     For every param group, treating all its tensors as one vector, at steps
@@ -1035,99 +884,37 @@ class DoWG(_DistanceOverGradients):
         }
         super().__init__(params, defaults)
 
-    def _update(self, context: StepContext) -> None:
-        device = context.params[0].device
-        plans = []
-        partials: list[Tensor] = []
-        for group in self.param_groups:
-            all_params = list(group["params"])
-            first = group["k"] == 0
-            if first:
-                self._start_group(group)
-            foreach = _foreach.resolve_foreach(group["foreach"], all_params)
-            # .get: checkpoints written before the fused path have no "fused" key
-            if native_requested(group):
-                # x = x0 at the first step: the kernel's distance is exactly 0 there too;
-                # params, directions: the tensors left to the eager path
-                distance_sq, gradient_sq, native, fused, params, directions = self._fused_sums(
-                    group, all_params, foreach, anchor=1.0
-                )
-            else:
-                native, fused = {}, []
-                params = [p for p in all_params if p.grad is not None]
-                directions = self._directions(group, params, foreach)
-                distance_sq = (
-                    torch.zeros((), device=device)  # x_0 - x_0
-                    if first
-                    else self._distances_squared(all_params, foreach)
-                )
-                gradient_sq = _foreach.sum_of_squares(directions, foreach=foreach)
-            partials += [distance_sq.to(device), gradient_sq.to(device)]
-            plans.append((group, first, params, native, fused, directions, foreach))
-
-        reduced = self._reduce_global(partials)
-        dtype = _promoted_dtype(reduced)
-        values = torch.stack([v.to(dtype) for v in reduced]).tolist()
-
-        for index, plan in enumerate(plans):
-            group, first, params, native, fused, directions, foreach = plan
-            distance_sq, gradient_sq = values[2 * index], values[2 * index + 1]
-            if first:
-                initial = group["init_estim_sq_dist"]
-                previous = float(group["eps"] if initial is None else initial)
-                v = 0.0
-            else:
-                previous, v = group["r_bar_sq"], group["v"]
-            r_bar_sq = max(previous, distance_sq)
-            v = v + r_bar_sq * gradient_sq
-            denominator = math.sqrt(v) + group["eps"]
-            eta = group["lr"] * r_bar_sq / denominator if denominator > 0 else 0.0
-            group["r_bar_sq"], group["v"], group["eta"] = r_bar_sq, v, eta
-            group["effective_lr"] = eta
-            if native:
-                self._move_native(group, native, _same_eta(native, eta))
-            if fused:
-                self._move_fused(group, fused, eta)
-            if params:
-                if foreach:
-                    torch._foreach_add_(params, directions, alpha=-eta)
-                else:
-                    for p, direction in zip(params, directions, strict=True):
-                        p.add_(direction, alpha=-eta)
-            group["k"] += 1
+    def _step_size(
+        self, group: dict[str, Any], first: bool, distance_sq: float, gradient_sq: float
+    ) -> float:
+        # distance_sq is ||x_t - x_0||^2 (0 at the first step, where r_bar^2 is r_eps^2)
+        if first:
+            initial = group["init_estim_sq_dist"]
+            previous = float(group["eps"] if initial is None else initial)
+            v = 0.0
+        else:
+            previous, v = group["r_bar_sq"], group["v"]
+        r_bar_sq = max(previous, distance_sq)
+        v = v + r_bar_sq * gradient_sq
+        denominator = math.sqrt(v) + group["eps"]
+        group["r_bar_sq"], group["v"] = r_bar_sq, v
+        return group["lr"] * r_bar_sq / denominator if denominator > 0 else 0.0
 
     def _statistics(self) -> dict[str, float]:
         group = self.param_groups[0]
         return {"r_bar_sq": group["r_bar_sq"], "v": group["v"], "eta": group["eta"]}
 
 
-def _promoted_dtype(values: list[Tensor]) -> torch.dtype:
+def _promoted(values: list[Tensor], device: torch.device | None = None) -> list[Tensor]:
+    """``values`` in their promoted dtype (and on ``device``), to be stacked."""
     dtype = values[0].dtype
     for value in values[1:]:
         dtype = torch.promote_types(dtype, value.dtype)
-    return dtype
+    return [value.to(device=device, dtype=dtype) for value in values]
 
 
 def _stack_to_host(values: list[Tensor]) -> Tensor:
     return torch.stack([value.detach().to(device="cpu", dtype=torch.float64) for value in values])
-
-
-def _same_eta(
-    native: dict[torch.dtype, list[Tensor]], eta: float
-) -> dict[torch.dtype, list[float]]:
-    """The group's step size for every native tensor (DoG, DoWG)."""
-    return {dtype: [eta] * len(params) for dtype, params in native.items()}
-
-
-def _taken(native: dict[torch.dtype, list[Tensor]], fused: list[Tensor]) -> list[Tensor]:
-    """The tensors the native and compiled kernels stepped (and averaged)."""
-    return [*fused, *(p for params in native.values() for p in params)]
-
-
-def _grad(p: Tensor) -> Tensor:
-    grad = p.grad
-    assert grad is not None  # the fused path takes tensors with a gradient only
-    return grad
 
 
 def _total(parts: list[Tensor], like: Tensor) -> Tensor:
@@ -1136,24 +923,46 @@ def _total(parts: list[Tensor], like: Tensor) -> Tensor:
     if not parts:
         dtype = _foreach.accumulation_dtype(like.dtype)
         return torch.zeros((), dtype=dtype, device=like.device)
-    dtype = _promoted_dtype(parts)
-    return torch.stack([part.to(dtype) for part in parts]).sum()
+    return torch.stack(_promoted(parts)).sum()
 
 
-# -- native kernels (native/dog.cpp; see :mod:`lrlab.optim._native`) -------------------------
+def _fast_rows(plan: Plan) -> list[int]:
+    """The rows of ``plan`` that the native and compiled kernels take."""
+    return [*plan.compiled, *(index for indices in plan.native.values() for index in indices)]
+
+
+def _column(sums: Tensor, name: str) -> Tensor:
+    """The sum ``name`` of every row of a native ``(rows, sums)`` tensor of :data:`_SUMS`."""
+    return sums[:, _SUMS.schema.sums.index(name)]
+
+
+def _ldog_step_size(group: dict[str, Any], r_bar: Tensor, G: Tensor) -> Tensor:
+    """L-DoG's ``eta = lr r_bar / sqrt(G)`` of one tensor (0-d) or several (1-d)."""
+    # a zero G (eps = 0 and zero gradients so far) gives a zero step
+    eta = torch.where(G > 0, group["lr"] * r_bar / G.sqrt(), torch.zeros_like(G))
+    if group["init_eta"] is not None:
+        # r_bar starts at 0: init_eta is the step size until the tensor has moved
+        eta = torch.where(r_bar > 0, eta, torch.full_like(eta, group["init_eta"]))
+    return eta
+
+
+# -- the passes' kernels (see :mod:`lrlab.optim._executor`) -------------------------------------
 # The statistics pass (grad, p, x0 -> ||x - a x0||^2, ||g + wd x||^2), the distance of a tensor
-# without a gradient, and the move with or without the average; eta is a per-tensor constant
-# so that L-DoG's per-tensor step sizes take the same kernels as DoG's and DoWG's group one.
+# without a gradient, and the move with or without the average, native (native/dog.cpp) and
+# compiled; eta is a per-tensor scalar so that L-DoG's per-tensor step sizes take the same
+# native kernels as DoG's and DoWG's group one. L-DoG's compiled kernels take a tensor's whole
+# step in one call. The compiled sums are taken in the scalars' dtype, the accumulation dtype
+# of the parameter, as the reference loop's norms; weight decay 0 gives g + 0 x = g exactly.
 
-_NATIVE_SUMS = NativeKernel("dog", "dog_sums", arrays=3, sums=2)
-_NATIVE_DISTANCE = NativeKernel("dog", "dog_distance", arrays=2, sums=1)
-_NATIVE_MOVE = NativeKernel("dog", "dog_move", arrays=2, tensor_constants=1)
-_NATIVE_MOVE_AVERAGE = NativeKernel("dog", "dog_move_average", arrays=3, tensor_constants=2)
-
-
-# -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------
-# Flat tensors; the sums are taken in c's dtype, the accumulation dtype of the parameter, as
-# the eager path's norms. Weight decay 0 gives g + 0 x = g exactly, so one graph serves both.
+_SUMS_SCHEMA = Schema("DogSums", scalars=("weight_decay", "anchor"), sums=("distance", "gradient"))
+_DISTANCE_SCHEMA = Schema("DogDistance", scalars=("anchor",), sums=("distance",))
+_MOVE_SCHEMA = Schema("DogMove", scalars=("weight_decay",), tensor_scalars=("eta",))
+_MOVE_AVERAGE_SCHEMA = Schema(
+    "DogMoveAverage", scalars=("weight_decay",), tensor_scalars=("eta", "weight")
+)
+_LDOG_SCALARS = ("weight_decay", "lr", "init_eta", "has_init_eta")
+_LDOG_STEP_SCHEMA = Schema("LDogStep", scalars=_LDOG_SCALARS)
+_LDOG_AVERAGE_SCHEMA = Schema("LDogStepAverage", scalars=_LDOG_SCALARS, tensor_scalars=("weight",))
 
 
 def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
@@ -1166,49 +975,51 @@ def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
 
 
 @kernel
-def _dog_sums(grad: Tensor, p: Tensor, x0: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """One tensor's ``||x - a x0||^2`` and ``||g + wd x||^2``; ``c`` = (wd, a), with a = 0 for
-    DoG's first radius ``||x||^2`` and 1 for the distance."""
-    difference = (p - c[1] * x0).to(c.dtype)
-    direction = (grad + c[0] * p).to(c.dtype)
+def _dog_sums(grad: Tensor, p: Tensor, x0: Tensor, scalars: Tensor) -> tuple[Tensor, Tensor]:
+    """One tensor's ``||x - anchor x0||^2`` and ``||g + wd x||^2``."""
+    c = _SUMS_SCHEMA.read(scalars)
+    difference = (p - c["anchor"] * x0).to(scalars.dtype)
+    direction = (grad + c["weight_decay"] * p).to(scalars.dtype)
     return (difference * difference).sum(), (direction * direction).sum()
 
 
-def _dog_moved(grad: Tensor, p: Tensor, c: Tensor) -> Tensor:
-    """``x - eta (g + wd x)``; ``c`` = (wd, -eta, ...). Inlined into the kernels below."""
-    return p + c[1] * (grad + c[0] * p)
+def _dog_moved(grad: Tensor, p: Tensor, c: dict[str, Tensor]) -> Tensor:
+    """``x - eta (g + wd x)`` (inlined into the kernels below)."""
+    return p - c["eta"] * (grad + c["weight_decay"] * p)
 
 
 @kernel
-def _dog_move(grad: Tensor, p: Tensor, c: Tensor) -> None:
-    """DoG's and DoWG's move; ``c`` = (wd, -eta)."""
-    p.copy_(_dog_moved(grad, p, c))
+def _dog_move(grad: Tensor, p: Tensor, scalars: Tensor) -> None:
+    """The move with the tensor's ``eta`` (DoG, DoWG: the group's)."""
+    p.copy_(_dog_moved(grad, p, _MOVE_SCHEMA.read(scalars)))
 
 
 @kernel
-def _dog_move_and_average(grad: Tensor, p: Tensor, average: Tensor, c: Tensor) -> None:
-    """DoG's move and the polynomial-decay average of the moved x; ``c`` = (wd, -eta, weight)."""
+def _dog_move_and_average(grad: Tensor, p: Tensor, average: Tensor, scalars: Tensor) -> None:
+    """The move and the polynomial-decay average of the moved x."""
+    c = _MOVE_AVERAGE_SCHEMA.read(scalars)
     moved = _dog_moved(grad, p, c)
     p.copy_(moved)
-    average.copy_(_lerp(average, moved, c[2]))
+    average.copy_(_lerp(average, moved, c["weight"]))
 
 
 def _ldog_moved(
-    grad: Tensor, p: Tensor, x0: Tensor, r_bar: Tensor, G: Tensor, c: Tensor
+    grad: Tensor, p: Tensor, x0: Tensor, r_bar: Tensor, G: Tensor, scalars: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """L-DoG's statistics and move of one tensor (inlined into the kernels below); ``c`` =
-    (wd, lr, init_eta or 0, 1 with init_eta else 0, ...). Updates r_bar and G (1-element views
-    of the 0-d states); returns the moved x and eta (0-d, the states' dtype)."""
-    direction = grad + c[0] * p
-    difference = (p - x0).to(c.dtype)
+    """L-DoG's statistics and move of one tensor (inlined into the kernels below). Updates
+    r_bar and G (1-element views of the 0-d states); returns the moved x and eta (0-d, the
+    states' dtype)."""
+    c = _LDOG_STEP_SCHEMA.read(scalars)  # the average's weight, if any, comes after these
+    direction = grad + c["weight_decay"] * p
+    difference = (p - x0).to(scalars.dtype)
     r_new = torch.maximum(r_bar[0], (difference * difference).sum().sqrt())
-    squares = direction.to(c.dtype)
+    squares = direction.to(scalars.dtype)
     norm = (squares * squares).sum().sqrt()
     G_new = G[0] + norm * norm
     # a zero G (eps = 0 and zero gradients so far) gives a zero step
-    eta = torch.where(G_new > 0, c[1] * r_new / G_new.sqrt(), torch.zeros_like(G_new))
+    eta = torch.where(G_new > 0, c["lr"] * r_new / G_new.sqrt(), torch.zeros_like(G_new))
     # with init_eta, r_bar starts at 0: init_eta is the step size until the tensor has moved
-    eta = torch.where((r_new > 0) | (c[3] == 0), eta, c[2].to(eta.dtype))
+    eta = torch.where((r_new > 0) | (c["has_init_eta"] == 0), eta, c["init_eta"].to(eta.dtype))
     r_bar.copy_(r_new)
     G.copy_(G_new)
     return p - direction * eta, eta
@@ -1226,9 +1037,40 @@ def _ldog_step(grad: Tensor, p: Tensor, x0: Tensor, r_bar: Tensor, G: Tensor, c:
 def _ldog_step_and_average(
     grad: Tensor, p: Tensor, x0: Tensor, r_bar: Tensor, G: Tensor, average: Tensor, c: Tensor
 ) -> Tensor:
-    """:func:`_ldog_step` and the average of the moved x; ``c`` ends with the average's
-    weight."""
+    """:func:`_ldog_step` and the average of the moved x."""
     moved, eta = _ldog_moved(grad, p, x0, r_bar, G, c)
     p.copy_(moved)
-    average.copy_(_lerp(average, moved, c[4]))
+    average.copy_(_lerp(average, moved, _LDOG_AVERAGE_SCHEMA.read(c)["weight"]))
     return eta
+
+
+_SUMS = Pass("dog", ("grad", "p", "x0"), _SUMS_SCHEMA, native="dog_sums", compiled=_dog_sums)
+_DISTANCE = Pass("dog", ("p", "x0"), _DISTANCE_SCHEMA, native="dog_distance")
+_MOVE = Pass("dog", ("grad", "p"), _MOVE_SCHEMA, native="dog_move", compiled=_dog_move)
+_MOVE_AVERAGE = Pass(
+    "dog",
+    ("grad", "p", "average"),
+    _MOVE_AVERAGE_SCHEMA,
+    native="dog_move_average",
+    compiled=_dog_move_and_average,
+)
+# compiled only: the native kernels take L-DoG's step as _SUMS and _MOVE around vector math
+_LDOG = ("grad", "p", "x0", "r_bar", "G")
+_LDOG_STEP = Pass("dog", _LDOG, _LDOG_STEP_SCHEMA, compiled=_ldog_step, compiled_sums=("eta",))
+_LDOG_STEP_AVERAGE = Pass(
+    "dog",
+    (*_LDOG, "average"),
+    _LDOG_AVERAGE_SCHEMA,
+    compiled=_ldog_step_and_average,
+    compiled_sums=("eta",),
+)
+
+
+def _move_pass(group: Mapping[str, Any]) -> Pass:
+    """The move of a group, with the iterate average where it keeps one."""
+    return _MOVE if group.get("averaging_gamma") is None else _MOVE_AVERAGE
+
+
+def _ldog_pass(group: Mapping[str, Any]) -> Pass:
+    """L-DoG's one-call step of a group (compiled kernels)."""
+    return _LDOG_STEP if group.get("averaging_gamma") is None else _LDOG_STEP_AVERAGE
