@@ -212,15 +212,19 @@ NATIVE_SHAPES = [(3, 40_000), (4, 3, 5, 5), (1, 7), (6,), ()]
 def test_native_blocks_match_the_loop(
     name: str, granularity: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """fused=True on CPU takes the native kernels, which pass every row of b as a block of its
-    own: the same numbers as the for-loop path, and the same with 1 and 3 threads."""
-    from lrlab.optim import wngrad
+    """fused=True on CPU takes the native kernels, which cut every tensor into its blocks of b
+    (rows split over threads when long): the same numbers as the for-loop path, and the same
+    with 1 and 3 threads."""
+    from lrlab.optim import _native
 
     monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
     monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
-    if not wngrad._NATIVE_ACCUMULATE.available():
+    # the kernel that moves: the global b's move pass, or the block pass that does the step
+    prefix = "wngrad" if name == "wngrad" else "wnadam"
+    suffix = "move" if granularity == "global" else "blocks"
+    move = next(k for k in _native._KERNELS if k.name == f"{prefix}_{suffix}")
+    if not move.available():
         raise AssertionError("the native kernels cannot be built (no C++ compiler?)")
-    move = wngrad._NATIVE_WNGRAD_MOVE if name == "wngrad" else wngrad._NATIVE_WNADAM_MOVE
     monkeypatch.setattr(move, "used", False)
 
     def run(fused: bool, threads: int, dtype: torch.dtype) -> list[torch.Tensor]:

@@ -319,13 +319,15 @@ class PassResult:
             totals.append(combine(column).sum().to(accumulation_dtype(dtype)))
         return totals
 
-    def parts(self, name: str) -> list[Tensor]:
+    def parts(self, name: str, dtype: torch.dtype | None = None) -> list[Tensor]:
         """The sum ``name`` as 0-d parts: each compiled row's (its dtype), then one total per
-        native dtype, in that dtype's accumulation dtype (as the reference path sums it)."""
+        native dtype, in that dtype's accumulation dtype (as the reference path sums it);
+        ``dtype``: every part in this dtype instead (float64: a statistic the native kernels
+        sum in double keeps its precision)."""
         index = self.schema.sums.index(name)
-        parts = [sums[name] for sums in self.compiled]
-        for dtype, sums in self.native.items():
-            parts.append(sums[:, index].sum().to(accumulation_dtype(dtype)))
+        parts = [sums[name] if dtype is None else sums[name].to(dtype) for sums in self.compiled]
+        for native, sums in self.native.items():
+            parts.append(sums[:, index].sum().to(dtype or accumulation_dtype(native)))
         return parts
 
 
