@@ -3,6 +3,7 @@ properties (monotone, no epsilon drift)."""
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import pytest
@@ -251,3 +252,29 @@ def test_native_blocks_match_the_loop(
     assert move.used
     for one, three in zip(run(True, 1, torch.float32), run(True, 3, torch.float32), strict=True):
         assert torch.equal(one, three)
+
+
+@pytest.mark.parametrize("name", ["wngrad", "wn-adam"])
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+def test_empty_tensors_on_every_path(
+    name: str, granularity: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tensors with no elements (an empty b per row, or zero-width rows) step on the native
+    kernels as on the loop path, and weigh nothing in effective_lr (it stays finite)."""
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    shapes = [(0, 5), (5, 0), (0,), (3, 4), (2, 3, 0, 1)]
+    results = []
+    for path in ({"foreach": False}, {"fused": True}):
+        generator = torch.Generator().manual_seed(1)
+        params = [torch.randn(s, generator=generator, dtype=F64).requires_grad_() for s in shapes]
+        kwargs = {"lr": 0.3, "granularity": granularity, "weight_decay": 0.01}
+        optimizer = lo.create(name, params, **kwargs, **path)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator, dtype=F64)
+            optimizer.step()
+        results.append((params, optimizer.statistics()["effective_lr"]))
+    (loop, loop_lr), (native, native_lr) = results
+    for a, b in zip(loop, native, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+    assert math.isfinite(loop_lr) and native_lr == pytest.approx(loop_lr, rel=1e-12)

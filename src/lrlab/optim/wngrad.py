@@ -283,7 +283,8 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
                 ):
                     # b broadcasts over its block (a 0-d tensor, or a keepdim row shape)
                     p.addcdiv_(direction, block_b.to(p.dtype), value=blocks[i]["step"])
-            others = [params[i] for i in (*plan.compiled, *plan.reference)]
+            # an empty tensor weighs nothing (and its empty b has no mean)
+            others = [params[i] for i in (*plan.compiled, *plan.reference) if params[i].numel()]
             if others:
                 accumulators = [self.state[p]["b"] for p in others]
                 means = torch.stack([(lr / b.to(torch.float64)).mean() for b in accumulators])
