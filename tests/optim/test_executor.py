@@ -168,3 +168,17 @@ def test_native_totals_take_the_accumulation_dtype_unless_told() -> None:
     (kept,) = result.parts("kept", dtype=torch.float64)
     assert dot.dtype == torch.float32 and dot.item() == torch.tensor(2 * third).float().item()
     assert kept.dtype == torch.float64 and kept.item() == 2 * third
+
+
+def test_pass_result_parts_in_a_requested_dtype() -> None:
+    # a float32 tensor's native sums come back in double: by default totalled in float32 (as
+    # the reference path sums), in float64 when asked (a statistic that keeps its precision)
+    schema = Schema("Example", scalars=(), sums=("total",))
+    result = _executor.PassResult(schema)
+    result.native[torch.float32] = torch.tensor([[1.0], [1e-9]], dtype=torch.float64)
+    result.compiled.append({"total": torch.tensor(2.0, dtype=torch.float32)})
+    (compiled, native) = result.parts("total")
+    assert native.dtype == torch.float32 and float(native) == 1.0
+    (compiled, native) = result.parts("total", torch.float64)
+    assert compiled.dtype == native.dtype == torch.float64
+    assert float(native) == 1.0 + 1e-9

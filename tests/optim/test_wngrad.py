@@ -3,6 +3,7 @@ properties (monotone, no epsilon drift)."""
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import pytest
@@ -212,15 +213,19 @@ NATIVE_SHAPES = [(3, 40_000), (4, 3, 5, 5), (1, 7), (6,), ()]
 def test_native_blocks_match_the_loop(
     name: str, granularity: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """fused=True on CPU takes the native kernels, which pass every row of b as a block of its
-    own: the same numbers as the for-loop path, and the same with 1 and 3 threads."""
-    from lrlab.optim import wngrad
+    """fused=True on CPU takes the native kernels, which cut every tensor into its blocks of b
+    (rows split over threads when long): the same numbers as the for-loop path, and the same
+    with 1 and 3 threads."""
+    from lrlab.optim import _native
 
     monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
     monkeypatch.delenv("LRLAB_DISABLE_COMPILE", raising=False)
-    if not wngrad._NATIVE_ACCUMULATE.available():
+    # the kernel that moves: the global b's move pass, or the block pass that does the step
+    prefix = "wngrad" if name == "wngrad" else "wnadam"
+    suffix = "move" if granularity == "global" else "blocks"
+    move = next(k for k in _native._KERNELS if k.name == f"{prefix}_{suffix}")
+    if not move.available():
         raise AssertionError("the native kernels cannot be built (no C++ compiler?)")
-    move = wngrad._NATIVE_WNGRAD_MOVE if name == "wngrad" else wngrad._NATIVE_WNADAM_MOVE
     monkeypatch.setattr(move, "used", False)
 
     def run(fused: bool, threads: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -247,3 +252,29 @@ def test_native_blocks_match_the_loop(
     assert move.used
     for one, three in zip(run(True, 1, torch.float32), run(True, 3, torch.float32), strict=True):
         assert torch.equal(one, three)
+
+
+@pytest.mark.parametrize("name", ["wngrad", "wn-adam"])
+@pytest.mark.parametrize("granularity", ["tensor", "row"])
+def test_empty_tensors_on_every_path(
+    name: str, granularity: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tensors with no elements (an empty b per row, or zero-width rows) step on the native
+    kernels as on the loop path, and weigh nothing in effective_lr (it stays finite)."""
+    monkeypatch.delenv("LRLAB_DISABLE_NATIVE", raising=False)
+    shapes = [(0, 5), (5, 0), (0,), (3, 4), (2, 3, 0, 1)]
+    results = []
+    for path in ({"foreach": False}, {"fused": True}):
+        generator = torch.Generator().manual_seed(1)
+        params = [torch.randn(s, generator=generator, dtype=F64).requires_grad_() for s in shapes]
+        kwargs = {"lr": 0.3, "granularity": granularity, "weight_decay": 0.01}
+        optimizer = lo.create(name, params, **kwargs, **path)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator, dtype=F64)
+            optimizer.step()
+        results.append((params, optimizer.statistics()["effective_lr"]))
+    (loop, loop_lr), (native, native_lr) = results
+    for a, b in zip(loop, native, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+    assert math.isfinite(loop_lr) and native_lr == pytest.approx(loop_lr, rel=1e-12)

@@ -365,10 +365,11 @@ class PassResult:
 
     def parts(self, name: str, dtype: torch.dtype | None = None) -> list[Tensor]:
         """The sum ``name`` as 0-d parts: each compiled row's (its dtype), then one total per
-        native dtype, in that dtype's accumulation dtype (as the reference path sums it), or in
-        ``dtype`` (e.g. float64 where the reference path adds per-tensor values in float64)."""
+        native dtype, in that dtype's accumulation dtype (as the reference path sums it);
+        ``dtype``: every part in this dtype instead (float64: a statistic the native kernels
+        sum in double keeps its precision)."""
         index = self.schema.sums.index(name)
-        parts = [sums[name] for sums in self.compiled]
+        parts = [sums[name] if dtype is None else sums[name].to(dtype) for sums in self.compiled]
         for native, sums in self.native.items():
             parts.append(sums[:, index].sum().to(dtype or accumulation_dtype(native)))
         return parts

@@ -11,9 +11,8 @@ makes the first increment of ``b`` large, which corrects the step size after one
 
 from __future__ import annotations
 
-import array
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -23,17 +22,10 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StateEntry, StepContext
-from lrlab.optim._fused import (
-    check_fused,
-    compiled_requested,
-    flat,
-    flat_eligible,
-    kernel,
-    native_requested,
-    scalars,
-)
+from lrlab.optim._executor import Pass, Plan, Schema, route
+from lrlab.optim._fused import FusedKernel, check_fused, kernel
 from lrlab.optim._names import resolve_alias
-from lrlab.optim._native import NativeKernel, native_eligible
+from lrlab.optim._native import ArrayLengths
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import (
     check_bool,
@@ -79,6 +71,14 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
 
     Subclasses give the direction :math:`d` of every tensor and its step factor; the move is
     :math:`x \\leftarrow x - \\text{factor}\\cdot\\eta\\, d / b`.
+
+    The fast paths run as passes of :mod:`lrlab.optim._executor`, which each subclass declares:
+    for the global ``b``, ``_first`` (every tensor's :math:`\\lVert g\\rVert^2`, with the
+    moments that do not wait for ``b``) and ``_move``; for per-tensor and per-row ``b`` the
+    whole step of a tensor in one pass (its blocks' sums, ``b`` and the move), ``_one_block``
+    for a tensor with one ``b`` and ``_row_blocks`` for one ``b`` per row (separate compiled
+    kernels: torch specialises sizes of 1, and one function would spend dynamo's recompile limit
+    on both cases).
     """
 
     has_global_statistics: ClassVar[bool] = True
@@ -95,6 +95,14 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
         "granularity": check.one_of(*GRANULARITIES),
         "weight_decay": check.nonnegative(),
     }
+
+    #: the subclass's passes (see the class docstring)
+    _first: ClassVar[Pass]
+    _move: ClassVar[Pass]
+    _one_block: ClassVar[Pass]
+    _row_blocks: ClassVar[Pass]
+    #: the passes' array names -> state keys, besides grad, p and b
+    _state_arrays: ClassVar[Mapping[str, str]] = {}
 
     def _common_defaults(
         self, lr: float, b0: float, granularity: str, weight_decay: float, sharded: bool
@@ -128,272 +136,169 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
                 f" and {first['granularity']!r}"
             )
 
+    # -- what a subclass gives ----------------------------------------------------------------
+
     def _directions(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        steps: list[int],
-        foreach: bool,
-    ) -> tuple[list[Tensor], list[float]]:
-        """Update the method's moments; return the directions and each tensor's step factor."""
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    ) -> list[Tensor]:
+        """Update the method's moments (reference path); return the directions."""
         raise NotImplementedError
 
-    # -- the fused path (see :mod:`lrlab.optim._fused`); one kernel set per subclass ---------
-
-    def _fused_state(self, p: Tensor) -> list[Tensor]:
-        """The per-element state tensors the subclass's kernels read besides ``b``."""
+    def _step_factor(self, group: dict[str, Any], step: int) -> float:
+        """The factor of a tensor's step at its ``step`` count (1, or a bias correction)."""
         raise NotImplementedError
 
-    def _fused_sums(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
-        """Global granularity, first pass: every tensor's ``||g + wd x||^2`` (0-d), with the
-        moments that do not wait for ``b``."""
+    def _direction_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        """The scalars of the passes that compute the direction (``_first``, the blocks)."""
         raise NotImplementedError
 
-    def _move_fused(self, group: dict[str, Any], params: list[Tensor], eta: float) -> None:
-        """Global granularity, second pass: the move with step size ``eta`` = lr / b."""
+    def _move_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        """The scalars of the global ``b``'s move pass besides the per-tensor step."""
         raise NotImplementedError
 
-    def _blocks_fused(self, group: dict[str, Any], params: list[Tensor], granularity: str) -> None:
-        """Tensor and row granularity: every tensor's moments, ``b`` and move in one call."""
-        raise NotImplementedError
-
-    def _split_fused(
-        self, group: dict[str, Any], params: list[Tensor], granularity: str
-    ) -> tuple[list[Tensor], list[Tensor]]:
-        """(tensors the kernels step, the others) of a group; all others without fused."""
-        # .get: checkpoints written before the fused path have no "fused" key
-        if not compiled_requested(group):
-            return [], params
-        fused: list[Tensor] = []
-        rest: list[Tensor] = []
-        for p in params:
-            state = self.state[p]
-            tensors = [p, _grad(p), *self._fused_state(p)]
-            if granularity != "global":
-                tensors.append(state["b"])
-            (fused if flat_eligible(*tensors) else rest).append(p)
-        return fused, rest
+    # -- the step -----------------------------------------------------------------------------
 
     def _update(self, context: StepContext) -> None:
-        granularity = self.param_groups[0]["granularity"]
-        # (group, params, the native kernels' blocks by dtype, those the compiled kernels step,
-        # the others, the others' grads with weight decay, foreach) of every group with gradients
-        pending: list[
-            tuple[
-                dict[str, Any],
-                list[Tensor],
-                dict[torch.dtype, _NativeBatch],
-                list[Tensor],
-                list[Tensor],
-                list[Tensor],
-                bool,
-            ]
-        ] = []
-        increments: list[Tensor] = []  # eta^2 ||g||^2 of every group (global granularity)
-        for group in self.param_groups:
-            group["effective_lr"] = 0.0
-            all_params = [p for p in group["params"] if p.grad is not None]
-            if not all_params:
+        started = [(group, self._start(group)) for group in self.param_groups]
+        started = [(group, params) for group, params in started if params]
+        if self.param_groups[0]["granularity"] == "global":
+            self._global_step(context, started)
+        else:
+            self._block_step(started)
+
+    def _start(self, group: dict[str, Any]) -> list[Tensor]:
+        """The group's parameters with a gradient, their state made and their step counted."""
+        group["effective_lr"] = 0.0
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:
+                self._init_state(p, state, group)
+            state["step"] += 1
+        return params
+
+    def _rows(self, params: list[Tensor], with_b: bool) -> list[dict[str, Tensor]]:
+        """The executor's rows of ``params``: each tensor's arrays by the passes' names."""
+        rows = []
+        for p in params:
+            state = self.state[p]
+            row = {"grad": _foreach.grad_of(p), "p": p}
+            row.update({name: state[key] for name, key in self._state_arrays.items()})
+            if with_b:
+                row["b"] = state["b"]
+            rows.append(row)
+        return rows
+
+    def _global_step(
+        self, context: StepContext, started: list[tuple[dict[str, Any], list[Tensor]]]
+    ) -> None:
+        """One global ``b``: :math:`b \\leftarrow b + \\sum_k \\eta_k^2 \\lVert g_k\\rVert^2 / b`
+        over the groups :math:`k` (and ranks), then :math:`x \\leftarrow x - (\\eta_k / b)\\,
+        \\text{factor}\\, d` for every tensor."""
+        # (group, its parameters, plan, the reference rows' parameters, grads, foreach)
+        pending: list[tuple[dict[str, Any], list[Tensor], Plan, list[Tensor], list[Tensor], bool]]
+        pending = []
+        increments: list[Tensor] = []  # eta^2 ||g||^2 of every group
+        for group, params in started:
+            plan = route(group, self._rows(params, with_b=False), (self._first, self._move))
+            fast = plan.run(self._first, self._direction_scalars(group))
+            rest = [params[i] for i in plan.reference]
+            foreach = _foreach.resolve_foreach(group["foreach"], rest)
+            grads = _decayed_grads(group, rest, foreach)
+            squares = _foreach.sum_of_squares(grads, foreach=foreach)
+            parts = fast.parts("square")
+            if parts:
+                squares = _total([*parts, squares])
+            increments.append(squares * group["lr"] ** 2)
+            pending.append((group, params, plan, rest, grads, foreach))
+
+        # every rank reaches the reduction, even one without gradients this step
+        device = context.params[0].device
+        total = (
+            torch.stack([part.to(torch.float64) for part in increments]).sum()
+            if increments
+            else torch.zeros((), dtype=torch.float64, device=device)
+        )
+        (total,) = self._reduce_global([total])
+        b = float(self._get_global("b"))
+        b = b + float(total) / b  # the one host synchronisation of the step
+        self._set_global("b", b)
+
+        for group, params, plan, rest, grads, foreach in pending:
+            eta = group["lr"] / b
+            group["effective_lr"] = eta
+            steps = [{"step": -eta * self._factor(group, p)} for p in params]
+            plan.run(self._move, self._move_scalars(group), tensor_scalars=steps)
+            if not rest:
                 continue
-            for p in all_params:
-                state = self.state[p]
-                if len(state) == 0:
-                    self._init_state(p, state, group)
-                state["step"] += 1
-            foreach = _foreach.resolve_foreach(group["foreach"], all_params)
-            native, remaining = self._take_native(group, all_params, granularity)
-            fused, params = self._split_fused(group, remaining, granularity)
-            grads = _foreach.grads_of(params)
-            weight_decay = group["weight_decay"]
-            # coupled: the decayed gradient feeds b and the step (params may be empty when the
-            # kernels take every tensor, and torch._foreach_add refuses an empty list)
-            if weight_decay != 0 and params:
-                if foreach:
-                    grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
-                else:
-                    grads = [
-                        g.add(p, alpha=weight_decay) for g, p in zip(grads, params, strict=True)
-                    ]
-            if granularity == "global":
-                squares = _foreach.sum_of_squares(grads, foreach=foreach)
-                parts = self._fused_sums(group, fused) if fused else []
-                for dtype, batch in native.items():
-                    # factor 1 per tensor: the first pass's sums are the tensors' ||g||^2
-                    sums = self._native_first_pass(group, dtype, batch)
-                    parts.append(sums.sum().to(_foreach.accumulation_dtype(dtype)))
-                if parts:
-                    squares = _total([*parts, squares])
-                increments.append(squares * group["lr"] ** 2)
-            pending.append((group, all_params, native, fused, params, grads, foreach))
+            directions = self._directions(group, rest, grads, foreach)
+            scales = [steps[i]["step"] for i in plan.reference]
+            if foreach:
+                torch._foreach_add_(rest, torch._foreach_mul(directions, scales))
+            else:
+                for p, direction, scale in zip(rest, directions, scales, strict=True):
+                    p.add_(direction, alpha=scale)
 
-        # every rank reaches the reduction (with nothing to reduce unless the granularity is
-        # global: per-tensor and per-row blocks live on one rank when each rank owns its tensors)
-        if granularity == "global":
-            device = context.params[0].device
-            total = (
-                torch.stack([part.to(torch.float64) for part in increments]).sum()
-                if increments
-                else torch.zeros((), dtype=torch.float64, device=device)
-            )
-            (total,) = self._reduce_global([total])
-            b = float(self._get_global("b"))
-            b = b + float(total) / b  # the one host synchronisation of the step
-            self._set_global("b", b)
-            for group, _, native, fused, params, grads, foreach in pending:
-                eta = group["lr"] / b
-                group["effective_lr"] = eta
-                for dtype, batch in native.items():
-                    self._native_move_pass(group, dtype, batch, eta, None)
-                if fused:
-                    self._move_fused(group, fused, eta)
-                if not params:
-                    continue
-                steps = [int(self.state[p]["step"]) for p in params]
-                directions, factors = self._directions(group, params, grads, steps, foreach)
-                scales = [-eta * factor for factor in factors]
-                if foreach:
-                    torch._foreach_add_(params, torch._foreach_mul(directions, scales))
-                else:
-                    for p, direction, scale in zip(params, directions, scales, strict=True):
-                        p.add_(direction, alpha=scale)
-            return
-
-        mean_step_parts: list[Tensor] = []  # per group: element-weighted mean of eta / b
-        for group, all_params, native, fused, params, grads, foreach in pending:
+    def _block_step(self, started: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
+        """A ``b`` per tensor or per row: :math:`b \\leftarrow b + \\eta^2 \\lVert
+        g_{\\text{blk}}\\rVert^2 / b` for every block, then :math:`x \\leftarrow x - \\eta\\,
+        \\text{factor}\\, d / b` (``b`` broadcast over its block)."""
+        granularity = self.param_groups[0]["granularity"]
+        mean_steps: list[Tensor] = []  # per group: element-weighted mean of eta / b
+        for group, params in started:
             lr = group["lr"]
-            # sum over the group's elements of eta / (their b), from the native kernels' new b
-            # of every block (no torch op per tensor), then from the other tensors' b
-            step_sums: list[Tensor] = []
-            for dtype, batch in native.items():
-                sums = self._native_first_pass(group, dtype, batch)
-                b_new = _run_native(
-                    _NATIVE_ACCUMULATE,
-                    dtype,
-                    batch.b,
-                    [1] * len(batch.sizes),
-                    (),
-                    sums,
-                    [],
-                    batch.buffers,
-                )
-                self._native_move_pass(group, dtype, batch, lr, b_new)
-                sizes = torch.tensor(batch.sizes, dtype=torch.float64)
-                step_sums.append((lr / b_new[:, 0] * sizes).sum())
-            if fused:
-                self._blocks_fused(group, fused, granularity)
-            if params:
-                steps = [int(self.state[p]["step"]) for p in params]
-                accumulators = self._update_blocks(group, params, grads, granularity, foreach)
-                directions, factors = self._directions(group, params, grads, steps, foreach)
-                for p, direction, block_b, factor in zip(
-                    params, directions, accumulators, factors, strict=True
+            rows = self._rows(params, with_b=True)
+            plan = route(group, rows, (self._one_block, self._row_blocks))
+            blocks = [
+                {
+                    "blocks": row["b"].numel(),
+                    # the sum of a block enters b with lr^2 (0: a tensor whose b stays b0)
+                    "rate": lr**2 if _adapted(p, granularity) else 0.0,
+                    "step": -lr * self._factor(group, p),
+                }
+                for p, row in zip(params, rows, strict=True)
+            ]
+            one = [i for i, row in enumerate(rows) if row["b"].numel() == 1]
+            several = [i for i, row in enumerate(rows) if row["b"].numel() != 1]
+            scalars = self._direction_scalars(group)
+            fast = (
+                plan.run(self._one_block, scalars, tensor_scalars=blocks, only=one),
+                plan.run(self._row_blocks, scalars, tensor_scalars=blocks, only=several),
+            )
+            # sum over the group's elements of eta / (their b): the native kernels sum 1 / b
+            # over the elements of their tensors (no torch op per tensor), then the others'
+            step_sums = [
+                lr * part
+                for result in fast
+                for part in result.parts("elements_over_b", torch.float64)
+            ]
+            rest = [params[i] for i in plan.reference]
+            if rest:
+                foreach = _foreach.resolve_foreach(group["foreach"], rest)
+                grads = _decayed_grads(group, rest, foreach)
+                accumulators = self._update_blocks(group, rest, grads, granularity, foreach)
+                directions = self._directions(group, rest, grads, foreach)
+                for i, p, direction, block_b in zip(
+                    plan.reference, rest, directions, accumulators, strict=True
                 ):
                     # b broadcasts over its block (a 0-d tensor, or a keepdim row shape)
-                    p.addcdiv_(direction, block_b.to(p.dtype), value=-lr * factor)
-            others = [*fused, *params]
+                    p.addcdiv_(direction, block_b.to(p.dtype), value=blocks[i]["step"])
+            # an empty tensor weighs nothing (and its empty b has no mean)
+            others = [params[i] for i in (*plan.compiled, *plan.reference) if params[i].numel()]
             if others:
                 accumulators = [self.state[p]["b"] for p in others]
                 means = torch.stack([(lr / b.to(torch.float64)).mean() for b in accumulators])
                 weights = torch.tensor([p.numel() for p in others], dtype=torch.float64)
                 step_sums.append((means * weights.to(means.device)).sum())
-            numel = sum(p.numel() for p in all_params)
             total = torch.stack([part.to(step_sums[0].device) for part in step_sums]).sum()
-            mean_step_parts.append(total / numel)
-        if mean_step_parts:
-            values = torch.stack([part.to(mean_step_parts[0].device) for part in mean_step_parts])
-            for (group, *_), value in zip(pending, values.tolist(), strict=True):
+            mean_steps.append(total / sum(p.numel() for p in params))
+        if mean_steps:
+            values = torch.stack([part.to(mean_steps[0].device) for part in mean_steps])
+            for (group, _), value in zip(started, values.tolist(), strict=True):
                 group["effective_lr"] = float(value)  # the one host synchronisation of the step
 
-    # -- the native path (see :mod:`lrlab.optim._native`) ----------------------------------
-
-    def _native_arrays(self, p: Tensor, grad: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """The arrays of the subclass's native first pass and move, in the kernels' order."""
-        raise NotImplementedError
-
-    def _native_factor(self, group: dict[str, Any], step: int) -> float:
-        """The step factor of a tensor at its ``step``, as :meth:`_directions` gives it."""
-        raise NotImplementedError
-
-    def _native_first_pass(
-        self, group: dict[str, Any], dtype: torch.dtype, batch: _NativeBatch
-    ) -> Tensor:
-        """The first pass over the batch's blocks (their sums, and moments that do not wait for
-        ``b``); returns each block's sum times its factor, shape (blocks, 1)."""
-        raise NotImplementedError
-
-    def _native_move_pass(
-        self,
-        group: dict[str, Any],
-        dtype: torch.dtype,
-        batch: _NativeBatch,
-        step_size: float,
-        b_new: Tensor | None,
-    ) -> None:
-        """The move of the batch's blocks with ``step_size / b``: ``b_new`` the blocks' new
-        ``b`` (blocks, 1), or None for the global ``b``, which is then in ``step_size``."""
-        raise NotImplementedError
-
-    def _take_native(
-        self, group: dict[str, Any], params: list[Tensor], granularity: str
-    ) -> tuple[dict[torch.dtype, _NativeBatch], list[Tensor]]:
-        """(the native kernels' blocks of the group by dtype, the tensors they do not take)."""
-        # .get: checkpoints written before the fused path have no "fused" key
-        if not native_requested(group) or not _NATIVE_ACCUMULATE.available():
-            return {}, params
-        batches: dict[torch.dtype, _NativeBatch] = {}
-        rest: list[Tensor] = []
-        blocks = granularity != "global"
-        lr_sq = group["lr"] ** 2
-        factors: dict[int, float] = {}  # the step factor by step count (mostly one per group)
-        for p in params:
-            grad = _grad(p)
-            state = self.state[p]
-            first, move = self._native_arrays(p, grad)
-            b = state["b"] if blocks else None
-            tensors = [*first, *move] if b is None else [*first, *move, b]
-            if p.numel() == 0 or not native_eligible(*tensors):
-                rest.append(p)
-                continue
-            batch = batches.get(p.dtype)
-            if batch is None:
-                batch = batches[p.dtype] = _NativeBatch()
-            step = int(state["step"])
-            if step not in factors:
-                factors[step] = self._native_factor(group, step)
-            # the sum of a block enters b with lr^2 (0: a tensor whose b stays b0); the global
-            # b takes the plain sums and applies lr^2 to the group's total as the loop does
-            factor = (lr_sq if _adapted(p, granularity) else 0.0) if blocks else 1.0
-            rows = 1 if b is None else b.numel()
-            width = p.numel() // rows
-            first_pointers = [t.data_ptr() for t in first]
-            move_pointers = [t.data_ptr() for t in move]
-            if rows == 1:
-                batch.first.extend(first_pointers)
-                batch.move.extend(move_pointers)
-                if b is not None:
-                    batch.b.append(b.data_ptr())
-            else:
-                # every row of the (rows, width) tensors is a block: its own "tensor"
-                assert b is not None  # several rows only with per-row accumulators
-                stride, b_pointer, itemsize = (
-                    width * p.element_size(),
-                    b.data_ptr(),
-                    b.element_size(),
-                )
-                for row in range(rows):
-                    offset = row * stride
-                    batch.first.extend(pointer + offset for pointer in first_pointers)
-                    batch.move.extend(pointer + offset for pointer in move_pointers)
-                    batch.b.append(b_pointer + row * itemsize)
-            batch.sizes.extend([width] * rows)
-            batch.factors.extend([factor] * rows)
-            batch.step_factors.extend([factors[step]] * rows)
-            batch.written.extend(
-                [p, *self._fused_state(p)] if b is None else [p, *self._fused_state(p), b]
-            )
-            batch.buffers.extend(tensors)
-        return batches, rest
+    def _factor(self, group: dict[str, Any], p: Tensor) -> float:
+        return self._step_factor(group, int(self.state[p]["step"]))
 
     def _update_blocks(
         self,
@@ -426,15 +331,8 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["step"] = 0
         granularity = group["granularity"]
-        if granularity == "tensor":
-            state["b"] = torch.full((), float(group["b0"]), dtype=p.dtype, device=p.device)
-        elif granularity == "row":
-            dims = _row_dims(p)
-            shape = (
-                ()
-                if dims is None
-                else tuple(1 if d in dims else size for d, size in enumerate(p.shape))
-            )
+        if granularity != "global":
+            shape = _b_shape(p, granularity)
             state["b"] = torch.full(shape, float(group["b0"]), dtype=p.dtype, device=p.device)
 
     def _statistics(self) -> dict[str, float]:
@@ -520,10 +418,11 @@ class WNGrad(_WeightNormAccumulator):
             are native multi-tensor kernels (one call per pass for all tensors of a dtype; see
             :mod:`lrlab.optim._native`): ``"global"``, two passes (every tensor's
             :math:`\lVert g\rVert^2`, then, once the shared :math:`b` is known, the move);
-            ``"tensor"`` and ``"row"``, the blocks' sums, :math:`b` (one element per block) and
-            the move. Elsewhere (CUDA, bfloat16, non-contiguous) the compiled kernels of
-            :mod:`lrlab.optim._fused`: ``"global"`` as above, ``"tensor"`` and ``"row"`` one
-            kernel per tensor; small tensors there take the ``foreach`` path.
+            ``"tensor"`` and ``"row"``, one pass that does the whole step of every block of
+            :math:`b` (its sum, :math:`b`, the move; a row longer than the driver's blocks is
+            shared by the threads). Elsewhere (CUDA, bfloat16, non-contiguous) the compiled
+            kernels of :mod:`lrlab.optim._fused`: ``"global"`` as above, ``"tensor"`` and
+            ``"row"`` one kernel per tensor; small tensors there take the ``foreach`` path.
             Default None: the native kernels wherever they run (built once per machine,
             cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
             first step pays the compilation); False takes neither.
@@ -563,87 +462,18 @@ class WNGrad(_WeightNormAccumulator):
         self._finish_init(b0)
 
     def _directions(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        steps: list[int],
-        foreach: bool,
-    ) -> tuple[list[Tensor], list[float]]:
-        return grads, [1.0] * len(grads)
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    ) -> list[Tensor]:
+        return grads
 
-    def _fused_state(self, p: Tensor) -> list[Tensor]:
-        return []
-
-    def _native_arrays(self, p: Tensor, grad: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        return [grad, p], [grad, p]
-
-    def _native_factor(self, group: dict[str, Any], step: int) -> float:
+    def _step_factor(self, group: dict[str, Any], step: int) -> float:
         return 1.0
 
-    def _native_first_pass(
-        self, group: dict[str, Any], dtype: torch.dtype, batch: _NativeBatch
-    ) -> Tensor:
-        return _run_native(
-            _NATIVE_WNGRAD_SQUARES,
-            dtype,
-            batch.first,
-            batch.sizes,
-            (group["weight_decay"],),
-            array.array("d", batch.factors),
-            [],
-            batch.buffers,
-        )
+    def _direction_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        return {"weight_decay": group["weight_decay"]}
 
-    def _native_move_pass(
-        self,
-        group: dict[str, Any],
-        dtype: torch.dtype,
-        batch: _NativeBatch,
-        step_size: float,
-        b_new: Tensor | None,
-    ) -> None:
-        # b = 1 for the global b (an exact division); -step_size * 1.0: the eager path's scale
-        # of a factor-1 direction
-        per_block = array.array("d", [1.0]) * len(batch.sizes) if b_new is None else b_new
-        constants = (group["weight_decay"], -step_size * 1.0)
-        _run_native(
-            _NATIVE_WNGRAD_MOVE,
-            dtype,
-            batch.move,
-            batch.sizes,
-            constants,
-            per_block,
-            batch.written,
-            batch.buffers,
-        )
-
-    def _fused_sums(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
-        constants = _Constants()
-        return [
-            _wngrad_sums(flat(_grad(p)), flat(p), constants.get(p, (group["weight_decay"],)))
-            for p in params
-        ]
-
-    def _move_fused(self, group: dict[str, Any], params: list[Tensor], eta: float) -> None:
-        constants = _Constants()
-        for p in params:
-            # -eta * 1.0: the eager path's scale of a factor-1 direction
-            c = constants.get(p, (group["weight_decay"], -eta * 1.0))
-            _wngrad_move(flat(_grad(p)), flat(p), c)
-
-    def _blocks_fused(self, group: dict[str, Any], params: list[Tensor], granularity: str) -> None:
-        constants = _Constants()
-        lr, weight_decay = group["lr"], group["weight_decay"]
-        for p in params:
-            b = self.state[p]["b"]
-            adapted = _adapted(p, granularity)
-            c = constants.get(p, (weight_decay, lr**2 if adapted else 0.0, -lr * 1.0), key=adapted)
-            rows = b.numel()
-            if rows == 1:  # one block: the whole tensor
-                _wngrad_tensor(flat(_grad(p)), flat(p), flat(b), c)
-            else:
-                _wngrad_rows(_rows(_grad(p), rows), _rows(p, rows), _rows(b, rows), c)
+    def _move_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        return {"weight_decay": group["weight_decay"]}  # the move recomputes g + wd x
 
 
 @register(
@@ -667,6 +497,7 @@ class WNGrad(_WeightNormAccumulator):
 )
 class WNAdam(_WeightNormAccumulator):
     torch_names: ClassVar[dict[str, str]] = {"momentum": "beta"}
+    _state_arrays: ClassVar[Mapping[str, str]] = {"m": "exp_avg"}
 
     __doc__ = (
         r"""WN-Adam: WNGrad's accumulator with a bias-corrected first-moment direction.
@@ -746,179 +577,24 @@ class WNAdam(_WeightNormAccumulator):
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _directions(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        steps: list[int],
-        foreach: bool,
-    ) -> tuple[list[Tensor], list[float]]:
-        beta = group["beta"]
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    ) -> list[Tensor]:
         exp_avgs = [self.state[p]["exp_avg"] for p in params]
         if foreach:
-            torch._foreach_lerp_(exp_avgs, grads, 1 - beta)
+            torch._foreach_lerp_(exp_avgs, grads, 1 - group["beta"])
         else:
             for m, g in zip(exp_avgs, grads, strict=True):
-                m.lerp_(g, 1 - beta)
-        return exp_avgs, [1.0 / (1.0 - beta**t) for t in steps]
+                m.lerp_(g, 1 - group["beta"])
+        return exp_avgs
 
-    def _fused_state(self, p: Tensor) -> list[Tensor]:
-        return [self.state[p]["exp_avg"]]
+    def _step_factor(self, group: dict[str, Any], step: int) -> float:
+        return 1.0 / (1.0 - group["beta"] ** step)  # t counted per tensor
 
-    def _native_arrays(self, p: Tensor, grad: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        m = self.state[p]["exp_avg"]
-        return [grad, p, m], [p, m]
+    def _direction_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        return {"weight_decay": group["weight_decay"], "one_minus_beta": 1 - group["beta"]}
 
-    def _native_factor(self, group: dict[str, Any], step: int) -> float:
-        return 1.0 / (1.0 - group["beta"] ** step)
-
-    def _native_first_pass(
-        self, group: dict[str, Any], dtype: torch.dtype, batch: _NativeBatch
-    ) -> Tensor:
-        return _run_native(
-            _NATIVE_WNADAM_MOMENT,
-            dtype,
-            batch.first,
-            batch.sizes,
-            (group["weight_decay"], 1 - group["beta"]),
-            array.array("d", batch.factors),
-            [],
-            batch.buffers,
-        )
-
-    def _native_move_pass(
-        self,
-        group: dict[str, Any],
-        dtype: torch.dtype,
-        batch: _NativeBatch,
-        step_size: float,
-        b_new: Tensor | None,
-    ) -> None:
-        # per block (b, its scale); b = 1 for the global b (an exact division)
-        scales = [-step_size * factor for factor in batch.step_factors]
-        per_block: Tensor | array.array
-        if b_new is None:
-            per_block = array.array("d", [value for scale in scales for value in (1.0, scale)])
-        else:
-            per_block = torch.stack((b_new[:, 0], torch.tensor(scales, dtype=torch.float64)), 1)
-        _run_native(
-            _NATIVE_WNADAM_MOVE,
-            dtype,
-            batch.move,
-            batch.sizes,
-            (),
-            per_block,
-            batch.written,
-            batch.buffers,
-        )
-
-    def _fused_sums(self, group: dict[str, Any], params: list[Tensor]) -> list[Tensor]:
-        constants = _Constants()
-        values = (group["weight_decay"], 1 - group["beta"])
-        return [
-            _wnadam_moment_and_sums(
-                flat(_grad(p)), flat(p), flat(self.state[p]["exp_avg"]), constants.get(p, values)
-            )
-            for p in params
-        ]
-
-    def _move_fused(self, group: dict[str, Any], params: list[Tensor], eta: float) -> None:
-        constants = _Constants()
-        beta = group["beta"]
-        for p in params:
-            state = self.state[p]
-            t = int(state["step"])  # counted per tensor: the bias correction may differ
-            c = constants.get(p, (-eta * (1.0 / (1.0 - beta**t)),), key=t)
-            _wnadam_move(flat(p), flat(state["exp_avg"]), c)
-
-    def _blocks_fused(self, group: dict[str, Any], params: list[Tensor], granularity: str) -> None:
-        constants = _Constants()
-        lr, beta, weight_decay = group["lr"], group["beta"], group["weight_decay"]
-        for p in params:
-            state = self.state[p]
-            t, adapted = int(state["step"]), _adapted(p, granularity)
-            values = (
-                weight_decay,
-                1 - beta,
-                lr**2 if adapted else 0.0,
-                -lr * (1.0 / (1.0 - beta**t)),
-            )
-            c = constants.get(p, values, key=(adapted, t))
-            m, b = state["exp_avg"], state["b"]
-            rows = b.numel()
-            if rows == 1:  # one block: the whole tensor
-                _wnadam_tensor(flat(_grad(p)), flat(p), flat(m), flat(b), c)
-            else:
-                tensors = [_rows(t, rows) for t in (_grad(p), p, m, b)]
-                _wnadam_rows(*tensors, c)
-
-
-@dataclass
-class _NativeBatch:
-    """The blocks of ``b`` of one group and dtype that the native kernels take: a whole tensor
-    per block (global and per-tensor ``b``) or one row (per-row ``b``), given to the kernels by
-    address (a row's arrays start ``row * width`` elements into the tensor's)."""
-
-    first: list[int] = field(default_factory=list)  # the first pass's arrays, block by block
-    move: list[int] = field(default_factory=list)  # the move's arrays, block by block
-    b: list[int] = field(default_factory=list)  # each block's b (per-tensor and per-row b)
-    sizes: list[int] = field(default_factory=list)  # elements per block
-    factors: list[float] = field(default_factory=list)  # of each block's sum (lr^2, 0 or 1)
-    step_factors: list[float] = field(default_factory=list)  # 1, or WN-Adam's bias correction
-    written: list[Tensor] = field(default_factory=list)  # what the kernels write or read
-    # every tensor a block's arrays lie in (the kernels check each address against them)
-    buffers: list[Tensor] = field(default_factory=list)
-
-
-def _run_native(
-    native: NativeKernel,
-    dtype: torch.dtype,
-    pointers: list[int],
-    sizes: list[int],
-    constants: tuple[float, ...],
-    tensor_constants: Tensor | array.array | None,
-    written: list[Tensor],
-    buffers: list[Tensor],
-) -> Tensor:
-    """``native`` on arrays given by address (rows of a tensor as blocks of their own); returns
-    the per-block sums, shape (blocks, max(sums, 1)). ``tensor_constants``: float64, row-major,
-    one row per block."""
-    return native.call_addresses(
-        dtype, pointers, sizes, constants, tensor_constants, written, buffers=buffers
-    )
-
-
-_NATIVE_ACCUMULATE = NativeKernel(
-    "wngrad", "wngrad_accumulate", arrays=1, sums=1, tensor_constants=1
-)
-_NATIVE_WNGRAD_SQUARES = NativeKernel(
-    "wngrad", "wngrad_squares", arrays=2, sums=1, tensor_constants=1
-)
-_NATIVE_WNGRAD_MOVE = NativeKernel("wngrad", "wngrad_move", arrays=2, tensor_constants=1)
-_NATIVE_WNADAM_MOMENT = NativeKernel(
-    "wngrad", "wnadam_moment", arrays=3, sums=1, tensor_constants=1
-)
-_NATIVE_WNADAM_MOVE = NativeKernel("wngrad", "wnadam_move", arrays=2, tensor_constants=2)
-
-
-class _Constants:
-    """The scalars tensor of one kernel, made once per (dtype, key) in a step: one small
-    host-to-device copy per dtype rather than one per tensor."""
-
-    def __init__(self) -> None:
-        self._made: dict[tuple[torch.dtype, Any], Tensor] = {}
-
-    def get(self, like: Tensor, values: tuple[float, ...], key: Any = None) -> Tensor:
-        full_key = (like.dtype, key)
-        if full_key not in self._made:
-            self._made[full_key] = scalars(values, like)
-        return self._made[full_key]
-
-
-def _grad(p: Tensor) -> Tensor:
-    grad = p.grad
-    assert grad is not None  # the fused path takes tensors with a gradient only
-    return grad
+    def _move_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        return {}  # the momentum already holds the direction
 
 
 def _adapted(p: Tensor, granularity: str) -> bool:
@@ -926,10 +602,16 @@ def _adapted(p: Tensor, granularity: str) -> bool:
     return granularity != "row" or _row_dims(p) is not None
 
 
-def _rows(tensor: Tensor, rows: int) -> Tensor:
-    """``tensor`` as a (blocks, block size) alias that is not a view (see ``_fused.flat``): the
-    ``"row"`` blocks of a contiguous tensor are the rows of this matrix."""
-    return tensor.view(rows, -1).detach()
+def _decayed_grads(group: dict[str, Any], params: list[Tensor], foreach: bool) -> list[Tensor]:
+    """The gradients with coupled weight decay: the decayed gradient feeds ``b`` and the step."""
+    grads = _foreach.grads_of(params)
+    weight_decay = group["weight_decay"]
+    # torch._foreach_add refuses an empty list (the kernels may take every tensor)
+    if weight_decay == 0 or not params:
+        return grads
+    if foreach:
+        return list(torch._foreach_add(grads, params, alpha=weight_decay))
+    return [g.add(p, alpha=weight_decay) for g, p in zip(grads, params, strict=True)]
 
 
 def _total(parts: list[Tensor]) -> Tensor:
@@ -940,9 +622,36 @@ def _total(parts: list[Tensor]) -> Tensor:
     return torch.stack([part.to(dtype) for part in parts]).sum()
 
 
-# -- fused kernels (see :mod:`lrlab.optim._fused`) -------------------------------------------
-# Sums are taken in c's dtype, the accumulation dtype of the parameter, as the eager path's
-# norms. Weight decay 0 gives g + 0 x = g exactly, so one graph serves both.
+# -- the passes' kernels (see :mod:`lrlab.optim._executor`) -----------------------------------
+# The native kernels are in native/wngrad.cpp. The compiled ones take sums in the scalars'
+# dtype, the accumulation dtype of the parameter, as the eager path's norms; weight decay 0
+# gives g + 0 x = g exactly, so one graph serves both. "blocks" (the number of b's of a tensor)
+# is for the native kernels, which cut a tensor into its rows; the compiled ones see b's shape.
+
+_BLOCKS = ("blocks", "rate", "step")  # rate: lr^2, or 0 for a b that stays b0
+_WNGRAD_SQUARES = Schema("WNGradSquares", ("weight_decay",), sums=("square",))
+_WNGRAD_MOVE = Schema("WNGradMove", ("weight_decay",), tensor_scalars=("step",))
+_WNGRAD_BLOCKS = Schema(
+    "WNGradBlocks", ("weight_decay",), tensor_scalars=_BLOCKS, sums=("elements_over_b",)
+)
+_WNADAM_MOMENT = Schema("WNAdamMoment", ("weight_decay", "one_minus_beta"), sums=("square",))
+_WNADAM_MOVE = Schema("WNAdamMove", (), tensor_scalars=("step",))
+_WNADAM_BLOCKS = Schema(
+    "WNAdamBlocks",
+    ("weight_decay", "one_minus_beta"),
+    tensor_scalars=_BLOCKS,
+    sums=("elements_over_b",),
+)
+
+
+def _block_lengths(schema: Schema, arrays: int) -> ArrayLengths:
+    """The element counts of a block pass's arrays: ``n`` each, but one per block for b."""
+    blocks = schema.tensor_scalars.index("blocks")
+
+    def lengths(n: int, constants: Sequence[float], own: Sequence[float]) -> tuple[int, ...]:
+        return (n,) * (arrays - 1) + (int(own[blocks]),)
+
+    return lengths
 
 
 def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
@@ -955,84 +664,127 @@ def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
 
 
 @kernel
-def _wngrad_sums(grad: Tensor, p: Tensor, c: Tensor) -> Tensor:
-    """One tensor's ``||g + wd x||^2``; ``c`` = (wd,)."""
-    direction = (grad + c[0] * p).to(c.dtype)
+def _wngrad_squares(grad: Tensor, p: Tensor, scalars: Tensor) -> Tensor:
+    """One tensor's ``||g + wd x||^2``."""
+    c = _WNGRAD_SQUARES.read(scalars)
+    g = (grad + c["weight_decay"] * p).to(scalars.dtype)
+    return (g * g).sum()
+
+
+@kernel
+def _wngrad_move(grad: Tensor, p: Tensor, scalars: Tensor) -> None:
+    """WNGrad's move with the global ``b``: ``x <- x + step (g + wd x)``, step = -lr / b."""
+    c = _WNGRAD_MOVE.read(scalars)
+    p.copy_(p + c["step"] * (grad + c["weight_decay"] * p))
+
+
+@kernel
+def _wnadam_moment(grad: Tensor, p: Tensor, m: Tensor, scalars: Tensor) -> Tensor:
+    """WN-Adam's momentum of one tensor and its ``||g + wd x||^2``."""
+    c = _WNADAM_MOMENT.read(scalars)
+    g = grad + c["weight_decay"] * p
+    m.copy_(_lerp(m, g, c["one_minus_beta"]))
+    direction = g.to(scalars.dtype)
     return (direction * direction).sum()
 
 
 @kernel
-def _wngrad_move(grad: Tensor, p: Tensor, c: Tensor) -> None:
-    """WNGrad's move; ``c`` = (wd, -lr / b)."""
-    p.copy_(p + c[1] * (grad + c[0] * p))
-
-
-@kernel
-def _wnadam_moment_and_sums(grad: Tensor, p: Tensor, m: Tensor, c: Tensor) -> Tensor:
-    """WN-Adam's momentum of one tensor and its ``||g + wd x||^2``; ``c`` = (wd, 1 - beta)."""
-    g = grad + c[0] * p
-    m.copy_(_lerp(m, g, c[1]))
-    direction = g.to(c.dtype)
-    return (direction * direction).sum()
-
-
-@kernel
-def _wnadam_move(p: Tensor, m: Tensor, c: Tensor) -> None:
-    """WN-Adam's move; ``c`` = (-lr / (b (1 - beta^t)),)."""
-    p.copy_(p + c[0] * m)
+def _wnadam_move(p: Tensor, m: Tensor, scalars: Tensor) -> None:
+    """WN-Adam's move with the global ``b``: ``x <- x + step m``, step = -lr / (b (1 - beta^t))."""
+    p.copy_(p + _WNADAM_MOVE.read(scalars)["step"] * m)
 
 
 def _blocks_move(
-    g: Tensor, p: Tensor, direction: Tensor, b: Tensor, squares: Tensor, c: Tensor
+    p: Tensor, direction: Tensor, b: Tensor, squares: Tensor, c: Mapping[str, Tensor]
 ) -> None:
-    """``b <- b + lr^2 ||g_blk||^2 / b`` and ``x <- x + scale direction / b`` (inlined into the
-    kernels below), given the blocks' sums of ``g^2``; ``c`` ends with (lr^2, scale), and
-    lr^2 is 0 for a tensor whose ``b`` stays ``b0``."""
-    old = b.to(c.dtype)
-    new = (old + c[-2] * squares / old).to(b.dtype)
+    """``b <- b + rate ||g_blk||^2 / b`` and ``x <- x + step direction / b`` (inlined into the
+    kernels below), given the blocks' sums of ``g^2``."""
+    old = b.to(c["rate"].dtype)
+    new = (old + c["rate"] * squares / old).to(b.dtype)
     b.copy_(new)
-    p.copy_(p + c[-1] * (direction / new.to(p.dtype)))
+    p.copy_(p + c["step"] * (direction / new.to(p.dtype)))
 
 
-def _squares(g: Tensor, c: Tensor) -> Tensor:
-    return g.to(c.dtype) * g.to(c.dtype)
+def _squares(g: Tensor, dtype: torch.dtype) -> Tensor:
+    return g.to(dtype) * g.to(dtype)
 
 
-# One block per tensor (flat tensors, b as 1 element) and one per row (matrices of blocks, b as
-# a column) are separate kernels: torch specialises sizes of 1, and sharing one function would
-# spend dynamo's recompile limit (8 graphs) on the 1-row and 1-column cases of every dtype.
-
-
-@kernel
-def _wngrad_tensor(grad: Tensor, p: Tensor, b: Tensor, c: Tensor) -> None:
-    """WNGrad's step of one tensor (one block); ``c`` = (wd, lr^2 or 0, -lr)."""
-    g = grad + c[0] * p
-    _blocks_move(g, p, g, b, _squares(g, c).sum(), c)
+def _as_rows(b: Tensor, *arrays: Tensor) -> list[Tensor]:
+    """The flat arrays as (blocks, block size) matrices and ``b`` as a (blocks, 1) column."""
+    rows = b.shape[0]
+    return [array.view(rows, -1) for array in arrays] + [b.view(rows, 1)]
 
 
 @kernel
-def _wngrad_rows(grad: Tensor, p: Tensor, b: Tensor, c: Tensor) -> None:
-    """WNGrad's step of one tensor as (blocks, block size), ``b`` as (blocks, 1); ``c`` as
-    :func:`_wngrad_tensor`."""
-    g = grad + c[0] * p
-    _blocks_move(g, p, g, b, _squares(g, c).sum(dim=1, keepdim=True), c)
+def _wngrad_tensor(grad: Tensor, p: Tensor, b: Tensor, scalars: Tensor) -> None:
+    """WNGrad's step of one tensor (one block)."""
+    c = _WNGRAD_BLOCKS.read(scalars)
+    g = grad + c["weight_decay"] * p
+    _blocks_move(p, g, b, _squares(g, scalars.dtype).sum(), c)
 
 
 @kernel
-def _wnadam_tensor(grad: Tensor, p: Tensor, m: Tensor, b: Tensor, c: Tensor) -> None:
-    """WN-Adam's step of one tensor (one block); ``c`` = (wd, 1 - beta, lr^2 or 0,
-    -lr / (1 - beta^t))."""
-    g = grad + c[0] * p
-    m_new = _lerp(m, g, c[1])
+def _wngrad_rows(grad: Tensor, p: Tensor, b: Tensor, scalars: Tensor) -> None:
+    """WNGrad's step of one tensor with a ``b`` per row."""
+    c = _WNGRAD_BLOCKS.read(scalars)
+    grad, p, b = _as_rows(b, grad, p)
+    g = grad + c["weight_decay"] * p
+    _blocks_move(p, g, b, _squares(g, scalars.dtype).sum(dim=1, keepdim=True), c)
+
+
+@kernel
+def _wnadam_tensor(grad: Tensor, p: Tensor, m: Tensor, b: Tensor, scalars: Tensor) -> None:
+    """WN-Adam's step of one tensor (one block)."""
+    c = _WNADAM_BLOCKS.read(scalars)
+    g = grad + c["weight_decay"] * p
+    m_new = _lerp(m, g, c["one_minus_beta"])
     m.copy_(m_new)
-    _blocks_move(g, p, m_new, b, _squares(g, c).sum(), c)
+    _blocks_move(p, m_new, b, _squares(g, scalars.dtype).sum(), c)
 
 
 @kernel
-def _wnadam_rows(grad: Tensor, p: Tensor, m: Tensor, b: Tensor, c: Tensor) -> None:
-    """WN-Adam's step of one tensor as (blocks, block size), ``b`` as (blocks, 1); ``c`` as
-    :func:`_wnadam_tensor`."""
-    g = grad + c[0] * p
-    m_new = _lerp(m, g, c[1])
+def _wnadam_rows(grad: Tensor, p: Tensor, m: Tensor, b: Tensor, scalars: Tensor) -> None:
+    """WN-Adam's step of one tensor with a ``b`` per row."""
+    c = _WNADAM_BLOCKS.read(scalars)
+    grad, p, m, b = _as_rows(b, grad, p, m)
+    g = grad + c["weight_decay"] * p
+    m_new = _lerp(m, g, c["one_minus_beta"])
     m.copy_(m_new)
-    _blocks_move(g, p, m_new, b, _squares(g, c).sum(dim=1, keepdim=True), c)
+    _blocks_move(p, m_new, b, _squares(g, scalars.dtype).sum(dim=1, keepdim=True), c)
+
+
+def _block_passes(
+    arrays: tuple[str, ...], schema: Schema, native: str, one: FusedKernel, rows: FusedKernel
+) -> tuple[Pass, Pass]:
+    """The block passes of a method: one native function (it cuts each tensor into its
+    blocks), a compiled kernel for a tensor with one ``b`` and one for a ``b`` per row (they
+    return no sums: a compiled tensor's ``effective_lr`` part is read from its stored ``b``,
+    as the reference path's)."""
+    make = partial(
+        Pass,
+        "wngrad",
+        arrays,
+        schema,
+        native=native,
+        compiled_sums=(),
+        array_lengths=_block_lengths(schema, len(arrays)),
+    )
+    return make(compiled=one), make(compiled=rows)
+
+
+WNGrad._first = Pass(
+    "wngrad", ("grad", "p"), _WNGRAD_SQUARES, native="wngrad_squares", compiled=_wngrad_squares
+)
+WNGrad._move = Pass(
+    "wngrad", ("grad", "p"), _WNGRAD_MOVE, native="wngrad_move", compiled=_wngrad_move
+)
+WNGrad._one_block, WNGrad._row_blocks = _block_passes(
+    ("grad", "p", "b"), _WNGRAD_BLOCKS, "wngrad_blocks", _wngrad_tensor, _wngrad_rows
+)
+WNAdam._first = Pass(
+    "wngrad", ("grad", "p", "m"), _WNADAM_MOMENT, native="wnadam_moment", compiled=_wnadam_moment
+)
+WNAdam._move = Pass("wngrad", ("p", "m"), _WNADAM_MOVE, native="wnadam_move", compiled=_wnadam_move)
+WNAdam._one_block, WNAdam._row_blocks = _block_passes(
+    ("grad", "p", "m", "b"), _WNADAM_BLOCKS, "wnadam_blocks", _wnadam_tensor, _wnadam_rows
+)
