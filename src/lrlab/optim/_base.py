@@ -391,8 +391,9 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     torch_names: ClassVar[Mapping[str, str]] = {}
 
     #: the param-group key of the method's own ``fused`` setting (a wrapper whose groups are
-    #: its base optimizer's keeps its own under another name: Mechanic's ``mechanic_fused``)
-    fused_setting: ClassVar[str] = "fused"
+    #: its base optimizer's keeps its own under another name: Mechanic's ``mechanic_fused``);
+    #: None: the method has no lrlab native kernels (plain SGD/Adam, whose ``fused`` is torch's)
+    fused_setting: ClassVar[str | None] = "fused"
 
     _base_global_defaults: ClassVar[Mapping[str, float | int]] = {"nonfinite_steps": 0}
 
@@ -609,6 +610,8 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         """Whether a group takes the native CPU kernels: ``fused`` None (the default) or True
         (a group without the key, or torch's own ``fused`` of plain SGD/Adam, does not)."""
         setting = self.fused_setting
+        if setting is None:
+            return False
         return any(group.get(setting, False) is not False for group in self.param_groups)
 
     @_eager_under_compile

@@ -48,10 +48,9 @@ class _TorchBaseline(AdaptiveOptimizer):
         "capturable": check.boolean(),
     }
 
-    def _uses_native_kernels(self) -> bool:
-        # "fused" here is torch's own kernel, chosen by default: plain SGD/Adam users get no
-        # C++ build of lrlab's native guard that they did not ask for
-        return False
+    # "fused" here is torch's own kernel, chosen by default: plain SGD/Adam users get no C++
+    # build of lrlab's native guard that they did not ask for
+    fused_setting: ClassVar[str | None] = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; with ``foreach`` and ``fused`` both unset, pick the fast kernel.
