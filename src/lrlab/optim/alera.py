@@ -38,20 +38,20 @@ parameters are untested.
 
 NOTE [the 2017 scheme fused]
 The fast path of all four methods is two passes over memory, declared as
-:class:`~lrlab.optim._executor.Pass` es with named scalars (the kernels' schemas at the end of this
-module): on CPU float32/float64 tensors native multi-tensor kernels (:mod:`lrlab.optim._native`,
-``native/alera.cpp``), one call per pass for all tensors of a group and dtype (a tensor block's
-rate and :math:`1/\lVert g_l \rVert` go in as per-tensor scalars); with ``fused=True`` elsewhere
-compiled kernels (:mod:`lrlab.optim._fused`), one call per tensor and pass;
-:func:`~lrlab.optim._executor.route` decides per tensor. The passes: (1) the partial sums before
-anything moves (ALeRA, SALeRA, Ag-Adam: path norm, path-gradient inner product, gradient norm;
-SPALeRA: the gradient norm) and (2) the path, the method's state and the parameter. Two passes,
-not one, because pass (2) needs numbers that exist only after every sum of pass (1) is in: a
-block's new rate and :math:`1/\lVert g_l \rVert` (a group block or SPALeRA's global norm spans
-many tensors, and may be reduced over ranks), and for SALeRA and SPALeRA the Page-Hinkley
-verdict, which must come before any parameter moves. The kernels add the weight decay themselves
-(the gradient plus decay is never materialised; pass (1) reads the parameter only when the decay
-is on), and pass (2) of SALeRA and SPALeRA also saves :math:`x_{\text{prev}}`, which the
+:class:`~lrlab.optim._executor.Pass` es with named scalars (the passes, their schemas and the
+compiled kernels are in :mod:`lrlab.optim.kernels.alera`): on CPU float32/float64 tensors native
+multi-tensor kernels (:mod:`lrlab.optim._native`, ``native/alera.cpp``), one call per pass for all
+tensors of a group and dtype (a tensor block's rate and :math:`1/\lVert g_l \rVert` go in as
+per-tensor scalars); with ``fused=True`` elsewhere compiled kernels (:mod:`lrlab.optim._fused`),
+one call per tensor and pass; :func:`~lrlab.optim._executor.route` decides per tensor. The passes:
+(1) the partial sums before anything moves (ALeRA, SALeRA, Ag-Adam: path norm, path-gradient inner
+product, gradient norm; SPALeRA: the gradient norm) and (2) the path, the method's state and the
+parameter. Two passes, not one, because pass (2) needs numbers that exist only after every sum of
+pass (1) is in: a block's new rate and :math:`1/\lVert g_l \rVert` (a group block or SPALeRA's
+global norm spans many tensors, and may be reduced over ranks), and for SALeRA and SPALeRA the
+Page-Hinkley verdict, which must come before any parameter moves. The kernels add the weight decay
+themselves (the gradient plus decay is never materialised; pass (1) reads the parameter only when
+the decay is on), and pass (2) of SALeRA and SPALeRA also saves :math:`x_{\text{prev}}`, which the
 reference loop copies in a pass of its own. Tensors that no kernel takes (for the compiled ones:
 not :func:`~lrlab.optim._fused.flat_eligible`, i.e. small, non-contiguous, sparse) take the
 reference loop (``foreach`` or per tensor) within the same step; all paths feed the same sums.
@@ -74,10 +74,11 @@ from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._distributed import is_distributed
-from lrlab.optim._executor import Pass, PassResult, Plan, Schema, route
-from lrlab.optim._fused import check_fused, kernel
+from lrlab.optim._executor import Pass, PassResult, Plan, route
+from lrlab.optim._fused import check_fused
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim.clara import sgd_noise_reference
+from lrlab.optim.kernels import alera as kernels
 
 __all__ = [
     "ALeRA",
@@ -219,7 +220,7 @@ class _PathLearningRates(AdaptiveOptimizer):
     # -- hooks ----------------------------------------------------------------------------------
 
     #: pass (1) on the kernels without and with weight decay (without, the parameter is not read
-    #: at all), and pass (2); set with the kernels at the end of the module
+    #: at all), and pass (2) (see lrlab.optim.kernels.alera)
     _sums_pass: ClassVar[Pass]
     _decayed_sums_pass: ClassVar[Pass]
     _move: ClassVar[Pass]
@@ -408,8 +409,8 @@ def _tensor_statistics(
 class _LayerPathLearningRates(_PathLearningRates):
     """ALeRA's per-block rates (blocks: tensors or param groups); subclasses choose the move."""
 
-    _sums_pass: ClassVar[Pass]
-    _decayed_sums_pass: ClassVar[Pass]
+    _sums_pass: ClassVar[Pass] = kernels.PATH_SUMS
+    _decayed_sums_pass: ClassVar[Pass] = kernels.DECAYED_PATH_SUMS
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"block": check.one_of(*_BLOCKS)}
@@ -711,6 +712,8 @@ class ALeRA(_LayerPathLearningRates):
         >>> optimizer.step()
     """
 
+    _move: ClassVar[Pass] = kernels.ALERA_MOVE
+
     def __init__(
         self,
         params: ParamsT,
@@ -829,6 +832,7 @@ class SALeRA(ALeRA):
     needs_loss: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, Any]] = _CATASTROPHE_GLOBALS
     _state_arrays: ClassVar[Mapping[str, str]] = {"path": "path", "prev": "prev"}
+    _move: ClassVar[Pass] = kernels.SALERA_MOVE
 
     def __init__(
         self,
@@ -850,7 +854,8 @@ class SALeRA(ALeRA):
         _LayerPathLearningRates.__init__(self, params, self._group_defaults(locals()))
 
     def _move_scalars(self, group: dict[str, Any]) -> dict[str, float]:
-        # "one": the runtime 1.0 of the compiled kernel's copy x_prev <- x (see _save_previous)
+        # "one": the runtime 1.0 of the compiled kernel's copy x_prev <- x (see
+        # lrlab.optim.kernels.alera)
         return {**super()._move_scalars(group), "one": 1.0}
 
 
@@ -944,6 +949,7 @@ class AgAdam(_LayerPathLearningRates):
         super().__init__(params, self._group_defaults(locals()))
 
     _state_arrays: ClassVar[Mapping[str, str]] = {"path": "path", "m": "exp_avg", "v": "exp_avg_sq"}
+    _move: ClassVar[Pass] = kernels.AGADAM_MOVE
 
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(group, p, state)
@@ -1100,6 +1106,9 @@ class SPALeRA(_PathLearningRates):
         "multiplier": "lr_multiplier",
         "prev": "prev",
     }
+    _sums_pass: ClassVar[Pass] = kernels.GRAD_SQ
+    _decayed_sums_pass: ClassVar[Pass] = kernels.DECAYED_GRAD_SQ
+    _move: ClassVar[Pass] = kernels.SPALERA_MOVE
 
     def __init__(
         self,
@@ -1183,7 +1192,7 @@ class SPALeRA(_PathLearningRates):
             offset = -constant * mu_t / alpha
             if w.on_kernels:
                 # pass (2): x_prev, the path, the multipliers and the parameter in one sweep;
-                # "one": the runtime 1.0 of the compiled kernel's copy (see _save_previous)
+                # "one": the runtime 1.0 of the compiled kernel's copy (lrlab.optim.kernels.alera)
                 scalars = {"weight_decay": group["weight_decay"], "inverse_norm": inverse_norm}
                 scalars |= {"alpha": alpha, "gain": gain, "offset": offset, "eta": eta, "one": 1.0}
                 w.plan.run(self._move, scalars)
@@ -1229,165 +1238,3 @@ class SPALeRA(_PathLearningRates):
                 "multiplier_max": max(row[2] for row in values),
             }
         return {**stats, **self._catastrophe_statistics()}
-
-
-# -- the passes' kernels (see lrlab.optim._executor; native/alera.cpp) ----------------------------
-# A compiled kernel takes flat tensors and computes in the dtype of its scalars (float32 for
-# low-precision tensors); a native kernel is the same pass, one call for all CPU tensors of one
-# dtype. Both add the weight decay themselves: the decayed gradient ``g = grad + wd x`` is formed
-# inside, never stored. Pass (1) has a plain and a decayed kernel so that without decay it does
-# not read the parameter (one full read less).
-
-_PATH_SUMS = ("path_sq", "dot", "grad_sq")  # ||p||^2, <p, g>, ||g||^2 before the update
-_PATH_SUMS_SCHEMA = Schema("AleraPathSums", scalars=(), sums=_PATH_SUMS)
-_DECAYED_PATH_SUMS_SCHEMA = Schema("AleraDecayedPathSums", ("weight_decay",), sums=_PATH_SUMS)
-_GRAD_SQ_SCHEMA = Schema("SpaleraGradSq", scalars=(), sums=("grad_sq",))
-_DECAYED_GRAD_SQ_SCHEMA = Schema("SpaleraDecayedGradSq", ("weight_decay",), sums=("grad_sq",))
-# per tensor: its block's 1/||g_l|| (0 at or below GRADIENT_FLOOR) and rate
-_BLOCK = ("inverse_norm", "eta")
-_ALERA_MOVE_SCHEMA = Schema("AleraMove", ("weight_decay", "alpha"), tensor_scalars=_BLOCK)
-# one: a runtime 1.0 for the compiled kernel's copy x_prev <- x (see _save_previous)
-_SALERA_MOVE_SCHEMA = Schema("SaleraMove", ("weight_decay", "alpha", "one"), tensor_scalars=_BLOCK)
-# weight1, weight2: 1 - beta1, 1 - beta2; size: eta sqrt(1 - beta2^t) / (1 - beta1^t)
-_AGADAM_MOVE_SCHEMA = Schema(
-    "AgAdamMove",
-    ("weight_decay", "alpha", "weight1", "beta2", "weight2", "eps"),
-    tensor_scalars=("inverse_norm", "size"),
-)
-# gain: C D / alpha; offset: -C mu_t / alpha
-_SPALERA_MOVE_SCHEMA = Schema(
-    "SpaleraMove", ("weight_decay", "inverse_norm", "alpha", "gain", "offset", "eta", "one")
-)
-
-
-def _sums_of(g: Tensor, path: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(||path||^2, <path, g>, ||g||^2), inlined into the two path-sums kernels."""
-    q = path.to(g.dtype)
-    return (q * q).sum(), (q * g).sum(), (g * g).sum()
-
-
-@kernel
-def _path_statistics(grad: Tensor, path: Tensor, scalars: Tensor) -> tuple[Tensor, ...]:
-    """Pass (1) of ALeRA, SALeRA, Ag-Adam without decay."""
-    return _sums_of(grad.to(scalars.dtype), path)
-
-
-@kernel
-def _decayed_path_statistics(
-    grad: Tensor, p: Tensor, path: Tensor, scalars: Tensor
-) -> tuple[Tensor, ...]:
-    """Pass (1) of ALeRA, SALeRA, Ag-Adam with decay."""
-    c, dtype = _DECAYED_PATH_SUMS_SCHEMA.read(scalars), scalars.dtype
-    return _sums_of(grad.to(dtype) + c["weight_decay"] * p.to(dtype), path)
-
-
-@kernel
-def _grad_sq(grad: Tensor, scalars: Tensor) -> Tensor:
-    """Pass (1) of SPALeRA without decay: ``||g||^2``."""
-    g = grad.to(scalars.dtype)
-    return (g * g).sum()
-
-
-@kernel
-def _decayed_grad_sq(grad: Tensor, p: Tensor, scalars: Tensor) -> Tensor:
-    """Pass (1) of SPALeRA with decay: ``||g||^2``."""
-    c, dtype = _DECAYED_GRAD_SQ_SCHEMA.read(scalars), scalars.dtype
-    g = grad.to(dtype) + c["weight_decay"] * p.to(dtype)
-    return (g * g).sum()
-
-
-def _save_previous(prev: Tensor, x: Tensor, one: Tensor) -> None:
-    """``prev <- x`` (the parameter before its update), inlined into SALeRA's and SPALeRA's
-    kernels. Written as ``x * one`` with ``one`` a runtime 1.0 from the scalars tensor (exact):
-    inductor folds a plain ``prev.copy_(p)`` into an alias of ``p`` and then stores ``p``'s
-    *updated* value into ``prev`` (torch 2.13, pytorch/pytorch#198131); a product it cannot fold
-    is computed from the ``p`` read before the update."""
-    prev.copy_(x * one)
-
-
-def _alera_move_body(grad: Tensor, p: Tensor, path: Tensor, c: dict[str, Tensor]) -> None:
-    """``p <- lerp(p, g / ||g_l||, alpha)``, ``x <- x - eta g``, inlined into ALeRA's and
-    SALeRA's kernels."""
-    dtype = c["alpha"].dtype
-    x = p.to(dtype)
-    g = grad.to(dtype) + c["weight_decay"] * x
-    path.copy_(torch.lerp(path.to(dtype), g * c["inverse_norm"], c["alpha"]))
-    p.copy_(x - c["eta"] * g)
-
-
-@kernel
-def _alera_move(grad: Tensor, p: Tensor, path: Tensor, scalars: Tensor) -> None:
-    """Pass (2) of ALeRA (see :func:`_alera_move_body`)."""
-    _alera_move_body(grad, p, path, _ALERA_MOVE_SCHEMA.read(scalars))
-
-
-@kernel
-def _salera_move(grad: Tensor, p: Tensor, path: Tensor, prev: Tensor, scalars: Tensor) -> None:
-    """Pass (2) of SALeRA: save ``x_prev <- x``, then ALeRA's move."""
-    c = _SALERA_MOVE_SCHEMA.read(scalars)
-    _save_previous(prev, p.to(scalars.dtype), c["one"])
-    _alera_move_body(grad, p, path, c)
-
-
-@kernel
-def _agadam_move(
-    grad: Tensor, p: Tensor, path: Tensor, m: Tensor, v: Tensor, scalars: Tensor
-) -> None:
-    """Pass (2) of Ag-Adam: the path as ALeRA, Adam's moments, and
-    ``x <- x - size m / (sqrt(v) + eps)``."""
-    c, dtype = _AGADAM_MOVE_SCHEMA.read(scalars), scalars.dtype
-    x = p.to(dtype)
-    g = grad.to(dtype) + c["weight_decay"] * x
-    path.copy_(torch.lerp(path.to(dtype), g * c["inverse_norm"], c["alpha"]))
-    m_new = torch.lerp(m.to(dtype), g, c["weight1"])
-    v_new = v.to(dtype) * c["beta2"] + c["weight2"] * g * g
-    m.copy_(m_new)
-    v.copy_(v_new)
-    p.copy_(x - c["size"] * (m_new / (v_new.sqrt() + c["eps"])))
-
-
-@kernel
-def _spalera_move(
-    grad: Tensor, p: Tensor, path: Tensor, multiplier: Tensor, prev: Tensor, scalars: Tensor
-) -> None:
-    """Pass (2) of SPALeRA: ``x_prev <- x``, ``p <- lerp(p, g / ||g||, alpha)``,
-    ``a <- a exp(gain p^2 + offset)``, ``x <- x - eta a g``."""
-    c, dtype = _SPALERA_MOVE_SCHEMA.read(scalars), scalars.dtype
-    x = p.to(dtype)
-    g = grad.to(dtype) + c["weight_decay"] * x
-    new_path = torch.lerp(path.to(dtype), g * c["inverse_norm"], c["alpha"])
-    new_multiplier = multiplier.to(dtype) * (new_path * new_path * c["gain"] + c["offset"]).exp()
-    _save_previous(prev, x, c["one"])
-    path.copy_(new_path)
-    multiplier.copy_(new_multiplier)
-    p.copy_(x - c["eta"] * (new_multiplier * g))
-
-
-_LayerPathLearningRates._sums_pass = Pass(
-    "alera", ("grad", "path"), _PATH_SUMS_SCHEMA, "alera_statistics", _path_statistics
-)
-_LayerPathLearningRates._decayed_sums_pass = Pass(
-    "alera",
-    ("grad", "p", "path"),
-    _DECAYED_PATH_SUMS_SCHEMA,
-    "alera_decayed_statistics",
-    _decayed_path_statistics,
-)
-ALeRA._move = Pass("alera", ("grad", "p", "path"), _ALERA_MOVE_SCHEMA, "alera_move", _alera_move)
-SALeRA._move = Pass(
-    "alera", ("grad", "p", "path", "prev"), _SALERA_MOVE_SCHEMA, "salera_move", _salera_move
-)
-AgAdam._move = Pass(
-    "alera", ("grad", "p", "path", "m", "v"), _AGADAM_MOVE_SCHEMA, "agadam_move", _agadam_move
-)
-SPALeRA._sums_pass = Pass("alera", ("grad",), _GRAD_SQ_SCHEMA, "spalera_grad_sq", _grad_sq)
-SPALeRA._decayed_sums_pass = Pass(
-    "alera", ("grad", "p"), _DECAYED_GRAD_SQ_SCHEMA, "spalera_decayed_grad_sq", _decayed_grad_sq
-)
-SPALeRA._move = Pass(
-    "alera",
-    ("grad", "p", "path", "multiplier", "prev"),
-    _SPALERA_MOVE_SCHEMA,
-    "spalera_move",
-    _spalera_move,
-)

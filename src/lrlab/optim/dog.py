@@ -14,6 +14,9 @@ convention: every group is its own block), so these scalars live in each group's
 ``r_bar``, ``G``, ...), not in ``global_defaults``: they differ between groups by design. They are
 plain Python numbers, so ``state_dict()`` checkpoints them. L-DoG keeps them per tensor, in
 ``self.state[p]``.
+
+The fast path (native and compiled kernels, routed per tensor by
+:func:`~lrlab.optim._executor.route`) runs the passes declared in :mod:`lrlab.optim.kernels.dog`.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _foreach
 from lrlab.optim import _validation as check
 from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
-from lrlab.optim._executor import Pass, Plan, Schema, route
-from lrlab.optim._fused import check_fused, kernel
+from lrlab.optim._executor import Plan, route
+from lrlab.optim._fused import check_fused
 from lrlab.optim._registry import InvalidKwargs, register
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive
+from lrlab.optim.kernels import dog as kernels
 
 __all__ = ["DoG", "DoWG", "LDoG"]
 
@@ -276,11 +280,11 @@ class _GroupBlocks(_DistanceOverGradients):
         foreach = _foreach.resolve_foreach(group["foreach"], all_params)
         anchor = 0.0 if first and self.radius_from_origin else 1.0
         rows = [self._arrays(p) for p in all_params if p.grad is not None]
-        plan = route(group, rows, (_SUMS, _move_pass(group)))
-        sums = plan.run(_SUMS, {"weight_decay": group["weight_decay"], "anchor": anchor})
+        plan = route(group, rows, (kernels.SUMS, kernels.move_pass(group)))
+        sums = plan.run(kernels.SUMS, {"weight_decay": group["weight_decay"], "anchor": anchor})
         idle_rows = [self._arrays(p) for p in all_params if p.grad is None]
-        idle = route(group, idle_rows, (_DISTANCE,))
-        idle_sums = idle.run(_DISTANCE, {"anchor": anchor})
+        idle = route(group, idle_rows, (kernels.DISTANCE,))
+        idle_sums = idle.run(kernels.DISTANCE, {"anchor": anchor})
         taken = [rows[i]["p"] for i in _fast_rows(plan)]
         done = {id(p) for p in taken} | {id(idle_rows[i]["p"]) for i in _fast_rows(idle)}
         # the reference loop: the other tensors, in the group's order (ids: `in` on tensors
@@ -305,7 +309,7 @@ class _GroupBlocks(_DistanceOverGradients):
         group = block.group
         weights = self._average_weights(group, block.rows, block.plan)
         block.plan.run(
-            _move_pass(group),
+            kernels.move_pass(group),
             {"weight_decay": group["weight_decay"]},
             tensor_scalars=[{"eta": eta, **weight} for weight in weights],
         )
@@ -635,7 +639,9 @@ class LDoG(_DistanceOverGradients):
             foreach = _foreach.resolve_foreach(group["foreach"], list(group["params"]))
             params = [p for p in group["params"] if p.grad is not None]
             rows = [self._arrays(p) for p in params]
-            plan = route(group, rows, (_SUMS, _move_pass(group), _ldog_pass(group)))
+            plan = route(
+                group, rows, (kernels.SUMS, kernels.move_pass(group), kernels.ldog_pass(group))
+            )
             weights = self._average_weights(group, rows, plan)
             # the step sizes: 1-d per native dtype, 0-d per other tensor
             eta_vectors = self._step_by_dtype(group, plan, weights)
@@ -663,7 +669,7 @@ class LDoG(_DistanceOverGradients):
         loop's 0-d tensors; returns the step sizes, one 1-d tensor per dtype. At the first
         step ``x = x0``, so the distance leaves the initial ``r_bar`` unchanged."""
         decay = {"weight_decay": group["weight_decay"]}
-        sums = plan.run(_SUMS, {**decay, "anchor": 1.0}, compiled=False)
+        sums = plan.run(kernels.SUMS, {**decay, "anchor": 1.0}, compiled=False)
         per_tensor: _Weights = [{} for _ in plan.rows]
         vectors = []
         for dtype, totals in sums.native.items():
@@ -682,7 +688,7 @@ class LDoG(_DistanceOverGradients):
                 self.state[plan.rows[index]["p"]]["eta"] = value
                 per_tensor[index] = {"eta": number, **weights[index]}
             vectors.append(eta)
-        plan.run(_move_pass(group), decay, tensor_scalars=per_tensor, compiled=False)
+        plan.run(kernels.move_pass(group), decay, tensor_scalars=per_tensor, compiled=False)
         return vectors
 
     def _step_each(self, group: dict[str, Any], plan: Plan, weights: _Weights) -> list[Tensor]:
@@ -695,7 +701,9 @@ class LDoG(_DistanceOverGradients):
             "init_eta": float(init_eta or 0.0),
             "has_init_eta": float(init_eta is not None),
         }
-        result = plan.run(_ldog_pass(group), scalars, tensor_scalars=weights, only=plan.compiled)
+        result = plan.run(
+            kernels.ldog_pass(group), scalars, tensor_scalars=weights, only=plan.compiled
+        )
         etas = [sums["eta"] for sums in result.compiled]
         for index, eta in zip(plan.compiled, etas, strict=True):
             self.state[plan.rows[index]["p"]]["eta"] = eta
@@ -932,8 +940,8 @@ def _fast_rows(plan: Plan) -> list[int]:
 
 
 def _column(sums: Tensor, name: str) -> Tensor:
-    """The sum ``name`` of every row of a native ``(rows, sums)`` tensor of :data:`_SUMS`."""
-    return sums[:, _SUMS.schema.sums.index(name)]
+    """The sum ``name`` of every row of a native ``(rows, sums)`` tensor of the statistics pass."""
+    return sums[:, kernels.SUMS.schema.sums.index(name)]
 
 
 def _ldog_step_size(group: dict[str, Any], r_bar: Tensor, G: Tensor) -> Tensor:
@@ -944,133 +952,3 @@ def _ldog_step_size(group: dict[str, Any], r_bar: Tensor, G: Tensor) -> Tensor:
         # r_bar starts at 0: init_eta is the step size until the tensor has moved
         eta = torch.where(r_bar > 0, eta, torch.full_like(eta, group["init_eta"]))
     return eta
-
-
-# -- the passes' kernels (see :mod:`lrlab.optim._executor`) -------------------------------------
-# The statistics pass (grad, p, x0 -> ||x - a x0||^2, ||g + wd x||^2), the distance of a tensor
-# without a gradient, and the move with or without the average, native (native/dog.cpp) and
-# compiled; eta is a per-tensor scalar so that L-DoG's per-tensor step sizes take the same
-# native kernels as DoG's and DoWG's group one. L-DoG's compiled kernels take a tensor's whole
-# step in one call. The compiled sums are taken in the scalars' dtype, the accumulation dtype
-# of the parameter, as the reference loop's norms; weight decay 0 gives g + 0 x = g exactly.
-
-_SUMS_SCHEMA = Schema("DogSums", scalars=("weight_decay", "anchor"), sums=("distance", "gradient"))
-_DISTANCE_SCHEMA = Schema("DogDistance", scalars=("anchor",), sums=("distance",))
-_MOVE_SCHEMA = Schema("DogMove", scalars=("weight_decay",), tensor_scalars=("eta",))
-_MOVE_AVERAGE_SCHEMA = Schema(
-    "DogMoveAverage", scalars=("weight_decay",), tensor_scalars=("eta", "weight")
-)
-_LDOG_SCALARS = ("weight_decay", "lr", "init_eta", "has_init_eta")
-_LDOG_STEP_SCHEMA = Schema("LDogStep", scalars=_LDOG_SCALARS)
-_LDOG_AVERAGE_SCHEMA = Schema("LDogStepAverage", scalars=_LDOG_SCALARS, tensor_scalars=("weight",))
-
-
-def _lerp(start: Tensor, end: Tensor, weight: Tensor) -> Tensor:
-    """``torch.lerp``'s formula (exact at weight 0 and 1) for a 0-d tensor weight of another
-    dtype, which ``torch.lerp`` itself refuses."""
-    difference = end - start
-    return torch.where(
-        weight.abs() < 0.5, start + weight * difference, end - difference * (1 - weight)
-    )
-
-
-@kernel
-def _dog_sums(grad: Tensor, p: Tensor, x0: Tensor, scalars: Tensor) -> tuple[Tensor, Tensor]:
-    """One tensor's ``||x - anchor x0||^2`` and ``||g + wd x||^2``."""
-    c = _SUMS_SCHEMA.read(scalars)
-    difference = (p - c["anchor"] * x0).to(scalars.dtype)
-    direction = (grad + c["weight_decay"] * p).to(scalars.dtype)
-    return (difference * difference).sum(), (direction * direction).sum()
-
-
-def _dog_moved(grad: Tensor, p: Tensor, c: dict[str, Tensor]) -> Tensor:
-    """``x - eta (g + wd x)`` (inlined into the kernels below)."""
-    return p - c["eta"] * (grad + c["weight_decay"] * p)
-
-
-@kernel
-def _dog_move(grad: Tensor, p: Tensor, scalars: Tensor) -> None:
-    """The move with the tensor's ``eta`` (DoG, DoWG: the group's)."""
-    p.copy_(_dog_moved(grad, p, _MOVE_SCHEMA.read(scalars)))
-
-
-@kernel
-def _dog_move_and_average(grad: Tensor, p: Tensor, average: Tensor, scalars: Tensor) -> None:
-    """The move and the polynomial-decay average of the moved x."""
-    c = _MOVE_AVERAGE_SCHEMA.read(scalars)
-    moved = _dog_moved(grad, p, c)
-    p.copy_(moved)
-    average.copy_(_lerp(average, moved, c["weight"]))
-
-
-def _ldog_moved(
-    grad: Tensor, p: Tensor, x0: Tensor, r_bar: Tensor, G: Tensor, scalars: Tensor
-) -> tuple[Tensor, Tensor]:
-    """L-DoG's statistics and move of one tensor (inlined into the kernels below). Updates
-    r_bar and G (1-element views of the 0-d states); returns the moved x and eta (0-d, the
-    states' dtype)."""
-    c = _LDOG_STEP_SCHEMA.read(scalars)  # the average's weight, if any, comes after these
-    direction = grad + c["weight_decay"] * p
-    difference = (p - x0).to(scalars.dtype)
-    r_new = torch.maximum(r_bar[0], (difference * difference).sum().sqrt())
-    squares = direction.to(scalars.dtype)
-    norm = (squares * squares).sum().sqrt()
-    G_new = G[0] + norm * norm
-    # a zero G (eps = 0 and zero gradients so far) gives a zero step
-    eta = torch.where(G_new > 0, c["lr"] * r_new / G_new.sqrt(), torch.zeros_like(G_new))
-    # with init_eta, r_bar starts at 0: init_eta is the step size until the tensor has moved
-    eta = torch.where((r_new > 0) | (c["has_init_eta"] == 0), eta, c["init_eta"].to(eta.dtype))
-    r_bar.copy_(r_new)
-    G.copy_(G_new)
-    return p - direction * eta, eta
-
-
-@kernel
-def _ldog_step(grad: Tensor, p: Tensor, x0: Tensor, r_bar: Tensor, G: Tensor, c: Tensor) -> Tensor:
-    """L-DoG's whole step of one tensor (see :func:`_ldog_moved`); returns eta."""
-    moved, eta = _ldog_moved(grad, p, x0, r_bar, G, c)
-    p.copy_(moved)
-    return eta
-
-
-@kernel
-def _ldog_step_and_average(
-    grad: Tensor, p: Tensor, x0: Tensor, r_bar: Tensor, G: Tensor, average: Tensor, c: Tensor
-) -> Tensor:
-    """:func:`_ldog_step` and the average of the moved x."""
-    moved, eta = _ldog_moved(grad, p, x0, r_bar, G, c)
-    p.copy_(moved)
-    average.copy_(_lerp(average, moved, _LDOG_AVERAGE_SCHEMA.read(c)["weight"]))
-    return eta
-
-
-_SUMS = Pass("dog", ("grad", "p", "x0"), _SUMS_SCHEMA, native="dog_sums", compiled=_dog_sums)
-_DISTANCE = Pass("dog", ("p", "x0"), _DISTANCE_SCHEMA, native="dog_distance")
-_MOVE = Pass("dog", ("grad", "p"), _MOVE_SCHEMA, native="dog_move", compiled=_dog_move)
-_MOVE_AVERAGE = Pass(
-    "dog",
-    ("grad", "p", "average"),
-    _MOVE_AVERAGE_SCHEMA,
-    native="dog_move_average",
-    compiled=_dog_move_and_average,
-)
-# compiled only: the native kernels take L-DoG's step as _SUMS and _MOVE around vector math
-_LDOG = ("grad", "p", "x0", "r_bar", "G")
-_LDOG_STEP = Pass("dog", _LDOG, _LDOG_STEP_SCHEMA, compiled=_ldog_step, compiled_sums=("eta",))
-_LDOG_STEP_AVERAGE = Pass(
-    "dog",
-    (*_LDOG, "average"),
-    _LDOG_AVERAGE_SCHEMA,
-    compiled=_ldog_step_and_average,
-    compiled_sums=("eta",),
-)
-
-
-def _move_pass(group: Mapping[str, Any]) -> Pass:
-    """The move of a group, with the iterate average where it keeps one."""
-    return _MOVE if group.get("averaging_gamma") is None else _MOVE_AVERAGE
-
-
-def _ldog_pass(group: Mapping[str, Any]) -> Pass:
-    """L-DoG's one-call step of a group (compiled kernels)."""
-    return _LDOG_STEP if group.get("averaging_gamma") is None else _LDOG_STEP_AVERAGE
