@@ -36,7 +36,14 @@ from lrlab.optim._registry import (
 )
 
 # method modules (each registers its classes on import)
-from lrlab.optim.alera import AgAdam, ALeRA, SALeRA, SPALeRA, layer_param_groups
+from lrlab.optim.alera import AgAdam, ALeRA, SALeRA, layer_param_groups
+
+# isort: split
+# SPALeRA builds on alera and registers right after it, as before it had a module of its own:
+# the registration order (lo.names()) sets the bench figures' colours and markers
+from lrlab.optim.spalera import SPALeRA
+
+# isort: split
 from lrlab.optim.baselines import SGD, Adam, AdamW
 from lrlab.optim.clara import ClaraAdam, ClaraSGD
 from lrlab.optim.clara_auto import ClaraAuto

@@ -1,6 +1,6 @@
 r"""The ALeRA family's fast path: the schemas, passes and compiled kernels of ALeRA, SALeRA,
-Ag-Adam and SPALeRA (the method module: :mod:`lrlab.optim.alera`; the native kernels:
-``native/alera.cpp``; the convention: :mod:`lrlab.optim.kernels`).
+Ag-Adam and SPALeRA (the method modules: :mod:`lrlab.optim.alera`, :mod:`lrlab.optim.spalera`;
+the native kernels: ``native/alera.cpp``; the convention: :mod:`lrlab.optim.kernels`).
 
 Every method's step is two passes (NOTE [the 2017 scheme fused] in :mod:`lrlab.optim.alera`):
 (1) the partial sums before anything moves (:data:`PATH_SUMS` / :data:`DECAYED_PATH_SUMS` for
