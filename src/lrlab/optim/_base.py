@@ -64,6 +64,7 @@ from torch.optim.optimizer import ParamsT
 from lrlab.optim import _feed
 from lrlab.optim._distributed import all_reduce_scalars, params_are_sharded
 from lrlab.optim._foreach import group_by_device_and_dtype
+from lrlab.optim._fused import native_requested
 from lrlab.optim._names import sync_paper_names, torch_name_from_alias
 from lrlab.optim._native import NativeKernel, native_eligible
 from lrlab.optim._validation import Rule, boolean, check_hyperparameters, optional_bool
@@ -322,25 +323,36 @@ def check_state_dict(
 
 
 def _eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
-    """``step`` excluded from dynamo tracing: ``torch.compile(optimizer.step)`` runs it eager.
+    """``step`` as dynamo should see it under ``torch.compile(optimizer.step)``: traced when the
+    class declares ``traceable_step``, otherwise excluded from tracing (run eager).
 
     NOTE [torch.compile and the step]: method-global scalars are Python numbers in the param
-    groups (NOTE [global scalars live in param_groups]), so a traced step bakes them into the
-    graph as constants: D-Adaptation's ``d`` froze at its step-3 value under
-    ``torch.compile(optimizer.step)`` and every other method recompiled each step until
-    dynamo's limit. Excluding the step from tracing keeps the results exact (one graph break
-    per call of the compiled step; nothing changes for an uncompiled step); the compiled
-    kernels of ``fused=True`` (``_fused.py``) are compiled on their own and still run. Speed
-    comes from ``fused=True``, not from compiling the step.
+    groups (NOTE [global scalars live in param_groups]). Dynamo guards a traced step on their
+    values and makes each one dynamic only once it has changed, so a method whose scalars start
+    changing at different steps recompiles at the third, fourth... step (D-Adaptation, Prodigy,
+    DoG, GradaGrad, L4, WNGrad, Schedule-Free, Mechanic), and the arithmetic of ALeRA's learning
+    rate factor on those symbolic floats (``exp(min(x, 700))``) makes torch 2.13's dynamo fail
+    ("Guard failed on the same frame it was created") in the middle of a step, with part of the
+    state already written. A class whose traced step matches its eager step and compiles no new
+    graph after the second step declares ``traceable_step = True``
+    (``tests/optim/test_compile.py`` measures both for every such method, and the graph breaks
+    of each); every other step runs eager under compilation: exact, one skipped frame per call,
+    nothing changes for an uncompiled step. The compiled kernels of ``fused=True``
+    (``_fused.py``) are compiled on their own and still run. While dynamo traces, the native
+    CPU kernels are never chosen (``_native.native_eligible``): the ``foreach`` path traces.
+
+    Every traced step keeps one graph break: the non-finite guard's decision
+    (NOTE [non-finite policy]) is a host read of a device flag (``_has_nonfinite``), as
+    torch's own ``GradScaler`` does for its ``foreach`` optimizers.
     """
 
     @functools.wraps(step)
-    def maybe_eager(*args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():
+    def maybe_eager(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling() and not type(self).traceable_step:
             # only reached while dynamo traces (torch._dynamo is imported by then; importing it
             # for every process that never compiles would cost a second at import time)
-            return torch.compiler.disable(step, recursive=True)(*args, **kwargs)
-        return step(*args, **kwargs)
+            return torch.compiler.disable(step, recursive=True)(self, *args, **kwargs)
+        return step(self, *args, **kwargs)
 
     return maybe_eager
 
@@ -366,6 +378,10 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     #: the method keeps global statistics (sums over all parameters); such a method takes the
     #: constructor argument ``sharded`` and reduces them with :meth:`_reduce_global`
     has_global_statistics: ClassVar[bool] = False
+    #: ``torch.compile(optimizer.step)`` traces the step instead of running it eager: declared
+    #: by a method whose traced step matches the eager one and compiles nothing new after the
+    #: second step (see NOTE [torch.compile and the step]; tests/optim/test_compile.py)
+    traceable_step: ClassVar[bool] = False
     #: method-global scalars and their initial values
     #: (see NOTE [global scalars live in param_groups])
     global_defaults: ClassVar[Mapping[str, float | int | bool]] = {}
@@ -612,7 +628,9 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         setting = self.fused_setting
         if setting is None:
             return False
-        return any(group.get(setting, False) is not False for group in self.param_groups)
+        return any(
+            native_requested({"fused": group.get(setting, False)}) for group in self.param_groups
+        )
 
     @_eager_under_compile
     def step(

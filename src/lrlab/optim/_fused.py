@@ -166,7 +166,11 @@ def check_fused(fused: bool | None, foreach: bool | None) -> bool | None:
 def native_requested(group: Mapping[str, Any]) -> bool:
     """Whether ``group`` lets CPU float32/float64 tensors take the native kernels: ``fused`` is
     None (the default) or True. A group saved before the fused path existed has no ``fused``
-    key and keeps its old path."""
+    key and keeps its old path. While dynamo traces the step (``torch.compile`` of the step,
+    NOTE [torch.compile and the step]) the answer is no: a ctypes call cannot be traced, and the
+    ``foreach`` path it would replace traces into the step's graph."""
+    if torch.compiler.is_compiling():
+        return False
     return group.get("fused", False) is not False
 
 

@@ -264,7 +264,11 @@ _NATIVE_DTYPES = (torch.float32, torch.float64)
 
 def native_eligible(*tensors: Tensor) -> bool:
     """True if a native kernel can take these tensors: plain, dense, contiguous CPU tensors of
-    one dtype, float32 or float64 (a tensor subclass such as a sharded DTensor is not plain)."""
+    one dtype, float32 or float64 (a tensor subclass such as a sharded DTensor is not plain).
+    Never while dynamo traces a step: a ctypes call through raw pointers cannot be traced (see
+    NOTE [torch.compile and the step] in ``_base.py``)."""
+    if torch.compiler.is_compiling():
+        return False
     # called for every tensor of every step: cheap attribute reads only (t.device is not)
     dtype = tensors[0].dtype
     if dtype not in _NATIVE_DTYPES:
@@ -380,7 +384,10 @@ class NativeKernel:
         return f"native:{self.family}.{self.name}"
 
     def available(self) -> bool:
-        """True if the kernel can run (builds the family's library on first call)."""
+        """True if the kernel can run (builds the family's library on first call); never
+        while dynamo traces (see :func:`native_eligible`)."""
+        if torch.compiler.is_compiling():
+            return False
         return not _disabled() and _LIBRARIES[self.family].handle() is not None
 
     def _function(self, dtype: torch.dtype) -> object:

@@ -80,6 +80,9 @@ class MethodSpec:
     has_eval_mode: bool
     has_global_statistics: bool
     """Keeps sums over all parameters; takes ``sharded=`` and reduces them across ranks."""
+    traceable_step: bool
+    """``torch.compile(optimizer.step)`` traces the step (otherwise it runs eager); see
+    NOTE [torch.compile and the step] in ``_base.py``."""
     supports_foreach: bool
     """The constructor takes ``foreach`` and both paths compute the same numbers."""
     supports_fused: bool = False
@@ -149,6 +152,7 @@ def register(
             wraps_base=bool(getattr(cls, "wraps_base", False)),
             has_eval_mode=bool(getattr(cls, "has_eval_mode", False)),
             has_global_statistics=bool(getattr(cls, "has_global_statistics", False)),
+            traceable_step=bool(getattr(cls, "traceable_step", False)),
             supports_foreach=supports_foreach,
             supports_fused=supports_fused,
             fused_compiled=supports_fused and fused_compiled,

@@ -36,6 +36,8 @@ class _TorchBaseline(AdaptiveOptimizer):
     _torch_class: type[torch.optim.Optimizer]
     #: torch keeps a 0-d step count per parameter
     state_layout: ClassVar[Mapping[str, StateEntry]] = {"step": SCALAR_STATE}
+    #: torch.compile traces the step (NOTE [torch.compile and the step]), torch's included
+    traceable_step: ClassVar[bool] = True
     #: take torch's fused kernel (not only foreach) when the caller chose neither
     _fused_by_default: bool = False
 

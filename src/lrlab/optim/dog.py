@@ -591,6 +591,10 @@ class LDoG(_DistanceOverGradients):
         >>> optimizer.step()
     """
 
+    #: its step traces under torch.compile without recompiles after the second step (the
+    #: per-tensor scalars live in state tensors; tests/optim/test_compile.py)
+    traceable_step: ClassVar[bool] = True
+
     #: the per-tensor scalars of the layer-wise rule
     state_layout: ClassVar[Mapping[str, StateEntry]] = {
         "r_bar": SCALAR_STATE,

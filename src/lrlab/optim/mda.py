@@ -122,6 +122,8 @@ class MDA(AdaptiveOptimizer):
     """
 
     global_defaults: ClassVar[dict[str, float | int]] = {"k": 0}
+    #: torch.compile traces the step (NOTE [torch.compile and the step]); one break: the guard
+    traceable_step: ClassVar[bool] = True
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {

@@ -410,6 +410,10 @@ class Momo(_MomentumModel):
 
     torch_names: ClassVar[dict[str, str]] = {"momentum": "beta"}
 
+    #: its step traces under torch.compile without recompiles after the second step
+    #: (tests/optim/test_compile.py)
+    traceable_step: ClassVar[bool] = True
+
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
         "beta": check.in_range(0.0, 1.0, "[)"),

@@ -201,6 +201,9 @@ class SPS(AdaptiveOptimizer):
     needs_loss: ClassVar[bool] = True
     has_global_statistics: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {"grad_norm": 0.0, "polyak_step": 0.0}
+    #: torch.compile traces the step (NOTE [torch.compile and the step]); breaks: the guard
+    #: and the step size's one host read
+    traceable_step: ClassVar[bool] = True
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -354,6 +357,9 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
     needs_loss: ClassVar[bool] = True
     needs_example_index: ClassVar[bool] = True
     has_global_statistics: ClassVar[bool] = True
+    #: torch.compile traces the step (NOTE [torch.compile and the step]); breaks: the guard,
+    #: the per-example counts (a data-dependent shape) and the step size's one host read
+    traceable_step: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {
         "target": 0.0,
         "residual": 0.0,
