@@ -3,8 +3,6 @@ non-contiguous or foreign buffer raises ValueError instead of being written out 
 
 from __future__ import annotations
 
-import array
-
 import pytest
 import torch
 
@@ -72,25 +70,3 @@ def test_declared_lengths_are_checked_scalar_and_sliced_arrays() -> None:
     rows = [(g, p.clone(), torch.zeros(4), torch.zeros(3), torch.zeros(n), torch.zeros(n))]
     with pytest.raises(ValueError, match=r"array 3 of tensor 0 .* of 4 elements, got 3"):
         _NATIVE_MOMENTS(rows, constants, [(0.0,)])
-
-
-def test_addresses_outside_the_handed_tensors_are_refused() -> None:
-    buffer = torch.zeros(100)
-    inside = buffer.data_ptr()
-    kernel = _PROBE
-    kernel.call_addresses(torch.float32, [inside], [100], (), None, [], buffers=[buffer])
-    with pytest.raises(ValueError, match="not inside any of the tensors"):
-        kernel.call_addresses(torch.float32, [inside], [101], (), None, [], buffers=[buffer])
-    with pytest.raises(ValueError, match="not inside any of the tensors"):
-        kernel.call_addresses(torch.float32, [inside + 4], [100], (), None, [], buffers=[buffer])
-    with pytest.raises(ValueError, match="tensor constants"):
-        _native.NativeKernel.call_addresses(
-            next(k for k in _native._KERNELS if k.tensor_constants),
-            torch.float32,
-            [inside] * next(k for k in _native._KERNELS if k.tensor_constants).arrays,
-            [1],
-            (),
-            array.array("d"),
-            [],
-            buffers=[buffer],
-        )

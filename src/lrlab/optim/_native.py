@@ -293,49 +293,6 @@ def _as_int64(values: Sequence[int]) -> array.array:
     return values if isinstance(values, array.array) else array.array("q", values)
 
 
-def _check_extents(
-    kernel: str,
-    pointers: Sequence[int],
-    sizes: Sequence[int],
-    arrays: int,
-    dtype: torch.dtype,
-    buffers: Sequence[Tensor],
-) -> None:
-    """Every run ``[pointer, pointer + size elements)`` lies inside one buffer's storage.
-
-    Vectorised (one ``searchsorted`` over the storages' start addresses): WNGrad's per-row
-    blocks hand thousands of runs per call, and a Python loop over them doubled its step.
-    Distinct storages never overlap and views share their storage's span, so the storage that
-    starts last at or before a run's address is the only one that can hold it.
-    """
-    if not pointers:
-        return
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    spans = sorted(
-        {
-            (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-            for t in buffers
-            if t.is_cpu and t.layout is torch.strided
-        }
-    )
-    starts = torch.tensor([start for start, _ in spans] or [0], dtype=torch.int64)
-    ends = torch.tensor([start + nbytes for start, nbytes in spans] or [0], dtype=torch.int64)
-    addresses = torch.frombuffer(_as_int64(pointers), dtype=torch.int64)
-    counts = torch.frombuffer(_as_int64(sizes), dtype=torch.int64)
-    counts = counts.repeat_interleave(arrays) if arrays > 1 else counts
-    if len(counts) != len(addresses):
-        raise ValueError(f"{kernel} takes {arrays} arrays per run")
-    where = torch.searchsorted(starts, addresses, right=True) - 1
-    inside = (where >= 0) & (addresses + counts * itemsize <= ends[where.clamp(min=0)])
-    bad = (counts < 0) | ~(inside | (counts == 0)) if spans else counts != 0
-    if bool(bad.any()):
-        index = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"{kernel}: array {index % arrays} of run {index // arrays} ({int(counts[index])} "
-            "elements at its address) is not inside any of the tensors handed to the kernel"
-        )
-
-
 def last_array_scalar(arrays: int) -> ArrayLengths:
     """``array_lengths`` of a kernel whose last array is one element (a 0-d per-tensor scalar)."""
 
@@ -495,52 +452,6 @@ class NativeKernel:
                     f"{'' if tensor.is_contiguous() else ', not contiguous'}"
                 )
         return n
-
-    def call_addresses(
-        self,
-        dtype: torch.dtype,
-        pointers: Sequence[int],
-        sizes: Sequence[int],
-        constants: Sequence[float],
-        tensor_constants: Tensor | array.array | None,
-        written: Sequence[Tensor],
-        *,
-        buffers: Sequence[Tensor],
-    ) -> Tensor:
-        """The kernel on arrays given by address: ``pointers`` holds ``arrays`` addresses per
-        "tensor" (any contiguous run of ``sizes[i]`` elements of ``dtype``, e.g. one row of a
-        matrix for a per-row statistic), ``tensor_constants`` one row of float64 per run (an
-        ``array('d')`` or a contiguous float64 CPU tensor, e.g. a previous call's sums), and
-        ``written`` the tensors whose memory the kernel writes (their autograd version counters
-        are bumped), and ``buffers`` every tensor the runs lie in: each run is checked to lie
-        inside one of them, so a wrong address or count raises :class:`ValueError` instead of
-        writing out of bounds.
-        Call :meth:`available` first. Returns the per-run sums, shape
-        ``(len(sizes), max(sums, 1))``.
-        """
-        if len(pointers) != self.arrays * len(sizes):
-            raise ValueError(f"{self.qualified_name} takes {self.arrays} arrays per tensor")
-        if dtype not in _NATIVE_DTYPES:
-            raise ValueError(f"{self.qualified_name} takes float32 or float64 arrays, got {dtype}")
-        # built once for the check and the call (thousands of runs for per-row blocks)
-        pointers, sizes = array.array("q", pointers), array.array("q", sizes)
-        _check_extents(self.qualified_name, pointers, sizes, self.arrays, dtype, buffers)
-        if isinstance(tensor_constants, Tensor):
-            needed = len(sizes) * self.tensor_constants
-            if tensor_constants.numel() < needed or not tensor_constants.is_cpu:
-                raise ValueError(
-                    f"{self.qualified_name} needs {needed} float64 tensor constants on the CPU, "
-                    f"got {tensor_constants.numel()} on {tensor_constants.device}"
-                )
-        elif (
-            tensor_constants is not None
-            and len(tensor_constants) < len(sizes) * self.tensor_constants
-        ):
-            raise ValueError(
-                f"{self.qualified_name} needs {len(sizes) * self.tensor_constants} tensor "
-                f"constants, got {len(tensor_constants)}"
-            )
-        return self._invoke(dtype, pointers, sizes, constants, tensor_constants, written)
 
     def _invoke(
         self,
