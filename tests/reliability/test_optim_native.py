@@ -70,3 +70,28 @@ def test_declared_lengths_are_checked_scalar_and_sliced_arrays() -> None:
     rows = [(g, p.clone(), torch.zeros(4), torch.zeros(3), torch.zeros(n), torch.zeros(n))]
     with pytest.raises(ValueError, match=r"array 3 of tensor 0 .* of 4 elements, got 3"):
         _NATIVE_MOMENTS(rows, constants, [(0.0,)])
+
+
+def test_the_wrong_number_of_scalars_is_refused_before_the_call() -> None:
+    # the C++ reads its generated struct (a fixed number of doubles) from the constants pointer:
+    # a short sequence would be read past its end
+    g, p, d = torch.ones(4), torch.ones(4), torch.zeros(4)
+    before = d.clone()
+    with pytest.raises(ValueError, match=r"momo_averages takes 2 constants, got 1"):
+        _NATIVE_MOMO_AVERAGES([(g, p, d, torch.zeros(()))], (0.9,), [(1.0,)])
+    with pytest.raises(ValueError, match=r"momo_averages takes 2 constants, got 3"):
+        _NATIVE_MOMO_AVERAGES([(g, p, d, torch.zeros(()))], (0.9, 0.1, 0.0), [(1.0,)])
+    assert torch.equal(d, before)
+
+
+def test_every_native_kernel_declares_its_scalar_count() -> None:
+    # each kernel's count is its schema's (the executor) or the core guard's (none)
+    from lrlab.optim import _executor
+
+    for kernel in _native._KERNELS:
+        schemas = [
+            schema
+            for schema in _executor._SCHEMAS.get(kernel.family, [])
+            if len(schema.scalars) == kernel.constants
+        ]
+        assert kernel.family == "core" or schemas, kernel.qualified_name

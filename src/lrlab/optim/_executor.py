@@ -171,11 +171,16 @@ class Pass:
                     self.native,
                     arrays=len(self.arrays),
                     sums=len(self.schema.sums),
+                    constants=len(self.schema.scalars),
                     tensor_constants=len(self.schema.tensor_scalars),
                     array_lengths=self.array_lengths,
                 )
-            elif kernel.arrays != len(self.arrays):
-                raise ValueError(f"{kernel.qualified_name}: passes disagree on its arrays")
+            elif kernel.arrays != len(self.arrays) or kernel.constants != len(
+                self.schema.scalars
+            ):
+                raise ValueError(
+                    f"{kernel.qualified_name}: passes disagree on its arrays or scalars"
+                )
             object.__setattr__(self, "_kernel", kernel)
         schemas = _SCHEMAS.setdefault(self.family, [])
         if all(s.struct != self.schema.struct for s in schemas):

@@ -325,11 +325,15 @@ class NativeKernel:
         *,
         arrays: int,
         sums: int = 0,
+        constants: int = 0,
         tensor_constants: int = 0,
         array_lengths: ArrayLengths | None = None,
     ) -> None:
         self.family, self.name = family, name
         self.arrays, self.sums, self.tensor_constants = arrays, sums, tensor_constants
+        # the C++ reads exactly this many doubles from the constants pointer (its generated
+        # struct): a shorter sequence would be read past its end
+        self.constants = constants
         self.array_lengths = array_lengths
         self.used = False
         self._functions: dict[torch.dtype, object] = {}
@@ -369,6 +373,10 @@ class NativeKernel:
     ) -> Tensor | None:
         if not rows or not self.available():
             return None
+        if len(constants) != self.constants:
+            raise ValueError(
+                f"{self.qualified_name} takes {self.constants} constants, got {len(constants)}"
+            )
         per_tensor = None
         if self.tensor_constants:
             if tensor_constants is None or len(tensor_constants) != len(rows):
