@@ -175,9 +175,7 @@ class Pass:
                     tensor_constants=len(self.schema.tensor_scalars),
                     array_lengths=self.array_lengths,
                 )
-            elif kernel.arrays != len(self.arrays) or kernel.constants != len(
-                self.schema.scalars
-            ):
+            elif kernel.arrays != len(self.arrays) or kernel.constants != len(self.schema.scalars):
                 raise ValueError(
                     f"{kernel.qualified_name}: passes disagree on its arrays or scalars"
                 )
