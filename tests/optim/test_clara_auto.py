@@ -19,6 +19,7 @@ MU = C / (2 - C)
 BOUND = math.log((2 - C) / C)
 A = (1 - C) ** 2
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8
+ANNEAL = 0.5  # k: the default evidence margin, in noise standard deviations
 
 
 def _step(optimizer: torch.optim.Optimizer, x: torch.Tensor, grad: list[float]) -> None:
@@ -31,9 +32,18 @@ def _unit(vector: list[float]) -> list[float]:
     return [v / norm for v in vector]
 
 
+def _sigma(dimension: int) -> float:
+    """Standard deviation of S/M under pure noise, one tensor: sqrt(4a / ((1 + a) D))."""
+    return math.sqrt(4 * A / (1 + A) / dimension)
+
+
 def _expected_damping(dimension: int) -> float:
-    sigma = math.sqrt(4 * A / (1 + A) / dimension)
-    return C / (BOUND * (1 + sigma))
+    return C / (BOUND * (1 + _sigma(dimension)))
+
+
+def _log_statistic(ratio: float, dimension: int) -> float:
+    """l = clip(log(S/M), -L, L) - k sigma."""
+    return max(-BOUND, min(BOUND, math.log(ratio))) - ANNEAL * _sigma(dimension)
 
 
 def test_first_two_steps_by_hand_without_safeguards() -> None:
@@ -48,18 +58,22 @@ def test_first_two_steps_by_hand_without_safeguards() -> None:
     h1 = [abs(g) + EPS for g in g1]
     expected = [xi - lr * g / h for xi, g, h in zip(x0, g1, h1, strict=True)]
     torch.testing.assert_close(x.detach(), torch.tensor(expected, dtype=torch.float64))
-    # S = c^2 ||u||^2 = c^2 and M = mu (1 - (1-c)^2) = c^2: the first ratio is exactly 1
+    # S = c^2 ||u||^2 = c^2 and M = mu (1 - (1-c)^2) = c^2: the first ratio is exactly 1, so
+    # l = -k sigma and the factor falls by exp(-d k sigma)
+    damping = _expected_damping(3)
     assert optimizer.statistics()["path_ratio"] == pytest.approx(1.0, rel=1e-12)
-    assert optimizer.statistics()["lr_factor"] == pytest.approx(1.0, rel=1e-12)
+    factor = math.exp(-damping * ANNEAL * _sigma(3))
+    assert optimizer.statistics()["lr_factor"] == pytest.approx(factor, rel=1e-12)
     assert optimizer.param_groups[0]["effective_lr"] == lr
 
-    # step 2
+    # step 2, at eta = lr * factor
     _step(optimizer, x, g2)
+    eta = lr * factor
     m = [BETA1 * (1 - BETA1) * a + (1 - BETA1) * b for a, b in zip(g1, g2, strict=True)]
     v = [BETA2 * (1 - BETA2) * a * a + (1 - BETA2) * b * b for a, b in zip(g1, g2, strict=True)]
     h2 = [math.sqrt(vi / (1 - BETA2**2)) + EPS for vi in v]
     expected = [
-        e - lr * (mi / (1 - BETA1**2)) / h for e, mi, h in zip(expected, m, h2, strict=True)
+        e - eta * (mi / (1 - BETA1**2)) / h for e, mi, h in zip(expected, m, h2, strict=True)
     ]
     torch.testing.assert_close(x.detach(), torch.tensor(expected, dtype=torch.float64))
     u1 = _unit([g / h for g, h in zip(g1, h1, strict=True)])
@@ -67,9 +81,8 @@ def test_first_two_steps_by_hand_without_safeguards() -> None:
     path = [(1 - C) * C * a + C * b for a, b in zip(u1, u2, strict=True)]
     ratio = sum(p * p for p in path) / (MU * (1 - (1 - C) ** 4))
     assert optimizer.statistics()["path_ratio"] == pytest.approx(ratio, rel=1e-12)
-    damping = _expected_damping(3)
     assert optimizer.statistics()["damping"] == pytest.approx(damping, rel=1e-12)
-    factor = math.exp(damping * max(-BOUND, min(BOUND, math.log(ratio))))
+    factor *= math.exp(damping * _log_statistic(ratio, 3))
     assert optimizer.statistics()["lr_factor"] == pytest.approx(factor, rel=1e-12)
     # step 3 applies lr * factor
     _step(optimizer, x, g2)
@@ -89,8 +102,9 @@ def test_log_ratio_is_clipped_at_full_agreement_and_full_disagreement() -> None:
     before = optimizer.statistics()["lr_factor"]
     _step(optimizer, x, [1.0, 1.0, 1.0, 1.0])
     growth = optimizer.statistics()["lr_factor"] / before
-    # the stationary ratio of identical unit directions is 1/mu, so log(S/M) -> L
-    assert growth == pytest.approx(math.exp(_expected_damping(4) * BOUND), rel=1e-6)
+    # the stationary ratio of identical unit directions is 1/mu, so log(S/M) -> L, l = L - k sigma
+    expected = math.exp(_expected_damping(4) * (BOUND - ANNEAL * _sigma(4)))
+    assert growth == pytest.approx(expected, rel=1e-6)
 
     y = torch.zeros(4, dtype=torch.float64, requires_grad=True)
     optimizer = ClaraAuto([y], lr=1e-3, distance_bound=False, brake=False)
@@ -102,7 +116,8 @@ def test_log_ratio_is_clipped_at_full_agreement_and_full_disagreement() -> None:
     _step(optimizer, y, [sign] * 4)
     shrink = optimizer.statistics()["lr_factor"] / before
     # alternating unit directions: |p| -> c / (2 - c), S/M -> mu = exp(-L): the lower clip
-    assert shrink == pytest.approx(math.exp(-_expected_damping(4) * BOUND), rel=1e-6)
+    expected = math.exp(-_expected_damping(4) * (BOUND + ANNEAL * _sigma(4)))
+    assert shrink == pytest.approx(expected, rel=1e-6)
 
 
 def test_fixed_damping_overrides_the_automatic_one() -> None:
@@ -129,11 +144,33 @@ def test_distance_bound_caps_the_first_step_and_grows_with_the_distance() -> Non
     assert optimizer.statistics()["capped_steps"] == 1
     # step 2: the bound is the rms distance travelled (moved) plus r_eps
     assert optimizer.statistics()["distance_bound"] == pytest.approx(moved + floor, rel=1e-12)
-    # the cap lowered the factor to r_eps / lr; the first ratio is 1, so step 2 applies r_eps
-    # again, below the new bound: the bound caps, it never raises the LR
+    # the cap lowered the factor to r_eps / lr; the first ratio is 1 (l = -k sigma), so step 2
+    # applies r_eps exp(-d k sigma), below the new bound: the bound caps, it never raises the LR
     _step(optimizer, x, [1.0, 1.0])
-    assert optimizer.param_groups[0]["effective_lr"] == pytest.approx(floor, rel=1e-12)
+    annealed = floor * math.exp(-_expected_damping(2) * ANNEAL * _sigma(2))
+    assert optimizer.param_groups[0]["effective_lr"] == pytest.approx(annealed, rel=1e-12)
     assert optimizer.statistics()["capped_steps"] == 1
+
+
+def test_anneal_lowers_the_factor_by_exactly_d_k_sigma_per_step_under_pure_noise() -> None:
+    """With gradients that do not depend on x, S/M is the same sequence for every k, so the
+    factors differ by exactly exp(-d k sigma) per step; with k = 0 (the unbiased statistic) the
+    LR does not anneal on independent directions."""
+    steps, dimension = 300, 50
+
+    def factor(anneal: float) -> float:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.zeros(dimension, dtype=torch.float64, requires_grad=True)
+        optimizer = ClaraAuto([x], lr=1e-2, anneal=anneal, distance_bound=False, brake=False)
+        for _ in range(steps):
+            x.grad = torch.randn(dimension, generator=generator, dtype=torch.float64)
+            optimizer.step()
+        return optimizer.statistics()["lr_factor"]
+
+    unbiased, annealed = factor(0.0), factor(ANNEAL)
+    per_step = _expected_damping(dimension) * ANNEAL * _sigma(dimension)
+    assert annealed / unbiased == pytest.approx(math.exp(-per_step * steps), rel=1e-9)
+    assert annealed < 0.2 < 0.3 < unbiased < 3.0
 
 
 def test_brake_fires_when_the_gradient_norm_explodes_along_a_steady_direction() -> None:

@@ -28,8 +28,8 @@ The algorithm, for every step :math:`t` (tensors :math:`i` with a gradient, :mat
         q_i = g_i / h_i ;  p_i = (1 - c) p_i + c q_i / ||q_i||     (path of preconditioned
                                                                     gradient directions)
     S = sum_i ||p_i||^2 ;   M = sum_i mu (1 - (1 - c)^(2 t_i))  (E[S] for independent directions)
-    l = clip(log(S / M), -L, L)                       (log form: +-L at full (dis)agreement)
     sigma = sqrt(4 a / (1 + a) * sum_i 1/D_i) / K       (std of S/M under pure noise)
+    l = clip(log(S / M), -L, L) - k sigma        (log form: +-L at full (dis)agreement; k = 1/2)
     d = c / (L (1 + sigma))                                           (automatic damping)
     f = f exp(d l)
     r = max(r, rms(x - x_0))                                          (distance travelled)
@@ -46,6 +46,12 @@ Why each piece (measured in ``docs/methods/clara_auto.md``):
   larger and only known in the stationary regime).
 * ``log(S/M)`` lies in ``[-L, L]`` when the directions (anti-)agree fully: an LR that is too small
   grows as fast as a too-large one shrinks. CLARA's ``S/M - 1`` lies in ``[-1, 1/mu - 1]``.
+* ``- k sigma`` (``anneal``): at the noise floor the preconditioned gradient directions are
+  independent, ``S/M ~ 1`` at *every* LR, so the unbiased statistic holds whatever LR it has; the
+  margin asks for agreement of at least ``k`` noise standard deviations before the LR may hold or
+  grow, so that under pure noise the LR decays by ``exp(-d k sigma)`` per step (an anneal) while
+  real agreement (``log(S/M)`` up to ``L``) still grows it. The equilibrium is
+  ``S/M = exp(k sigma)``.
 * ``d L = c / (1 + sigma)``: the LR may change by at most a factor ``e^c`` per step, about what
   the path (memory ``1/c`` steps) can follow without overshooting; a noisier statistic (small
   tensors) moves it more slowly.
@@ -119,6 +125,7 @@ _INVALID = (
     InvalidKwargs({"damping": -0.1}, r"damping must be in \[0, inf\), got -0\.1"),
     InvalidKwargs({"distance_bound": 1}, r"distance_bound must be True or False, got 1"),
     InvalidKwargs({"brake": "yes"}, r"brake must be True or False, got 'yes'"),
+    InvalidKwargs({"anneal": -0.1}, r"anneal must be in \[0, inf\), got -0\.1"),
     InvalidKwargs({"initial_distance": 0.0}, r"initial_distance must be in \(0, inf\), got 0\.0"),
     InvalidKwargs({"fused": "yes"}, r"fused must be True, False or None, got 'yes'"),
 )
@@ -140,7 +147,7 @@ _INVALID = (
         {"lr": 0.05, "initial_distance": 0.01},
         {"lr": 0.05},
         {"lr": 10.0, "betas": (0.8, 0.99), "c": 0.3},
-        {"lr": 0.05, "damping": 0.05, "distance_bound": False, "brake": False},
+        {"lr": 0.05, "damping": 0.05, "distance_bound": False, "brake": False, "anneal": 0.0},
     ),
     invalid_kwargs=_INVALID,
     group_kwargs={"lr": 0.01},
@@ -165,6 +172,10 @@ class ClaraAuto(AdaptiveOptimizer):
         c: path memory, in (0, 1). Default 0.2 (CLARA's).
         damping: None (default) for the automatic damping ``c / (L (1 + sigma))``; a number in
             [0, inf) fixes :math:`d` (for ablations; 0 keeps the LR fixed up to the safeguards).
+        anneal: :math:`k`, the evidence margin in noise standard deviations subtracted from the
+            log statistic, in [0, inf). Default 0.5 (the screen in ``docs/methods/clara_auto.md``:
+            0 never anneals at the noise floor, 2 and above anneal too fast); 0 is the unbiased
+            statistic.
         distance_bound: cap the LR by the distance travelled plus ``r_eps`` (default True).
         brake: the CUSUM (Page-Hinkley) brake on the gradient norm (default True).
         initial_distance: :math:`r_\epsilon`, the bound before anything moved, in root-mean-square
@@ -215,6 +226,7 @@ class ClaraAuto(AdaptiveOptimizer):
         "distance_bound": check.boolean(),
         "brake": check.boolean(),
         "initial_distance": check.positive(),
+        "anneal": check.nonnegative(),
     }
 
     def __init__(
@@ -229,6 +241,7 @@ class ClaraAuto(AdaptiveOptimizer):
         distance_bound: bool = True,
         brake: bool = True,
         initial_distance: float = 1e-4,
+        anneal: float = 0.5,
         sharded: bool = False,
         fused: bool | None = None,
     ) -> None:
@@ -241,6 +254,7 @@ class ClaraAuto(AdaptiveOptimizer):
         check_bool("distance_bound", distance_bound)
         check_bool("brake", brake)
         check_positive("initial_distance", initial_distance)
+        check_nonnegative("anneal", anneal)
         check_bool("sharded", sharded)
         fused = check_fused(fused, None)
         defaults = {
@@ -252,6 +266,7 @@ class ClaraAuto(AdaptiveOptimizer):
             "distance_bound": distance_bound,
             "brake": brake,
             "initial_distance": initial_distance,
+            "anneal": anneal,
             "sharded": sharded,
             "fused": fused,
         }
@@ -366,7 +381,9 @@ class ClaraAuto(AdaptiveOptimizer):
 
         bound = math.log((2.0 - c) / c)
         ratio = path_sq_total / reference
+        # l = clip(log(S/M), -L, L) - k sigma: hold or grow only on evidence of agreement
         log_ratio = min(max(math.log(max(ratio, 1e-300)), -bound), bound)
+        log_ratio -= float(settings["anneal"]) * noise_std_of_ratio(c, inverse_d, k)
         damping = settings["damping"]
         if damping is None:
             damping = auto_damping(c, inverse_d, k)
