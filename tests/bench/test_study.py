@@ -217,6 +217,26 @@ def test_placeholders_that_match_nothing_fail(tiny):
     ).startswith("1")
 
 
+def test_a_value_of_a_metric_without_a_direction_is_its_mean(tiny):
+    # final_lr has no better direction; a value placeholder is a plain mean and must not ask
+    # for one (the lossgrad study's commentary quotes final LRs), a best or a width must
+    _, _, root = tiny
+    source = load_study_source(str(root / "tiny.toml"))
+    parts = {p.name: p for p in source.study.parts}
+    records = {name: [r for r in _records(root) if r.config.tags["part"] == name] for name in parts}
+    chosen = [
+        r
+        for rs in records.values()
+        for r in rs
+        if r.config.problem == "iris_logreg" and r.config.method == "sgd" and r.config.lr == 1
+    ]
+    expected = sum(r.final["final_lr"] for r in chosen) / len(chosen)
+    text = "{{value problem=iris_logreg method=sgd lr=1 metric=final_lr fmt=.6g}}"
+    assert fill_placeholders(text, parts, records).strip() == f"{expected:.6g}"
+    with pytest.raises(StudyError, match="'final_lr' .* has no known direction"):
+        fill_placeholders("{{best problem=iris_logreg method=sgd metric=final_lr}}", parts, records)
+
+
 def test_a_report_metric_the_runs_did_not_record_lists_the_recorded_ones(tiny):
     _, _, root = tiny
     (root / "typo.toml").write_text(TINY.replace("tolerance = 0.05", 'metric = "test_acuracy"'))

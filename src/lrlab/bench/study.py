@@ -283,7 +283,14 @@ def _evaluate_placeholder(
         )
     choice = _metric_choice(part)(options["problem"], problem_records)
     metric = options.get("metric", choice.metric)
-    goal = _goal_of(options["problem"], metric, selected) if "metric" in options else choice.goal
+
+    def goal() -> Goal:
+        # only the kinds that compare runs need the metric's direction: a "value" is a plain
+        # mean, also of a metric that has none (final_lr)
+        if "metric" in options:
+            return _goal_of(options["problem"], metric, selected)
+        return choice.goal
+
     spec = options.get("fmt", ".3g")
     if kind == "value":
         lrs = sorted({r.config.lr for r in selected}, key=lambda v: (v is not None, v or 0.0))
@@ -303,7 +310,7 @@ def _evaluate_placeholder(
         by_stat = {"mean": point.mean, "std": point.std, "min": point.minimum, "max": point.maximum}
         return _format(by_stat[stat], spec)
     if kind in ("best", "best_lr"):
-        best = metrics.best_tuned(selected, metric, goal)
+        best = metrics.best_tuned(selected, metric, goal())
         selection = (options["problem"], options["method"])
         if selection not in best:
             return "none (every LR diverged)"
@@ -313,7 +320,7 @@ def _evaluate_placeholder(
     widths = metrics.robustness_width(
         problem_records,
         metric,
-        goal,
+        goal(),
         tolerance=tolerance,
         reference_methods=part.report.get("width_reference"),
     )
