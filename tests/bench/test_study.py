@@ -233,7 +233,7 @@ def test_a_value_of_a_metric_without_a_direction_is_its_mean(tiny):
     expected = sum(r.final["final_lr"] for r in chosen) / len(chosen)
     text = "{{value problem=iris_logreg method=sgd lr=1 metric=final_lr fmt=.6g}}"
     assert fill_placeholders(text, parts, records).strip() == f"{expected:.6g}"
-    with pytest.raises(StudyError, match="'final_lr' .* has no known direction"):
+    with pytest.raises(StudyError, match=r"'final_lr' .* has no known direction"):
         fill_placeholders("{{best problem=iris_logreg method=sgd metric=final_lr}}", parts, records)
 
 
