@@ -627,24 +627,8 @@ class MomoAdam(_MomentumModel):
             first step pays the compilation); False takes neither.
         sharded: as :class:`Momo`.
 
-    All sums (:math:`\langle d, x\rangle`, :math:`\Gamma = \sum_i \gamma_i`,
-    :math:`\lVert d\rVert^2`) run over every parameter with a gradient, across groups; each group
-    then takes its own :math:`\tau` from its ``lr`` and ``weight_decay``. With ``use_fstar`` the
-    lower-bound estimate is shared and updated group after group, in order, as in the package.
-
-    The loss must be the scalar mini-batch loss whose gradient is used: ``step(closure)`` or
-    ``loss.backward(); step(loss=loss)``. In data-parallel training pass the loss averaged over
-    ranks (as the gradients are).
-
-    .. note::
-        Deviations from ``momo-opt`` 0.1.0 (spec 4.4): the step counter, :math:`\bar f` and the
-        current lower bound live in the param groups (``step``, ``loss_avg``, ``lower_bound``),
-        so ``state_dict()`` / ``load_state_dict()`` resume a run exactly; the package keeps them in
-        instance attributes and, after a reload, re-initialises its averages as on step 1.
-        Parameters without a gradient are skipped (``Momo`` of the package crashes on them) and
-        their averages are initialised at their first gradient. When every :math:`d` is zero
-        (:math:`\lVert d\rVert^2 = 0`) the package divides by zero; here :math:`\tau = \eta/\rho`
-        (the direction is zero, so only weight decay acts). Sparse gradients are rejected.
+    Which parameters the sums run over, which loss to pass, and the deviations from
+    ``momo-opt`` 0.1.0 are as for :class:`Momo` (see its notes).
 
     .. note::
         Also different from the package, only visible with param groups that differ in
