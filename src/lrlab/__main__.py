@@ -9,7 +9,9 @@ of a traceback.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 # exit status of a process ended by SIGPIPE (128 + 13), what shells report for `cmd | head`
 BROKEN_PIPE_EXIT = 141
@@ -45,8 +47,20 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
+def _terminate_like_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (``kill``, a scheduler's time limit) stops a command as Ctrl-C does: a sweep
+    records the runs it stored and their measured time, shuts its workers down and exits 130;
+    without this a terminated study lost the timing of its last invocation."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the lrlab command line; returns the process exit code."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _terminate_like_interrupt)
     if (sys.argv[1:] if argv is None else argv) == ["--version"]:
         # answered without importing torch (the parser's own --version says the same, slower)
         from lrlab import __version__

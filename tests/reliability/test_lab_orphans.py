@@ -167,3 +167,61 @@ def test_killing_a_ray_sweep_driver_leaves_no_ray_process():
     seen, alive = _run_and_kill(code, tasks_running, timeout=240.0, grace=30.0)
     assert any("raylet" in command for command in seen.values())
     assert alive == [], alive
+
+
+def test_sigterm_stops_a_study_like_ctrl_c_and_keeps_its_measured_time(tmp_path):
+    """``kill PID`` (a scheduler's time limit) stops ``lrlab study`` as Ctrl-C does: exit 130,
+    the runs stored so far kept with their measured time (marked interrupted), no worker left
+    (resuming a killed sweep is tested in test_lab_fuzz)."""
+    import json
+
+    from lrlab.bench.store import Store
+
+    study = tmp_path / "term.toml"
+    study.write_text(
+        textwrap.dedent(
+            """
+            name = "term"
+            title = "terminated"
+            lrs = "1e-3:1e-1:3"
+            seeds = 10
+            eval_every = 0
+            methods = ["sgd", "adam"]
+            problems = [{ name = "digits_mlp", steps = 150 }]
+            """
+        )
+    )
+    store = tmp_path / "term.sqlite"
+    command = [
+        sys.executable, "-m", "lrlab", "study", str(study), "--store", str(store),
+        "--docs", str(tmp_path / "docs"), "--report-dir", str(tmp_path / "report"),
+        "--workers", "2", "--quiet",
+    ]  # fmt: skip
+    driver = subprocess.Popen(
+        command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    children: dict[int, str] = {}
+    try:
+
+        def some_runs_stored() -> bool:
+            children.update(descendants(driver.pid))
+            if not store.exists():
+                return False
+            with Store(store, readonly=True) as db:
+                return len(db) >= 2
+
+        assert _wait_for(some_runs_stored, 120), "no run was stored"
+        driver.send_signal(signal.SIGTERM)
+        _, stderr = driver.communicate(timeout=60)
+        assert driver.returncode == 130, stderr.decode(errors="replace")[-2000:]
+        assert b"interrupted" in stderr
+        assert _wait_for(lambda: not any(_alive(p) for p in children), 15), children
+        (entry,) = json.loads(store.with_name("term.sqlite.timing.json").read_text())["sweeps"]
+        with Store(store, readonly=True) as db:
+            stored = db.run_ids()
+        assert entry["interrupted"] is True and entry["wall_time_s"] > 0
+        assert entry["runs"] == len(stored) < 60
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        _kill_all(children)
