@@ -132,8 +132,8 @@ EAGER: dict[str, str] = {
     "four dots",
     "momo-adam": "recompiles at step 3 (5, 9, 10)",
     "prodigy": "recompiles at step 3 (12, 20, 31): guards on d, d_hat and k",
-    "schedulefree-sgd": "recompiles at step 3 (2, 4, 5): guard on the averaging weight "
-    "lr_max^2 / weight_sum",
+    "schedulefree-sgd": "host mode recompiles at step 3 (2, 4, 5): guard on the averaging "
+    "weight lr_max^2 / weight_sum; capturable=True traces (tests/optim/test_capturable.py)",
     "schedulefree-adamw": "as schedulefree-sgd",
     "wngrad": "recompiles at step 3 (4, 8, 9); host read float(total) of the b update",
     "wn-adam": "as wngrad",

@@ -348,7 +348,7 @@ def _eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(step)
     def maybe_eager(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling() and not type(self).traceable_step:
+        if torch.compiler.is_compiling() and not (type(self).traceable_step or self.capturable):
             # only reached while dynamo traces (torch._dynamo is imported by then; importing it
             # for every process that never compiles would cost a second at import time)
             return torch.compiler.disable(step, recursive=True)(self, *args, **kwargs)
@@ -400,6 +400,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         "foreach": optional_bool(),
         "fused": optional_bool(),
         "sharded": boolean(),
+        "capturable": optional_bool(),
     }
 
     #: torch's name -> the paper's name of a hyperparameter the update reads under the paper's
@@ -410,6 +411,11 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     #: its base optimizer's keeps its own under another name: Mechanic's ``mechanic_fused``);
     #: None: the method has no lrlab native kernels (plain SGD/Adam, whose ``fused`` is torch's)
     fused_setting: ClassVar[str | None] = "fused"
+
+    #: the group keys a *capturable* step keeps as 0-d tensors on the parameters' device, with
+    #: their Python type in a checkpoint (NOTE [device scalars] in ``_scalars.py``); None: the
+    #: method keeps its global scalars on the host only and takes no ``capturable`` setting
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = None
 
     _base_global_defaults: ClassVar[Mapping[str, float | int]] = {"nonfinite_steps": 0}
 
@@ -454,18 +460,77 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         (real floating point: every method's arithmetic assumes it); it receives the current
         method-global scalars of the first group."""
         torch_name_from_alias(param_group, self.torch_names)
+        capturable = None
         if isinstance(param_group, Mapping):
             self.check_hyperparameters({**self.defaults, **param_group})
             params = param_group.get("params")
             if params is not None and not isinstance(params, (Tensor, list, tuple, set)):
                 param_group["params"] = params = list(params)  # a generator is read once
-            self._check_parameters([params] if isinstance(params, Tensor) else params or [])
+            params = [params] if isinstance(params, Tensor) else list(params or [])
+            self._check_parameters(params)
+            capturable = self._resolve_capturable(param_group, params)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         template = self.param_groups[0] if len(self.param_groups) > 1 else None
         for key, default in self._all_global_defaults().items():
             group[key] = template[key] if template is not None else default
         group.setdefault("effective_lr", 0.0)
+        if capturable is not None:
+            group["capturable"] = capturable
+            if capturable:
+                self._to_device_scalars(group)
+
+    def _resolve_capturable(self, param_group: Mapping[str, Any], params: list[Any]) -> bool | None:
+        """The capturable mode of a new group (None: the method has none). The first group
+        decides it (unset: True when its parameters are on a CUDA or XPU device); a later group
+        may not ask for the other mode, since the global scalars are shared."""
+        if self.capturable_scalars is None:
+            return None
+        setting = param_group.get("capturable", self.defaults.get("capturable"))
+        if not getattr(self, "param_groups", None):
+            if setting is not None:
+                return bool(setting)
+            return any(isinstance(p, Tensor) and p.device.type in ("cuda", "xpu") for p in params)
+        mode = bool(self.param_groups[0]["capturable"])
+        if setting is not None and setting != mode:
+            raise ValueError(
+                f"{type(self).__name__}: a param group with capturable={setting!r} cannot join "
+                f"an optimizer whose groups have capturable={mode}: the global scalars are shared "
+                "by every group, so every group uses one mode"
+            )
+        return mode
+
+    @property
+    def capturable(self) -> bool:
+        """Whether the step keeps the method's global scalars as 0-d tensors on the
+        parameters' device and never reads one back (NOTE [device scalars])."""
+        return bool(self.param_groups and self.param_groups[0].get("capturable") is True)
+
+    def _to_device_scalars(self, group: dict[str, Any]) -> None:
+        """Turn the group's declared scalars into 0-d tensors on its parameters' device
+        (float64; float32 on a device without float64). A value that is already a tensor (a
+        global shared with the first group) is kept."""
+        assert self.capturable_scalars is not None
+        like = next((p for g in (group, *self.param_groups) for p in g["params"]), None)
+        device = like.device if like is not None else torch.device("cpu")
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        for key in self.capturable_scalars:
+            value = group.get(key)
+            if value is not None and not isinstance(value, Tensor):
+                group[key] = torch.tensor(float(value), dtype=dtype, device=device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict, with every device scalar of a capturable step as a Python number
+        (one host read per scalar, at checkpoint time only): a checkpoint loads in either mode
+        and on any device (NOTE [global scalars live in param_groups])."""
+        state = super().state_dict()
+        kinds = {**(self.capturable_scalars or {}), "effective_lr": float}
+        for group in state["param_groups"]:
+            for key, kind in kinds.items():
+                value = group.get(key)
+                if isinstance(value, Tensor):
+                    group[key] = kind(value.item())
+        return state
 
     def _check_parameters(self, params: Iterable[Any]) -> None:
         name = type(self).__name__
@@ -518,6 +583,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             if result is not None:
                 state_dict = result
         self.check_state_dict(state_dict)
+        capturable = self.capturable
         # the hooks already ran on the dict that was checked: do not let torch run them again
         self._optimizer_load_state_dict_pre_hooks = OrderedDict()
         try:
@@ -525,6 +591,15 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         finally:
             self._optimizer_load_state_dict_pre_hooks = hooks
         self._restore_declared_dtypes(state_dict)
+        if self.capturable_scalars is not None:
+            # the mode follows this optimizer's parameters, not the machine that saved the run
+            for group in self.param_groups:
+                group["capturable"] = capturable
+                if capturable:
+                    self._to_device_scalars(group)
+            if capturable:
+                for key in self._all_global_defaults():
+                    self._set_global(key, self._get_global(key))  # one tensor for every group
 
     def _restore_declared_dtypes(self, state_dict: Mapping[str, Any]) -> None:
         wide = {key: entry.dtype for key, entry in self.state_layout.items() if entry.dtype}

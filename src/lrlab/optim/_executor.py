@@ -83,8 +83,9 @@ class Schema:
             if len(set(kind)) != len(kind):
                 raise ValueError(f"schema {self.struct}: duplicate names in {kind}")
 
-    def values(self, named: Mapping[str, float]) -> tuple[float, ...]:
-        """The scalars of ``named`` in the schema's order (every name, no other)."""
+    def values(self, named: Mapping[str, float | Tensor]) -> tuple[float | Tensor, ...]:
+        """The scalars of ``named`` in the schema's order (every name, no other); a 0-d tensor
+        (a capturable step's device scalar, NOTE [device scalars]) is kept as it is."""
         missing = [name for name in self.scalars if name not in named]
         extra = [name for name in named if name not in self.scalars]
         if missing or extra:
@@ -92,7 +93,7 @@ class Schema:
                 f"schema {self.struct}: scalars missing {missing}, unknown {extra}; "
                 f"expected {list(self.scalars)}"
             )
-        return tuple(float(named[name]) for name in self.scalars)
+        return tuple(_scalar(named[name]) for name in self.scalars)
 
     def row(self, named: Mapping[str, float]) -> tuple[float, ...]:
         """One tensor's per-tensor scalars in the schema's order."""
@@ -124,6 +125,10 @@ class Schema:
             lines.append("  enum : int { " + ", ".join([*self.sums, "kCount"]) + " };")
             lines.append("};")
         return "\n".join(lines)
+
+
+def _scalar(value: float | Tensor) -> float | Tensor:
+    return value if isinstance(value, Tensor) else float(value)
 
 
 _SCHEMAS: dict[str, list[Schema]] = {}
@@ -264,7 +269,7 @@ class Plan:
     def run(
         self,
         step: Pass,
-        named: Mapping[str, float],
+        named: Mapping[str, float | Tensor],
         *,
         tensor_scalars: Sequence[Mapping[str, float]] | None = None,
         compiled: bool = True,
@@ -290,7 +295,9 @@ class Plan:
                 assert tensor_scalars is not None, f"{schema.struct} needs tensor scalars"
                 per_tensor = [schema.row(tensor_scalars[i]) for i in chosen]
             assert step._kernel is not None
-            sums = step._kernel(rows, values, per_tensor)
+            # a device scalar of a capturable step on the CPU: reading it costs no device sync
+            host = [float(value) for value in values]
+            sums = step._kernel(rows, host, per_tensor)
             assert sums is not None  # plan() checked that the kernel is available
             result.native[dtype] = sums
             result.native_rows[dtype] = chosen
@@ -390,14 +397,18 @@ def route(group: Mapping[str, Any], rows: Sequence[Row], passes: Sequence[Pass])
     )
     has_native = any(step.native is not None for step in passes)
     # a tensor the compiled kernels take must find one for every pass
-    use_compiled = compiled_requested(group) and all(
-        step.compiled is not None or step.compiled_folded for step in passes
-    )
+    has_compiled = all(step.compiled is not None or step.compiled_folded for step in passes)
+    use_compiled = compiled_requested(group) and has_compiled
+    # by default a GPU tensor's elementwise work goes to the compiled kernels (the native ones
+    # are CPU only); on the CPU, compiling must be asked for (fused=True)
+    gpu_default = has_compiled and group.get("fused", False) is None
     for index, row in enumerate(rows):
         tensors = list(row.values())
         if use_native and has_native and native_eligible(*tensors):
             native.setdefault(tensors[0].dtype, []).append(index)
-        elif use_compiled and flat_eligible(*tensors):
+        elif (
+            use_compiled or (gpu_default and tensors[0].device.type in ("cuda", "xpu"))
+        ) and flat_eligible(*tensors):
             compiled.append(index)
         else:
             reference.append(index)

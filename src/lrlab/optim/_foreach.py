@@ -16,6 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "accumulation_dtype",
+    "add_scaled_",
     "grad_of",
     "grads_of",
     "group_by_device_and_dtype",
@@ -154,3 +155,13 @@ def total_dot(left: Sequence[Tensor], right: Sequence[Tensor]) -> Tensor:
         acc = accumulation_dtype(a.dtype)
         values.append(torch.dot(a.reshape(-1).to(acc), b.reshape(-1).to(acc)))
     return _stack_sum(values, left[0] if left else None)
+
+
+def add_scaled_(tensors: Sequence[Tensor], others: Sequence[Tensor], alpha: float | Tensor) -> None:
+    """``t += alpha * o`` for every pair, in one multi-tensor kernel when ``alpha`` is a Python
+    number. A 0-d tensor ``alpha`` (a capturable step's device scalar) is multiplied in first:
+    torch's ``alpha=`` would read it back to the host."""
+    if isinstance(alpha, Tensor):
+        torch._foreach_add_(list(tensors), torch._foreach_mul(list(others), alpha))
+    else:
+        torch._foreach_add_(list(tensors), list(others), alpha=alpha)

@@ -216,14 +216,26 @@ def flat(tensor: Tensor) -> Tensor:
     return tensor.view(-1).detach()
 
 
-def scalars(values: Sequence[float], like: Tensor) -> Tensor:
+def scalars(values: Sequence[float | Tensor], like: Tensor) -> Tensor:
     """The scalar hyperparameters of one kernel call, as one 1-d tensor on ``like``'s device.
 
     Low-precision parameters get float32 scalars (as torch's fused kernels compute in float32
     for them); float64 parameters get float64 ones, so the float64 conformance checks compare
-    the same arithmetic.
+    the same arithmetic. When a value is a 0-d tensor (a capturable step's device scalar, NOTE
+    [device scalars] in ``_scalars.py``) the vector is stacked on the device: no value is read
+    back to the host.
     """
-    return torch.tensor(list(values), dtype=accumulation_dtype(like.dtype), device=like.device)
+    dtype = accumulation_dtype(like.dtype)
+    if not any(isinstance(value, Tensor) for value in values):
+        return torch.tensor(list(values), dtype=dtype, device=like.device)
+    return torch.stack(
+        [
+            value.to(device=like.device, dtype=dtype)
+            if isinstance(value, Tensor)
+            else torch.full((), value, dtype=dtype, device=like.device)
+            for value in values
+        ]
+    )
 
 
 def cached_scalars(

@@ -83,6 +83,10 @@ class MethodSpec:
     traceable_step: bool
     """``torch.compile(optimizer.step)`` traces the step (otherwise it runs eager); see
     NOTE [torch.compile and the step] in ``_base.py``."""
+    capturable: bool
+    """The constructor takes ``capturable``: the step can keep its global scalars as 0-d
+    tensors on the parameters' device, read nothing back to the host but the non-finite
+    guard, and trace under ``torch.compile`` (NOTE [device scalars] in ``_scalars.py``)."""
     supports_foreach: bool
     """The constructor takes ``foreach`` and both paths compute the same numbers."""
     supports_fused: bool = False
@@ -153,6 +157,7 @@ def register(
             has_eval_mode=bool(getattr(cls, "has_eval_mode", False)),
             has_global_statistics=bool(getattr(cls, "has_global_statistics", False)),
             traceable_step=bool(getattr(cls, "traceable_step", False)),
+            capturable=getattr(cls, "capturable_scalars", None) is not None,
             supports_foreach=supports_foreach,
             supports_fused=supports_fused,
             fused_compiled=supports_fused and fused_compiled,

@@ -21,11 +21,13 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, LossClosure, StepContext
 from lrlab.optim._executor import Pass, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import (
     check_betas,
     check_int,
@@ -63,6 +65,14 @@ class _ScheduleFree(AdaptiveOptimizer):
     """
 
     has_eval_mode: ClassVar[bool] = True
+    #: a capturable step keeps the run state of every group on the device
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = {
+        "k": int,
+        "lr_max": float,
+        "weight_sum": float,
+        "scheduled_lr": float,
+        "averaging_weight": float,
+    }
     # NOTE [Schedule-Free mode]: the mode is global (all groups switch together) and lives in the
     # param groups, so state_dict() records whether the parameters hold y or x.
     global_defaults: ClassVar[Mapping[str, float | int | bool]] = {"train_mode": True}
@@ -104,8 +114,8 @@ class _ScheduleFree(AdaptiveOptimizer):
         raise NotImplementedError
 
     def _step_scalars(
-        self, group: dict[str, Any], k: int, lr: float, c: float, y_step: float
-    ) -> dict[str, float]:
+        self, group: dict[str, Any], k: Scalar, lr: Scalar, c: Scalar, y_step: Scalar
+    ) -> dict[str, Scalar]:
         """The scalars of :attr:`_step` for one group."""
         raise NotImplementedError
 
@@ -170,15 +180,16 @@ class _ScheduleFree(AdaptiveOptimizer):
 
     def _update(self, context: StepContext) -> None:
         for group in self.param_groups:
+            # Python numbers, or 0-d device tensors in a capturable step (NOTE [device scalars])
             k = group["k"]
             warmup_steps = group["warmup_steps"]
-            schedule = (k + 1) / warmup_steps if k < warmup_steps else 1.0
+            schedule = scalar.where(k < warmup_steps, (k + 1) / max(warmup_steps, 1), 1.0)
             lr = group["lr"] * schedule
-            lr_max = max(lr, group["lr_max"])
+            lr_max = scalar.maximum(lr, group["lr_max"])
             weight = ((k + 1) ** group["r"]) * (lr_max ** group["weight_lr_power"])
             weight_sum = group["weight_sum"] + weight
             # c_{k+1}: the weight of the new z in the average x (0 while every weight is 0)
-            c = weight / weight_sum if weight_sum != 0 else 0.0
+            c = scalar.ratio_or_zero(weight, weight_sum)
             group.update(
                 {
                     "k": k + 1,
@@ -186,7 +197,7 @@ class _ScheduleFree(AdaptiveOptimizer):
                     "weight_sum": weight_sum,
                     "scheduled_lr": lr,
                     "averaging_weight": c,
-                    "effective_lr": float(lr),
+                    "effective_lr": lr if self.capturable else float(lr),
                 }
             )
             params = [p for p in group["params"] if p.grad is not None]
@@ -227,9 +238,9 @@ class _ScheduleFree(AdaptiveOptimizer):
                             torch._foreach_add_(ds, ys, alpha=weight_decay)
                         else:
                             ds = list(torch._foreach_add(ds, ys, alpha=weight_decay))
-                    torch._foreach_lerp_(ys, zs, c)
-                    torch._foreach_add_(ys, ds, alpha=y_step)
-                    torch._foreach_sub_(zs, ds, alpha=lr)
+                    torch._foreach_lerp_(ys, zs, c)  # type: ignore[arg-type]  # a 0-d tensor too
+                    _foreach.add_scaled_(ys, ds, y_step)
+                    _foreach.add_scaled_(zs, ds, -lr)
             else:
                 for y, d, z_p in zip(params, directions, z, strict=True):
                     if weight_decay != 0:  # decay at y, added to the direction
@@ -238,8 +249,8 @@ class _ScheduleFree(AdaptiveOptimizer):
                         else:
                             d = d.add(y, alpha=weight_decay)
                     y.lerp_(z_p, c)
-                    y.add_(d, alpha=y_step)
-                    z_p.sub_(d, alpha=lr)
+                    scalar.add_scaled_(y, d, y_step)
+                    scalar.add_scaled_(z_p, d, -lr)
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         # z starts at the parameter's value when it first has a gradient (x = y = z there)
@@ -379,6 +390,10 @@ class SGDScheduleFree(_ScheduleFree):
             one compiled kernel per tensor (see :mod:`lrlab.optim._fused`; the first step pays
             the compilation). Tensors that cannot be viewed flat (non-contiguous, sparse) or,
             off the CPU, are small take the ``foreach`` path.
+        capturable: keep the counters and averaging weights as 0-d tensors on the parameters'
+            device, so that the step reads nothing back to the host and ``torch.compile`` traces
+            it without recompiling as they change (NOTE [device scalars] in
+            ``lrlab/optim/_scalars.py``). None (default): True for CUDA/XPU parameters.
 
     Example:
         >>> optimizer = SGDScheduleFree(model.parameters(), lr=1.0)
@@ -406,6 +421,7 @@ class SGDScheduleFree(_ScheduleFree):
         foreach: bool | None = None,
         *,
         fused: bool | None = None,
+        capturable: bool | None = None,
     ) -> None:
         _check_common(lr, weight_decay, warmup_steps, r, weight_lr_power)
         check_range("momentum", momentum, 0.0, 1.0, "()")
@@ -420,6 +436,7 @@ class SGDScheduleFree(_ScheduleFree):
             "weight_lr_power": float(weight_lr_power),
             "foreach": foreach,
             "fused": fused,
+            "capturable": capturable,
             **_GROUP_STATE,
         }
         super().__init__(params, defaults)
@@ -428,8 +445,8 @@ class SGDScheduleFree(_ScheduleFree):
         return float(group["momentum"])
 
     def _step_scalars(
-        self, group: dict[str, Any], k: int, lr: float, c: float, y_step: float
-    ) -> dict[str, float]:
+        self, group: dict[str, Any], k: Scalar, lr: Scalar, c: Scalar, y_step: Scalar
+    ) -> dict[str, Scalar]:
         return {"weight_decay": group["weight_decay"], "lr": lr, "c": c, "y_step": y_step}
 
     def _directions(
@@ -533,6 +550,7 @@ class AdamWScheduleFree(_ScheduleFree):
             one compiled kernel per tensor (see :mod:`lrlab.optim._fused`; the first step pays
             the compilation). Tensors that cannot be viewed flat (non-contiguous, sparse) take
             the ``foreach`` path.
+        capturable: as :class:`SGDScheduleFree`.
 
     Example:
         >>> optimizer = AdamWScheduleFree(model.parameters(), lr=2.5e-3, warmup_steps=1000)
@@ -560,6 +578,7 @@ class AdamWScheduleFree(_ScheduleFree):
         foreach: bool | None = None,
         *,
         fused: bool | None = None,
+        capturable: bool | None = None,
     ) -> None:
         _check_common(lr, weight_decay, warmup_steps, r, weight_lr_power)
         check_betas("betas", betas)
@@ -577,6 +596,7 @@ class AdamWScheduleFree(_ScheduleFree):
             "weight_lr_power": float(weight_lr_power),
             "foreach": foreach,
             "fused": fused,
+            "capturable": capturable,
             **_GROUP_STATE,
         }
         super().__init__(params, defaults)
@@ -588,8 +608,8 @@ class AdamWScheduleFree(_ScheduleFree):
         return float(group["betas"][0])
 
     def _step_scalars(
-        self, group: dict[str, Any], k: int, lr: float, c: float, y_step: float
-    ) -> dict[str, float]:
+        self, group: dict[str, Any], k: Scalar, lr: Scalar, c: Scalar, y_step: Scalar
+    ) -> dict[str, Scalar]:
         _, beta2 = group["betas"]
         # 1 - beta2 and the bias correction in Python double, as the reference path has them
         return {
