@@ -301,6 +301,11 @@ def board(tmp_path_factory):
         "Reading: sgd at its default on iris "
         "{{value problem=iris_logreg method=sgd lr=none}}.\n\n{{results}}\n"
     )
+    # the quick variant's own reading (it names no wine run: wine is not in the quick variant)
+    (root / "board.quick.md").write_text(
+        "Quick reading: sgd at its default on iris "
+        "{{value problem=iris_logreg method=sgd lr=none}}.\n\n{{results}}\n"
+    )
     return root
 
 
@@ -380,7 +385,14 @@ def test_quick_runs_the_quick_variant_into_its_own_store(board, monkeypatch) -> 
     assert (outcome.ran, outcome.missing) == (5, 0)
     assert outcome.store == Path("results") / "board-quick.sqlite"
     assert (board / "results" / "board-quick-report" / "report.html").is_file()
-    assert outcome.doc == board / "qdocs" / "board.md"
+    # its own page (never the full study's board.md), read from its own commentary
+    assert outcome.doc == board / "qdocs" / "board-quick.md"
+    assert not (board / "qdocs" / "board.md").exists()
+    page = outcome.doc.read_text()
+    assert page.startswith("# Study `board`") and "Quick reading: sgd at its default" in page
+    assert "Reading: sgd" not in page
+    assert all(f.parent == board / "qdocs" / "board-quick" for f in outcome.figures)
+    assert outcome.figures and "](board-quick/" in page
 
 
 def test_unknown_parts_and_missing_quick_fail_before_running(board, tmp_path) -> None:

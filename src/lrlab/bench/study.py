@@ -25,8 +25,12 @@ One command runs a study end to end::
   ``figures`` (subset of ``["sensitivity", "lr-trajectories", "curves", "refinement",
   "performance-profile"]`` to show in the docs page; the HTML report always has all).
 * ``src/lrlab/bench/presets/NAME.md``: the commentary, Markdown written by hand: what the study
-  asks, the paper's claims, and the honest comparison. Numbers come in through placeholders
-  ``{{KIND key=value ...}}`` (values with spaces in quotes), filled from the store:
+  asks, the paper's claims, and the honest comparison. The quick variant (``--quick``) reads
+  ``NAME.quick.md`` when it exists (its runs are other runs: a reading of the full study's
+  numbers does not hold for them) and writes its own page, ``DIR/NAME-quick.md`` with figures in
+  ``DIR/NAME-quick/``, so that it never replaces the full study's page. Numbers come in
+  through placeholders ``{{KIND key=value ...}}`` (values with spaces in quotes), filled from
+  the store:
 
   ``{{value part=b problem=iris_logreg method=adam lr=0.001}}``
       the mean over seeds of the final metric of that (problem, method label, initial LR);
@@ -135,6 +139,23 @@ def load_study_source(name: str) -> StudySource:
         f"src/lrlab/bench/presets/{name}.toml",
         f"src/lrlab/bench/presets/{name}.md" if commentary else None,
     )
+
+
+def _quick_commentary(source: StudySource) -> dict[str, Any]:
+    """The commentary of the quick variant (``NAME.quick.md``) as fields of a
+    :class:`StudySource`, or nothing when the study has none (the main one serves)."""
+    if source.commentary_path is None:
+        return {}
+    if source.toml_path.startswith("src/lrlab/bench/presets/"):
+        name = Path(source.toml_path).stem
+        entry = resources.files("lrlab.bench") / "presets" / f"{name}.quick.md"
+        path = f"src/lrlab/bench/presets/{name}.quick.md"
+    else:
+        entry = Path(source.toml_path).with_suffix(".quick.md")
+        path = str(entry)
+    if not entry.is_file():
+        return {}
+    return {"commentary": entry.read_text(), "commentary_path": path}
 
 
 def _parts(study: Study) -> list[Study]:
@@ -912,7 +933,7 @@ def run_study(
     if quick:
         if source.study.quick is None:
             raise StudyError(f"study {source.study.name!r} has no quick variant ([quick] table)")
-        source = dataclasses.replace(source, study=source.study.quick)
+        source = dataclasses.replace(source, study=source.study.quick, **_quick_commentary(source))
     study = source.study
     check_study_name(study.name)  # it names files under results/ and the docs directory
     selected = [study.part(part) for part in parts]  # unknown names fail before anything runs
@@ -996,7 +1017,7 @@ def run_study(
 
     # a part run alone leaves the page as it is until the store holds every part's runs
     partial = bool(selected) and missing > 0
-    figure_dir = docs_dir / study.name
+    figure_dir = docs_dir / stem
     if figure_dir.is_dir() and not partial:
         for old in figure_dir.glob("*.png"):
             old.unlink()
@@ -1026,9 +1047,7 @@ def run_study(
             target = figure_dir / (f"{part_name}-{path.name}" if _split(study) else path.name)
             shutil.copyfile(path, target)
             copied.append(target)
-            shown[part_name].append(
-                (f"{study.name}/{target.name}", captions.get(path.name, path.stem))
-            )
+            shown[part_name].append((f"{stem}/{target.name}", captions.get(path.name, path.stem)))
 
     all_records = [r for rs in records.values() for r in rs]
     report_time = time.perf_counter() - report_start
@@ -1104,7 +1123,7 @@ def run_study(
     doc_path: Path | None = None
     if not partial:
         docs_dir.mkdir(parents=True, exist_ok=True)
-        doc_path = docs_dir / f"{study.name}.md"
+        doc_path = docs_dir / f"{stem}.md"
         doc_path.write_text(
             render_doc(source, records, figures=shown, provenance=provenance, command=command)
         )
