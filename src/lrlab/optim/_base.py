@@ -32,7 +32,10 @@ Every lrlab optimizer is a :class:`torch.optim.Optimizer` and adds:
   CLARA learning-rate factor, step counters) are stored as plain Python numbers in *every* param
   group and kept identical, so ``state_dict()`` / ``load_state_dict()`` checkpoint them and a
   resumed run continues bit for bit. Per-parameter tensors live in ``self.state[p]``. No run
-  state lives in instance attributes.
+  state lives in instance attributes. In a *capturable* step (``capturable=True``, the default
+  for CUDA parameters of a method that declares ``capturable_scalars``) they are 0-d tensors
+  on the parameters' device instead, one tensor shared by every group, and ``state_dict()``
+  still writes Python numbers (NOTE [device scalars] in ``_scalars.py``).
 * Bad hyperparameters raise :class:`ValueError` naming the argument, the value and the allowed
   range (see :mod:`lrlab.optim._validation`). Each class declares the check of every per-group
   setting once (``hyperparameters``), and it is applied at construction, in
@@ -340,6 +343,11 @@ def _eager_under_compile(step: Callable[..., Any]) -> Callable[..., Any]:
     nothing changes for an uncompiled step. The compiled kernels of ``fused=True``
     (``_fused.py``) are compiled on their own and still run. While dynamo traces, the native
     CPU kernels are never chosen (``_native.native_eligible``): the ``foreach`` path traces.
+
+    A capturable step (``capturable=True``, NOTE [device scalars] in ``_scalars.py``) is
+    traced too: its global scalars are 0-d tensors, which dynamo takes as graph inputs rather
+    than guarding on their values, and its update reads none of them back
+    (``tests/optim/test_capturable.py`` traces that update with ``fullgraph=True``).
 
     Every traced step keeps one graph break: the non-finite guard's decision
     (NOTE [non-finite policy]) is a host read of a device flag (``_has_nonfinite``), as
