@@ -135,7 +135,8 @@ EAGER: dict[str, str] = {
     "schedulefree-sgd": "host mode recompiles at step 3 (2, 4, 5): guard on the averaging "
     "weight lr_max^2 / weight_sum; capturable=True traces (tests/optim/test_capturable.py)",
     "schedulefree-adamw": "as schedulefree-sgd",
-    "wngrad": "recompiles at step 3 (4, 8, 9); host read float(total) of the b update",
+    "wngrad": "host mode recompiles at step 3 (4, 8, 9); host read float(total) of the b "
+    "update; capturable=True traces (tests/optim/test_capturable.py)",
     "wn-adam": "as wngrad",
 }
 
