@@ -130,11 +130,10 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
     def _finish_init(self, b0: float) -> None:
         # the global accumulator starts at the constructor's b0 (a global scalar, NOTE [global
         # scalars live in param_groups]); per-tensor and per-row ones start at their group's b0
-        first = self.param_groups[0]
-        first["b"] = float(b0)
-        if self.capturable:
-            self._to_device_scalars(first)  # one device tensor, shared by every group
-        self._set_global("b", first["b"])
+        self._set_global("b", float(b0))
+        if self.capturable:  # one device tensor, shared by every group
+            self._to_device_scalars(self.param_groups[0])
+            self._set_global("b", self.param_groups[0]["b"])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; ``granularity`` is a global setting and must match the first group's."""
