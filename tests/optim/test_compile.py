@@ -124,7 +124,8 @@ EAGER: dict[str, str] = {
     "dadapt-adagrad": "recompiles at step 5 (.., 13, 17): guards on d_hat",
     "dog": "recompiles at steps 3 and 4 (4, 8, 9, 10): guards on the running max distance",
     "dowg": "recompiles at steps 3 and 4 (4, 8, 9, 10)",
-    "gradagrad": "recompiles at step 3 (4, 8, 12); host read .tolist() of two sums",
+    "gradagrad": "host mode recompiles at step 3 (4, 8, 12); host read .tolist() of two sums; "
+    "capturable=True traces (tests/optim/test_capturable.py)",
     "l4-mom": "recompiles at step 3 (5, 9, 10); host read .tolist() of loss and <g, v>",
     "l4-adam": "as l4-mom",
     "lossgrad": "needs the closure inside the step: a forward-only evaluation after moving",
@@ -135,7 +136,8 @@ EAGER: dict[str, str] = {
     "schedulefree-sgd": "host mode recompiles at step 3 (2, 4, 5): guard on the averaging "
     "weight lr_max^2 / weight_sum; capturable=True traces (tests/optim/test_capturable.py)",
     "schedulefree-adamw": "as schedulefree-sgd",
-    "wngrad": "recompiles at step 3 (4, 8, 9); host read float(total) of the b update",
+    "wngrad": "host mode recompiles at step 3 (4, 8, 9); host read float(total) of the b "
+    "update; capturable=True traces (tests/optim/test_capturable.py)",
     "wn-adam": "as wngrad",
 }
 

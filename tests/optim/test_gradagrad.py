@@ -25,11 +25,13 @@ def _problem_p_step(optimizer, x) -> None:
     optimizer.step()
 
 
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("foreach", [False, True])
-def test_spec_vector(foreach: bool) -> None:
-    """Spec 9: rho = 2, r = 0.5, gamma0 = 0.1 on P from (1, 1)."""
+def test_spec_vector(foreach: bool, capturable: bool) -> None:
+    """Spec 9: rho = 2, r = 0.5, gamma0 = 0.1 on P from (1, 1); both branches of v (the second
+    step clamps it). Capturable: the branches are a torch.where on 0-d tensors, same numbers."""
     x = torch.tensor([1.0, 1.0], dtype=F64, requires_grad=True)
-    optimizer = GradaGrad([x], lr=0.1, rho=2.0, r=0.5, foreach=foreach)
+    optimizer = GradaGrad([x], lr=0.1, rho=2.0, r=0.5, foreach=foreach, capturable=capturable)
     _problem_p_step(optimizer, x)
     stats = optimizer.statistics()
     assert stats["v"] == pytest.approx(101.0, abs=1e-12)
@@ -112,28 +114,31 @@ def test_rho_zero_is_adagrad_norm() -> None:
         torch.testing.assert_close(p.detach(), ref, rtol=1e-13, atol=1e-15)
 
 
-def test_zero_first_gradient_takes_no_step() -> None:
-    """Guard: while A = 0 the step gamma / sqrt(A) is undefined: no move, no NaN."""
+@pytest.mark.parametrize("capturable", [False, True])
+def test_zero_first_gradient_takes_no_step(capturable: bool) -> None:
+    """Guard: while A = 0 the step gamma / sqrt(A) is undefined: no move, no NaN (a capturable
+    step moves by exactly 0)."""
     x = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
-    optimizer = GradaGrad([x], lr=0.1)
+    optimizer = GradaGrad([x], lr=0.1, capturable=capturable)
     x.grad = torch.zeros(2, dtype=F64)
     optimizer.step()
-    assert optimizer.param_groups[0]["effective_lr"] == 0.0
+    assert float(optimizer.param_groups[0]["effective_lr"]) == 0.0
     assert torch.equal(x.detach(), torch.tensor([1.0, 2.0], dtype=F64))
     x.grad = torch.tensor([3.0, 4.0], dtype=F64)
     optimizer.step()  # now a normalised step of length 0.1
     torch.testing.assert_close(x.detach(), torch.tensor([1 - 0.06, 2 - 0.08], dtype=F64))
 
 
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("fused", [False, True])
-def test_tensor_without_gradient_counts_as_a_zero_gradient(fused: bool) -> None:
+def test_tensor_without_gradient_counts_as_a_zero_gradient(fused: bool, capturable: bool) -> None:
     """Derived vector: tensors a, b with gradients (1,) and (2,) at step 1 (A = 5); at step 2
     only a has a gradient (1,) and b none: v = 1 - 2 * <(1, 0), (1, 2)> = -1, the growth branch
     with gamma *= sqrt(1 + 1/5). At step 3, a has none and b has (2,): b's previous gradient was
     reset, so v = 4 (not 4 - 2 * 4), A = 9."""
     a = torch.zeros(1, dtype=F64, requires_grad=True)
     b = torch.zeros(1, dtype=F64, requires_grad=True)
-    optimizer = GradaGrad([a, b], lr=1.0, r=1.0, fused=fused)
+    optimizer = GradaGrad([a, b], lr=1.0, r=1.0, fused=fused, capturable=capturable)
     a.grad, b.grad = torch.ones(1, dtype=F64), torch.full((1,), 2.0, dtype=F64)
     optimizer.step()
     b.grad = None

@@ -71,13 +71,15 @@ def _wn_adam_reference(steps: int) -> list[tuple[Fraction, Fraction]]:
     return trajectory
 
 
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("foreach", [False, True])
-def test_wn_adam_derived_vector(foreach: bool) -> None:
+def test_wn_adam_derived_vector(foreach: bool, capturable: bool) -> None:
     """Derived vector: f = 0.5 ||x||^2, x0 = (1, 2), b0 = 1, eta = 1, beta = 0.9, computed
     exactly with fractions (step 1 equals WNGrad's, x1 = (5/6, 5/3), b1 = 6; step 2 has
-    b2 = 6 + (125/36) / 6 = 1421/216 and m2 = (13/75, 26/75), bias correction 1 - 0.81)."""
+    b2 = 6 + (125/36) / 6 = 1421/216 and m2 = (13/75, 26/75), bias correction 1 - 0.81).
+    Capturable: b and the step count (its bias correction) are 0-d tensors, the same numbers."""
     x = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
-    optimizer = WNAdam([x], lr=1.0, beta=0.9, foreach=foreach)
+    optimizer = WNAdam([x], lr=1.0, beta=0.9, foreach=foreach, capturable=capturable)
     for step, expected in enumerate(_wn_adam_reference(4)):
         _half_square_step(optimizer, [x])
         torch.testing.assert_close(
@@ -85,6 +87,8 @@ def test_wn_adam_derived_vector(foreach: bool) -> None:
         )
         if step == 1:
             assert optimizer.statistics()["b"] == pytest.approx(1421 / 216, rel=1e-15)
+    assert isinstance(optimizer.state[x]["step"], torch.Tensor) is capturable
+    assert int(optimizer.state[x]["step"]) == 4
 
 
 def _weight_and_bias():
@@ -93,14 +97,16 @@ def _weight_and_bias():
     return weight, bias
 
 
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("cls", [WNGrad, WNAdam])
-def test_granularities_derived_vectors(cls, foreach: bool) -> None:
+def test_granularities_derived_vectors(cls, foreach: bool, capturable: bool) -> None:
     """Derived vectors: W = [[1, 2], [3, 4]], bias = [1], f = 0.5 (||W||^2 + bias^2), lr 1, b0 1.
 
     global: b = 1 + 30 + 1 = 32; tensor: b_W = 31, b_bias = 2; row: b = (1 + 5, 1 + 25) per row
     and the bias is not adapted (b = 1, so it moves by its full gradient to 0). The first step
-    of WN-Adam equals WNGrad's (the bias-corrected momentum is the gradient).
+    of WN-Adam equals WNGrad's (the bias-corrected momentum is the gradient). Capturable: the
+    same numbers with a device step count (and, global, a device b).
     """
     cases = {
         "global": ([[1 - 1 / 32, 2 - 2 / 32], [3 - 3 / 32, 4 - 4 / 32]], 1 - 1 / 32, 1 / 32),
@@ -113,13 +119,21 @@ def test_granularities_derived_vectors(cls, foreach: bool) -> None:
     }
     for granularity, (weight_1, bias_1, effective_lr) in cases.items():
         weight, bias = _weight_and_bias()
-        optimizer = cls([weight, bias], lr=1.0, granularity=granularity, foreach=foreach)
+        optimizer = cls(
+            [weight, bias],
+            lr=1.0,
+            granularity=granularity,
+            foreach=foreach,
+            capturable=capturable,
+        )
         _half_square_step(optimizer, [weight, bias])
         torch.testing.assert_close(
             weight.detach(), torch.tensor(weight_1, dtype=F64), rtol=1e-15, atol=1e-15
         )
         assert bias.item() == pytest.approx(bias_1, abs=1e-15), granularity
-        assert optimizer.param_groups[0]["effective_lr"] == pytest.approx(effective_lr, rel=1e-14)
+        effective = optimizer.param_groups[0]["effective_lr"]
+        assert isinstance(effective, torch.Tensor) is capturable
+        assert float(effective) == pytest.approx(effective_lr, rel=1e-14)
         if granularity == "row":
             torch.testing.assert_close(
                 optimizer.state[weight]["b"], torch.tensor([[6.0], [26.0]], dtype=F64)

@@ -13,7 +13,6 @@ the numerator grows (consecutive gradients agree).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -22,6 +21,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._executor import Pass, Plan, Schema, route
@@ -120,6 +120,12 @@ class GradaGrad(AdaptiveOptimizer):
             viewed flat (non-contiguous, sparse) or are small take the ``foreach`` path.
         sharded: each rank owns a disjoint part of the parameters, so the norms and inner
             products are partial sums to be reduced over ranks (DTensor is detected).
+        capturable: keep :math:`\phi`, :math:`A`, :math:`v` (and ``effective_lr``) as 0-d
+            tensors on the parameters' device, so that the step reads nothing back to the host
+            and ``torch.compile`` traces it without recompiling as they change (NOTE [device
+            scalars] in ``lrlab/optim/_scalars.py``); the branch on the sign of :math:`v` is
+            then a ``torch.where``, and the move runs (by 0) while :math:`A = 0`. None
+            (default): True for CUDA/XPU parameters.
 
     .. note::
         Guards (ours): while :math:`A = 0` (every gradient so far zero) no step is taken
@@ -138,6 +144,12 @@ class GradaGrad(AdaptiveOptimizer):
 
     has_global_statistics: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {"lr_factor": 1.0, "alpha_acc": 0.0, "v": 0.0}
+    #: a capturable step keeps the run state on the device
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = {
+        "lr_factor": float,
+        "alpha_acc": float,
+        "v": float,
+    }
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -156,6 +168,7 @@ class GradaGrad(AdaptiveOptimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         check_positive("lr", lr)
         check_nonnegative("rho", rho)
@@ -169,6 +182,7 @@ class GradaGrad(AdaptiveOptimizer):
             "foreach": foreach,
             "fused": fused,
             "sharded": sharded,
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
@@ -219,33 +233,42 @@ class GradaGrad(AdaptiveOptimizer):
         squares = torch.stack(square_parts).sum() if square_parts else zero
         dot = torch.stack(dot_parts).sum() if dot_parts else zero
         squares, dot = self._reduce_global([squares, dot])
-        grad_sq, grad_dot_prev = torch.stack([squares, dot.to(squares.device)]).tolist()  # 1 sync
+        # host mode: one synchronisation; a capturable step keeps them on the device
+        grad_sq, grad_dot_prev = scalar.entries(
+            torch.stack([squares, dot.to(squares.device)]), self.capturable
+        )
 
-        factor = float(self._get_global("lr_factor"))
-        alpha_acc = float(self._get_global("alpha_acc"))
+        # Python numbers, or 0-d device tensors in a capturable step (NOTE [device scalars]):
+        # both branches are computed, each safe for every input, and one is chosen
+        factor = self._get_global("lr_factor")
+        alpha_acc = self._get_global("alpha_acc")
         v = grad_sq - first["rho"] * grad_dot_prev
-        if v >= 0:
-            alpha_acc += v
-        elif alpha_acc > 0:
-            v = max(v, -first["r"] * alpha_acc)
-            factor *= math.sqrt(1.0 - v / alpha_acc)
-        scale = 1.0 / math.sqrt(alpha_acc) if alpha_acc > 0 else 0.0
+        agree = (v < 0) & (alpha_acc > 0)  # the step grows (no growth while A = 0)
+        # v clipped to [-r A, 0]: 1 - v / A >= 1 in either branch
+        v_agree = scalar.maximum(scalar.minimum(v, 0.0), -first["r"] * alpha_acc)
+        growth = scalar.sqrt(1.0 - scalar.ratio_or_zero(v_agree, alpha_acc))
+        factor = scalar.where(agree, factor * growth, factor)
+        alpha_acc = scalar.where(v >= 0, alpha_acc + v, alpha_acc)
+        v = scalar.where(agree, v_agree, v)
+        scale = scalar.ratio_or_zero(1.0, scalar.sqrt(alpha_acc))  # 0 while A = 0: no step
         for group, params, grads, previous, foreach in pending:
             step_size = group["lr"] * factor * scale
             group["effective_lr"] = step_size
+            # a capturable step moves by 0 while A = 0 rather than branch on a device scalar
+            moves = self.capturable or step_size > 0
             if foreach:
-                if step_size > 0:
-                    torch._foreach_add_(params, grads, alpha=-step_size)
+                if moves:
+                    _foreach.add_scaled_(params, grads, -step_size)
                 torch._foreach_copy_(previous, grads)
             else:
                 for p, g, prev in zip(params, grads, previous, strict=True):
-                    if step_size > 0:
-                        p.add_(g, alpha=-step_size)
+                    if moves:
+                        scalar.add_scaled_(p, g, -step_size)
                     prev.copy_(g)
         for group, plan in kernel_pending:
             step_size = group["lr"] * factor * scale
             group["effective_lr"] = step_size
-            if step_size > 0:
+            if self.capturable or step_size > 0:
                 plan.run(_MOVE, {"step_size": step_size})
         self._set_global("lr_factor", factor)
         self._set_global("alpha_acc", alpha_acc)

@@ -20,13 +20,15 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
-from lrlab.optim._base import AdaptiveOptimizer, StateEntry, StepContext
+from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._executor import Pass, Plan, Schema, route
 from lrlab.optim._fused import FusedKernel, check_fused, kernel
 from lrlab.optim._names import resolve_alias
 from lrlab.optim._native import ArrayLengths
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import (
     check_bool,
     check_choice,
@@ -83,9 +85,14 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
 
     has_global_statistics: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {"b": 1.0}
-    #: b per tensor (0-d) or per row (keepdim shape; 0-d for a tensor that is not adapted)
+    #: a capturable step keeps the global b on the device (per-tensor and per-row b are tensors
+    #: already; the step counts that give WN-Adam's bias correction are per tensor, on the host)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = {"b": float}
+    #: b per tensor (0-d) or per row (keepdim shape; 0-d for a tensor that is not adapted); the
+    #: step count is a 0-d tensor in a capturable step
     state_layout: ClassVar[Mapping[str, StateEntry]] = {
-        "b": StateEntry(shapes=lambda p, group: (_b_shape(p, group["granularity"]),))
+        "b": StateEntry(shapes=lambda p, group: (_b_shape(p, group["granularity"]),)),
+        "step": SCALAR_STATE,
     }
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
@@ -124,6 +131,9 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
         # the global accumulator starts at the constructor's b0 (a global scalar, NOTE [global
         # scalars live in param_groups]); per-tensor and per-row ones start at their group's b0
         self._set_global("b", float(b0))
+        if self.capturable:  # one device tensor, shared by every group
+            self._to_device_scalars(self.param_groups[0])
+            self._set_global("b", self.param_groups[0]["b"])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; ``granularity`` is a global setting and must match the first group's."""
@@ -144,8 +154,9 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
         """Update the method's moments (reference path); return the directions."""
         raise NotImplementedError
 
-    def _step_factor(self, group: dict[str, Any], step: int) -> float:
-        """The factor of a tensor's step at its ``step`` count (1, or a bias correction)."""
+    def _step_factor(self, group: dict[str, Any], step: Scalar) -> Scalar:
+        """The factor of a tensor's step at its ``step`` count (1, or a bias correction); the
+        count is a 0-d device tensor in a capturable step."""
         raise NotImplementedError
 
     def _direction_scalars(self, group: dict[str, Any]) -> dict[str, float]:
@@ -174,7 +185,12 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
             state = self.state[p]
             if len(state) == 0:
                 self._init_state(p, state, group)
-            state["step"] += 1
+            # a capturable step counts on the device (a Python int would be a compile guard);
+            # a checkpoint may hold the other mode's form (torch loads a tensor count as float32)
+            count = state["step"]
+            if self.capturable:
+                count = torch.as_tensor(count, dtype=torch.float64, device=p.device)
+            state["step"] = (count if self.capturable else int(count)) + 1
         return params
 
     def _rows(self, params: list[Tensor], with_b: bool) -> list[dict[str, Tensor]]:
@@ -220,14 +236,15 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
             else torch.zeros((), dtype=torch.float64, device=device)
         )
         (total,) = self._reduce_global([total])
-        b = float(self._get_global("b"))
-        b = b + float(total) / b  # the one host synchronisation of the step
+        b = self._get_global("b")  # a Python float, or a 0-d device tensor (capturable)
+        # host mode: float(total) is the one host synchronisation of the step
+        b = b + (total.to(b.dtype) if self.capturable else float(total)) / b
         self._set_global("b", b)
 
         for group, params, plan, rest, grads, foreach in pending:
             eta = group["lr"] / b
             group["effective_lr"] = eta
-            steps = [{"step": -eta * self._factor(group, p)} for p in params]
+            steps = [{"step": -eta * self._factor(group, p)} for p in params]  # 0-d tensors too
             plan.run(self._move, self._move_scalars(group), tensor_scalars=steps)
             if not rest:
                 continue
@@ -237,7 +254,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
                 torch._foreach_add_(rest, torch._foreach_mul(directions, scales))
             else:
                 for p, direction, scale in zip(rest, directions, scales, strict=True):
-                    p.add_(direction, alpha=scale)
+                    scalar.add_scaled_(p, direction, scale)
 
     def _block_step(self, started: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
         """A ``b`` per tensor or per row: :math:`b \\leftarrow b + \\eta^2 \\lVert
@@ -281,8 +298,13 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
                 for i, p, direction, block_b in zip(
                     plan.reference, rest, directions, accumulators, strict=True
                 ):
-                    # b broadcasts over its block (a 0-d tensor, or a keepdim row shape)
-                    p.addcdiv_(direction, block_b.to(p.dtype), value=blocks[i]["step"])
+                    # b broadcasts over its block (a 0-d tensor, or a keepdim row shape); value=
+                    # would read a device scalar back: the same operations, in addcdiv's order
+                    step, block_b = blocks[i]["step"], block_b.to(p.dtype)
+                    if isinstance(step, Tensor):
+                        p.add_(step * direction / block_b)
+                    else:
+                        p.addcdiv_(direction, block_b, value=step)
             # an empty tensor weighs nothing (and its empty b has no mean)
             others = [params[i] for i in (*plan.compiled, *plan.reference) if params[i].numel()]
             if others:
@@ -294,11 +316,13 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
             mean_steps.append(total / sum(p.numel() for p in params))
         if mean_steps:
             values = torch.stack([part.to(mean_steps[0].device) for part in mean_steps])
-            for (group, _), value in zip(started, values.tolist(), strict=True):
-                group["effective_lr"] = float(value)  # the one host synchronisation of the step
+            # host mode: the one host synchronisation of the step (none in a capturable one)
+            entries = scalar.entries(values, self.capturable)
+            for (group, _), value in zip(started, entries, strict=True):
+                group["effective_lr"] = value
 
-    def _factor(self, group: dict[str, Any], p: Tensor) -> float:
-        return self._step_factor(group, int(self.state[p]["step"]))
+    def _factor(self, group: dict[str, Any], p: Tensor) -> Scalar:
+        return self._step_factor(group, self.state[p]["step"])
 
     def _update_blocks(
         self,
@@ -429,6 +453,11 @@ class WNGrad(_WeightNormAccumulator):
         sharded: each rank owns a disjoint part of the parameters, so the global
             :math:`\lVert g\rVert^2` is a partial sum to be reduced over ranks (DTensor is
             detected; per-tensor and per-row blocks need no reduction).
+        capturable: keep the global :math:`b` (and ``effective_lr``) as 0-d tensors on the
+            parameters' device, so that the step reads nothing back to the host and
+            ``torch.compile`` traces it without recompiling as :math:`b` changes (NOTE [device
+            scalars] in ``lrlab/optim/_scalars.py``). None (default): True for CUDA/XPU
+            parameters.
 
     .. note::
         The authors' code adds its ``eps`` *into the accumulator, in place, every step* in the
@@ -454,10 +483,12 @@ class WNGrad(_WeightNormAccumulator):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         defaults = self._common_defaults(lr, b0, granularity, weight_decay, sharded)
         defaults["foreach"] = foreach
         defaults["fused"] = check_fused(fused, foreach)
+        defaults["capturable"] = capturable
         super().__init__(params, defaults)
         self._finish_init(b0)
 
@@ -466,7 +497,7 @@ class WNGrad(_WeightNormAccumulator):
     ) -> list[Tensor]:
         return grads
 
-    def _step_factor(self, group: dict[str, Any], step: int) -> float:
+    def _step_factor(self, group: dict[str, Any], step: Scalar) -> Scalar:
         return 1.0
 
     def _direction_scalars(self, group: dict[str, Any]) -> dict[str, float]:
@@ -522,7 +553,7 @@ class WNAdam(_WeightNormAccumulator):
         lr: :math:`\eta`, in (0, inf). Default 1.0 (the authors' WN-Adam class).
         momentum: momentum :math:`\beta`, in [0, 1). Default 0.9. ``beta`` (the paper's
             name) is accepted as an alias; schedulers write ``momentum``.
-        b0, granularity, weight_decay, foreach, sharded: as :class:`WNGrad`.
+        b0, granularity, weight_decay, foreach, sharded, capturable: as :class:`WNGrad`.
         fused: as :class:`WNGrad` (native multi-tensor kernels on CPU float32/float64
             tensors, one call per pass; see :mod:`lrlab.optim._native`; elsewhere the compiled
             kernels); the momentum is updated in the first pass (it does not depend on
@@ -556,6 +587,7 @@ class WNAdam(_WeightNormAccumulator):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         defaults = self._common_defaults(lr, b0, granularity, weight_decay, sharded)
         beta = resolve_alias("momentum", momentum, "beta", beta, 0.9)
@@ -567,6 +599,7 @@ class WNAdam(_WeightNormAccumulator):
                 "beta": beta,
                 "foreach": foreach,
                 "fused": check_fused(fused, foreach),
+                "capturable": capturable,
             }
         )
         super().__init__(params, defaults)
@@ -587,7 +620,7 @@ class WNAdam(_WeightNormAccumulator):
                 m.lerp_(g, 1 - group["beta"])
         return exp_avgs
 
-    def _step_factor(self, group: dict[str, Any], step: int) -> float:
+    def _step_factor(self, group: dict[str, Any], step: Scalar) -> Scalar:
         return 1.0 / (1.0 - group["beta"] ** step)  # t counted per tensor
 
     def _direction_scalars(self, group: dict[str, Any]) -> dict[str, float]:
