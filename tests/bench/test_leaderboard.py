@@ -325,6 +325,22 @@ def test_parts_run_apart_and_merge_into_one_leaderboard(board) -> None:
     # 2 problems x (sgd 2 LRs + default, dadapt-adam default + 2 d0) x 2 seeds; iris ran only
     assert (first.ran, first.runs, first.missing) == (12, 12, 12)
     assert first.doc is None and not (board / "docs").exists()  # the page waits for every part
+    # built without --part while wine is unfinished: iris alone, wine named, not ranked
+    early = run_study(
+        str(board / "board.toml"),
+        store=board / "iris.sqlite",
+        report_dir=board / "r0",
+        run=False,
+        docs=board / "early-docs",
+        show_progress=False,
+        command="lrlab study board",
+    )
+    assert early.unfinished == [("wine", 0, 12)] and early.missing == 0
+    page = early.doc.read_text()
+    header = next(line for line in page.splitlines() if line.startswith("| method | iris_logreg"))
+    assert "wine_logreg" not in header and "wine_logreg" not in page.split("## How")[0]
+    assert "**Not on this page yet: part `wine`** (0 of its 12 runs stored)" in page
+    assert "`lrlab study board --part wine` finishes it" in page
     second = run_study(
         str(board / "board.toml"),
         store=board / "wine.sqlite",

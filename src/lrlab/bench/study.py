@@ -816,6 +816,21 @@ class StudyOutcome:
     report_wall_time_s: float
     lost: int = 0
     errors: list[str] = field(default_factory=list)
+    unfinished: list[tuple[str, int, int]] = field(default_factory=list)
+    """Declared parts left out of the page because their runs are not all stored yet:
+    ``(part, runs stored, runs of the part)`` (see :func:`run_study`)."""
+
+
+def _unfinished_parts(study: Study, stored: set[str]) -> list[tuple[str, int, int]]:
+    """The declared parts of ``study`` whose runs are not all in ``stored``:
+    ``(name, stored, expected)``."""
+    unfinished = []
+    for part in study.parts:
+        ids = {c.run_id for c in part.configs()}
+        have = len(ids & stored)
+        if have < len(ids):
+            unfinished.append((part.name, have, len(ids)))
+    return unfinished
 
 
 def _figure_kind(name: str) -> str:
@@ -1014,9 +1029,21 @@ def run_study(
         for part_name, part in part_by_name.items():
             records[part_name], part_missing = _part_records(part, db)
             missing += part_missing
+        unfinished = _unfinished_parts(study, db.run_ids()) if missing and not selected else []
 
     # a part run alone leaves the page as it is until the store holds every part's runs
     partial = bool(selected) and missing > 0
+    if unfinished and len(unfinished) < len(study.parts):
+        # the page built without --part while a long part is still running: its few runs would
+        # rank a handful of methods on its problems, so the part is left out and named instead
+        dropped = {
+            problem.name for name, _, _ in unfinished for problem in study.part(name).problems
+        }
+        for part_name in records:
+            records[part_name] = [r for r in records[part_name] if r.config.problem not in dropped]
+        missing -= sum(expected - have for _, have, expected in unfinished)
+    else:
+        unfinished = []
     figure_dir = docs_dir / stem
     if figure_dir.is_dir() and not partial:
         for old in figure_dir.glob("*.png"):
@@ -1076,6 +1103,13 @@ def run_study(
         + ".",
         "",
     ]
+    for name, have, expected in unfinished:
+        provenance += [
+            f"**Not on this page yet: part `{name}`** ({have} of its {expected} runs stored). "
+            "A part is left out of every table, figure and verdict until all its runs are "
+            f"stored; `{command} --part {name}` finishes it (the store resumes).",
+            "",
+        ]
     if timing:
         machines = sorted({str(t.get("machine", "?")) for t in timing})
         loads: list[list[float]] = [
@@ -1139,4 +1173,5 @@ def run_study(
         report_wall_time_s=report_time,
         lost=lost,
         errors=errors,
+        unfinished=unfinished,
     )
