@@ -595,7 +595,9 @@ class DAdaptAdam(_DAdaptation):
         numerator = root_beta2 * numerator + (1 - root_beta2) * increment
         d_hat, d = self._next_d(lr, d, numerator, (1 - root_beta2) * s_l1)
 
-        # x -= omega lam x [decouple] + m / (sqrt(v) + eps); a skipped step's m is zero
+        # x -= omega lam x [decouple] + m / (sqrt(v) + eps); a skipped capturable step zeroes
+        # both terms: the kernels' rows take part, so their m is zero (s_l1 = 0), the others'
+        # (lr 0 everywhere) need not be
         for group, plan, two_passes in plans:
             eps, weight_decay = group["eps"], group["weight_decay"]
             decay = scalar.where(skip, 0.0, weight_decay * lam)
@@ -606,7 +608,10 @@ class DAdaptAdam(_DAdaptation):
                 denominator = v.sqrt().add_(eps)
                 if weight_decay != 0 and decouple:
                     scalar.add_scaled_(p, p, -decay)
-                p.addcdiv_(m, denominator, value=-1)
+                if scalar.is_device(skip):
+                    p.addcdiv_(m * scalar.where(skip, 0.0, -1.0), denominator)
+                else:
+                    p.addcdiv_(m, denominator, value=-1)
             step_size = float(group["layer_scale"]) * lam if group["lr"] > 0 else 0.0
             group["effective_lr"] = scalar.where(skip, 0.0, step_size)
         self._set_globals(skip, numerator_weighted=numerator, s_l1=s_l1, d_hat=d_hat, d=d, k=k + 1)
