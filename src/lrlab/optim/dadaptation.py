@@ -269,26 +269,12 @@ class DAdaptSGD(_DAdaptation):
         if not capturable and k == 0:
             # ||g0|| is needed before the first gradient enters s: reduce it with the squared
             # norm of the (decayed) gradient, from which ||s_1||^2 = lambda_0^2 ||g'_0||^2
-            raw = [plan.rows[i]["grad"] for _, plan in live for i in plan.reference]
-            decayed = [
-                weight_decayed(plan.rows[i]["grad"], plan.rows[i]["p"], group["weight_decay"])
-                for group, plan in live
-                for i in plan.reference
-            ]
-            raw_sq = [(g * g).sum() for g in raw]
-            decayed_sq = [(g * g).sum() for g in decayed]
-            for group, plan in live:
-                norms = plan.run(_SGD_NORMS, {"weight_decay": group["weight_decay"]})
-                raw_sq += norms.parts("raw_sq")
-                decayed_sq += norms.parts("decayed_sq")
+            raw_sq, decayed_sq, decayed = self._norms(live, decay=True)
             g0_sq, decayed_sq_total = self._global_sums(raw_sq, decayed_sq)
             g0_norm = math.sqrt(g0_sq)
-            if g0_norm == 0.0:  # the package divides by it (ZeroDivisionError)
-                self._stops(True)
-                return
-            lam = d * lr / g0_norm
+            lam = scalar.ratio_or_zero(d * lr, g0_norm)
             s_sq = lam * lam * decayed_sq_total
-            if s_sq == 0.0:
+            if g0_norm == 0.0 or s_sq == 0.0:  # the package divides by ||g0|| = 0
                 self._stops(True)
                 return
             sums = [plan.rows[i]["s"] for _, plan in live for i in plan.reference]
@@ -302,7 +288,8 @@ class DAdaptSGD(_DAdaptation):
             if capturable:
                 # no branch on k (NOTE [D-Adaptation capturable step]): ||g|| every step, kept
                 # as ||g0|| where k == 0; s_0 = 0 makes the rest of the first step this branch
-                g0_norm = scalar.where(k == 0, scalar.sqrt(self._raw_sq(live)), g0_norm)
+                (g0_sq,) = self._global_sums(self._norms(live, decay=False)[0])
+                g0_norm = scalar.where(k == 0, scalar.sqrt(g0_sq), g0_norm)
             lam = scalar.ratio_or_zero(d * lr, g0_norm)  # lam = 0 while ||g0|| is 0: skipped
             dots, squares = [], []
             for group, plan in live:
@@ -342,27 +329,26 @@ class DAdaptSGD(_DAdaptation):
                 else:
                     scalar.add_scaled_(p.mul_(1.0 - c), x0 - s, c)
             group["effective_lr"] = scalar.where(skip, 0.0, lam) if group["lr"] > 0 else 0.0
-        self._set_globals(
-            skip,
-            numerator_weighted=numerator,
-            s_norm=scalar.sqrt(s_sq),
-            g0_norm=g0_norm,
-            d_hat=d_hat,
-            d=d,
-            k=k + 1,
-        )
+        self._set_globals(skip, numerator_weighted=numerator, g0_norm=g0_norm, d_hat=d_hat)
+        self._set_globals(skip, s_norm=scalar.sqrt(s_sq), d=d, k=k + 1)
 
-    def _raw_sq(self, live: list[tuple[dict[str, Any], Plan]]) -> Scalar:
-        """This step's ``||g||^2`` without weight decay (the package's ``||g0||``), reduced."""
-        parts = [
-            (plan.rows[i]["grad"] * plan.rows[i]["grad"]).sum()
-            for _, plan in live
-            for i in plan.reference
+    def _norms(
+        self, live: list[tuple[dict[str, Any], Plan]], decay: bool
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The parts of this step's ``||g||^2`` without weight decay (the package's ``||g0||``)
+        and, with ``decay``, of ``||g'||^2`` with the decayed gradients ``g'`` of the reference
+        rows (in the parts' order: the reference rows of every group, then the kernels')."""
+        rows = [
+            (plan.rows[i], group["weight_decay"]) for group, plan in live for i in plan.reference
         ]
+        raw_sq = [(row["grad"] * row["grad"]).sum() for row, _ in rows]
+        decayed = [weight_decayed(row["grad"], row["p"], wd) for row, wd in rows if decay]
+        decayed_sq = [(g * g).sum() for g in decayed]
         for group, plan in live:
-            parts += plan.run(_SGD_NORMS, {"weight_decay": group["weight_decay"]}).parts("raw_sq")
-        (total,) = self._global_sums(parts)
-        return total
+            norms = plan.run(_SGD_NORMS, {"weight_decay": group["weight_decay"]})
+            raw_sq += norms.parts("raw_sq")
+            decayed_sq += norms.parts("decayed_sq")
+        return raw_sq, decayed_sq, decayed
 
     def _initial_state(self, p: Tensor) -> dict[str, Tensor]:
         return {"s": torch.zeros_like(p), "x0": p.detach().clone()}
@@ -917,9 +903,8 @@ class DAdaptAdaGrad(_DAdaptation):
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
         first = self.param_groups[0]
-        k, d, g_weighted, s_sq, l1 = self._globals(
-            "k", "d", "gsq_weighted", "sksq_weighted", "skl1"
-        )
+        k, d = self._globals("k", "d")
+        g_weighted, s_sq, l1 = self._globals("gsq_weighted", "sksq_weighted", "skl1")
         lam = d * lr
 
         # the accumulators and the changes of the three sums behind d_hat; the package lets
