@@ -11,13 +11,14 @@ helpers of their reference loops. Each method's update stays in its own module.
 
 NOTE [D-Adaptation global scalars]
 ``d``, the step counter ``k`` and the running sums are method-global: they live as plain Python
-numbers in every param group (see NOTE [global scalars live in param_groups] in ``_base.py``), so
-``state_dict()`` resumes bit for bit. Settings that shape the global estimate (``growth_rate``,
-``d_coef``, ``d0``, the betas, ...) are read from the first group, as in the packages; unlike the
-packages, a param group that gives a *different* value for one of them is rejected with a
-``ValueError`` instead of being silently ignored. Per-group settings: ``lr`` (the largest or 0),
-``weight_decay``, ``eps`` and the method's own (DAdaptAdam's ``layer_scale``, Prodigy's
-``safeguard_warmup`` and ``slice_p``).
+numbers (0-d device tensors in a capturable step) in every param group (see NOTE [global
+scalars live in param_groups] in ``_base.py``), so ``state_dict()`` resumes bit for bit.
+Settings that shape the global estimate (``growth_rate``, ``d_coef``, ``d0``, the betas, ...)
+are read from the first group, as in the packages; unlike the packages, a param group that
+gives a *different* value for one of them is rejected with a ``ValueError`` instead of being
+silently ignored. Per-group settings: ``lr`` (the largest or 0), ``weight_decay``, ``eps`` and
+the method's own (DAdaptAdam's ``layer_scale``, Prodigy's ``safeguard_warmup`` and
+``slice_p``).
 
 NOTE [D-Adaptation learning rates across groups]
 The step uses ``lr = max(group lr)``; every group's ``lr`` must equal that value or be 0 (else a
@@ -45,16 +46,17 @@ checks both paths against each other in float64 to rtol 1e-12).
 
 NOTE [D-Adaptation capturable step]
 With ``capturable=True`` (NOTE [device scalars] in ``_scalars.py``; the default for CUDA
-parameters) every run-state global above is a 0-d tensor on the parameters' device and the step
-reads none of them back: the branches on them become :func:`~lrlab.optim._scalars.where`. The
-step that made no progress (its statistic's total is 0: all-zero gradients, or ``lr`` 0
-everywhere) is then not a Python ``return``: every pass runs, the parameter update runs with
-its coefficients zeroed (``x`` keeps its value: its direction is finite and zero-weighted, or
-zero), ``effective_lr`` is 0, and every global keeps its old value (:meth:`DistanceEstimator.
-_set_globals`). The host numbers are kept to float rounding (tests/optim/test_capturable.py).
-Two methods pay for the lost branch: DAdaptSGD reduces ``||g_0||`` every step (one more read of
-the gradients, and under sharding one more collective) and takes it where ``k == 0``; Prodigy
-keeps a full copy of ``x_0`` for an all-zero tensor (its 0-d form needs a host read to choose).
+parameters) every run-state global above is a 0-d tensor on the parameters' device, one tensor
+shared by every group, and the step reads none of them back: a branch on one becomes
+:func:`~lrlab.optim._scalars.where`. A step that makes no progress (the total that ``d_hat``
+divides by is 0: all-zero gradients, or ``lr`` 0 everywhere) is then no Python ``return``:
+every pass runs, the parameter update runs with its coefficients zeroed (so ``x`` keeps its
+value), ``effective_lr`` is 0 and every global keeps its old value (``_set_globals``). The host
+numbers hold to float rounding (tests/optim/test_capturable.py,
+tests/optim/test_dadaptation_capturable.py). Two methods pay for the lost branch: DAdaptSGD
+reduces ``||g||`` every step (one more read of the gradients, and one more collective when
+sharded) and keeps it as ``||g0||`` where ``k == 0``; Prodigy keeps a full ``x0`` for an
+all-zero tensor (its 0-d form is chosen by a host read).
 """
 
 from __future__ import annotations
