@@ -119,9 +119,12 @@ EAGER: dict[str, str] = {
     "agadam": "as alera",
     "spalera": "recompiles at step 3 (5, 9, 13); host read .tolist() of the step's sums",
     "clara-auto": "recompiles at step 3 (5, 7, 9); host read float() of the reduced sums",
-    "dadapt-sgd": "recompiles at steps 3, 4, 5 (5, 10, 15, 20, 21): guards on k and d_hat",
-    "dadapt-adam": "recompiles at step 3 (5, 10, 15): guards on d_hat",
-    "dadapt-adagrad": "recompiles at step 5 (.., 13, 17): guards on d_hat",
+    "dadapt-sgd": "recompiles at steps 3, 4, 5 (5, 10, 15, 20, 21): guards on k and d_hat; "
+    "capturable=True traces (tests/optim/test_capturable.py)",
+    "dadapt-adam": "recompiles at step 3 (5, 10, 15): guards on d_hat; "
+    "capturable=True traces (tests/optim/test_capturable.py)",
+    "dadapt-adagrad": "recompiles at step 5 (.., 13, 17): guards on d_hat; "
+    "capturable=True traces (tests/optim/test_capturable.py)",
     "dog": "recompiles at steps 3 and 4 (4, 8, 9, 10): guards on the running max distance",
     "dowg": "recompiles at steps 3 and 4 (4, 8, 9, 10)",
     "gradagrad": "host mode recompiles at step 3 (4, 8, 12); host read .tolist() of two sums; "
@@ -132,7 +135,8 @@ EAGER: dict[str, str] = {
     "mechanic": "recompiles at step 3 (6, 12, 18); the base's torch step breaks; host read of "
     "four dots",
     "momo-adam": "recompiles at step 3 (5, 9, 10)",
-    "prodigy": "recompiles at step 3 (12, 20, 31): guards on d, d_hat and k",
+    "prodigy": "recompiles at step 3 (12, 20, 31): guards on d, d_hat and k; "
+    "capturable=True traces (tests/optim/test_capturable.py)",
     "schedulefree-sgd": "host mode recompiles at step 3 (2, 4, 5): guard on the averaging "
     "weight lr_max^2 / weight_sum; capturable=True traces (tests/optim/test_capturable.py)",
     "schedulefree-adamw": "as schedulefree-sgd",

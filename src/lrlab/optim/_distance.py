@@ -11,13 +11,14 @@ helpers of their reference loops. Each method's update stays in its own module.
 
 NOTE [D-Adaptation global scalars]
 ``d``, the step counter ``k`` and the running sums are method-global: they live as plain Python
-numbers in every param group (see NOTE [global scalars live in param_groups] in ``_base.py``), so
-``state_dict()`` resumes bit for bit. Settings that shape the global estimate (``growth_rate``,
-``d_coef``, ``d0``, the betas, ...) are read from the first group, as in the packages; unlike the
-packages, a param group that gives a *different* value for one of them is rejected with a
-``ValueError`` instead of being silently ignored. Per-group settings: ``lr`` (the largest or 0),
-``weight_decay``, ``eps`` and the method's own (DAdaptAdam's ``layer_scale``, Prodigy's
-``safeguard_warmup`` and ``slice_p``).
+numbers (0-d device tensors in a capturable step) in every param group (see NOTE [global
+scalars live in param_groups] in ``_base.py``), so ``state_dict()`` resumes bit for bit.
+Settings that shape the global estimate (``growth_rate``, ``d_coef``, ``d0``, the betas, ...)
+are read from the first group, as in the packages; unlike the packages, a param group that
+gives a *different* value for one of them is rejected with a ``ValueError`` instead of being
+silently ignored. Per-group settings: ``lr`` (the largest or 0), ``weight_decay``, ``eps`` and
+the method's own (DAdaptAdam's ``layer_scale``, Prodigy's ``safeguard_warmup`` and
+``slice_p``).
 
 NOTE [D-Adaptation learning rates across groups]
 The step uses ``lr = max(group lr)``; every group's ``lr`` must equal that value or be 0 (else a
@@ -42,6 +43,20 @@ cost more than a pass over memory (every large allocation page-faults): ``||s||_
 written into the temporary that ``sqrt`` allocated, and DAdaptSGD's ``x = x0 - s`` written in
 place. Its results differ from the reference path by float rounding only (the conformance suite
 checks both paths against each other in float64 to rtol 1e-12).
+
+NOTE [D-Adaptation capturable step]
+With ``capturable=True`` (NOTE [device scalars] in ``_scalars.py``; the default for CUDA
+parameters) every run-state global above is a 0-d tensor on the parameters' device, one tensor
+shared by every group, and the step reads none of them back: a branch on one becomes
+:func:`~lrlab.optim._scalars.where`. A step that makes no progress (the total that ``d_hat``
+divides by is 0: all-zero gradients, or ``lr`` 0 everywhere) is then no Python ``return``:
+every pass runs, the parameter update runs with its coefficients zeroed (so ``x`` keeps its
+value), ``effective_lr`` is 0 and every global keeps its old value (``_set_globals``). The host
+numbers hold to float rounding (tests/optim/test_capturable.py,
+tests/optim/test_dadaptation_capturable.py). Two methods pay for the lost branch: DAdaptSGD
+reduces ``||g||`` every step (one more read of the gradients, and one more collective when
+sharded) and keeps it as ``||g0||`` where ``k == 0``; Prodigy keeps a full ``x0`` for an
+all-zero tensor (its 0-d form is chosen by a host read).
 """
 
 from __future__ import annotations
@@ -55,8 +70,10 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer
+from lrlab.optim._scalars import Scalar
 
 __all__: list[str] = []
 
@@ -72,13 +89,19 @@ def sharding(fsdp_in_use: bool, sharded: bool) -> bool:
     return check.check_bool("fsdp_in_use", fsdp_in_use) | check.check_bool("sharded", sharded)
 
 
-def bias_correction(group: Mapping[str, Any], k: int) -> float:
+def device_scalars(global_defaults: Mapping[str, float | int]) -> dict[str, type]:
+    """A method's ``capturable_scalars``: every global of its run state, typed as its default
+    (NOTE [D-Adaptation capturable step])."""
+    return {key: type(value) for key, value in global_defaults.items()}
+
+
+def bias_correction(group: Mapping[str, Any], k: Scalar) -> Scalar:
     r"""Adam's :math:`\sqrt{1 - \beta_2^{k+1}} / (1 - \beta_1^{k+1})` with
-    ``use_bias_correction``, else 1."""
+    ``use_bias_correction``, else 1 (``k`` may be a device scalar)."""
     if not group["use_bias_correction"]:
         return 1.0
     beta1, beta2 = group["betas"]
-    return math.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1))
+    return scalar.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1))
 
 
 def weight_decayed(grad: Tensor, p: Tensor, weight_decay: float) -> Tensor:
@@ -127,7 +150,15 @@ class DistanceEstimator(AdaptiveOptimizer):
         # group that overrides one would otherwise hide an invalid default); betas as a tuple
         self.check_hyperparameters(defaults)
         super().__init__(params, {key: _as_setting(value) for key, value in defaults.items()})
-        self._set_global("d", float(defaults["d0"]))
+        self._set_initial("d", float(defaults["d0"]))
+
+    def _set_initial(self, key: str, value: float) -> None:
+        """Set a global at construction, as a device scalar in a capturable step (one tensor
+        shared by every group)."""
+        current = self._get_global(key)
+        self._set_global(
+            key, torch.full_like(current, value) if scalar.is_device(current) else value
+        )
 
     # -- param groups -------------------------------------------------------------------------
 
@@ -195,20 +226,42 @@ class DistanceEstimator(AdaptiveOptimizer):
             total = total + part.to(device=device, dtype=dtype)
         return total
 
-    def _global_floats(self, *partials: Sequence[Tensor]) -> list[float]:
+    def _globals(self, *keys: str) -> list[Scalar]:
+        """The current values of global scalars: Python numbers of their default's type, or the
+        device scalars themselves in a capturable step."""
+        first = self.param_groups[0]
+        if self.capturable:
+            return [first[key] for key in keys]
+        return [type(self.global_defaults[key])(first[key]) for key in keys]
+
+    def _global_sums(self, *partials: Sequence[Tensor]) -> list[Scalar]:
         """The totals of this step's partial increments (one list of parts per statistic),
         reduced over ranks (one collective, every rank) and brought to the host (the one
-        synchronisation of the step)."""
+        synchronisation of the step); in a capturable step 0-d tensors in the globals' dtype
+        (the host's Python floats are doubles), read by nobody."""
         dtype, _ = self._statistic_dtype_and_device()
         reduced = self._reduce_global([self._total(parts) for parts in partials])
-        return [float(v) for v in torch.stack([v.to(dtype) for v in reduced]).tolist()]
+        totals = torch.stack([v.to(dtype) for v in reduced])
+        if self.capturable:
+            totals = totals.to(self._get_global("d").dtype)
+        return scalar.entries(totals, self.capturable)
 
-    def _skip_step(self) -> None:
+    def _stops(self, skip: bool | Tensor) -> bool:
+        """Whether the step ends here, a no-op: on the host when ``skip`` holds (after setting
+        every ``effective_lr`` to 0); a capturable step never ends early, it carries the device
+        flag on (NOTE [D-Adaptation capturable step])."""
+        if scalar.is_device(skip) or not skip:
+            return False
         for group in self.param_groups:
             group["effective_lr"] = 0.0
+        return True
 
-    def _set_globals(self, **values: float) -> None:
+    def _set_globals(self, skip: bool | Tensor, **values: Scalar) -> None:
+        """Store the step's new globals; where the device flag ``skip`` holds, the old ones
+        (the host returned before this call when it held)."""
         for key, value in values.items():
+            if scalar.is_device(skip):
+                value = scalar.where(skip, self._get_global(key), value)
             self._set_global(key, value)
 
     def _statistics(self) -> dict[str, float]:

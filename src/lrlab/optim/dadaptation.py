@@ -30,11 +30,13 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import StepContext
 from lrlab.optim._distance import (
     DistanceEstimator,
     bias_correction,
+    device_scalars,
     fast_path,
     l1_norm,
     sharding,
@@ -43,6 +45,7 @@ from lrlab.optim._distance import (
 from lrlab.optim._executor import Pass, Plan, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import check_int, check_positive
 
 __all__ = ["DAdaptAdaGrad", "DAdaptAdam", "DAdaptSGD"]
@@ -78,16 +81,17 @@ class _DAdaptation(DistanceEstimator):
         return rows
 
     def _next_d(
-        self, lr: float, d: float, numerator: float, denominator: float
-    ) -> tuple[float, float]:
+        self, lr: float, d: Scalar, numerator: Scalar, denominator: Scalar
+    ) -> tuple[Scalar, Scalar]:
         r"""``(d_hat, d)`` after this step: :math:`\hat d = c_d N / D` and
         :math:`d_{k+1} = \max(d_k, \min(\hat d, \rho\, d_k))`, so ``d`` never decreases nor grows
-        faster than ``growth_rate``; both are kept while every group's lr is 0."""
+        faster than ``growth_rate``; both are kept while every group's lr is 0 (``D = 0``, only
+        in a skipped capturable step, gives 0)."""
         first = self.param_groups[0]
         if not lr > 0:
-            return float(first["d_hat"]), d
-        d_hat = float(first["d_coef"]) * numerator / denominator
-        return d_hat, max(d, min(d_hat, d * float(first["growth_rate"])))
+            return self._globals("d_hat")[0], d
+        d_hat = scalar.ratio_or_zero(float(first["d_coef"]) * numerator, denominator)
+        return d_hat, scalar.maximum(d, scalar.minimum(d_hat, d * float(first["growth_rate"])))
 
 
 _COMMON_INVALID = (
@@ -176,6 +180,12 @@ class DAdaptSGD(_DAdaptation):
             :mod:`lrlab.optim._native`), two passes over memory (the dual sum with its two
             sums, then the parameter update, which waits for the step's skip decision). Other
             tensors (CUDA, bfloat16, non-contiguous) take the fast eager path.
+        capturable: keep ``d``, the step counter and the running sums as 0-d tensors on the
+            parameters' device, so that the step reads nothing back to the host and
+            ``torch.compile`` traces it without recompiling as they change (NOTE [device
+            scalars] in ``lrlab/optim/_scalars.py``, NOTE [D-Adaptation capturable step]).
+            None (default): True for CUDA/XPU parameters. Without a branch on ``k`` this step
+            reduces ``||g||`` every step (one more read of the gradients).
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.1, 1.7), identical numbers otherwise:
@@ -203,6 +213,8 @@ class DAdaptSGD(_DAdaptation):
         "g0_norm": 0.0,
         "k": 0,
     }
+    #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = device_scalars(global_defaults)
     global_settings = (*DistanceEstimator.global_settings, "momentum")
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -225,6 +237,7 @@ class DAdaptSGD(_DAdaptation):
         sharded: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        capturable: bool | None = None,
     ) -> None:
         # the settings kept in the groups are checked by the declared rules
         check_positive("lr", lr)
@@ -239,55 +252,45 @@ class DAdaptSGD(_DAdaptation):
             "sharded": sharding(fsdp_in_use, sharded),
             "foreach": foreach,
             "fused": check_fused(fused, foreach),
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
         first = self.param_groups[0]
-        k, d = int(first["k"]), float(first["d"])
-        numerator = float(first["numerator_weighted"])
+        capturable = self.capturable
+        k, d, numerator, g0_norm = self._globals("k", "d", "numerator_weighted", "g0_norm")
         plans = [
             (group, route(group, self._rows(group), _SGD_PASSES)) for group in self.param_groups
         ]
         live = [(group, plan) for group, plan in plans if group["lr"] > 0]
 
-        if k == 0:
+        if not capturable and k == 0:
             # ||g0|| is needed before the first gradient enters s: reduce it with the squared
             # norm of the (decayed) gradient, from which ||s_1||^2 = lambda_0^2 ||g'_0||^2
-            raw = [plan.rows[i]["grad"] for _, plan in live for i in plan.reference]
-            decayed = [
-                weight_decayed(plan.rows[i]["grad"], plan.rows[i]["p"], group["weight_decay"])
-                for group, plan in live
-                for i in plan.reference
-            ]
-            raw_sq = [(g * g).sum() for g in raw]
-            decayed_sq = [(g * g).sum() for g in decayed]
-            for group, plan in live:
-                norms = plan.run(_SGD_NORMS, {"weight_decay": group["weight_decay"]})
-                raw_sq += norms.parts("raw_sq")
-                decayed_sq += norms.parts("decayed_sq")
-            g0_sq, decayed_sq_total = self._global_floats(raw_sq, decayed_sq)
+            raw_sq, decayed_sq, decayed = self._norms(live, decay=True)
+            g0_sq, decayed_sq_total = self._global_sums(raw_sq, decayed_sq)
             g0_norm = math.sqrt(g0_sq)
-            if g0_norm == 0.0:  # the package divides by it (ZeroDivisionError)
-                self._skip_step()
-                return
-            lam = d * lr / g0_norm
+            lam = scalar.ratio_or_zero(d * lr, g0_norm)
             s_sq = lam * lam * decayed_sq_total
-            if s_sq == 0.0:
-                self._skip_step()
+            if g0_norm == 0.0 or s_sq == 0.0:  # the package divides by ||g0|| = 0
+                self._stops(True)
                 return
             sums = [plan.rows[i]["s"] for _, plan in live for i in plan.reference]
             for s, g in zip(sums, decayed, strict=True):
-                s.add_(g, alpha=lam)
+                scalar.add_scaled_(s, g, lam)
             for group, plan in live:
                 # s is zero: its sums are not needed, s_1 = lam g'_0 is
                 plan.run(_SGD_DUAL, {"weight_decay": group["weight_decay"], "lam": lam})
             # s_0 = 0, so the numerator gets no increment and d_hat = 0 at the first step
-            self._set_global("g0_norm", g0_norm)
         else:
-            g0_norm = float(first["g0_norm"])
-            lam = d * lr / g0_norm
+            if capturable:
+                # no branch on k (NOTE [D-Adaptation capturable step]): ||g|| every step, kept
+                # as ||g0|| where k == 0; s_0 = 0 makes the rest of the first step this branch
+                (g0_sq,) = self._global_sums(self._norms(live, decay=False)[0])
+                g0_norm = scalar.where(k == 0, scalar.sqrt(g0_sq), g0_norm)
+            lam = scalar.ratio_or_zero(d * lr, g0_norm)  # lam = 0 while ||g0|| is 0: skipped
             dots, squares = [], []
             for group, plan in live:
                 fast = fast_path(group)
@@ -295,39 +298,57 @@ class DAdaptSGD(_DAdaptation):
                     p, grad, s = plan.rows[i]["p"], plan.rows[i]["grad"], plan.rows[i]["s"]
                     g = weight_decayed(grad, p, group["weight_decay"])
                     dots.append(_foreach.total_dot([g], [s]) * lam)
-                    s.add_(g, alpha=lam)
+                    scalar.add_scaled_(s, g, lam)
                     flat = s.reshape(-1)
                     squares.append(torch.dot(flat, flat) if fast else (s * s).sum())
                 dual = plan.run(_SGD_DUAL, {"weight_decay": group["weight_decay"], "lam": lam})
                 dots += dual.parts("dot")
                 squares += dual.parts("s_sq")
-            increment, s_sq = self._global_floats(dots, squares)
-            if s_sq == 0.0:  # nothing took part (lr 0 everywhere, or zero gradients)
-                self._skip_step()
-                return
-            numerator += increment
+            increment, s_sq = self._global_sums(dots, squares)
+            numerator = numerator + increment
+        # nothing took part (lr 0 everywhere, or zero gradients)
+        skip = s_sq == 0.0
+        if self._stops(skip):
+            return
 
         # twice the paper's bound, as the package since v1 (spec 1.0)
-        d_hat, d = self._next_d(lr, d, 2.0 * numerator, math.sqrt(s_sq))
+        d_hat, d = self._next_d(lr, d, 2.0 * numerator, scalar.sqrt(s_sq))
 
-        # x = (1 - c) x + c z, z = x0 - s
-        c = 1.0 - float(first["momentum"])
+        # x = (1 - c) x + c z, z = x0 - s; c = 0 keeps x in a skipped capturable step
+        c = scalar.where(skip, 0.0, 1.0 - float(first["momentum"]))
         for group, plan in plans:
             plan.run(_SGD_STEP, {"c": c})
             fast = fast_path(group)
             for i in plan.reference:
                 p, x0, s = plan.rows[i]["p"], plan.rows[i]["x0"], plan.rows[i]["s"]
-                if fast and c == 1.0:
+                if fast and not capturable and c == 1.0:
                     # x = z = x0 - s written in place: no temporary, no pass over the old x
                     torch.sub(x0, s, out=p)
                 elif fast:
-                    p.mul_(1.0 - c).add_(x0, alpha=c).sub_(s, alpha=c)
+                    scalar.add_scaled_(scalar.add_scaled_(p.mul_(1.0 - c), x0, c), s, -c)
                 else:
-                    p.mul_(1.0 - c).add_(x0 - s, alpha=c)
-            group["effective_lr"] = lam if group["lr"] > 0 else 0.0
-        self._set_globals(
-            numerator_weighted=numerator, s_norm=math.sqrt(s_sq), d_hat=d_hat, d=d, k=k + 1
-        )
+                    scalar.add_scaled_(p.mul_(1.0 - c), x0 - s, c)
+            group["effective_lr"] = scalar.where(skip, 0.0, lam) if group["lr"] > 0 else 0.0
+        self._set_globals(skip, numerator_weighted=numerator, g0_norm=g0_norm, d_hat=d_hat)
+        self._set_globals(skip, s_norm=scalar.sqrt(s_sq), d=d, k=k + 1)
+
+    def _norms(
+        self, live: list[tuple[dict[str, Any], Plan]], decay: bool
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The parts of this step's ``||g||^2`` without weight decay (the package's ``||g0||``)
+        and, with ``decay``, of ``||g'||^2`` with the decayed gradients ``g'`` of the reference
+        rows (in the parts' order: the reference rows of every group, then the kernels')."""
+        rows = [
+            (plan.rows[i], group["weight_decay"]) for group, plan in live for i in plan.reference
+        ]
+        raw_sq = [(row["grad"] * row["grad"]).sum() for row, _ in rows]
+        decayed = [weight_decayed(row["grad"], row["p"], wd) for row, wd in rows if decay]
+        decayed_sq = [(g * g).sum() for g in decayed]
+        for group, plan in live:
+            norms = plan.run(_SGD_NORMS, {"weight_decay": group["weight_decay"]})
+            raw_sq += norms.parts("raw_sq")
+            decayed_sq += norms.parts("decayed_sq")
+        return raw_sq, decayed_sq, decayed
 
     def _initial_state(self, p: Tensor) -> dict[str, Tensor]:
         return {"s": torch.zeros_like(p), "x0": p.detach().clone()}
@@ -416,6 +437,7 @@ class DAdaptAdam(_DAdaptation):
             Default None: the native kernels wherever they run (built once per machine,
             cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
             first step pays the compilation); False takes neither.
+        capturable: as :class:`DAdaptSGD` (no extra work here).
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.2, 1.7): ``p.grad`` is never modified (the
@@ -440,6 +462,8 @@ class DAdaptAdam(_DAdaptation):
         "s_l1": 0.0,
         "k": 0,
     }
+    #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = device_scalars(global_defaults)
     global_settings = (
         *DistanceEstimator.global_settings,
         "betas",
@@ -473,6 +497,7 @@ class DAdaptAdam(_DAdaptation):
         sharded: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        capturable: bool | None = None,
     ) -> None:
         # the settings kept in the groups are checked by the declared rules
         check_positive("lr", lr)
@@ -491,13 +516,14 @@ class DAdaptAdam(_DAdaptation):
             "sharded": sharding(fsdp_in_use, sharded),
             "foreach": foreach,
             "fused": check_fused(fused, foreach),
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
         first = self.param_groups[0]
-        k, d = int(first["k"]), float(first["d"])
+        k, d, numerator = self._globals("k", "d", "numerator_weighted")
         beta1, beta2 = first["betas"]
         decouple = bool(first["decouple"])
         lam = d * lr * bias_correction(first, k)
@@ -540,34 +566,41 @@ class DAdaptAdam(_DAdaptation):
                 scaled = torch.div(s, scaled, out=scaled) if fast else s.div(scaled)
                 inner.append(_foreach.total_dot([g], [scaled]) * (r * lam))
                 del scaled
-                m.mul_(beta1).add_(g, alpha=r * lam * (1 - beta1))
+                scalar.add_scaled_(m.mul_(beta1), g, r * lam * (1 - beta1))
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                s.mul_(root_beta2).add_(g, alpha=lam * (1 - root_beta2))
+                scalar.add_scaled_(s.mul_(root_beta2), g, lam * (1 - root_beta2))
                 l1.append(l1_norm(s, fast) * r)
             result = plan.run(moments, scalars)
             inner += result.parts("dot")
             l1 += result.parts("s_l1")
 
-        increment, s_l1 = self._global_floats(inner, l1)
-        if s_l1 == 0.0:  # no progress: the package returns here, before its collective
-            self._skip_step()
+        increment, s_l1 = self._global_sums(inner, l1)
+        skip = s_l1 == 0.0  # no progress: the package returns here, before its collective
+        if self._stops(skip):
             return
-        numerator = root_beta2 * float(first["numerator_weighted"]) + (1 - root_beta2) * increment
+        numerator = root_beta2 * numerator + (1 - root_beta2) * increment
         d_hat, d = self._next_d(lr, d, numerator, (1 - root_beta2) * s_l1)
 
-        # x -= omega lam x [decouple] + m / (sqrt(v) + eps)
+        # x -= omega lam x [decouple] + m / (sqrt(v) + eps); a skipped capturable step zeroes
+        # both terms: the kernels' rows take part, so their m is zero (s_l1 = 0), the others'
+        # (lr 0 everywhere) need not be
         for group, plan, two_passes in plans:
             eps, weight_decay = group["eps"], group["weight_decay"]
+            decay = scalar.where(skip, 0.0, weight_decay * lam)
             if two_passes:
-                plan.run(_ADAM_STEP, {"decay": weight_decay * lam, "eps": eps})
+                plan.run(_ADAM_STEP, {"decay": decay, "eps": eps})
             for i in plan.reference:
                 p, m, v = plan.rows[i]["p"], plan.rows[i]["m"], plan.rows[i]["v"]
                 denominator = v.sqrt().add_(eps)
                 if weight_decay != 0 and decouple:
-                    p.add_(p, alpha=-weight_decay * lam)
-                p.addcdiv_(m, denominator, value=-1)
-            group["effective_lr"] = float(group["layer_scale"]) * lam if group["lr"] > 0 else 0.0
-        self._set_globals(numerator_weighted=numerator, s_l1=s_l1, d_hat=d_hat, d=d, k=k + 1)
+                    scalar.add_scaled_(p, p, -decay)
+                if scalar.is_device(skip):
+                    p.addcdiv_(m * scalar.where(skip, 0.0, -1.0), denominator)
+                else:
+                    p.addcdiv_(m, denominator, value=-1)
+            step_size = float(group["layer_scale"]) * lam if group["lr"] > 0 else 0.0
+            group["effective_lr"] = scalar.where(skip, 0.0, step_size)
+        self._set_globals(skip, numerator_weighted=numerator, s_l1=s_l1, d_hat=d_hat, d=d, k=k + 1)
 
     def _initial_state(self, p: Tensor) -> dict[str, Tensor]:
         return {key: torch.zeros_like(p) for key in ("s", "exp_avg", "exp_avg_sq")}
@@ -800,6 +833,7 @@ class DAdaptAdaGrad(_DAdaptation):
             Default None: the native kernels wherever they run (built once per machine,
             cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
             first step pays the compilation); False takes neither.
+        capturable: as :class:`DAdaptSGD` (no extra work here).
 
     .. note::
         Deviations from ``dadaptation==3.2`` (spec 1.3): the package reads ``lr`` from the first
@@ -824,6 +858,8 @@ class DAdaptAdaGrad(_DAdaptation):
         "skl1": 0.0,
         "k": 0,
     }
+    #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = device_scalars(global_defaults)
     global_settings = (*DistanceEstimator.global_settings, "momentum")
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -845,6 +881,7 @@ class DAdaptAdaGrad(_DAdaptation):
         d_coef: float = 1.0,
         sharded: bool = False,
         fused: bool | None = None,
+        capturable: bool | None = None,
     ) -> None:
         # the settings kept in the groups are checked by the declared rules
         check_positive("lr", lr)
@@ -859,13 +896,15 @@ class DAdaptAdaGrad(_DAdaptation):
             "d_coef": d_coef,
             "sharded": sharded,
             "fused": check_fused(fused, None),
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
         first = self.param_groups[0]
-        k, d = int(first["k"]), float(first["d"])
+        k, d = self._globals("k", "d")
+        g_weighted, s_sq, l1 = self._globals("gsq_weighted", "sksq_weighted", "skl1")
         lam = d * lr
 
         # the accumulators and the changes of the three sums behind d_hat; the package lets
@@ -889,7 +928,7 @@ class DAdaptAdaGrad(_DAdaptation):
                 alpha.add_(g * g)
                 metric = alpha.sqrt().add_(eps)
                 weighted_g.append((g * g).div_(metric).sum())
-                s.add_(g, alpha=lam)
+                scalar.add_scaled_(s, g, lam)
                 changes_s.append((s * s).div_(metric).sum() - old_s_sq)
                 changes_l1.append(s.abs().sum() - old_l1)
             scalars = {"weight_decay": weight_decay, "eps": eps, "lam": lam}
@@ -902,31 +941,32 @@ class DAdaptAdaGrad(_DAdaptation):
             changes_s += result.native_totals(lambda sum: sum("new_s_sq") - sum("old_s_sq"))
             changes_l1 += result.native_totals(lambda sum: sum("new_l1") - sum("old_l1"))
 
-        change_s, change_l1, g_sq = self._global_floats(changes_s, changes_l1, weighted_g)
-        s_sq = float(first["sksq_weighted"]) + change_s
-        l1 = float(first["skl1"]) + change_l1
-        if l1 == 0.0:  # no progress (the package returns here too)
-            self._skip_step()
+        change_s, change_l1, g_sq = self._global_sums(changes_s, changes_l1, weighted_g)
+        s_sq = s_sq + change_s
+        l1 = l1 + change_l1
+        skip = l1 == 0.0  # no progress (the package returns here too)
+        if self._stops(skip):
             return
-        g_weighted = float(first["gsq_weighted"]) + lam * lam * g_sq
+        g_weighted = g_weighted + lam * lam * g_sq
         d_hat, d = self._next_d(lr, d, s_sq - g_weighted, l1)
 
-        # x = (1 - c) x + c z, z = x0 - s / (sqrt(alpha) + eps)
+        # x = (1 - c) x + c z, z = x0 - s / (sqrt(alpha) + eps); c = 0 keeps x when skipped
         momentum = float(first["momentum"])
-        c = 1.0 - momentum
+        c = scalar.where(skip, 0.0, 1.0 - momentum)
         for group, plan in plans:
             eps = group["eps"]
             plan.run(_ADAGRAD_MOVE, {"eps": eps, "c": c})
             for i in plan.reference:
                 p, x0, s, alpha = (plan.rows[i][key] for key in ("p", "x0", "s", "alpha"))
                 z = x0 - s.div(alpha.sqrt().add_(eps))
-                if momentum != 0:
-                    p.mul_(1.0 - c).add_(z, alpha=c)
+                if momentum != 0 or scalar.is_device(c):
+                    scalar.add_scaled_(p.mul_(1.0 - c), z, c)
                 else:
                     p.copy_(z)
-            group["effective_lr"] = lam if group["lr"] == lr and lr > 0 else 0.0
+            taking_part = group["lr"] == lr and lr > 0
+            group["effective_lr"] = scalar.where(skip, 0.0, lam) if taking_part else 0.0
         self._set_globals(
-            gsq_weighted=g_weighted, sksq_weighted=s_sq, skl1=l1, d_hat=d_hat, d=d, k=k + 1
+            skip, gsq_weighted=g_weighted, sksq_weighted=s_sq, skl1=l1, d_hat=d_hat, d=d, k=k + 1
         )
 
     def _initial_state(self, p: Tensor) -> dict[str, Tensor]:

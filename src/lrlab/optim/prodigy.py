@@ -33,11 +33,13 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import StateEntry, StepContext
 from lrlab.optim._distance import (
     DistanceEstimator,
     bias_correction,
+    device_scalars,
     fast_path,
     l1_norm,
     sharding,
@@ -46,6 +48,7 @@ from lrlab.optim._distance import (
 from lrlab.optim._executor import Pass, Plan, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import check_positive
 
 __all__ = ["Prodigy"]
@@ -167,6 +170,12 @@ class Prodigy(DistanceEstimator):
             Default None: the native kernels wherever they run (built once per machine,
             cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
             first step pays the compilation); False takes neither.
+        capturable: keep ``d``, ``d_max``, the step counter and the sums as 0-d tensors on the
+            parameters' device, so that the step reads nothing back to the host and
+            ``torch.compile`` traces it without recompiling as they change (NOTE [device
+            scalars] in ``lrlab/optim/_scalars.py``, NOTE [D-Adaptation capturable step] in
+            :mod:`lrlab.optim._distance`). None (default): True for CUDA/XPU parameters. An
+            all-zero tensor then keeps a full :math:`x_0` (choosing the 0-d form reads a flag).
 
     .. note::
         Deviations from ``prodigyopt==1.1.2`` (spec 2.2), identical numbers otherwise:
@@ -214,6 +223,8 @@ class Prodigy(DistanceEstimator):
         "d_denom": 0.0,
         "k": 0,
     }
+    #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = device_scalars(global_defaults)
     global_settings = (
         *DistanceEstimator.global_settings,
         "betas",
@@ -252,6 +263,7 @@ class Prodigy(DistanceEstimator):
         sharded: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        capturable: bool | None = None,
     ) -> None:
         # the settings kept in the groups are checked by the declared rules
         check_positive("lr", lr)
@@ -271,9 +283,10 @@ class Prodigy(DistanceEstimator):
             "sharded": sharding(fsdp_in_use, sharded),
             "foreach": foreach,
             "fused": check_fused(fused, foreach),
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
-        self._set_global("d_max", float(d0))
+        self._set_initial("d_max", float(d0))
 
     def _init_states(self) -> None:
         """State of the parameters seen for the first time (one host sync, first step only)."""
@@ -289,7 +302,12 @@ class Prodigy(DistanceEstimator):
         device = fresh[0][1].device
         # an all-zero tensor (e.g. a LoRA factor) keeps a 0-d x0, as in the package: it
         # broadcasts in <g, x0 - x> and saves the memory of a copy
-        nonzero = torch.stack([p.detach().ne(0).any().to(device) for _, p in fresh]).tolist()
+        # (a capturable step keeps the copy: choosing would read the flags back)
+        nonzero = (
+            [True] * len(fresh)
+            if self.capturable
+            else torch.stack([p.detach().ne(0).any().to(device) for _, p in fresh]).tolist()
+        )
         for (group, p), any_nonzero in zip(fresh, nonzero, strict=True):
             state = self.state[p]
             sliced = p.detach().reshape(-1)[:: group["slice_p"]]
@@ -312,7 +330,7 @@ class Prodigy(DistanceEstimator):
     def _update(self, context: StepContext) -> None:
         lr = self._common_lr()
         first = self.param_groups[0]
-        k, d, d_max = int(first["k"]), float(first["d"]), float(first["d_max"])
+        k, d, d_max, numerator, d_hat = self._globals("k", "d", "d_max", "d_numerator", "d_hat")
         d0 = float(first["d0"])
         beta1, beta2 = first["betas"]
         beta3 = math.sqrt(beta2) if first["beta3"] is None else float(first["beta3"])
@@ -356,36 +374,44 @@ class Prodigy(DistanceEstimator):
             distances += fast.parts("distance")
             l1 += fast.parts("l1")
 
-        increment, denominator = self._global_floats(distances, l1)
-        if denominator == 0.0:  # no progress: skip on every rank, after the collective
-            self._skip_step()
+        increment, denominator = self._global_sums(distances, l1)
+        skip = denominator == 0.0  # no progress: skip on every rank, after the collective
+        if self._stops(skip):
             return
-        numerator = beta3 * float(first["d_numerator"]) + increment
-        d_hat = float(first["d_hat"])
+        numerator = beta3 * numerator + increment
         if lr > 0:
-            d_hat = float(first["d_coef"]) * numerator / denominator
-            if d == d0:  # the first increase is not limited by growth_rate
-                d = max(d, d_hat)
-            d_max = max(d_max, d_hat)
-            d = min(d_max, d * float(first["growth_rate"]))
+            d_hat = scalar.ratio_or_zero(float(first["d_coef"]) * numerator, denominator)
+            # the first increase is not limited by growth_rate
+            d = scalar.where(d == d0, scalar.maximum(d, d_hat), d)
+            d_max = scalar.maximum(d_max, d_hat)
+            d = scalar.minimum(d_max, d * float(first["growth_rate"]))
 
-        # x -= omega lam x [decouple] + lam m / (sqrt(v) + d_{k+1} eps)
+        # x -= omega lam x [decouple] + lam m / (sqrt(v) + d_{k+1} eps); a skipped capturable
+        # step zeroes the coefficients (its eps stays positive)
         for group, plan in plans:
             weight_decay = group["weight_decay"]
             scalars = {
-                "decoupled_decay": -weight_decay * lam if decouple else 0.0,
+                "decoupled_decay": scalar.where(skip, 0.0, -weight_decay * lam)
+                if decouple
+                else 0.0,
                 # the raw gradient (beta1 = 0) is the one with coupled decay
                 "coupled_decay": weight_decay if beta1 == 0 and not decouple else 0.0,
-                "step": -lam if beta1 > 0 else -lam * d,
+                "step": scalar.where(skip, 0.0, -lam if beta1 > 0 else -lam * d),
                 "eps": d * group["eps"],
             }
             plan.run(_STEP, scalars)
             for index in plan.reference:
                 self._move_reference(group, plan.rows[index], scalars)
         for group in self.param_groups:
-            group["effective_lr"] = lam if group["lr"] > 0 else 0.0
+            group["effective_lr"] = scalar.where(skip, 0.0, lam) if group["lr"] > 0 else 0.0
         self._set_globals(
-            d_numerator=numerator, d_denom=denominator, d_hat=d_hat, d_max=d_max, d=d, k=k + 1
+            skip,
+            d_numerator=numerator,
+            d_denom=denominator,
+            d_hat=d_hat,
+            d_max=d_max,
+            d=d,
+            k=k + 1,
         )
 
     def _arrays(self, p: Tensor, grad: Tensor, beta1: float) -> dict[str, Tensor]:
@@ -400,32 +426,41 @@ class Prodigy(DistanceEstimator):
         return arrays
 
     def _moments_reference(
-        self, group: dict[str, Any], arrays: Mapping[str, Tensor], c: dict[str, float]
+        self, group: dict[str, Any], arrays: Mapping[str, Tensor], c: dict[str, Scalar]
     ) -> tuple[Tensor, Tensor]:
         """The moments pass of one parameter (the package's operations); returns its
         increments of r and of ||s||_1."""
         grad, p, slice_p = arrays["grad"], arrays["p"], group["slice_p"]
-        g = grad if c["coupled_decay"] == 0 else weight_decayed(grad, p, c["coupled_decay"])
+        g = grad if c["coupled_decay"] == 0 else weight_decayed(grad, p, float(c["coupled_decay"]))
         g_hat = g.reshape(-1)[::slice_p]
         x_hat = p.detach().reshape(-1)[::slice_p]
         distance = torch.dot(g_hat, arrays["p0"] - x_hat) * c["distance_scale"]
         if "m" in arrays:
-            arrays["m"].mul_(c["beta1"]).add_(g, alpha=c["m_scale"])
-        arrays["v"].mul_(c["beta2"]).addcmul_(g, g, value=c["v_scale"])
-        arrays["s"].mul_(c["beta3"]).add_(g_hat, alpha=c["s_scale"])
+            scalar.add_scaled_(arrays["m"].mul_(c["beta1"]), g, c["m_scale"])
+        v_scale = c["v_scale"]
+        if isinstance(v_scale, Tensor):  # a device scalar: value= would read it back
+            arrays["v"].mul_(c["beta2"]).add_(g * g * v_scale)
+        else:
+            arrays["v"].mul_(c["beta2"]).addcmul_(g, g, value=v_scale)
+        scalar.add_scaled_(arrays["s"].mul_(c["beta3"]), g_hat, c["s_scale"])
         return distance, l1_norm(arrays["s"], fast_path(group))
 
     def _move_reference(
-        self, group: dict[str, Any], arrays: Mapping[str, Tensor], c: dict[str, float]
+        self, group: dict[str, Any], arrays: Mapping[str, Tensor], c: dict[str, Scalar]
     ) -> None:
         """The update of one parameter (the package's operations)."""
         p, direction = arrays["p"], arrays["direction"]
         if c["coupled_decay"] != 0:
-            direction = weight_decayed(direction, p, c["coupled_decay"])
+            direction = weight_decayed(direction, p, float(c["coupled_decay"]))
         denom = arrays["v"].sqrt().add_(c["eps"])
-        if c["decoupled_decay"] != 0:
-            p.add_(p, alpha=c["decoupled_decay"])
-        p.addcdiv_(direction, denom, value=c["step"])
+        decay, step = c["decoupled_decay"], c["step"]
+        # a device scalar is applied unread (it is 0 where the host would skip the term)
+        if isinstance(decay, Tensor) or decay != 0:
+            scalar.add_scaled_(p, p, decay)
+        if isinstance(step, Tensor):
+            p.addcdiv_(direction * step, denom)
+        else:
+            p.addcdiv_(direction, denom, value=step)
 
 
 # -- the passes' kernels (see :mod:`lrlab.optim._executor`) -------------------------------------
