@@ -476,6 +476,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             group[key] = template[key] if template is not None else default
         group.setdefault("effective_lr", 0.0)
         if capturable is not None:
+            self._capturable_mode = capturable
             group["capturable"] = capturable
             if capturable:
                 self._to_device_scalars(group)
@@ -491,7 +492,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             if setting is not None:
                 return bool(setting)
             return any(isinstance(p, Tensor) and p.device.type in ("cuda", "xpu") for p in params)
-        mode = bool(self.param_groups[0]["capturable"])
+        mode = self.capturable
         if setting is not None and setting != mode:
             raise ValueError(
                 f"{type(self).__name__}: a param group with capturable={setting!r} cannot join "
@@ -503,8 +504,13 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     @property
     def capturable(self) -> bool:
         """Whether the step keeps the method's global scalars as 0-d tensors on the
-        parameters' device and never reads one back (NOTE [device scalars])."""
-        return bool(self.param_groups and self.param_groups[0].get("capturable") is True)
+        parameters' device and never reads one back (NOTE [device scalars]).
+
+        An attribute, not the groups' ``capturable`` key: while dynamo traces a torch optimizer
+        it shows that key as True in every group (``_set_capturable`` in
+        ``torch/_dynamo/variables/optimizer.py``, torch 2.13), which would trace a host step
+        as a capturable one."""
+        return bool(getattr(self, "_capturable_mode", False))
 
     def _to_device_scalars(self, group: dict[str, Any]) -> None:
         """Turn the group's declared scalars into 0-d tensors on its parameters' device
