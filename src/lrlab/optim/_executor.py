@@ -95,14 +95,15 @@ class Schema:
             )
         return tuple(_scalar(named[name]) for name in self.scalars)
 
-    def row(self, named: Mapping[str, float]) -> tuple[float, ...]:
-        """One tensor's per-tensor scalars in the schema's order."""
+    def row(self, named: Mapping[str, float | Tensor]) -> tuple[float | Tensor, ...]:
+        """One tensor's per-tensor scalars in the schema's order (a 0-d tensor kept, as in
+        :meth:`values`)."""
         if set(named) != set(self.tensor_scalars):
             raise ValueError(
                 f"schema {self.struct}: tensor scalars {sorted(named)}, expected "
                 f"{list(self.tensor_scalars)}"
             )
-        return tuple(float(named[name]) for name in self.tensor_scalars)
+        return tuple(_scalar(named[name]) for name in self.tensor_scalars)
 
     def read(self, c: Tensor) -> dict[str, Tensor]:
         """The scalars tensor of a compiled kernel call by name (``c["beta1"]``), as 0-d
@@ -271,7 +272,7 @@ class Plan:
         step: Pass,
         named: Mapping[str, float | Tensor],
         *,
-        tensor_scalars: Sequence[Mapping[str, float]] | None = None,
+        tensor_scalars: Sequence[Mapping[str, float | Tensor]] | None = None,
         compiled: bool = True,
         only: Sequence[int] | None = None,
     ) -> PassResult:
@@ -293,7 +294,10 @@ class Plan:
             per_tensor = None
             if schema.tensor_scalars:
                 assert tensor_scalars is not None, f"{schema.struct} needs tensor scalars"
-                per_tensor = [schema.row(tensor_scalars[i]) for i in chosen]
+                # read on the CPU, as the pass's scalars below
+                per_tensor = [
+                    tuple(float(v) for v in schema.row(tensor_scalars[i])) for i in chosen
+                ]
             assert step._kernel is not None
             # a device scalar of a capturable step on the CPU: reading it costs no device sync
             host = [float(value) for value in values]
@@ -312,10 +316,16 @@ class Plan:
             like = row[names[0]]
             # a compiled call takes its tensor scalars after the pass's (one tensor per call)
             own = schema.row(tensor_scalars[i]) if tensor_scalars is not None else ()
-            key = (like.device, like.dtype, own)
-            if key not in result._constants:
-                result._constants[key] = scalars((*values, *own), like)
-            out = step.compiled(*(flat(row[name]) for name in names), result._constants[key])
+            if any(isinstance(value, Tensor) for value in own):
+                # a capturable step's per-tensor device scalars (a step count's bias correction):
+                # the tensor's own vector, stacked on the device
+                constants = scalars((*values, *own), like)
+            else:
+                key = (like.device, like.dtype, own)
+                if key not in result._constants:
+                    result._constants[key] = scalars((*values, *own), like)
+                constants = result._constants[key]
+            out = step.compiled(*(flat(row[name]) for name in names), constants)
             names = schema.sums if step.compiled_sums is None else step.compiled_sums
             if names:
                 parts = out if isinstance(out, tuple) else (out,)
