@@ -110,9 +110,10 @@ BREAKS: dict[str, tuple[int, dict[tuple[str, str], str]]] = {
 # changes. Keeping them as 0-d tensors (the capturable form) removes both the guards and the
 # host reads; that is a change in each method module.
 EAGER: dict[str, str] = {
-    "clara-sgd": "recompiles at step 3 (frames 3, 7, 8); host read float(reference) == 0",
-    "clara-adam": "recompiles at step 3 (4, 9, 10); host read float(reference) == 0, a "
-    "torch.Generator made inside the step",
+    "clara-sgd": "host mode recompiles at step 3 (frames 3, 7, 8); host read float(reference) "
+    "== 0; capturable=True traces (tests/optim/test_capturable.py)",
+    "clara-adam": "host mode recompiles at step 3 (4, 8, 9); host read float(reference) == 0; "
+    "capturable=True traces (tests/optim/test_capturable.py)",
     "alera": "dynamo fails mid-step ('Guard failed on the same frame it was created') on "
     "exp(min(x, 700)) of the Python-float learning-rate factor, state half written",
     "salera": "as alera",
