@@ -130,6 +130,7 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
         "lr_factor": float,
         "path_ratio": float,
     }
+    capturable_counts: ClassVar[tuple[str, ...]] = ("step",)
     has_global_statistics: ClassVar[bool] = True
     #: the passes (set below the kernels) and the state tensors their arrays name besides
     #: "grad" and "p"
@@ -277,16 +278,8 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
         )
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
-        state["step"] = self._step_count(p, 0)
+        state["step"] = self._new_count(p)
         state["path"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-
-    def _step_count(self, p: Tensor, count: int) -> int | Tensor:
-        """A tensor's step count as the mode keeps it: an int, or a 0-d tensor on its device in
-        the global scalars' dtype (a capturable step)."""
-        if not self.capturable:
-            return count
-        dtype = self._get_global("lr_factor").dtype
-        return torch.tensor(float(count), dtype=dtype, device=p.device)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -307,23 +300,8 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
             for p in group["params"]:
                 self._stationary_reference(group, p.numel())
 
-    def state_dict(self) -> dict[str, Any]:
-        """The checkpoint, with every tensor's step count as an int (a capturable step keeps
-        it on the device), so that it loads in either mode."""
-        state = super().state_dict()
-        state["state"] = {
-            index: {**entry, "step": int(entry["step"])} if "step" in entry else entry
-            for index, entry in state["state"].items()
-        }
-        return state
-
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        # the step counts in this optimizer's mode (ints in the checkpoint)
-        for p in self._params():
-            state = self.state.get(p)
-            if state and "step" in state:
-                state["step"] = self._step_count(p, int(state["step"]))
         self._cache_references()
 
     def _reference_sum(self, updated: list[tuple[dict[str, Any], int, Scalar]]) -> Scalar:
