@@ -75,7 +75,8 @@ BREAKS: dict[str, tuple[int, dict[tuple[str, str], str]]] = {
         4,
         {
             GUARD: "the non-finite guard",
-            ("momo.py", "_update"): "one .tolist() of the step's sums",
+            ("_scalars.py", "entries"): "one .tolist() of the step's sums (momo.py _update, "
+            "host mode; capturable=True has none: tests/optim/test_capturable.py)",
         },
     ),
     "sps": (
@@ -131,7 +132,8 @@ EAGER: dict[str, str] = {
     "lossgrad": "needs the closure inside the step: a forward-only evaluation after moving",
     "mechanic": "recompiles at step 3 (6, 12, 18); the base's torch step breaks; host read of "
     "four dots",
-    "momo-adam": "recompiles at step 3 (5, 9, 10)",
+    "momo-adam": "host mode recompiles at step 3 (5, 9, 10); capturable=True traces "
+    "(tests/optim/test_capturable.py)",
     "prodigy": "recompiles at step 3 (12, 20, 31): guards on d, d_hat and k",
     "schedulefree-sgd": "host mode recompiles at step 3 (2, 4, 5): guard on the averaging "
     "weight lr_max^2 / weight_sum; capturable=True traces (tests/optim/test_capturable.py)",
