@@ -6,9 +6,12 @@ import math
 
 import pytest
 import torch
+import torch._dynamo
+from torch._dynamo.testing import CompileCounter
 
 from lrlab.optim import ClaraAdam, ClaraSGD
 from lrlab.optim.clara import adam_noise_reference, sgd_noise_reference
+from tests.optim._problems import loss_at, make_params
 
 TOL = {"rtol": 0, "atol": 5e-10}  # the spec rounds to 10 significant digits
 
@@ -256,3 +259,31 @@ def test_native_fused_matches_the_loop_with_own_step_counts(cls, kwargs, native_
     passes = ("sgd_norms", "sgd_move") if cls is ClaraSGD else ("adam_moments", "adam_move")
     assert ran == {f"native:clara.clara_{name}" for name in passes}
     assert all(status[name] == "native" for name in ran)
+
+
+def test_capturable_adam_meets_a_new_reference_size_inside_a_traced_step() -> None:
+    """A capturable step counts each tensor's steps in 0-d tensors; when a tensor has no
+    gradient the "total" reference needs a size not estimated at construction, which the traced
+    step estimates eager (no Generator in the graph); a checkpoint holds the counts as ints."""
+    kwargs = {"lr": 0.05, "reference_sum": "total", "transient_correction": True}
+    params_h, params_c = make_params(), make_params()
+    host = ClaraAdam(params_h, capturable=False, **kwargs)
+    device = ClaraAdam(params_c, capturable=True, **kwargs)
+    torch._dynamo.reset()
+    step = torch.compile(device.step, backend=CompileCounter())
+    for i in range(5):
+        for params, run in ((params_h, host.step), (params_c, step)):
+            for p in params:
+                p.grad = None
+            loss_at(params, i, unused=(1,) if i in (2, 3) else ()).backward()
+            run()
+    for a, b in zip(params_h, params_c, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+    assert device.statistics()["lr_factor"] == pytest.approx(
+        host.statistics()["lr_factor"], rel=1e-12
+    )
+    assert isinstance(device.state[params_c[1]]["step"], torch.Tensor)
+    assert float(device.state[params_c[1]]["step"]) == 3
+    saved = device.state_dict()["state"]
+    assert [saved[i]["step"] for i in range(3)] == [5, 3, 5]
+    assert all(type(saved[i]["step"]) is int for i in range(3))

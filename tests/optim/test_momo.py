@@ -15,12 +15,13 @@ import pytest
 import torch
 
 import lrlab.optim as lo
-from lrlab.optim import Momo, MomoAdam
+from lrlab.optim import Momo, MomoAdam, _scalars
 from tests.optim._native_checks import (
     assert_independent_of_the_thread_count,
     assert_native_follows_the_loop,
 )
 from tests.optim._oracle import PROBLEMS, max_trajectory_error, one_group, two_groups
+from tests.optim._problems import loss_at, make_params
 
 F64 = torch.float64
 ORACLE_RTOL = 1e-9
@@ -357,3 +358,44 @@ def test_native_kernels_follow_the_for_loop_across_dtypes_and_groups(
     close as each path is to the float64 trajectory (~1e-4 here)."""
     rtol, stats_rtol = (1e-4, 1e-3) if mixed else (1e-11, 1e-11)
     assert_native_follows_the_loop(name, mixed, rtol=rtol, stats_rtol=stats_rtol)
+
+
+@pytest.mark.parametrize("cls", [Momo, MomoAdam])
+def test_capturable_step_takes_the_host_branches(cls, monkeypatch) -> None:
+    """The device step decides by selects what the host step decides by ``if``: a zero first
+    gradient (||d||^2 = 0, so tau = lr / rho) and, with use_fstar, the reset of the lower-bound
+    estimate when the model falls below it. The host run takes each branch both ways (recorded
+    from its ``scalar.where`` calls), and the device run gives its numbers."""
+    where, decisions = _scalars.where, []
+
+    def recording_where(condition, a, b):
+        if not isinstance(condition, torch.Tensor):
+            decisions.append(bool(condition))
+        return where(condition, a, b)
+
+    monkeypatch.setattr(_scalars, "where", recording_where)
+    runs = []
+    for capturable in (False, True):
+        params = make_params()
+        optimizer = cls(params, lr=0.5, lb=2.0, use_fstar=True, capturable=capturable)
+        taus, bounds = [], []
+        for i in range(8):
+            optimizer.zero_grad()
+            loss = loss_at(params, i, zero_grad_for=(0, 1, 2) if i == 0 else ())
+            loss.backward()
+            optimizer.step(loss=loss.detach())
+            taus.append(float(optimizer.param_groups[0]["effective_lr"]))
+            bounds.append(optimizer.statistics()["lower_bound"])
+        runs.append((params, taus, bounds))
+    # per host step: Momo (k == 1, reset, ||d||^2 > 0), MomoAdam (reset, ||d||^2 > 0)
+    stride = 3 if cls is Momo else 2
+    resets, moving = decisions[stride - 2 :: stride], decisions[stride - 1 :: stride]
+    assert len(decisions) == 8 * stride
+    assert True in resets and False in resets
+    assert moving == [False] + [True] * 7
+    (params_h, taus_h, bounds_h), (params_d, taus_d, bounds_d) = runs
+    assert taus_h[0] == pytest.approx(0.5 if cls is Momo else 0.5 / (1 - 0.9), rel=1e-12)
+    assert taus_d == pytest.approx(taus_h, rel=1e-12)
+    assert bounds_d == pytest.approx(bounds_h, rel=1e-12, abs=1e-14)
+    for a, b in zip(params_h, params_d, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)

@@ -424,6 +424,10 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     #: their Python type in a checkpoint (NOTE [device scalars] in ``_scalars.py``); None: the
     #: method keeps its global scalars on the host only and takes no ``capturable`` setting
     capturable_scalars: ClassVar[Mapping[str, type] | None] = None
+    #: the per-parameter state keys that count a tensor's own steps: ints on the host, 0-d
+    #: tensors on the parameter's device in a capturable step (a changing Python int recompiles
+    #: a traced step), ints in a checkpoint; made by :meth:`_new_count`
+    capturable_counts: ClassVar[tuple[str, ...]] = ()
 
     _base_global_defaults: ClassVar[Mapping[str, float | int]] = {"nonfinite_steps": 0}
 
@@ -484,6 +488,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             group[key] = template[key] if template is not None else default
         group.setdefault("effective_lr", 0.0)
         if capturable is not None:
+            self._capturable_mode = capturable
             group["capturable"] = capturable
             if capturable:
                 self._to_device_scalars(group)
@@ -499,7 +504,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             if setting is not None:
                 return bool(setting)
             return any(isinstance(p, Tensor) and p.device.type in ("cuda", "xpu") for p in params)
-        mode = bool(self.param_groups[0]["capturable"])
+        mode = self.capturable
         if setting is not None and setting != mode:
             raise ValueError(
                 f"{type(self).__name__}: a param group with capturable={setting!r} cannot join "
@@ -511,8 +516,13 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     @property
     def capturable(self) -> bool:
         """Whether the step keeps the method's global scalars as 0-d tensors on the
-        parameters' device and never reads one back (NOTE [device scalars])."""
-        return bool(self.param_groups and self.param_groups[0].get("capturable") is True)
+        parameters' device and never reads one back (NOTE [device scalars]).
+
+        An attribute, not the groups' ``capturable`` key: while dynamo traces a torch optimizer
+        it shows that key as True in every group (``_set_capturable`` in
+        ``torch/_dynamo/variables/optimizer.py``, torch 2.13), which would trace a host step
+        as a capturable one."""
+        return bool(getattr(self, "_capturable_mode", False))
 
     def _to_device_scalars(self, group: dict[str, Any]) -> None:
         """Turn the group's declared scalars into 0-d tensors on its parameters' device
@@ -538,7 +548,24 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
                 value = group.get(key)
                 if isinstance(value, Tensor):
                     group[key] = kind(value.item())
+        if self.capturable_counts:  # new entries: torch's hold the live state's tensors
+            state["state"] = {
+                index: {
+                    key: int(value)
+                    if key in self.capturable_counts and isinstance(value, Tensor)
+                    else value
+                    for key, value in entry.items()
+                }
+                for index, entry in state["state"].items()
+            }
         return state
+
+    def _new_count(self, p: Tensor, count: int = 0) -> int | Tensor:
+        """A step count of ``p``'s state in this optimizer's mode (see ``capturable_counts``)."""
+        if not self.capturable:
+            return count
+        dtype = torch.float32 if p.device.type == "mps" else torch.float64
+        return torch.tensor(float(count), dtype=dtype, device=p.device)
 
     def _check_parameters(self, params: Iterable[Any]) -> None:
         name = type(self).__name__
@@ -608,6 +635,11 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             if capturable:
                 for key in self._all_global_defaults():
                     self._set_global(key, self._get_global(key))  # one tensor for every group
+            for p in self._params():  # the step counts in this optimizer's mode
+                entry = self.state.get(p, {})
+                for key in self.capturable_counts:
+                    if key in entry:
+                        entry[key] = self._new_count(p, int(entry[key]))
 
     def _restore_declared_dtypes(self, state_dict: Mapping[str, Any]) -> None:
         wide = {key: entry.dtype for key, entry in self.state_layout.items() if entry.dtype}

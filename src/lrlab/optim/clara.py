@@ -11,7 +11,6 @@ value when the steps are driven by pure noise. Longer than expected (steps agree
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
@@ -21,11 +20,13 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._executor import Pass, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import (
     check_betas,
     check_bool,
@@ -69,8 +70,28 @@ def adam_noise_reference(
     )
 
 
-@functools.lru_cache(maxsize=512)
+#: the Monte-Carlo references computed so far, by (dimension, c, beta1, beta2, eps). A plain
+#: dict, not functools.lru_cache: dynamo traces through an lru_cache wrapper (ignoring the
+#: cache), while a lookup here traces as a constant
+_MONTE_CARLO_REFERENCES: dict[tuple[int, float, float, float, float], float] = {}
+
+
 def _monte_carlo_adam_reference(
+    dimension: int, c: float, beta1: float, beta2: float, eps: float
+) -> float:
+    key = (dimension, c, beta1, beta2, eps)
+    if key not in _MONTE_CARLO_REFERENCES:
+        estimate = _estimate_adam_reference
+        if torch.compiler.is_compiling():
+            # a traced step that meets a new size runs the estimate eager (one graph break;
+            # the next trace finds it cached). A capturable ClaraAdam estimates its parameters'
+            # sizes when they join: only a "total" over part of them gets here
+            estimate = torch.compiler.disable(estimate, recursive=True)
+        _MONTE_CARLO_REFERENCES[key] = estimate(*key)
+    return _MONTE_CARLO_REFERENCES[key]
+
+
+def _estimate_adam_reference(
     dimension: int, c: float, beta1: float, beta2: float, eps: float
 ) -> float:
     trials, steps, burn_in = 256, 2500, 500
@@ -104,6 +125,12 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
     """
 
     global_defaults: ClassVar[dict[str, float]] = {"lr_factor": 1.0, "path_ratio": 0.0}
+    #: a capturable step keeps the LR factor and the last S / M on the device
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = {
+        "lr_factor": float,
+        "path_ratio": float,
+    }
+    capturable_counts: ClassVar[tuple[str, ...]] = ("step",)
     has_global_statistics: ClassVar[bool] = True
     #: the passes (set below the kernels) and the state tensors their arrays name besides
     #: "grad" and "p"
@@ -128,7 +155,7 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
         group: dict[str, Any],
         params: list[Tensor],
         grads: list[Tensor],
-        steps: list[int],
+        steps: list[Scalar],
         foreach: bool,
     ) -> list[Tensor]:
         raise NotImplementedError
@@ -136,21 +163,23 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
     def _stationary_reference(self, group: dict[str, Any], dimension: int) -> float:
         raise NotImplementedError
 
-    def _scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
+    def _scalars(self, group: dict[str, Any], eta: Scalar) -> dict[str, Scalar]:
         """The scalars of both passes for one group and learning rate."""
         raise NotImplementedError
 
-    def _tensor_scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
+    def _tensor_scalars(self, group: dict[str, Any], step: Scalar) -> dict[str, Scalar]:
         """A tensor's scalars at its step ``step`` (ClaraAdam: the bias corrections, in Python
-        double as the reference path has them)."""
+        double as the reference path has them; 0-d tensors from a capturable step's count)."""
         return {}
 
     def _update(self, context: StepContext) -> None:
-        factor = float(self._get_global("lr_factor"))
+        # a Python float, or a 0-d device tensor in a capturable step (NOTE [device scalars])
+        factor = self._get_global("lr_factor")
+        factor = factor if self.capturable else float(factor)
         damping = float(self.param_groups[0]["d"])
         path_sq_parts: list[Tensor] = []
         # (group, numel, step) of every tensor updated this step, for the reference sum M
-        updated: list[tuple[dict[str, Any], int, int]] = []
+        updated: list[tuple[dict[str, Any], int, Scalar]] = []
         for group in self.param_groups:
             eta = float(group["lr"]) * factor
             group["effective_lr"] = eta
@@ -162,7 +191,11 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
                 if len(state) == 0:
                     self._init_state(p, state)
                 state["step"] += 1
-            steps = [int(state["step"]) for state in states]
+            # a capturable step counts in 0-d device tensors (a changing Python int would make
+            # torch.compile recompile); the host step reads the count as an int
+            steps: list[Scalar] = [
+                state["step"] if self.capturable else int(state["step"]) for state in states
+            ]
             updated.extend((group, p.numel(), step) for p, step in zip(params, steps, strict=True))
             rows = [
                 {
@@ -204,7 +237,7 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
                 units = _normalise(directions, foreach=False)
                 moves = units if group["unit_step"] else directions
                 for p, move, path, u in zip(params, moves, paths, units, strict=True):
-                    p.add_(move, alpha=-eta)
+                    scalar.add_scaled_(p, move, -eta)
                     path.lerp_(u, c)
             path_sq_parts.append(_foreach.sum_of_squares(paths, foreach=foreach))
 
@@ -216,29 +249,71 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
             if path_sq_parts
             else torch.zeros((), dtype=dtype, device=device)
         )
-        reference = torch.tensor(
+        reference = torch.as_tensor(
             self._reference_sum(updated) if updated else 0.0, dtype=dtype, device=path_sq.device
         )
         path_sq, reference = self._reduce_global([path_sq, reference])
+        if self.capturable:
+            self._adapt_on_device(self._get_global("lr_factor"), damping, path_sq, reference)
+            return
         if float(reference) == 0.0:  # no tensor had a gradient on any rank
             return
         ratio = float(path_sq) / float(reference)  # the one host synchronisation of the step
         self._set_global("path_ratio", ratio)
         self._set_global("lr_factor", factor * math.exp(damping * (ratio - 1.0)))
 
+    def _adapt_on_device(
+        self, factor: Tensor, damping: float, path_sq: Tensor, reference: Tensor
+    ) -> None:
+        """The LR factor's update without a host read: ``S / M`` in the scalars' dtype (the host
+        step divides in Python double) and, when no tensor had a gradient (``M = 0``), the
+        factor and the ratio kept by a select."""
+        path_sq, reference = path_sq.to(factor.dtype), reference.to(factor.dtype)
+        moved = reference != 0
+        # both sides of a select are computed: the ratio divides by 1 where M = 0
+        ratio = path_sq / torch.where(moved, reference, 1.0)
+        self._set_global("path_ratio", torch.where(moved, ratio, self._get_global("path_ratio")))
+        self._set_global(
+            "lr_factor", torch.where(moved, factor * torch.exp(damping * (ratio - 1.0)), factor)
+        )
+
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
-        state["step"] = 0
+        state["step"] = self._new_count(p)
         state["path"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _reference_sum(self, updated: list[tuple[dict[str, Any], int, int]]) -> float:
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self._cache_references()
+
+    def _cache_references(self) -> None:
+        """In a capturable step, estimate the references of the parameters' sizes now (Monte
+        Carlo for a small ClaraAdam tensor): a traced step then finds them cached (``total``:
+        the size of all parameters, as when every tensor has a gradient)."""
+        first = self.param_groups[0]
+        if not self.capturable or first["mu"] is not None:
+            return
+        if first["reference_sum"] == "total":
+            total = sum(p.numel() for group in self.param_groups for p in group["params"])
+            self._stationary_reference(first, total)
+            return
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._stationary_reference(group, p.numel())
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._cache_references()
+
+    def _reference_sum(self, updated: list[tuple[dict[str, Any], int, Scalar]]) -> Scalar:
         """``M``: expected ``S`` under pure noise, summed over the tensors updated this step."""
         first = updated[0][0]
+        per_tensor: list[Scalar]
         if first["mu"] is not None:
             per_tensor = [float(group["mu"]) for group, _, _ in updated]
         elif first["reference_sum"] == "total":
             # the official code: K * mu(total parameter count)
-            total = sum(numel for _, numel, _ in updated)
-            per_tensor = [self._stationary_reference(first, total)] * len(updated)
+            size = sum(numel for _, numel, _ in updated)
+            per_tensor = [self._stationary_reference(first, size)] * len(updated)
         else:
             per_tensor = [self._stationary_reference(group, n) for group, n, _ in updated]
         if first["transient_correction"]:
@@ -247,7 +322,8 @@ class _CumulativePathAdaptation(AdaptiveOptimizer):
                 mu * (1.0 - (1.0 - group["c"]) ** (2 * step))
                 for mu, (group, _, step) in zip(per_tensor, updated, strict=True)
             ]
-        return float(sum(per_tensor))
+        total = sum(per_tensor)  # a 0-d tensor from a capturable step's counts
+        return total if isinstance(total, Tensor) else float(total)
 
     def _statistics(self) -> dict[str, float]:
         factor = float(self._get_global("lr_factor"))
@@ -262,7 +338,7 @@ def _move_and_extend_path(
     params: list[Tensor],
     paths: list[Tensor],
     directions: list[Tensor],
-    eta: float,
+    eta: Scalar,
     c: float,
     unit_step: bool,
 ) -> None:
@@ -278,10 +354,13 @@ def _move_and_extend_path(
     torch._foreach_clamp_min_(inverse_norms, _NORM_FLOOR)
     torch._foreach_reciprocal_(inverse_norms)
     inverse_norms = [n.to(d.dtype) for n, d in zip(inverse_norms, directions, strict=True)]
-    if unit_step:
-        torch._foreach_addcmul_(params, directions, inverse_norms, value=-eta)
+    if unit_step and isinstance(eta, Tensor):
+        # a device eta is multiplied into the inverse norms: value= would read it back
+        torch._foreach_addcmul_(params, directions, torch._foreach_mul(inverse_norms, -eta))
+    elif unit_step:
+        torch._foreach_addcmul_(params, directions, inverse_norms, value=-float(eta))
     else:
-        torch._foreach_add_(params, directions, alpha=-eta)
+        _foreach.add_scaled_(params, directions, -eta)
     torch._foreach_mul_(paths, 1.0 - c)
     torch._foreach_addcmul_(paths, directions, inverse_norms, value=c)
 
@@ -388,6 +467,11 @@ class ClaraSGD(_CumulativePathAdaptation):
         sharded: each rank owns a disjoint part of the parameters, so the path norm and the
             reference are partial sums to be reduced over ranks (not needed for DDP or
             DTensor, which is detected).
+        capturable: keep the LR factor, the path ratio and every tensor's step count as 0-d
+            tensors on the parameters' device, so that the step reads nothing back to the host
+            and ``torch.compile`` traces it without recompiling as they change (NOTE [device
+            scalars] in ``lrlab/optim/_scalars.py``; a checkpoint holds plain numbers). None
+            (default): True for CUDA/XPU parameters.
 
     .. note::
         Deviations from the official code (``optimizers/sgd_clara.py``), all following spec 1.7:
@@ -422,6 +506,7 @@ class ClaraSGD(_CumulativePathAdaptation):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         _check_common(lr, c, d, mu, reference_sum, unit_step, transient_correction, weight_decay)
         check_bool("sharded", sharded)
@@ -438,6 +523,7 @@ class ClaraSGD(_CumulativePathAdaptation):
             "foreach": foreach,
             "fused": fused,
             "sharded": sharded,
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
@@ -446,7 +532,7 @@ class ClaraSGD(_CumulativePathAdaptation):
         group: dict[str, Any],
         params: list[Tensor],
         grads: list[Tensor],
-        steps: list[int],
+        steps: list[Scalar],
         foreach: bool,
     ) -> list[Tensor]:
         weight_decay = group["weight_decay"]
@@ -459,7 +545,7 @@ class ClaraSGD(_CumulativePathAdaptation):
     def _stationary_reference(self, group: dict[str, Any], dimension: int) -> float:
         return sgd_noise_reference(group["c"])
 
-    def _scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
+    def _scalars(self, group: dict[str, Any], eta: Scalar) -> dict[str, Scalar]:
         return {
             "weight_decay": group["weight_decay"],
             "eta": eta,
@@ -534,6 +620,7 @@ class ClaraAdam(_CumulativePathAdaptation):
             (see :mod:`lrlab.optim._fused`; the first step pays the compilation). Tensors that
             cannot be viewed flat take the ``foreach`` path.
         sharded: as :class:`ClaraSGD`.
+        capturable: as :class:`ClaraSGD`.
 
     .. note::
         Deviations from the official code (``optimizers/adam_clara.py``), following spec 1.4/1.7:
@@ -567,6 +654,7 @@ class ClaraAdam(_CumulativePathAdaptation):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         _check_common(lr, c, d, mu, reference_sum, unit_step, transient_correction, weight_decay)
         check_bool("sharded", sharded)
@@ -587,6 +675,7 @@ class ClaraAdam(_CumulativePathAdaptation):
             "foreach": foreach,
             "fused": fused,
             "sharded": sharded,
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
@@ -602,7 +691,7 @@ class ClaraAdam(_CumulativePathAdaptation):
         group: dict[str, Any],
         params: list[Tensor],
         grads: list[Tensor],
-        steps: list[int],
+        steps: list[Scalar],
         foreach: bool,
     ) -> list[Tensor]:
         beta1, beta2 = group["betas"]
@@ -620,7 +709,8 @@ class ClaraAdam(_CumulativePathAdaptation):
             # one full-size temporary per tensor, reused in place: sqrt(v)/sqrt(b2) + eps,
             # then m / that, then / b1 (the same value as the for-loop up to float rounding)
             directions = list(torch._foreach_sqrt(exp_avg_sqs))
-            torch._foreach_mul_(directions, [1.0 / math.sqrt(b) for b in bias2])
+            # 0-d tensors in a capturable step
+            torch._foreach_mul_(directions, [1.0 / scalar.sqrt(b) for b in bias2])  # type: ignore[misc]
             torch._foreach_add_(directions, eps)
             for m, direction in zip(exp_avgs, directions, strict=True):
                 torch.div(m, direction, out=direction)
@@ -640,7 +730,7 @@ class ClaraAdam(_CumulativePathAdaptation):
     def _stationary_reference(self, group: dict[str, Any], dimension: int) -> float:
         return adam_noise_reference(dimension, group["c"], group["betas"], group["eps"])
 
-    def _scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
+    def _scalars(self, group: dict[str, Any], eta: Scalar) -> dict[str, Scalar]:
         beta1, beta2 = group["betas"]
         # 1 - beta in Python double, as the reference path has them
         return {
@@ -654,7 +744,7 @@ class ClaraAdam(_CumulativePathAdaptation):
             "unit_step": 1.0 if group["unit_step"] else 0.0,
         }
 
-    def _tensor_scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
+    def _tensor_scalars(self, group: dict[str, Any], step: Scalar) -> dict[str, Scalar]:
         beta1, beta2 = group["betas"]
         return {"bias1": 1 - beta1**step, "bias2": 1 - beta2**step}
 

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._executor import Pass, Plan, Schema, route
@@ -29,6 +30,7 @@ from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._names import resolve_alias
 from lrlab.optim._native import last_array_scalar
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import (
     check_betas,
     check_bool,
@@ -47,7 +49,7 @@ _PAPER = (
 #: the named arrays of one parameter that the passes read and write
 Row = Mapping[str, Tensor]
 #: one row's per-tensor scalars (see the passes' schemas at the end of the module)
-TensorScalars = dict[str, float]
+TensorScalars = dict[str, Scalar]
 
 
 def scalar_loss(loss: Tensor, name: str) -> Tensor:
@@ -99,6 +101,11 @@ class _MomentumModel(AdaptiveOptimizer):
         "lower_bound": 0.0,
         "d_norm_sq": 0.0,
     }
+    #: a capturable step keeps the model's global scalars on the device
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = {
+        **dict.fromkeys(("loss_avg", "lower_bound", "d_norm_sq"), float),
+        "step": int,
+    }
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -116,8 +123,10 @@ class _MomentumModel(AdaptiveOptimizer):
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
-        # the running lower bound starts at the user's lb (it only moves with use_fstar)
-        self._set_global("lower_bound", float(self.param_groups[0]["lb"]))
+        # the running lower bound starts at the user's lb (it only moves with use_fstar); a
+        # device scalar is filled in place, so that every group keeps sharing it
+        start, lb = float(self.param_groups[0]["lb"]), self._get_global("lower_bound")
+        self._set_global("lower_bound", lb.fill_(start) if isinstance(lb, Tensor) else start)
 
     # -- the method-specific parts ----------------------------------------------------------
 
@@ -141,17 +150,20 @@ class _MomentumModel(AdaptiveOptimizer):
         """Update the averages of ``rows``; return their float64 sums (dot, gamma, norm)."""
         raise NotImplementedError
 
-    def _loss_average(self, loss: float, k: int) -> float:
+    # the model's scalars below are Python numbers, or 0-d device tensors in a capturable step
+    # (NOTE [device scalars] in _scalars.py)
+
+    def _loss_average(self, loss: Scalar, k: Scalar) -> Scalar:
         raise NotImplementedError
 
-    def _rho(self, group: dict[str, Any], k: int) -> float:
+    def _rho(self, group: dict[str, Any], k: Scalar) -> Scalar:
         raise NotImplementedError
 
-    def _move_scalars(self, group: dict[str, Any], tau: float) -> dict[str, float]:
+    def _move_scalars(self, group: dict[str, Any], tau: Scalar) -> dict[str, Scalar]:
         raise NotImplementedError
 
     def _move_reference(
-        self, group: dict[str, Any], rows: Sequence[Row], tau: float, foreach: bool
+        self, group: dict[str, Any], rows: Sequence[Row], tau: Scalar, foreach: bool
     ) -> None:
         """Move the parameters of ``rows`` by ``tau``."""
         raise NotImplementedError
@@ -161,7 +173,8 @@ class _MomentumModel(AdaptiveOptimizer):
     def _update(self, context: StepContext) -> None:
         name = type(self).__name__
         first = self.param_groups[0]
-        k = int(self._get_global("step")) + 1
+        # the model's scalars: Python numbers, or 0-d device tensors in a capturable step
+        k = self._get_global("step") + 1
         # 1. the averages d_k (MoMo-Adam: m_k, v_k) and gamma_k of every tensor with a
         #    gradient, and the model's sums <d_k, x_k>, Gamma_k, ||d_k||^2 over all of them
         # (group, plan, tensor scalars, foreach of the reference rows) of every group that moves
@@ -201,10 +214,10 @@ class _MomentumModel(AdaptiveOptimizer):
                 # resolved over all of the group's tensors, as for a group without kernels
                 foreach = _foreach.resolve_foreach(group["foreach"], params)
                 reference = [rows[i] for i in plan.reference]
-                dot, gamma, norm = self._averages_reference(group, reference, foreach)
-                dots.append(dot)
-                gammas.append(gamma)
-                norms.append(norm)
+                dot_r, gamma_r, norm_r = self._averages_reference(group, reference, foreach)
+                dots.append(dot_r)
+                gammas.append(gamma_r)
+                norms.append(norm_r)
             device = params[0].device
             dot_parts.append(_stack64(dots, device))
             gamma_parts.append(_stack64(gammas, device))
@@ -218,31 +231,35 @@ class _MomentumModel(AdaptiveOptimizer):
         )
         assert context.loss is not None  # needs_loss: the base class guarantees it
         loss_t = scalar_loss(context.loss, name).to(device)
-        # the one host synchronisation of the step
-        loss, dot, gamma, norm = torch.stack([loss_t, *sums]).tolist()
+        # the one host synchronisation of the step (none in a capturable step)
+        loss, dot, gamma, norm = scalar.entries(torch.stack([loss_t, *sums]), self.capturable)
 
         # 2. the loss average f_k and, per group, the step tau_k: the proximal step on the
         #    model truncated at rho_k f^* (with use_fstar, f^* is estimated group after group)
         f_bar = self._loss_average(loss, k)
-        lb = float(self._get_global("lower_bound"))
+        lb = self._get_global("lower_bound")
         initial_lb = float(first["lb"])
         use_fstar = bool(first["use_fstar"])
-        taus: dict[int, float] = {}
+        taus: dict[int, Scalar] = {}
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             rho = self._rho(group, k)
             c = 1 + lr * wd
             if use_fstar:
                 cap = c * f_bar + dot - c * gamma
-                if cap < c * rho * lb:  # the model is below the bound: reset the estimate
-                    lb = max(cap / (2 * c * rho), initial_lb)
+                # the model is below the bound: reset the estimate (rho > 0, c >= 1)
+                lb = scalar.where(
+                    cap < c * rho * lb, scalar.maximum(cap / (2 * c * rho), initial_lb), lb
+                )
             numerator = c * (f_bar - rho * lb) + dot - c * gamma
             # norm == 0 only when every d is zero: the direction is zero, take the cap
-            t1 = max(numerator, 0.0) / norm if norm > 0 else math.inf
-            tau = min(lr / rho, t1)
+            t1 = scalar.where(
+                norm > 0, scalar.ratio_or_zero(scalar.maximum(numerator, 0.0), norm), math.inf
+            )
+            tau = scalar.minimum(lr / rho, t1)
             if use_fstar:
                 h = f_bar + dot - gamma
-                lb = max((h - 0.5 * tau * norm) / rho, initial_lb)
+                lb = scalar.maximum((h - 0.5 * tau * norm) / rho, initial_lb)
             taus[id(group)] = tau
 
         # 3. the move x_{k+1} = (x_k - tau_k d_k) / c (MoMo-Adam: d_k = m_k / D_k)
@@ -381,6 +398,12 @@ class Momo(_MomentumModel):
             first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the parameters, so the sums are partial and
             reduced over ranks (not needed for DDP or DTensor, which is detected).
+        capturable: keep the step counter, the loss average, the lower bound and
+            :math:`\lVert d\rVert^2` as 0-d tensors on the parameters' device, so that the step
+            reads nothing back to the host (the step size :math:`\tau_k` is computed there by
+            selects) and ``torch.compile`` traces it as one graph after the non-finite guard
+            (NOTE [device scalars] in ``lrlab/optim/_scalars.py``; a checkpoint holds plain
+            numbers). None (default): True for CUDA/XPU parameters.
 
     All sums (:math:`\langle d, x\rangle`, :math:`\Gamma = \sum_i \gamma_i`,
     :math:`\lVert d\rVert^2`) run over every parameter with a gradient, across groups; each group
@@ -434,6 +457,7 @@ class Momo(_MomentumModel):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         check_positive("lr", lr)
         check_nonnegative("weight_decay", weight_decay)
@@ -456,6 +480,7 @@ class Momo(_MomentumModel):
             "foreach": foreach,
             "fused": fused,
             "sharded": sharded,
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
@@ -514,35 +539,34 @@ class Momo(_MomentumModel):
             _foreach.sum_of_squares(averages, foreach=foreach).to(torch.float64),
         )
 
-    def _loss_average(self, loss: float, k: int) -> float:
+    def _loss_average(self, loss: Scalar, k: Scalar) -> Scalar:
         first = self.param_groups[0]
         beta = first["beta"]
-        f_bar = float(self._get_global("loss_avg"))
-        if k == 1:
-            f_bar = 0.0 if first["bias_correction"] else loss
+        f_bar = self._get_global("loss_avg")
+        f_bar = scalar.where(k == 1, 0.0 if first["bias_correction"] else loss, f_bar)
         return beta * f_bar + (1 - beta) * loss
 
-    def _rho(self, group: dict[str, Any], k: int) -> float:
+    def _rho(self, group: dict[str, Any], k: Scalar) -> Scalar:
         first = self.param_groups[0]
         return 1 - first["beta"] ** k if first["bias_correction"] else 1.0
 
-    def _move_scalars(self, group: dict[str, Any], tau: float) -> dict[str, float]:
+    def _move_scalars(self, group: dict[str, Any], tau: Scalar) -> dict[str, Scalar]:
         lr, wd = group["lr"], group["weight_decay"]
         # 1.0 without weight decay: x / 1 is exact, and the kernels' graph stays the same
         return {"minus_tau": -tau, "divisor": 1 + lr * wd if wd > 0 else 1.0}
 
     def _move_reference(
-        self, group: dict[str, Any], rows: Sequence[Row], tau: float, foreach: bool
+        self, group: dict[str, Any], rows: Sequence[Row], tau: Scalar, foreach: bool
     ) -> None:
         lr, wd = group["lr"], group["weight_decay"]
         params, averages = [row["p"] for row in rows], [row["d"] for row in rows]
         if foreach:
-            torch._foreach_add_(params, averages, alpha=-tau)
+            _foreach.add_scaled_(params, averages, -tau)
             if wd > 0:
                 torch._foreach_div_(params, 1 + lr * wd)
         else:
             for p, d in zip(params, averages, strict=True):
-                p.add_(d, alpha=-tau)
+                scalar.add_scaled_(p, d, -tau)
                 if wd > 0:
                     p.div_(1 + lr * wd)
 
@@ -626,6 +650,8 @@ class MomoAdam(_MomentumModel):
             cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
             first step pays the compilation); False takes neither.
         sharded: as :class:`Momo`.
+        capturable: as :class:`Momo`; each tensor's step count :math:`t_i` is then a 0-d
+            tensor too.
 
     Which parameters the sums run over, which loss to pass, and the deviations from
     ``momo-opt`` 0.1.0 are as for :class:`Momo` (see its notes).
@@ -666,6 +692,7 @@ class MomoAdam(_MomentumModel):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         check_positive("lr", lr)
         check_betas("betas", betas)
@@ -687,8 +714,11 @@ class MomoAdam(_MomentumModel):
             "foreach": foreach,
             "fused": fused,
             "sharded": sharded,
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
+
+    capturable_counts: ClassVar[tuple[str, ...]] = ("step",)
 
     def _denominators(
         self, group: dict[str, Any], params: list[Tensor], foreach: bool
@@ -696,7 +726,8 @@ class MomoAdam(_MomentumModel):
         """:math:`D_i = \\sqrt{v_i / (1 - \\beta_2^{t_i})} + \\epsilon` (fresh tensors)."""
         beta2, eps = group["betas"][1], group["eps"]
         squares = [self.state[p]["grad_avg_sq"] for p in params]
-        bias2 = [1 - beta2 ** int(self.state[p]["step"]) for p in params]
+        # an int, or a 0-d tensor in a capturable step (load_state_dict keeps the mode's form)
+        bias2 = [1 - beta2 ** self.state[p]["step"] for p in params]
         if foreach:
             denominators = list(torch._foreach_div(squares, bias2))
             torch._foreach_sqrt_(denominators)
@@ -712,7 +743,7 @@ class MomoAdam(_MomentumModel):
 
     def _init_state(self, p: Tensor, g: Tensor) -> None:
         state = self.state[p]
-        state["step"] = 0
+        state["step"] = self._new_count(p)  # a 0-d device tensor in a capturable step
         state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["grad_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         # the dtype and device of <g, x> (see _dot)
@@ -729,7 +760,7 @@ class MomoAdam(_MomentumModel):
         for row in rows:
             state = self.state[row["p"]]
             state["step"] += 1
-            biases.append({"bias2": 1 - beta2 ** int(state["step"])})
+            biases.append({"bias2": 1 - beta2 ** state["step"]})
         return biases
 
     def _average_scalars(self, group: dict[str, Any]) -> dict[str, float]:
@@ -778,14 +809,14 @@ class MomoAdam(_MomentumModel):
             _foreach.total_dot(averages, scaled).to(torch.float64),
         )
 
-    def _loss_average(self, loss: float, k: int) -> float:
+    def _loss_average(self, loss: Scalar, k: Scalar) -> Scalar:
         beta1 = self.param_groups[0]["betas"][0]
-        return (1 - beta1) * loss + beta1 * float(self._get_global("loss_avg"))
+        return (1 - beta1) * loss + beta1 * self._get_global("loss_avg")
 
-    def _rho(self, group: dict[str, Any], k: int) -> float:
+    def _rho(self, group: dict[str, Any], k: Scalar) -> Scalar:
         return 1 - group["betas"][0] ** k
 
-    def _move_scalars(self, group: dict[str, Any], tau: float) -> dict[str, float]:
+    def _move_scalars(self, group: dict[str, Any], tau: Scalar) -> dict[str, Scalar]:
         lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
         # 1.0 for a factor that is off: x * 1 and x / 1 are exact, and the graph stays the same
         return {
@@ -796,7 +827,7 @@ class MomoAdam(_MomentumModel):
         }
 
     def _move_reference(
-        self, group: dict[str, Any], rows: Sequence[Row], tau: float, foreach: bool
+        self, group: dict[str, Any], rows: Sequence[Row], tau: Scalar, foreach: bool
     ) -> None:
         lr, wd, divide = group["lr"], group["weight_decay"], group["divide"]
         params, averages = [row["p"] for row in rows], [row["m"] for row in rows]
@@ -805,14 +836,20 @@ class MomoAdam(_MomentumModel):
         if foreach:
             if wd > 0 and not divide:
                 torch._foreach_mul_(params, 1 - wd * lr)
-            torch._foreach_addcdiv_(params, averages, denominators, value=-tau)
+            if isinstance(tau, Tensor):  # value= would read a device tau back
+                _foreach.add_scaled_(params, torch._foreach_div(averages, denominators), -tau)
+            else:
+                torch._foreach_addcdiv_(params, averages, denominators, value=-tau)
             if wd > 0 and divide:
                 torch._foreach_div_(params, 1 + lr * wd)
         else:
             for p, m, d in zip(params, averages, denominators, strict=True):
                 if wd > 0 and not divide:
                     p.mul_(1 - wd * lr)
-                p.addcdiv_(m, d, value=-tau)
+                if isinstance(tau, Tensor):
+                    scalar.add_scaled_(p, m / d, -tau)
+                else:
+                    p.addcdiv_(m, d, value=-tau)
                 if wd > 0 and divide:
                     p.div_(1 + lr * wd)
 
