@@ -213,3 +213,14 @@ def test_the_capturable_update_reads_nothing_back(name: str) -> None:
         with torch.no_grad():
             update(context)
     _assert_same(name, params_e, params_c, eager.statistics(), compiled.statistics())
+
+
+@pytest.mark.parametrize("name", CAPTURABLE[:2])
+def test_a_pickled_capturable_optimizer_stays_capturable(name: str, tmp_path) -> None:
+    optimizer, params = _run(name, True, steps=2, **_kwargs(name))
+    path = tmp_path / "optimizer.pt"
+    torch.save(optimizer, path)
+    loaded = torch.load(path, weights_only=False)
+    assert loaded.capturable is True
+    for key in lo.spec(name).cls.capturable_scalars:
+        assert isinstance(loaded.param_groups[0][key], Tensor), key

@@ -584,6 +584,9 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             for key, default in self._all_global_defaults().items():
                 group.setdefault(key, default)
             group.setdefault("effective_lr", 0.0)
+        # torch pickles the groups, not the attributes: the mode comes back from the first group
+        if self.capturable_scalars is not None and self.param_groups:
+            self._capturable_mode = self.param_groups[0].get("capturable") is True
 
     # -- checkpoints ------------------------------------------------------------------------
 
