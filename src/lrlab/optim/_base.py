@@ -476,7 +476,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             group[key] = template[key] if template is not None else default
         group.setdefault("effective_lr", 0.0)
         if capturable is not None:
-            group["capturable"] = capturable
+            group["capturable"] = self._capturable_mode = capturable
             if capturable:
                 self._to_device_scalars(group)
 
@@ -503,8 +503,13 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
     @property
     def capturable(self) -> bool:
         """Whether the step keeps the method's global scalars as 0-d tensors on the
-        parameters' device and never reads one back (NOTE [device scalars])."""
-        return bool(self.param_groups and self.param_groups[0].get("capturable") is True)
+        parameters' device and never reads one back (NOTE [device scalars]).
+
+        The mode lives on the instance as well as in the groups (which a checkpoint holds):
+        while dynamo traces an optimizer, reading its ``param_groups`` adds a graph and shows
+        ``group["capturable"]`` as True in every group (torch's ``OptimizerVariable``, made for
+        torch's own optimizers), so the groups cannot tell a traced step its mode."""
+        return bool(getattr(self, "_capturable_mode", False))
 
     def _to_device_scalars(self, group: dict[str, Any]) -> None:
         """Turn the group's declared scalars into 0-d tensors on its parameters' device
@@ -544,6 +549,8 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        groups = self.param_groups
+        self._capturable_mode = bool(groups and groups[0].get("capturable") is True)
         # checkpoints written before a global scalar existed still load
         for group in self.param_groups:
             for key, default in self._all_global_defaults().items():
@@ -593,6 +600,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         self._restore_declared_dtypes(state_dict)
         if self.capturable_scalars is not None:
             # the mode follows this optimizer's parameters, not the machine that saved the run
+            self._capturable_mode = capturable  # torch's load ran __setstate__ on the saved groups
             for group in self.param_groups:
                 group["capturable"] = capturable
                 if capturable:
