@@ -68,7 +68,9 @@ BREAKS: dict[str, tuple[int, dict[tuple[str, str], str]]] = {
         2,
         {
             GUARD: "the non-finite guard",
-            ("dog.py", "_update"): "one .tolist() of the step's sums",
+            ("_scalars.py", "entries"): "host mode: one .tolist() of the step's sums "
+            "(scalar.entries in LDoG._update); capturable=True has none "
+            "(tests/optim/test_capturable.py)",
         },
     ),
     "momo": (
@@ -127,8 +129,10 @@ EAGER: dict[str, str] = {
     "capturable=True traces (tests/optim/test_capturable.py)",
     "dadapt-adagrad": "recompiles at step 5 (.., 13, 17): guards on d_hat; "
     "capturable=True traces (tests/optim/test_capturable.py)",
-    "dog": "recompiles at steps 3 and 4 (4, 8, 9, 10): guards on the running max distance",
-    "dowg": "recompiles at steps 3 and 4 (4, 8, 9, 10)",
+    "dog": "host mode recompiles at steps 3 and 4 (4, 8, 9, 10): guards on the running max "
+    "distance; capturable=True traces (tests/optim/test_capturable.py)",
+    "dowg": "host mode recompiles at steps 3 and 4 (4, 8, 9, 10); capturable=True traces "
+    "(tests/optim/test_capturable.py)",
     "gradagrad": "host mode recompiles at step 3 (4, 8, 12); host read .tolist() of two sums; "
     "capturable=True traces (tests/optim/test_capturable.py)",
     "l4-mom": "recompiles at step 3 (5, 9, 10); host read .tolist() of loss and <g, v>",

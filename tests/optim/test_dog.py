@@ -12,10 +12,14 @@ import math
 import dog
 import pytest
 import torch
+import torch._dynamo
+from torch._dynamo.testing import CompileCounter
 
 import lrlab.optim as lo
-from lrlab.optim import DoG, DoWG, LDoG
+from lrlab.optim import DoG, DoWG, LDoG, _fused
+from lrlab.optim._base import StepContext
 from tests.optim._oracle import PROBLEMS, max_trajectory_error, one_group, two_groups
+from tests.optim._problems import loss_at, make_params
 
 ORACLE_RTOL = 1e-9
 SPEC = {"rel": 5e-10}  # the spec prints 10 significant digits
@@ -505,3 +509,48 @@ def test_native_mixed_dtypes_in_one_group(optimizer_class, native_only) -> None:
     for a, b in zip(*results, strict=True):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# -- the capturable step's compiled rows ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("dog", {"reps_rel": 1e-2, "averaging_gamma": 8.0}),
+        ("dog", {"init_eta": 0.05, "eps": 0.0, "weight_decay": 0.01}),
+        ("dowg", {"init_estim_sq_dist": 1e-2, "weight_decay": 0.01}),
+        ("ldog", {"reps_rel": 1e-2, "averaging_gamma": 2.0}),
+    ],
+)
+def test_capturable_compiled_rows_read_nothing_back(name: str, kwargs: dict, monkeypatch) -> None:
+    """The compiled kernels take every tensor (as CUDA tensors do by default): their per-tensor
+    scalars (the group's eta, the average's weight) are device scalars in a capturable step, so
+    the update traces as one graph (``fullgraph=True`` fails on any read back to the host) and
+    gives the host step's numbers."""
+    monkeypatch.setattr(_fused, "MIN_ELEMENTS", 1)
+    monkeypatch.setenv("LRLAB_DISABLE_COMPILE", "1")  # the kernels' eager form, traced inline
+    runs = []
+    for capturable in (False, True):
+        params = make_params()
+        optimizer = lo.create(name, params, fused=True, capturable=capturable, **kwargs)
+        update = optimizer.step
+        if capturable:
+            torch._dynamo.reset()
+            update = torch.compile(optimizer._update, backend=CompileCounter(), fullgraph=True)
+        for i in range(4):
+            optimizer.zero_grad()
+            loss_at(params, i).backward()
+            if capturable:
+                context = StepContext(
+                    loss=None, closure=None, example_indices=None, params=tuple(params)
+                )
+                with torch.no_grad():
+                    update(context)
+            else:
+                update()
+        runs.append((params, optimizer.statistics()))
+    (host, host_stats), (device, device_stats) = runs
+    for a, b in zip(host, device, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+    assert device_stats == pytest.approx(host_stats, rel=1e-10, abs=1e-14)

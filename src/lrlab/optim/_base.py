@@ -584,9 +584,13 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
             for key, default in self._all_global_defaults().items():
                 group.setdefault(key, default)
             group.setdefault("effective_lr", 0.0)
-        # torch pickles the groups, not the attributes: the mode comes back from the first group
-        if self.capturable_scalars is not None and self.param_groups:
-            self._capturable_mode = self.param_groups[0].get("capturable") is True
+        # torch pickles the groups, not the attributes (and its load_state_dict comes through
+        # here with the saved groups): the mode comes back from the first group
+        self._capturable_mode = bool(
+            self.capturable_scalars is not None
+            and self.param_groups
+            and self.param_groups[0].get("capturable") is True
+        )
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -631,6 +635,7 @@ class AdaptiveOptimizer(torch.optim.Optimizer):
         self._restore_declared_dtypes(state_dict)
         if self.capturable_scalars is not None:
             # the mode follows this optimizer's parameters, not the machine that saved the run
+            self._capturable_mode = capturable  # torch's load ran __setstate__ on the saved groups
             for group in self.param_groups:
                 group["capturable"] = capturable
                 if capturable:

@@ -13,7 +13,10 @@ DoG and DoWG keep their distance and gradient sums *per param group* (the offici
 convention: every group is its own block), so these scalars live in each group's dict (``k``,
 ``r_bar``, ``G``, ...), not in ``global_defaults``: they differ between groups by design. They are
 plain Python numbers, so ``state_dict()`` checkpoints them. L-DoG keeps them per tensor, in
-``self.state[p]``.
+``self.state[p]``. In a capturable step (``capturable=True``, NOTE [device scalars] in
+``_scalars.py``) the group's scalars are 0-d tensors on the parameters' device and the step reads
+none back: each rule is written once with :mod:`lrlab.optim._scalars`, whose functions give the
+host step's numbers on Python numbers and stay on the device on tensors.
 
 The fast path (native and compiled kernels, routed per tensor by
 :func:`~lrlab.optim._executor.route`) runs the passes declared in :mod:`lrlab.optim.kernels.dog`.
@@ -22,7 +25,6 @@ The fast path (native and compiled kernels, routed per tensor by
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -32,23 +34,30 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import SCALAR_STATE, AdaptiveOptimizer, StateEntry, StepContext
 from lrlab.optim._executor import Plan, route
 from lrlab.optim._fused import check_fused
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import check_bool, check_nonnegative, check_positive
 from lrlab.optim.kernels import dog as kernels
 
 __all__ = ["DoG", "DoWG", "LDoG"]
 
 _Row = dict[str, Tensor]  # the named arrays of one tensor (see lrlab.optim._executor)
-_Weights = list[dict[str, float]]  # per row, its per-tensor scalars
+_Weights = list[dict[str, Scalar]]  # per row, its per-tensor scalars
 
 _DOG_PAPER = (
     "Ivgi, Hinder & Carmon, DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size "
     "Schedule, ICML 2023, arXiv:2302.12022"
 )
+
+
+def _types(defaults: Mapping[str, float | int]) -> dict[str, type]:
+    """The type of each per-group scalar in a checkpoint: its default's."""
+    return {key: type(value) for key, value in defaults.items()}
 
 
 class _DistanceOverGradients(AdaptiveOptimizer):
@@ -86,6 +95,21 @@ class _DistanceOverGradients(AdaptiveOptimizer):
         group = self.param_groups[-1]
         for key, value in self.group_defaults.items():
             group.setdefault(key, value)
+        if group.get("capturable"):
+            self._to_device_scalars(group)  # the per-group scalars just set
+
+    def _on_device(self) -> bool:
+        """Whether the step is capturable, read from the scalars' type: dynamo's tracing of an
+        optimizer shows ``group["capturable"]`` as True for every group, whatever it is."""
+        return isinstance(self.param_groups[0]["k"], Tensor)
+
+    def _first_step(self, group: dict[str, Any]) -> bool:
+        """Whether the group takes its first step (which creates its anchors ``x0``). In a
+        capturable step ``k`` lives on the device; the same fact is then read on the host from
+        the state: no tensor of the group has its anchor yet."""
+        if isinstance(group["k"], Tensor):
+            return all("x0" not in self.state.get(p, {}) for p in group["params"])
+        return bool(group["k"] == 0)
 
     def _start_group(self, group: dict[str, Any]) -> None:
         # x0 is a copy of every tensor of the group, with or without a gradient now: the
@@ -138,9 +162,10 @@ class _DistanceOverGradients(AdaptiveOptimizer):
         gamma = group.get("averaging_gamma")
         if gamma is None:
             return weights
-        for index in _fast_rows(plan):
+        for index in kernels.fast_rows(plan):
             row = rows[index]
             if "average" in row:
+                # a 0-d tensor in a capturable step
                 weights[index] = {"weight": (1.0 + gamma) / (group["k"] + gamma)}
             else:
                 average = row["p"].detach().clone(memory_format=torch.preserve_format)
@@ -171,10 +196,10 @@ class _DistanceOverGradients(AdaptiveOptimizer):
                 state["averaged"] = p.detach().clone(memory_format=torch.preserve_format)
             averages.append(state["averaged"])
         if foreach:
-            torch._foreach_lerp_(averages, params, weight)
+            torch._foreach_lerp_(averages, params, weight)  # a 0-d tensor too
         else:
             for average, p in zip(averages, params, strict=True):
-                average.lerp_(p, weight)
+                average.lerp_(p, weight)  # a 0-d tensor too
 
     def averaged_parameters(self) -> list[Tensor]:
         """The polynomial-decay averages :math:`\\bar x_t`, one per parameter, in param-group order.
@@ -228,7 +253,6 @@ class _Block:
     """One group's step between its statistics pass and its move (DoG, DoWG)."""
 
     group: dict[str, Any]
-    first: bool
     foreach: bool
     rows: list[_Row]  # the tensors with a gradient
     plan: Plan  # where those rows go
@@ -256,24 +280,29 @@ class _GroupBlocks(_DistanceOverGradients):
         partials = [part.to(device) for block in blocks for part in block.sums]
         # every rank reaches the one reduction; then one host synchronisation for the step
         reduced = self._reduce_global(partials)
-        values = torch.stack(_promoted(reduced)).tolist()
+        stacked = torch.stack(_promoted(reduced))
+        capturable = self._on_device()
+        if capturable:  # the sums in the dtype of the device scalars, as the host's floats
+            stacked = stacked.to(self.param_groups[0]["k"].dtype)
+        values = scalar.entries(stacked, capturable)
         for block, distance_sq, gradient_sq in zip(blocks, values[::2], values[1::2], strict=True):
-            eta = self._step_size(block.group, block.first, distance_sq, gradient_sq)
+            eta = self._step_size(block.group, distance_sq, gradient_sq)
             block.group["eta"] = block.group["effective_lr"] = eta
-            block.group["k"] += 1  # before the move: the average's weight counts this step
+            # before the move: the average's weight counts this step
+            block.group["k"] = block.group["k"] + 1
             self._move(block, eta)
 
-    def _step_size(
-        self, group: dict[str, Any], first: bool, distance_sq: float, gradient_sq: float
-    ) -> float:
-        """The method's rule: update the group's scalars from the reduced sums; the step size."""
+    def _step_size(self, group: dict[str, Any], distance_sq: Scalar, gradient_sq: Scalar) -> Scalar:
+        """The method's rule: update the group's scalars from the reduced sums; the step size.
+        Numbers in a host step, 0-d device tensors in a capturable one (the first step is
+        ``k == 0``, a tensor condition there: both sides are computed, one is kept)."""
         raise NotImplementedError
 
     def _statistics_pass(self, group: dict[str, Any]) -> _Block:
         """This rank's ``||x_t - a x_0||^2`` over the group (``a`` = 0 at DoG's first step, the
         radius ``||x_0||^2``; at DoWG's first step ``x = x_0`` gives 0) and ``||g_t||^2`` over
         its tensors with a gradient; a tensor without one counts in the distance only."""
-        first = group["k"] == 0
+        first = self._first_step(group)
         if first:
             self._start_group(group)
         all_params = list(group["params"])
@@ -285,8 +314,8 @@ class _GroupBlocks(_DistanceOverGradients):
         idle_rows = [self._arrays(p) for p in all_params if p.grad is None]
         idle = route(group, idle_rows, (kernels.DISTANCE,))
         idle_sums = idle.run(kernels.DISTANCE, {"anchor": anchor})
-        taken = [rows[i]["p"] for i in _fast_rows(plan)]
-        done = {id(p) for p in taken} | {id(idle_rows[i]["p"]) for i in _fast_rows(idle)}
+        taken = [rows[i]["p"] for i in kernels.fast_rows(plan)]
+        done = {id(p) for p in taken} | {id(idle_rows[i]["p"]) for i in kernels.fast_rows(idle)}
         # the reference loop: the other tensors, in the group's order (ids: `in` on tensors
         # would compare values)
         rest = [p for p in all_params if id(p) not in done]
@@ -301,24 +330,25 @@ class _GroupBlocks(_DistanceOverGradients):
             gradient.append(_foreach.sum_of_squares(directions, foreach=foreach))
         like = all_params[0]
         totals = (_total(distance, like), _total(gradient, like))
-        return _Block(group, first, foreach, rows, plan, taken, params, directions, totals)
+        return _Block(group, foreach, rows, plan, taken, params, directions, totals)
 
-    def _move(self, block: _Block, eta: float) -> None:
+    def _move(self, block: _Block, eta: Scalar) -> None:
         """``x_{t+1} = x_t - eta (g_t + wd x_t)``, with the iterate average where the group keeps
         one."""
         group = block.group
         weights = self._average_weights(group, block.rows, block.plan)
-        block.plan.run(
+        kernels.run(
+            block.plan,
             kernels.move_pass(group),
             {"weight_decay": group["weight_decay"]},
-            tensor_scalars=[{"eta": eta, **weight} for weight in weights],
+            [{"eta": eta, **weight} for weight in weights],
         )
         if block.params:
             if block.foreach:
-                torch._foreach_add_(block.params, block.directions, alpha=-eta)
+                _foreach.add_scaled_(block.params, block.directions, -eta)
             else:
                 for p, direction in zip(block.params, block.directions, strict=True):
-                    p.add_(direction, alpha=-eta)
+                    scalar.add_scaled_(p, direction, -eta)
         self._average(group, block.foreach, done=block.taken)
 
 
@@ -442,6 +472,11 @@ class DoG(_GroupBlocks):
         sharded: each rank owns a disjoint part of the parameters, so the norms are partial
             sums reduced over ranks (not needed for DDP; DTensor is detected). Every rank must
             build the same number of param groups, in the same order.
+        capturable: keep every group's :math:`k`, :math:`\bar r_t`, :math:`G_t` and
+            :math:`\eta_t` as 0-d tensors on the parameters' device, so that the step reads
+            nothing back to the host and ``torch.compile`` traces it without recompiling as they
+            change (NOTE [device scalars] in ``lrlab/optim/_scalars.py``). None (default): True
+            for CUDA/XPU parameters.
 
     .. note::
         Deviations from the official package (``dog-optimizer`` 1.0.3), none of which changes the
@@ -474,6 +509,8 @@ class DoG(_GroupBlocks):
         "G": 0.0,
         "eta": 0.0,
     }
+    #: a capturable step keeps all of the group's run state on the device
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = _types(group_defaults)
 
     def __init__(
         self,
@@ -488,31 +525,28 @@ class DoG(_GroupBlocks):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         settings = (reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma, foreach, fused)
         defaults = _dog_defaults(*settings)
         check_bool("sharded", sharded)
-        super().__init__(params, {**defaults, "sharded": sharded})
+        super().__init__(params, {**defaults, "sharded": sharded, "capturable": capturable})
 
     radius_from_origin: ClassVar[bool] = True
 
-    def _step_size(
-        self, group: dict[str, Any], first: bool, distance_sq: float, gradient_sq: float
-    ) -> float:
+    def _step_size(self, group: dict[str, Any], distance_sq: Scalar, gradient_sq: Scalar) -> Scalar:
         # Algorithm 1 of the paper; distance_sq is ||x_0||^2 at the first step
         init_eta = group["init_eta"]
-        if first:
-            r_bar = (
-                0.0 if init_eta is not None else group["reps_rel"] * (1.0 + math.sqrt(distance_sq))
-            )
-            G = gradient_sq + group["eps"]
-        else:
-            r_bar = max(group["r_bar"], math.sqrt(distance_sq))
-            G = group["G"] + gradient_sq
-        eta = group["lr"] * r_bar / math.sqrt(G) if G > 0 else 0.0
-        if r_bar == 0.0 and init_eta is not None:
+        first = group["k"] == 0
+        distance = scalar.sqrt(distance_sq)
+        r_first = 0.0 if init_eta is not None else group["reps_rel"] * (1.0 + distance)
+        r_bar = scalar.where(first, r_first, scalar.maximum(group["r_bar"], distance))
+        G = scalar.where(first, gradient_sq + group["eps"], group["G"] + gradient_sq)
+        # G > 0 but where eps = 0 and every gradient so far was zero: then a zero step
+        eta = scalar.where(G > 0, scalar.ratio_or_zero(group["lr"] * r_bar, scalar.sqrt(G)), 0.0)
+        if init_eta is not None:
             # r_bar starts at 0: init_eta is the step size until the iterate has moved
-            eta = float(init_eta)
+            eta = scalar.where(r_bar == 0.0, float(init_eta), eta)
         group["r_bar"], group["G"] = r_bar, G
         return eta
 
@@ -572,6 +606,11 @@ class LDoG(_DistanceOverGradients):
             one compiled kernel (see :mod:`lrlab.optim._fused`; only with ``fused=True``:
             the first step pays the compilation), and non-contiguous or small
             tensors take the ``foreach`` path.
+        capturable: keep every group's step counter :math:`k` as a 0-d tensor on the
+            parameters' device (the per-tensor scalars are device tensors already) and
+            ``effective_lr`` as the 0-d mean, so that the step reads nothing back to the host
+            (NOTE [device scalars] in ``lrlab/optim/_scalars.py``). None (default): True for
+            CUDA/XPU parameters.
 
     .. note::
         With ``init_eta``, a tensor keeps the step size ``init_eta`` until it has moved
@@ -594,6 +633,8 @@ class LDoG(_DistanceOverGradients):
     #: its step traces under torch.compile without recompiles after the second step (the
     #: per-tensor scalars live in state tensors; tests/optim/test_compile.py)
     traceable_step: ClassVar[bool] = True
+    #: a capturable step keeps the group's counter on the device too (the averaging weight)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = {"k": int}
 
     #: the per-tensor scalars of the layer-wise rule
     state_layout: ClassVar[Mapping[str, StateEntry]] = {
@@ -614,9 +655,10 @@ class LDoG(_DistanceOverGradients):
         averaging_gamma: float | None = None,
         foreach: bool | None = None,
         fused: bool | None = None,
+        capturable: bool | None = None,
     ) -> None:
         settings = (reps_rel, lr, weight_decay, eps, init_eta, averaging_gamma, foreach, fused)
-        super().__init__(params, _dog_defaults(*settings))
+        super().__init__(params, {**_dog_defaults(*settings), "capturable": capturable})
 
     def _start_group(self, group: dict[str, Any]) -> None:
         super()._start_group(group)
@@ -636,10 +678,10 @@ class LDoG(_DistanceOverGradients):
         means: list[Tensor] = []
         stepped: list[dict[str, Any]] = []
         for group in self.param_groups:
-            first = group["k"] == 0
+            first = self._first_step(group)
             if first:
                 self._start_group(group)
-            group["k"] += 1
+            group["k"] = group["k"] + 1
             foreach = _foreach.resolve_foreach(group["foreach"], list(group["params"]))
             params = [p for p in group["params"] if p.grad is not None]
             rows = [self._arrays(p) for p in params]
@@ -660,11 +702,12 @@ class LDoG(_DistanceOverGradients):
                 stepped.append(group)
             else:
                 group["effective_lr"] = 0.0
-            self._average(group, foreach, done=[rows[i]["p"] for i in _fast_rows(plan)])
-        if means:  # one host synchronisation for the step
-            values = torch.stack(_promoted(means, means[0].device)).tolist()
-            for group, value in zip(stepped, values, strict=True):
-                group["effective_lr"] = float(value)
+            self._average(group, foreach, done=[rows[i]["p"] for i in kernels.fast_rows(plan)])
+        if means:  # one host synchronisation for the step (none in a capturable step)
+            stacked = torch.stack(_promoted(means, means[0].device))
+            capturable = self._on_device()
+            for group, value in zip(stepped, scalar.entries(stacked, capturable), strict=True):
+                group["effective_lr"] = value if capturable else float(value)
 
     def _step_by_dtype(self, group: dict[str, Any], plan: Plan, weights: _Weights) -> list[Tensor]:
         """The rows of the native kernels, two calls per dtype: the tensors' distances and
@@ -682,8 +725,8 @@ class LDoG(_DistanceOverGradients):
             Gs = [plan.rows[i]["G"] for i in indices]
             totals = totals.to(_foreach.accumulation_dtype(dtype))
             # r_bar = max(r_bar, ||x - x0||), G += ||g||^2, eta = lr r_bar / sqrt(G)
-            r_bar = torch.maximum(torch.stack(r_bars), _column(totals, "distance").sqrt())
-            norm = _column(totals, "gradient").sqrt()
+            r_bar = torch.maximum(torch.stack(r_bars), kernels.column(totals, "distance").sqrt())
+            norm = kernels.column(totals, "gradient").sqrt()
             G = torch.stack(Gs).addcmul_(norm, norm)
             eta = _ldog_step_size(group, r_bar, G)
             torch._foreach_copy_(r_bars, r_bar.unbind())
@@ -692,7 +735,8 @@ class LDoG(_DistanceOverGradients):
                 self.state[plan.rows[index]["p"]]["eta"] = value
                 per_tensor[index] = {"eta": number, **weights[index]}
             vectors.append(eta)
-        plan.run(kernels.move_pass(group), decay, tensor_scalars=per_tensor, compiled=False)
+        natives = [i for indices in plan.native.values() for i in indices]
+        kernels.run(plan, kernels.move_pass(group), decay, per_tensor, only=natives)
         return vectors
 
     def _step_each(self, group: dict[str, Any], plan: Plan, weights: _Weights) -> list[Tensor]:
@@ -705,9 +749,7 @@ class LDoG(_DistanceOverGradients):
             "init_eta": float(init_eta or 0.0),
             "has_init_eta": float(init_eta is not None),
         }
-        result = plan.run(
-            kernels.ldog_pass(group), scalars, tensor_scalars=weights, only=plan.compiled
-        )
+        result = kernels.run(plan, kernels.ldog_pass(group), scalars, weights, only=plan.compiled)
         etas = [sums["eta"] for sums in result.compiled]
         for index, eta in zip(plan.compiled, etas, strict=True):
             self.state[plan.rows[index]["p"]]["eta"] = eta
@@ -839,6 +881,8 @@ class DoWG(_GroupBlocks):
             :mod:`lrlab.optim._native`); elsewhere the compiled kernels of :class:`DoG`'s
             ``fused``.
         sharded: as :class:`DoG`.
+        capturable: as :class:`DoG` (here :math:`k`, :math:`\bar r_t^2`, :math:`v_t` and
+            :math:`\eta_t`).
 
     .. note::
         There is no official PyTorch package; argument names and defaults follow the reference
@@ -860,6 +904,8 @@ class DoWG(_GroupBlocks):
         "v": 0.0,
         "eta": 0.0,
     }
+    #: a capturable step keeps all of the group's run state on the device
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = _types(group_defaults)
 
     def __init__(
         self,
@@ -872,6 +918,7 @@ class DoWG(_GroupBlocks):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         check_positive("lr", lr)
         check_nonnegative("eps", eps)
@@ -893,24 +940,22 @@ class DoWG(_GroupBlocks):
             "foreach": foreach,
             "fused": fused,
             "sharded": sharded,
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
-    def _step_size(
-        self, group: dict[str, Any], first: bool, distance_sq: float, gradient_sq: float
-    ) -> float:
+    def _step_size(self, group: dict[str, Any], distance_sq: Scalar, gradient_sq: Scalar) -> Scalar:
         # distance_sq is ||x_t - x_0||^2 (0 at the first step, where r_bar^2 is r_eps^2)
-        if first:
-            initial = group["init_estim_sq_dist"]
-            previous = float(group["eps"] if initial is None else initial)
-            v = 0.0
-        else:
-            previous, v = group["r_bar_sq"], group["v"]
-        r_bar_sq = max(previous, distance_sq)
-        v = v + r_bar_sq * gradient_sq
-        denominator = math.sqrt(v) + group["eps"]
+        first = group["k"] == 0
+        initial = group["init_estim_sq_dist"]
+        r_eps_sq = float(group["eps"] if initial is None else initial)
+        previous = scalar.where(first, r_eps_sq, group["r_bar_sq"])
+        r_bar_sq = scalar.maximum(previous, distance_sq)
+        v = scalar.where(first, 0.0, group["v"]) + r_bar_sq * gradient_sq
+        denominator = scalar.sqrt(v) + group["eps"]
         group["r_bar_sq"], group["v"] = r_bar_sq, v
-        return group["lr"] * r_bar_sq / denominator if denominator > 0 else 0.0
+        step = scalar.ratio_or_zero(group["lr"] * r_bar_sq, denominator)
+        return scalar.where(denominator > 0, step, 0.0)
 
     def _statistics(self) -> dict[str, float]:
         group = self.param_groups[0]
@@ -936,16 +981,6 @@ def _total(parts: list[Tensor], like: Tensor) -> Tensor:
         dtype = _foreach.accumulation_dtype(like.dtype)
         return torch.zeros((), dtype=dtype, device=like.device)
     return torch.stack(_promoted(parts)).sum()
-
-
-def _fast_rows(plan: Plan) -> list[int]:
-    """The rows of ``plan`` that the native and compiled kernels take."""
-    return [*plan.compiled, *(index for indices in plan.native.values() for index in indices)]
-
-
-def _column(sums: Tensor, name: str) -> Tensor:
-    """The sum ``name`` of every row of a native ``(rows, sums)`` tensor of the statistics pass."""
-    return sums[:, kernels.SUMS.schema.sums.index(name)]
 
 
 def _ldog_step_size(group: dict[str, Any], r_bar: Tensor, G: Tensor) -> Tensor:

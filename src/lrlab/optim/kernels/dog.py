@@ -5,19 +5,22 @@ convention: :mod:`lrlab.optim.kernels`).
 The passes: :data:`SUMS`, the statistics (grad, p, x0 -> ``||x - a x0||^2``, ``||g + wd x||^2``);
 :data:`DISTANCE`, the distance of a tensor without a gradient; :data:`MOVE` and
 :data:`MOVE_AVERAGE`, the move without and with the iterate average; :data:`LDOG_STEP` and
-:data:`LDOG_STEP_AVERAGE`, L-DoG's whole step of one tensor in one compiled call.
+:data:`LDOG_STEP_AVERAGE`, L-DoG's whole step of one tensor in one compiled call. :func:`run`
+runs a pass whose per-tensor scalars may be a capturable step's device scalars.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from lrlab.optim._executor import Pass, Schema
-from lrlab.optim._fused import kernel
+from lrlab.optim import _scalars as scalar
+from lrlab.optim._executor import Pass, PassResult, Plan, Schema
+from lrlab.optim._fused import flat, kernel, scalars
+from lrlab.optim._scalars import Scalar
 
 __all__ = [
     "DISTANCE",
@@ -26,8 +29,11 @@ __all__ = [
     "MOVE",
     "MOVE_AVERAGE",
     "SUMS",
+    "column",
+    "fast_rows",
     "ldog_pass",
     "move_pass",
+    "run",
 ]
 
 # The statistics pass (grad, p, x0 -> ||x - a x0||^2, ||g + wd x||^2), the distance of a tensor
@@ -157,3 +163,53 @@ def move_pass(group: Mapping[str, Any]) -> Pass:
 def ldog_pass(group: Mapping[str, Any]) -> Pass:
     """L-DoG's one-call step of a group (compiled kernels)."""
     return LDOG_STEP if group.get("averaging_gamma") is None else LDOG_STEP_AVERAGE
+
+
+def fast_rows(plan: Plan) -> list[int]:
+    """The rows of ``plan`` that the native and compiled kernels take."""
+    return [*plan.compiled, *(index for indices in plan.native.values() for index in indices)]
+
+
+def column(sums: Tensor, name: str) -> Tensor:
+    """The sum ``name`` of every row of a native ``(rows, sums)`` tensor of :data:`SUMS`."""
+    return sums[:, SUMS.schema.sums.index(name)]
+
+
+def run(
+    plan: Plan,
+    step: Pass,
+    named: Mapping[str, Scalar],
+    tensor_scalars: Sequence[Mapping[str, Scalar]],
+    only: Sequence[int] | None = None,
+) -> PassResult:
+    """``plan.run(step, named, tensor_scalars=..., only=...)``, where a per-tensor scalar (the
+    group's ``eta``, the average's weight) may be a capturable step's 0-d device tensor.
+
+    The executor takes per-tensor scalars as Python numbers: right for the native kernels, which
+    read them on the CPU anyway (no device sync), but a compiled row's would be read back from
+    its device. Here a compiled row gets its scalars stacked on its device instead, as the
+    executor stacks a pass's device scalars (NOTE [device scalars] in ``_scalars.py``)."""
+    # a native row's device scalar is a CPU tensor: the executor's float() costs no device sync
+    numbers = cast(Sequence[Mapping[str, float]], tensor_scalars)
+    values = [value for row in tensor_scalars for value in row.values()]
+    if not scalar.is_device(*values):
+        return plan.run(step, named, tensor_scalars=numbers, only=only)
+    keep = None if only is None else set(only)
+    natives = [i for rows in plan.native.values() for i in rows if keep is None or i in keep]
+    result = plan.run(step, named, tensor_scalars=numbers, only=natives)
+    schema, names = step.schema, step.compiled_sums or step.schema.sums
+    assert step.compiled is not None and step.compiled_arrays is None  # the passes above
+    for i in plan.compiled:
+        if keep is not None and i not in keep:
+            continue
+        row, own = plan.rows[i], tensor_scalars[i]
+        if set(own) != set(schema.tensor_scalars):
+            raise ValueError(f"{schema.struct}: tensor scalars {sorted(own)}")
+        values = [*schema.values(named), *(own[name] for name in schema.tensor_scalars)]
+        arrays = [flat(row[name]) for name in step.arrays]
+        out = step.compiled(*arrays, scalars(values, arrays[0]))
+        if names:
+            parts = out if isinstance(out, tuple) else (out,)
+            result.compiled.append(dict(zip(names, parts, strict=True)))
+            result.compiled_rows.append(i)
+    return result
