@@ -217,7 +217,7 @@ def test_the_capturable_update_reads_nothing_back(name: str) -> None:
 
 @pytest.mark.parametrize("name", CAPTURABLE[:2])
 def test_a_pickled_capturable_optimizer_stays_capturable(name: str, tmp_path) -> None:
-    optimizer, params = _run(name, True, steps=2, **_kwargs(name))
+    optimizer, _ = _run(name, True, steps=2, **_kwargs(name))
     path = tmp_path / "optimizer.pt"
     torch.save(optimizer, path)
     loaded = torch.load(path, weights_only=False)
