@@ -6,9 +6,9 @@ plumbing that every method used to repeat by hand:
 
 * **routing**: each parameter of a group goes to the native CPU kernels (one call per pass for
   all tensors of a dtype, :mod:`lrlab.optim._native`), to a compiled kernel (one call per
-  tensor, :mod:`lrlab.optim._fused`, only with ``fused=True``) or back to the method's
-  reference loop; by the group's ``fused`` setting, the tensors' eligibility (dtype, device,
-  layout, size) and whether the kernels could be built;
+  tensor, :mod:`lrlab.optim._fused`: with ``fused=True``, and by default for CUDA/XPU
+  tensors) or back to the method's reference loop; by the group's ``fused`` setting, the
+  tensors' eligibility (dtype, device, layout, size) and whether the kernels could be built;
 * **scalars by name**: a pass declares its scalars, per-tensor scalars and sums by name in a
   :class:`Schema`. The method passes a mapping; the executor orders it. The C++ kernel reads a
   struct with the same field names, generated from the schema into the kernel source (between

@@ -175,8 +175,10 @@ def native_requested(group: Mapping[str, Any]) -> bool:
 
 
 def compiled_requested(group: Mapping[str, Any]) -> bool:
-    """Whether ``group`` lets the other tensors take the compiled kernels: only an explicit
-    ``fused=True`` (compiling costs seconds on the first step, which a default must not)."""
+    """Whether ``group`` lets its CPU tensors take the compiled kernels: only an explicit
+    ``fused=True`` (compiling costs seconds on the first step, which a CPU default must not;
+    on a GPU, where no native kernel exists, :func:`lrlab.optim._executor.route` takes them by
+    default)."""
     return group.get("fused", False) is True
 
 
