@@ -173,12 +173,17 @@ def test_anneal_lowers_the_factor_by_exactly_d_k_sigma_per_step_under_pure_noise
     assert annealed < 0.2 < 0.3 < unbiased < 3.0
 
 
-def test_brake_fires_when_the_gradient_norm_explodes_along_a_steady_direction() -> None:
+@pytest.mark.parametrize("capturable", [False, True])
+def test_brake_fires_when_the_gradient_norm_explodes_along_a_steady_direction(
+    capturable: bool,
+) -> None:
     """The path sees agreement (grow); the brake sees ||g|| double every step (shrink)."""
 
     def run(brake: bool) -> dict[str, float]:
         x = torch.zeros(5, dtype=torch.float64, requires_grad=True)
-        optimizer = ClaraAuto([x], lr=1e-2, distance_bound=False, brake=brake)
+        optimizer = ClaraAuto(
+            [x], lr=1e-2, distance_bound=False, brake=brake, capturable=capturable
+        )
         for step in range(30):
             _step(optimizer, x, [2.0**step] * 5)
         return optimizer.statistics()
@@ -249,12 +254,14 @@ def test_any_initial_lr_reaches_the_same_region(lr: float) -> None:
     assert finals[0] < 1e-2 and finals[1] < 1e-2
 
 
-def test_brake_cusum_follows_its_formulas() -> None:
+@pytest.mark.parametrize("capturable", [False, True])
+def test_brake_cusum_follows_its_formulas(capturable: bool) -> None:
     """mean/variance: exponential (rate c) of log ||g||; from step 11 C = max(0, C + z - 1/2),
-    z = clip((log||g|| - mean) / sqrt(var), -3, 3), alarm when C > 5."""
+    z = clip((log||g|| - mean) / sqrt(var), -3, 3), alarm when C > 5 (the capturable step
+    computes each branch as a select on the device)."""
     norms = [1.0, 2.0, 0.5, 1.5, 1.0, 3.0, 0.7, 1.2, 2.5, 1.1, 1.8, 4.0, 9.0, 30.0, 100.0]
     x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimizer = ClaraAuto([x], lr=1e-3, distance_bound=False)
+    optimizer = ClaraAuto([x], lr=1e-3, distance_bound=False, capturable=capturable)
     mean = variance = cusum = 0.0
     events = 0
     for step, norm in enumerate(norms, start=1):
@@ -275,3 +282,47 @@ def test_brake_cusum_follows_its_formulas() -> None:
         assert optimizer.statistics()["brake_cusum"] == pytest.approx(cusum, rel=1e-9, abs=1e-12)
     assert optimizer.statistics()["brake_events"] == events
     assert events >= 1  # the last steps rise by 3x per step
+
+
+def test_capturable_step_follows_the_host_step_through_the_safeguards() -> None:
+    """The selects of the capturable step against the host step's branches, step by step: the
+    distance bound caps (lr 10), a step without any gradient changes no global (M = 0), a step
+    with one tensor's gradient only, and a norm explosion that fires the brake."""
+
+    def grads(step: int) -> list[list[float] | None]:
+        if step == 6:
+            return [None, None]
+        scale = 3.0 ** max(0, step - 14)
+        first = [scale * (1.0 + 0.1 * ((step * 7 + i) % 5)) for i in range(3)]
+        return [first, None if step == 9 else [scale * (0.5 - 0.2 * (step % 3)), scale]]
+
+    runs = []
+    for capturable in (False, True):
+        x = torch.linspace(-1.0, 1.0, 3, dtype=torch.float64).requires_grad_()
+        y = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+        groups = [{"params": [x]}, {"params": [y], "lr": 5.0}]
+        optimizer = ClaraAuto(groups, lr=10.0, capturable=capturable)
+        trace = []
+        for step in range(26):
+            for p, g in zip((x, y), grads(step), strict=True):
+                p.grad = None if g is None else torch.tensor(g, dtype=torch.float64)
+            optimizer.step()
+            trace.append(({**optimizer.statistics()}, x.detach().clone(), y.detach().clone()))
+        runs.append((optimizer, trace))
+    (host, host_trace), (device, device_trace) = runs
+    assert isinstance(device.param_groups[1]["brake_cusum"], torch.Tensor)
+    assert device.state[device.param_groups[0]["params"][0]]["step"].dim() == 0
+    for (stats_h, x_h, y_h), (stats_d, x_d, y_d) in zip(host_trace, device_trace, strict=True):
+        torch.testing.assert_close(x_d, x_h, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(y_d, y_h, rtol=1e-12, atol=1e-14)
+        for key, value in stats_h.items():
+            assert stats_d[key] == pytest.approx(value, rel=1e-10, abs=1e-14), key
+    stats = host_trace[-1][0]
+    assert stats["capped_steps"] >= 1 and stats["brake_events"] >= 1
+    # the step without a gradient: the host step returns early, the selects keep everything
+    for trace in (host_trace, device_trace):
+        before, after = trace[5][0], trace[6][0]
+        assert {k: v for k, v in after.items() if k != "effective_lr"} == {
+            k: v for k, v in before.items() if k != "effective_lr"
+        }
+    assert device.param_groups[0]["global_step"] == 25 == host.param_groups[0]["global_step"]

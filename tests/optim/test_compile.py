@@ -122,7 +122,8 @@ EAGER: dict[str, str] = {
     "salera": "as alera",
     "agadam": "as alera",
     "spalera": "recompiles at step 3 (5, 9, 13); host read .tolist() of the step's sums",
-    "clara-auto": "recompiles at step 3 (5, 7, 9); host read float() of the reduced sums",
+    "clara-auto": "host mode recompiles at step 3 (5, 7, 9); host read float() of the reduced "
+    "sums; capturable=True traces (tests/optim/test_capturable.py)",
     "dadapt-sgd": "recompiles at steps 3, 4, 5 (5, 10, 15, 20, 21): guards on k and d_hat; "
     "capturable=True traces (tests/optim/test_capturable.py)",
     "dadapt-adam": "recompiles at step 3 (5, 10, 15): guards on d_hat; "

@@ -75,11 +75,13 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._executor import Pass, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import (
     check_betas,
     check_bool,
@@ -100,18 +102,19 @@ BRAKE_CLIP = 3.0
 BRAKE_WARMUP = 10
 
 
-def noise_std_of_ratio(c: float, inverse_dimensions: float, tensors: float) -> float:
+def noise_std_of_ratio(c: float, inverse_dimensions: Scalar, tensors: Scalar) -> Scalar:
     r"""Standard deviation of ``S / M`` for independent isotropic unit directions (stationary).
 
     With :math:`a = (1-c)^2`, one tensor of dimension :math:`D` gives
     :math:`\mathrm{Var}(S/M) = 4a / ((1+a) D)`; :math:`K` tensors sum their variances:
-    :math:`\sigma = \sqrt{4a/(1+a) \sum_i 1/D_i} / K`.
+    :math:`\sigma = \sqrt{4a/(1+a) \sum_i 1/D_i} / K`. Python numbers give a float, 0-d
+    tensors (a capturable step's reduced counts) a 0-d tensor.
     """
     a = (1.0 - c) ** 2
-    return math.sqrt(4.0 * a / (1.0 + a) * inverse_dimensions) / tensors
+    return scalar.sqrt(4.0 * a / (1.0 + a) * inverse_dimensions) / tensors
 
 
-def auto_damping(c: float, inverse_dimensions: float, tensors: float) -> float:
+def auto_damping(c: float, inverse_dimensions: Scalar, tensors: Scalar) -> Scalar:
     """``d = c / (L (1 + sigma))``: at most a factor ``exp(c / (1 + sigma))`` per step."""
     bound = math.log((2.0 - c) / c)
     return c / (bound * (1.0 + noise_std_of_ratio(c, inverse_dimensions, tensors)))
@@ -193,6 +196,12 @@ class ClaraAuto(AdaptiveOptimizer):
             does the whole step in one sweep (see :mod:`lrlab.optim._fused`; the first step
             pays the compilation). False: the reference loop only. The numbers are the same up
             to float rounding (checked in float64 by the conformance suite).
+        capturable: keep the LR factor, the statistics, the distance, the brake's state, the
+            counters and every tensor's step count as 0-d tensors on the parameters' device, so
+            that the step reads nothing back to the host (every branch of the algorithm box is
+            a select) and ``torch.compile`` traces it without recompiling as they change (NOTE
+            [device scalars] in ``lrlab/optim/_scalars.py``; a checkpoint holds plain numbers).
+            None (default): True for CUDA/XPU parameters.
 
     The factor is global: every group's ``lr`` is multiplied by the same ``f``. Memory: four
     tensors per parameter (the Adam moments, the path and the displacement from the start).
@@ -216,6 +225,12 @@ class ClaraAuto(AdaptiveOptimizer):
         "brake_events": 0,
         "global_step": 0,
     }
+    #: a capturable step keeps every global of the run on the device (the counters are ints in a
+    #: checkpoint) and counts each tensor's steps there
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = {
+        key: type(value) for key, value in global_defaults.items()
+    }
+    capturable_counts: ClassVar[tuple[str, ...]] = ("step",)
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
         "lr": check.positive(),
@@ -244,6 +259,7 @@ class ClaraAuto(AdaptiveOptimizer):
         anneal: float = 0.5,
         sharded: bool = False,
         fused: bool | None = None,
+        capturable: bool | None = None,
     ) -> None:
         check_positive("lr", lr)
         check_betas("betas", betas)
@@ -269,11 +285,12 @@ class ClaraAuto(AdaptiveOptimizer):
             "anneal": anneal,
             "sharded": sharded,
             "fused": fused,
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
-        state["step"] = 0
+        state["step"] = self._new_count(p)
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["path"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -288,27 +305,32 @@ class ClaraAuto(AdaptiveOptimizer):
         settings = self.param_groups[0]
         c = float(settings["c"])
         mu = c / (2 - c)
-        factor = float(self._get_global("lr_factor"))
-        capped = False
+        # Python floats, or 0-d device tensors in a capturable step (NOTE [device scalars])
+        factor: Scalar = self._get_global("lr_factor")
+        factor = factor if self.capturable else float(factor)
+        capped: bool | Tensor = False
         if settings["distance_bound"]:  # eta = min(eta, r + r_eps)
-            bound = float(self._get_global("distance")) + float(settings["initial_distance"])
+            distance = self._get_global("distance")
+            distance = distance if self.capturable else float(distance)
+            bound = distance + float(settings["initial_distance"])
             largest_lr = max(float(group["lr"]) for group in self.param_groups)
-            if largest_lr * factor > bound:
-                factor, capped = bound / largest_lr, True
+            capped = largest_lr * factor > bound
+            factor = scalar.where(capped, bound / largest_lr, factor)
 
         # the per-tensor sums S = sum ||p_i||^2, ||x - x_0||^2 and ||g||^2, as 0-d parts
         path_sq: list[Tensor] = []
         distance_sq: list[Tensor] = []
         grad_sq: list[Tensor] = []
         # M = sum_i mu (1 - (1-c)^(2 t_i)), the element counts, sum_i 1/D_i and K
-        references: list[float] = []
+        references: list[Scalar] = []
         numels: list[float] = []
         inverse_dimensions = tensors = 0.0
         for group in self.param_groups:
             eta = float(group["lr"]) * factor
             group["effective_lr"] = eta
             beta1, beta2 = group["betas"]
-            rows, biases = [], []
+            rows: list[dict[str, Tensor]] = []
+            biases: list[dict[str, Scalar]] = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -316,9 +338,11 @@ class ClaraAuto(AdaptiveOptimizer):
                 if len(state) == 0:
                     self._init_state(p, state)
                 state["step"] += 1
-                step = int(state["step"])
+                # a 0-d device tensor in a capturable step (a changing int would recompile)
+                step = state["step"] if self.capturable else int(state["step"])
                 rows.append(self._arrays(p, state))
-                # per tensor, in Python double: 1 - beta2^t and the move's -eta / (1 - beta1^t)
+                # per tensor, in Python double (0-d tensors in a capturable step): 1 - beta2^t
+                # and the move's -eta / (1 - beta1^t)
                 biases.append(
                     {"bias_correction2": 1 - beta2**step, "step_size": -eta / (1 - beta1**step)}
                 )
@@ -363,13 +387,17 @@ class ClaraAuto(AdaptiveOptimizer):
             else torch.zeros((), dtype=torch.float64, device=device)
             for parts in (path_sq, distance_sq, grad_sq)
         ]
-        counts = torch.tensor(
-            [sum(references), sum(numels), inverse_dimensions, tensors],
-            dtype=torch.float64,
-            device=device,
-        )
+        counts = [
+            torch.as_tensor(value, dtype=torch.float64, device=device)
+            for value in (sum(references), sum(numels), inverse_dimensions, tensors)
+        ]
         # every rank reaches the reduction, even one without gradients this step
-        reduced = self._reduce_global([*totals, *counts.unbind()])
+        reduced = self._reduce_global([*totals, *counts])
+        if self.capturable:
+            assert isinstance(factor, Tensor)
+            self._adapt_on_device(factor, capped, reduced, c)
+            return
+        assert not isinstance(factor, Tensor)
         path_sq_total, distance_sq_total, grad_sq_total, reference, numel, inverse_d, k = (
             float(value) for value in reduced
         )
@@ -383,7 +411,7 @@ class ClaraAuto(AdaptiveOptimizer):
         ratio = path_sq_total / reference
         # l = clip(log(S/M), -L, L) - k sigma: hold or grow only on evidence of agreement
         log_ratio = min(max(math.log(max(ratio, 1e-300)), -bound), bound)
-        log_ratio -= float(settings["anneal"]) * noise_std_of_ratio(c, inverse_d, k)
+        log_ratio -= float(settings["anneal"]) * float(noise_std_of_ratio(c, inverse_d, k))
         damping = settings["damping"]
         if damping is None:
             damping = auto_damping(c, inverse_d, k)
@@ -395,6 +423,45 @@ class ClaraAuto(AdaptiveOptimizer):
         if settings["brake"]:
             factor = self._brake(factor, 0.5 * math.log(max(grad_sq_total, 1e-300)), c, bound)
         self._set_global("lr_factor", factor)
+
+    def _adapt_on_device(
+        self, factor: Tensor, capped: bool | Tensor, reduced: list[Tensor], c: float
+    ) -> None:
+        """The host step's update of the globals (after the reduction) without a host read:
+        in the device scalars' dtype, every ``if`` a select, and every global kept as it was
+        when no tensor had a gradient on any rank (``M = 0``, where the host step returns).
+        ``factor`` is the one the distance bound left."""
+        settings = self.param_groups[0]
+        path_sq, distance_sq, grad_sq, reference, numel, inverse_d, k = (
+            value.to(factor.dtype) for value in reduced
+        )
+        moved = reference != 0
+        # both sides of a select are computed: the divisions by M and K take 1 where M = 0
+        reference, k = torch.where(moved, reference, 1.0), torch.where(moved, k, 1.0)
+        bound = math.log((2.0 - c) / c)
+        ratio = path_sq / reference
+        # l = clip(log(S/M), -L, L) - k sigma
+        log_ratio = torch.log(ratio.clamp_min(1e-300)).clamp(-bound, bound)
+        log_ratio = log_ratio - float(settings["anneal"]) * noise_std_of_ratio(c, inverse_d, k)
+        damping = settings["damping"]
+        damping = auto_damping(c, inverse_d, k) if damping is None else float(damping)
+        step = self._get_global("global_step") + 1
+        updates: dict[str, Scalar] = {
+            "global_step": step,
+            "capped_steps": self._get_global("capped_steps") + capped,
+            "path_ratio": ratio,
+            "damping_used": damping,
+            "distance": torch.maximum(
+                self._get_global("distance"), torch.sqrt(distance_sq / numel.clamp_min(1.0))
+            ),
+        }
+        factor = factor * torch.exp(damping * log_ratio)  # f = f exp(d l)
+        if settings["brake"]:
+            log_norm = 0.5 * torch.log(grad_sq.clamp_min(1e-300))
+            factor = self._brake_on_device(factor, log_norm, step, c, bound, updates)
+        updates["lr_factor"] = factor
+        for key, value in updates.items():
+            self._set_global(key, scalar.where(moved, value, self._get_global(key)))
 
     def _arrays(self, p: Tensor, state: dict[str, Any]) -> dict[str, Tensor]:
         """The named arrays of one parameter that the passes read and write."""
@@ -408,7 +475,7 @@ class ClaraAuto(AdaptiveOptimizer):
         }
 
     def _step_reference(
-        self, arrays: Mapping[str, Tensor], scalars: Mapping[str, float], own: Mapping[str, float]
+        self, arrays: Mapping[str, Tensor], scalars: Mapping[str, float], own: Mapping[str, Scalar]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The step of one tensor in eager torch operations (both passes; the ground truth of
         the conformance suite). Returns its ``||p||^2``, ``||g||^2`` and ``||x - x_0||^2``."""
@@ -419,8 +486,9 @@ class ClaraAuto(AdaptiveOptimizer):
         v.mul_(scalars["beta2"]).addcmul_(grad, grad, value=scalars["one_minus_beta2"])
         denominator = (v / own["bias_correction2"]).sqrt_().add_(scalars["eps"])
         move = m / denominator
-        p.add_(move, alpha=own["step_size"])
-        displacement.add_(move.to(displacement.dtype), alpha=own["step_size"])
+        # a 0-d tensor step size is multiplied in (torch's alpha= would read it to the host)
+        scalar.add_scaled_(p, move, own["step_size"])
+        scalar.add_scaled_(displacement, move.to(displacement.dtype), own["step_size"])
         preconditioned = grad / denominator
         norm = torch.linalg.vector_norm(preconditioned, dtype=accumulate)
         path.lerp_(preconditioned / norm.clamp_min(_NORM_FLOOR).to(p.dtype), scalars["c"])
@@ -458,6 +526,34 @@ class ClaraAuto(AdaptiveOptimizer):
             factor *= math.exp(-shrink)
         self._set_global("brake_cusum", cusum)
         return factor
+
+    def _brake_on_device(
+        self,
+        factor: Tensor,
+        log_norm: Tensor,
+        step: Tensor,
+        c: float,
+        shrink: float,
+        updates: dict[str, Scalar],
+    ) -> Tensor:
+        """:meth:`_brake` without a host read: the new brake state goes to ``updates``; the
+        first step only sets the mean, the warm-up leaves the CUSUM as it was."""
+        mean = self._get_global("brake_mean")
+        variance = self._get_global("brake_variance")
+        cusum = self._get_global("brake_cusum")
+        first = step == 1
+        deviation = log_norm - mean
+        updates["brake_mean"] = torch.where(first, log_norm, mean + c * deviation)
+        updates["brake_variance"] = torch.where(
+            first, variance, (1 - c) * (variance + c * deviation * deviation)
+        )
+        standardised = (deviation / torch.sqrt(variance + 1e-12)).clamp(-BRAKE_CLIP, BRAKE_CLIP)
+        running = (cusum + standardised - BRAKE_SLACK).clamp_min(0.0)
+        active = step > BRAKE_WARMUP  # the variance needs a few samples first
+        alarm = active & (running > BRAKE_THRESHOLD)
+        updates["brake_events"] = self._get_global("brake_events") + alarm
+        updates["brake_cusum"] = torch.where(active, torch.where(alarm, 0.0, running), cusum)
+        return torch.where(alarm, factor * math.exp(-shrink), factor)
 
     def _statistics(self) -> dict[str, float]:
         factor = float(self._get_global("lr_factor"))
