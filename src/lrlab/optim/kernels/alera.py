@@ -7,15 +7,21 @@ Every method's step is two passes (NOTE [the 2017 scheme fused] in :mod:`lrlab.o
 ALeRA, SALeRA and Ag-Adam: ``||p||^2``, ``<p, g>``, ``||g||^2``; :data:`GRAD_SQ` /
 :data:`DECAYED_GRAD_SQ` for SPALeRA: ``||g||^2``), then (2) the path, the method's state and the
 parameter (:data:`ALERA_MOVE`, :data:`SALERA_MOVE`, :data:`AGADAM_MOVE`, :data:`SPALERA_MOVE`).
+Between them the host-side arithmetic of a block's rate (:func:`inverse_norm`,
+:func:`capped_exp`), written once for Python numbers and a capturable step's 0-d tensors.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from lrlab.optim import _scalars as scalar
 from lrlab.optim._executor import Pass, Schema
 from lrlab.optim._fused import kernel
+from lrlab.optim._scalars import Scalar
 
 __all__ = [
     "AGADAM_MOVE",
@@ -26,6 +32,8 @@ __all__ = [
     "PATH_SUMS",
     "SALERA_MOVE",
     "SPALERA_MOVE",
+    "capped_exp",
+    "inverse_norm",
 ]
 
 # A compiled kernel takes flat tensors and computes in the dtype of its scalars (float32 for
@@ -187,3 +195,21 @@ SPALERA_MOVE = Pass(
     "spalera_move",
     _spalera_move,
 )
+
+
+# -- the scalar arithmetic of a block's rate (Python numbers, or a capturable step's 0-d tensors)
+
+
+def inverse_norm(norm: Scalar, floor: float) -> Scalar:
+    """``1 / norm`` above ``floor``, else 0 (a block whose gradient is that small adds nothing
+    to its path); the same bits as the plain expression on a Python number, a select on a
+    tensor (whose other side divides by at least ``floor``)."""
+    return scalar.where(norm > floor, 1.0 / scalar.maximum(norm, floor), 0.0)
+
+
+def capped_exp(exponent: Scalar, cap: float) -> Scalar:
+    """``exp(min(exponent, cap))``: ``math.exp`` on a Python number (which overflows above
+    ~709.78), ``torch.exp`` of a clamp on a tensor."""
+    if isinstance(exponent, Tensor):
+        return torch.exp(torch.clamp(exponent, max=cap))
+    return math.exp(min(exponent, cap))
