@@ -93,6 +93,8 @@ __all__ = [
 ]
 
 Block = Literal["tensor", "group"]
+#: a step's reduced statistics, in order (Python floats, or a capturable step's 0-d tensors)
+Sums = Iterator[Scalar]
 _BLOCKS = ("tensor", "group")
 
 #: a block whose gradient norm is at most this adds nothing to its path (the Lua code's
@@ -104,6 +106,9 @@ LR_STOP = 1e-15
 _MAX_EXPONENT = 700.0
 #: a block's rate factor, step count and last path ratio before its first step
 _NEW_BLOCK: dict[str, Any] = {"lr_factor": 1.0, "block_step": 0, "path_ratio": 0.0}
+_BLOCK_FLOATS = {"lr_factor", "path_ratio"}
+#: their types in a checkpoint (a capturable step keeps them as 0-d device tensors)
+_BLOCK_SCALARS = {key: type(value) for key, value in _NEW_BLOCK.items()}
 
 
 def layer_param_groups(model: nn.Module, **options: Any) -> list[dict[str, Any]]:
@@ -183,9 +188,7 @@ _CATASTROPHE_GLOBALS: dict[str, Any] = {
     "alarms": 0,
 }
 #: the catastrophe test's globals of a capturable step (NOTE [device scalars])
-_CATASTROPHE_SCALARS: dict[str, type] = {
-    key: type(value) if value is not None else float for key, value in _CATASTROPHE_GLOBALS.items()
-}
+_CATASTROPHE_SCALARS = {k: float if v is None else type(v) for k, v in _CATASTROPHE_GLOBALS.items()}
 
 
 # -- the shared machinery -------------------------------------------------------------------------
@@ -270,11 +273,7 @@ class _PathLearningRates(AdaptiveOptimizer):
         raise NotImplementedError
 
     def _adapt_and_move(
-        self,
-        work: list[_GroupWork],
-        shared: Iterator[Scalar],
-        local: Iterator[Scalar],
-        moves: bool | Tensor,
+        self, work: list[_GroupWork], shared: Sums, local: Sums, moves: bool | Tensor
     ) -> None:
         """The rate update and the step; ``moves``: False on a capturable step's alarm (a
         tensor), which then keeps every rate and moves by 0."""
@@ -311,8 +310,8 @@ class _PathLearningRates(AdaptiveOptimizer):
             on_kernels = {id(p) for w in work for p in w.params} - {
                 id(p) for w in work for p in w.reference(w.params)
             }
-            if isinstance(alarm, Tensor):  # a capturable step: undo by a select, move by 0
-                moves = ~alarm
+            # a capturable step's alarm: a select, not a return
+            moves = ~alarm if isinstance(alarm, Tensor) else True
             for p, prev in self._previous():
                 if isinstance(alarm, Tensor):
                     p.copy_(torch.where(alarm, prev, p))
@@ -334,22 +333,10 @@ class _PathLearningRates(AdaptiveOptimizer):
                 rows.append({"grad": grad, "p": p, **arrays})
             plan = route(group, rows, (self._sums_pass, self._decayed_sums_pass, self._move))
             foreach = _foreach.resolve_foreach(group["foreach"], params)
-            weight_decay = group["weight_decay"]
-            if weight_decay != 0 and plan.reference:
-                # coupled L2 for the reference loop, added once (the Lua alera.lua adds it
-                # twice) and never in place; the kernels add it themselves (no full-size
+            if group["weight_decay"] != 0 and plan.reference:
+                # coupled L2 for the reference loop; the kernels add it themselves (no full-size
                 # temporary)
-                ref_params = [params[i] for i in plan.reference]
-                ref_grads = [grads[i] for i in plan.reference]
-                if foreach:
-                    decayed = list(torch._foreach_add(ref_grads, ref_params, alpha=weight_decay))
-                else:
-                    decayed = [
-                        g.add(p, alpha=weight_decay)
-                        for g, p in zip(ref_grads, ref_params, strict=True)
-                    ]
-                for i, g in zip(plan.reference, decayed, strict=True):
-                    grads[i] = g
+                kernels.decay(grads, params, plan.reference, group["weight_decay"], foreach)
             work.append(_GroupWork(group, params, grads, plan, foreach))
         return work
 
@@ -417,23 +404,6 @@ class _PathLearningRates(AdaptiveOptimizer):
         }
 
 
-def _to_float64(values: list[Tensor], device: torch.device) -> Tensor:
-    return torch.stack([v.to(device=device, dtype=torch.float64) for v in values])
-
-
-def _tensor_statistics(
-    paths: list[Tensor], grads: list[Tensor], foreach: bool, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per tensor, before the update: ``||p||^2``, ``<p, g>``, ``||g||^2`` (float64 vectors)."""
-    path_norms = _to_float64(_foreach.norms(paths, foreach=foreach), device)
-    grad_norms = _to_float64(_foreach.norms(grads, foreach=foreach), device)
-    dots = []
-    for path, g in zip(paths, grads, strict=True):
-        acc = _foreach.accumulation_dtype(path.dtype)
-        dots.append(torch.dot(path.reshape(-1).to(acc), g.reshape(-1).to(acc)))
-    return path_norms.square(), _to_float64(dots, device), grad_norms.square()
-
-
 class _LayerPathLearningRates(_PathLearningRates):
     """ALeRA's per-block rates (blocks: tensors or param groups); subclasses choose the move."""
 
@@ -444,12 +414,8 @@ class _LayerPathLearningRates(_PathLearningRates):
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"block": check.one_of(*_BLOCKS)}
 
     #: a capturable step keeps every block's run state on the device (a tensor block's in its
-    #: state: ``block_step`` as a count, the floats as :meth:`_block_scalar` makes them)
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = {
-        "lr_factor": float,
-        "block_step": int,
-        "path_ratio": float,
-    }
+    #: state, made by :meth:`_block_value`; ``block_step`` as a count, an int in a checkpoint)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = _BLOCK_SCALARS
     capturable_counts: ClassVar[tuple[str, ...]] = ("block_step",)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -460,8 +426,8 @@ class _LayerPathLearningRates(_PathLearningRates):
         if self.capturable:
             self._to_device_scalars(self.param_groups[-1])
 
-    def _block_scalar(self, p: Tensor, value: float) -> Scalar:
-        """A tensor block's float run state in this optimizer's mode (as ``_new_count``)."""
+    def _block_value(self, p: Tensor, value: float) -> Scalar:
+        """A tensor block's run state in this optimizer's mode (as ``_new_count``)."""
         if not self.capturable:
             return value
         dtype = torch.float32 if p.device.type == "mps" else torch.float64
@@ -471,9 +437,8 @@ class _LayerPathLearningRates(_PathLearningRates):
         """The checkpoint, with a tensor block's run state as Python numbers (a capturable step
         keeps it on the device), so that it loads in either mode."""
         state = super().state_dict()
-        floats = ("lr_factor", "path_ratio")
         state["state"] = {
-            index: {k: float(v) if k in floats else v for k, v in entry.items()}
+            index: {k: float(v) if k in _BLOCK_FLOATS else v for k, v in entry.items()}
             for index, entry in state["state"].items()
         }
         return state
@@ -482,9 +447,9 @@ class _LayerPathLearningRates(_PathLearningRates):
         super().load_state_dict(state_dict)
         for p in self._params():  # a tensor block's run state in this optimizer's mode
             entry = self.state.get(p, {})
-            for key in ("lr_factor", "path_ratio"):
-                if key in entry:
-                    entry[key] = self._block_scalar(p, float(entry[key]))
+            entry.update(
+                {k: self._block_value(p, float(entry[k])) for k in _BLOCK_FLOATS & entry.keys()}
+            )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -495,9 +460,7 @@ class _LayerPathLearningRates(_PathLearningRates):
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(group, p, state)
         if group["block"] == "tensor":  # a tensor block keeps them in its state
-            state["lr_factor"] = self._block_scalar(p, 1.0)
-            state["block_step"] = self._new_count(p)
-            state["path_ratio"] = self._block_scalar(p, 0.0)
+            state.update({key: self._block_value(p, value) for key, value in _NEW_BLOCK.items()})
 
     def _block_statistics(self, work: list[_GroupWork]) -> tuple[list[Tensor], list[Tensor]]:
         shared: list[Tensor] = []
@@ -526,14 +489,14 @@ class _LayerPathLearningRates(_PathLearningRates):
         path): pass (1) on the kernels, :func:`_tensor_statistics` on the reference loop."""
         paths = [self.state[p]["path"] for p in w.reference(w.params)]
         if not w.on_kernels:
-            return _tensor_statistics(paths, w.grads, w.foreach, device)
+            return kernels.tensor_statistics(paths, w.grads, w.foreach, device)
         result = self._first_pass(w)
         if [list(range(len(w.params)))] == list(result.native_rows.values()):
             # every tensor native and of one dtype (the usual case): already in order
             return next(iter(result.native.values())).to(device).unbind(1)
         rows = {i: r.to(device=device, dtype=torch.float64) for i, r in result.by_row().items()}
         if paths:
-            reference = _tensor_statistics(paths, w.reference(w.grads), w.foreach, device)
+            reference = kernels.tensor_statistics(paths, w.reference(w.grads), w.foreach, device)
             rows.update(zip(w.plan.reference, torch.stack(reference, dim=1).unbind(0), strict=True))
         return torch.stack([rows[i] for i in range(len(w.params))]).unbind(1)
 
@@ -571,21 +534,13 @@ class _LayerPathLearningRates(_PathLearningRates):
         spread = alpha / scalar.sqrt(size)
         exponent = group["adapt_constant"] * (new_path_sq - mu_t) / spread
         factor = holder["lr_factor"] * kernels.capped_exp(exponent, _MAX_EXPONENT)
-        for key, value in (
-            ("lr_factor", factor),
-            ("block_step", t),
-            ("path_ratio", new_path_sq / mu_t),
-        ):
-            holder[key] = scalar.where(moves, value, holder[key])
+        new = {"lr_factor": factor, "block_step": t, "path_ratio": new_path_sq / mu_t}
+        holder.update({key: scalar.where(moves, value, holder[key]) for key, value in new.items()})
         eta = float(group["lr"]) * self._rate_scale() * holder["lr_factor"]
         return scalar.where(moves, eta, 0.0), inverse_norm
 
     def _adapt_and_move(
-        self,
-        work: list[_GroupWork],
-        shared: Iterator[Scalar],
-        local: Iterator[Scalar],
-        moves: bool | Tensor,
+        self, work: list[_GroupWork], shared: Sums, local: Sums, moves: bool | Tensor
     ) -> None:
         for w in work:
             group = w.group
@@ -835,12 +790,8 @@ class ALeRA(_LayerPathLearningRates):
         etas: list[Scalar],
         foreach: bool,
     ) -> None:
-        # x_l <- x_l - eta_l g_l (0-d tensors in a capturable step)
-        if foreach:
-            torch._foreach_add_(params, torch._foreach_mul(grads, [-eta for eta in etas]))  # type: ignore[misc, arg-type]
-        else:
-            for p, g, eta in zip(params, grads, etas, strict=True):
-                scalar.add_scaled_(p, g, -eta)
+        # x_l <- x_l - eta_l g_l
+        kernels.sgd_reference_move(params, grads, etas, foreach)
 
 
 # -- SALeRA ---------------------------------------------------------------------------------------
@@ -930,10 +881,7 @@ class SALeRA(ALeRA):
 
     needs_loss: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, Any]] = _CATASTROPHE_GLOBALS
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = {
-        **(_LayerPathLearningRates.capturable_scalars or {}),
-        **_CATASTROPHE_SCALARS,
-    }
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = _BLOCK_SCALARS | _CATASTROPHE_SCALARS
     _state_arrays: ClassVar[Mapping[str, str]] = {"path": "path", "prev": "prev"}
     _move: ClassVar[Pass] = kernels.SALERA_MOVE
 
@@ -1097,36 +1045,11 @@ class AgAdam(_LayerPathLearningRates):
         etas: list[Scalar],
         foreach: bool,
     ) -> None:
-        beta1, beta2 = group["betas"]
-        eps = group["eps"]
         states = [self.state[p] for p in params]
         for state in states:
             state["step"] += 1
         sizes = [
-            self._step_size(group, eta, state["step"])
-            for eta, state in zip(etas, states, strict=True)
+            self._step_size(group, eta, s["step"]) for eta, s in zip(etas, states, strict=True)
         ]
-        exp_avgs = [state["exp_avg"] for state in states]
-        exp_avg_sqs = [state["exp_avg_sq"] for state in states]
-        # m <- beta1 m + (1 - beta1) g, v <- beta2 v + (1 - beta2) g^2,
-        # x <- x - size m / (sqrt(v) + eps)
-        if foreach:
-            torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-            denominators = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_add_(denominators, eps)
-            negative = [-s for s in sizes]
-            if self.capturable:  # the sizes are 0-d tensors: value= would read them back
-                torch._foreach_div_(denominators, negative)  # type: ignore[arg-type]
-                torch._foreach_addcdiv_(params, exp_avgs, denominators)
-            else:
-                torch._foreach_addcdiv_(params, exp_avgs, denominators, negative)  # type: ignore[arg-type]
-            return
-        for p, g, m, v, size in zip(params, grads, exp_avgs, exp_avg_sqs, sizes, strict=True):
-            m.lerp_(g, 1.0 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            if isinstance(size, Tensor):
-                p.addcdiv_(m, v.sqrt().add_(eps).div_(-size))
-            else:
-                p.addcdiv_(m, v.sqrt().add_(eps), value=-size)
+        moments = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        kernels.adam_reference_move(params, grads, *moments, sizes, group, foreach)
