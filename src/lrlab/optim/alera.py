@@ -486,7 +486,8 @@ class _LayerPathLearningRates(_PathLearningRates):
     def _tensor_sums(self, w: _GroupWork, device: torch.device) -> tuple[Tensor, ...]:
         """Per tensor of ``w``, before the update: ``||p||^2``, ``<p, g>``, ``||g||^2`` (float64
         vectors in parameter order, so that a group block sums them in one order on every
-        path): pass (1) on the kernels, :func:`_tensor_statistics` on the reference loop."""
+        path): pass (1) on the kernels, :func:`~lrlab.optim.kernels.alera.tensor_statistics` on
+        the reference loop."""
         paths = [self.state[p]["path"] for p in w.reference(w.params)]
         if not w.on_kernels:
             return kernels.tensor_statistics(paths, w.grads, w.foreach, device)

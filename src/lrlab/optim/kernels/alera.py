@@ -7,8 +7,11 @@ Every method's step is two passes (NOTE [the 2017 scheme fused] in :mod:`lrlab.o
 ALeRA, SALeRA and Ag-Adam: ``||p||^2``, ``<p, g>``, ``||g||^2``; :data:`GRAD_SQ` /
 :data:`DECAYED_GRAD_SQ` for SPALeRA: ``||g||^2``), then (2) the path, the method's state and the
 parameter (:data:`ALERA_MOVE`, :data:`SALERA_MOVE`, :data:`AGADAM_MOVE`, :data:`SPALERA_MOVE`).
-Between them the host-side arithmetic of a block's rate (:func:`inverse_norm`,
-:func:`capped_exp`), written once for Python numbers and a capturable step's 0-d tensors.
+The tensors that no kernel takes run the same two passes on the reference loop
+(:func:`tensor_statistics`, :func:`decay`, :func:`sgd_reference_move`,
+:func:`adam_reference_move`; the path's update stays in the method modules). Between the passes,
+the host-side arithmetic of a block's rate (:func:`inverse_norm`, :func:`capped_exp`) is written
+once for Python numbers and a capturable step's 0-d tensors.
 """
 
 from __future__ import annotations
