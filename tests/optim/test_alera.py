@@ -185,11 +185,23 @@ def test_page_hinkley_switches_to_the_exponential_average_after_one_over_r_calls
     assert page_hinkley_step(ph, 4.0, 0.25).relaxed_loss == pytest.approx(0.75 * 2.0 + 0.25 * 4.0)
 
 
+@pytest.mark.parametrize("capturable", [False, True], ids=["host", "capturable"])
 @pytest.mark.parametrize("block", ["tensor", "group"])
-def test_salera_alarm_restores_the_parameters_and_halves_the_rates(block: str) -> None:
+def test_salera_alarm_restores_the_parameters_and_halves_the_rates(
+    block: str, capturable: bool
+) -> None:
+    """Spec 9's alarm; a capturable step (0-d tensors) takes it by selects, with the same
+    numbers: the parameters restored, the path and the rate kept, the test reset."""
     x = _x0()
     optimizer = lo.SALeRA(
-        [x], lr=0.1, alpha=0.1, adapt_constant=0.01, block=block, mbratio=0.25, ph_lambda_rel=0.1
+        [x],
+        lr=0.1,
+        alpha=0.1,
+        adapt_constant=0.01,
+        block=block,
+        mbratio=0.25,
+        ph_lambda_rel=0.1,
+        capturable=capturable,
     )
     before = []
     for loss in (1.0, 0.9, 0.8, 0.7):
@@ -197,27 +209,29 @@ def test_salera_alarm_restores_the_parameters_and_halves_the_rates(block: str) -
         _p_step(optimizer, x, loss=loss)
     group = optimizer.param_groups[0]
     # the statistics after call 4 (spec 9): relaxed loss 0.85, mu0 0.925, U = m = -0.15
-    assert (group["ph_n"], group["ph_threshold"], optimizer.statistics()["alarms"]) == (4, 0.1, 0)
-    assert group["ph_relaxed_loss"] == pytest.approx(0.85, abs=1e-12)
-    assert group["ph_mu0"] == pytest.approx(0.925, abs=1e-12)
-    assert group["ph_U"] == pytest.approx(-0.15, abs=1e-12)
-    assert group["ph_m"] == pytest.approx(-0.15, abs=1e-12)
+    assert isinstance(group["ph_U"], torch.Tensor) is capturable
+    counts = (float(group["ph_n"]), float(group["ph_threshold"]), optimizer.statistics()["alarms"])
+    assert counts == (4, 0.1, 0)
+    assert float(group["ph_relaxed_loss"]) == pytest.approx(0.85, abs=1e-12)
+    assert float(group["ph_mu0"]) == pytest.approx(0.925, abs=1e-12)
+    assert float(group["ph_U"]) == pytest.approx(-0.15, abs=1e-12)
+    assert float(group["ph_m"]) == pytest.approx(-0.15, abs=1e-12)
     # without the catastrophe test the same four steps are ALeRA's (spec 9 vector)
     torch.testing.assert_close(
         before[2], torch.tensor([0.8099772006, 0.0], dtype=torch.float64), **TOL
     )
-    eta_4 = group["effective_lr"]
+    eta_4 = float(group["effective_lr"])
     path = optimizer.state[x]["path"].clone()
     holder = group if block == "group" else optimizer.state[x]
-    factor, block_step = holder["lr_factor"], holder["block_step"]
+    factor, block_step = float(holder["lr_factor"]), int(holder["block_step"])
 
     _p_step(optimizer, x, loss=3.0)  # the fifth call raises the alarm
     stats = optimizer.statistics()
     assert stats["alarms"] == 1.0 and stats["rate_scale"] == 0.5
     assert stats["ph_gap"] == pytest.approx(0.284, abs=1e-12)
     assert torch.equal(x.detach(), before[3]), "the last step must be undone"
-    assert group["effective_lr"] == 0.0
-    assert [group[key] for key in ("ph_n", "ph_relaxed_loss", "ph_mu0", "ph_U", "ph_m")] == [
+    assert float(group["effective_lr"]) == 0.0
+    assert [float(group[key]) for key in ("ph_n", "ph_relaxed_loss", "ph_mu0", "ph_U", "ph_m")] == [
         0,
         0.0,
         0.0,
@@ -226,14 +240,15 @@ def test_salera_alarm_restores_the_parameters_and_halves_the_rates(block: str) -
     ]
     # paths, block step counters and lambda are kept
     assert torch.equal(optimizer.state[x]["path"], path)
-    assert (holder["lr_factor"], holder["block_step"]) == (factor, block_step)
-    assert group["ph_threshold"] == 0.1
+    assert (float(holder["lr_factor"]), int(holder["block_step"])) == (factor, block_step)
+    assert float(group["ph_threshold"]) == 0.1
     assert stats["eta_max"] == pytest.approx(0.5 * eta_4, rel=1e-15)
 
     # the next call steps again, with every rate halved
     _p_step(optimizer, x, loss=0.7)
-    assert group["effective_lr"] == pytest.approx(0.5 * 0.1 * holder["lr_factor"], rel=1e-15)
-    assert group["ph_n"] == 1
+    eta = float(group["effective_lr"])
+    assert eta == pytest.approx(0.5 * 0.1 * float(holder["lr_factor"]), rel=1e-15)
+    assert float(group["ph_n"]) == 1
 
 
 def test_salera_absolute_threshold_and_negative_first_loss() -> None:
@@ -248,9 +263,12 @@ def test_salera_absolute_threshold_and_negative_first_loss() -> None:
     assert optimizer.statistics()["alarms"] == 0.0
 
 
-def test_spalera_alarm_restores_and_halves() -> None:
+@pytest.mark.parametrize("capturable", [False, True], ids=["host", "capturable"])
+def test_spalera_alarm_restores_and_halves(capturable: bool) -> None:
     x = _x0()
-    optimizer = lo.SPALeRA([x], lr=0.05, alpha=0.1, adapt_constant=0.01, mbratio=0.25)
+    optimizer = lo.SPALeRA(
+        [x], lr=0.05, alpha=0.1, adapt_constant=0.01, mbratio=0.25, capturable=capturable
+    )
     before = []
     for loss in (1.0, 0.9, 0.8, 0.7, 3.0):
         before.append(x.detach().clone())
@@ -259,8 +277,8 @@ def test_spalera_alarm_restores_and_halves() -> None:
     assert torch.equal(x.detach(), before[3])
     multiplier = optimizer.state[x]["lr_multiplier"].clone()
     _p_step(optimizer, x, loss=0.7)
-    assert optimizer.param_groups[0]["effective_lr"] == 0.025
-    assert optimizer.param_groups[0]["block_step"] == 5  # the alarm call did not count
+    assert float(optimizer.param_groups[0]["effective_lr"]) == 0.025
+    assert int(optimizer.param_groups[0]["block_step"]) == 5  # the alarm call did not count
     assert not torch.equal(optimizer.state[x]["lr_multiplier"], multiplier)
 
 

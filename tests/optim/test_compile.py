@@ -118,10 +118,12 @@ EAGER: dict[str, str] = {
     "clara-adam": "host mode recompiles at step 3 (4, 8, 9); host read float(reference) == 0; "
     "capturable=True traces (tests/optim/test_capturable.py)",
     "alera": "dynamo fails mid-step ('Guard failed on the same frame it was created') on "
-    "exp(min(x, 700)) of the Python-float learning-rate factor, state half written",
+    "exp(min(x, 700)) of the Python-float learning-rate factor, state half written; "
+    "capturable=True traces (tests/optim/test_capturable.py)",
     "salera": "as alera",
     "agadam": "as alera",
-    "spalera": "recompiles at step 3 (5, 9, 13); host read .tolist() of the step's sums",
+    "spalera": "recompiles at step 3 (5, 9, 13); host read .tolist() of the step's sums; "
+    "capturable=True traces (tests/optim/test_capturable.py)",
     "clara-auto": "host mode recompiles at step 3 (5, 7, 9); host read float() of the reduced "
     "sums; capturable=True traces (tests/optim/test_capturable.py)",
     "dadapt-sgd": "recompiles at steps 3, 4, 5 (5, 10, 15, 20, 21): guards on k and d_hat; "

@@ -61,7 +61,6 @@ reference loop (``foreach`` or per tensor) within the same step; all paths feed 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
@@ -73,12 +72,14 @@ from torch import Tensor, nn
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._distributed import is_distributed
 from lrlab.optim._executor import Pass, PassResult, Plan, route
 from lrlab.optim._fused import check_fused
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim.clara import sgd_noise_reference
 from lrlab.optim.kernels import alera as kernels
 
@@ -92,6 +93,8 @@ __all__ = [
 ]
 
 Block = Literal["tensor", "group"]
+#: a step's reduced statistics, in order (Python floats, or a capturable step's 0-d tensors)
+Sums = Iterator[Scalar]
 _BLOCKS = ("tensor", "group")
 
 #: a block whose gradient norm is at most this adds nothing to its path (the Lua code's
@@ -103,6 +106,9 @@ LR_STOP = 1e-15
 _MAX_EXPONENT = 700.0
 #: a block's rate factor, step count and last path ratio before its first step
 _NEW_BLOCK: dict[str, Any] = {"lr_factor": 1.0, "block_step": 0, "path_ratio": 0.0}
+_BLOCK_FLOATS = {"lr_factor", "path_ratio"}
+#: their types in a checkpoint (a capturable step keeps them as 0-d device tensors)
+_BLOCK_SCALARS = {key: type(value) for key, value in _NEW_BLOCK.items()}
 
 
 def layer_param_groups(model: nn.Module, **options: Any) -> list[dict[str, Any]]:
@@ -137,19 +143,19 @@ def layer_param_groups(model: nn.Module, **options: Any) -> list[dict[str, Any]]
 class PageHinkley(NamedTuple):
     """Page-Hinkley statistics of SALeRA's catastrophe test (all 0 after a reset)."""
 
-    n: int = 0
+    n: Scalar = 0
     """calls since the last reset"""
-    relaxed_loss: float = 0.0
+    relaxed_loss: Scalar = 0.0
     r"""the relaxed (smoothed) mini-batch loss :math:`\bar\ell`"""
-    mu0: float = 0.0
+    mu0: Scalar = 0.0
     r"""the running mean of the relaxed loss :math:`\mu_0`"""
-    U: float = 0.0
+    U: Scalar = 0.0
     r"""the cumulative deviation :math:`U = \sum (\bar\ell - \mu_0)`"""
-    m: float = 0.0
+    m: Scalar = 0.0
     r"""the running minimum of :math:`U`"""
 
 
-def page_hinkley_step(ph: PageHinkley, loss: float, mbratio: float) -> PageHinkley:
+def page_hinkley_step(ph: PageHinkley, loss: Scalar, mbratio: float) -> PageHinkley:
     r"""One Page-Hinkley update with the mini-batch loss (spec 2.2, steps 1-2).
 
     .. math::
@@ -159,15 +165,17 @@ def page_hinkley_step(ph: PageHinkley, loss: float, mbratio: float) -> PageHinkl
         U \leftarrow U + \bar\ell - \mu_0,\quad m \leftarrow \min(m, U),\quad n \leftarrow n + 1
 
     The caller raises an alarm when :math:`U - m > \lambda` and then resets to ``PageHinkley()``.
+    Python numbers, or 0-d tensors of a capturable step (NOTE [device scalars]).
     """
     n = ph.n
-    if n > 1.0 / mbratio:
-        relaxed = (1.0 - mbratio) * ph.relaxed_loss + mbratio * loss
-    else:
-        relaxed = (n * ph.relaxed_loss + loss) / (n + 1)
+    relaxed = scalar.where(
+        n > 1.0 / mbratio,
+        (1.0 - mbratio) * ph.relaxed_loss + mbratio * loss,
+        (n * ph.relaxed_loss + loss) / (n + 1),
+    )
     mu0 = (n * ph.mu0 + relaxed) / (n + 1)
     cumulative = ph.U + relaxed - mu0
-    return PageHinkley(n + 1, relaxed, mu0, cumulative, min(ph.m, cumulative))
+    return PageHinkley(n + 1, relaxed, mu0, cumulative, scalar.minimum(ph.m, cumulative))
 
 
 _PH_KEYS = tuple(f"ph_{field}" for field in PageHinkley._fields)
@@ -179,6 +187,8 @@ _CATASTROPHE_GLOBALS: dict[str, Any] = {
     "rate_scale": 1.0,  # halved at every alarm; multiplies every learning rate
     "alarms": 0,
 }
+#: the catastrophe test's globals of a capturable step (NOTE [device scalars])
+_CATASTROPHE_SCALARS = {k: float if v is None else type(v) for k, v in _CATASTROPHE_GLOBALS.items()}
 
 
 # -- the shared machinery -------------------------------------------------------------------------
@@ -263,8 +273,10 @@ class _PathLearningRates(AdaptiveOptimizer):
         raise NotImplementedError
 
     def _adapt_and_move(
-        self, work: list[_GroupWork], shared: Iterator[float], local: Iterator[float]
+        self, work: list[_GroupWork], shared: Sums, local: Sums, moves: bool | Tensor
     ) -> None:
+        """The rate update and the step; ``moves``: False on a capturable step's alarm (a
+        tensor), which then keeps every rate and moves by 0."""
         raise NotImplementedError
 
     # -- the step -------------------------------------------------------------------------------
@@ -280,12 +292,15 @@ class _PathLearningRates(AdaptiveOptimizer):
         shared = self._reduce_global([v.to(device=device, dtype=torch.float64) for v in shared])
         parts = [torch.stack(shared)] if shared else []
         parts.extend(v.to(device=device, dtype=torch.float64) for v in local)
-        values = torch.cat(parts).tolist() if parts else []  # the one host synchronisation
+        # the one host synchronisation (none in a capturable step: 0-d device tensors)
+        values = scalar.entries(torch.cat(parts), self.capturable) if parts else []
         shared_values = iter(values[: len(shared)])
         local_values = iter(values[len(shared) :])
+        moves: bool | Tensor = True
         if self.needs_loss:
             loss = next(shared_values) / self._loss_ranks()
-            if self._catastrophe(loss):  # undo the last step; no step now
+            alarm = self._catastrophe(loss)
+            if alarm is True:  # undo the last step; no step now
                 for p, prev in self._previous():
                     p.copy_(prev)
                 for group in self.param_groups:
@@ -295,10 +310,14 @@ class _PathLearningRates(AdaptiveOptimizer):
             on_kernels = {id(p) for w in work for p in w.params} - {
                 id(p) for w in work for p in w.reference(w.params)
             }
+            # a capturable step's alarm: a select, not a return
+            moves = ~alarm if isinstance(alarm, Tensor) else True
             for p, prev in self._previous():
+                if isinstance(alarm, Tensor):
+                    p.copy_(torch.where(alarm, prev, p))
                 if id(p) not in on_kernels:
                     prev.copy_(p)
-        self._adapt_and_move(work, shared_values, local_values)
+        self._adapt_and_move(work, shared_values, local_values, moves)
 
     def _gather(self) -> list[_GroupWork]:
         work = []
@@ -314,22 +333,10 @@ class _PathLearningRates(AdaptiveOptimizer):
                 rows.append({"grad": grad, "p": p, **arrays})
             plan = route(group, rows, (self._sums_pass, self._decayed_sums_pass, self._move))
             foreach = _foreach.resolve_foreach(group["foreach"], params)
-            weight_decay = group["weight_decay"]
-            if weight_decay != 0 and plan.reference:
-                # coupled L2 for the reference loop, added once (the Lua alera.lua adds it
-                # twice) and never in place; the kernels add it themselves (no full-size
+            if group["weight_decay"] != 0 and plan.reference:
+                # coupled L2 for the reference loop; the kernels add it themselves (no full-size
                 # temporary)
-                ref_params = [params[i] for i in plan.reference]
-                ref_grads = [grads[i] for i in plan.reference]
-                if foreach:
-                    decayed = list(torch._foreach_add(ref_grads, ref_params, alpha=weight_decay))
-                else:
-                    decayed = [
-                        g.add(p, alpha=weight_decay)
-                        for g, p in zip(ref_grads, ref_params, strict=True)
-                    ]
-                for i, g in zip(plan.reference, decayed, strict=True):
-                    grads[i] = g
+                kernels.decay(grads, params, plan.reference, group["weight_decay"], foreach)
             work.append(_GroupWork(group, params, grads, plan, foreach))
         return work
 
@@ -340,8 +347,9 @@ class _PathLearningRates(AdaptiveOptimizer):
             return w.plan.run(self._decayed_sums_pass, {"weight_decay": weight_decay})
         return w.plan.run(self._sums_pass, {})
 
-    def _rate_scale(self) -> float:
-        return float(self.param_groups[0].get("rate_scale", 1.0))
+    def _rate_scale(self) -> Scalar:
+        scale = self.param_groups[0].get("rate_scale", 1.0)
+        return scale if isinstance(scale, Tensor) else float(scale)
 
     # -- the catastrophe test (SALeRA, SPALeRA) -------------------------------------------------
 
@@ -351,7 +359,9 @@ class _PathLearningRates(AdaptiveOptimizer):
             return dist.get_world_size()
         return 1
 
-    def _catastrophe(self, loss: float) -> bool:
+    def _catastrophe(self, loss: Scalar) -> bool | Tensor:
+        """The Page-Hinkley test with this call's loss: whether it raised an alarm (a 0-d bool
+        tensor in a capturable step, whose updates are selects)."""
         first = self.param_groups[0]
         threshold = self._get_global("ph_threshold")
         if threshold is None:
@@ -359,16 +369,20 @@ class _PathLearningRates(AdaptiveOptimizer):
             # negative first loss from giving a negative threshold, which would alarm at once
             absolute = first["ph_lambda"]
             threshold = absolute if absolute is not None else first["ph_lambda_rel"] * abs(loss)
-            self._set_global("ph_threshold", float(threshold))
+            if isinstance(loss, Tensor):
+                threshold = torch.as_tensor(threshold, dtype=loss.dtype, device=loss.device)
+            self._set_global("ph_threshold", threshold if self.capturable else float(threshold))
         ph = PageHinkley(*(self._get_global(key) for key in _PH_KEYS))
         ph = page_hinkley_step(ph, loss, first["mbratio"])
         gap = ph.U - ph.m
         self._set_global("ph_gap", gap)
         alarm = gap > threshold
-        if alarm:
-            self._set_global("alarms", self._get_global("alarms") + 1)
-            self._set_global("rate_scale", self._rate_scale() * 0.5)
-            ph = PageHinkley()  # reset the test; paths and step counters are kept
+        # on an alarm: count it, halve every rate, reset the test (paths and counters are kept)
+        self._set_global("alarms", self._get_global("alarms") + scalar.where(alarm, 1, 0))
+        rate = self._rate_scale()
+        self._set_global("rate_scale", scalar.where(alarm, rate * 0.5, rate))
+        reset = zip(PageHinkley(), ph, strict=True)
+        ph = PageHinkley(*(scalar.where(alarm, new, old) for new, old in reset))
         for key, value in zip(_PH_KEYS, ph, strict=True):
             self._set_global(key, value)
         return alarm
@@ -385,26 +399,9 @@ class _PathLearningRates(AdaptiveOptimizer):
             return {}
         return {
             "alarms": float(self._get_global("alarms")),
-            "rate_scale": self._rate_scale(),
+            "rate_scale": float(self._rate_scale()),
             "ph_gap": float(self._get_global("ph_gap")),
         }
-
-
-def _to_float64(values: list[Tensor], device: torch.device) -> Tensor:
-    return torch.stack([v.to(device=device, dtype=torch.float64) for v in values])
-
-
-def _tensor_statistics(
-    paths: list[Tensor], grads: list[Tensor], foreach: bool, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per tensor, before the update: ``||p||^2``, ``<p, g>``, ``||g||^2`` (float64 vectors)."""
-    path_norms = _to_float64(_foreach.norms(paths, foreach=foreach), device)
-    grad_norms = _to_float64(_foreach.norms(grads, foreach=foreach), device)
-    dots = []
-    for path, g in zip(paths, grads, strict=True):
-        acc = _foreach.accumulation_dtype(path.dtype)
-        dots.append(torch.dot(path.reshape(-1).to(acc), g.reshape(-1).to(acc)))
-    return path_norms.square(), _to_float64(dots, device), grad_norms.square()
 
 
 class _LayerPathLearningRates(_PathLearningRates):
@@ -416,11 +413,43 @@ class _LayerPathLearningRates(_PathLearningRates):
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {"block": check.one_of(*_BLOCKS)}
 
+    #: a capturable step keeps every block's run state on the device (a tensor block's in its
+    #: state, made by :meth:`_block_value`; ``block_step`` as a count, an int in a checkpoint)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = _BLOCK_SCALARS
+    capturable_counts: ClassVar[tuple[str, ...]] = ("block_step",)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         # a group block keeps its rate factor, step count and last path ratio in the group
         for key, value in _NEW_BLOCK.items():
             self.param_groups[-1].setdefault(key, value)
+        if self.capturable:
+            self._to_device_scalars(self.param_groups[-1])
+
+    def _block_value(self, p: Tensor, value: float) -> Scalar:
+        """A tensor block's run state in this optimizer's mode (as ``_new_count``)."""
+        if not self.capturable:
+            return value
+        dtype = torch.float32 if p.device.type == "mps" else torch.float64
+        return torch.tensor(value, dtype=dtype, device=p.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint, with a tensor block's run state as Python numbers (a capturable step
+        keeps it on the device), so that it loads in either mode."""
+        state = super().state_dict()
+        state["state"] = {
+            index: {k: float(v) if k in _BLOCK_FLOATS else v for k, v in entry.items()}
+            for index, entry in state["state"].items()
+        }
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for p in self._params():  # a tensor block's run state in this optimizer's mode
+            entry = self.state.get(p, {})
+            entry.update(
+                {k: self._block_value(p, float(entry[k])) for k in _BLOCK_FLOATS & entry.keys()}
+            )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -431,7 +460,7 @@ class _LayerPathLearningRates(_PathLearningRates):
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(group, p, state)
         if group["block"] == "tensor":  # a tensor block keeps them in its state
-            state.update(_NEW_BLOCK)
+            state.update({key: self._block_value(p, value) for key, value in _NEW_BLOCK.items()})
 
     def _block_statistics(self, work: list[_GroupWork]) -> tuple[list[Tensor], list[Tensor]]:
         shared: list[Tensor] = []
@@ -457,65 +486,82 @@ class _LayerPathLearningRates(_PathLearningRates):
     def _tensor_sums(self, w: _GroupWork, device: torch.device) -> tuple[Tensor, ...]:
         """Per tensor of ``w``, before the update: ``||p||^2``, ``<p, g>``, ``||g||^2`` (float64
         vectors in parameter order, so that a group block sums them in one order on every
-        path): pass (1) on the kernels, :func:`_tensor_statistics` on the reference loop."""
+        path): pass (1) on the kernels, :func:`~lrlab.optim.kernels.alera.tensor_statistics` on
+        the reference loop."""
         paths = [self.state[p]["path"] for p in w.reference(w.params)]
         if not w.on_kernels:
-            return _tensor_statistics(paths, w.grads, w.foreach, device)
+            return kernels.tensor_statistics(paths, w.grads, w.foreach, device)
         result = self._first_pass(w)
         if [list(range(len(w.params)))] == list(result.native_rows.values()):
             # every tensor native and of one dtype (the usual case): already in order
             return next(iter(result.native.values())).to(device).unbind(1)
         rows = {i: r.to(device=device, dtype=torch.float64) for i, r in result.by_row().items()}
         if paths:
-            reference = _tensor_statistics(paths, w.reference(w.grads), w.foreach, device)
+            reference = kernels.tensor_statistics(paths, w.reference(w.grads), w.foreach, device)
             rows.update(zip(w.plan.reference, torch.stack(reference, dim=1).unbind(0), strict=True))
         return torch.stack([rows[i] for i in range(len(w.params))]).unbind(1)
 
     def _adapt_block(
-        self, group: dict[str, Any], holder: dict[str, Any], sums: list[float], size: int
-    ) -> tuple[float, float]:
+        self,
+        group: dict[str, Any],
+        holder: dict[str, Any],
+        sums: list[Scalar],
+        size: Scalar,
+        moves: bool | Tensor,
+    ) -> tuple[Scalar, Scalar]:
         """Update one block's rate from its statistics ``sums`` (``||p||^2``, ``<p, g>``,
-        ``||g||^2``, of ``size`` elements); return (its eta, 1/||g_l|| or 0)."""
+        ``||g||^2``, of ``size`` elements); return (its eta, 1/||g_l|| or 0). Python numbers, or
+        0-d tensors of a capturable step, where ``moves`` False (a tensor) keeps the rate and
+        gives eta 0."""
         path_sq, dot, grad_sq = sums
-        if size == 0:
+        if isinstance(size, int) and size == 0:
             # an empty tensor has no path and no gradient: its rate stays as it is
-            return float(group["lr"]) * self._rate_scale() * holder["lr_factor"], 0.0
+            eta = scalar.where(
+                moves, float(group["lr"]) * self._rate_scale() * holder["lr_factor"], 0.0
+            )
+            return eta, eta * 0.0  # (a 0-d tensor like the others in a capturable step)
         alpha = group["alpha"]
-        grad_norm = math.sqrt(grad_sq)
-        inverse_norm = 1.0 / grad_norm if grad_norm > GRADIENT_FLOOR else 0.0
+        inverse_norm = kernels.inverse_norm(scalar.sqrt(grad_sq), GRADIENT_FLOOR)
         # ||(1 - alpha) p + alpha g/||g|| ||^2, from sums that may have been reduced over ranks
-        new_path_sq = max(
+        new_path_sq = scalar.maximum(
             0.0,
             (1.0 - alpha) ** 2 * path_sq
             + 2.0 * alpha * (1.0 - alpha) * inverse_norm * dot
             + (alpha * inverse_norm) ** 2 * grad_sq,
         )
-        t = int(holder["block_step"]) + 1
+        step = holder["block_step"]
+        t = (step if isinstance(step, Tensor) else int(step)) + 1
         mu_t = sgd_noise_reference(alpha) * (1.0 - (1.0 - alpha) ** (2 * t))
-        spread = alpha / math.sqrt(size)
+        spread = alpha / scalar.sqrt(size)
         exponent = group["adapt_constant"] * (new_path_sq - mu_t) / spread
-        holder["lr_factor"] = holder["lr_factor"] * math.exp(min(exponent, _MAX_EXPONENT))
-        holder["block_step"] = t
-        holder["path_ratio"] = new_path_sq / mu_t
-        return float(group["lr"]) * self._rate_scale() * holder["lr_factor"], inverse_norm
+        factor = holder["lr_factor"] * kernels.capped_exp(exponent, _MAX_EXPONENT)
+        new = {"lr_factor": factor, "block_step": t, "path_ratio": new_path_sq / mu_t}
+        holder.update({key: scalar.where(moves, value, holder[key]) for key, value in new.items()})
+        eta = float(group["lr"]) * self._rate_scale() * holder["lr_factor"]
+        return scalar.where(moves, eta, 0.0), inverse_norm
 
     def _adapt_and_move(
-        self, work: list[_GroupWork], shared: Iterator[float], local: Iterator[float]
+        self, work: list[_GroupWork], shared: Sums, local: Sums, moves: bool | Tensor
     ) -> None:
         for w in work:
             group = w.group
             # the blocks' new rates: (eta_l, 1/||g_l||) of every tensor of the group
             if group["block"] == "group":
                 *sums, size = (next(shared) for _ in range(4))
-                if size == 0:  # no tensor of this block has a gradient on any rank
+                if isinstance(size, Tensor):  # a capturable step: a block of size 0 is kept
+                    rate = self._adapt_block(group, group, sums, size, moves & (size != 0))
+                elif size == 0:  # no tensor of this block has a gradient on any rank
                     group["effective_lr"] = 0.0
                     continue
-                rate = self._adapt_block(group, group, sums, round(size))
+                else:
+                    rate = self._adapt_block(group, group, sums, round(size), moves)
                 group["effective_lr"] = rate[0]
                 rates = [rate] * len(w.params)
             else:
                 rates = [
-                    self._adapt_block(group, self.state[p], list(islice(local, 3)), p.numel())
+                    self._adapt_block(
+                        group, self.state[p], list(islice(local, 3)), p.numel(), moves
+                    )
                     for p in w.params
                 ]
                 # the mean of the tensors' rates: one number for a group of per-tensor rates
@@ -524,6 +570,7 @@ class _LayerPathLearningRates(_PathLearningRates):
             if not w.params:
                 continue
             etas, inverse_norms = [eta for eta, _ in rates], [norm for _, norm in rates]
+            alpha = scalar.where(moves, group["alpha"], 0.0)  # no move, no path update
             if w.on_kernels:
                 # pass (2): the path, the method's state and the parameter in one sweep
                 reference = set(w.plan.reference)
@@ -531,28 +578,28 @@ class _LayerPathLearningRates(_PathLearningRates):
                     {} if i in reference else self._tensor_scalars(group, p, etas[i], norm)
                     for i, (p, norm) in enumerate(zip(w.params, inverse_norms, strict=True))
                 ]
-                w.plan.run(self._move, self._move_scalars(group), tensor_scalars=tensor_scalars)
+                scalars = self._move_scalars(group, alpha)
+                w.plan.run(self._move, scalars, tensor_scalars=tensor_scalars)
             if not w.plan.reference:
                 continue
             # the reference loop: p <- lerp(p, g / ||g_l||, alpha), then the method's move
             paths = [self.state[p]["path"] for p in w.reference(w.params)]
             grads, inverse_norms = w.reference(w.grads), w.reference(inverse_norms)
             if w.foreach:
-                torch._foreach_lerp_(
-                    paths, torch._foreach_mul(grads, inverse_norms), group["alpha"]
-                )
+                directions = torch._foreach_mul(grads, inverse_norms)  # type: ignore[arg-type]
+                torch._foreach_lerp_(paths, directions, alpha)  # type: ignore[arg-type]
             else:
                 for path, g, inverse_norm in zip(paths, grads, inverse_norms, strict=True):
-                    path.lerp_(g * inverse_norm, group["alpha"])
+                    path.lerp_(g * inverse_norm, alpha)
             self._step(group, w.reference(w.params), grads, w.reference(etas), w.foreach)
 
-    def _move_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+    def _move_scalars(self, group: dict[str, Any], alpha: Scalar) -> dict[str, Scalar]:
         """The scalars of pass (2) (its schema's) of a group."""
-        return {"weight_decay": group["weight_decay"], "alpha": group["alpha"]}
+        return {"weight_decay": group["weight_decay"], "alpha": alpha}
 
     def _tensor_scalars(
-        self, group: dict[str, Any], p: Tensor, eta: float, inverse_norm: float
-    ) -> dict[str, float]:
+        self, group: dict[str, Any], p: Tensor, eta: Scalar, inverse_norm: Scalar
+    ) -> dict[str, Scalar]:
         """The per-tensor scalars of pass (2) of ``p`` (its block's rate and 1/||g_l||)."""
         return {"inverse_norm": inverse_norm, "eta": eta}
 
@@ -561,7 +608,7 @@ class _LayerPathLearningRates(_PathLearningRates):
         group: dict[str, Any],
         params: list[Tensor],
         grads: list[Tensor],
-        etas: list[float],
+        etas: list[Scalar],
         foreach: bool,
     ) -> None:
         """The reference loop's move of ``params`` (each with its block's rate)."""
@@ -569,20 +616,20 @@ class _LayerPathLearningRates(_PathLearningRates):
 
     def _block_rates(self) -> tuple[list[float], list[float]]:
         """(eta, last path ratio) of every block that exists."""
-        rate = self._rate_scale()
+        rate = float(self._rate_scale())
         etas: list[float] = []
         ratios: list[float] = []
         for group in self.param_groups:
             if group["block"] == "group":
-                etas.append(float(group["lr"]) * rate * group["lr_factor"])
+                etas.append(float(group["lr"]) * rate * float(group["lr_factor"]))
                 if group["block_step"] > 0:
-                    ratios.append(group["path_ratio"])
+                    ratios.append(float(group["path_ratio"]))
                 continue
             for p in group["params"]:
                 state = self.state.get(p)
                 if state and "lr_factor" in state:
-                    etas.append(float(group["lr"]) * rate * state["lr_factor"])
-                    ratios.append(state["path_ratio"])
+                    etas.append(float(group["lr"]) * rate * float(state["lr_factor"]))
+                    ratios.append(float(state["path_ratio"]))
         if not etas:
             etas = [float(group["lr"]) * rate for group in self.param_groups]
         return etas, ratios
@@ -690,6 +737,11 @@ class ALeRA(_LayerPathLearningRates):
             first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the model; group blocks are then reduced over
             ranks (NOTE [the 2017 scheme across ranks]).
+        capturable: keep every block's rate factor, step count and path ratio (and SALeRA's
+            catastrophe-test statistics) as 0-d tensors on the parameters' device, so that the
+            step reads nothing back to the host and ``torch.compile`` traces it without
+            recompiling as they change (NOTE [device scalars] in ``lrlab/optim/_scalars.py``; a
+            checkpoint holds plain numbers). None (default): True for CUDA/XPU parameters.
 
     ``effective_lr`` is the group's :math:`\eta_l` for a group block, and the mean of its
     tensors' :math:`\eta_l` for tensor blocks. ``statistics()`` adds ``eta_min``, ``eta_mean``,
@@ -727,6 +779,7 @@ class ALeRA(_LayerPathLearningRates):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         super().__init__(params, self._group_defaults(locals()))
 
@@ -735,15 +788,11 @@ class ALeRA(_LayerPathLearningRates):
         group: dict[str, Any],
         params: list[Tensor],
         grads: list[Tensor],
-        etas: list[float],
+        etas: list[Scalar],
         foreach: bool,
     ) -> None:
         # x_l <- x_l - eta_l g_l
-        if foreach:
-            torch._foreach_add_(params, torch._foreach_mul(grads, [-eta for eta in etas]))
-        else:
-            for p, g, eta in zip(params, grads, etas, strict=True):
-                p.add_(g, alpha=-eta)
+        kernels.sgd_reference_move(params, grads, etas, foreach)
 
 
 # -- SALeRA ---------------------------------------------------------------------------------------
@@ -792,8 +841,9 @@ class SALeRA(ALeRA):
     halvings are kept as one global factor ``rate_scale`` that multiplies every rate.
 
     Args:
-        params, lr, alpha, adapt_constant, block, weight_decay, foreach, sharded: as
-            :class:`ALeRA`.
+        params, lr, alpha, adapt_constant, block, weight_decay, foreach, sharded, capturable:
+            as :class:`ALeRA` (a capturable alarm restores the parameters by a select and moves
+            by 0).
         fused: as :class:`ALeRA` (native multi-tensor kernels on CPU float32/float64 tensors,
             compiled kernels elsewhere; the second pass also saves :math:`x_{\text{prev}}`, in
             the same pass over memory).
@@ -832,6 +882,7 @@ class SALeRA(ALeRA):
 
     needs_loss: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, Any]] = _CATASTROPHE_GLOBALS
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = _BLOCK_SCALARS | _CATASTROPHE_SCALARS
     _state_arrays: ClassVar[Mapping[str, str]] = {"path": "path", "prev": "prev"}
     _move: ClassVar[Pass] = kernels.SALERA_MOVE
 
@@ -850,14 +901,15 @@ class SALeRA(ALeRA):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         # skip ALeRA.__init__ (its signature has no catastrophe-test arguments)
         _LayerPathLearningRates.__init__(self, params, self._group_defaults(locals()))
 
-    def _move_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+    def _move_scalars(self, group: dict[str, Any], alpha: Scalar) -> dict[str, Scalar]:
         # "one": the runtime 1.0 of the compiled kernel's copy x_prev <- x (see
         # lrlab.optim.kernels.alera)
-        return {**super()._move_scalars(group), "one": 1.0}
+        return {**super()._move_scalars(group, alpha), "one": 1.0}
 
 
 # -- Ag-Adam --------------------------------------------------------------------------------------
@@ -907,8 +959,9 @@ class AgAdam(_LayerPathLearningRates):
     :math:`t` ``state["step"]``, :math:`\beta_1, \beta_2` ``betas``, :math:`\epsilon` ``eps``.
 
     Args:
-        params, lr, alpha, adapt_constant, block, weight_decay, foreach, sharded: as
-            :class:`ALeRA` (``lr`` default 1e-3, the Lua code's).
+        params, lr, alpha, adapt_constant, block, weight_decay, foreach, sharded, capturable:
+            as :class:`ALeRA` (``lr`` default 1e-3, the Lua code's; a capturable step also
+            keeps every tensor's Adam step count on the device).
         fused: as :class:`ALeRA` (native multi-tensor kernels on CPU float32/float64 tensors,
             compiled kernels elsewhere; the second pass updates the path, the moments and the
             parameter).
@@ -946,28 +999,32 @@ class AgAdam(_LayerPathLearningRates):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         super().__init__(params, self._group_defaults(locals()))
 
     _state_arrays: ClassVar[Mapping[str, str]] = {"path": "path", "m": "exp_avg", "v": "exp_avg_sq"}
     _move: ClassVar[Pass] = kernels.AGADAM_MOVE
 
+    capturable_counts: ClassVar[tuple[str, ...]] = ("block_step", "step")
+
     def _init_state(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> None:
         super()._init_state(group, p, state)
-        state["step"] = 0
+        state["step"] = self._new_count(p)
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     @staticmethod
-    def _step_size(group: dict[str, Any], eta: float, step: int) -> float:
-        """``eta sqrt(1 - beta2^t) / (1 - beta1^t)``, in Python double on every path."""
+    def _step_size(group: dict[str, Any], eta: Scalar, step: Scalar) -> Scalar:
+        """``eta sqrt(1 - beta2^t) / (1 - beta1^t)``, in Python double on every path (0-d
+        tensors from a capturable step's count)."""
         beta1, beta2 = group["betas"]
-        return eta * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+        return eta * scalar.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
 
-    def _move_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+    def _move_scalars(self, group: dict[str, Any], alpha: Scalar) -> dict[str, Scalar]:
         beta1, beta2 = group["betas"]
         return {
-            **super()._move_scalars(group),
+            **super()._move_scalars(group, alpha),
             "weight1": 1.0 - beta1,
             "beta2": beta2,
             "weight2": 1.0 - beta2,
@@ -975,8 +1032,8 @@ class AgAdam(_LayerPathLearningRates):
         }
 
     def _tensor_scalars(
-        self, group: dict[str, Any], p: Tensor, eta: float, inverse_norm: float
-    ) -> dict[str, float]:
+        self, group: dict[str, Any], p: Tensor, eta: Scalar, inverse_norm: Scalar
+    ) -> dict[str, Scalar]:
         state = self.state[p]
         state["step"] += 1  # pass (2) is the tensor's Adam step t
         return {"inverse_norm": inverse_norm, "size": self._step_size(group, eta, state["step"])}
@@ -986,31 +1043,14 @@ class AgAdam(_LayerPathLearningRates):
         group: dict[str, Any],
         params: list[Tensor],
         grads: list[Tensor],
-        etas: list[float],
+        etas: list[Scalar],
         foreach: bool,
     ) -> None:
-        beta1, beta2 = group["betas"]
-        eps = group["eps"]
         states = [self.state[p] for p in params]
         for state in states:
             state["step"] += 1
         sizes = [
-            self._step_size(group, eta, state["step"])
-            for eta, state in zip(etas, states, strict=True)
+            self._step_size(group, eta, s["step"]) for eta, s in zip(etas, states, strict=True)
         ]
-        exp_avgs = [state["exp_avg"] for state in states]
-        exp_avg_sqs = [state["exp_avg_sq"] for state in states]
-        # m <- beta1 m + (1 - beta1) g, v <- beta2 v + (1 - beta2) g^2,
-        # x <- x - size m / (sqrt(v) + eps)
-        if foreach:
-            torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-            denominators = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_add_(denominators, eps)
-            torch._foreach_addcdiv_(params, exp_avgs, denominators, [-s for s in sizes])
-            return
-        for p, g, m, v, size in zip(params, grads, exp_avgs, exp_avg_sqs, sizes, strict=True):
-            m.lerp_(g, 1.0 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            p.addcdiv_(m, v.sqrt().add_(eps), value=-size)
+        moments = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        kernels.adam_reference_move(params, grads, *moments, sizes, group, foreach)

@@ -26,7 +26,6 @@ global gradient norm and :math:`D`) and its move. The passes and kernels are in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -35,11 +34,14 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim._executor import Pass
 from lrlab.optim._registry import register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim.alera import (
     _CATASTROPHE_GLOBALS,
     _CATASTROPHE_INVALID,
+    _CATASTROPHE_SCALARS,
     _PAPER,
     _PATH_INVALID,
     GRADIENT_FLOOR,
@@ -120,6 +122,12 @@ class SPALeRA(_PathLearningRates):
             first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the model: the gradient norm, :math:`D` and
             the loss are reduced over ranks.
+        capturable: keep the step count and the catastrophe test's statistics as 0-d tensors on
+            the parameters' device, so that the step reads nothing back to the host and
+            ``torch.compile`` traces it without recompiling as they change (NOTE [device
+            scalars] in ``lrlab/optim/_scalars.py``; a checkpoint holds plain numbers; an alarm
+            restores the parameters by a select and moves by 0). None (default): True for
+            CUDA/XPU parameters.
 
     ``effective_lr`` is :math:`\eta` (``lr * rate_scale``): the multipliers, which start at 1, are
     not folded in; ``statistics()`` reports ``multiplier_min``, ``multiplier_mean``,
@@ -136,6 +144,10 @@ class SPALeRA(_PathLearningRates):
 
     needs_loss: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, Any]] = {**_CATASTROPHE_GLOBALS, "block_step": 0}
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = {
+        **_CATASTROPHE_SCALARS,
+        "block_step": int,
+    }
     _state_arrays: ClassVar[Mapping[str, str]] = {
         "path": "path",
         "multiplier": "lr_multiplier",
@@ -159,6 +171,7 @@ class SPALeRA(_PathLearningRates):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         super().__init__(params, self._group_defaults(locals()))
 
@@ -202,29 +215,37 @@ class SPALeRA(_PathLearningRates):
         return torch.cat([*native, torch.stack(others)] if others else native).sum()
 
     def _adapt_and_move(
-        self, work: list[_GroupWork], shared: Iterator[float], local: Iterator[float]
+        self,
+        work: list[_GroupWork],
+        shared: Iterator[Scalar],
+        local: Iterator[Scalar],
+        moves: bool | Tensor,
     ) -> None:
         grad_sq, size = next(shared), next(shared)
-        if size == 0:  # no gradient on any rank
+        if isinstance(size, Tensor):  # a capturable step: no gradient anywhere moves by 0
+            moves = moves & (size != 0)
+        elif size == 0:  # no gradient on any rank
             for group in self.param_groups:
                 group["effective_lr"] = 0.0
             return
-        grad_norm = math.sqrt(grad_sq)
-        inverse_norm = 1.0 / grad_norm if grad_norm > GRADIENT_FLOOR else 0.0
-        t = int(self._get_global("block_step")) + 1
-        self._set_global("block_step", t)
+        inverse_norm = kernels.inverse_norm(scalar.sqrt(grad_sq), GRADIENT_FLOOR)
+        step = self._get_global("block_step")
+        t = (step if isinstance(step, Tensor) else int(step)) + 1
+        self._set_global("block_step", scalar.where(moves, t, step))
         rate = self._rate_scale()
         for w in work:
             group = w.group
-            eta = float(group["lr"]) * rate
+            # 0 (no move, no path or multiplier update) on a capturable step's alarm
+            eta = scalar.where(moves, float(group["lr"]) * rate, 0.0)
             group["effective_lr"] = eta
             if not w.params:
                 continue
-            alpha, constant = group["alpha"], group["adapt_constant"]
-            mu_t = sgd_noise_reference(alpha) * (1.0 - (1.0 - alpha) ** (2 * t))
+            alpha = scalar.where(moves, group["alpha"], 0.0)
+            constant = scalar.where(moves, group["adapt_constant"], 0.0)
+            mu_t = sgd_noise_reference(group["alpha"]) * (1.0 - (1.0 - group["alpha"]) ** (2 * t))
             # exp(C (p_i^2 - mu_t/D) / (alpha/D)) = exp(C D/alpha p_i^2 - C mu_t/alpha)
-            gain = constant * size / alpha
-            offset = -constant * mu_t / alpha
+            gain = constant * size / group["alpha"]
+            offset = -constant * mu_t / group["alpha"]
             if w.on_kernels:
                 # pass (2): x_prev, the path, the multipliers and the parameter in one sweep;
                 # "one": the runtime 1.0 of the compiled kernel's copy (lrlab.optim.kernels.alera)
@@ -240,18 +261,21 @@ class SPALeRA(_PathLearningRates):
             paths = [state["path"] for state in states]
             multipliers = [state["lr_multiplier"] for state in states]
             if w.foreach:
-                torch._foreach_lerp_(paths, torch._foreach_mul(grads, inverse_norm), alpha)
+                directions = torch._foreach_mul(grads, inverse_norm)
+                torch._foreach_lerp_(paths, directions, alpha)  # type: ignore[arg-type]
                 exponents = torch._foreach_mul(paths, paths)
                 torch._foreach_mul_(exponents, gain)
-                torch._foreach_add_(exponents, offset)
+                # (a device offset as a list: the single-tensor overload reads it back)
+                offsets = [offset] * len(exponents) if scalar.is_device(offset) else offset
+                torch._foreach_add_(exponents, offsets)
                 torch._foreach_exp_(exponents)
                 torch._foreach_mul_(multipliers, exponents)
-                torch._foreach_add_(params, torch._foreach_mul(multipliers, grads), alpha=-eta)
+                _foreach.add_scaled_(params, torch._foreach_mul(multipliers, grads), -eta)
                 continue
             for p, g, path, multiplier in zip(params, grads, paths, multipliers, strict=True):
                 path.lerp_(g * inverse_norm, alpha)
                 multiplier.mul_((path * path).mul_(gain).add_(offset).exp_())
-                p.add_(multiplier * g, alpha=-eta)
+                scalar.add_scaled_(p, multiplier * g, -eta)
 
     def _statistics(self) -> dict[str, float]:
         rows: list[Tensor] = []

@@ -7,15 +7,27 @@ Every method's step is two passes (NOTE [the 2017 scheme fused] in :mod:`lrlab.o
 ALeRA, SALeRA and Ag-Adam: ``||p||^2``, ``<p, g>``, ``||g||^2``; :data:`GRAD_SQ` /
 :data:`DECAYED_GRAD_SQ` for SPALeRA: ``||g||^2``), then (2) the path, the method's state and the
 parameter (:data:`ALERA_MOVE`, :data:`SALERA_MOVE`, :data:`AGADAM_MOVE`, :data:`SPALERA_MOVE`).
+The tensors that no kernel takes run the same two passes on the reference loop
+(:func:`tensor_statistics`, :func:`decay`, :func:`sgd_reference_move`,
+:func:`adam_reference_move`; the path's update stays in the method modules). Between the passes,
+the host-side arithmetic of a block's rate (:func:`inverse_norm`, :func:`capped_exp`) is written
+once for Python numbers and a capturable step's 0-d tensors.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim._executor import Pass, Schema
 from lrlab.optim._fused import kernel
+from lrlab.optim._scalars import Scalar
 
 __all__ = [
     "AGADAM_MOVE",
@@ -26,6 +38,12 @@ __all__ = [
     "PATH_SUMS",
     "SALERA_MOVE",
     "SPALERA_MOVE",
+    "adam_reference_move",
+    "capped_exp",
+    "decay",
+    "inverse_norm",
+    "sgd_reference_move",
+    "tensor_statistics",
 ]
 
 # A compiled kernel takes flat tensors and computes in the dtype of its scalars (float32 for
@@ -187,3 +205,102 @@ SPALERA_MOVE = Pass(
     "spalera_move",
     _spalera_move,
 )
+
+
+def _to_float64(values: list[Tensor], device: torch.device) -> Tensor:
+    return torch.stack([v.to(device=device, dtype=torch.float64) for v in values])
+
+
+def tensor_statistics(
+    paths: list[Tensor], grads: list[Tensor], foreach: bool, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per tensor, before the update: ``||p||^2``, ``<p, g>``, ``||g||^2`` (float64 vectors):
+    pass (1) of ALeRA, SALeRA and Ag-Adam on the reference loop."""
+    path_norms = _to_float64(_foreach.norms(paths, foreach=foreach), device)
+    grad_norms = _to_float64(_foreach.norms(grads, foreach=foreach), device)
+    dots = []
+    for path, g in zip(paths, grads, strict=True):
+        acc = _foreach.accumulation_dtype(path.dtype)
+        dots.append(torch.dot(path.reshape(-1).to(acc), g.reshape(-1).to(acc)))
+    return path_norms.square(), _to_float64(dots, device), grad_norms.square()
+
+
+def decay(
+    grads: list[Tensor], params: list[Tensor], rows: list[int], weight_decay: float, foreach: bool
+) -> None:
+    """Replace ``grads[i]`` by ``g + wd x`` for every ``i`` of ``rows`` (the reference loop's
+    tensors; the kernels add the decay themselves): the coupled L2, added once (the Lua
+    alera.lua adds it twice) and never in place."""
+    ref_grads, ref_params = [grads[i] for i in rows], [params[i] for i in rows]
+    if foreach:
+        decayed = list(torch._foreach_add(ref_grads, ref_params, alpha=weight_decay))
+    else:
+        decayed = [g.add(p, alpha=weight_decay) for g, p in zip(ref_grads, ref_params, strict=True)]
+    for i, g in zip(rows, decayed, strict=True):
+        grads[i] = g
+
+
+def sgd_reference_move(
+    params: list[Tensor], grads: list[Tensor], etas: Sequence[Scalar], foreach: bool
+) -> None:
+    """ALeRA's and SALeRA's move on the reference loop (after the path): ``x <- x - eta g``,
+    each tensor with its block's rate (0-d tensors in a capturable step)."""
+    if foreach:
+        torch._foreach_add_(params, torch._foreach_mul(grads, [-eta for eta in etas]))  # type: ignore[misc, arg-type]
+    else:
+        for p, g, eta in zip(params, grads, etas, strict=True):
+            scalar.add_scaled_(p, g, -eta)
+
+
+def adam_reference_move(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    sizes: Sequence[Scalar],
+    group: Mapping[str, Any],
+    foreach: bool,
+) -> None:
+    """Ag-Adam's move on the reference loop (after the path): ``m <- beta1 m + (1 - beta1) g``,
+    ``v <- beta2 v + (1 - beta2) g^2``, ``x <- x - size m / (sqrt(v) + eps)``, each tensor
+    with its own step size (0-d tensors in a capturable step, divided in: ``value=`` would
+    read them back to the host)."""
+    (beta1, beta2), eps = group["betas"], group["eps"]
+    if foreach:
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denominators, eps)
+        negative = [-size for size in sizes]
+        if scalar.is_device(*sizes):
+            torch._foreach_div_(denominators, negative)  # type: ignore[arg-type]
+            torch._foreach_addcdiv_(params, exp_avgs, denominators)
+        else:
+            torch._foreach_addcdiv_(params, exp_avgs, denominators, negative)  # type: ignore[arg-type]
+        return
+    for p, g, m, v, size in zip(params, grads, exp_avgs, exp_avg_sqs, sizes, strict=True):
+        m.lerp_(g, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        if isinstance(size, Tensor):
+            p.addcdiv_(m, v.sqrt().add_(eps).div_(-size))
+        else:
+            p.addcdiv_(m, v.sqrt().add_(eps), value=-size)
+
+
+# -- the scalar arithmetic of a block's rate (Python numbers, or a capturable step's 0-d tensors)
+
+
+def inverse_norm(norm: Scalar, floor: float) -> Scalar:
+    """``1 / norm`` above ``floor``, else 0 (a block whose gradient is that small adds nothing
+    to its path); the same bits as the plain expression on a Python number, a select on a
+    tensor (whose other side divides by at least ``floor``)."""
+    return scalar.where(norm > floor, 1.0 / scalar.maximum(norm, floor), 0.0)
+
+
+def capped_exp(exponent: Scalar, cap: float) -> Scalar:
+    """``exp(min(exponent, cap))``: ``math.exp`` on a Python number (which overflows above
+    ~709.78), ``torch.exp`` of a clamp on a tensor."""
+    if isinstance(exponent, Tensor):
+        return torch.exp(torch.clamp(exponent, max=cap))
+    return math.exp(min(exponent, cap))
