@@ -135,7 +135,8 @@ EAGER: dict[str, str] = {
     "(tests/optim/test_capturable.py)",
     "gradagrad": "host mode recompiles at step 3 (4, 8, 12); host read .tolist() of two sums; "
     "capturable=True traces (tests/optim/test_capturable.py)",
-    "l4-mom": "recompiles at step 3 (5, 9, 10); host read .tolist() of loss and <g, v>",
+    "l4-mom": "host mode recompiles at step 3 (5, 9, 10); host read .tolist() of loss and "
+    "<g, v>; capturable=True traces (tests/optim/test_capturable.py)",
     "l4-adam": "as l4-mom",
     "lossgrad": "needs the closure inside the step: a forward-only evaluation after moving",
     "mechanic": "recompiles at step 3 (6, 12, 18); the base's torch step breaks; host read of "
