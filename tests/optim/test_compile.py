@@ -85,8 +85,9 @@ BREAKS: dict[str, tuple[int, dict[tuple[str, str], str]]] = {
         4,
         {
             GUARD: "the non-finite guard",
-            ("polyak.py", "_update"): "the Polyak step size min(loss / |g|^2, cap) is decided "
-            "on the host (one .tolist() of loss and |g|^2)",
+            ("_scalars.py", "entries"): "host mode: the Polyak step size min(loss / |g|^2, "
+            "cap) is decided on the host (one .tolist() of loss and |g|^2, scalar.entries in "
+            "SPS._update); capturable=True has none (tests/optim/test_capturable.py)",
         },
     ),
     "taps": (

@@ -37,17 +37,22 @@ def _toy_step(optimizer: torch.optim.Optimizer, x: torch.Tensor, loss_shift: flo
 # -- SPS ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("foreach", [False, True])
-def test_sps_constant_jumps_to_the_minimum(foreach: bool) -> None:
+def test_sps_constant_jumps_to_the_minimum(foreach: bool, capturable: bool) -> None:
     """Derived: c = 1/2, eps = 0: gamma = 4.5 / (0.5 * 9) = 1, x1 = 0 + 1 * 3 = 3 exactly. Then
-    the gradient is 0 (< 1e-8): no step."""
+    the gradient is 0 (< 1e-8): no step (the capturable step selects a step of 0, and its
+    Polyak ratio 0 / 0 stays out of it)."""
     x = _x0()
-    optimizer = SPS([x], adapt_flag="constant", c=0.5, eps=0.0, foreach=foreach)
+    optimizer = SPS(
+        [x], adapt_flag="constant", c=0.5, eps=0.0, foreach=foreach, capturable=capturable
+    )
     assert _toy_step(optimizer, x) == 3.0
-    assert optimizer.param_groups[0]["effective_lr"] == 1.0
+    assert float(optimizer.param_groups[0]["effective_lr"]) == 1.0
     assert optimizer.statistics()["grad_norm"] == 3.0
     assert _toy_step(optimizer, x) == 3.0
-    assert optimizer.param_groups[0]["effective_lr"] == 0.0
+    assert float(optimizer.param_groups[0]["effective_lr"]) == 0.0
+    assert optimizer.statistics()["polyak_step"] == 0.0
 
 
 def test_sps_default_eps_enters_the_denominator() -> None:
@@ -101,19 +106,30 @@ def test_sps_smooth_iter_default_growth() -> None:
     assert optimizer.param_groups[0]["effective_lr"] == pytest.approx(2 ** (1 / 500), rel=1e-15)
 
 
-def test_sps_zero_step_keeps_the_smoothing_reference() -> None:
+@pytest.mark.parametrize("capturable", [False, True])
+def test_sps_zero_step_keeps_the_smoothing_reference(capturable: bool) -> None:
     """Deviation from the official code (which stores the 0 and stays at 0 forever): a step
-    whose loss is below f* moves nothing and the next bound grows from the last real step."""
+    whose loss is below f* moves nothing and the next bound grows from the last real step
+    (a select in the capturable step)."""
     x = _x0()
-    optimizer = SPS([x], n_batches_per_epoch=1, init_step_size=0.1, c=0.2, gamma=2.0, eps=0.0)
+    optimizer = SPS(
+        [x],
+        n_batches_per_epoch=1,
+        init_step_size=0.1,
+        c=0.2,
+        gamma=2.0,
+        eps=0.0,
+        capturable=capturable,
+    )
     _toy_step(optimizer, x)  # gamma = 0.2, x = 0.6
     before = float(x.detach())
     _toy_step(optimizer, x, loss_shift=-10.0)  # loss < f* = 0: no step
     assert float(x.detach()) == before
-    assert optimizer.param_groups[0]["effective_lr"] == 0.0
-    assert optimizer.param_groups[0]["step_size"] == pytest.approx(0.2, rel=1e-15)
+    assert float(optimizer.param_groups[0]["effective_lr"]) == 0.0
+    assert float(optimizer.param_groups[0]["step_size"]) == pytest.approx(0.2, rel=1e-15)
+    assert isinstance(optimizer.param_groups[0]["step_size"], torch.Tensor) is capturable
     _toy_step(optimizer, x)
-    assert optimizer.param_groups[0]["effective_lr"] == pytest.approx(0.4, rel=1e-15)
+    assert float(optimizer.param_groups[0]["effective_lr"]) == pytest.approx(0.4, rel=1e-15)
 
 
 def test_sps_negative_loss_never_ascends() -> None:

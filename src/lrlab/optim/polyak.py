@@ -24,9 +24,11 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import (
     check_bool,
     check_choice,
@@ -84,15 +86,16 @@ def _squared_grad_norm(
     return torch.stack(parts).sum()
 
 
-def _sgd_move(params: list[Tensor], grads: list[Tensor], step: float, foreach: bool) -> None:
-    """``x <- x - step * g`` (``step`` may be negative for TAPS)."""
-    if step == 0.0:
+def _sgd_move(params: list[Tensor], grads: list[Tensor], step: Scalar, foreach: bool) -> None:
+    """``x <- x - step * g`` (``step`` may be negative for TAPS; a 0-d device tensor in a
+    capturable step, which moves by 0 rather than branch on it)."""
+    if not scalar.is_device(step) and step == 0.0:
         return
     if foreach:
-        torch._foreach_add_(params, grads, alpha=-step)
+        _foreach.add_scaled_(params, grads, -step)
     else:
         for p, g in zip(params, grads, strict=True):
-            p.add_(g, alpha=-step)
+            scalar.add_scaled_(p, g, -step)
 
 
 # -- SPS ----------------------------------------------------------------------------------------
@@ -175,6 +178,12 @@ class SPS(AdaptiveOptimizer):
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
         sharded: each rank owns a disjoint part of the parameters, so :math:`\lVert g\rVert^2`
             is a partial sum to be reduced over ranks (not needed for DDP or DTensor).
+        capturable: keep :math:`\lVert g_k\rVert`, :math:`\gamma^{\mathrm{P}}_k` and each
+            group's smoothing reference as 0-d tensors on the parameters' device, so that the
+            step reads nothing back to the host (the cases above become selects: a step of
+            size 0 moves by 0) and ``torch.compile`` traces it as one graph after the
+            non-finite guard (NOTE [device scalars] in ``lrlab/optim/_scalars.py``; a
+            checkpoint holds plain numbers). None (default): True for CUDA/XPU parameters.
 
     .. note::
         Deviations from the official code (``sps/sps.py``, spec 5.1): (1) the Polyak numerator
@@ -201,8 +210,13 @@ class SPS(AdaptiveOptimizer):
     needs_loss: ClassVar[bool] = True
     has_global_statistics: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {"grad_norm": 0.0, "polyak_step": 0.0}
+    #: a capturable step keeps the diagnostics and each group's smoothing reference on the
+    #: device (NOTE [device scalars] in _scalars.py)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = dict.fromkeys(
+        ("grad_norm", "polyak_step", "step_size"), float
+    )
     #: torch.compile traces the step (NOTE [torch.compile and the step]); breaks: the guard
-    #: and the step size's one host read
+    #: and, in host mode, the step size's one host read
     traceable_step: ClassVar[bool] = True
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
@@ -233,6 +247,7 @@ class SPS(AdaptiveOptimizer):
         lr: float = 1.0,
         foreach: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         check_range("lr", lr, 0.0, math.inf, "[)")
         check_int("n_batches_per_epoch", n_batches_per_epoch, 1)
@@ -257,14 +272,18 @@ class SPS(AdaptiveOptimizer):
             "eps": eps,
             "foreach": foreach,
             "sharded": sharded,
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; its smoothing reference ``step_size`` starts at ``init_step_size``."""
+        """Add a group; its smoothing reference ``step_size`` starts at ``init_step_size``
+        (a 0-d device tensor in a capturable step)."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         group.setdefault("step_size", float(group["init_step_size"]))
+        if self.capturable:
+            self._to_device_scalars(group)
 
     def _update(self, context: StepContext) -> None:
         pending = _groups_with_grads(self)
@@ -272,26 +291,29 @@ class SPS(AdaptiveOptimizer):
         (grad_sq,) = self._reduce_global([_squared_grad_norm(pending, device)])
         assert context.loss is not None  # needs_loss: the base class guarantees it
         loss_t = scalar_loss(context.loss, type(self).__name__).to(device)
-        loss, grad_sq = torch.stack([loss_t, grad_sq]).tolist()  # one host synchronisation
-        grad_norm = math.sqrt(grad_sq)
+        # the one host synchronisation of the step (none in a capturable step, where the
+        # scalars below are 0-d device tensors and the branches selects: NOTE [device scalars])
+        loss, grad_sq = scalar.entries(torch.stack([loss_t, grad_sq]), self.capturable)
+        grad_norm = scalar.sqrt(grad_sq)
+        small = grad_norm < _SMALL_GRAD_NORM  # no step
         moving = {id(group): (params, grads, foreach) for group, params, grads, foreach in pending}
         for index, group in enumerate(self.param_groups):
-            if grad_norm < _SMALL_GRAD_NORM:
-                polyak = step = 0.0
-            else:
-                polyak = max(loss - group["fstar"], 0.0) / (group["c"] * grad_sq + group["eps"])
-                step = polyak
-                if group["adapt_flag"] == "smooth_iter":
-                    growth = group["gamma"] ** (1.0 / group["n_batches_per_epoch"])
-                    step = min(step, growth * group["step_size"])
-                if group["eta_max"] is not None:
-                    step = min(step, group["eta_max"])
+            # a zero denominator (eps = 0, g = 0) is a small gradient: the ratio is not taken
+            polyak = scalar.ratio_or_zero(
+                scalar.maximum(loss - group["fstar"], 0.0), group["c"] * grad_sq + group["eps"]
+            )
+            step = polyak
+            if group["adapt_flag"] == "smooth_iter":
+                growth = group["gamma"] ** (1.0 / group["n_batches_per_epoch"])
+                step = scalar.minimum(step, growth * group["step_size"])
+            if group["eta_max"] is not None:
+                step = scalar.minimum(step, group["eta_max"])
+            polyak, step = scalar.where(small, 0.0, polyak), scalar.where(small, 0.0, step)
             if index == 0:
                 self._set_global("polyak_step", polyak)
             # the reference follows the group's step even where this rank holds none of the
             # group's gradients (sharded runs): every rank keeps the same group state
-            if step > 0.0:
-                group["step_size"] = step
+            group["step_size"] = scalar.where(step > 0.0, step, group["step_size"])
             if id(group) not in moving:
                 continue
             params, grads, foreach = moving[id(group)]
