@@ -288,12 +288,12 @@ class SPS(AdaptiveOptimizer):
     def _update(self, context: StepContext) -> None:
         pending = _groups_with_grads(self)
         device = context.params[0].device
-        (grad_sq,) = self._reduce_global([_squared_grad_norm(pending, device)])
+        (grad_sq_t,) = self._reduce_global([_squared_grad_norm(pending, device)])
         assert context.loss is not None  # needs_loss: the base class guarantees it
         loss_t = scalar_loss(context.loss, type(self).__name__).to(device)
         # the one host synchronisation of the step (none in a capturable step, where the
         # scalars below are 0-d device tensors and the branches selects: NOTE [device scalars])
-        loss, grad_sq = scalar.entries(torch.stack([loss_t, grad_sq]), self.capturable)
+        loss, grad_sq = scalar.entries(torch.stack([loss_t, grad_sq_t]), self.capturable)
         grad_norm = scalar.sqrt(grad_sq)
         small = grad_norm < _SMALL_GRAD_NORM  # no step
         moving = {id(group): (params, grads, foreach) for group, params, grads, foreach in pending}
