@@ -94,15 +94,17 @@ BREAKS: dict[str, tuple[int, dict[tuple[str, str], str]]] = {
         5,
         {
             GUARD: "the non-finite guard",
-            ("polyak.py", "_update"): "torch.unique of the batch's example indices (an output "
-            "shape that depends on the data) and one .tolist() of the step's scalars",
+            ("_scalars.py", "entries"): "host mode: one .tolist() of the step's scalars, with "
+            "the range check of the example indices (scalar.entries in "
+            "_MovingTargetPolyak._update); capturable=True has none "
+            "(tests/optim/test_capturable.py)",
         },
     ),
     "motaps": (
         5,
         {
             GUARD: "the non-finite guard",
-            ("polyak.py", "_update"): "as for taps",
+            ("_scalars.py", "entries"): "as for taps",
         },
     ),
 }
