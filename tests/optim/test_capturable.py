@@ -76,6 +76,7 @@ def test_some_methods_are_capturable() -> None:
         for name in CAPTURABLE
         for path in sorted(PATHS)
         if path != "foreach" or lo.spec(name).supports_foreach
+        if path != "compiled" or lo.spec(name).supports_fused
     ],
 )
 def test_capturable_step_gives_the_host_numbers(name: str, path: str, monkeypatch) -> None:
@@ -87,6 +88,8 @@ def test_capturable_step_gives_the_host_numbers(name: str, path: str, monkeypatc
         kwargs = {**_kwargs(name, index), **PATHS[path]}
         if not spec.supports_foreach:
             kwargs.pop("foreach", None)  # the loop path is fused=False alone
+        if not spec.supports_fused:
+            kwargs.pop("fused", None)  # no kernels: the loop path is foreach=False alone
         host, params_h = _run(name, False, **kwargs)
         device, params_d = _run(name, True, **kwargs)
         assert device.capturable and not host.capturable

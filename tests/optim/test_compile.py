@@ -85,23 +85,26 @@ BREAKS: dict[str, tuple[int, dict[tuple[str, str], str]]] = {
         4,
         {
             GUARD: "the non-finite guard",
-            ("polyak.py", "_update"): "the Polyak step size min(loss / |g|^2, cap) is decided "
-            "on the host (one .tolist() of loss and |g|^2)",
+            ("_scalars.py", "entries"): "host mode: the Polyak step size min(loss / |g|^2, "
+            "cap) is decided on the host (one .tolist() of loss and |g|^2, scalar.entries in "
+            "SPS._update); capturable=True has none (tests/optim/test_capturable.py)",
         },
     ),
     "taps": (
         5,
         {
             GUARD: "the non-finite guard",
-            ("polyak.py", "_update"): "torch.unique of the batch's example indices (an output "
-            "shape that depends on the data) and one .tolist() of the step's scalars",
+            ("_scalars.py", "entries"): "host mode: one .tolist() of the step's scalars, with "
+            "the range check of the example indices (scalar.entries in "
+            "_MovingTargetPolyak._update); capturable=True has none "
+            "(tests/optim/test_capturable.py)",
         },
     ),
     "motaps": (
         5,
         {
             GUARD: "the non-finite guard",
-            ("polyak.py", "_update"): "as for taps",
+            ("_scalars.py", "entries"): "as for taps",
         },
     ),
 }
@@ -138,7 +141,8 @@ EAGER: dict[str, str] = {
     "(tests/optim/test_capturable.py)",
     "gradagrad": "host mode recompiles at step 3 (4, 8, 12); host read .tolist() of two sums; "
     "capturable=True traces (tests/optim/test_capturable.py)",
-    "l4-mom": "recompiles at step 3 (5, 9, 10); host read .tolist() of loss and <g, v>",
+    "l4-mom": "host mode recompiles at step 3 (5, 9, 10); host read .tolist() of loss and "
+    "<g, v>; capturable=True traces (tests/optim/test_capturable.py)",
     "l4-adam": "as l4-mom",
     "lossgrad": "needs the closure inside the step: a forward-only evaluation after moving",
     "mechanic": "recompiles at step 3 (6, 12, 18); the base's torch step breaks; host read of "

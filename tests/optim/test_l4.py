@@ -115,12 +115,14 @@ def test_minimum_loss_estimate_derived_sequence() -> None:
     assert optimizer.statistics()["loss_gap"] == pytest.approx(0.2, rel=1e-14)
 
 
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("cls", [L4Mom, L4Adam])
-def test_zero_estimate_is_not_a_descent_direction_and_is_skipped(cls) -> None:
+def test_zero_estimate_is_not_a_descent_direction_and_is_skipped(cls, capturable: bool) -> None:
     """Guard: with g_hat = 0 (all gradients zero so far) <g_hat, v> = 0 and eta = alpha gap /
-    eps would be 1e11: the move is skipped, counted, and L_min still initialised."""
+    eps would be 1e11: the move is skipped, counted, and L_min still initialised. A capturable
+    step selects a move by 0 instead of branching."""
     x = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
-    optimizer = cls([x])
+    optimizer = cls([x], capturable=capturable)
     x.grad = torch.zeros(2, dtype=F64)
     optimizer.step(loss=3.0)
     stats = optimizer.statistics()
@@ -134,15 +136,17 @@ def test_zero_estimate_is_not_a_descent_direction_and_is_skipped(cls) -> None:
     assert optimizer.param_groups[0]["effective_lr"] > 0.0
 
 
-def test_nonpositive_gap_is_skipped_and_counted() -> None:
+@pytest.mark.parametrize("capturable", [False, True])
+def test_nonpositive_gap_is_skipped_and_counted(capturable: bool) -> None:
     """Guard: a negative loss can make L - gamma L_min <= 0 (L4 assumes L >= 0): no move."""
     x = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
-    optimizer = L4Mom([x])
+    optimizer = L4Mom([x], capturable=capturable)
     x.grad = torch.tensor([1.0, 1.0], dtype=F64)
     optimizer.step(loss=-2.0)  # L_min = -1.5, gap = -2 + 1.35 = -0.65
     stats = optimizer.statistics()
     assert stats["nonpositive_gap_steps"] == 1.0 and stats["nondescent_steps"] == 0.0
     assert stats["loss_gap"] == pytest.approx(-0.65, abs=1e-15)
+    assert isinstance(optimizer.param_groups[0]["l_min"], torch.Tensor) is capturable
     assert torch.equal(x.detach(), torch.tensor([1.0, 2.0], dtype=F64))
     # the moments were updated as usual (m = (1 - beta) g)
     torch.testing.assert_close(

@@ -64,10 +64,12 @@ def test_hand_vector_without_momentum(foreach: bool) -> None:
     assert optimizer.param_groups[0]["effective_lr"] == 0.1
 
 
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("foreach", [False, True])
-def test_hand_vector_with_momentum(foreach: bool) -> None:
+def test_hand_vector_with_momentum(foreach: bool, capturable: bool) -> None:
+    """Also with k as a device scalar (capturable): the same vector."""
     x = _x0()
-    optimizer = MDA([x], lr=0.1, momentum=0.9, foreach=foreach)
+    optimizer = MDA([x], lr=0.1, momentum=0.9, foreach=foreach, capturable=capturable)
     _p_step(optimizer, x)
     torch.testing.assert_close(x.detach(), _vec(0.99, 0.9), rtol=0, atol=1e-15)
     _p_step(optimizer, x)
@@ -78,10 +80,11 @@ def test_hand_vector_with_momentum(foreach: bool) -> None:
     torch.testing.assert_close(optimizer.state[x]["x0"], _vec(1.0, 1.0), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("foreach", [False, True])
-def test_hand_vector_coupled_weight_decay(foreach: bool) -> None:
+@pytest.mark.parametrize("capturable", [False, True])
+@pytest.mark.parametrize("path", [{"foreach": False, "fused": False}, {"foreach": True}])
+def test_hand_vector_coupled_weight_decay(path: dict, capturable: bool) -> None:
     x = torch.tensor([2.0], dtype=torch.float64, requires_grad=True)
-    optimizer = MDA([x], lr=0.1, momentum=0.0, weight_decay=0.5, foreach=foreach)
+    optimizer = MDA([x], lr=0.1, momentum=0.0, weight_decay=0.5, capturable=capturable, **path)
     for expected in (1.9, 1.8342893219):
         x.grad = torch.zeros(1, dtype=torch.float64)
         optimizer.step()

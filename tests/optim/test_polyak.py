@@ -16,6 +16,7 @@ import torch
 
 import lrlab.optim as lo
 from lrlab.optim import MOTAPS, SPS, TAPS
+from lrlab.optim.polyak import _multiplicity
 
 F64 = torch.float64
 
@@ -37,17 +38,22 @@ def _toy_step(optimizer: torch.optim.Optimizer, x: torch.Tensor, loss_shift: flo
 # -- SPS ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("foreach", [False, True])
-def test_sps_constant_jumps_to_the_minimum(foreach: bool) -> None:
+def test_sps_constant_jumps_to_the_minimum(foreach: bool, capturable: bool) -> None:
     """Derived: c = 1/2, eps = 0: gamma = 4.5 / (0.5 * 9) = 1, x1 = 0 + 1 * 3 = 3 exactly. Then
-    the gradient is 0 (< 1e-8): no step."""
+    the gradient is 0 (< 1e-8): no step (the capturable step selects a step of 0, and its
+    Polyak ratio 0 / 0 stays out of it)."""
     x = _x0()
-    optimizer = SPS([x], adapt_flag="constant", c=0.5, eps=0.0, foreach=foreach)
+    optimizer = SPS(
+        [x], adapt_flag="constant", c=0.5, eps=0.0, foreach=foreach, capturable=capturable
+    )
     assert _toy_step(optimizer, x) == 3.0
-    assert optimizer.param_groups[0]["effective_lr"] == 1.0
+    assert float(optimizer.param_groups[0]["effective_lr"]) == 1.0
     assert optimizer.statistics()["grad_norm"] == 3.0
     assert _toy_step(optimizer, x) == 3.0
-    assert optimizer.param_groups[0]["effective_lr"] == 0.0
+    assert float(optimizer.param_groups[0]["effective_lr"]) == 0.0
+    assert optimizer.statistics()["polyak_step"] == 0.0
 
 
 def test_sps_default_eps_enters_the_denominator() -> None:
@@ -101,19 +107,30 @@ def test_sps_smooth_iter_default_growth() -> None:
     assert optimizer.param_groups[0]["effective_lr"] == pytest.approx(2 ** (1 / 500), rel=1e-15)
 
 
-def test_sps_zero_step_keeps_the_smoothing_reference() -> None:
+@pytest.mark.parametrize("capturable", [False, True])
+def test_sps_zero_step_keeps_the_smoothing_reference(capturable: bool) -> None:
     """Deviation from the official code (which stores the 0 and stays at 0 forever): a step
-    whose loss is below f* moves nothing and the next bound grows from the last real step."""
+    whose loss is below f* moves nothing and the next bound grows from the last real step
+    (a select in the capturable step)."""
     x = _x0()
-    optimizer = SPS([x], n_batches_per_epoch=1, init_step_size=0.1, c=0.2, gamma=2.0, eps=0.0)
+    optimizer = SPS(
+        [x],
+        n_batches_per_epoch=1,
+        init_step_size=0.1,
+        c=0.2,
+        gamma=2.0,
+        eps=0.0,
+        capturable=capturable,
+    )
     _toy_step(optimizer, x)  # gamma = 0.2, x = 0.6
     before = float(x.detach())
     _toy_step(optimizer, x, loss_shift=-10.0)  # loss < f* = 0: no step
     assert float(x.detach()) == before
-    assert optimizer.param_groups[0]["effective_lr"] == 0.0
-    assert optimizer.param_groups[0]["step_size"] == pytest.approx(0.2, rel=1e-15)
+    assert float(optimizer.param_groups[0]["effective_lr"]) == 0.0
+    assert float(optimizer.param_groups[0]["step_size"]) == pytest.approx(0.2, rel=1e-15)
+    assert isinstance(optimizer.param_groups[0]["step_size"], torch.Tensor) is capturable
     _toy_step(optimizer, x)
-    assert optimizer.param_groups[0]["effective_lr"] == pytest.approx(0.4, rel=1e-15)
+    assert float(optimizer.param_groups[0]["effective_lr"]) == pytest.approx(0.4, rel=1e-15)
 
 
 def test_sps_negative_loss_never_ascends() -> None:
@@ -197,11 +214,12 @@ def test_taps_step_solves_the_linearised_equation() -> None:
     assert linearised == pytest.approx(float(tracked[index].mean()), rel=1e-13)
 
 
-def test_taps_repeated_indices_derived_vector() -> None:
+@pytest.mark.parametrize("capturable", [False, True])
+def test_taps_repeated_indices_derived_vector(capturable: bool) -> None:
     """Derived: batch (0, 0): c_0 = 2, so q = ||g||^2 + 4/4 = 1 + 1 = 2; L = 0.5, g = -1,
     s = 0.25, x1 = 0.25; alpha_0 += 2 * 0.25 / 2 = 0.25, then minus the mean 0.0625."""
     x = _x0()
-    optimizer = TAPS([x], num_examples=4)
+    optimizer = TAPS([x], num_examples=4, capturable=capturable)
     _examples_step(optimizer, x, [0, 0])
     assert float(x.detach()) == 0.25
     torch.testing.assert_close(
@@ -334,16 +352,20 @@ def test_taps_and_motaps_converge_where_sps_stalls() -> None:
 # -- TAPS / MOTAPS: the index API and checkpoints -----------------------------------------------
 
 
-def test_out_of_range_indices_raise_before_anything_changes() -> None:
+@pytest.mark.parametrize("capturable", [False, True])
+def test_out_of_range_indices_raise_before_anything_changes(capturable: bool) -> None:
+    """A capturable step checks the range with a device assertion (no host read): on the CPU a
+    RuntimeError, raised as eagerly as the host step's ValueError."""
     x = _x0()
-    optimizer = TAPS([x], num_examples=4)
+    optimizer = TAPS([x], num_examples=4, capturable=capturable)
     _examples_step(optimizer, x, [0, 1])
     before_x, before_table = x.detach().clone(), _table(optimizer).clone()
     optimizer.zero_grad()
     loss = 0.5 * ((x - 3.0) ** 2).sum()
     loss.backward()
+    error = RuntimeError if capturable else ValueError
     for bad in (torch.tensor([1, 4]), torch.tensor([-1, 2])):
-        with pytest.raises(ValueError, match=r"example_indices must be in \[0, 4\)"):
+        with pytest.raises(error, match=r"example_indices must be in \[0, 4\)"):
             optimizer.step(loss=loss.detach(), example_indices=bad)
     for bad in (torch.tensor([0.0, 1.0]), torch.tensor([[0, 1]]), torch.tensor([], dtype=int)):
         with pytest.raises(ValueError, match="non-empty 1-d integer tensor"):
@@ -352,6 +374,17 @@ def test_out_of_range_indices_raise_before_anything_changes() -> None:
         optimizer.step(loss=loss.detach())
     assert torch.equal(x.detach(), before_x)
     assert torch.equal(_table(optimizer), before_table)
+
+
+def test_multiplicity_is_the_sum_of_squared_counts() -> None:
+    """sum_i c_i^2 from the sorted indices (shape-static) equals the count of torch.unique,
+    exactly, for batches with and without repeats and in any integer dtype."""
+    generator = torch.Generator().manual_seed(0)
+    for size, high, dtype in [(1, 5, torch.int64), (64, 10, torch.int32), (257, 1000, torch.int16)]:
+        indices = torch.randint(0, high, (size,), generator=generator, dtype=dtype)
+        _, counts = torch.unique(indices, return_counts=True)
+        assert int(_multiplicity(indices)) == int(counts.square().sum())
+    assert int(_multiplicity(torch.tensor([3, 1, 3, 3, 0, 1]))) == 9 + 4 + 1
 
 
 def test_indices_may_be_a_list() -> None:

@@ -21,12 +21,14 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._executor import Pass, Plan, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._names import resolve_alias
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import check_betas, check_bool, check_positive, check_range
 
 __all__ = ["L4Adam", "L4Mom"]
@@ -54,6 +56,13 @@ class _L4(AdaptiveOptimizer):
         "nondescent_steps": 0,
         "nonpositive_gap_steps": 0,
     }
+    #: a capturable step keeps the run state and the diagnostics on the device (NOTE [device
+    #: scalars] in _scalars.py), and each tensor's step count t
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = {
+        **dict.fromkeys(("step", "nondescent_steps", "nonpositive_gap_steps"), int),
+        **dict.fromkeys(("l_min", "loss_gap", "grad_dot_direction"), float),
+    }
+    capturable_counts: ClassVar[tuple[str, ...]] = ("step",)
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -73,7 +82,8 @@ class _L4(AdaptiveOptimizer):
         tau: float,
         eps: float,
         sharded: bool,
-        lr: float = 1.0,
+        lr: float,
+        capturable: bool | None,
     ) -> dict[str, Any]:
         check_range("lr", lr, 0.0, math.inf, "[)")
         check_positive("alpha", alpha)
@@ -90,10 +100,11 @@ class _L4(AdaptiveOptimizer):
             "tau": tau,
             "eps": eps,
             "sharded": sharded,
+            "capturable": capturable,
         }
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
-        state["step"] = 0
+        state["step"] = self._new_count(p)  # a 0-d device tensor in a capturable step
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _estimates(
@@ -101,7 +112,7 @@ class _L4(AdaptiveOptimizer):
         group: dict[str, Any],
         params: list[Tensor],
         grads: list[Tensor],
-        steps: list[int],
+        steps: list[Scalar],
         foreach: bool,
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Update the moments; return the gradient estimates and the directions."""
@@ -117,12 +128,13 @@ class _L4(AdaptiveOptimizer):
         """The moments pass's scalars of a group."""
         raise NotImplementedError
 
-    def _bias_scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
+    def _bias_scalars(self, group: dict[str, Any], step: Scalar) -> dict[str, Scalar]:
         """The bias corrections of a tensor at its step ``step`` (tensor scalars of both
-        passes), in Python double as the reference path has them."""
+        passes), in Python double as the reference path has them (0-d device tensors in a
+        capturable step, whose counts are)."""
         raise NotImplementedError
 
-    def _move_scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
+    def _move_scalars(self, group: dict[str, Any], eta: Scalar) -> dict[str, Scalar]:
         """The move's scalars of a group."""
         raise NotImplementedError
 
@@ -132,7 +144,7 @@ class _L4(AdaptiveOptimizer):
         pending: list[tuple[dict[str, Any], list[Tensor], list[Tensor], bool]] = []
         # (group, plan, bias corrections) of the tensors whose first pass ran on the kernels:
         # eta needs the global <g_hat, v> and the loss, so their move is a second pass
-        fused_pending: list[tuple[dict[str, Any], Plan, list[dict[str, float]]]] = []
+        fused_pending: list[tuple[dict[str, Any], Plan, list[dict[str, Scalar]]]] = []
         dot_parts: list[Tensor] = []
         for group in self.param_groups:
             group["effective_lr"] = 0.0
@@ -145,7 +157,8 @@ class _L4(AdaptiveOptimizer):
                 if len(state) == 0:
                     self._init_state(p, state)
                 state["step"] += 1
-            steps = [int(state["step"]) for state in states]
+            # ints, or 0-d device tensors in a capturable step (load_state_dict keeps the form)
+            steps: list[Scalar] = [state["step"] for state in states]
             rows = [
                 {
                     "grad": grad,
@@ -180,30 +193,39 @@ class _L4(AdaptiveOptimizer):
         (dot,) = self._reduce_global([dot])
         assert context.loss is not None  # needs_loss: the base class guarantees it
         loss_tensor = context.loss.detach().to(device=dot.device, dtype=torch.float64)
-        loss, grad_dot_direction = torch.stack([loss_tensor, dot]).tolist()  # one host sync
+        # the one host synchronisation of the step (none in a capturable step)
+        loss, grad_dot_direction = scalar.entries(torch.stack([loss_tensor, dot]), self.capturable)
 
-        t = int(self._get_global("step")) + 1
-        l_min = float(self._get_global("l_min"))
-        l_min = first["gamma0"] * loss if t == 1 else min(l_min, loss)
+        # Python numbers, or 0-d device tensors in a capturable step (NOTE [device scalars]):
+        # the branches below are selects there, and a step that does not move moves by 0
+        t = self._get_global("step") + 1
+        l_min = scalar.where(
+            t == 1, first["gamma0"] * loss, scalar.minimum(self._get_global("l_min"), loss)
+        )
         gap = loss - first["gamma"] * l_min
-        if not grad_dot_direction > 0.0:
-            # not a descent direction for the gradient estimate: eta would be negative or huge
-            self._set_global("nondescent_steps", self._get_global("nondescent_steps") + 1)
-        elif not gap > 0.0:
-            # only possible with negative losses (L4 assumes L >= 0): eta would be <= 0
-            self._set_global("nonpositive_gap_steps", self._get_global("nonpositive_gap_steps") + 1)
-        else:
+        # not a descent direction for the gradient estimate: eta would be negative or huge
+        descent = grad_dot_direction > 0.0
+        # a gap <= 0 is only possible with negative losses (L4 assumes L >= 0): eta would be <= 0
+        moves = descent & (gap > 0.0)
+        self._set_global(
+            "nondescent_steps", self._get_global("nondescent_steps") + scalar.where(descent, 0, 1)
+        )
+        self._set_global(
+            "nonpositive_gap_steps",
+            self._get_global("nonpositive_gap_steps")
+            + scalar.where(descent, scalar.where(moves, 0, 1), 0),
+        )
+        if scalar.is_device(moves) or moves:
             for group, params, directions, foreach in pending:
-                # lr (default 1) multiplies the step, so torch's schedulers can scale it
-                eta = group["lr"] * group["alpha"] * gap / (grad_dot_direction + first["eps"])
+                eta = self._eta(group, gap, grad_dot_direction, moves)
                 group["effective_lr"] = eta
                 if foreach:
-                    torch._foreach_add_(params, directions, alpha=-eta)
+                    _foreach.add_scaled_(params, directions, -eta)
                 else:
                     for p, direction in zip(params, directions, strict=True):
-                        p.add_(direction, alpha=-eta)
+                        scalar.add_scaled_(p, direction, -eta)
             for group, plan, biases in fused_pending:
-                eta = group["lr"] * group["alpha"] * gap / (grad_dot_direction + first["eps"])
+                eta = self._eta(group, gap, grad_dot_direction, moves)
                 group["effective_lr"] = eta
                 plan.run(self._move, self._move_scalars(group, eta), tensor_scalars=biases)
         # slow forgetting, so that the estimate can rise again
@@ -212,6 +234,16 @@ class _L4(AdaptiveOptimizer):
         self._set_global("l_min", l_min)
         self._set_global("loss_gap", gap)
         self._set_global("grad_dot_direction", grad_dot_direction)
+
+    def _eta(self, group: dict[str, Any], gap: Scalar, dot: Scalar, moves: Any) -> Scalar:
+        """A group's step size; 0 in a capturable step that does not move (the host step does
+        not call it then)."""
+        # lr (default 1) multiplies the step, so torch's schedulers can scale it; the
+        # denominator is > 0 where the step moves
+        eta = scalar.ratio_or_zero(
+            group["lr"] * group["alpha"] * gap, dot + self.param_groups[0]["eps"]
+        )
+        return scalar.where(moves, eta, 0.0)
 
     def _statistics(self) -> dict[str, float]:
         return {
@@ -345,6 +377,12 @@ class L4Mom(_L4):
             first step pays the compilation); False takes neither.
         sharded: each rank owns a disjoint part of the parameters, so
             :math:`\langle \hat g, v\rangle` is a partial sum to be reduced over ranks.
+        capturable: keep the step counters, :math:`L_{\min}` and the diagnostics (each
+            tensor's step count too) as 0-d tensors on the parameters' device, so that the step
+            reads nothing back to the host (the guards below become selects: a skipped move
+            moves by 0) and ``torch.compile`` traces it as one graph after the non-finite guard
+            (NOTE [device scalars] in ``lrlab/optim/_scalars.py``; a checkpoint holds plain
+            numbers). None (default): True for CUDA/XPU parameters.
 """
         + _L4_NOTES
         + r"""
@@ -374,8 +412,9 @@ class L4Mom(_L4):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
-        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded, lr)
+        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded, lr, capturable)
         beta = resolve_alias("momentum", momentum, "beta", beta, 0.9)
         check_range("beta", beta, 0.0, 1.0, "[)")
         fused = check_fused(fused, foreach)
@@ -388,7 +427,7 @@ class L4Mom(_L4):
         group: dict[str, Any],
         params: list[Tensor],
         grads: list[Tensor],
-        steps: list[int],
+        steps: list[Scalar],
         foreach: bool,
     ) -> tuple[list[Tensor], list[Tensor]]:
         beta = group["beta"]
@@ -407,10 +446,10 @@ class L4Mom(_L4):
     def _moment_scalars(self, group: dict[str, Any]) -> dict[str, float]:
         return {"weight": 1 - group["beta"]}
 
-    def _bias_scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
+    def _bias_scalars(self, group: dict[str, Any], step: Scalar) -> dict[str, Scalar]:
         return {"bias": 1 - group["beta"] ** step}
 
-    def _move_scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
+    def _move_scalars(self, group: dict[str, Any], eta: Scalar) -> dict[str, Scalar]:
         return {"eta": eta}
 
 
@@ -470,6 +509,7 @@ class L4Adam(_L4):
             cached) and the ``foreach`` path elsewhere; True adds the compiled kernels (the
             first step pays the compilation); False takes neither.
         sharded: as :class:`L4Mom`.
+        capturable: as :class:`L4Mom`.
 """
         + _L4_NOTES
         + r"""
@@ -508,8 +548,9 @@ class L4Adam(_L4):
         foreach: bool | None = None,
         fused: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
-        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded, lr)
+        defaults = self._l4_defaults(alpha, gamma, gamma0, tau, eps, sharded, lr, capturable)
         check_betas("betas", betas)
         check_positive("adam_eps", adam_eps)
         fused = check_fused(fused, foreach)
@@ -527,7 +568,7 @@ class L4Adam(_L4):
         group: dict[str, Any],
         params: list[Tensor],
         grads: list[Tensor],
-        steps: list[int],
+        steps: list[Scalar],
         foreach: bool,
     ) -> tuple[list[Tensor], list[Tensor]]:
         beta1, beta2 = group["betas"]
@@ -570,11 +611,11 @@ class L4Adam(_L4):
             "adam_eps": group["adam_eps"],
         }
 
-    def _bias_scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
+    def _bias_scalars(self, group: dict[str, Any], step: Scalar) -> dict[str, Scalar]:
         beta1, beta2 = group["betas"]
         return {"bias1": 1 - beta1**step, "bias2": 1 - beta2**step}
 
-    def _move_scalars(self, group: dict[str, Any], eta: float) -> dict[str, float]:
+    def _move_scalars(self, group: dict[str, Any], eta: Scalar) -> dict[str, Scalar]:
         return {"eta": eta, "adam_eps": group["adam_eps"]}
 
 

@@ -22,11 +22,13 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._executor import Pass, Schema, route
 from lrlab.optim._fused import check_fused, kernel
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import check_nonnegative, check_positive, check_range
 
 __all__ = ["MDA"]
@@ -99,6 +101,11 @@ class MDA(AdaptiveOptimizer):
             tensor (see :mod:`lrlab.optim._fused`; the first step pays the compilation).
             Tensors that cannot be viewed flat (non-contiguous, sparse) or, off the CPU, are
             small take the ``foreach`` path.
+        capturable: keep the step counter :math:`k` as a 0-d tensor on the parameters'
+            device, so that :math:`\lambda_k` and :math:`1/\beta_{k+1}` are computed there and
+            ``torch.compile`` traces the step as one graph after the non-finite guard without a
+            guard on :math:`k` (NOTE [device scalars] in ``lrlab/optim/_scalars.py``; a
+            checkpoint holds a plain number). None (default): True for CUDA/XPU parameters.
 
     .. note::
         Confidence is **medium** (spec ``defazio_family.md`` section 6): no official MDA code
@@ -122,6 +129,8 @@ class MDA(AdaptiveOptimizer):
     """
 
     global_defaults: ClassVar[dict[str, float | int]] = {"k": 0}
+    #: a capturable step keeps k on the device (NOTE [device scalars] in _scalars.py)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = {"k": int}
     #: torch.compile traces the step (NOTE [torch.compile and the step]); one break: the guard
     traceable_step: ClassVar[bool] = True
 
@@ -141,6 +150,7 @@ class MDA(AdaptiveOptimizer):
         *,
         foreach: bool | None = None,
         fused: bool | None = None,
+        capturable: bool | None = None,
     ) -> None:
         check_positive("lr", lr)
         check_range("momentum", momentum, 0.0, 1.0, "[)")
@@ -152,12 +162,14 @@ class MDA(AdaptiveOptimizer):
             "weight_decay": weight_decay,
             "foreach": foreach,
             "fused": fused,
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
     def _update(self, context: StepContext) -> None:
-        k = int(self._get_global("k"))
-        beta = math.sqrt(k + 1)
+        # a Python int, or a 0-d device tensor in a capturable step (then beta, lam too)
+        k = self._get_global("k")
+        beta = scalar.sqrt(k + 1)
         for group in self.param_groups:
             lam = group["lr"] * beta  # lambda_k = lr sqrt(k + 1)
             group["effective_lr"] = float(group["lr"])
@@ -214,16 +226,20 @@ def _mda_step(
     anchors: list[torch.Tensor],
     group: dict[str, Any],
     *,
-    lam: float,
-    beta: float,
+    lam: Scalar,
+    beta: Scalar,
     foreach: bool,
 ) -> None:
     weight_decay, c = group["weight_decay"], 1.0 - group["momentum"]
     if foreach:
         if weight_decay != 0:
             grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
-        torch._foreach_add_(sums, grads, alpha=lam)
-        points = torch._foreach_add(anchors, sums, alpha=-1.0 / beta)  # z = x0 - s / beta
+        _foreach.add_scaled_(sums, grads, lam)
+        # z = x0 - s / beta (a device 1 / beta multiplied in: alpha= would read it back)
+        if isinstance(beta, Tensor):
+            points = torch._foreach_add(anchors, torch._foreach_mul(sums, -1.0 / beta))
+        else:
+            points = torch._foreach_add(anchors, sums, alpha=-1.0 / beta)
         if c == 1.0:
             torch._foreach_copy_(params, points)
         else:
@@ -232,8 +248,8 @@ def _mda_step(
     for p, g, s, x0 in zip(params, grads, sums, anchors, strict=True):
         if weight_decay != 0:
             g = g.add(p, alpha=weight_decay)
-        s.add_(g, alpha=lam)
-        z = x0.add(s, alpha=-1.0 / beta)
+        scalar.add_scaled_(s, g, lam)
+        z = x0 + s * (-1.0 / beta) if isinstance(beta, Tensor) else x0.add(s, alpha=-1.0 / beta)
         if c == 1.0:
             p.copy_(z)
         else:

@@ -24,9 +24,11 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from lrlab.optim import _foreach
+from lrlab.optim import _scalars as scalar
 from lrlab.optim import _validation as check
 from lrlab.optim._base import AdaptiveOptimizer, StepContext
 from lrlab.optim._registry import InvalidKwargs, register
+from lrlab.optim._scalars import Scalar
 from lrlab.optim._validation import (
     check_bool,
     check_choice,
@@ -84,15 +86,16 @@ def _squared_grad_norm(
     return torch.stack(parts).sum()
 
 
-def _sgd_move(params: list[Tensor], grads: list[Tensor], step: float, foreach: bool) -> None:
-    """``x <- x - step * g`` (``step`` may be negative for TAPS)."""
-    if step == 0.0:
+def _sgd_move(params: list[Tensor], grads: list[Tensor], step: Scalar, foreach: bool) -> None:
+    """``x <- x - step * g`` (``step`` may be negative for TAPS; a 0-d device tensor in a
+    capturable step, which moves by 0 rather than branch on it)."""
+    if not scalar.is_device(step) and step == 0.0:
         return
     if foreach:
-        torch._foreach_add_(params, grads, alpha=-step)
+        _foreach.add_scaled_(params, grads, -step)
     else:
         for p, g in zip(params, grads, strict=True):
-            p.add_(g, alpha=-step)
+            scalar.add_scaled_(p, g, -step)
 
 
 # -- SPS ----------------------------------------------------------------------------------------
@@ -175,6 +178,12 @@ class SPS(AdaptiveOptimizer):
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
         sharded: each rank owns a disjoint part of the parameters, so :math:`\lVert g\rVert^2`
             is a partial sum to be reduced over ranks (not needed for DDP or DTensor).
+        capturable: keep :math:`\lVert g_k\rVert`, :math:`\gamma^{\mathrm{P}}_k` and each
+            group's smoothing reference as 0-d tensors on the parameters' device, so that the
+            step reads nothing back to the host (the cases above become selects: a step of
+            size 0 moves by 0) and ``torch.compile`` traces it as one graph after the
+            non-finite guard (NOTE [device scalars] in ``lrlab/optim/_scalars.py``; a
+            checkpoint holds plain numbers). None (default): True for CUDA/XPU parameters.
 
     .. note::
         Deviations from the official code (``sps/sps.py``, spec 5.1): (1) the Polyak numerator
@@ -201,8 +210,13 @@ class SPS(AdaptiveOptimizer):
     needs_loss: ClassVar[bool] = True
     has_global_statistics: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {"grad_norm": 0.0, "polyak_step": 0.0}
+    #: a capturable step keeps the diagnostics and each group's smoothing reference on the
+    #: device (NOTE [device scalars] in _scalars.py)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = dict.fromkeys(
+        ("grad_norm", "polyak_step", "step_size"), float
+    )
     #: torch.compile traces the step (NOTE [torch.compile and the step]); breaks: the guard
-    #: and the step size's one host read
+    #: and, in host mode, the step size's one host read
     traceable_step: ClassVar[bool] = True
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
@@ -233,6 +247,7 @@ class SPS(AdaptiveOptimizer):
         lr: float = 1.0,
         foreach: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         check_range("lr", lr, 0.0, math.inf, "[)")
         check_int("n_batches_per_epoch", n_batches_per_epoch, 1)
@@ -257,41 +272,48 @@ class SPS(AdaptiveOptimizer):
             "eps": eps,
             "foreach": foreach,
             "sharded": sharded,
+            "capturable": capturable,
         }
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; its smoothing reference ``step_size`` starts at ``init_step_size``."""
+        """Add a group; its smoothing reference ``step_size`` starts at ``init_step_size``
+        (a 0-d device tensor in a capturable step)."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         group.setdefault("step_size", float(group["init_step_size"]))
+        if self.capturable:
+            self._to_device_scalars(group)
 
     def _update(self, context: StepContext) -> None:
         pending = _groups_with_grads(self)
         device = context.params[0].device
-        (grad_sq,) = self._reduce_global([_squared_grad_norm(pending, device)])
+        (grad_sq_t,) = self._reduce_global([_squared_grad_norm(pending, device)])
         assert context.loss is not None  # needs_loss: the base class guarantees it
         loss_t = scalar_loss(context.loss, type(self).__name__).to(device)
-        loss, grad_sq = torch.stack([loss_t, grad_sq]).tolist()  # one host synchronisation
-        grad_norm = math.sqrt(grad_sq)
+        # the one host synchronisation of the step (none in a capturable step, where the
+        # scalars below are 0-d device tensors and the branches selects: NOTE [device scalars])
+        loss, grad_sq = scalar.entries(torch.stack([loss_t, grad_sq_t]), self.capturable)
+        grad_norm = scalar.sqrt(grad_sq)
+        small = grad_norm < _SMALL_GRAD_NORM  # no step
         moving = {id(group): (params, grads, foreach) for group, params, grads, foreach in pending}
         for index, group in enumerate(self.param_groups):
-            if grad_norm < _SMALL_GRAD_NORM:
-                polyak = step = 0.0
-            else:
-                polyak = max(loss - group["fstar"], 0.0) / (group["c"] * grad_sq + group["eps"])
-                step = polyak
-                if group["adapt_flag"] == "smooth_iter":
-                    growth = group["gamma"] ** (1.0 / group["n_batches_per_epoch"])
-                    step = min(step, growth * group["step_size"])
-                if group["eta_max"] is not None:
-                    step = min(step, group["eta_max"])
+            # a zero denominator (eps = 0, g = 0) is a small gradient: the ratio is not taken
+            polyak = scalar.ratio_or_zero(
+                scalar.maximum(loss - group["fstar"], 0.0), group["c"] * grad_sq + group["eps"]
+            )
+            step = polyak
+            if group["adapt_flag"] == "smooth_iter":
+                growth = group["gamma"] ** (1.0 / group["n_batches_per_epoch"])
+                step = scalar.minimum(step, growth * group["step_size"])
+            if group["eta_max"] is not None:
+                step = scalar.minimum(step, group["eta_max"])
+            polyak, step = scalar.where(small, 0.0, polyak), scalar.where(small, 0.0, step)
             if index == 0:
                 self._set_global("polyak_step", polyak)
             # the reference follows the group's step even where this rank holds none of the
             # group's gradients (sharded runs): every rank keeps the same group state
-            if step > 0.0:
-                group["step_size"] = step
+            group["step_size"] = scalar.where(step > 0.0, step, group["step_size"])
             if id(group) not in moving:
                 continue
             params, grads, foreach = moving[id(group)]
@@ -346,9 +368,23 @@ def _eta_max(group: dict[str, Any]) -> float:
     return float(group.get("eta_max", _TAPS_ETA_MAX))
 
 
-def _capped(step: float, cap: float) -> float:
-    """``step`` with its magnitude capped at ``cap`` (the sign kept; TAPS steps may be < 0)."""
+def _capped(step: Scalar, cap: float) -> Scalar:
+    """``step`` with its magnitude capped at ``cap`` (the sign kept; TAPS steps may be < 0).
+    A device ``step`` is clamped: the same number for every non-NaN step."""
+    if isinstance(step, Tensor):
+        return step.clamp(-cap, cap)
     return step if abs(step) <= cap else math.copysign(cap, step)
+
+
+def _multiplicity(indices: Tensor) -> Tensor:
+    r""":math:`\sum_i c_i^2` over the distinct values :math:`i` of ``indices`` (:math:`c_i` its
+    count), as an int64 0-d tensor: the sum over the positions of the count of each position's
+    value, read off the sorted indices by two binary searches. Unlike ``torch.unique`` every
+    shape is the input's (no host read of the number of distinct values), and the sum of
+    integers is exact in any order."""
+    ordered = indices.sort().values
+    right = torch.searchsorted(ordered, ordered, right=True)
+    return (right - torch.searchsorted(ordered, ordered)).sum()
 
 
 class _MovingTargetPolyak(AdaptiveOptimizer):
@@ -357,8 +393,8 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
     needs_loss: ClassVar[bool] = True
     needs_example_index: ClassVar[bool] = True
     has_global_statistics: ClassVar[bool] = True
-    #: torch.compile traces the step (NOTE [torch.compile and the step]); breaks: the guard,
-    #: the per-example counts (a data-dependent shape) and the step size's one host read
+    #: torch.compile traces the step (NOTE [torch.compile and the step]); breaks: the guard
+    #: and, in host mode, the one host read of the step's scalars (with the index check)
     traceable_step: ClassVar[bool] = True
     global_defaults: ClassVar[dict[str, float]] = {
         "target": 0.0,
@@ -366,6 +402,8 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
         "step_size": 0.0,
         "grad_norm": 0.0,
     }
+    #: a capturable step keeps them on the device (NOTE [device scalars] in _scalars.py)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = dict.fromkeys(global_defaults, float)
 
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -407,10 +445,14 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
         self.param_groups[0][EXAMPLE_TABLE_KEY] = torch.full(
             (num_examples,), initial, dtype=torch.float64, device=device
         )
-        self._set_global("target", float(initial))
+        # a device scalar is filled in place, so that every group keeps sharing it
+        target = self._get_global("target")
+        start = float(initial)
+        self._set_global("target", target.fill_(start) if isinstance(target, Tensor) else start)
 
-    def _next_target(self, target: float, mean_rise: float) -> float:
-        """The target after the slack mean rose by ``mean_rise`` in the tracking step."""
+    def _next_target(self, target: Scalar, mean_rise: Scalar) -> Scalar:
+        """The target after the slack mean rose by ``mean_rise`` in the tracking step (0-d
+        device tensors in a capturable step)."""
         raise NotImplementedError
 
     def _update(self, context: StepContext) -> None:
@@ -425,28 +467,33 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
         indices = indices.to(device=device, non_blocking=True)
         b = indices.numel()
         # gather with clamped indices (safe on every device); bad indices raise below, before
-        # anything is modified
+        # anything is modified (a capturable step asserts on the device instead: no host read)
         safe = indices.clamp(0, n - 1)
-        _, counts = torch.unique(safe, return_counts=True)
+        low, high = indices.min(), indices.max()
+        if self.capturable:
+            in_range = (low >= 0) & (high < n)
+            torch._assert_async(in_range, f"{name}.step: example_indices must be in [0, {n})")
         pending = _groups_with_grads(self)
-        (grad_sq,) = self._reduce_global([_squared_grad_norm(pending, device)])
+        (grad_sq_t,) = self._reduce_global([_squared_grad_norm(pending, device)])
         assert context.loss is not None  # needs_loss: the base class guarantees it
         loss_t = scalar_loss(context.loss, name).to(device)
         values = torch.stack(
             [
                 loss_t,
-                grad_sq,
+                grad_sq_t,
                 table[safe].mean(),
-                counts.to(torch.float64).square().sum(),
-                indices.min().to(torch.float64),
-                indices.max().to(torch.float64),
+                _multiplicity(safe).to(torch.float64),
+                low.to(torch.float64),
+                high.to(torch.float64),
             ]
         )
-        loss, grad_sq, alpha_batch, multiplicity, low, high = values.tolist()  # one host sync
-        if low < 0 or high >= n:
+        # the one host synchronisation of the step (none in a capturable step, whose scalars
+        # below are 0-d device tensors: NOTE [device scalars])
+        loss, grad_sq, alpha_batch, multiplicity, *bounds = scalar.entries(values, self.capturable)
+        if not self.capturable and (bounds[0] < 0 or bounds[1] >= n):
             raise ValueError(
                 f"{name}.step: example_indices must be in [0, {n}) (num_examples), got values "
-                f"in [{int(low)}, {int(high)}]"
+                f"in [{int(bounds[0])}, {int(bounds[1])}]"
             )
         residual = loss - alpha_batch
         # squared norm of the constraint's gradient in (x, alpha): ||g||^2 + sum_i c_i^2 / b^2
@@ -460,14 +507,16 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
                 group["effective_lr"] = abs(step)
         step0 = _capped(first["lr"] * residual / q, first["lr"] * _eta_max(first))
         # each occurrence of example i in the batch adds step0 / b to alpha_i
-        table.index_add_(0, indices, torch.full((b,), step0 / b, dtype=table.dtype, device=device))
-        target = self._next_target(float(self._get_global("target")), step0 / n)
+        # filled, not torch.full: a device step0 is not read back
+        rises = torch.empty(b, dtype=table.dtype, device=device).fill_(step0 / b)
+        table.index_add_(0, indices, rises)
+        target = self._next_target(self._get_global("target"), step0 / n)
         # exact projection onto mean(alpha) = target (a uniform shift; mean taken on the device)
         table.sub_(table.mean() - target)
         self._set_global("target", target)
         self._set_global("residual", residual)
         self._set_global("step_size", step0)
-        self._set_global("grad_norm", math.sqrt(grad_sq))
+        self._set_global("grad_norm", scalar.sqrt(grad_sq))
 
     def _statistics(self) -> dict[str, float]:
         return {
@@ -584,6 +633,10 @@ class TAPS(_MovingTargetPolyak):
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
         sharded: each rank owns a disjoint part of the parameters (reduces
             :math:`\lVert g\rVert^2`).
+        capturable: :math:`\tau, r_k, s_k, \lVert g_k\rVert` as 0-d device tensors: no host read
+            in the step, one graph after the guard under ``torch.compile`` (NOTE [device
+            scalars] in ``lrlab/optim/_scalars.py``); ``example_indices`` out of range then fail
+            a device assertion (RuntimeError on CPU). None (default): True on CUDA/XPU.
 """
         + _TAPS_USAGE
         + r"""
@@ -612,6 +665,7 @@ class TAPS(_MovingTargetPolyak):
         eta_max: float = _TAPS_ETA_MAX,
         foreach: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         check_int("num_examples", num_examples, 1)
         check_positive("lr", lr)
@@ -625,11 +679,13 @@ class TAPS(_MovingTargetPolyak):
             "eta_max": float(eta_max),
             "foreach": foreach,
             "sharded": sharded,
+            "capturable": capturable,
         }
         super().__init__(params, defaults, num_examples, float(fstar))
 
-    def _next_target(self, target: float, mean_rise: float) -> float:
-        return float(self.param_groups[0]["fstar"])
+    def _next_target(self, target: Scalar, mean_rise: Scalar) -> Scalar:
+        fstar = float(self.param_groups[0]["fstar"])
+        return torch.full_like(target, fstar) if isinstance(target, Tensor) else fstar
 
 
 @register(
@@ -697,6 +753,7 @@ class MOTAPS(_MovingTargetPolyak):
         foreach: multi-tensor path (None: when all tensors are on CPU/CUDA).
         sharded: each rank owns a disjoint part of the parameters (reduces
             :math:`\lVert g\rVert^2`).
+        capturable: as :class:`TAPS`.
 """
         + _TAPS_USAGE
         + r"""
@@ -727,6 +784,7 @@ class MOTAPS(_MovingTargetPolyak):
         eta_max: float = _TAPS_ETA_MAX,
         foreach: bool | None = None,
         sharded: bool = False,
+        capturable: bool | None = None,
     ) -> None:
         check_int("num_examples", num_examples, 1)
         check_positive("lr", lr)
@@ -744,10 +802,11 @@ class MOTAPS(_MovingTargetPolyak):
             "eta_max": float(eta_max),
             "foreach": foreach,
             "sharded": sharded,
+            "capturable": capturable,
         }
         super().__init__(params, defaults, num_examples, float(lb))
 
-    def _next_target(self, target: float, mean_rise: float) -> float:
+    def _next_target(self, target: Scalar, mean_rise: Scalar) -> Scalar:
         first = self.param_groups[0]
         moved = target + first["lmbda"] * mean_rise
         return (1.0 - first["push"]) * moved + first["push"] * first["lb"]
