@@ -376,6 +376,15 @@ def _capped(step: Scalar, cap: float) -> Scalar:
     return step if abs(step) <= cap else math.copysign(cap, step)
 
 
+def _check_index_range(low: Scalar, high: Scalar, n: int, name: str) -> None:
+    """Raise ValueError unless every example index lies in ``[0, n)``."""
+    if low < 0 or high >= n:
+        raise ValueError(
+            f"{name}.step: example_indices must be in [0, {n}) (num_examples), got values "
+            f"in [{int(low)}, {int(high)}]"
+        )
+
+
 def _multiplicity(indices: Tensor) -> Tensor:
     r""":math:`\sum_i c_i^2` over the distinct values :math:`i` of ``indices`` (:math:`c_i` its
     count), as an int64 0-d tensor: the sum over the positions of the count of each position's
@@ -464,13 +473,18 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
         if table.device != device:  # a checkpoint loaded onto another device
             table = first[EXAMPLE_TABLE_KEY] = table.to(device)
         n = table.numel()
+        if self.capturable and not torch.compiler.is_compiling():
+            # checked where they are, before anything moves: free for CPU indices (a
+            # DataLoader's); indices already on a GPU cost one read, where a device-side
+            # assert would kill the CUDA context on a bad index
+            _check_index_range(indices.min(), indices.max(), n, name)
         indices = indices.to(device=device, non_blocking=True)
         b = indices.numel()
         # gather with clamped indices (safe on every device); bad indices raise below, before
-        # anything is modified (a capturable step asserts on the device instead: no host read)
+        # anything is modified (a traced capturable step asserts on the device instead)
         safe = indices.clamp(0, n - 1)
         low, high = indices.min(), indices.max()
-        if self.capturable:
+        if self.capturable and torch.compiler.is_compiling():
             in_range = (low >= 0) & (high < n)
             torch._assert_async(in_range, f"{name}.step: example_indices must be in [0, {n})")
         pending = _groups_with_grads(self)
@@ -490,11 +504,8 @@ class _MovingTargetPolyak(AdaptiveOptimizer):
         # the one host synchronisation of the step (none in a capturable step, whose scalars
         # below are 0-d device tensors: NOTE [device scalars])
         loss, grad_sq, alpha_batch, multiplicity, *bounds = scalar.entries(values, self.capturable)
-        if not self.capturable and (bounds[0] < 0 or bounds[1] >= n):
-            raise ValueError(
-                f"{name}.step: example_indices must be in [0, {n}) (num_examples), got values "
-                f"in [{int(bounds[0])}, {int(bounds[1])}]"
-            )
+        if not self.capturable:
+            _check_index_range(bounds[0], bounds[1], n, name)
         residual = loss - alpha_batch
         # squared norm of the constraint's gradient in (x, alpha): ||g||^2 + sum_i c_i^2 / b^2
         q = grad_sq + multiplicity / (b * b)
@@ -635,8 +646,9 @@ class TAPS(_MovingTargetPolyak):
             :math:`\lVert g\rVert^2`).
         capturable: :math:`\tau, r_k, s_k, \lVert g_k\rVert` as 0-d device tensors: no host read
             in the step, one graph after the guard under ``torch.compile`` (NOTE [device
-            scalars] in ``lrlab/optim/_scalars.py``); ``example_indices`` out of range then fail
-            a device assertion (RuntimeError on CPU). None (default): True on CUDA/XPU.
+            scalars] in ``lrlab/optim/_scalars.py``); ``example_indices`` are range-checked
+            where they live (pass them on the CPU, as a DataLoader gives them, for a step with
+            no read), and in a traced step by a device assertion. None (default): CUDA/XPU.
 """
         + _TAPS_USAGE
         + r"""
