@@ -315,7 +315,9 @@ class ClaraAuto(AdaptiveOptimizer):
             bound = distance + float(settings["initial_distance"])
             largest_lr = max(float(group["lr"]) for group in self.param_groups)
             capped = largest_lr * factor > bound
-            factor = scalar.where(capped, bound / largest_lr, factor)
+            # never capped at lr 0 (a scheduler's end): both sides of a select are computed
+            ceiling = bound / largest_lr if largest_lr > 0 else factor
+            factor = scalar.where(capped, ceiling, factor)
 
         # the per-tensor sums S = sum ||p_i||^2, ||x - x_0||^2 and ||g||^2, as 0-d parts
         path_sq: list[Tensor] = []
