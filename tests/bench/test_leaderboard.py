@@ -4,6 +4,7 @@ hand-made records (every expected number is worked out in the comments)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -325,7 +326,13 @@ def test_parts_run_apart_and_merge_into_one_leaderboard(board) -> None:
     # 2 problems x (sgd 2 LRs + default, dadapt-adam default + 2 d0) x 2 seeds; iris ran only
     assert (first.ran, first.runs, first.missing) == (12, 12, 12)
     assert first.doc is None and not (board / "docs").exists()  # the page waits for every part
-    # built without --part while wine is unfinished: iris alone, wine named, not ranked
+    # built without --part while wine is unfinished: iris alone, wine named, not ranked, and
+    # the time of an invocation that ran only wine (as if interrupted) not counted
+    timing_file = board / "iris.sqlite.timing.json"
+    saved_timing = timing_file.read_text()
+    sweeps = json.loads(saved_timing)["sweeps"]
+    sweeps.append({**sweeps[0], "parts": ["wine"], "wall_time_s": 1000.0, "interrupted": True})
+    timing_file.write_text(json.dumps({"sweeps": sweeps}))
     early = run_study(
         str(board / "board.toml"),
         store=board / "iris.sqlite",
@@ -340,6 +347,8 @@ def test_parts_run_apart_and_merge_into_one_leaderboard(board) -> None:
     header = next(line for line in page.splitlines() if line.startswith("| method | iris_logreg"))
     assert "wine_logreg" not in header and "wine_logreg" not in page.split("## How")[0]
     assert "**Not on this page yet: part `wine`** (0 of its 12 runs stored)" in page
+    assert early.sweep_wall_time_s == pytest.approx(first.sweep_wall_time_s)
+    timing_file.write_text(saved_timing)
     assert "`lrlab study board --part wine` finishes it" in page
     second = run_study(
         str(board / "board.toml"),

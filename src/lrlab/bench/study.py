@@ -1079,6 +1079,9 @@ def run_study(
     all_records = [r for rs in records.values() for r in rs]
     report_time = time.perf_counter() - report_start
     timing = _read_timing(store_path)
+    # the invocations that ran only a part left off the page do not count towards its time
+    left_out = {name for name, _, _ in unfinished}
+    timing = [t for t in timing if not (t.get("parts") and set(t["parts"]) <= left_out)]
     sweep_time = sum(float(t.get("wall_time_s", 0.0)) for t in timing)
     statuses: dict[str, int] = defaultdict(int)
     for record in all_records:
@@ -1106,8 +1109,9 @@ def run_study(
     for name, have, expected in unfinished:
         provenance += [
             f"**Not on this page yet: part `{name}`** ({have} of its {expected} runs stored). "
-            "A part is left out of every table, figure and verdict until all its runs are "
-            f"stored; `{command} --part {name}` finishes it (the store resumes).",
+            "A part is left out of every table, figure, verdict and the wall time below until "
+            f"all its runs are stored; `{command} --part {name}` finishes it (the store "
+            "resumes).",
             "",
         ]
     if timing:
