@@ -83,6 +83,19 @@ def step_kwargs(spec: lo.MethodSpec, step: int) -> dict[str, Any]:
     return {}
 
 
+def prepare_step(spec: lo.MethodSpec, params: Sequence[Tensor], step: int) -> dict[str, Any]:
+    """Gradients of step ``step`` in ``.grad`` (a script that calls ``backward`` itself) and the
+    step's keyword arguments: the batch's indices and, for a method that needs it, the loss."""
+    for p in params:
+        p.grad = None
+    loss = loss_at(params, step)
+    loss.backward()
+    kwargs = step_kwargs(spec, step)
+    if spec.needs_loss:
+        kwargs["loss"] = loss.detach()
+    return kwargs
+
+
 def run(
     optimizer: torch.optim.Optimizer,
     params: Sequence[Tensor],

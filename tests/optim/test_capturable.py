@@ -22,7 +22,7 @@ from torch._dynamo.testing import CompileCounter
 import lrlab.optim as lo
 from lrlab.optim import _fused
 from lrlab.optim._base import StepContext
-from tests.optim._problems import loss_at, make_params, step_kwargs
+from tests.optim._problems import loss_at, make_params, prepare_step, step_kwargs
 
 CAPTURABLE = [name for name in lo.names() if lo.spec(name).capturable]
 STEPS = 6
@@ -42,14 +42,7 @@ def _kwargs(name: str, index: int = 0) -> dict:
 
 
 def _step(optimizer: torch.optim.Optimizer, name: str, params: list[Tensor], i: int, step=None):
-    for p in params:
-        p.grad = None
-    loss = loss_at(params, i)
-    loss.backward()
-    kwargs = step_kwargs(lo.spec(name), i)
-    if lo.spec(name).needs_loss:
-        kwargs["loss"] = loss.detach()
-    (step or optimizer.step)(**kwargs)
+    (step or optimizer.step)(**prepare_step(lo.spec(name), params, i))
 
 
 def _run(name: str, capturable: bool, steps: int = STEPS, dtype=torch.float64, **kwargs):

@@ -25,7 +25,7 @@ from torch._dynamo.utils import counters
 
 import lrlab.optim as lo
 from lrlab.optim._base import StepContext
-from tests.optim._problems import loss_at, make_params, step_kwargs
+from tests.optim._problems import make_params, prepare_step
 
 NAMES = lo.names()
 TRACED = [n for n in NAMES if lo.spec(n).traceable_step]
@@ -166,16 +166,7 @@ def _optimizer(name: str, dtype: torch.dtype) -> tuple[torch.optim.Optimizer, li
 
 
 def _prepare(name: str, params: list[torch.Tensor], step: int) -> dict:
-    """Gradients of step ``step`` in ``.grad`` (the script calls backward itself) and the step's
-    keyword arguments (the loss for a method that needs it)."""
-    for p in params:
-        p.grad = None
-    loss = loss_at(params, step)
-    loss.backward()
-    kwargs = step_kwargs(lo.spec(name), step)
-    if lo.spec(name).needs_loss:
-        kwargs["loss"] = loss.detach()
-    return kwargs
+    return prepare_step(lo.spec(name), params, step)
 
 
 def _assert_same(name: str, dtype: torch.dtype, eager, compiled, params_e, params_c) -> None:
