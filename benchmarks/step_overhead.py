@@ -453,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         "bytes-moved bound is `4 B x elements x (3 + 2 x full-size state arrays)` at the measured "
         f"copy bandwidth ({bandwidth / 1e9:.1f} GB/s).",
         "See `docs/performance_notes.md` for what limits the methods that miss the target.",
+        "These are CPU numbers. The CUDA table comes from `benchmarks/cuda_check.py` run on a "
+        "machine with a GPU; until such a run is recorded here, **CUDA is untested**.",
         "",
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
         f"{os.cpu_count()} CPUs, load average {load} (1 / 5 / 15 min) at the start and "
