@@ -88,6 +88,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
     #: a capturable step keeps the global b on the device (per-tensor and per-row b are tensors
     #: already; the step counts that give WN-Adam's bias correction are per tensor, on the host)
     capturable_scalars: ClassVar[Mapping[str, type] | None] = {"b": float}
+    capturable_counts: ClassVar[tuple[str, ...]] = ("step",)
     #: b per tensor (0-d) or per row (keepdim shape; 0-d for a tensor that is not adapted); the
     #: step count is a 0-d tensor in a capturable step
     state_layout: ClassVar[Mapping[str, StateEntry]] = {
@@ -185,12 +186,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
             state = self.state[p]
             if len(state) == 0:
                 self._init_state(p, state, group)
-            # a capturable step counts on the device (a Python int would be a compile guard);
-            # a checkpoint may hold the other mode's form (torch loads a tensor count as float32)
-            count = state["step"]
-            if self.capturable:
-                count = torch.as_tensor(count, dtype=torch.float64, device=p.device)
-            state["step"] = (count if self.capturable else int(count)) + 1
+            state["step"] += 1  # an int, or a 0-d device tensor (capturable_counts)
         return params
 
     def _rows(self, params: list[Tensor], with_b: bool) -> list[dict[str, Tensor]]:
@@ -353,7 +349,7 @@ class _WeightNormAccumulator(AdaptiveOptimizer):
         return accumulators
 
     def _init_state(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        state["step"] = 0
+        state["step"] = self._new_count(p)
         granularity = group["granularity"]
         if granularity != "global":
             shape = _b_shape(p, granularity)
