@@ -89,12 +89,6 @@ def sharding(fsdp_in_use: bool, sharded: bool) -> bool:
     return check.check_bool("fsdp_in_use", fsdp_in_use) | check.check_bool("sharded", sharded)
 
 
-def device_scalars(global_defaults: Mapping[str, float | int]) -> dict[str, type]:
-    """A method's ``capturable_scalars``: every global of its run state, typed as its default
-    (NOTE [D-Adaptation capturable step])."""
-    return {key: type(value) for key, value in global_defaults.items()}
-
-
 def bias_correction(group: Mapping[str, Any], k: Scalar) -> Scalar:
     r"""Adam's :math:`\sqrt{1 - \beta_2^{k+1}} / (1 - \beta_1^{k+1})` with
     ``use_bias_correction``, else 1 (``k`` may be a device scalar)."""

@@ -21,6 +21,7 @@ bit for bit), given a tensor they stay on its device without a branch (``torch.w
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -28,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "Scalar",
     "add_scaled_",
+    "checkpoint_types",
     "entries",
     "is_device",
     "maximum",
@@ -110,3 +112,9 @@ def entries(values: Tensor, capturable: bool) -> list[Scalar]:
     if capturable:
         return list(values.unbind(0))
     return values.tolist()
+
+
+def checkpoint_types(defaults: Mapping[str, float | int]) -> dict[str, type]:
+    """A class's ``capturable_scalars`` from its run-state defaults: each scalar is written to
+    a checkpoint as its default's type (an int counter stays an int)."""
+    return {key: type(value) for key, value in defaults.items()}

@@ -36,7 +36,6 @@ from lrlab.optim._base import StepContext
 from lrlab.optim._distance import (
     DistanceEstimator,
     bias_correction,
-    device_scalars,
     fast_path,
     l1_norm,
     sharding,
@@ -214,7 +213,9 @@ class DAdaptSGD(_DAdaptation):
         "k": 0,
     }
     #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = device_scalars(global_defaults)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
+        global_defaults
+    )
     global_settings = (*DistanceEstimator.global_settings, "momentum")
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -463,7 +464,9 @@ class DAdaptAdam(_DAdaptation):
         "k": 0,
     }
     #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = device_scalars(global_defaults)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
+        global_defaults
+    )
     global_settings = (
         *DistanceEstimator.global_settings,
         "betas",
@@ -859,7 +862,9 @@ class DAdaptAdaGrad(_DAdaptation):
         "k": 0,
     }
     #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = device_scalars(global_defaults)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
+        global_defaults
+    )
     global_settings = (*DistanceEstimator.global_settings, "momentum")
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {

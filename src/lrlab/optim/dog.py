@@ -55,11 +55,6 @@ _DOG_PAPER = (
 )
 
 
-def _types(defaults: Mapping[str, float | int]) -> dict[str, type]:
-    """The type of each per-group scalar in a checkpoint: its default's."""
-    return {key: type(value) for key, value in defaults.items()}
-
-
 class _DistanceOverGradients(AdaptiveOptimizer):
     """Shared machinery: the anchor ``x0``, the weight-decayed directions, the group counter."""
 
@@ -510,7 +505,9 @@ class DoG(_GroupBlocks):
         "eta": 0.0,
     }
     #: a capturable step keeps all of the group's run state on the device
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = _types(group_defaults)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
+        group_defaults
+    )
 
     def __init__(
         self,
@@ -905,7 +902,9 @@ class DoWG(_GroupBlocks):
         "eta": 0.0,
     }
     #: a capturable step keeps all of the group's run state on the device
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = _types(group_defaults)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
+        group_defaults
+    )
 
     def __init__(
         self,

@@ -39,7 +39,6 @@ from lrlab.optim._base import StateEntry, StepContext
 from lrlab.optim._distance import (
     DistanceEstimator,
     bias_correction,
-    device_scalars,
     fast_path,
     l1_norm,
     sharding,
@@ -224,7 +223,9 @@ class Prodigy(DistanceEstimator):
         "k": 0,
     }
     #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = device_scalars(global_defaults)
+    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
+        global_defaults
+    )
     global_settings = (
         *DistanceEstimator.global_settings,
         "betas",
