@@ -227,9 +227,7 @@ class ClaraAuto(AdaptiveOptimizer):
     }
     #: a capturable step keeps every global of the run on the device (the counters are ints in a
     #: checkpoint) and counts each tensor's steps there
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
-        global_defaults
-    )
+    capturable_scalars = scalar.checkpoint_types(global_defaults)
     capturable_counts: ClassVar[tuple[str, ...]] = ("step",)
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {

@@ -213,9 +213,7 @@ class DAdaptSGD(_DAdaptation):
         "k": 0,
     }
     #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
-        global_defaults
-    )
+    capturable_scalars = scalar.checkpoint_types(global_defaults)
     global_settings = (*DistanceEstimator.global_settings, "momentum")
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {
@@ -464,9 +462,7 @@ class DAdaptAdam(_DAdaptation):
         "k": 0,
     }
     #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
-        global_defaults
-    )
+    capturable_scalars = scalar.checkpoint_types(global_defaults)
     global_settings = (
         *DistanceEstimator.global_settings,
         "betas",
@@ -862,9 +858,7 @@ class DAdaptAdaGrad(_DAdaptation):
         "k": 0,
     }
     #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
-        global_defaults
-    )
+    capturable_scalars = scalar.checkpoint_types(global_defaults)
     global_settings = (*DistanceEstimator.global_settings, "momentum")
     #: per-group settings and their checks (NOTE [one validation for hyperparameters])
     hyperparameters: ClassVar[Mapping[str, check.Rule]] = {

@@ -505,9 +505,7 @@ class DoG(_GroupBlocks):
         "eta": 0.0,
     }
     #: a capturable step keeps all of the group's run state on the device
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
-        group_defaults
-    )
+    capturable_scalars = scalar.checkpoint_types(group_defaults)
 
     def __init__(
         self,
@@ -902,9 +900,7 @@ class DoWG(_GroupBlocks):
         "eta": 0.0,
     }
     #: a capturable step keeps all of the group's run state on the device
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
-        group_defaults
-    )
+    capturable_scalars = scalar.checkpoint_types(group_defaults)
 
     def __init__(
         self,

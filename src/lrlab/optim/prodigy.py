@@ -223,9 +223,7 @@ class Prodigy(DistanceEstimator):
         "k": 0,
     }
     #: the run state a capturable step keeps on the device (NOTE [D-Adaptation capturable step])
-    capturable_scalars: ClassVar[Mapping[str, type] | None] = scalar.checkpoint_types(
-        global_defaults
-    )
+    capturable_scalars = scalar.checkpoint_types(global_defaults)
     global_settings = (
         *DistanceEstimator.global_settings,
         "betas",
